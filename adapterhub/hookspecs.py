@@ -1,0 +1,92 @@
+"""Every hook a plugin can implement.
+
+Registration hooks receive a ``register`` callback. Call it once per object you provide; the object must
+have a ``name`` attribute (lowercase ``[a-z0-9_]``). The core validates names and refuses a name that
+another plugin already registered, with an error naming both plugins; it never renames silently.
+All hooks are called once per plugin manager, lazily, the first time the registry of that kind is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("adapterhub")
+
+Register = Callable[[Any], None]
+
+
+@hookspec
+def register_methods(register: Register) -> None:
+    """Register PEFT methods.
+
+    Called when a method is first looked up (``adapterhub methods``, ``train``, ``merge`` ...).
+
+    :param register: call ``register(method)`` with an instance of :class:`adapterhub.method.Method`
+        for each method this plugin provides; ``method.name`` is the name users type (``"lora"``).
+    :returns: nothing; results are ignored.
+    """
+
+
+@hookspec
+def register_quantizers(register: Register) -> None:
+    """Register base-model quantizers (``nf4``, ``fp4``, ``int8`` ...).
+
+    Called when a quantizer is first looked up (``adapterhub quantize``, ``train --quantize``).
+
+    :param register: call ``register(quantizer)``; a quantizer has ``name`` and
+        ``quantize(model_dir, out_dir, **options)``.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def register_formats(register: Register) -> None:
+    """Register adapter import/export formats (a PEFT directory, a merged transformers model ...).
+
+    Called when ``push`` reads a directory that has no ``adapterhub.json`` (to detect what it is), and
+    by ``export``.
+
+    :param register: call ``register(fmt)``; a format has ``name``, ``detect(path) -> bool`` and
+        ``read(path) -> dict`` (returns a manifest: ``method``, ``config``, ``base`` ...), and may
+        have ``export(...)``.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def register_stores(register: Register) -> None:
+    """Register blob stores by URL scheme.
+
+    Called when a registry opens its blob store.
+
+    :param register: call ``register(store_class)``; ``store_class.name`` is the URL scheme
+        (``"file"``, ``"s3"``) and ``store_class.from_url(url)`` returns a
+        :class:`adapterhub.registry.blobs.BlobStore`.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def register_trackers(register: Register) -> None:
+    """Register experiment trackers (MLflow ...).
+
+    Called when ``train --track NAME`` (or ``ADAPTERHUB_TRACKER``) asks for a tracker.
+
+    :param register: call ``register(tracker_class)``; ``tracker_class.name`` is what users pass to
+        ``--track``.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add CLI commands.
+
+    Called once when the ``adapterhub`` CLI starts, before arguments are parsed. Keep the plugin module
+    cheap to import (no torch at import time): ``adapterhub --help`` runs this hook.
+
+    :param cli: the root :class:`click.Group`; call ``cli.add_command(...)`` or use ``@cli.command()``.
+    :returns: nothing.
+    """

@@ -1,0 +1,106 @@
+"""The interface every PEFT method implements.
+
+A method is registered by a plugin (``register_methods``). The core (training, merging, composing,
+exporting) only ever calls these methods; it never switches on a method's name.
+Tensors are ``torch.Tensor``; this module itself does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from .errors import AdapterhubError, InvalidInput
+
+
+class Method:
+    """Base class for PEFT methods. Subclasses set ``name`` and ``config_class`` and implement
+    ``attach``/``state_dict``/``load_state_dict``/``detach``; the optional capabilities raise a clear
+    error by default."""
+
+    #: the name users type (``"lora"``); lowercase, unique across plugins
+    name: ClassVar[str] = ""
+    #: a dataclass: defaults, validation (``__post_init__``) and help text (``metadata["help"]``)
+    config_class: ClassVar[type] = object
+    #: PEFT's ``peft_type`` for methods PEFT also implements (the directory is then a PEFT adapter)
+    peft_type: ClassVar[str | None] = None
+
+    # -- config --------------------------------------------------------------------------------
+    def make_config(self, values: dict[str, Any] | None = None) -> Any:
+        """Build a config from a dict, refusing unknown keys with the list of valid ones."""
+        values = dict(values or {})
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise InvalidInput(
+                f"unknown {self.name} option(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}"
+            )
+        try:
+            return self.config_class(**values)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"invalid {self.name} config: {exc}") from None
+
+    def config_fields(self) -> list[dict[str, Any]]:
+        """Each config field with its default and help text (for ``adapterhub methods``)."""
+        out = []
+        for f in dataclasses.fields(self.config_class):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = None
+            out.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
+        return out
+
+    def capabilities(self) -> list[str]:
+        """The optional capabilities this method implements (``merge``, ``combine`` ...)."""
+        caps = []
+        for cap, attr in (("merge", "merge_tensor"), ("combine", "combine")):
+            if getattr(type(self), attr) is not getattr(Method, attr):
+                caps.append(cap)
+        return caps
+
+    # -- PEFT interoperability (methods PEFT also implements) -----------------------------------
+    def matches_peft_config(self, peft_config: dict[str, Any]) -> bool:
+        """Whether a PEFT ``adapter_config.json`` describes an adapter of this method."""
+        return self.peft_type is not None and peft_config.get("peft_type") == self.peft_type
+
+    def to_peft_config(self, config: Any, base_model_name_or_path: str | None = None) -> dict[str, Any] | None:
+        """The ``adapter_config.json`` that makes a saved directory a PEFT adapter; ``None`` when PEFT
+        does not implement this method."""
+        return None
+
+    def from_peft_config(self, peft_config: dict[str, Any]) -> Any:
+        """Our config from a PEFT ``adapter_config.json`` (import)."""
+        raise AdapterhubError(f"method '{self.name}' cannot import PEFT adapters")
+
+    # -- required ------------------------------------------------------------------------------
+    def attach(self, model: Any, config: Any) -> None:
+        """Add this method's trainable modules to ``model`` in place; with default init the model's
+        outputs must not change."""
+        raise NotImplementedError
+
+    def state_dict(self, model: Any) -> dict[str, Any]:
+        """The adapter's tensors, under PEFT's key names when PEFT implements the method."""
+        raise NotImplementedError
+
+    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
+        """Load tensors produced by :meth:`state_dict` into an attached model."""
+        raise NotImplementedError
+
+    def detach(self, model: Any) -> None:
+        """Remove this method's modules, restoring the base model."""
+        raise NotImplementedError
+
+    # -- optional ------------------------------------------------------------------------------
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+        """Return ``base_tensor`` with the adapter merged in, or ``None`` if the adapter does not touch
+        it. Used by the streaming merge, one base tensor at a time."""
+        raise AdapterhubError(
+            f"method '{self.name}' cannot merge into base weights; export it and load it at run time instead"
+        )
+
+    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
+        """Combine several adapters of this method into a new ``(config, tensors)``."""
+        raise AdapterhubError(f"method '{self.name}' cannot combine adapters")

@@ -1,0 +1,155 @@
+"""The plugin manager: entry-point loading, the allowlist, and the per-kind registries.
+
+Nothing is loaded at import time. :func:`get_plugins` returns a process-wide :class:`Plugins`, created on
+first use; tests build their own with ``Plugins()``.
+
+``ADAPTERHUB_LOAD_PLUGINS=a,b`` loads only the named plugins (entry-point names, built-ins included);
+an empty value loads none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import NotFound, PluginError
+
+GROUP = "adapterhub"
+KINDS = ("methods", "quantizers", "formats", "stores", "trackers")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class Plugins:
+    """A plugin manager plus the objects each plugin registered, looked up lazily by kind."""
+
+    def __init__(self, load_entrypoints: bool = True, plugins: dict[str, Any] | None = None):
+        self.pm = pluggy.PluginManager("adapterhub")
+        self.pm.add_hookspecs(hookspecs)
+        self._load_entrypoints = load_entrypoints
+        self._loaded = False
+        self._extra = dict(plugins or {})
+        self._registries: dict[str, dict[str, tuple[str, Any]]] = {}
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self) -> "Plugins":
+        """Load entry-point plugins once (idempotent)."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        allow = os.environ.get("ADAPTERHUB_LOAD_PLUGINS")
+        allowed = None if allow is None else {p.strip() for p in allow.split(",") if p.strip()}
+        if self._load_entrypoints:
+            for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+                if allowed is not None and ep.name not in allowed:
+                    continue
+                if self.pm.get_plugin(ep.name) is not None:
+                    continue
+                try:
+                    module = ep.load()
+                except Exception as exc:  # a broken plugin must not break the tool
+                    raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+                self.pm.register(module, name=ep.name)
+        for name, module in self._extra.items():
+            if allowed is None or name in allowed:
+                self.pm.register(module, name=name)
+        return self
+
+    def register(self, module: Any, name: str) -> None:
+        """Register a plugin object directly (used by tests and embedding applications)."""
+        self.load()
+        self.pm.register(module, name=name)
+        self._registries.clear()
+
+    # -- registries ----------------------------------------------------------------------------
+    def _registry(self, kind: str) -> dict[str, tuple[str, Any]]:
+        if kind not in self._registries:
+            self.load()
+            found: dict[str, tuple[str, Any]] = {}
+            hook = getattr(self.pm.hook, f"register_{kind}")
+            for impl in reversed(hook.get_hookimpls()):
+
+                def register(obj: Any, _plugin: str = impl.plugin_name) -> None:
+                    name = getattr(obj, "name", None)
+                    if not isinstance(name, str) or not _NAME_RE.match(name):
+                        raise PluginError(
+                            f"plugin '{_plugin}' registered a {kind[:-1]} with an invalid name {name!r}"
+                        )
+                    if name in found:
+                        raise PluginError(
+                            f"{kind[:-1]} '{name}' is registered by both plugin '{found[name][0]}' "
+                            f"and plugin '{_plugin}'; uninstall one or leave one out of "
+                            "ADAPTERHUB_LOAD_PLUGINS"
+                        )
+                    found[name] = (_plugin, obj)
+
+                impl.function(register=register)
+            self._registries[kind] = found
+        return self._registries[kind]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._registry(kind))
+
+    def get(self, kind: str, name: str) -> Any:
+        reg = self._registry(kind)
+        if name not in reg:
+            known = ", ".join(sorted(reg)) or "none installed"
+            raise NotFound(f"unknown {kind[:-1]} '{name}' (available: {known})")
+        return reg[name][1]
+
+    def items(self, kind: str) -> list[tuple[str, str, Any]]:
+        """``(name, plugin name, object)`` for every object of ``kind``, sorted by name."""
+        return [(n, p, o) for n, (p, o) in sorted(self._registry(kind).items())]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every loaded plugin with what it registers (for ``adapterhub plugins``)."""
+        self.load()
+        out = []
+        for plugin_name, module in sorted(self.pm.list_name_plugin(), key=lambda x: x[0]):
+            entry: dict[str, Any] = {"name": plugin_name, "module": getattr(module, "__name__", str(module))}
+            dist = _distribution_of(module)
+            if dist:
+                entry["package"], entry["version"] = dist
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
+            entry["hooks"] = hooks
+            for kind in KINDS:
+                names = [n for n, (p, _) in self._registry(kind).items() if p == plugin_name]
+                if names:
+                    entry[kind] = sorted(names)
+            out.append(entry)
+        return out
+
+    def add_commands(self, cli: Any) -> None:
+        self.load()
+        self.pm.hook.register_commands(cli=cli)
+
+
+def _distribution_of(module: Any) -> tuple[str, str] | None:
+    top = getattr(module, "__name__", "").split(".")[0]
+    try:
+        for dist in metadata.packages_distributions().get(top, []):
+            return dist, metadata.version(dist)
+    except Exception:
+        return None
+    return None
+
+
+_default: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin manager, created and loaded on first use."""
+    global _default
+    if _default is None:
+        _default = Plugins()
+    return _default.load()
+
+
+def reset_plugins() -> None:
+    """Forget the process-wide plugin manager (tests, or after installing a plugin)."""
+    global _default
+    _default = None

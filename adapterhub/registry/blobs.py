@@ -1,0 +1,123 @@
+"""The blob-store interface and the helpers every store shares.
+
+A blob is addressed by the lowercase hex sha256 of its bytes. Stores are plugins
+(``register_stores``) keyed by URL scheme; the local one is ``adapterhub_file``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import BinaryIO, Callable, ClassVar, Iterator
+
+from ..errors import IntegrityError, InvalidInput
+
+CHUNK = 1 << 20  # bytes per read: memory stays bounded whatever the blob size
+Progress = Callable[[int], None]  # called with the number of bytes just moved
+
+
+class BlobStore:
+    """What a blob store provides. Implementations must make ``put`` atomic (a reader never sees a
+    partial blob) and must never overwrite an existing blob with other bytes."""
+
+    #: URL scheme (``file``, ``s3``)
+    name: ClassVar[str] = ""
+    url: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> "BlobStore":
+        raise NotImplementedError
+
+    def has(self, digest: str) -> bool:
+        raise NotImplementedError
+
+    def put(self, digest: str, path: str, size: int, progress: Progress | None = None) -> bool:
+        """Store the file at ``path`` under ``digest``; verify while copying that its bytes hash to
+        ``digest`` (raise :class:`IntegrityError` otherwise). Returns False if the blob already
+        existed and nothing was written."""
+        raise NotImplementedError
+
+    def open(self, digest: str) -> BinaryIO:
+        """A binary stream of the blob's stored bytes (unverified: use :func:`copy_verified`).
+        Raise :class:`IntegrityError` if the blob is missing."""
+        raise NotImplementedError
+
+    def delete(self, digest: str) -> None:
+        raise NotImplementedError
+
+    def iter_blobs(self) -> Iterator[tuple[str, float]]:
+        """Every stored blob as ``(digest, mtime as a unix time)``."""
+        raise NotImplementedError
+
+    def cleanup_temp(self, older_than: float) -> int:
+        """Remove temporary leftovers of interrupted writes older than ``older_than`` seconds;
+        return how many were removed."""
+        return 0
+
+    def describe(self) -> str:
+        return self.url
+
+
+def check_digest(digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise InvalidInput(f"invalid blob digest '{digest}'")
+    return digest
+
+
+def hash_file(path: str, progress: Progress | None = None) -> tuple[str, int]:
+    """``(sha256 hex, size)`` of a file, streamed in bounded memory."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+            if progress:
+                progress(n)
+    return h.hexdigest(), size
+
+
+def copy_stream_verified(src: BinaryIO, dst: BinaryIO, digest: str, what: str,
+                         size: int | None = None, progress: Progress | None = None) -> int:
+    """Copy ``src`` to ``dst`` hashing as it goes; raise :class:`IntegrityError` naming ``what`` if the
+    bytes do not hash to ``digest`` or the size differs. Returns the number of bytes copied."""
+    h = hashlib.sha256()
+    total = 0
+    while chunk := src.read(CHUNK):
+        h.update(chunk)
+        dst.write(chunk)
+        total += len(chunk)
+        if progress:
+            progress(len(chunk))
+    if h.hexdigest() != digest or (size is not None and total != size):
+        raise IntegrityError(
+            f"{what} is corrupt: expected sha256:{digest} ({size if size is not None else '?'} bytes), "
+            f"got sha256:{h.hexdigest()} ({total} bytes)"
+        )
+    return total
+
+
+def copy_verified(store: BlobStore, digest: str, dest: str, size: int | None = None,
+                  progress: Progress | None = None, what: str | None = None) -> None:
+    """Write blob ``digest`` to the path ``dest``, verified by sha256 while it is read."""
+    with store.open(digest) as src, open(dest, "wb") as dst:
+        copy_stream_verified(src, dst, digest, what or f"blob sha256:{digest}", size, progress)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def verify_blob(store: BlobStore, digest: str) -> str | None:
+    """Re-hash one stored blob: ``None`` if intact, else a reason (``missing`` / ``corrupt ...``)."""
+    if not store.has(digest):
+        return "missing"
+    try:
+        with store.open(digest) as src:
+            h = hashlib.sha256()
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+    except IntegrityError:
+        return "missing"
+    got = h.hexdigest()
+    return None if got == digest else f"corrupt (content hashes to sha256:{got})"

@@ -1,0 +1,1 @@
+"""Built-in plugin adapterhub_s3 (work in progress)."""
