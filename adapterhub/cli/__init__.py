@@ -1,1 +1,141 @@
-def main():\n    pass
+"""The ``adapterhub`` command line: click commands only (parse, call the API, print).
+
+Importing this module is cheap: commands import the API (SQLAlchemy, torch ...) when they run, so
+``adapterhub --help`` starts fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from ..errors import AdapterhubError
+
+
+class App:
+    """Per-invocation state: the home directory and lazily opened plugins and registry."""
+
+    def __init__(self, home: str | None):
+        self.home = home
+        self._registry = None
+
+    @property
+    def plugins(self):
+        from ..plugins import get_plugins
+
+        return get_plugins()
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from ..api import open_registry
+
+            self._registry = open_registry(self.home, self.plugins)
+        return self._registry
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _as_click_error(exc: BaseException) -> click.ClickException:
+    if isinstance(exc, AdapterhubError):
+        return click.ClickException(str(exc))
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return click.ClickException(f"{exc.strerror or _one_line(exc)}:{where}".rstrip(":"))
+    mod = type(exc).__module__
+    if mod.startswith("sqlalchemy"):
+        orig = getattr(exc, "orig", None) or exc
+        msg = _one_line(orig)
+        if "readonly" in msg or "read-only" in msg or "unable to open database" in msg:
+            return click.ClickException(f"the registry database is not writable: {msg}")
+        return click.ClickException(f"registry database error: {msg}")
+    return click.ClickException(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                                "(set ADAPTERHUB_DEBUG=1 for the traceback)")
+
+
+class AdapterhubGroup(click.Group):
+    """A group that turns every error into one ``Error: ...`` line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:
+            if os.environ.get("ADAPTERHUB_DEBUG"):
+                raise
+            raise _as_click_error(exc) from None
+
+
+@click.group(cls=AdapterhubGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), envvar="ADAPTERHUB_HOME",
+              help="Registry home (default: $ADAPTERHUB_HOME or ~/.adapterhub).")
+@click.version_option(package_name="adapterhub")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """Train, version, merge, stack, quantize and ship PEFT adapters."""
+    ctx.obj = App(home)
+
+
+def emit(as_json: bool, data: Any, text: Callable[[Any], str] | str | None = None) -> None:
+    """Print ``data`` as JSON, or as text made by ``text``."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    elif callable(text):
+        out = text(data)
+        if out:
+            click.echo(out)
+    elif text is not None:
+        click.echo(text)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on stderr (hidden when stderr is not a terminal); returns (callback, close)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+               disable=None, leave=False)
+    return bar.update, bar.close
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+from . import registry_cmds  # noqa: E402,F401  (registers the commands)
+
+_plugins_added = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    global _plugins_added
+    if not _plugins_added:
+        _plugins_added = True
+        try:
+            from ..plugins import get_plugins
+
+            get_plugins().add_commands(cli)
+        except AdapterhubError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+    cli.main(args=argv, prog_name="adapterhub")

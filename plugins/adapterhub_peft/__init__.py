@@ -1,1 +1,54 @@
-"""Built-in plugin: the PEFT adapter directory format (placeholder until checkpoint.py lands)."""
+"""Built-in plugin: the PEFT adapter directory format (``adapter_config.json`` +
+``adapter_model.safetensors``), so ``adapterhub push`` accepts directories written by peft."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import adapterhub
+from adapterhub.errors import InvalidInput
+
+#: PEFT types we know the name of even when no plugin for the method is installed
+_FALLBACK = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning",
+             "P_TUNING": "p_tuning", "LOHA": "loha", "LOKR": "lokr", "ADALORA": "adalora", "BOFT": "boft",
+             "OFT": "oft", "VERA": "vera"}
+
+
+class PeftFormat:
+    name = "peft"
+
+    def detect(self, path: str) -> bool:
+        return os.path.isfile(os.path.join(path, "adapter_config.json"))
+
+    def read(self, path: str, plugins: Any) -> dict[str, Any]:
+        from adapterhub.checkpoint import load_json
+
+        cfg = load_json(os.path.join(path, "adapter_config.json"))
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("peft_type"), str):
+            raise InvalidInput(f"adapter_config.json in {path} has no peft_type")
+        weights = [n for n in ("adapter_model.safetensors", "adapter_model.bin") if os.path.isfile(os.path.join(path, n))]
+        if not weights:
+            raise InvalidInput(f"{path} has adapter_config.json but no adapter_model.safetensors")
+        method = None
+        for name, _plugin, m in plugins.items("methods"):
+            if m.matches_peft_config(cfg):
+                method = name
+                break
+        if method is None:
+            method = _FALLBACK.get(cfg["peft_type"], cfg["peft_type"].lower())
+            if method == "lora" and cfg.get("use_dora"):
+                method = "dora"
+        task = cfg.get("task_type")
+        return {
+            "method": method,
+            "config": cfg,
+            "base": {"fingerprint": None, "name": cfg.get("base_model_name_or_path")},
+            "task": task,
+            "format": "peft",
+        }
+
+
+@adapterhub.hookimpl
+def register_formats(register):
+    register(PeftFormat())

@@ -1,0 +1,97 @@
+"""The Python API: what the CLI calls. Opening registries, push, pull, fingerprints.
+
+    from adapterhub import api
+    reg = api.open_registry()                       # ~/.adapterhub, or $ADAPTERHUB_HOME
+    pub = api.push(reg, "./my-adapter", "acme/bot", base="./base-model")
+    api.pull(reg, "acme/bot@production", "./out")
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+from urllib.parse import urlparse
+
+from . import config
+from .errors import BaseMismatch, InvalidInput
+from .plugins import Plugins, get_plugins
+from .registry.blobs import Progress
+from .registry.registry import ParentSpec, Published, Registry
+
+
+def open_store(url: str, plugins: Plugins | None = None):
+    """A blob store for ``url`` from the store plugin registered for its scheme."""
+    plugins = plugins or get_plugins()
+    scheme = urlparse(url).scheme or "file"
+    return plugins.get("stores", scheme).from_url(url)
+
+
+def open_registry(home: str | None = None, plugins: Plugins | None = None) -> Registry:
+    """The local registry (SQLite + the ``file`` store) under ``home``."""
+    home = config.home_dir(home)
+    return Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local")
+
+
+def fingerprint(base_dir: str, home: str | None = None, progress: Progress | None = None):
+    """The fingerprint of the base model in ``base_dir``, cached under the registry home."""
+    from .fingerprint import fingerprint as _fp
+
+    return _fp(base_dir, cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"), progress=progress)
+
+
+def check_base(expected: str | None, actual: str, base_dir: str, hint: str | None = None) -> None:
+    """Refuse a base whose fingerprint differs from the one an adapter was trained on."""
+    if expected and expected != actual:
+        raise BaseMismatch(
+            f"base mismatch: the adapter expects base {expected}"
+            + (f" ({hint})" if hint else "")
+            + f", but {base_dir} is {actual}"
+        )
+
+
+def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases: Iterable[str] = (),
+         tags: dict[str, str] | None = None, parents: Iterable[ParentSpec] = (), import_bin: bool = False,
+         home: str | None = None, plugins: Plugins | None = None, progress: Progress | None = None,
+         hash_progress: Progress | None = None) -> Published:
+    """Register the adapter directory ``src`` as a version of ``name``."""
+    from .checkpoint import read_adapter_dir
+    from .refs import validate_name
+
+    validate_name(name)
+    plugins = plugins or get_plugins()
+    source = read_adapter_dir(src, plugins, import_bin=import_bin, progress=hash_progress)
+    try:
+        manifest = source.manifest
+        base_info: dict[str, Any] = {}
+        m_base = dict(manifest.get("base") or {})
+        if base:
+            fp = fingerprint(base, home)
+            check_base(m_base.get("fingerprint"), fp.digest, base, m_base.get("name"))
+            m_base["fingerprint"] = fp.digest
+            m_base.setdefault("name", None)
+            m_base["name"] = m_base["name"] or os.path.basename(os.path.abspath(base))
+            base_info = {"fingerprint": fp.digest, "name": m_base["name"], "tensors": fp.tensors, "bytes": fp.bytes}
+        if m_base:
+            manifest["base"] = m_base
+        if source.format != "adapterhub":
+            manifest.setdefault("format", source.format)
+        return reg.publish(name, manifest, source.files, parents=parents, aliases=aliases, tags=tags,
+                           base=base_info or None, progress=progress)
+    finally:
+        source.cleanup()
+
+
+def pull(reg: Registry, ref: str, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    from .registry.maintenance import materialize
+
+    return materialize(reg, ref, out, force=force, progress=progress)
+
+
+def parse_tags(items: Iterable[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"invalid tag {item!r}: expected key=value")
+        tags[key] = value
+    return tags

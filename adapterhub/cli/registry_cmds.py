@@ -1,0 +1,283 @@
+"""Registry commands: push, pull, list, show, alias, tag, lineage, verify, gc, fingerprint, plugins, db."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from . import App, cli, emit, human_size, json_option, progress_bar
+
+RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
+pass_app = click.make_pass_decorator(App)
+
+
+@cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("name")
+@click.option("--base", type=click.Path(), help="Base model directory; its fingerprint is recorded and checked.")
+@click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="K=V", help="Tag the version (repeatable).")
+@click.option("--parent", "parents", multiple=True, metavar="REF", help="A version this one derives from (repeatable).")
+@click.option("--relation", type=click.Choice(RELATIONS), default="trained_from", show_default=True,
+              help="How the version relates to --parent.")
+@click.option("--import-bin", is_flag=True, help="Convert pickle .bin/.pt files with torch.load(weights_only=True).")
+@json_option
+@pass_app
+def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin, as_json):
+    """Register the adapter directory SRC as a new version of NAME (namespace/name)."""
+    from ..api import parse_tags, push as do_push
+    from ..checkpoint import list_files
+    from ..registry.registry import ParentSpec
+
+    total = sum(os.path.getsize(f) for _, f in list_files(src)) if os.path.isdir(src) else 0
+    update, close = progress_bar(total, "upload")
+    try:
+        pub = do_push(app.registry, src, name, base=base, aliases=aliases, tags=parse_tags(tags),
+                      parents=[ParentSpec(relation, ref=p) for p in parents], import_bin=import_bin,
+                      home=app.home, plugins=app.plugins, progress=update)
+    finally:
+        close()
+    emit(as_json, pub.to_dict(), lambda d: d["ref"] + ("" if d["created"] else "  (already present)"))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--out", required=True, type=click.Path(), help="Directory to write the files to.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@json_option
+@pass_app
+def pull(app: App, ref, out, force, as_json):
+    """Materialize version REF into OUT; every blob is verified by sha256 as it is read."""
+    from ..api import pull as do_pull
+
+    info = app.registry.show(ref)
+    update, close = progress_bar(info["size"], "download")
+    try:
+        result = do_pull(app.registry, ref, out, force=force, progress=update)
+    finally:
+        close()
+    emit(as_json, result, lambda d: f"{d['ref']} -> {d['out']} ({len(d['files'])} files, {human_size(d['bytes'])})")
+
+
+@cli.command(name="list")
+@click.argument("name", required=False)
+@json_option
+@pass_app
+def list_cmd(app: App, name, as_json):
+    """List versions (of NAME, if given)."""
+    rows = app.registry.list(name)
+
+    def table(rows):
+        if not rows:
+            return "no versions yet (adapterhub push DIR NAME)"
+        head = ("REF", "METHOD", "DIGEST", "SIZE", "ALIASES", "CREATED")
+        body = [(r["ref"], r["method"] or "-", r["digest"][7:19], human_size(r["size"]),
+                 ",".join(r["aliases"]) or "-", (r["created_at"] or "")[:19]) for r in rows]
+        return format_table(head, body)
+
+    emit(as_json, rows, table)
+
+
+def format_table(head, body) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *body])
+
+
+@cli.command()
+@click.argument("ref")
+@json_option
+@pass_app
+def show(app: App, ref, as_json):
+    """Show one version: method, config, base, files, aliases, tags, lineage and metrics."""
+    info = app.registry.show(ref)
+    if as_json:
+        info = {k: v for k, v in info.items() if k != "manifest"}
+    emit(as_json, info, _show_text)
+
+
+def _show_text(d) -> str:
+    lines = [f"{d['ref']}  {d['digest']}", f"  kind:    {d['kind']}", f"  method:  {d['method']}"]
+    base = d.get("base") or {}
+    lines.append(f"  base:    {d['base_fingerprint'] or 'unknown'}" + (f" ({base.get('name')})" if base.get("name") else ""))
+    if d.get("task"):
+        lines.append(f"  task:    {d['task']}")
+    lines.append(f"  created: {d['created_at']} by {d['created_by']}")
+    lines.append(f"  aliases: {', '.join(d['aliases']) or '-'}")
+    if d["tags"]:
+        lines.append("  tags:    " + ", ".join(f"{k}={v}" for k, v in d["tags"].items()))
+    for p in d["parents"]:
+        lines.append(f"  parent:  {p['relation']} {p['ref'] or p['digest']}" + (" (external)" if p["external"] else ""))
+    for c in d["children"]:
+        lines.append(f"  child:   {c['ref']} ({c['relation']})")
+    if d["metrics"]:
+        lines.append("  metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))
+    for e in d["evaluations"]:
+        lines.append(f"  eval:    {e['data_digest'][:19]} " + ", ".join(f"{k}={v}" for k, v in e["metrics"].items()))
+    if d["config"]:
+        cfg = ", ".join(f"{k}={v}" for k, v in sorted(d["config"].items()) if v not in (None, [], {}, ""))
+        lines.append(f"  config:  {cfg[:400]}")
+    lines.append(f"  files:   {len(d['files'])} ({human_size(d['size'])})")
+    for f in d["files"]:
+        lines.append(f"    {f['path']}  {human_size(f['size'])}  {f['digest'][:19]}")
+    return "\n".join(lines)
+
+
+@cli.group()
+def alias():
+    """Move, remove and audit aliases (mutable pointers such as production)."""
+
+
+@alias.command(name="set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version")
+@click.option("--reason", help="Why (recorded in the alias history).")
+@json_option
+@pass_app
+def alias_set(app: App, name, alias_name, version, reason, as_json):
+    """Point NAME@ALIAS at VERSION (a number or a ref)."""
+    r = app.registry.set_alias(name, alias_name, version, reason=reason)
+    prev = f" (was {r['previous']})" if r["previous"] not in (None, r["version"]) else ""
+    emit(as_json, r, f"{name}@{alias_name} -> {r['ref']}{prev}")
+
+
+@alias.command(name="rm")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.option("--reason", help="Why (recorded in the alias history).")
+@json_option
+@pass_app
+def alias_rm(app: App, name, alias_name, reason, as_json):
+    """Remove NAME@ALIAS."""
+    r = app.registry.remove_alias(name, alias_name, reason=reason)
+    emit(as_json, r, f"removed {name}@{alias_name} (was {r['previous']})")
+
+
+@alias.command(name="history")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@json_option
+@pass_app
+def alias_history(app: App, name, alias_name, as_json):
+    """Every move of NAME@ALIAS: when, who, from which version to which."""
+    rows = app.registry.alias_history(name, alias_name)
+    emit(as_json, rows, lambda rows: format_table(
+        ("AT", "ACTOR", "FROM", "TO", "REASON"),
+        [(r["at"], r["actor"], r["from"] or "-", r["to"] or "(removed)", r["reason"] or "") for r in rows]))
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("pairs", nargs=-1, metavar="[K=V]...")
+@click.option("--rm", "remove", multiple=True, metavar="KEY", help="Remove a tag (repeatable).")
+@json_option
+@pass_app
+def tag(app: App, ref, pairs, remove, as_json):
+    """Set (K=V) or remove (--rm K) tags on version REF; prints the tags."""
+    from ..api import parse_tags
+
+    tags = app.registry.set_tags(ref, parse_tags(pairs), remove)
+    emit(as_json, tags, lambda t: "\n".join(f"{k}={v}" for k, v in t.items()) or "(no tags)")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "mermaid"]), default="text", show_default=True)
+@pass_app
+def lineage(app: App, ref, fmt):
+    """Show where REF came from (ancestors) and what was made from it."""
+    from ..registry.maintenance import lineage as get_lineage, render_lineage
+
+    graph = get_lineage(app.registry, ref)
+    emit(fmt == "json", graph, lambda g: render_lineage(g, fmt))
+
+
+@cli.command()
+@click.argument("ref", required=False)
+@json_option
+@pass_app
+def verify(app: App, ref, as_json):
+    """Re-hash stored blobs (of REF, or of every version); exit 1 if any is missing or corrupt."""
+    from ..registry.maintenance import verify as do_verify
+
+    report = do_verify(app.registry, ref)
+
+    def text(r):
+        lines = [f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})" for p in r["problems"]]
+        lines.append(f"checked {r['blobs']} blobs ({human_size(r['bytes'])}) of {r['versions']} versions: "
+                     + ("ok" if r["ok"] else f"{len(r['problems'])} problems"))
+        return "\n".join(lines)
+
+    emit(as_json, report, text)
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.option("--grace", type=float, default=600.0, show_default=True,
+              help="Keep unreferenced blobs younger than this many seconds (pushes in flight).")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@json_option
+@pass_app
+def gc(app: App, grace, dry_run, as_json):
+    """Remove unreferenced blobs and leftovers of interrupted writes."""
+    from ..registry.maintenance import gc as do_gc
+
+    r = do_gc(app.registry, grace=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    emit(as_json, r, lambda r: f"{verb} {r['removed_blobs']} blobs ({human_size(r['freed_bytes'])}) and "
+                               f"{r['removed_temp']} temp files"
+                               + (f"; kept {r['kept_recent']} recent ones (--grace 0 to remove)" if r["kept_recent"] else ""))
+
+
+@cli.command()
+@click.argument("base_dir", type=click.Path())
+@json_option
+@pass_app
+def fingerprint(app: App, base_dir, as_json):
+    """Print the fingerprint of the base model weights in BASE_DIR."""
+    from ..api import fingerprint as fp
+
+    update, close = progress_bar(0, "hash")
+    try:
+        result = fp(base_dir, app.home, progress=update)
+    finally:
+        close()
+    emit(as_json, result.to_dict(), result.digest)
+
+
+@cli.command()
+@json_option
+@pass_app
+def plugins(app: App, as_json):
+    """List installed plugins and what each registers."""
+    from ..plugins import KINDS
+
+    rows = app.plugins.describe()
+
+    def text(rows):
+        out = []
+        for p in rows:
+            what = "; ".join(f"{k}: {', '.join(p[k])}" for k in KINDS if p.get(k))
+            hooks = ", ".join(h for h in p["hooks"] if h == "register_commands")
+            out.append(f"{p['name']:<14} {p['module']:<22} {what or hooks or '-'}")
+        return "\n".join(out)
+
+    emit(as_json, rows, text)
+
+
+@cli.group()
+def db():
+    """Database maintenance."""
+
+
+@db.command()
+@json_option
+@pass_app
+def upgrade(app: App, as_json):
+    """Run the registry's schema migrations now (they also run on first use)."""
+    from ..registry.db import HEAD_REVISION, upgrade as do_upgrade
+
+    before = do_upgrade(app.registry.engine)
+    emit(as_json, {"from": before, "to": HEAD_REVISION}, f"schema at {HEAD_REVISION} (was {before or 'empty'})")

@@ -1,0 +1,119 @@
+"""Engines, transactions and migrations for SQLite and PostgreSQL.
+
+Write transactions are serialised where it matters: on SQLite with ``BEGIN IMMEDIATE`` (one writer at a
+time, others wait on the busy timeout); on PostgreSQL with row locks taken by the registry. Migrations
+run automatically on first use, under the same lock (SQLite) or an advisory lock (PostgreSQL), so many
+processes opening a fresh registry at once migrate it exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from ..errors import AdapterhubError
+
+#: the newest migration; checked with one cheap query so that ordinary commands never import alembic
+HEAD_REVISION = "0001"
+BUSY_TIMEOUT_MS = 120_000
+_ADVISORY_LOCK = 0x6164617074  # "adapt"
+
+
+def make_engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            folder = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise AdapterhubError(f"cannot create registry directory {folder}: {exc.strerror}") from None
+        engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys = ON")
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+            except Exception:  # a read-only registry: keep whatever mode it has
+                pass
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            write = conn.get_execution_options().get("adapterhub_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    try:
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    except (ImportError, sa.exc.ArgumentError) as exc:
+        raise AdapterhubError(f"cannot use database {mask_url(url)}: {exc}") from None
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages and listings)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+@contextlib.contextmanager
+def write_tx(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+    with engine.connect().execution_options(adapterhub_write=True) as conn:
+        with conn.begin():
+            yield conn
+
+
+@contextlib.contextmanager
+def read_tx(engine: sa.Engine) -> Iterator[sa.Connection]:
+    with engine.connect() as conn:
+        with conn.begin():
+            yield conn
+
+
+def current_revision(conn: sa.Connection) -> str | None:
+    try:
+        with conn.begin_nested():
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except sa.exc.DBAPIError:
+        return None
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    """Migrate the database to the newest revision if it is not there yet."""
+    with read_tx(engine) as conn:
+        if current_revision(conn) == HEAD_REVISION:
+            return
+    upgrade(engine)
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
+    """Run Alembic migrations up to ``revision`` under a lock; return the revision before."""
+    from alembic import command
+    from alembic.config import Config
+
+    from .. import migrations
+
+    with write_tx(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
+        before = current_revision(conn)
+        if before != HEAD_REVISION or revision != "head":
+            cfg = Config()
+            cfg.set_main_option("script_location", os.path.dirname(migrations.__file__))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    return before

@@ -1,0 +1,223 @@
+"""Materializing versions to directories, verifying stored blobs, and garbage collection."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import AdapterhubError, IntegrityError
+from . import schema as t
+from .blobs import Progress, copy_verified, verify_blob
+from .registry import Registry, check_relpath
+
+DEFAULT_GC_GRACE = 600.0  # seconds: blobs of a push still in flight are younger than this
+
+
+def prepare_out(out: str, force: bool) -> str:
+    """Refuse an ``out`` that exists and is not empty (unless ``force``); return a fresh temp dir
+    beside it, on the same file system, so the final rename is atomic."""
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise AdapterhubError(f"{out} exists and is not a directory")
+        if os.listdir(out) and not force:
+            raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
+        os.mkdir(tmp)
+    except OSError as exc:
+        raise AdapterhubError(f"cannot write to {parent}: {exc.strerror}") from None
+    return tmp
+
+
+def finish_out(tmp: str, out: str) -> None:
+    """Move the finished temp dir into place (replacing an existing ``out``)."""
+    out = os.path.abspath(out)
+    old = None
+    if os.path.exists(out):
+        old = f"{tmp}.old"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def materialize(reg: Registry, ref: str, out: str, force: bool = False,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """Write the files of ``ref`` to ``out``, each verified by sha256 while it is read. On any error
+    nothing is left at ``out`` (the work happens in a temp dir renamed into place at the end)."""
+    with reg.read() as conn:
+        v = reg.resolve(ref, conn)
+        files = reg.files_of(conn, v["id"])
+    for f in files:
+        check_relpath(f["path"])
+    tmp = prepare_out(out, force)
+    try:
+        for f in files:
+            dest = os.path.join(tmp, *f["path"].split("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            copy_verified(reg.store, f["digest"][7:], dest, f["size"], progress,
+                          what=f"blob {f['digest']} ({v['ref']} {f['path']})")
+        finish_out(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AdapterhubError(f"cannot write {out}: {exc.strerror}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"ref": v["ref"], "digest": "sha256:" + v["digest"], "out": os.path.abspath(out),
+            "files": files, "bytes": sum(f["size"] for f in files)}
+
+
+def verify(reg: Registry, ref: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Re-hash every blob referenced by ``ref`` (or by every version) and report missing or corrupt
+    ones with the versions and paths that use them."""
+    f, v, a = t.files, t.versions, t.adapters
+    with reg.read() as conn:
+        q = (sa.select(f.c.blob_digest, f.c.path, f.c.size, v.c.number, a.c.name)
+             .join(v, v.c.id == f.c.version_id).join(a, a.c.id == v.c.adapter_id))
+        if ref:
+            q = q.where(v.c.id == reg.resolve(ref, conn)["id"])
+        rows = conn.execute(q).all()
+        versions = len({(r.name, r.number) for r in rows}) if not ref else 1
+    used: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for r in rows:
+        used.setdefault(r.blob_digest, []).append(f"{r.name}:{r.number} {r.path}")
+        sizes[r.blob_digest] = r.size
+    problems = []
+    for digest in sorted(used):
+        status = verify_blob(reg.store, digest)
+        if progress:
+            progress(sizes[digest])
+        if status:
+            problems.append({"blob": "sha256:" + digest, "status": status, "used_by": used[digest]})
+    return {"versions": versions, "blobs": len(used), "bytes": sum(sizes.values()),
+            "problems": problems, "ok": not problems}
+
+
+def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) -> dict[str, Any]:
+    """Remove blobs no version references (older than ``grace`` seconds, so a push in flight keeps its
+    blobs) and the temp leftovers of interrupted writes."""
+    with reg.read() as conn:
+        referenced = {r[0] for r in conn.execute(sa.select(t.files.c.blob_digest).distinct())}
+    now = time.time()
+    removed, kept_recent, freed = [], 0, 0
+    for digest, mtime in list(reg.store.iter_blobs()):
+        if digest in referenced:
+            continue
+        if now - mtime < grace:
+            kept_recent += 1
+            continue
+        size = _blob_size(reg, digest)
+        if not dry_run:
+            reg.store.delete(digest)
+        removed.append("sha256:" + digest)
+        freed += size
+    temp = 0 if dry_run else reg.store.cleanup_temp(grace)
+    return {"removed_blobs": len(removed), "freed_bytes": freed, "removed_temp": temp,
+            "kept_recent": kept_recent, "grace_seconds": grace, "dry_run": dry_run, "blobs": removed}
+
+
+def _blob_size(reg: Registry, digest: str) -> int:
+    try:
+        with reg.store.open(digest) as fh:
+            fh.seek(0, os.SEEK_END)
+            return fh.tell()
+    except (IntegrityError, OSError, AttributeError, ValueError):
+        return 0
+
+
+def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
+    """The ancestors and descendants of ``ref`` as ``{"root", "nodes", "edges"}``."""
+    l, v, a = t.lineage, t.versions, t.adapters
+    with reg.read() as conn:
+        root = reg.resolve(ref, conn)
+        nodes: dict[str, dict[str, Any]] = {}
+        edges: list[dict[str, Any]] = []
+
+        def node(vid: int | None, digest: str | None, ext_ref: str | None) -> str:
+            if vid is None:
+                key = ext_ref or ("sha256:" + (digest or "?"))
+                nodes.setdefault(key, {"id": key, "ref": ext_ref, "digest": "sha256:" + digest if digest else None,
+                                       "method": None, "external": True})
+                return key
+            r = conn.execute(sa.select(v.c.number, v.c.digest, v.c.method, v.c.kind, a.c.name)
+                             .join(a, a.c.id == v.c.adapter_id).where(v.c.id == vid)).first()
+            key = f"{r.name}:{r.number}"
+            nodes.setdefault(key, {"id": key, "ref": key, "digest": "sha256:" + r.digest, "method": r.method,
+                                   "kind": r.kind, "external": False})
+            return key
+
+        root_key = node(root["id"], None, None)
+        for direction in ("up", "down"):
+            frontier, seen = [root["id"]], {root["id"]}
+            for _ in range(depth):
+                nxt = []
+                for vid in frontier:
+                    cond = l.c.child_id == vid if direction == "up" else l.c.parent_id == vid
+                    for e in conn.execute(sa.select(l).where(cond).order_by(l.c.position, l.c.id)):
+                        child = node(e.child_id, None, None)
+                        parent = node(e.parent_id, e.parent_digest, e.parent_ref)
+                        edges.append({"child": child, "parent": parent, "relation": e.relation,
+                                      "position": e.position, "details": e.details})
+                        other = e.parent_id if direction == "up" else e.child_id
+                        if other is not None and other not in seen:
+                            seen.add(other)
+                            nxt.append(other)
+                frontier = nxt
+                if not frontier:
+                    break
+    return {"root": root_key, "nodes": list(nodes.values()), "edges": edges}
+
+
+def render_lineage(graph: dict[str, Any], fmt: str) -> str:
+    """Render a lineage graph as ``text``, ``dot`` or ``mermaid``."""
+    edges = graph["edges"]
+    if fmt == "dot":
+        lines = ["digraph lineage {", "  rankdir=BT;"]
+        for n in graph["nodes"]:
+            label = n["id"] + (f"\\n{n['method']}" if n.get("method") else "")
+            style = ', style="bold"' if n["id"] == graph["root"] else (", style=dashed" if n["external"] else "")
+            lines.append(f'  "{n["id"]}" [label="{label}"{style}];')
+        for e in edges:
+            lines.append(f'  "{e["child"]}" -> "{e["parent"]}" [label="{e["relation"]}"];')
+        return "\n".join(lines + ["}"])
+    if fmt == "mermaid":
+        ids = {n["id"]: f"n{i}" for i, n in enumerate(graph["nodes"])}
+        lines = ["graph BT"]
+        for n in graph["nodes"]:
+            lines.append(f'  {ids[n["id"]]}["{n["id"]}"]')
+        for e in edges:
+            lines.append(f'  {ids[e["child"]]} -->|{e["relation"]}| {ids[e["parent"]]}')
+        return "\n".join(lines)
+    # text: the root, its ancestors indented below it, then its descendants
+    parents: dict[str, list[dict[str, Any]]] = {}
+    children: dict[str, list[dict[str, Any]]] = {}
+    for e in edges:
+        parents.setdefault(e["child"], []).append(e)
+        children.setdefault(e["parent"], []).append(e)
+    methods = {n["id"]: n.get("method") for n in graph["nodes"]}
+    out = [graph["root"] + (f" ({methods[graph['root']]})" if methods.get(graph["root"]) else "")]
+
+    def walk(key: str, table: dict[str, list[dict[str, Any]]], side: str, indent: str, seen: set[str]) -> None:
+        for e in table.get(key, []):
+            other = e[side]
+            extra = f" {e['details']}" if e.get("details") else ""
+            out.append(f"{indent}└─ {e['relation']} {other}" + (f" ({methods[other]})" if methods.get(other) else "") + extra)
+            if other not in seen:
+                walk(other, table, side, indent + "   ", seen | {other})
+
+    walk(graph["root"], parents, "parent", "  ", {graph["root"]})
+    if children.get(graph["root"]):
+        out.append("descendants:")
+        for e in children[graph["root"]]:
+            out.append(f"  {e['child']} ({e['relation']})")
+    return "\n".join(out)

@@ -1,0 +1,455 @@
+"""Publishing, resolving and reading versions; aliases and tags.
+
+Publishing is two-phase: every blob is uploaded and verified first, then one write transaction
+creates the version with its files, lineage, tags and aliases. A crash between the phases leaves only
+unreferenced blobs, which ``gc`` removes; no version is ever visible whose blobs are missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+
+from ..errors import AdapterhubError, InvalidInput, NotFound
+from ..refs import Ref, parse_ref, validate_alias, validate_name
+from . import schema as t
+from .blobs import BlobStore, Progress
+from .db import ensure_schema, make_engine, read_tx, write_tx
+
+MAX_PUBLISH_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to publish: its path inside the version, where it is now, and its content address."""
+
+    path: str
+    source: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class ParentSpec:
+    """A lineage edge to add: ``ref`` names a version in this registry; ``digest`` alone names one
+    outside it (recorded as external)."""
+
+    relation: str
+    ref: str | None = None
+    digest: str | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass
+class Published:
+    name: str
+    version: int
+    digest: str
+    created: bool
+    base_fingerprint: str | None = None
+    uploaded_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "ref": self.ref, "digest": "sha256:" + self.digest,
+                "base_fingerprint": self.base_fingerprint, "created": self.created,
+                "uploaded_bytes": self.uploaded_bytes, **self.extra}
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte encoding a manifest is hashed in: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def actor() -> str:
+    user = os.environ.get("ADAPTERHUB_USER")
+    if user:
+        return user
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:
+        return "unknown"
+
+
+def check_relpath(path: str) -> str:
+    """Refuse paths that could escape the output directory when materialized."""
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\\" in path or "\x00" in path or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
+        raise InvalidInput(f"unsafe file path in version: {path!r}")
+    return path
+
+
+class Registry:
+    """A registry: a SQL database (SQLite or PostgreSQL) plus a blob store."""
+
+    def __init__(self, db_url: str, store: BlobStore, label: str = "local"):
+        self.db_url = db_url
+        self.engine = make_engine(db_url)
+        self.store = store
+        self.label = label
+        self._ready = False
+
+    def ready(self) -> "Registry":
+        if not self._ready:
+            ensure_schema(self.engine)
+            self._ready = True
+        return self
+
+    def read(self):
+        self.ready()
+        return read_tx(self.engine)
+
+    def write(self):
+        self.ready()
+        return write_tx(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- publishing ----------------------------------------------------------------------------
+    def publish(self, name: str, manifest: dict[str, Any], files: list[LocalFile], *,
+                parents: Iterable[ParentSpec] = (), aliases: Iterable[str] = (), tags: dict[str, str] | None = None,
+                base: dict[str, Any] | None = None, kind: str = "adapter", created_by: str | None = None,
+                progress: Progress | None = None, alias_guard: Any = None) -> Published:
+        """Store ``files`` as a new immutable version of ``name`` (or return the existing version with
+        the same digest). ``manifest`` must not contain ``files`` or ``parents``: they are added here."""
+        validate_name(name)
+        aliases = [validate_alias(a) for a in aliases]
+        tags = {validate_tag_key(k): str(v) for k, v in (tags or {}).items()}
+        seen: set[str] = set()
+        for f in files:
+            check_relpath(f.path)
+            if f.path in seen:
+                raise InvalidInput(f"duplicate file path {f.path!r}")
+            seen.add(f.path)
+        edges = self._resolve_parents(list(parents))
+        full = dict(manifest)
+        full["kind"] = kind
+        full["files"] = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in sorted(files, key=lambda f: f.path)]
+        full["parents"] = [{k: v for k, v in (("digest", e["digest"]), ("relation", e["relation"]),
+                                              ("details", e["details"])) if v is not None} for e in edges]
+        blob = canonical_json(full)
+        digest = hashlib.sha256(blob).hexdigest()
+        base_fp = (base or {}).get("fingerprint") or manifest.get("base", {}).get("fingerprint")
+
+        # phase 1: blobs, uploaded and verified before anything becomes visible
+        uploaded = 0
+        for f in sorted(files, key=lambda f: f.path):
+            if not self.store.has(f.sha256):
+                if self.store.put(f.sha256, f.source, f.size, progress=progress):
+                    uploaded += f.size
+                    continue
+            if progress:
+                progress(f.size)
+
+        # phase 2: one transaction
+        who = created_by or actor()
+        for attempt in range(MAX_PUBLISH_RETRIES):
+            try:
+                with self.write() as conn:
+                    adapter_id = self._adapter_id(conn, name, create=True, lock=True)
+                    row = conn.execute(sa.select(t.versions.c.id, t.versions.c.number).where(
+                        t.versions.c.adapter_id == adapter_id, t.versions.c.digest == digest)).first()
+                    created = row is None
+                    if created:
+                        if base_fp:
+                            b = dict(base or {})
+                            _insert_ignore(conn, t.base_models, {
+                                "fingerprint": base_fp, "name": b.get("name") or manifest.get("base", {}).get("name"),
+                                "tensors": b.get("tensors"), "bytes": b.get("bytes"),
+                                "properties": b.get("properties"), "created_at": now()})
+                        number = (conn.execute(sa.select(sa.func.max(t.versions.c.number)).where(
+                            t.versions.c.adapter_id == adapter_id)).scalar() or 0) + 1
+                        version_id = conn.execute(t.versions.insert().values(
+                            adapter_id=adapter_id, number=number, digest=digest, kind=kind,
+                            method=manifest.get("method"), base_fingerprint=base_fp, manifest=blob.decode("utf-8"),
+                            size=sum(f.size for f in files), created_at=now(), created_by=who,
+                        )).inserted_primary_key[0]
+                        for f in files:
+                            _insert_ignore(conn, t.blobs, {"digest": f.sha256, "size": f.size, "created_at": now()})
+                        if files:
+                            conn.execute(t.files.insert(), [
+                                {"version_id": version_id, "path": f.path, "blob_digest": f.sha256, "size": f.size}
+                                for f in files])
+                        for pos, e in enumerate(edges):
+                            conn.execute(t.lineage.insert().values(
+                                child_id=version_id, parent_id=e["id"], parent_digest=e["digest"],
+                                parent_ref=e["ref"], relation=e["relation"], position=pos, details=e["details"]))
+                    else:
+                        version_id, number = row
+                    for k, v in tags.items():
+                        self._set_tag(conn, version_id, k, v)
+                    for a in aliases:
+                        if alias_guard:
+                            alias_guard(conn, self, name, a, version_id)
+                        self._move_alias(conn, adapter_id, a, version_id, who, None)
+                return Published(name, number, digest, created, base_fp, uploaded)
+            except sa.exc.IntegrityError:
+                # another writer took the number (PostgreSQL without the lock, or a racing create)
+                time.sleep(0.01 * (attempt + 1))
+        raise AdapterhubError(f"could not allocate a version number for {name} after {MAX_PUBLISH_RETRIES} tries")
+
+    def _resolve_parents(self, parents: list[ParentSpec]) -> list[dict[str, Any]]:
+        from .schema import RELATIONS
+
+        out = []
+        if not parents:
+            return out
+        with self.read() as conn:
+            for p in parents:
+                if p.relation not in RELATIONS:
+                    raise InvalidInput(f"invalid relation '{p.relation}' (valid: {', '.join(RELATIONS)})")
+                if p.ref is not None:
+                    v = self.resolve(p.ref, conn)
+                    out.append({"id": v["id"], "digest": v["digest"], "ref": v["ref"], "relation": p.relation,
+                                "details": p.details})
+                elif p.digest:
+                    found = conn.execute(sa.select(t.versions.c.id).where(t.versions.c.digest == p.digest)).first()
+                    out.append({"id": found[0] if found else None, "digest": p.digest, "ref": None,
+                                "relation": p.relation, "details": p.details})
+                else:
+                    raise InvalidInput("a parent needs a ref or a digest")
+        return out
+
+    def _adapter_id(self, conn: sa.Connection, name: str, create: bool = False, lock: bool = False) -> int:
+        q = sa.select(t.adapters.c.id).where(t.adapters.c.name == name)
+        if create:
+            _insert_ignore(conn, t.adapters, {"name": name, "created_at": now()})
+        if lock and conn.dialect.name == "postgresql":
+            q = q.with_for_update()  # serialises version allocation for this name
+        row = conn.execute(q).first()
+        if row is None:
+            raise NotFound(f"no adapter named '{name}' in the {self.label} registry")
+        return row[0]
+
+    # -- resolving and reading -----------------------------------------------------------------
+    def resolve(self, ref: str | Ref, conn: sa.Connection | None = None) -> dict[str, Any]:
+        """The version a ref names, as a dict with ``id``, ``name``, ``number``, ``digest``, ``ref`` ...
+        Raises :class:`NotFound` naming what is missing."""
+        if conn is None:
+            with self.read() as c:
+                return self.resolve(ref, c)
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        v, a = t.versions, t.adapters
+        q = sa.select(v, a.c.name).join(a, a.c.id == v.c.adapter_id)
+        if r.digest:
+            rows = conn.execute(q.where(v.c.digest.startswith(r.digest)).order_by(v.c.id)).all()
+            if not rows:
+                raise NotFound(f"no version with digest sha256:{r.digest} in the {self.label} registry")
+            if len({row.digest for row in rows}) > 1:
+                raise InvalidInput(f"digest prefix sha256:{r.digest} is ambiguous; give more digits")
+            row = rows[0]
+        else:
+            adapter_id = self._adapter_id(conn, r.name)
+            if r.version is not None:
+                row = conn.execute(q.where(v.c.adapter_id == adapter_id, v.c.number == r.version)).first()
+                if row is None:
+                    latest = conn.execute(sa.select(sa.func.max(v.c.number)).where(v.c.adapter_id == adapter_id)).scalar()
+                    raise NotFound(f"{r.name} has no version {r.version} (latest is {latest})")
+            elif r.alias:
+                row = conn.execute(q.join(t.aliases, t.aliases.c.version_id == v.c.id).where(
+                    t.aliases.c.adapter_id == adapter_id, t.aliases.c.alias == r.alias)).first()
+                if row is None:
+                    raise NotFound(f"{r.name} has no alias '{r.alias}'")
+            else:
+                row = conn.execute(q.where(v.c.adapter_id == adapter_id).order_by(v.c.number.desc()).limit(1)).first()
+                if row is None:
+                    raise NotFound(f"{r.name} has no versions")
+        d = dict(row._mapping)
+        d["ref"] = f"{d['name']}:{d['number']}"
+        return d
+
+    def files_of(self, conn: sa.Connection, version_id: int) -> list[dict[str, Any]]:
+        rows = conn.execute(sa.select(t.files).where(t.files.c.version_id == version_id).order_by(t.files.c.path))
+        return [{"path": r.path, "digest": "sha256:" + r.blob_digest, "size": r.size} for r in rows]
+
+    def show(self, ref: str) -> dict[str, Any]:
+        with self.read() as conn:
+            v = self.resolve(ref, conn)
+            manifest = json.loads(v["manifest"])
+            aliases = [r[0] for r in conn.execute(sa.select(t.aliases.c.alias).where(
+                t.aliases.c.version_id == v["id"]).order_by(t.aliases.c.alias))]
+            tag_rows = conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
+                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))
+            parents = self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)
+            children = self._edges(conn, t.lineage.c.parent_id == v["id"], parent_side=False)
+            evals = [{"data_digest": "sha256:" + r.data_digest, "metrics": r.metrics, "details": r.details,
+                      "created_at": _iso(r.created_at)}
+                     for r in conn.execute(sa.select(t.evaluations).where(
+                         t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
+            base = None
+            if v["base_fingerprint"]:
+                b = conn.execute(sa.select(t.base_models).where(
+                    t.base_models.c.fingerprint == v["base_fingerprint"])).first()
+                base = {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
+            files = self.files_of(conn, v["id"])
+        return {
+            "name": v["name"], "version": v["number"], "ref": v["ref"], "digest": "sha256:" + v["digest"],
+            "kind": v["kind"], "method": v["method"], "config": manifest.get("config"),
+            "base_fingerprint": v["base_fingerprint"], "base": base, "task": manifest.get("task"),
+            "files": files, "size": v["size"], "aliases": aliases, "tags": {k: val for k, val in tag_rows},
+            "parents": parents, "children": children, "metrics": manifest.get("metrics") or {},
+            "evaluations": evals, "data": manifest.get("data") or [],
+            "created_at": _iso(v["created_at"]), "created_by": v["created_by"], "manifest": manifest,
+        }
+
+    def _edges(self, conn: sa.Connection, where: Any, parent_side: bool) -> list[dict[str, Any]]:
+        l, v, a = t.lineage, t.versions, t.adapters
+        other = l.c.parent_id if parent_side else l.c.child_id
+        q = (sa.select(l, v.c.number, v.c.digest.label("vdigest"), a.c.name)
+             .select_from(l.outerjoin(v, v.c.id == other).outerjoin(a, a.c.id == v.c.adapter_id))
+             .where(where).order_by(l.c.position, l.c.id))
+        out = []
+        for r in conn.execute(q):
+            ref = f"{r.name}:{r.number}" if r.name else r.parent_ref
+            digest = r.vdigest or r.parent_digest
+            out.append({"ref": ref, "digest": "sha256:" + digest if digest else None, "relation": r.relation,
+                        "details": r.details, "external": r.name is None})
+        return out
+
+    def list(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every version (of ``name``, if given), newest number last within each name."""
+        v, a = t.versions, t.adapters
+        with self.read() as conn:
+            q = (sa.select(a.c.name, v.c.id, v.c.number, v.c.digest, v.c.kind, v.c.method, v.c.size,
+                           v.c.base_fingerprint, v.c.created_at)
+                 .join(a, a.c.id == v.c.adapter_id).order_by(a.c.name, v.c.number))
+            if name:
+                validate_name(name)
+                self._adapter_id(conn, name)
+                q = q.where(a.c.name == name)
+            rows = conn.execute(q).all()
+            alias_map: dict[int, list[str]] = {}
+            for vid, alias in conn.execute(sa.select(t.aliases.c.version_id, t.aliases.c.alias).order_by(t.aliases.c.alias)):
+                alias_map.setdefault(vid, []).append(alias)
+        return [{"name": r.name, "version": r.number, "ref": f"{r.name}:{r.number}", "digest": "sha256:" + r.digest,
+                 "kind": r.kind, "method": r.method, "size": r.size, "base_fingerprint": r.base_fingerprint,
+                 "aliases": alias_map.get(r.id, []), "created_at": _iso(r.created_at)} for r in rows]
+
+    # -- aliases and tags ----------------------------------------------------------------------
+    def set_alias(self, name: str, alias: str, version: str, reason: str | None = None,
+                  guard: Any = None) -> dict[str, Any]:
+        """Point ``name@alias`` at ``version`` (a number or any ref of the same name)."""
+        validate_name(name)
+        validate_alias(alias)
+        ref = f"{name}:{version}" if str(version).isdigit() else str(version)
+        with self.write() as conn:
+            v = self.resolve(ref, conn)
+            if v["name"] != name:
+                raise InvalidInput(f"{ref} is a version of {v['name']}, not of {name}")
+            if guard:
+                guard(conn, self, name, alias, v["id"])
+            old = self._move_alias(conn, v["adapter_id"], alias, v["id"], actor(), reason)
+        return {"name": name, "alias": alias, "version": v["number"], "ref": v["ref"],
+                "digest": "sha256:" + v["digest"], "previous": old}
+
+    def _move_alias(self, conn, adapter_id: int, alias: str, version_id: int | None, who: str,
+                    reason: str | None) -> int | None:
+        al = t.aliases
+        cur = conn.execute(sa.select(al.c.version_id).where(al.c.adapter_id == adapter_id, al.c.alias == alias)).scalar()
+        if cur == version_id:
+            return self._number(conn, cur)
+        if version_id is None:
+            conn.execute(al.delete().where(al.c.adapter_id == adapter_id, al.c.alias == alias))
+        elif cur is None:
+            conn.execute(al.insert().values(adapter_id=adapter_id, alias=alias, version_id=version_id, updated_at=now()))
+        else:
+            conn.execute(al.update().where(al.c.adapter_id == adapter_id, al.c.alias == alias)
+                         .values(version_id=version_id, updated_at=now()))
+        conn.execute(t.alias_events.insert().values(adapter_id=adapter_id, alias=alias, old_version_id=cur,
+                                                    new_version_id=version_id, actor=who, reason=reason, at=now()))
+        return self._number(conn, cur)
+
+    @staticmethod
+    def _number(conn, version_id: int | None) -> int | None:
+        if version_id is None:
+            return None
+        return conn.execute(sa.select(t.versions.c.number).where(t.versions.c.id == version_id)).scalar()
+
+    def remove_alias(self, name: str, alias: str, reason: str | None = None) -> dict[str, Any]:
+        validate_name(name)
+        validate_alias(alias)
+        with self.write() as conn:
+            adapter_id = self._adapter_id(conn, name)
+            cur = conn.execute(sa.select(t.aliases.c.version_id).where(
+                t.aliases.c.adapter_id == adapter_id, t.aliases.c.alias == alias)).scalar()
+            if cur is None:
+                raise NotFound(f"{name} has no alias '{alias}'")
+            old = self._move_alias(conn, adapter_id, alias, None, actor(), reason)
+        return {"name": name, "alias": alias, "removed": True, "previous": old}
+
+    def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
+        validate_name(name)
+        validate_alias(alias)
+        e = t.alias_events
+        with self.read() as conn:
+            adapter_id = self._adapter_id(conn, name)
+            rows = conn.execute(sa.select(e).where(e.c.adapter_id == adapter_id, e.c.alias == alias).order_by(e.c.id)).all()
+            if not rows:
+                raise NotFound(f"{name} has no history for alias '{alias}'")
+            return [{"at": _iso(r.at), "actor": r.actor, "from": self._number(conn, r.old_version_id),
+                     "to": self._number(conn, r.new_version_id), "reason": r.reason} for r in rows]
+
+    def set_tags(self, ref: str, set_: dict[str, str], remove: Iterable[str] = ()) -> dict[str, str]:
+        with self.write() as conn:
+            v = self.resolve(ref, conn)
+            for k, val in set_.items():
+                self._set_tag(conn, v["id"], validate_tag_key(k), str(val))
+            for k in remove:
+                conn.execute(t.tags.delete().where(t.tags.c.version_id == v["id"], t.tags.c.key == k))
+            return {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
+                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
+
+    @staticmethod
+    def _set_tag(conn, version_id: int, key: str, value: str) -> None:
+        conn.execute(t.tags.delete().where(t.tags.c.version_id == version_id, t.tags.c.key == key))
+        conn.execute(t.tags.insert().values(version_id=version_id, key=key, value=value))
+
+    def add_evaluation(self, ref: str, data_digest: str, metrics: dict[str, Any],
+                       details: dict[str, Any] | None = None) -> None:
+        with self.write() as conn:
+            v = self.resolve(ref, conn)
+            conn.execute(t.evaluations.insert().values(version_id=v["id"], data_digest=data_digest.removeprefix("sha256:"),
+                                                       metrics=metrics, details=details, created_at=now()))
+
+
+def validate_tag_key(key: str) -> str:
+    if not key or len(key) > 128 or not all(c.isalnum() or c in "._-/" for c in key):
+        raise InvalidInput(f"invalid tag key {key!r}: use letters, digits and ._-/ (at most 128)")
+    return key
+
+
+def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> None:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    conn.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.isoformat(timespec="seconds")
+    return str(value)

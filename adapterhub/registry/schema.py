@@ -1,0 +1,133 @@
+"""The registry's tables (SQLAlchemy 2 Core). Alembic migrations in ``migrations/`` create them;
+this module is the single description both the code and ``alembic revision --autogenerate`` use.
+
+Digests are stored as 64 lowercase hex characters (no ``sha256:`` prefix); users see ``sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Timestamp = sa.DateTime(timezone=True)
+
+#: a base model, known by the fingerprint of its exact weights
+base_models = sa.Table(
+    "base_models", metadata,
+    sa.Column("fingerprint", sa.String(71), primary_key=True),  # "sha256:" + 64 hex
+    sa.Column("name", sa.String(512)),          # a human hint (e.g. base_model_name_or_path)
+    sa.Column("tensors", sa.Integer),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("properties", sa.JSON),           # e.g. quantization of the base (later issues)
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+#: a named adapter (``namespace/name``); its versions are numbered 1, 2, 3 ...
+adapters = sa.Table(
+    "adapters", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(129), nullable=False, unique=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+#: an immutable version; ``digest`` is the sha256 of its canonical manifest
+versions = sa.Table(
+    "versions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("adapter_id", sa.Integer, sa.ForeignKey("adapters.id"), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),          # adapter | composition
+    sa.Column("method", sa.String(64)),
+    sa.Column("base_fingerprint", sa.String(71), sa.ForeignKey("base_models.fingerprint")),
+    sa.Column("manifest", sa.Text, nullable=False),            # the canonical manifest JSON, verbatim
+    sa.Column("size", sa.BigInteger, nullable=False),          # total bytes of its files
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("created_by", sa.String(256)),
+    sa.UniqueConstraint("adapter_id", "number", name="uq_versions_adapter_number"),
+    sa.UniqueConstraint("adapter_id", "digest", name="uq_versions_adapter_digest"),
+)
+
+#: content-addressed blobs known to the registry (the bytes live in the blob store)
+blobs = sa.Table(
+    "blobs", metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+#: the files of a version: relative path -> blob
+files = sa.Table(
+    "files", metadata,
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("versions.id"), primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("blob_digest", sa.String(64), sa.ForeignKey("blobs.digest"), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+)
+
+#: mutable pointers (``production``) from an adapter name to one of its versions
+aliases = sa.Table(
+    "aliases", metadata,
+    sa.Column("adapter_id", sa.Integer, sa.ForeignKey("adapters.id"), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("versions.id"), nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+#: every move of an alias: who, when, from which version to which, and why
+alias_events = sa.Table(
+    "alias_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("adapter_id", sa.Integer, sa.ForeignKey("adapters.id"), nullable=False),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("old_version_id", sa.Integer, sa.ForeignKey("versions.id")),
+    sa.Column("new_version_id", sa.Integer, sa.ForeignKey("versions.id")),  # NULL: removed
+    sa.Column("actor", sa.String(256)),
+    sa.Column("reason", sa.Text),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Index("ix_alias_events_adapter_alias", "adapter_id", "alias"),
+)
+
+#: free-form key/value labels on a version (mutable, not part of the digest)
+tags = sa.Table(
+    "tags", metadata,
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("versions.id"), primary_key=True),
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+#: lineage: child was trained_from / combined_from / composed_of / quantized_from /
+#: extracted_from / imported_from parent. ``parent_id`` is NULL for a parent outside this registry,
+#: which is then known by its digest and ref only.
+lineage = sa.Table(
+    "lineage", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("child_id", sa.Integer, sa.ForeignKey("versions.id"), nullable=False, index=True),
+    sa.Column("parent_id", sa.Integer, sa.ForeignKey("versions.id"), index=True),
+    sa.Column("parent_digest", sa.String(64)),
+    sa.Column("parent_ref", sa.String(256)),
+    sa.Column("relation", sa.String(32), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("details", sa.JSON),
+)
+
+#: evaluation results of a version on a dataset (keyed by the data's digest)
+evaluations = sa.Table(
+    "evaluations", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("versions.id"), nullable=False, index=True),
+    sa.Column("data_digest", sa.String(64), nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("details", sa.JSON),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
