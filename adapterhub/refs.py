@@ -53,18 +53,18 @@ def validate_name(name: str) -> str:
         raise InvalidInput("invalid name '': expected namespace/name")
     if len(name) > MAX_NAME:
         raise InvalidInput(f"invalid name '{name[:40]}...': longer than {MAX_NAME} characters")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"invalid name '{name}': expected namespace/name, each part lowercase [a-z0-9._-] "
+            f"invalid name {name!r}: expected namespace/name, each part lowercase [a-z0-9._-] "
             "starting with a letter or digit (at most 64 characters)"
         )
     return name
 
 
 def validate_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not ALIAS_RE.match(alias) or alias == "latest":
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias == "latest":
         raise InvalidInput(
-            f"invalid alias '{alias}': expected lowercase [a-z0-9._-] starting with a letter"
+            f"invalid alias {alias!r}: expected lowercase [a-z0-9._-] starting with a letter"
             + (" ('latest' is reserved)" if alias == "latest" else "")
         )
     return alias
@@ -77,9 +77,9 @@ def parse_ref(text: str) -> Ref:
     text = text.strip()
     remote = None
     head, sep, rest = text.partition(":")
-    if sep and "/" not in head and head != "sha256" and REMOTE_RE.match(head):
+    if sep and "/" not in head and head != "sha256" and REMOTE_RE.fullmatch(head):
         remote, text = head, rest
-    m = DIGEST_RE.match(text)
+    m = DIGEST_RE.fullmatch(text)
     if m:
         return Ref(digest=m.group(1), remote=remote)
     if text.startswith("sha256:"):
@@ -91,10 +91,10 @@ def parse_ref(text: str) -> Ref:
     elif ":" in text:
         name, _, num = text.rpartition(":")
         if not num.isdigit() or int(num) < 1:
-            raise InvalidInput(f"invalid ref '{text}': the version after ':' must be a positive integer")
+            raise InvalidInput(f"invalid ref {text!r}: the version after ':' must be a positive integer")
         version = int(num)
     try:
         validate_name(name)
     except InvalidInput as exc:
-        raise InvalidInput(f"invalid ref '{text}': {exc}") from None
+        raise InvalidInput(f"invalid ref {text!r}: {exc}") from None
     return Ref(name=name, version=version, alias=alias, remote=remote)

@@ -127,15 +127,20 @@ from . import registry_cmds  # noqa: E402,F401  (registers the commands)
 _plugins_added = False
 
 
-def main(argv: list[str] | None = None) -> None:
+def add_plugin_commands() -> None:
+    """Let plugins add their commands (``register_commands``), once per process."""
     global _plugins_added
     if not _plugins_added:
         _plugins_added = True
-        try:
-            from ..plugins import get_plugins
+        from ..plugins import get_plugins
 
-            get_plugins().add_commands(cli)
-        except AdapterhubError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+        get_plugins().add_commands(cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        add_plugin_commands()
+    except AdapterhubError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     cli.main(args=argv, prog_name="adapterhub")
