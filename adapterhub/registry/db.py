@@ -32,6 +32,12 @@ def make_engine(url: str) -> sa.Engine:
                 os.makedirs(folder, exist_ok=True)
             except OSError as exc:
                 raise AdapterhubError(f"cannot create registry directory {folder}: {exc.strerror}") from None
+        if path and os.path.exists(path) and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            # a read-only registry (read-only mount or permissions): reads still work. Without a
+            # leftover -wal file the database file holds every commit, so it can be opened immutable.
+            wal = path + "-wal"
+            flags = "mode=ro" if os.path.exists(wal) and os.path.getsize(wal) else "immutable=1"
+            url = f"sqlite:///file:{os.path.abspath(path)}?{flags}&uri=true"
         engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")

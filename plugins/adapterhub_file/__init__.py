@@ -43,10 +43,10 @@ class FileStore(BlobStore):
         if os.path.isfile(final):
             return False
         tmpdir = os.path.join(self.root, "tmp")
-        os.makedirs(tmpdir, exist_ok=True)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
         tmp = os.path.join(tmpdir, f"{digest[:16]}.{uuid.uuid4().hex}.part")
         try:
+            os.makedirs(tmpdir, exist_ok=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
             with open(path, "rb") as src, open(tmp, "wb") as dst:
                 copy_stream_verified(src, dst, digest, f"source file {path}", size, progress)
                 dst.flush()
@@ -57,6 +57,8 @@ class FileStore(BlobStore):
             _remove(tmp)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise AdapterhubError(f"no space left to store blob sha256:{digest} in {self.root}: {exc.strerror}") from None
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise AdapterhubError(f"the blob store {self.root} is not writable: {exc.strerror}") from None
             raise
         except BaseException:
             _remove(tmp)
