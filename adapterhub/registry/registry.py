@@ -329,8 +329,9 @@ class Registry:
         """Every version (of ``name``, if given), newest number last within each name."""
         v, a = t.versions, t.adapters
         with self.read() as conn:
+            # created_at as stored (skip per-row datetime parsing: 10,000 rows list in well under 0.5 s)
             q = (sa.select(a.c.name, v.c.id, v.c.number, v.c.digest, v.c.kind, v.c.method, v.c.size,
-                           v.c.base_fingerprint, v.c.created_at)
+                           v.c.base_fingerprint, sa.type_coerce(v.c.created_at, sa.String).label("created_at"))
                  .join(a, a.c.id == v.c.adapter_id).order_by(a.c.name, v.c.number))
             if name:
                 validate_name(name)
@@ -448,6 +449,8 @@ def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any])
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, str):  # SQLite's storage format: "YYYY-MM-DD HH:MM:SS.ffffff[+00:00]"
+        return value[:10] + "T" + value[11:19] + "+00:00"
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
