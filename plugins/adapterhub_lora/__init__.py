@@ -1,1 +1,117 @@
-"""Built-in plugin adapterhub_lora (work in progress)."""
+"""Built-in plugin: the ``lora`` and ``dora`` methods (LoRA, rsLoRA, DoRA), numerically identical to PEFT.
+
+Importing this package does not import torch (the plugin manager may load it for ``adapterhub plugins``);
+the torch-side code lives in :mod:`adapterhub_lora.layer` and :mod:`adapterhub_lora.model` and is imported on
+first use.
+
+* ``lora``: PEFT ``peft_type="LORA"``; ``use_dora=True`` is allowed and means DoRA.
+* ``dora``: the same config with ``use_dora`` always on; it claims PEFT LoRA configs with ``use_dora``.
+
+Checkpoints use PEFT's key names (``base_model.model.<path>.lora_A.weight`` ...), so an adapter directory is a
+PEFT adapter directory. ``attach`` returns and records the *effective* config (``fan_in_fan_out`` set for
+Conv1D layers, PEFT's default targets, the SEQ_CLS head in ``modules_to_save``); save that one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import adapterhub
+from adapterhub.errors import InvalidInput
+from adapterhub.method import Method
+
+from .config import LoraConfig, from_peft_dict, to_peft_dict
+
+__all__ = ["LoraConfig", "LoraMethod", "DoraMethod", "register_methods"]
+
+
+class LoraMethod(Method):
+    """LoRA: ``W x + B A x · scaling`` with ``scaling = alpha / r`` (``alpha / sqrt(r)`` with rsLoRA)."""
+
+    name = "lora"
+    config_class = LoraConfig
+    peft_type = "LORA"
+
+    # -- config ----------------------------------------------------------------------------------------
+    def _config(self, config: Any) -> LoraConfig:
+        if isinstance(config, LoraConfig):
+            return config
+        if isinstance(config, dict):
+            return self.make_config(config)
+        raise InvalidInput(f"{self.name} expects a LoraConfig or a dict, got {type(config).__name__}")
+
+    def matches_peft_config(self, peft_config: dict[str, Any]) -> bool:
+        return peft_config.get("peft_type") == "LORA" and not peft_config.get("use_dora", False)
+
+    def to_peft_config(self, config: Any, base_model_name_or_path: str | None = None) -> dict[str, Any]:
+        return to_peft_dict(self._config(config), base_model_name_or_path)
+
+    def from_peft_config(self, peft_config: dict[str, Any]) -> LoraConfig:
+        return from_peft_dict(peft_config)
+
+    # -- model -----------------------------------------------------------------------------------------
+    def attach(self, model: Any, config: Any) -> LoraConfig:
+        """Wrap the targeted Linear/Conv1D layers in place and freeze every other parameter
+        (``modules_to_save`` become trainable copies). Returns the effective config, also available later
+        from :meth:`effective_config`; a difference from ``config`` is reported with a warning."""
+        from . import model as _model
+
+        return _model.attach(model, self._config(config))
+
+    def effective_config(self, model: Any) -> LoraConfig:
+        """The config actually applied by :meth:`attach` (save this one in the manifest)."""
+        from . import model as _model
+
+        return _model.attached(model).config
+
+    def state_dict(self, model: Any) -> dict[str, Any]:
+        from . import model as _model
+
+        return _model.state_dict(model)
+
+    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
+        from . import model as _model
+
+        _model.load_state_dict(model, tensors)
+
+    def detach(self, model: Any) -> None:
+        from . import model as _model
+
+        _model.detach(model)
+
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+        """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor``; ``None`` if untouched."""
+        from . import model as _model
+
+        return _model.merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
+
+
+class DoraMethod(LoraMethod):
+    """DoRA: LoRA's direction plus a learned per-output magnitude (``use_dora`` always on)."""
+
+    name = "dora"
+
+    def make_config(self, values: dict[str, Any] | None = None) -> LoraConfig:
+        values = dict(values or {})
+        if values.get("use_dora", True) is not True:
+            raise InvalidInput("method 'dora' always uses DoRA; use method 'lora' for plain LoRA")
+        values["use_dora"] = True
+        return super().make_config(values)
+
+    def _config(self, config: Any) -> LoraConfig:
+        config = super()._config(config)
+        if not config.use_dora:
+            raise InvalidInput("method 'dora' needs use_dora=True in its config; use method 'lora' for plain LoRA")
+        return config
+
+    def matches_peft_config(self, peft_config: dict[str, Any]) -> bool:
+        return peft_config.get("peft_type") == "LORA" and bool(peft_config.get("use_dora", False))
+
+    def from_peft_config(self, peft_config: dict[str, Any]) -> LoraConfig:
+        return from_peft_dict(peft_config, force_dora=True)
+
+
+@adapterhub.hookimpl
+def register_methods(register) -> None:
+    register(LoraMethod())
+    register(DoraMethod())

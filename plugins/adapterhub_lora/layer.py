@@ -1,0 +1,204 @@
+"""The LoRA / DoRA wrapper module and the merge maths, numerically identical to ``peft.tuners.lora``.
+
+Shapes (``in``/``out`` are the layer's features, ``r`` the rank)::
+
+    base weight W   nn.Linear: (out, in)        transformers Conv1D (fan_in_fan_out): (in, out)
+    lora_A.weight   (r, in)
+    lora_B.weight   (out, r)
+    magnitude m     (out,)                      DoRA only
+    delta           B @ A * scaling : (out, in) (transposed to (in, out) for Conv1D)
+
+LoRA:  y = base(x) + B(A(dropout(x))) * scaling
+DoRA:  y = base(x) + (m / ||W + s·BA||_row - 1) · (base(x) - bias) + m / ||W + s·BA||_row · B(A(x)) · s
+       where the row norm is detached from the graph (DoRA paper §4.3, as PEFT does).
+
+The adapter parameters are float32 whatever the base dtype (PEFT's default ``autocast_adapter_dtype``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # transformers' GPT-2 style layer: y = x @ W + b with W of shape (in, out)
+    from transformers.pytorch_utils import Conv1D
+except Exception:  # pragma: no cover - transformers is part of the torch extra
+    Conv1D = ()  # type: ignore[assignment]
+
+#: module types LoRA can wrap
+LINEAR_TYPES = (nn.Linear,) + ((Conv1D,) if isinstance(Conv1D, type) else ())
+#: adapter parameter dtype (PEFT upcasts fp16/bf16 adapters to fp32 by default)
+ADAPTER_DTYPE = torch.float32
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    return isinstance(Conv1D, type) and isinstance(module, Conv1D)
+
+
+def in_out_features(module: nn.Module) -> tuple[int, int]:
+    """``(in, out)`` of a Linear (weight (out, in)) or Conv1D (weight (in, out))."""
+    w = module.weight
+    return (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
+
+
+def transpose(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    """PEFT's ``transpose``: ``weight.T`` for (in, out) layouts."""
+    return weight.T if fan_in_fan_out else weight
+
+
+# -- merge maths (shared by the module and the streaming merge) -----------------------------------------
+def delta_weight(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_in_fan_out: bool) -> torch.Tensor:
+    """PEFT's ``Linear.get_delta_weight``: ``transpose(B @ A, fan_in_fan_out) * scaling``.
+
+    lora_A (r, in), lora_B (out, r) -> (out, in), or (in, out) for fan_in_fan_out. Computed in the adapter's
+    dtype; on CPU, fp16/bf16 adapters are computed in fp32 and cast back (as PEFT does).
+    """
+    dtype = lora_B.dtype
+    cast = lora_B.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
+    if cast:
+        lora_A, lora_B = lora_A.float(), lora_B.float()
+    out = transpose(lora_B @ lora_A, fan_in_fan_out) * scaling
+    return out.to(dtype) if cast else out
+
+
+def weight_norm(weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float, fan_in_fan_out: bool) -> torch.Tensor:
+    """PEFT's ``DoraLinearLayer.get_weight_norm``: row norm of ``transpose(W) + scaling * lora_weight``.
+
+    weight: W in the layer's layout; lora_weight: (out, in) -> (out,)
+    """
+    w = transpose(weight, fan_in_fan_out)
+    w = w + scaling * lora_weight
+    return torch.linalg.norm(w, dim=1).to(w.dtype)
+
+
+def merge_weight(
+    base: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scaling: float,
+    fan_in_fan_out: bool,
+    magnitude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The merged weight, bit for bit what PEFT's ``merge(safe_merge=False)`` leaves in the base layer.
+
+    base: W (out, in) or (in, out); returns a new tensor of ``base``'s shape and dtype.
+    LoRA: ``W += delta`` (in place, so a bf16 W gets round(fp32(W) + delta)).
+    DoRA: ``(m / ||W + delta||_row) * (W + delta)`` computed in the promoted dtype, then cast to W's dtype.
+    """
+    delta = delta_weight(lora_A, lora_B, scaling, fan_in_fan_out)
+    if magnitude is None:
+        out = base.detach().clone()
+        out += delta
+        return out
+    norm = weight_norm(base, transpose(delta, fan_in_fan_out), 1, fan_in_fan_out).detach()  # (out,)
+    dora_factor = transpose((magnitude / norm).view(-1, 1), fan_in_fan_out)  # (out, 1) or (1, out)
+    return (dora_factor * (base + delta)).to(base.dtype)
+
+
+# -- the wrapper module ---------------------------------------------------------------------------------
+class LoraLinear(nn.Module):
+    """Wraps an ``nn.Linear`` or transformers ``Conv1D`` (kept as ``base_layer``, frozen) with a LoRA branch.
+
+    Parameter names mirror PEFT's minus the adapter name: ``lora_A.weight``, ``lora_B.weight`` and, for DoRA,
+    ``lora_magnitude_vector`` (PEFT's checkpoint key for ``lora_magnitude_vector.<adapter>.weight``).
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        *,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        init_lora_weights: bool | str = True,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.fan_in_fan_out = is_conv1d(base_layer)  # PEFT forces this per layer type
+        self.in_features, self.out_features = in_out_features(base_layer)
+        self.r = r
+        self.lora_alpha = lora_alpha
+        self.use_rslora = use_rslora
+        self.scaling = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
+
+        weight = base_layer.weight
+        # created in fp32 (default init = nn.Linear's), then initialised like PEFT's reset_lora_parameters
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=weight.device, dtype=ADAPTER_DTYPE)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=weight.device, dtype=ADAPTER_DTYPE)
+        if init_lora_weights is True:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B.weight)
+        elif init_lora_weights == "gaussian":
+            nn.init.normal_(self.lora_A.weight, std=1 / r)
+            nn.init.zeros_(self.lora_B.weight)
+
+        self.lora_magnitude_vector: nn.Parameter | None = None
+        if use_dora:
+            # PEFT computes the initial magnitude with the adapter cast to the base dtype: ||W + s·BA||_row (out,)
+            with torch.no_grad():
+                lora_weight = self.lora_B.weight.to(weight.dtype) @ self.lora_A.weight.to(weight.dtype)
+                norm = weight_norm(weight, lora_weight, self.scaling, self.fan_in_fan_out)
+            self.lora_magnitude_vector = nn.Parameter(norm.to(ADAPTER_DTYPE), requires_grad=True)
+
+    @property
+    def weight(self) -> torch.Tensor:  # some model code reads `.weight` of its projections
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def extra_repr(self) -> str:
+        kind = "dora" if self.lora_magnitude_vector is not None else "lora"
+        kind += f": r={self.r}, alpha={self.lora_alpha}, scaling={self.scaling:g}"
+        return kind + f", fan_in_fan_out={self.fan_in_fan_out}"
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)  # (..., out)
+        result_dtype = result.dtype
+        x = x.to(self.lora_A.weight.dtype)  # PEFT's _cast_input_dtype
+        if self.lora_magnitude_vector is None:
+            result = result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        else:
+            result = result + self._dora_delta(x, result)
+        return result.to(result_dtype)
+
+    def _dora_delta(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """PEFT's ``DoraLinearLayer.forward``: the DoRA output to add on top of the base output."""
+        if isinstance(self.lora_dropout, nn.Identity) or not self.training:
+            base_result = result  # (..., out), reused
+        else:
+            x = self.lora_dropout(x)
+            base_result = None
+        # (BA)^T via the modules, like PEFT (FSDP-friendly): eye(in) -> (in, out) -> .T (out, in)
+        eye = torch.eye(self.lora_A.weight.shape[1], device=self.lora_A.weight.device, dtype=self.lora_A.weight.dtype)
+        lora_weight = self.lora_B(self.lora_A(eye)).T.to(x.dtype)
+        weight = self.base_layer.weight.to(x.dtype)
+        norm = weight_norm(weight, lora_weight.detach(), self.scaling, self.fan_in_fan_out).detach()  # (out,)
+        mag_norm_scale = (self.lora_magnitude_vector / norm).view(1, -1)  # (1, out)
+        lora_result = self.lora_B(self.lora_A(x))  # (..., out)
+        if base_result is not None:
+            bias = self.base_layer.bias
+            if bias is not None:
+                base_result = base_result - bias
+        else:
+            base_result = F.linear(x, transpose(weight, self.fan_in_fan_out))
+        return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * self.scaling
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The base weight with this adapter merged in (PEFT's ``merge``), same shape and dtype as the base."""
+        return merge_weight(
+            self.base_layer.weight,
+            self.lora_A.weight,
+            self.lora_B.weight,
+            self.scaling,
+            self.fan_in_fan_out,
+            self.lora_magnitude_vector,
+        )
