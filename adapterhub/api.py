@@ -26,8 +26,20 @@ def open_store(url: str, plugins: Plugins | None = None):
     return plugins.get("stores", scheme).from_url(url)
 
 
-def open_registry(home: str | None = None, plugins: Plugins | None = None) -> Registry:
-    """The local registry (SQLite + the ``file`` store) under ``home``."""
+def open_registry(home: str | None = None, plugins: Plugins | None = None, remote: str | None = None) -> Registry:
+    """A registry: the named ``remote``; else the one ``ADAPTERHUB_REGISTRY_DB`` +
+    ``ADAPTERHUB_REGISTRY_STORE`` name; else the local one (SQLite + the ``file`` store) under ``home``."""
+    from . import remotes
+
+    home = config.home_dir(home)
+    spec = remotes.get_remote(home, remote) if remote else remotes.env_registry()
+    if spec:
+        return Registry(spec["db"], open_store(spec["store"], plugins), label=remote or "team")
+    return local_registry(home, plugins)
+
+
+def local_registry(home: str | None = None, plugins: Plugins | None = None) -> Registry:
+    """The local registry under ``home``, whatever remotes or environment variables say."""
     home = config.home_dir(home)
     return Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local")
 
@@ -85,6 +97,13 @@ def pull(reg: Registry, ref: str, out: str, force: bool = False, progress: Progr
     from .registry.maintenance import materialize
 
     return materialize(reg, ref, out, force=force, progress=progress)
+
+
+def copy(src: Registry, dst: Registry, ref: str, progress: Progress | None = None) -> Published:
+    """Copy a version (blobs, lineage, tags, evaluations) from ``src`` to ``dst``; same digest."""
+    from .registry.transfer import copy_version
+
+    return copy_version(src, dst, ref, progress=progress)
 
 
 def parse_tags(items: Iterable[str]) -> dict[str, str]:

@@ -16,6 +16,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server over HTTP on 127.0.0.1 (a free port), for the whole test session."""
+    from s3server import MotoS3Server
+
+    with MotoS3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Dummy AWS credentials and region; a developer's own AWS setup never leaks into a test."""
+    from s3server import AWS_ENV_TO_CLEAR, aws_test_env
+
+    for name in AWS_ENV_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in aws_test_env().items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A fresh registry home, also exported as ADAPTERHUB_HOME for subprocesses."""

@@ -30,12 +30,31 @@ class App:
         return get_plugins()
 
     @property
+    def home_dir(self) -> str:
+        from ..config import home_dir
+
+        return home_dir(self.home)
+
+    @property
     def registry(self):
+        """The default registry: the environment's team registry if set, else the local one."""
         if self._registry is None:
             from ..api import open_registry
 
             self._registry = open_registry(self.home, self.plugins)
         return self._registry
+
+    @property
+    def local(self):
+        """The local registry, whatever the environment says."""
+        from ..api import local_registry
+
+        return local_registry(self.home, self.plugins)
+
+    def remote(self, name: str):
+        from ..api import open_registry
+
+        return open_registry(self.home, self.plugins, remote=name)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,8 +13,8 @@ pass_app = click.make_pass_decorator(App)
 
 
 @cli.command()
-@click.argument("src", type=click.Path())
-@click.argument("name")
+@click.argument("src")
+@click.argument("name", required=False)
 @click.option("--base", type=click.Path(), help="Base model directory; its fingerprint is recorded and checked.")
 @click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version (repeatable).")
 @click.option("--tag", "tags", multiple=True, metavar="K=V", help="Tag the version (repeatable).")
@@ -22,18 +22,39 @@ pass_app = click.make_pass_decorator(App)
 @click.option("--relation", type=click.Choice(RELATIONS), default="trained_from", show_default=True,
               help="How the version relates to --parent.")
 @click.option("--import-bin", is_flag=True, help="Convert pickle .bin/.pt files with torch.load(weights_only=True).")
+@click.option("--to", "to", metavar="REMOTE", help="Push to a named remote; SRC may then be a ref of the local registry.")
 @json_option
 @pass_app
-def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin, as_json):
-    """Register the adapter directory SRC as a new version of NAME (namespace/name)."""
-    from ..api import parse_tags, push as do_push
+def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin, to, as_json):
+    """Register the adapter directory SRC as a new version of NAME (namespace/name).
+
+    With --to REMOTE and SRC a ref (acme/bot:3), copy that version with its blobs, lineage, tags and
+    evaluations to the remote; its digest stays the same."""
+    from ..api import copy, parse_tags, push as do_push
     from ..checkpoint import list_files
     from ..registry.registry import ParentSpec
 
+    target = app.remote(to) if to else app.registry
+    if to and not os.path.isdir(src):
+        if name is not None or base or parents or import_bin:
+            raise click.UsageError("copying a version with --to takes only SRC (a ref), --alias, --tag and --json")
+        info = app.registry.show(src)
+        update, close = progress_bar(info["size"], f"push {to}")
+        try:
+            pub = copy(app.registry, target, src, progress=update)
+            if aliases or tags:
+                pub = _apply(target, pub, aliases, parse_tags(tags))
+        finally:
+            close()
+        d = {**pub.to_dict(), "remote": to}
+        emit(as_json, d, lambda d: f"{d['ref']} -> {to}" + ("" if d["created"] else "  (already present)"))
+        return
+    if name is None:
+        raise click.UsageError("missing argument NAME (push DIR NAME)")
     total = sum(os.path.getsize(f) for _, f in list_files(src)) if os.path.isdir(src) else 0
     update, close = progress_bar(total, "upload")
     try:
-        pub = do_push(app.registry, src, name, base=base, aliases=aliases, tags=parse_tags(tags),
+        pub = do_push(target, src, name, base=base, aliases=aliases, tags=parse_tags(tags),
                       parents=[ParentSpec(relation, ref=p) for p in parents], import_bin=import_bin,
                       home=app.home, plugins=app.plugins, progress=update)
     finally:
@@ -41,23 +62,120 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
     emit(as_json, pub.to_dict(), lambda d: d["ref"] + ("" if d["created"] else "  (already present)"))
 
 
+def _apply(reg, pub, aliases, tags):
+    for a in aliases:
+        reg.set_alias(pub.name, a, str(pub.version))
+    if tags:
+        reg.set_tags(pub.ref, tags)
+    return pub
+
+
 @cli.command()
 @click.argument("ref")
-@click.option("--out", required=True, type=click.Path(), help="Directory to write the files to.")
+@click.option("--out", type=click.Path(), help="Directory to write the files to.")
+@click.option("--from", "from_", metavar="REMOTE", help="Pull from a named remote (same as REMOTE:REF).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @json_option
 @pass_app
-def pull(app: App, ref, out, force, as_json):
-    """Materialize version REF into OUT; every blob is verified by sha256 as it is read."""
-    from ..api import pull as do_pull
+def pull(app: App, ref, out, from_, force, as_json):
+    """Materialize version REF into OUT; every blob is verified by sha256 as it is read.
 
-    info = app.registry.show(ref)
-    update, close = progress_bar(info["size"], "download")
-    try:
-        result = do_pull(app.registry, ref, out, force=force, progress=update)
-    finally:
-        close()
-    emit(as_json, result, lambda d: f"{d['ref']} -> {d['out']} ({len(d['files'])} files, {human_size(d['bytes'])})")
+    From a remote (team:acme/bot@production, or --from team) the version is first copied into the local
+    registry with its lineage, then materialized (if --out is given)."""
+    from ..api import copy, pull as do_pull
+    from ..refs import parse_ref
+
+    parsed = parse_ref(ref)
+    remote = parsed.remote or from_
+    if parsed.remote and from_ and parsed.remote != from_:
+        raise click.UsageError(f"REF names remote {parsed.remote!r} but --from says {from_!r}")
+    bare = str(parsed.__class__(**{**parsed.__dict__, "remote": None}))
+    source = app.registry
+    result: dict = {}
+    if remote:
+        src = app.remote(remote)
+        info = src.show(bare)
+        update, close = progress_bar(info["size"], f"pull {remote}")
+        try:
+            pub = copy(src, app.local, bare, progress=update)
+        finally:
+            close()
+        result["copied"] = {**pub.to_dict(), "remote": remote}
+        source, bare = app.local, "sha256:" + pub.digest
+    elif not out:
+        raise click.UsageError("missing option --out (required unless pulling from a remote)")
+    if out:
+        info = source.show(bare)
+        update, close = progress_bar(info["size"], "download")
+        try:
+            result.update(do_pull(source, bare, out, force=force, progress=update))
+        finally:
+            close()
+
+    def text(d):
+        lines = []
+        if "copied" in d:
+            c = d["copied"]
+            lines.append(f"{remote}:{bare if not out else d['copied']['ref']} -> local {c['ref']} ({c['digest'][:19]})")
+        if "out" in d:
+            lines.append(f"{d['ref']} -> {d['out']} ({len(d['files'])} files, {human_size(d['bytes'])})")
+        return "\n".join(lines)
+
+    emit(as_json, result, text)
+
+
+@cli.group()
+def remote():
+    """Named team registries (database URL + blob store URL)."""
+
+
+@remote.command(name="add")
+@click.argument("name")
+@click.option("--db", required=True, help="postgresql://user:password@host/db (or sqlite:///path).")
+@click.option("--store", required=True, help="s3://bucket/prefix (or file:///path).")
+@click.option("--endpoint-url", help="An S3-compatible endpoint (MinIO, Ceph, moto ...).")
+@click.option("--replace", is_flag=True, help="Replace an existing remote of that name.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Connect and migrate now.")
+@json_option
+@pass_app
+def remote_add(app: App, name, db, store, endpoint_url, replace, check, as_json):
+    """Add a named remote (saved in <home>/config.json, readable only by you)."""
+    from .. import remotes
+
+    d = remotes.add_remote(app.home_dir, name, db, store, endpoint_url, replace=replace)
+    if check:
+        try:
+            reg = app.remote(name)
+            reg.ready()
+            reg.store.has("0" * 64)
+        except Exception:
+            remotes.remove_remote(app.home_dir, name)
+            raise
+    emit(as_json, d, f"added remote {name}: {d['db']} + {d['store']}")
+
+
+@remote.command(name="list")
+@json_option
+@pass_app
+def remote_list(app: App, as_json):
+    """List remotes (credentials masked)."""
+    from .. import remotes
+
+    rows = remotes.list_remotes(app.home_dir)
+    emit(as_json, rows, lambda rows: format_table(("NAME", "DB", "STORE"), [(r["name"], r["db"], r["store"]) for r in rows])
+         if rows else "no remotes (adapterhub remote add NAME --db URL --store URL)")
+
+
+@remote.command(name="rm")
+@click.argument("name")
+@json_option
+@pass_app
+def remote_rm(app: App, name, as_json):
+    """Forget a remote (nothing in it is deleted)."""
+    from .. import remotes
+
+    remotes.remove_remote(app.home_dir, name)
+    emit(as_json, {"name": name, "removed": True}, f"removed remote {name}")
 
 
 @cli.command(name="list")

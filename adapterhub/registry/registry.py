@@ -147,8 +147,37 @@ class Registry:
         full["parents"] = [{k: v for k, v in (("digest", e["digest"]), ("relation", e["relation"]),
                                               ("details", e["details"])) if v is not None} for e in edges]
         blob = canonical_json(full)
+        return self._store_version(name, blob, files, edges, aliases=aliases, tags=tags, base=base,
+                                   created_by=created_by, progress=progress, alias_guard=alias_guard)
+
+    def import_version(self, name: str, manifest_text: str, files: list[LocalFile], *,
+                       edges: list[dict[str, Any]], tags: dict[str, str] | None = None,
+                       evaluations: list[dict[str, Any]] = (), base: dict[str, Any] | None = None,
+                       created_by: str | None = None, progress: Progress | None = None) -> Published:
+        """Store a version copied from another registry, keeping its manifest byte for byte (so its
+        digest is the same everywhere). ``edges`` are lineage rows: ``digest``, ``relation``,
+        ``details``, ``ref`` (the parent's ref in the source registry)."""
+        validate_name(name)
+        for f in files:
+            check_relpath(f.path)
+        with self.read() as conn:
+            for e in edges:
+                found = conn.execute(sa.select(t.versions.c.id).where(t.versions.c.digest == e["digest"])
+                                     .order_by(t.versions.c.id)).first()
+                e["id"] = found[0] if found else None
+        return self._store_version(name, manifest_text.encode("utf-8"), files, edges, tags=tags or {},
+                                   base=base, created_by=created_by, progress=progress, evaluations=evaluations)
+
+    def _store_version(self, name: str, blob: bytes, files: list[LocalFile], edges: list[dict[str, Any]], *,
+                       aliases: Iterable[str] = (), tags: dict[str, str] | None = None,
+                       base: dict[str, Any] | None = None, created_by: str | None = None,
+                       progress: Progress | None = None, alias_guard: Any = None,
+                       evaluations: Iterable[dict[str, Any]] = ()) -> Published:
+        manifest = json.loads(blob)
+        kind = manifest.get("kind", "adapter")
         digest = hashlib.sha256(blob).hexdigest()
-        base_fp = (base or {}).get("fingerprint") or manifest.get("base", {}).get("fingerprint")
+        base_fp = (base or {}).get("fingerprint") or (manifest.get("base") or {}).get("fingerprint")
+        tags = tags or {}
 
         # phase 1: blobs, uploaded and verified before anything becomes visible
         uploaded = 0
@@ -173,7 +202,7 @@ class Registry:
                         if base_fp:
                             b = dict(base or {})
                             _insert_ignore(conn, t.base_models, {
-                                "fingerprint": base_fp, "name": b.get("name") or manifest.get("base", {}).get("name"),
+                                "fingerprint": base_fp, "name": b.get("name") or (manifest.get("base") or {}).get("name"),
                                 "tensors": b.get("tensors"), "bytes": b.get("bytes"),
                                 "properties": b.get("properties"), "created_at": now()})
                         number = (conn.execute(sa.select(sa.func.max(t.versions.c.number)).where(
@@ -191,10 +220,18 @@ class Registry:
                                 for f in files])
                         for pos, e in enumerate(edges):
                             conn.execute(t.lineage.insert().values(
-                                child_id=version_id, parent_id=e["id"], parent_digest=e["digest"],
-                                parent_ref=e["ref"], relation=e["relation"], position=pos, details=e["details"]))
+                                child_id=version_id, parent_id=e.get("id"), parent_digest=e["digest"],
+                                parent_ref=e.get("ref"), relation=e["relation"], position=pos, details=e.get("details")))
                     else:
                         version_id, number = row
+                    existing = {(r.data_digest, json.dumps(r.metrics, sort_keys=True)) for r in conn.execute(
+                        sa.select(t.evaluations).where(t.evaluations.c.version_id == version_id))}
+                    for ev in evaluations:
+                        key = (ev["data_digest"].removeprefix("sha256:"), json.dumps(ev["metrics"], sort_keys=True))
+                        if key not in existing:
+                            conn.execute(t.evaluations.insert().values(
+                                version_id=version_id, data_digest=key[0], metrics=ev["metrics"],
+                                details=ev.get("details"), created_at=now()))
                     for k, v in tags.items():
                         self._set_tag(conn, version_id, k, v)
                     for a in aliases:
