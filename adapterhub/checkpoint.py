@@ -188,3 +188,39 @@ def save_adapter(out: str, manifest: dict[str, Any], tensors: dict[str, Any],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return os.path.abspath(out)
+
+
+@dataclass
+class LoadedAdapter:
+    """An adapter read back for use: its method object, typed config, tensors and manifest."""
+
+    method: Any
+    config: Any
+    tensors: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def method_and_config(manifest: dict[str, Any], plugins: Any) -> tuple[Any, Any]:
+    """The method object and typed config a manifest describes (native or PEFT config)."""
+    method = plugins.get("methods", manifest["method"])
+    cfg = manifest.get("config") or {}
+    if manifest.get("format") == "peft" or ("peft_type" in cfg and "peft_type" not in
+                                             {f for f in getattr(method.config_class, "__dataclass_fields__", {})}):
+        return method, method.from_peft_config(cfg)
+    return method, method.make_config(cfg)
+
+
+def load_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
+    """Read an adapter directory (native or PEFT) into memory for attaching or merging."""
+    from safetensors.torch import load_file
+
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        manifest = load_json(os.path.join(path, MANIFEST))
+    else:
+        manifest, _ = _read_manifest(path, plugins)
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        raise InvalidInput(f"{path} has no adapter_model.safetensors")
+    read_header(weights)
+    method, config = method_and_config(manifest, plugins)
+    return LoadedAdapter(method, config, load_file(weights), manifest)

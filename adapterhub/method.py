@@ -16,7 +16,20 @@ from .errors import AdapterhubError, InvalidInput
 class Method:
     """Base class for PEFT methods. Subclasses set ``name`` and ``config_class`` and implement
     ``attach``/``state_dict``/``load_state_dict``/``detach``; the optional capabilities raise a clear
-    error by default."""
+    error by default.
+
+    Conventions the generic code relies on:
+
+    * If the config has a ``task_type`` field, training sets it (``"CAUSAL_LM"`` or ``"SEQ_CLS"``, PEFT's
+      names) before ``attach``. With ``SEQ_CLS`` the method trains and saves the classification head
+      (``classifier`` / ``score``) as PEFT's ``modules_to_save`` does, so the saved adapter reproduces the
+      trained model.
+    * ``attach`` returns the *effective* config (defaults resolved, e.g. target modules or the head added
+      to ``modules_to_save``); that one is saved. It never mutates the user's config object.
+    * ``state_dict`` keys are PEFT's when PEFT implements the method (``base_model.model.<path>...``).
+    * The config is a dataclass; ``dataclasses.asdict(config)`` is what ``adapterhub.json`` stores and
+      ``make_config`` reads back.
+    """
 
     #: the name users type (``"lora"``); lowercase, unique across plugins
     name: ClassVar[str] = ""
@@ -76,9 +89,9 @@ class Method:
         raise AdapterhubError(f"method '{self.name}' cannot import PEFT adapters")
 
     # -- required ------------------------------------------------------------------------------
-    def attach(self, model: Any, config: Any) -> None:
-        """Add this method's trainable modules to ``model`` in place; with default init the model's
-        outputs must not change."""
+    def attach(self, model: Any, config: Any) -> Any:
+        """Add this method's trainable modules to ``model`` in place and freeze everything else; with
+        default init the model's outputs must not change. Returns the effective config."""
         raise NotImplementedError
 
     def state_dict(self, model: Any) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""CLI commands (merge_cmds); work in progress."""

@@ -1,0 +1,1 @@
+"""CLI commands (train_cmds); work in progress."""

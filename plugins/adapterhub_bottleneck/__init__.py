@@ -1,0 +1,1 @@
+"""Built-in plugin adapterhub_bottleneck (work in progress)."""

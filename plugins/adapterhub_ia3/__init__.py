@@ -1,0 +1,1 @@
+"""Built-in plugin adapterhub_ia3 (work in progress)."""
