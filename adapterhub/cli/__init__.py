@@ -143,7 +143,7 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-from . import eval_cmds, merge_cmds, registry_cmds, train_cmds  # noqa: E402,F401  (register the commands)
+from . import combine_cmds, eval_cmds, merge_cmds, registry_cmds, train_cmds  # noqa: E402,F401  (register the commands)
 
 _plugins_added = False
 

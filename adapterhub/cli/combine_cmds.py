@@ -1,0 +1,1 @@
+"""CLI commands: combine and compose (work in progress)."""
