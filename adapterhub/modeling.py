@@ -21,9 +21,18 @@ def check_base_dir(base_dir: str) -> None:
         raise InvalidInput(f"base {base_dir} is not a transformers model directory (no config.json)")
 
 
+def quiet_transformers() -> None:
+    """Our own progress bars and messages replace transformers' per-load logs and bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(base_dir: str) -> Any:
     from transformers import AutoTokenizer
 
+    quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     except Exception as exc:
@@ -38,6 +47,8 @@ def load_base_model(base_dir: str, task: str, labels: list[str] | None = None, d
     ``len(labels)`` classes, new and randomly initialised if the base has none)."""
     import transformers
     from transformers import AutoConfig
+
+    quiet_transformers()
 
     check_base_dir(base_dir)
     if task not in TASK_TYPES:
@@ -60,9 +71,6 @@ def load_base_model(base_dir: str, task: str, labels: list[str] | None = None, d
     if getattr(config, "pad_token_id", None) is None and task == "seq-cls":
         config.pad_token_id = getattr(config, "eos_token_id", None) or 0
     try:
-        import logging
-
-        logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
         model = auto.from_pretrained(base_dir, config=config, **kwargs)
     except ValueError as exc:
         raise InvalidInput(f"cannot load {base_dir} for {task}: {str(exc).splitlines()[0][:200]}") from None

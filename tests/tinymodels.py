@@ -109,3 +109,42 @@ def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Ten
     out = model(**inputs)
     value = getattr(out, "logits", None)
     return value if value is not None else out.last_hidden_state
+
+
+WORDS = ("the a cat dog sat on mat ran to park is good bad happy sad yes no hello world what color sky "
+         "blue green red answer question user assistant says and it was very not").split()
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endfor %}"
+                 "{% if add_generation_prompt %}<assistant> {% endif %}")
+
+
+def word_tokenizer(chat_template: bool = True):
+    """A small word-level fast tokenizer (built in memory, no download) whose vocabulary fits VOCAB."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<user>", "<assistant>", "<system>"]
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+    assert len(vocab) <= VOCAB
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>")
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def save_tiny_llama_base(path, dtype: torch.dtype = torch.float32) -> str:
+    """A tiny Llama base directory (config, safetensors weights, tokenizer) as `train`/`merge` expect."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    # a larger init scale than tiny_llama(): its logits are not flat, so a few LoRA steps visibly learn
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                      initializer_range=0.2)
+    _seeded(3)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model.save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    return str(path)
