@@ -1,1 +1,117 @@
-"""Built-in plugin adapterhub_ia3 (work in progress)."""
+"""Built-in plugin: the ``ia3`` method ((IA)³, Liu et al. 2022), numerically identical to PEFT's IA3.
+
+Importing this package does not import torch (the plugin manager may load it for ``adapterhub plugins``);
+the torch-side code lives in :mod:`adapterhub_ia3.layer` and :mod:`adapterhub_ia3.model` and is imported on
+first use.
+
+Each targeted Linear/Conv1D layer learns one vector: attention-style layers scale their output, the
+``feedforward_modules`` scale their input. Checkpoints use PEFT's key names
+(``base_model.model.<path>.ia3_l``), so an adapter directory is a PEFT adapter directory. ``attach`` returns
+and records the *effective* config (PEFT's default targets and feed-forward modules, ``fan_in_fan_out`` for
+Conv1D layers, the SEQ_CLS head in ``modules_to_save``); save that one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import adapterhub
+from adapterhub.errors import InvalidInput
+from adapterhub.method import Method
+
+from .config import IA3Config, from_peft_dict, to_peft_dict
+
+__all__ = ["IA3Config", "IA3Method", "register_methods"]
+
+#: ``combine`` strategies; PEFT's IA3 ``add_weighted_adapter`` is a plain weighted sum
+COMBINE_HOW = ("linear",)
+
+
+class IA3Method(Method):
+    """(IA)³: ``y = l ⊙ base(x)`` (attention layers) or ``y = base(l ⊙ x)`` (feed-forward layers)."""
+
+    name = "ia3"
+    config_class = IA3Config
+    peft_type = "IA3"
+
+    # -- config ----------------------------------------------------------------------------------------
+    def _config(self, config: Any) -> IA3Config:
+        if isinstance(config, IA3Config):
+            return config
+        if isinstance(config, dict):
+            return self.make_config(config)
+        raise InvalidInput(f"{self.name} expects an IA3Config or a dict, got {type(config).__name__}")
+
+    def to_peft_config(self, config: Any, base_model_name_or_path: str | None = None) -> dict[str, Any]:
+        return to_peft_dict(self._config(config), base_model_name_or_path)
+
+    def from_peft_config(self, peft_config: dict[str, Any]) -> IA3Config:
+        return from_peft_dict(peft_config)
+
+    # -- model -----------------------------------------------------------------------------------------
+    def attach(self, model: Any, config: Any) -> IA3Config:
+        """Wrap the targeted Linear/Conv1D layers in place and freeze every other parameter
+        (``modules_to_save`` become trainable copies). Returns the effective config, also available later
+        from :meth:`effective_config`; a difference from ``config`` is reported with a warning."""
+        from . import model as _model
+
+        return _model.attach(model, self._config(config))
+
+    def effective_config(self, model: Any) -> IA3Config:
+        """The config actually applied by :meth:`attach` (save this one in the manifest)."""
+        from . import model as _model
+
+        return _model.attached(model).config
+
+    def state_dict(self, model: Any) -> dict[str, Any]:
+        from . import model as _model
+
+        return _model.state_dict(model)
+
+    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
+        from . import model as _model
+
+        _model.load_state_dict(model, tensors)
+
+    def detach(self, model: Any) -> None:
+        from . import model as _model
+
+        _model.detach(model)
+
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+        """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor`` (weights and, for attention
+        layers, biases are scaled); ``None`` if untouched. ``config`` must be the effective config."""
+        from . import model as _model
+
+        return _model.merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
+
+    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
+        """``how="linear"``: each vector becomes ``sum_i weights[i] * l_i`` (PEFT's IA3
+        ``add_weighted_adapter``). Returns ``(config, tensors)``."""
+        if how not in COMBINE_HOW:
+            raise InvalidInput(
+                f"ia3 cannot combine with how={how!r}; (IA)³ vectors combine only as a weighted sum: "
+                f"how={'|'.join(COMBINE_HOW)}"
+            )
+        unknown = sorted(set(options) - {"density", "rank", "seed"})
+        if unknown:
+            raise InvalidInput(f"unknown ia3 combine option(s) {', '.join(unknown)}")
+        given = sorted(k for k, v in options.items() if v is not None)  # the core passes them as None
+        if given:
+            raise InvalidInput(f"ia3 combine ({how}) takes no {'/'.join(given)}: (IA)³ vectors are summed as they are")
+        if not adapters:
+            raise InvalidInput("ia3 combine needs at least one adapter")
+        if weights is None:
+            weights = [1.0] * len(adapters)
+        if len(weights) != len(adapters):
+            raise InvalidInput(f"ia3 combine got {len(adapters)} adapter(s) but {len(weights)} weight(s)")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+            raise InvalidInput(f"ia3 combine weights must be numbers, got {weights!r}")
+        from . import model as _model
+
+        return _model.combine([(self._config(c), t) for c, t in adapters], [float(w) for w in weights])
+
+
+@adapterhub.hookimpl
+def register_methods(register) -> None:
+    register(IA3Method())

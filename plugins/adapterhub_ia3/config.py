@@ -1,0 +1,234 @@
+"""The (IA)³ config: one dataclass with defaults, help text and validation.
+
+Field names and meanings follow ``peft.IA3Config`` so that a config converts to and from a PEFT
+``adapter_config.json`` one to one (see :func:`to_peft_dict` and :func:`from_peft_dict`).
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapterhub.errors import InvalidInput
+
+#: ``target_modules`` shorthand for every Linear/Conv1D layer except the output head
+ALL_LINEAR = "all-linear"
+
+#: PEFT's ``TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`` (used when ``target_modules`` is empty)
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "t5": ["k", "v", "wo"],
+    "mt5": ["k", "v", "wi_1"],
+    "gpt2": ["c_attn", "mlp.c_proj"],
+    "bloom": ["query_key_value", "mlp.dense_4h_to_h"],
+    "roberta": ["key", "value", "output.dense"],
+    "opt": ["q_proj", "k_proj", "fc2"],
+    "gptj": ["q_proj", "v_proj", "fc_out"],
+    "gpt_neox": ["query_key_value", "dense_4h_to_h"],
+    "gpt_neo": ["q_proj", "v_proj", "c_proj"],
+    "bart": ["q_proj", "v_proj", "fc2"],
+    "gpt_bigcode": ["c_attn", "mlp.c_proj"],
+    "llama": ["k_proj", "v_proj", "down_proj"],
+    "llama4": ["q_proj", "v_proj", "down_proj"],
+    "mistral": ["k_proj", "v_proj", "down_proj"],
+    "mixtral": ["k_proj", "v_proj", "w2"],
+    "bert": ["key", "value", "output.dense"],
+    "deberta-v2": ["key_proj", "value_proj", "output.dense"],
+    "deberta": ["in_proj", "output.dense"],
+    "RefinedWebModel": ["query_key_value", "dense_4h_to_h"],
+    "RefinedWeb": ["query_key_value", "dense_4h_to_h"],
+    "falcon": ["query_key_value", "dense_4h_to_h"],
+    "phi": ["q_proj", "v_proj", "fc2"],
+    "gemma": ["q_proj", "v_proj", "down_proj"],
+    "gemma2": ["q_proj", "v_proj", "down_proj"],
+    "gemma3_text": ["q_proj", "v_proj", "down_proj"],
+    "qwen2": ["q_proj", "v_proj", "down_proj"],
+    "qwen3": ["q_proj", "v_proj", "down_proj"],
+}
+
+#: PEFT's ``TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING`` (used when ``feedforward_modules`` is unset)
+DEFAULT_FEEDFORWARD: dict[str, list[str]] = {
+    "t5": ["wo"],
+    "mt5": [],
+    "gpt2": ["mlp.c_proj"],
+    "bloom": ["mlp.dense_4h_to_h"],
+    "roberta": ["output.dense"],
+    "opt": ["fc2"],
+    "gptj": ["fc_out"],
+    "gpt_neox": ["dense_4h_to_h"],
+    "gpt_neo": ["c_proj"],
+    "bart": ["fc2"],
+    "gpt_bigcode": ["mlp.c_proj"],
+    "llama": ["down_proj"],
+    "llama4": ["down_proj"],
+    "mistral": ["down_proj"],
+    "mixtral": ["w2"],
+    "bert": ["output.dense"],
+    "deberta-v2": ["output.dense"],
+    "deberta": ["output.dense"],
+    "RefinedWeb": ["dense_4h_to_h"],
+    "RefinedWebModel": ["dense_4h_to_h"],
+    "falcon": ["dense_4h_to_h"],
+    "phi": ["fc2"],
+    "gemma": ["down_proj"],
+    "gemma2": ["down_proj"],
+    "gemma3_text": ["down_proj"],
+    "qwen2": ["down_proj"],
+    "qwen3": ["down_proj"],
+}
+
+#: PEFT adds these heads to ``modules_to_save`` for ``task_type="SEQ_CLS"`` (``PeftModelForSequenceClassification``)
+SEQ_CLS_HEADS = ["classifier", "score"]
+
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+
+
+@dataclass
+class IA3Config:
+    """(IA)³ hyper-parameters; field names and semantics are PEFT's.
+
+    A targeted layer gets one learned vector ``l``: attention-style layers scale their *output*
+    (``y = l ⊙ base(x)``, ``l``: (out, 1)); feed-forward layers scale their *input* (``y = base(l ⊙ x)``,
+    ``l``: (1, in)).
+    """
+
+    target_modules: Any = field(
+        default=None,
+        metadata={
+            "help": "modules to adapt: a list of names (exact path or suffix '.name'), a regex string that must "
+            "fullmatch the module path, or 'all-linear' (all Linear/Conv1D but the output head); empty: PEFT's "
+            "default for the model type"
+        },
+    )
+    feedforward_modules: Any = field(
+        default=None,
+        metadata={
+            "help": "targeted modules whose *input* is scaled (the rest scale their output): a list of names "
+            "(a module whose path ends with one, no dot needed, as PEFT) or a regex that must fullmatch the path; "
+            "unset: PEFT's default for the model type; [] for none"
+        },
+    )
+    fan_in_fan_out: bool = field(
+        default=False,
+        metadata={
+            "help": "the layer stores its weight as (in, out); set automatically for transformers Conv1D (GPT-2) "
+            "and reported in the effective config"
+        },
+    )
+    init_ia3_weights: bool = field(
+        default=True,
+        metadata={"help": "True: vectors start at ones (outputs unchanged); False: random normal (for tests)"},
+    )
+    modules_to_save: list = field(
+        default_factory=list,
+        metadata={"help": "modules trained in full and saved with the adapter (matched by name suffix, like PEFT)"},
+    )
+    task_type: Any = field(
+        default=None,
+        metadata={"help": "PEFT task type (CAUSAL_LM, SEQ_CLS ...); SEQ_CLS also trains the classifier head"},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("target_modules", "feedforward_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (set, tuple)):
+                value = sorted(value)
+                setattr(self, name, value)
+            if value is not None and not isinstance(value, (str, list)):
+                raise ValueError(f"{name} must be a list of names or a regex string, got {type(value).__name__}")
+            if isinstance(value, list) and not all(isinstance(t, str) and t for t in value):
+                raise ValueError(f"{name} must be non-empty strings, got {value!r}")
+            if isinstance(value, str):
+                if not value:
+                    raise ValueError(f"{name} must not be an empty string")
+                if not (name == "target_modules" and value.lower() == ALL_LINEAR):
+                    _check_regex(value, name)
+        tm, ff = self.target_modules, self.feedforward_modules
+        if isinstance(tm, list) and tm and isinstance(ff, list) and not set(ff) <= set(tm):
+            # PEFT's IA3Config check, with the offending names
+            raise ValueError(
+                f"feedforward_modules must be a subset of target_modules; not targeted: {sorted(set(ff) - set(tm))}"
+            )
+        if not isinstance(self.fan_in_fan_out, bool):
+            raise ValueError(f"fan_in_fan_out must be true or false, got {self.fan_in_fan_out!r}")
+        if not isinstance(self.init_ia3_weights, bool):
+            raise ValueError(f"init_ia3_weights must be true or false, got {self.init_ia3_weights!r}")
+        if self.modules_to_save is None:
+            self.modules_to_save = []
+        if not isinstance(self.modules_to_save, (list, tuple)) or not all(
+            isinstance(m, str) and m for m in self.modules_to_save
+        ):
+            raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
+        self.modules_to_save = list(self.modules_to_save)
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)} or empty, got {self.task_type!r}")
+
+    def is_feedforward(self, module_path: str) -> bool:
+        """PEFT's ``_check_target_module_feedforward``: regex fullmatch, or the path ends with a listed name
+        (a plain suffix: ``output.dense`` matches ``attention.output.dense`` too)."""
+        ff = self.feedforward_modules
+        if ff is None:
+            return False
+        if isinstance(ff, str):
+            return re.fullmatch(ff, module_path) is not None
+        return any(module_path.endswith(name) for name in ff)
+
+
+def _check_regex(pattern: str, what: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{what}: {pattern!r} is not a valid regular expression ({exc})") from None
+
+
+# -- PEFT adapter_config.json ------------------------------------------------------------------------
+#: PEFT keys that carry no meaning for the adapter's numbers (bookkeeping); ignored on import
+_PEFT_BOOKKEEPING = {
+    "peft_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode", "task_type",
+}
+
+
+def to_peft_dict(config: IA3Config, base_model_name_or_path: str | None = None) -> dict[str, Any]:
+    """The ``adapter_config.json`` PEFT writes for the same adapter (``IA3Config.from_pretrained`` reads it)."""
+
+    def _listed(value: Any) -> Any:
+        return list(value) if isinstance(value, list) else value
+
+    return {
+        "peft_type": "IA3",
+        "task_type": config.task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "target_modules": _listed(config.target_modules),
+        "feedforward_modules": _listed(config.feedforward_modules),
+        "exclude_modules": None,
+        "fan_in_fan_out": config.fan_in_fan_out,
+        "init_ia3_weights": config.init_ia3_weights,
+        "modules_to_save": list(config.modules_to_save) or None,
+    }
+
+
+def from_peft_dict(peft: dict[str, Any]) -> IA3Config:
+    """Our config from a PEFT ``adapter_config.json``. Keys we do not model are accepted only at values that
+    leave the numbers unchanged (null, false, empty); any other value is refused, never silently dropped."""
+    if peft.get("peft_type") != "IA3":
+        raise InvalidInput(f"not a PEFT IA3 config (peft_type={peft.get('peft_type')!r})")
+    ours = {f.name for f in dataclasses.fields(IA3Config)}
+    values: dict[str, Any] = {}
+    for key, value in peft.items():
+        if key in ours:
+            values[key] = value
+        elif key in _PEFT_BOOKKEEPING:
+            continue
+        elif value not in (None, False, {}, [], ""):
+            raise InvalidInput(
+                f"PEFT IA3 option {key}={value!r} is not supported by adapterhub's ia3 method "
+                "(only its default value is)"
+            )
+    values["task_type"] = peft.get("task_type")
+    try:
+        return IA3Config(**values)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"invalid PEFT IA3 config: {exc}") from None
