@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from importlib import metadata
 from typing import Any
 
@@ -34,6 +35,7 @@ class Plugins:
         self._loaded = False
         self._extra = dict(plugins or {})
         self._registries: dict[str, dict[str, tuple[str, Any]]] = {}
+        self.failed: dict[str, str] = {}  # plugin name -> why it failed to load
 
     # -- loading -------------------------------------------------------------------------------
     def load(self) -> "Plugins":
@@ -51,8 +53,11 @@ class Plugins:
                     continue
                 try:
                     module = ep.load()
-                except Exception as exc:  # a broken plugin must not break the tool
-                    raise PluginError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+                except Exception as exc:  # a broken plugin must not break the tool: warn and skip it
+                    self.failed[ep.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    warnings.warn(f"plugin '{ep.name}' ({ep.value}) failed to load and is skipped: "
+                                  f"{self.failed[ep.name]}", RuntimeWarning, stacklevel=2)
+                    continue
                 self.pm.register(module, name=ep.name)
         for name, module in self._extra.items():
             if allowed is None or name in allowed:
@@ -121,6 +126,7 @@ class Plugins:
                 if names:
                     entry[kind] = sorted(names)
             out.append(entry)
+        out.extend({"name": n, "module": None, "hooks": [], "error": why} for n, why in sorted(self.failed.items()))
         return out
 
     def add_commands(self, cli: Any) -> None:

@@ -127,3 +127,17 @@ def test_help_and_list_do_not_import_torch(home):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith("OK")
+
+
+def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, home):
+    """A third-party plugin that fails to import never breaks the tool: one warning, the rest works."""
+    dist = tmp_path / "site" / "adapterhub_broken-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: adapterhub-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[adapterhub]\nbroken = adapterhub_no_such_module\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    p = subprocess.run([sys.executable, "-m", "adapterhub", "plugins", "--json"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    assert "ModuleNotFoundError" in rows["broken"]["error"] and rows["file"]["stores"] == ["file"]
+    assert p.stderr.count("Warning: plugin 'broken'") == 1 and "Traceback" not in p.stderr

@@ -7,6 +7,7 @@ Importing this module is cheap: commands import the API (SQLAlchemy, torch ...) 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -143,9 +144,15 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-from . import combine_cmds, eval_cmds, merge_cmds, registry_cmds, train_cmds  # noqa: E402,F401  (register the commands)
+from . import combine_cmds, demo_cmds, eval_cmds, merge_cmds, registry_cmds, train_cmds  # noqa: E402,F401  (register the commands)
 
 _plugins_added = False
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings meant for users print as one ``Warning: ...`` line; library noise stays quiet."""
+    if issubclass(category, (RuntimeWarning, UserWarning)) and "adapterhub" in f"{filename} {message}":
+        click.echo(f"Warning: {message}", err=True)
 
 
 def add_plugin_commands() -> None:
@@ -159,6 +166,11 @@ def add_plugin_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
+    # bitsandbytes' CPU backend logs an optional-kernel notice on import: not for our users' screens
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         add_plugin_commands()
     except AdapterhubError as exc:
