@@ -361,6 +361,9 @@ def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, t
         model=model, args=args, train_dataset=ListDataset(train_ex), eval_dataset=ListDataset(eval_ex) if eval_ex else None,
         data_collator=collate(tokenizer.pad_token_id), callbacks=callbacks,
         compute_metrics=compute_metrics if (eval_ex and opts.task == "seq-cls") else None)
+    # every method's loss is the model's own mean per batch: a method that re-aligns labels (prompt
+    # tuning learns the first real token too) must not be divided by the Trainer's token count
+    trainer.model_accepts_loss_kwargs = False
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # stdout is ours (text or --json); progress goes to stderr
