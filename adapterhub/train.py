@@ -178,7 +178,8 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     if tracker:
         tracker.start(run_name=os.path.basename(os.path.abspath(opts.out)),
                       experiment=opts.experiment or opts.push, params=params,
-                      tags={"adapterhub.method": method.name, "adapterhub.base_fingerprint": fp.digest})
+                      tags={"adapterhub.method": method.name, "adapterhub.base_fingerprint": fp.digest,
+                            **({"adapterhub.name": opts.push} if opts.push else {})})
         if report is not None:
             tracker.log_report("data_check.json", report)
 
