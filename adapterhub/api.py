@@ -87,8 +87,10 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
             manifest["base"] = m_base
         if source.format != "adapterhub":
             manifest.setdefault("format", source.format)
+        from .gates import alias_guard
+
         return reg.publish(name, manifest, source.files, parents=parents, aliases=aliases, tags=tags,
-                           base=base_info or None, progress=progress)
+                           base=base_info or None, progress=progress, alias_guard=alias_guard() if aliases else None)
     finally:
         source.cleanup()
 

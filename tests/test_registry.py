@@ -75,17 +75,20 @@ def test_push_accepts_directory_written_by_peft(cli, tmp_path):
 def test_show_json_keys_and_text(cli, tmp_path):
     src = make_lora_dir(tmp_path / "a")
     base = make_base_dir(tmp_path / "base")
-    r = cli("push", src, "acme/bot", "--base", base, "--alias", "production", "--tag", "team=nlp", "--tag", "ticket=42")
+    # a protected alias (production) needs an evaluation first: push refuses it, nothing is created
+    assert_clean_error(cli("push", src, "acme/bot", "--base", base, "--alias", "production"), "no evaluation")
+    assert cli("list", "--json").json() == []
+    r = cli("push", src, "acme/bot", "--base", base, "--alias", "staging", "--tag", "team=nlp", "--tag", "ticket=42")
     assert r.exit_code == 0, r.output
-    d = cli("show", "acme/bot@production", "--json").json()
+    d = cli("show", "acme/bot@staging", "--json").json()
     for key in ("name", "version", "method", "config", "base_fingerprint", "digest", "files", "aliases", "tags",
                 "parents", "metrics"):
         assert key in d, key
-    assert d["aliases"] == ["production"] and d["tags"] == {"team": "nlp", "ticket": "42"}
+    assert d["aliases"] == ["staging"] and d["tags"] == {"team": "nlp", "ticket": "42"}
     assert all(f["digest"].startswith("sha256:") and f["size"] > 0 for f in d["files"])
     assert d["base"]["name"] == "tiny-llama" and d["base"]["tensors"] == 9
     text = cli("show", "acme/bot").stdout
-    assert "acme/bot:1" in text and "production" in text and "team=nlp" in text and "adapter_model.safetensors" in text
+    assert "acme/bot:1" in text and "staging" in text and "team=nlp" in text and "adapter_model.safetensors" in text
 
 
 def test_list(cli, tmp_path):
@@ -100,7 +103,8 @@ def test_list(cli, tmp_path):
     assert_clean_error(cli("list", "acme/nothing"), "no adapter named 'acme/nothing'")
 
 
-def test_aliases_and_history(cli, tmp_path):
+def test_aliases_and_history(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERHUB_PROTECTED_ALIASES", "")  # the promotion gate has its own tests
     for i in range(3):
         cli("push", make_lora_dir(tmp_path / f"a{i}", seed=i), "acme/bot")
     assert cli("alias", "set", "acme/bot", "production", "1").exit_code == 0
@@ -216,7 +220,9 @@ def test_home_option_and_migrations_ship(cli, tmp_path):
     assert r.exit_code == 0
     assert (other / "registry.db").exists()
     assert cli("list", "--json").json() == []  # the default home is another registry
-    assert cli("--home", other, "db", "upgrade", "--json").json() == {"from": "0001", "to": "0001"}
+    from adapterhub.registry.db import HEAD_REVISION
+
+    assert cli("--home", other, "db", "upgrade", "--json").json() == {"from": HEAD_REVISION, "to": HEAD_REVISION}
 
 
 def test_alembic_head_matches_code():

@@ -49,10 +49,9 @@ def demo(app: App, name, epochs, as_json):
     say("2/4 evaluating the adapter and the untrained base on the held-out set ...")
     ev = evaluate(app.registry, result["ref"], base, eval_path, home=app.home, plugins=app.plugins)
     say(f"3/4 promoting {result['ref']} to {name}@production (the gate checks its evaluation) ...")
-    from ..gates import make_guard
+    from ..gates import set_alias
 
-    app.registry.set_alias(name, "production", str(result["ref"].rsplit(":", 1)[1]), reason="demo",
-                           guard=make_guard())
+    set_alias(app.registry, name, "production", result["ref"].rsplit(":", 1)[1], reason="demo")
     say("4/4 lineage:")
     graph = lineage(app.registry, result["ref"])
     summary = {

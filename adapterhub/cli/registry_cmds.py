@@ -63,8 +63,10 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
 
 
 def _apply(reg, pub, aliases, tags):
+    from ..gates import set_alias
+
     for a in aliases:
-        reg.set_alias(pub.name, a, str(pub.version))
+        set_alias(reg, pub.name, a, str(pub.version))  # protected aliases pass the promotion gate
     if tags:
         reg.set_tags(pub.ref, tags)
     return pub
@@ -75,16 +77,28 @@ def _apply(reg, pub, aliases, tags):
 @click.option("--out", type=click.Path(), help="Directory to write the files to.")
 @click.option("--from", "from_", metavar="REMOTE", help="Pull from a named remote (same as REMOTE:REF).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--merged", is_flag=True, help="Write the base model with the adapter merged in (needs --base).")
+@click.option("--base", type=click.Path(), help="The base model directory to merge into (--merged).")
+@click.option("--dtype", type=click.Choice(("bf16", "fp16", "fp32")), help="--merged: output dtype (default: the base's).")
+@click.option("--shard-size", default="5GB", show_default=True, help="--merged: largest output shard.")
+@click.option("--allow-base-mismatch", is_flag=True, help="--merged: merge even if the base fingerprint differs.")
 @json_option
 @pass_app
-def pull(app: App, ref, out, from_, force, as_json):
+def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allow_base_mismatch, as_json):
     """Materialize version REF into OUT; every blob is verified by sha256 as it is read.
 
     From a remote (team:acme/bot@production, or --from team) the version is first copied into the local
-    registry with its lineage, then materialized (if --out is given)."""
+    registry with its lineage, then materialized (if --out is given).
+
+    With --merged --base DIR, OUT gets a plain transformers model with the adapter merged in, streamed
+    tensor by tensor and cached (the same pull again is a verified copy)."""
     from ..api import copy, pull as do_pull
     from ..refs import parse_ref
 
+    if merged and (not base or not out):
+        raise click.UsageError("--merged needs --base DIR and --out DIR")
+    if not merged and (base or dtype or allow_base_mismatch):
+        raise click.UsageError("--base, --dtype and --allow-base-mismatch go with --merged")
     parsed = parse_ref(ref)
     remote = parsed.remote or from_
     if parsed.remote and from_ and parsed.remote != from_:
@@ -104,6 +118,13 @@ def pull(app: App, ref, out, from_, force, as_json):
         source, bare = app.local, "sha256:" + pub.digest
     elif not out:
         raise click.UsageError("missing option --out (required unless pulling from a remote)")
+    if out and merged:
+        from .merge_cmds import merge_text, run_merge
+
+        result.update(run_merge(app, bare, base, out, dtype=dtype, shard_size=shard_size,
+                                allow_base_mismatch=allow_base_mismatch, force=force, registry=source))
+        emit(as_json, result, merge_text)
+        return
     if out:
         info = source.show(bare)
         update, close = progress_bar(info["size"], "download")
@@ -210,7 +231,8 @@ def show(app: App, ref, as_json):
     """Show one version: method, config, base, files, aliases, tags, lineage and metrics."""
     info = app.registry.show(ref)
     if as_json:
-        info = {k: v for k, v in info.items() if k != "manifest"}
+        info = {**{k: v for k, v in info.items() if k != "manifest"},
+                "tracking": (info.get("manifest") or {}).get("tracking")}
     emit(as_json, info, _show_text)
 
 
@@ -228,10 +250,14 @@ def _show_text(d) -> str:
         lines.append(f"  parent:  {p['relation']} {p['ref'] or p['digest']}" + (" (external)" if p["external"] else ""))
     for c in d["children"]:
         lines.append(f"  child:   {c['ref']} ({c['relation']})")
+    if (tr := (d.get("manifest") or {}).get("tracking")) and tr.get("run_id"):
+        lines.append(f"  tracked: {tr.get('tracker')} run {tr['run_id']}  {tr.get('url') or tr.get('tracking_uri') or ''}".rstrip())
     if d["metrics"]:
         lines.append("  metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))
     for e in d["evaluations"]:
-        lines.append(f"  eval:    {e['data_digest'][:19]} " + ", ".join(f"{k}={v}" for k, v in e["metrics"].items()))
+        rows = f" ({e['details']['rows']} rows)" if isinstance(e.get("details"), dict) and e["details"].get("rows") else ""
+        lines.append(f"  eval:    {e['data_digest'][:19]}{rows} " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["metrics"].items()))
     if d["config"]:
         cfg = ", ".join(f"{k}={v}" for k, v in sorted(d["config"].items()) if v not in (None, [], {}, ""))
         lines.append(f"  config:  {cfg[:400]}")
@@ -251,13 +277,23 @@ def alias():
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("version")
 @click.option("--reason", help="Why (recorded in the alias history).")
+@click.option("--force", is_flag=True, help="Move a gated alias even if the promotion gate refuses (needs --reason).")
+@click.option("--gate", is_flag=True, help="Apply the promotion gate to this alias even if it is not protected.")
 @json_option
 @pass_app
-def alias_set(app: App, name, alias_name, version, reason, as_json):
-    """Point NAME@ALIAS at VERSION (a number or a ref)."""
-    r = app.registry.set_alias(name, alias_name, version, reason=reason)
+def alias_set(app: App, name, alias_name, version, reason, force, gate, as_json):
+    """Point NAME@ALIAS at VERSION (a number or a ref).
+
+    Protected aliases (production, or $ADAPTERHUB_PROTECTED_ALIASES) pass the promotion gate: VERSION
+    must have an evaluation, must not score worse than the current holder on the same eval data, and
+    must not have been trained on data that failed its check. --force --reason "..." overrides it; the
+    reason and what it overrode are recorded in the alias history."""
+    from ..gates import set_alias
+
+    r = set_alias(app.registry, name, alias_name, version, reason=reason, force=force, gate=gate)
     prev = f" (was {r['previous']})" if r["previous"] not in (None, r["version"]) else ""
-    emit(as_json, r, f"{name}@{alias_name} -> {r['ref']}{prev}")
+    forced = f"\nforced past the promotion gate: {'; '.join(r['overridden'])}" if r["overridden"] else ""
+    emit(as_json, r, f"{name}@{alias_name} -> {r['ref']}{prev}{forced}")
 
 
 @alias.command(name="rm")
@@ -377,6 +413,9 @@ def plugins(app: App, as_json):
     def text(rows):
         out = []
         for p in rows:
+            if p.get("error"):
+                out.append(f"{p['name']:<14} {'(failed to load)':<22} {p['error']}")
+                continue
             what = "; ".join(f"{k}: {', '.join(p[k])}" for k in KINDS if p.get(k))
             hooks = ", ".join(h for h in p["hooks"] if h == "register_commands")
             out.append(f"{p['name']:<14} {p['module']:<22} {what or hooks or '-'}")
