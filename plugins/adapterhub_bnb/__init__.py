@@ -1,0 +1,1 @@
+"""Built-in plugin adapterhub_bnb (work in progress)."""
