@@ -31,6 +31,8 @@ class LoraMethod(Method):
     name = "lora"
     config_class = LoraConfig
     peft_type = "LORA"
+    #: methods with the same ``multi_family`` share one stack / routed attach (lora and dora mix freely)
+    multi_family = "lora"
 
     # -- config ----------------------------------------------------------------------------------------
     def _config(self, config: Any) -> LoraConfig:
@@ -84,6 +86,38 @@ class LoraMethod(Method):
         from . import model as _model
 
         return _model.merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
+
+    # -- several adapters ------------------------------------------------------------------------------
+    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
+        """A new ``(LoraConfig, tensors)`` from several LoRA adapters, combined in ΔW space
+        (``how``: linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune; see
+        :mod:`adapterhub_lora.combine`). Options: ``density``, ``rank``, ``seed``."""
+        from . import combine as _combine
+
+        unknown = sorted(set(options) - {"density", "rank", "seed"})
+        if unknown:
+            raise InvalidInput(f"unknown combine option(s) for {self.name}: {', '.join(unknown)}")
+        return _combine.combine([(self._config(c), t) for c, t in adapters], list(weights), how, **options)
+
+    def attach_stack(self, model: Any, adapters: list[tuple[Any, dict[str, Any]]]) -> list[LoraConfig]:
+        """Attach several adapters at once, all active (PEFT's several active adapters: LoRA deltas add,
+        a DoRA branch rescales the output so far); inference only. Undo with :meth:`detach_multi`."""
+        from . import multi
+
+        return multi.attach_stack(model, [(LoraMethod._config(self, c), t) for c, t in adapters])
+
+    def attach_routed(self, model: Any, adapters: list[tuple[Any, dict[str, Any]]], route: Any) -> list[LoraConfig]:
+        """Attach adapters for per-row routing: each forward reads ``route.index`` (LongTensor (rows,), 0 for
+        no adapter, ``i + 1`` for ``adapters[i]``); inference only. Undo with :meth:`detach_multi`."""
+        from . import multi
+
+        return multi.attach_routed(model, [(LoraMethod._config(self, c), t) for c, t in adapters], route)
+
+    def detach_multi(self, model: Any) -> None:
+        """Undo :meth:`attach_stack` / :meth:`attach_routed`."""
+        from . import multi
+
+        multi.detach(model)
 
 
 class DoraMethod(LoraMethod):

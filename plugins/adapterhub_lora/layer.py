@@ -116,9 +116,13 @@ class LoraLinear(nn.Module):
         use_rslora: bool = False,
         use_dora: bool = False,
         init_lora_weights: bool | str = True,
+        own_base: bool = True,
     ) -> None:
         super().__init__()
-        self.base_layer = base_layer
+        if own_base:
+            self.base_layer = base_layer
+        else:  # a branch of a stack: the stack owns the base layer; keep a plain (unregistered) reference
+            self.__dict__["base_layer"] = base_layer
         self.fan_in_fan_out = is_conv1d(base_layer)  # PEFT forces this per layer type
         self.in_features, self.out_features = in_out_features(base_layer)
         self.r = r
@@ -161,13 +165,16 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)  # (..., out)
-        result_dtype = result.dtype
+        return self.accumulate(x, result).to(result.dtype)
+
+    def accumulate(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result`` plus this adapter's contribution (not cast back to ``result``'s dtype). For DoRA,
+        ``result`` is the "base result" the magnitude rescales: in a stack it includes the adapters
+        before this one, as in PEFT with several active adapters."""
         x = x.to(self.lora_A.weight.dtype)  # PEFT's _cast_input_dtype
         if self.lora_magnitude_vector is None:
-            result = result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-        else:
-            result = result + self._dora_delta(x, result)
-        return result.to(result_dtype)
+            return result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        return result + self._dora_delta(x, result)
 
     def _dora_delta(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """PEFT's ``DoraLinearLayer.forward``: the DoRA output to add on top of the base output."""
