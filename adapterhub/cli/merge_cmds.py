@@ -1,1 +1,157 @@
-"""CLI commands (merge_cmds); work in progress."""
+"""Merge, export and extract commands (``pull --merged`` lives with ``pull`` in registry_cmds)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import App, cli, emit, human_size, json_option
+
+pass_app = click.make_pass_decorator(App)
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def merge_options(f):
+    """The options shared by ``merge``, ``pull --merged`` and ``export --format merged``."""
+    f = click.option("--allow-base-mismatch", is_flag=True,
+                     help="Merge even if the base's fingerprint differs from the adapter's.")(f)
+    f = click.option("--shard-size", default="5GB", show_default=True,
+                     help="Largest output shard (5GB, 500MB, 2GiB ...).")(f)
+    f = click.option("--dtype", type=click.Choice(DTYPES), help="Output dtype (default: the base's).")(f)
+    return f
+
+
+class TensorBar:
+    """A tqdm bar over tensors on stderr (hidden when stderr is not a terminal)."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=self.desc, unit="tensor", file=sys.stderr, disable=None, leave=False)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, allow_base_mismatch, force,
+              no_cache: bool = False, registry=None) -> dict:
+    from ..export import merge_ref
+
+    bar = TensorBar("merge")
+    try:
+        return merge_ref(registry or app.registry, ref, base, out, dtype=dtype, shard_size=shard_size,
+                         allow_base_mismatch=allow_base_mismatch, force=force, use_cache=not no_cache,
+                         home=app.home, plugins=app.plugins, progress=bar.update, on_plan=bar.start)
+    finally:
+        bar.close()
+
+
+def merge_text(d: dict) -> str:
+    src = d.get("ref") or "adapter"
+    how = "from cache" if d.get("cached") else (f"{d['tensors_merged']} merged, {d['tensors_untouched']} untouched"
+                                                + (f", {d['tensors_added']} added" if d.get("tensors_added") else ""))
+    lines = [f"{src} -> {d['out']} ({len(d['files'])} files, {human_size(d['bytes'])}, {d['dtype']}; {how}; "
+             f"{d['seconds']:.1f}s)"]
+    if d.get("untied"):
+        lines.append(f"untied {' and '.join(d['untied'])} (the adapter changes a tied weight): "
+                     "tie_word_embeddings=false")
+    for note in d.get("notes") or []:
+        lines.append(f"note: {note}")
+    if d.get("cache_problem"):
+        lines.append(f"warning: {d['cache_problem']}")
+    if d.get("cache_error"):
+        lines.append(f"warning: not cached: {d['cache_error']}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--base", required=True, type=click.Path(), help="The base model directory to merge into.")
+@click.option("--out", required=True, type=click.Path(), help="Directory to write the merged model to.")
+@merge_options
+@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor fill the merged-model cache.")
+@json_option
+@pass_app
+def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, force, no_cache, as_json):
+    """Merge adapter REF (a ref, or an adapter directory) into the base model and write a plain
+    transformers model directory (config, tokenizer, sharded safetensors) that from_pretrained loads.
+
+    Streams one tensor at a time (memory stays near the largest tensor) and caches the result in the
+    registry: the same merge again is a verified copy."""
+    emit(as_json, run_merge(app, ref, base, out, dtype=dtype, shard_size=shard_size,
+                            allow_base_mismatch=allow_base_mismatch, force=force, no_cache=no_cache), merge_text)
+
+
+@cli.command(name="export")
+@click.argument("ref")
+@click.option("--format", "fmt", required=True, help="Export format: peft, merged (or one a plugin adds).")
+@click.option("--out", required=True, type=click.Path(), help="Directory to write to.")
+@click.option("--base", type=click.Path(), help="Base model directory (--format merged).")
+@merge_options
+@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@json_option
+@pass_app
+def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mismatch, force, as_json):
+    """Export adapter REF: --format peft writes a PEFT adapter directory (adapter_config.json +
+    adapter_model.safetensors); --format merged writes the merged model (as merge / pull --merged)."""
+    from ..export import export
+
+    options = {"force": force}
+    if fmt == "merged" or base:
+        bar = TensorBar("merge")
+        options.update(base=base, dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch,
+                       home=app.home, progress=bar.update, on_plan=bar.start)
+    else:
+        bar = None
+    try:
+        d = export(app.registry, ref, fmt, out, plugins=app.plugins, **options)
+    finally:
+        if bar:
+            bar.close()
+    emit(as_json, d, merge_text if "tensors_merged" in d or d.get("cached") else
+         (lambda d: f"{d['ref']} -> {d['out']} ({fmt}: {', '.join(f['path'] for f in d['files'])})"))
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="The fully fine-tuned model directory.")
+@click.option("--base", required=True, type=click.Path(), help="The base model it was fine-tuned from.")
+@click.option("--rank", "-r", required=True, type=click.IntRange(min=1), help="LoRA rank.")
+@click.option("--name", required=True, help="Push the extracted LoRA as a new version of NAME.")
+@click.option("--targets", multiple=True, metavar="NAME",
+              help="Modules to extract (name suffixes such as q_proj; repeatable or comma separated). "
+                   "Default: every 2-D weight that differs, except embeddings and the output head.")
+@click.option("--out", type=click.Path(), help="Also keep the adapter directory here.")
+@click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version (repeatable).")
+@json_option
+@pass_app
+def extract(app: App, model_dir, base, rank, name, targets, out, aliases, as_json):
+    """Turn a full fine-tune into a LoRA of rank R: ΔW = W_ft − W_base per target weight, truncated
+    SVD (B = U·S, A = Vᵀ, alpha = r), one module at a time; reports the energy each module keeps."""
+    from ..extract import extract_lora
+
+    tlist = [t.strip() for item in targets for t in item.split(",") if t.strip()] or None
+    bar = TensorBar("extract")
+    try:
+        d = extract_lora(app.registry, model_dir, base, rank, name, targets=tlist, out=out, aliases=aliases,
+                         home=app.home, plugins=app.plugins, progress=bar.update, on_plan=bar.start)
+    finally:
+        bar.close()
+
+    def text(d):
+        lines = [f"{d['ref']} ({d['digest'][:19]}): lora r={rank} on {d['modules']} modules, "
+                 f"energy kept min {d['energy_min']:.4f} mean {d['energy_mean']:.4f}"]
+        worst = sorted(d["energy"].items(), key=lambda kv: kv[1])[:5]
+        lines += [f"  {k}: {v:.4f}" for k, v in worst]
+        return "\n".join(lines)
+
+    emit(as_json, d, text)

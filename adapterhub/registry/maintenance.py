@@ -104,10 +104,13 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
 
 
 def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) -> dict[str, Any]:
-    """Remove blobs no version references (older than ``grace`` seconds, so a push in flight keeps its
-    blobs) and the temp leftovers of interrupted writes."""
+    """Remove blobs that neither a version nor the merged-model cache references (older than ``grace``
+    seconds, so a push in flight keeps its blobs) and the temp leftovers of interrupted writes."""
     with reg.read() as conn:
         referenced = {r[0] for r in conn.execute(sa.select(t.files.c.blob_digest).distinct())}
+        # merged models cached by `pull --merged` are in use too
+        for (files,) in conn.execute(sa.select(t.merged_models.c.files)):
+            referenced.update(f["sha256"] for f in files or [] if f.get("sha256"))
     now = time.time()
     removed, kept_recent, freed = [], 0, 0
     for digest, mtime in list(reg.store.iter_blobs()):

@@ -131,3 +131,20 @@ evaluations = sa.Table(
 )
 
 RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
+
+#: merged models cached in the blob store: one row per (adapter version digest, base fingerprint, dtype,
+#: shard size); ``files`` lists ``{"path", "sha256", "size"}`` of the merged directory's files (each a blob),
+#: ``summary`` the merge report (tensor counts, untied weights ...). A cache: rows whose blobs went missing
+#: or corrupt are dropped and the merge recomputed.
+merged_models = sa.Table(
+    "merged_models", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("adapter_digest", sa.String(64), nullable=False),
+    sa.Column("base_fingerprint", sa.String(71), nullable=False),
+    sa.Column("dtype", sa.String(16), nullable=False),           # bfloat16 | float16 | float32 | auto
+    sa.Column("shard_size", sa.BigInteger, nullable=False),
+    sa.Column("files", sa.JSON, nullable=False),
+    sa.Column("summary", sa.JSON),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("adapter_digest", "base_fingerprint", "dtype", "shard_size", name="uq_merged_models_key"),
+)

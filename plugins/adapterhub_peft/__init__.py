@@ -1,5 +1,6 @@
 """Built-in plugin: the PEFT adapter directory format (``adapter_config.json`` +
-``adapter_model.safetensors``), so ``adapterhub push`` accepts directories written by peft."""
+``adapter_model.safetensors``), so ``adapterhub push`` accepts directories written by peft and
+``adapterhub export --format peft`` writes them."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ _FALLBACK = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PR
 
 
 class PeftFormat:
+    """Import: a directory with ``adapter_config.json``. Export: ``adapterhub export REF --format peft``."""
+
     name = "peft"
+
+    def export(self, reg: Any, ref: str, out: str, **options: Any) -> dict[str, Any]:
+        """Write ``ref`` as a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+        from adapterhub.export import export_peft
+
+        return export_peft(reg, ref, out, **options)
 
     def detect(self, path: str) -> bool:
         return os.path.isfile(os.path.join(path, "adapter_config.json"))

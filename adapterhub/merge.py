@@ -1,0 +1,628 @@
+"""Merging an adapter into its base model: a plain transformers model directory, tensor by tensor.
+
+    from adapterhub import merge
+    merge.merge_ref(reg, "acme/bot@production", "./base", "./model", dtype="bf16")   # cached in the registry
+    merge.merge_adapter(loaded, "./base", "./model")                                  # a LoadedAdapter, no cache
+
+How it works (peak memory stays near the largest tensor, never the model size):
+
+1. **Plan** from the safetensors headers alone: every output tensor's name, dtype and shape. Base names are
+   mapped onto the adapter's model naming (PEFT keys are ``base_model.model.<path>``): a headless base
+   (``BertModel``: ``encoder.…``) under a sequence-classification adapter (``bert.encoder.…`` +
+   ``classifier``) gets the ``bert.`` prefix, and the head's tensors (``modules_to_save``) are added. A tied
+   output embedding that the adapter changes is untied (both tensors written, ``tie_word_embeddings=false``);
+   a saved embedding larger than the base's (a resized vocabulary) replaces it and updates ``vocab_size``.
+2. **Write** each shard with a streaming safetensors writer: the header first (sizes are known from the
+   plan), then for each tensor: read it from the base file (a positioned read into one buffer: unlike an
+   mmap, read pages never count towards this process' RSS), cast it to the target dtype, call
+   ``method.merge_tensor`` and append its bytes, hashing as it goes.
+3. Everything lands in a temp dir beside ``out``, renamed into place at the end; on any error (a full disk
+   included) nothing is left behind.
+
+With a target dtype the base tensor is cast *before* merging: the result equals loading the base in that
+dtype and calling peft's ``merge_and_unload`` (which is what a user compares against).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from .checkpoint import LoadedAdapter, load_json, write_json
+from .errors import AdapterhubError, InvalidInput
+from .fingerprint import INDEX, find_weight_files
+from .stheader import DTYPE_SIZES, TensorInfo, read_header
+
+PEFT_PREFIX = "base_model.model."
+DEFAULT_SHARD_SIZE = 5 * 10**9
+DTYPE_CHOICES = {"bf16": "BF16", "bfloat16": "BF16", "fp16": "F16", "float16": "F16", "fp32": "F32", "float32": "F32"}
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_TORCH_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+#: base-directory files never copied to the output (the weights are rewritten; pickles are never copied)
+_SKIP_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".pickle")
+_SKIP_NAMES = {INDEX, "pytorch_model.bin.index.json", "adapter_config.json", "adapterhub.json"}
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+Progress = Callable[[int], None]  # called with the number of tensors just written
+
+
+def parse_shard_size(value: str | int | None) -> int:
+    """``"5GB"`` (10**9), ``"500MiB"`` (2**20), ``"2000000"`` -> bytes; refuses anything else."""
+    if value is None:
+        return DEFAULT_SHARD_SIZE
+    if isinstance(value, int):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).upper() not in _UNITS:
+            raise InvalidInput(f"invalid shard size {value!r}: use a number with KB/MB/GB or KiB/MiB/GiB (e.g. 5GB)")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise InvalidInput(f"invalid shard size {value!r}: must be positive")
+    return n
+
+
+def parse_dtype(value: str | None) -> str | None:
+    """``bf16|fp16|fp32`` (or the torch names) -> the safetensors dtype (``BF16`` ...); None keeps the base's."""
+    if value is None or value == "auto":
+        return None
+    try:
+        return DTYPE_CHOICES[value.lower()]
+    except KeyError:
+        raise InvalidInput(f"invalid dtype {value!r}: use bf16, fp16 or fp32") from None
+
+
+def torch_dtype(st_dtype: str):
+    import torch
+
+    try:
+        return getattr(torch, _TORCH_NAMES[st_dtype])
+    except KeyError:
+        raise InvalidInput(f"tensors of dtype {st_dtype} are not supported by merge") from None
+
+
+def st_dtype(dtype: Any) -> str:
+    name = str(dtype).removeprefix("torch.")
+    for k, v in _TORCH_NAMES.items():
+        if v == name:
+            return k
+    raise InvalidInput(f"cannot write tensors of dtype {name}")
+
+
+# -- planning ---------------------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One output tensor: its name in the merged model, dtype/shape, and where its values come from."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    base_path: str | None = None  # base safetensors file (None: the tensor comes from the adapter)
+    base_info: Any = None  # stheader.TensorInfo in that file
+    adapter_key: str | None = None  # the adapter tensor that replaces or provides it (head, resized vocab)
+
+    @property
+    def nbytes(self) -> int:
+        n = DTYPE_SIZES[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Plan:
+    entries: list[Entry]
+    config: dict[str, Any]  # the output config.json
+    prefix: str  # added in front of every base tensor name ("" or e.g. "bert.")
+    untied: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _modules(names) -> set[str]:
+    """Every dotted prefix of every name ("a.b.c" -> "a", "a.b")."""
+    out = set()
+    for n in names:
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            out.add(".".join(parts[:i]))
+    return out
+
+
+def _choose_prefix(base_names: list[str], paths: list[str]) -> str:
+    """The prefix that maps the base's tensor names onto the adapter's model paths: "" when they already
+    match, "bert." for a headless encoder under a BertForSequenceClassification adapter ..."""
+    candidates = [""] + sorted({p.split(".", 1)[0] + "." for p in paths if "." in p})
+    best, best_score = "", -1
+    for cand in candidates:
+        mapped = {cand + n for n in base_names}
+        mods = _modules(mapped) | mapped
+        score = sum(1 for p in paths if p in mapped or any(m in mods for m in _prefixes(p)))
+        if score > best_score:
+            best, best_score = cand, score
+    return best
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def _seq_cls_arch(cfg: dict[str, Any]) -> str:
+    archs = cfg.get("architectures") or []
+    if archs and archs[0].endswith("ForSequenceClassification"):
+        return archs[0]
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as M
+    except ImportError:  # pragma: no cover
+        M = {}
+    name = M.get(cfg.get("model_type"))
+    if not name:
+        raise InvalidInput(f"no sequence-classification class for model type {cfg.get('model_type')!r}")
+    return name
+
+
+def _tied_pairs(cfg: dict[str, Any], arch: str | None) -> dict[str, str]:
+    """``{output weight: input weight}`` the architecture ties (``tie_word_embeddings``), in model naming."""
+    if not cfg.get("tie_word_embeddings", True) or not arch:
+        return {}
+    try:
+        import transformers
+
+        cls = getattr(transformers, arch)
+    except Exception:
+        return {}
+    tied = getattr(cls, "_tied_weights_keys", None) or {}
+    return {k: v for k, v in tied.items()} if isinstance(tied, dict) else {}
+
+
+def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Plan:
+    """Everything the writer needs, from headers and configs only (no tensor data is read)."""
+    if not os.path.isdir(base_dir):
+        raise InvalidInput(f"base {base_dir}: no such directory")
+    files = find_weight_files(base_dir)
+    cfg_path = os.path.join(base_dir, "config.json")
+    cfg = load_json(cfg_path) if os.path.isfile(cfg_path) else {}
+    if not isinstance(cfg, dict):
+        raise InvalidInput(f"{cfg_path} is not a JSON object")
+    base: list[tuple[str, str, Any]] = []  # (name, file, info) in file/offset order
+    for path in files:
+        h = read_header(path)
+        base += [(t.name, path, t) for t in sorted(h.tensors.values(), key=lambda t: t.start)]
+    names = [b[0] for b in base]
+    tensors = adapter.tensors
+    paths = [k[len(PEFT_PREFIX):] for k in tensors if k.startswith(PEFT_PREFIX)]
+    prefix = _choose_prefix(names, paths)
+    plan = Plan([], dict(cfg), prefix)
+
+    task = adapter.manifest.get("task") or getattr(adapter.config, "task_type", None)
+    arch = (cfg.get("architectures") or [None])[0]
+    if task == "SEQ_CLS":
+        arch = _seq_cls_arch(cfg)
+        plan.config["architectures"] = [arch]
+
+    def out_dtype(src: str) -> str:
+        return target if target and src in FLOAT_DTYPES else src
+
+    mapped = {prefix + n: (path, info) for n, path, info in base}
+    resized: set[str] = set()
+    for name, (path, info) in mapped.items():
+        e = Entry(name, out_dtype(info.dtype), tuple(info.shape), path, info)
+        full = tensors.get(PEFT_PREFIX + name)
+        if full is not None and tuple(full.shape) != e.shape:  # a resized vocabulary (embedding / lm_head)
+            if full.dim() != len(e.shape) or tuple(full.shape[1:]) != e.shape[1:]:
+                raise InvalidInput(f"adapter tensor '{PEFT_PREFIX + name}' has shape {tuple(full.shape)}, "
+                                   f"base '{name}' has {e.shape}")
+            e.shape, e.adapter_key = tuple(full.shape), PEFT_PREFIX + name
+            resized.add(name)
+            if e.shape and info.shape[0] == cfg.get("vocab_size") and e.shape[0] != info.shape[0]:
+                plan.config["vocab_size"] = e.shape[0]
+                plan.notes.append(f"vocab_size {info.shape[0]} -> {e.shape[0]} (resized {name})")
+        plan.entries.append(e)
+
+    def touches(name: str) -> bool:
+        module = name.rsplit(".", 1)[0]
+        return any(k == PEFT_PREFIX + name or k.startswith(PEFT_PREFIX + module + ".") for k in tensors)
+
+    # tied output embeddings: the base stores one tensor; untie when the adapter changes either side
+    for out_name, in_name in _tied_pairs(cfg, arch).items():
+        if out_name in mapped or in_name not in mapped or not (touches(out_name) or touches(in_name)):
+            continue
+        full = tensors.get(PEFT_PREFIX + out_name)
+        if in_name in resized and full is None:
+            plan.notes.append(f"kept {out_name} tied to the resized {in_name}")
+            continue
+        path, info = mapped[in_name]
+        e = Entry(out_name, out_dtype(info.dtype), tuple(info.shape), path, info)
+        if full is not None and tuple(full.shape) != e.shape:
+            e.shape, e.adapter_key = tuple(full.shape), PEFT_PREFIX + out_name
+        plan.entries.append(e)
+        plan.untied += [in_name, out_name]
+        plan.config["tie_word_embeddings"] = False
+
+    # head tensors (modules_to_save) the base does not have: e.g. the classifier of a seq-cls adapter
+    mts = [m for m in (getattr(adapter.config, "modules_to_save", None) or []) if isinstance(m, str)]
+    mods = _modules(mapped) | set(mapped)
+    have = {e.name for e in plan.entries}
+    float_dtypes = [e.dtype for e in plan.entries if e.dtype in FLOAT_DTYPES]
+    default_float = target or (max(set(float_dtypes), key=float_dtypes.count) if float_dtypes else "F32")
+    for p in sorted(paths):
+        if p in have or any(m in mods for m in _prefixes(p)):
+            continue
+        if not any(q.endswith(m) for q in _prefixes(p) for m in mts):
+            continue
+        t = tensors[PEFT_PREFIX + p]
+        src = st_dtype(t.dtype)
+        plan.entries.append(Entry(p, default_float if src in FLOAT_DTYPES else src, tuple(t.shape),
+                                  adapter_key=PEFT_PREFIX + p))
+    if task == "SEQ_CLS":
+        _set_labels(plan, adapter, [e for e in plan.entries if e.adapter_key and e.base_path is None])
+    if target:
+        plan.config["dtype"] = _TORCH_NAMES[target]
+        if "torch_dtype" in plan.config:
+            plan.config["torch_dtype"] = _TORCH_NAMES[target]
+    return plan
+
+
+def _set_labels(plan: Plan, adapter: LoadedAdapter, head: list[Entry]) -> None:
+    weights = [e for e in head if e.name.endswith(".weight") and len(e.shape) == 2]
+    out_proj = [e for e in weights if e.name.endswith("out_proj.weight")]
+    n = (out_proj or weights)[-1].shape[0] if weights else None
+    labels = adapter.manifest.get("labels")
+    if labels:
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise InvalidInput("the adapter manifest's 'labels' must be a list of names")
+        if n is not None and len(labels) != n:
+            raise InvalidInput(f"the adapter manifest lists {len(labels)} labels but its head has {n} outputs")
+    elif n is not None:
+        old = plan.config.get("id2label") or {}
+        labels = [old.get(str(i), f"LABEL_{i}") for i in range(n)] if len(old) == n else [f"LABEL_{i}" for i in range(n)]
+    if labels:
+        plan.config["id2label"] = {str(i): x for i, x in enumerate(labels)}
+        plan.config["label2id"] = {x: i for i, x in enumerate(labels)}
+        plan.config.pop("num_labels", None)
+
+
+class LazyTensors(Mapping):
+    """An adapter's tensors read from its safetensors file on access (one at a time), so a merge never
+    holds the whole adapter in memory. Behaves like the ``dict`` ``load_file`` returns."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.header = read_header(path)
+        self._reader = _BaseReader()
+
+    def __getitem__(self, key: str) -> Any:
+        info = self.header.tensors[key]  # KeyError for a missing key, like a dict
+        return self._reader.read(self.path, info)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.header.tensors
+
+    def __iter__(self):
+        return iter(self.header.tensors)
+
+    def __len__(self) -> int:
+        return len(self.header.tensors)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def open_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
+    """Like :func:`checkpoint.load_adapter_dir`, with the tensors read lazily (:class:`LazyTensors`)."""
+    from .checkpoint import MANIFEST, _read_manifest, method_and_config
+
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        manifest = load_json(os.path.join(path, MANIFEST))
+    else:
+        manifest, _ = _read_manifest(path, plugins)
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        raise InvalidInput(f"{path} has no adapter_model.safetensors")
+    method, config = method_and_config(manifest, plugins)
+    return LoadedAdapter(method, config, LazyTensors(weights), manifest)
+
+
+# -- writing ----------------------------------------------------------------------------------------------
+def shard(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
+    """Greedy in order: a new shard when the next tensor would overflow (a huge tensor gets its own)."""
+    shards: list[list[Entry]] = [[]]
+    size = 0
+    for e in entries:
+        if shards[-1] and size + e.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += e.nbytes
+    return shards
+
+
+def _header(entries: list[Entry]) -> bytes:
+    doc: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    pos = 0
+    for e in entries:
+        doc[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [pos, pos + e.nbytes]}
+        pos += e.nbytes
+    raw = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # keep the data region 8-byte aligned, as safetensors does
+    return len(raw).to_bytes(8, "little") + raw
+
+
+class _BaseReader:
+    """Reads one base tensor at a time with positioned reads (files opened once)."""
+
+    def __init__(self):
+        self.files: dict[str, Any] = {}
+
+    def read(self, path: str, info: Any):
+        import torch
+
+        f = self.files.get(path)
+        if f is None:
+            f = self.files[path] = open(path, "rb", buffering=0)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        view, done = memoryview(buf.numpy()), 0
+        while done < info.nbytes:
+            n = os.preadv(f.fileno(), [view[done:]], info.start + done)
+            if not n:
+                raise InvalidInput(f"{os.path.basename(path)}: truncated while reading '{info.name}'")
+            done += n
+        return buf.view(torch_dtype(info.dtype)).reshape(info.shape)
+
+    def chunks(self, path: str, info: Any, want: Any):
+        """The tensor's bytes in pieces of about COPY_CHUNK, cast to ``want`` piece by piece if needed."""
+        import torch
+
+        src = torch_dtype(info.dtype)
+        elem = DTYPE_SIZES[info.dtype]
+        step = max(1, COPY_CHUNK // elem) * elem
+        for off in range(0, info.nbytes, step):
+            n = min(step, info.nbytes - off)
+            part = TensorInfo(info.name, info.dtype, (n // elem,), info.start + off, info.start + off + n)
+            t = self.read(path, part)
+            if src != want:
+                t = t.to(want)
+            yield memoryview(t.view(torch.uint8).numpy())
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+class _Writer:
+    """Appends byte buffers to the open shard in a background thread (file writes and sha256 release the
+    GIL, so they overlap the next tensor's merge); at most ``depth`` buffers wait, bounding memory."""
+
+    def __init__(self, depth: int = 1):
+        import queue
+        import threading
+
+        self.q: Any = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="merge-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            f, h, data = item
+            if self.error is None:
+                try:
+                    f.write(data)
+                    if h is not None:
+                        h.update(data)
+                except BaseException as exc:  # reported by the next put / close
+                    self.error = exc
+
+    def put(self, f: Any, h: Any, data: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((f, h, data))
+
+    def close(self, raise_error: bool = True) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None and raise_error:
+            raise self.error
+
+
+COPY_CHUNK = 16 << 20
+
+
+def _fixed_mmap_threshold() -> None:
+    """Serve allocations of 1 MiB and up with mmap, returned to the OS on free. glibc otherwise raises its
+    mmap threshold after the first large free (up to 32 MiB), and per-tensor buffers of a few MiB then
+    fragment the heap and keep RSS high. A no-op off glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: int,
+                progress: Progress | None = None, hash_files: bool = True) -> dict[str, Any]:
+    """Write the shards (and index) of ``plan`` into ``out_dir``; returns files (with sha256 when
+    ``hash_files``) and tensor counts."""
+    import torch
+
+    _fixed_mmap_threshold()
+    groups = shard(plan.entries, shard_bytes)
+    n = len(groups)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    reader, writer, files = _BaseReader(), _Writer(), []
+    counts = {"merged": 0, "untouched": 0, "added": 0}
+    method, config, tensors = adapter.method, adapter.config, adapter.tensors
+    modules = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
+    modules = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)}
+    ok = False
+    try:
+        for fname, group in zip(names, groups):
+            h = hashlib.sha256() if hash_files else None
+            with open(os.path.join(out_dir, fname), "wb") as f:
+                head = _header(group)
+                writer.put(f, h, head)
+                size = len(head)
+                for e in group:
+                    want = torch_dtype(e.dtype)
+                    fast = (e.base_path is not None and not e.adapter_key and e.name.rsplit(".", 1)[0] not in modules
+                            and PEFT_PREFIX + e.name not in tensors)
+                    if fast:  # untouched: stream it through in chunks (cast per chunk if the dtype changes)
+                        for data in reader.chunks(e.base_path, e.base_info, want):
+                            writer.put(f, h, data)
+                            size += len(data)
+                        counts["untouched"] += 1
+                        if progress:
+                            progress(1)
+                        continue
+                    if e.base_path is None or e.adapter_key:  # provided by the adapter (head, resized vocab)
+                        t = tensors[e.adapter_key]
+                        result = method.merge_tensor(e.name, torch.empty(t.shape, dtype=want), tensors, config)
+                        result = t.to(want) if result is None else result
+                        counts["added" if e.base_path is None else "merged"] += 1
+                    else:
+                        base = reader.read(e.base_path, e.base_info)
+                        if base.dtype != want:
+                            base = base.to(want)
+                        result = method.merge_tensor(e.name, base, tensors, config)
+                        if result is None:
+                            result = base
+                            counts["untouched"] += 1
+                        else:
+                            counts["merged"] += 1
+                        del base
+                    if tuple(result.shape) != e.shape or result.dtype != want:
+                        raise AdapterhubError(f"merging '{e.name}' gave {result.dtype} {tuple(result.shape)}, "
+                                              f"expected {want} {e.shape}")
+                    data = memoryview(result.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+                    writer.put(f, h, data)  # the view keeps the tensor alive until written
+                    size += len(data)
+                    del result, data
+                    if progress:
+                        progress(1)
+                _drain(writer)
+            files.append({"path": fname, "sha256": h.hexdigest() if h else None, "size": size})
+        ok = True
+    finally:
+        try:
+            writer.close(raise_error=ok)  # after a failure, the original error is the one to report
+        finally:
+            reader.close()
+    if n > 1:
+        index = {"metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
+                 "weight_map": {e.name: fname for fname, g in zip(names, groups) for e in g}}
+        files.append(_write_small(out_dir, INDEX, index))
+    return {"files": files, "counts": counts}
+
+
+def _drain(writer: _Writer) -> None:
+    """Wait until the writer has written everything queued (before its file is closed)."""
+    import threading
+
+    done = threading.Event()
+    writer.q.put((_Done(done), None, b""))
+    done.wait()
+    if writer.error is not None:
+        raise writer.error
+
+
+class _Done:
+    """A pseudo file whose write signals that every earlier buffer has been written."""
+
+    def __init__(self, event: Any):
+        self.event = event
+
+    def write(self, _data: Any) -> None:
+        self.event.set()
+
+
+def _write_small(out_dir: str, name: str, obj: Any) -> dict[str, Any]:
+    path = os.path.join(out_dir, name)
+    write_json(path, obj)
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def _copy_side_files(base_dir: str, out_dir: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """config.json (updated) plus the base's other top-level files: generation config, tokenizer ..."""
+    from .registry.blobs import hash_file
+
+    files = [_write_small(out_dir, "config.json", config)]
+    for n in sorted(os.listdir(base_dir)):
+        src = os.path.join(base_dir, n)
+        if (n == "config.json" or n in _SKIP_NAMES or n.startswith(".") or n.lower().endswith(_SKIP_FILES)
+                or not os.path.isfile(src)):
+            continue
+        dest = os.path.join(out_dir, n)
+        shutil.copyfile(src, dest)
+        digest, size = hash_file(dest)
+        files.append({"path": n, "sha256": digest, "size": size})
+    return files
+
+
+def _check_mergeable(adapter: LoadedAdapter, ref: str | None) -> None:
+    method = adapter.method
+    if "merge" in method.capabilities():
+        return
+    ref = ref or "REF"
+    peft = None
+    try:
+        peft = method.to_peft_config(adapter.config)
+    except Exception:
+        pass
+    how = (f"export it with `adapterhub export {ref} --format peft` and load it at run time" if peft is not None
+           else f"pull it with `adapterhub pull {ref} --out DIR` and attach it at run time")
+    raise AdapterhubError(f"method '{method.name}' cannot be merged into the base weights; {how}")
+
+
+def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str | None = None,
+                  shard_size: str | int | None = None, force: bool = False, ref: str | None = None,
+                  progress: Progress | None = None, on_plan: Callable[[int], None] | None = None,
+                  hash_files: bool = True) -> dict[str, Any]:
+    """Merge ``adapter`` into the base model in ``base_dir`` and write a transformers model directory to
+    ``out`` (atomically). No fingerprint check here: :func:`merge_ref` does it. ``on_plan(n)`` is called
+    with the number of tensors before writing starts (for a progress bar)."""
+    from .registry.maintenance import finish_out, prepare_out
+
+    start = time.monotonic()
+    _check_mergeable(adapter, ref)
+    target = parse_dtype(dtype)
+    shard_bytes = parse_shard_size(shard_size)
+    plan = plan_merge(adapter, base_dir, target)
+    total = sum(e.nbytes for e in plan.entries)
+    tmp = prepare_out(out, force)
+    try:
+        free = shutil.disk_usage(tmp).free
+        if free < total:
+            raise OSError(28, f"No space left on device (needs {total} bytes, {free} free)")
+        if on_plan:
+            on_plan(len(plan.entries))
+        written = write_model(plan, adapter, tmp, shard_bytes, progress, hash_files=hash_files)
+        files = written["files"] + _copy_side_files(base_dir, tmp, plan.config)
+        finish_out(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AdapterhubError(f"cannot write {os.path.abspath(out)}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    counts = written["counts"]
+    return {"out": os.path.abspath(out), "files": sorted(files, key=lambda f: f["path"]),
+            "dtype": _TORCH_NAMES[target] if target else "auto", "shard_size": shard_bytes,
+            "architectures": plan.config.get("architectures"), "tensors_merged": counts["merged"],
+            "tensors_untouched": counts["untouched"], "tensors_added": counts["added"],
+            "untied": plan.untied, "notes": plan.notes, "bytes": sum(f["size"] for f in files),
+            "cached": False, "seconds": round(time.monotonic() - start, 3)}

@@ -1,0 +1,208 @@
+"""Benchmark: streaming merge (``adapterhub merge``) vs peft's ``merge_and_unload`` + ``save_pretrained``.
+
+A Llama-shaped model of about 1.1B parameters (TinyLlama's shape) in bf16 with random weights is written
+tensor by tensor (never the whole model in memory), plus a LoRA r=16 on every linear layer with random
+non-zero A and B. Then, each in its own subprocess (peak RSS from ``os.wait4``'s rusage of that child):
+
+* ``copy``:  a plain copy of the base files (the floor for any tool that rewrites the weights);
+* ``ours``:  ``adapterhub merge ADAPTER --base BASE --out OUT --no-cache``;
+* ``peft``:  ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE, dtype=bf16), ADAPTER)
+  .merge_and_unload().save_pretrained(OUT)``.
+
+The two outputs are compared tensor by tensor (streaming, ``torch.equal``). Prints ratios; targets: peak
+RSS ≤ 0.15× peft's, wall ≤ 0.5× peft's, and within 3× of the plain copy.
+
+    python bench/merge.py [--workdir DIR] [--layers 22] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 2048, 5632, 32, 4, 32000
+RANK = 16
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+PEFT_SCRIPT = r"""
+import sys, warnings
+warnings.simplefilter("ignore")
+import torch, transformers, peft
+transformers.logging.set_verbosity_error()
+base, adapter, out = sys.argv[1:4]
+model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+merged = peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
+merged.save_pretrained(out)
+"""
+
+
+def build(workdir: str, layers: int) -> tuple[str, str, int]:
+    """Write the base model (2 shards + index) and the adapter; returns (base, adapter, parameters)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    from adapterhub.merge import Entry, _header
+
+    base, adapter = os.path.join(workdir, "base"), os.path.join(workdir, "adapter")
+    os.makedirs(base)
+    os.makedirs(adapter)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=layers,
+                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, tie_word_embeddings=False,
+                      dtype="bfloat16", architectures=["LlamaForCausalLM"])
+    cfg.save_pretrained(base)
+    kv = HIDDEN // HEADS * KV_HEADS
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,),
+              "lm_head.weight": (VOCAB, HIDDEN)}
+    linear = {}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        linear.update({p + "self_attn.q_proj": (HIDDEN, HIDDEN), p + "self_attn.k_proj": (kv, HIDDEN),
+                       p + "self_attn.v_proj": (kv, HIDDEN), p + "self_attn.o_proj": (HIDDEN, HIDDEN),
+                       p + "mlp.gate_proj": (INTER, HIDDEN), p + "mlp.up_proj": (INTER, HIDDEN),
+                       p + "mlp.down_proj": (HIDDEN, INTER)})
+        shapes[p + "input_layernorm.weight"] = (HIDDEN,)
+        shapes[p + "post_attention_layernorm.weight"] = (HIDDEN,)
+    shapes.update({k + ".weight": v for k, v in linear.items()})
+    names = sorted(shapes)
+    half = len(names) // 2
+    g = torch.Generator().manual_seed(0)
+    weight_map, params = {}, 0
+    for s, part in enumerate((names[:half], names[half:])):
+        fname = f"model-{s + 1:05d}-of-00002.safetensors"
+        entries = [Entry(n, "BF16", shapes[n]) for n in part]
+        with open(os.path.join(base, fname), "wb") as f:  # streaming: header, then one tensor at a time
+            f.write(_header(entries))
+            for e in entries:
+                t = (torch.randn(e.shape, generator=g) * 0.02).to(torch.bfloat16)
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+                params += t.numel()
+                weight_map[e.name] = fname
+    with open(os.path.join(base, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 2 * params}, "weight_map": weight_map}, f)
+    tensors = {}
+    for path, (out_f, in_f) in linear.items():
+        key = "base_model.model." + path
+        tensors[key + ".lora_A.weight"] = torch.randn((RANK, in_f), generator=g) / in_f ** 0.5
+        tensors[key + ".lora_B.weight"] = torch.randn((out_f, RANK), generator=g) * 0.01
+    save_file(tensors, os.path.join(adapter, "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(adapter, "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": 2 * RANK,
+                   "lora_dropout": 0.0, "target_modules": TARGETS, "bias": "none", "fan_in_fan_out": False,
+                   "use_rslora": False, "use_dora": False, "base_model_name_or_path": base}, f)
+    return base, adapter, params
+
+
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one child process."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    out, err = p.stdout.read().decode(), p.stderr.read().decode()
+    p.stdout.close()
+    p.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{out}\n{err}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def drop_caches() -> None:
+    """Flush dirty pages so one run's writeback does not land in the next one's timing."""
+    os.sync()
+
+
+def compare(a_dir: str, b_dir: str) -> tuple[int, list[str]]:
+    """Compare every tensor of two model directories, one tensor at a time."""
+    import torch
+    from safetensors import safe_open
+
+    from adapterhub.fingerprint import find_weight_files
+
+    def where(d):
+        out = {}
+        for path in find_weight_files(d):
+            with safe_open(path, "pt") as f:
+                out.update({k: path for k in f.keys()})
+        return out
+
+    wa, wb = where(a_dir), where(b_dir)
+    bad = sorted(set(wa) ^ set(wb))
+    for name in sorted(set(wa) & set(wb)):
+        with safe_open(wa[name], "pt") as fa, safe_open(wb[name], "pt") as fb:
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+            if x.dtype != y.dtype or not torch.equal(x, y):
+                bad.append(name)
+            del x, y
+    return len(wa), bad
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", help="where to build (default: a temp dir, removed at the end)")
+    ap.add_argument("--layers", type=int, default=22, help="decoder layers (22: ~1.1B parameters)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--step", choices=["build", "compare"], help=argparse.SUPPRESS)  # internal: run in a child
+    args = ap.parse_args()
+    if args.step == "build":
+        index = os.path.join(args.workdir, "base", "model.safetensors.index.json")
+        if os.path.exists(index) and os.path.exists(os.path.join(args.workdir, "adapter", "adapter_config.json")):
+            with open(index) as f:  # --workdir with a model built before: reuse it
+                print(json.load(f)["metadata"]["total_size"] // 2)
+            return
+        base, adapter, params = build(args.workdir, args.layers)
+        print(params)
+        return
+    if args.step == "compare":
+        n, bad = compare(os.path.join(args.workdir, "ours"), os.path.join(args.workdir, "peft"))
+        print(json.dumps({"n": n, "bad": bad}))
+        return
+    # this process imports no torch: a child's peak RSS (ru_maxrss) starts from this small parent
+    workdir = args.workdir or tempfile.mkdtemp(prefix="adapterhub-bench-merge-")
+    os.makedirs(workdir, exist_ok=True)
+    me = [sys.executable, os.path.abspath(__file__), "--workdir", workdir]
+    for old in ("copy", "ours", "peft"):
+        shutil.rmtree(os.path.join(workdir, old), ignore_errors=True)
+    try:
+        t0 = time.perf_counter()
+        params = int(subprocess.run(me + ["--step", "build", "--layers", str(args.layers)], check=True,
+                                    capture_output=True, text=True).stdout.split()[-1])
+        base, adapter = os.path.join(workdir, "base"), os.path.join(workdir, "adapter")
+        size = sum(os.path.getsize(os.path.join(base, n)) for n in os.listdir(base))
+        print(f"built {params / 1e9:.2f}B parameters ({size / 1e9:.2f} GB bf16) in {time.perf_counter() - t0:.0f}s")
+        env = {**os.environ, "ADAPTERHUB_HOME": os.path.join(workdir, "home"), "TOKENIZERS_PARALLELISM": "false"}
+        results = {}
+        drop_caches()
+        results["copy"] = measure([sys.executable, "-c", "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])",
+                                   base, os.path.join(workdir, "copy")])
+        drop_caches()
+        results["ours"] = measure([sys.executable, "-m", "adapterhub", "merge", adapter, "--base", base, "--out",
+                                   os.path.join(workdir, "ours"), "--no-cache", "--json"], env)
+        drop_caches()
+        results["peft"] = measure([sys.executable, "-c", PEFT_SCRIPT, base, adapter, os.path.join(workdir, "peft")], env)
+        drop_caches()
+        cmp = json.loads(subprocess.run(me + ["--step", "compare"], check=True, capture_output=True,
+                                        text=True).stdout.splitlines()[-1])
+        n, bad = cmp["n"], cmp["bad"]
+        for k, (wall, rss) in results.items():
+            print(f"{k:5s} wall {wall:7.2f}s  peak RSS {rss / 2**20:8.0f} MiB")
+        (wo, ro), (wp, rp), (wc, _) = results["ours"], results["peft"], results["copy"]
+        print(f"bit-identical: {not bad} ({n} tensors compared{'; differ: ' + ', '.join(bad[:5]) if bad else ''})")
+        print(f"peak RSS ours/peft: {ro / rp:.3f}  (target <= 0.15)")
+        print(f"wall ours/peft:     {wo / wp:.3f}  (target <= 0.5)")
+        print(f"wall ours/copy:     {wo / wc:.3f}  (target <= 3)")
+        if bad:
+            raise SystemExit(1)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
