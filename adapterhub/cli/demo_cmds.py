@@ -42,7 +42,8 @@ def demo(app: App, name, epochs, as_json):
         "labelled sentences ...")
     result = train(TrainOptions(
         base=base, method="lora", task="seq-cls", data=train_path, eval=eval_path, out=out, push=name,
-        settings={"r": "8", "lora_alpha": "16", "target_modules": "query,value"}, epochs=epochs, lr=1e-3,
+        settings={"r": "8", "lora_alpha": "16", "target_modules": "query,value", "modules_to_save": "classifier,score"},
+        epochs=epochs, lr=1e-3,
         batch_size=16, max_length=32, progress=False, home=app.home), app.plugins, app.registry)
     say(f"    trained {result['trainable_params']:,} of {result['total_params']:,} parameters in "
         f"{result['seconds']} s; pushed {result['ref']}")

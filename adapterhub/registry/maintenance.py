@@ -213,7 +213,8 @@ def render_lineage(graph: dict[str, Any], fmt: str) -> str:
     def walk(key: str, table: dict[str, list[dict[str, Any]]], side: str, indent: str, seen: set[str]) -> None:
         for e in table.get(key, []):
             other = e[side]
-            extra = f" {e['details']}" if e.get("details") else ""
+            details = {k: v for k, v in (e.get("details") or {}).items() if v is not None}
+            extra = " (" + ", ".join(f"{k}={v}" for k, v in details.items()) + ")" if details else ""
             out.append(f"{indent}└─ {e['relation']} {other}" + (f" ({methods[other]})" if methods.get(other) else "") + extra)
             if other not in seen:
                 walk(other, table, side, indent + "   ", seen | {other})
