@@ -41,12 +41,12 @@ def run_pushers(home, tmp_path, procs, per_proc, db_env=None):
     return numbers, errors
 
 
-def test_16_processes_push_to_one_name_sqlite(home, tmp_path):
-    numbers, errors = run_pushers(home, tmp_path, procs=16, per_proc=1)
+def test_16_processes_x_5_pushes_to_one_name_sqlite(home, tmp_path):
+    numbers, errors = run_pushers(home, tmp_path, procs=16, per_proc=5)
     assert errors == []
-    assert sorted(numbers) == list(range(1, 17))
+    assert sorted(numbers) == list(range(1, 81))
     from adapterhub.api import open_registry
 
     rows = open_registry(str(home)).list("acme/bot")
-    assert [r["version"] for r in rows] == list(range(1, 17))
-    assert len({r["digest"] for r in rows}) == 16
+    assert [r["version"] for r in rows] == list(range(1, 81))
+    assert len({r["digest"] for r in rows}) == 80

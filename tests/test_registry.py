@@ -99,6 +99,14 @@ def test_list(cli, tmp_path):
     rows = cli("list", "--json").json()
     assert [r["ref"] for r in rows] == ["acme/bot:1", "acme/bot:2", "acme/bot:3", "acme/zeta:1"]
     assert [r["ref"] for r in cli("list", "acme/zeta", "--json").json()] == ["acme/zeta:1"]
+    # the newest evaluation's primary metric shows in the listing
+    from adapterhub.api import open_registry
+
+    open_registry().add_evaluation("acme/bot:2", "sha256:" + "d" * 64, {"accuracy": 0.5})
+    open_registry().add_evaluation("acme/bot:2", "sha256:" + "d" * 64, {"accuracy": 0.875})
+    rows = {r["ref"]: r for r in cli("list", "--json").json()}
+    assert rows["acme/bot:2"]["evaluation"] == {"accuracy": 0.875} and rows["acme/bot:1"]["evaluation"] is None
+    assert "acc=0.875" in cli("list").stdout
     assert "acme/bot:3" in cli("list").stdout
     assert_clean_error(cli("list", "acme/nothing"), "no adapter named 'acme/nothing'")
 

@@ -261,3 +261,37 @@ def test_db_upgrade_on_postgres(cli, home, team):
     with make_engine(team["db"]).connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())
     assert {"versions", "blobs", "files", "aliases", "alias_events", "lineage", "evaluations", "tags"} <= tables
+
+
+def test_deployment_pull_merged_from_team_on_a_clean_machine(cli, home, team, tmp_path):
+    """`pull acme/bot@production --from team --merged --base BASE --out DIR` with only the remote configured
+    gives a plain transformers model equal to peft's merge_and_unload."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tinymodels import save_tiny_llama_base
+
+    base = save_tiny_llama_base(tmp_path / "base")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    assert cli("push", tmp_path / "adapter", "acme/bot", "--base", base).exit_code == 0
+    from adapterhub.api import local_registry
+
+    local_registry(str(home)).add_evaluation("acme/bot", "sha256:" + "e" * 64, {"loss": 1.0})
+    assert cli("push", "acme/bot:1", "--to", "team", "--alias", "production").exit_code == 0
+    env = {"ADAPTERHUB_HOME": str(tmp_path / "deploy-home")}
+    assert run_subprocess("remote", "add", "team", "--db", team["db"], "--store", team["store"],
+                          "--endpoint-url", team["endpoint"], env=env).exit_code == 0
+    r = run_subprocess("pull", "acme/bot@production", "--from", "team", "--merged", "--base", base,
+                       "--out", tmp_path / "model", "--json", env=env)
+    assert r.exit_code == 0, r.output
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "adapter").merge_and_unload()
+    got = load_file(str(tmp_path / "model" / "model.safetensors"))
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(got[name], tensor), name
+    AutoModelForCausalLM.from_pretrained(tmp_path / "model")  # a plain transformers model directory

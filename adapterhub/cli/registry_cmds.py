@@ -210,12 +210,23 @@ def list_cmd(app: App, name, as_json):
     def table(rows):
         if not rows:
             return "no versions yet (adapterhub push DIR NAME)"
-        head = ("REF", "METHOD", "DIGEST", "SIZE", "ALIASES", "CREATED")
+        head = ("REF", "METHOD", "DIGEST", "SIZE", "ALIASES", "EVAL", "CREATED")
         body = [(r["ref"], r["method"] or "-", r["digest"][7:19], human_size(r["size"]),
-                 ",".join(r["aliases"]) or "-", (r["created_at"] or "")[:19]) for r in rows]
+                 ",".join(r["aliases"]) or "-", _eval_cell(r["evaluation"]), (r["created_at"] or "")[:19])
+                for r in rows]
         return format_table(head, body)
 
     emit(as_json, rows, table)
+
+
+def _eval_cell(metrics) -> str:
+    """The newest evaluation's primary metric (accuracy for classifiers, else loss)."""
+    if not metrics:
+        return "-"
+    for key, short in (("accuracy", "acc"), ("loss", "loss")):
+        if isinstance(metrics.get(key), (int, float)):
+            return f"{short}={metrics[key]:.3f}"
+    return "yes"
 
 
 def format_table(head, body) -> str:

@@ -378,9 +378,14 @@ class Registry:
             alias_map: dict[int, list[str]] = {}
             for vid, alias in conn.execute(sa.select(t.aliases.c.version_id, t.aliases.c.alias).order_by(t.aliases.c.alias)):
                 alias_map.setdefault(vid, []).append(alias)
+            latest_eval: dict[int, dict[str, Any]] = {}  # version id -> metrics of its newest evaluation
+            for vid, metrics in conn.execute(sa.select(t.evaluations.c.version_id, t.evaluations.c.metrics)
+                                             .order_by(t.evaluations.c.id)):
+                latest_eval[vid] = metrics
         return [{"name": r.name, "version": r.number, "ref": f"{r.name}:{r.number}", "digest": "sha256:" + r.digest,
                  "kind": r.kind, "method": r.method, "size": r.size, "base_fingerprint": r.base_fingerprint,
-                 "aliases": alias_map.get(r.id, []), "created_at": _iso(r.created_at)} for r in rows]
+                 "aliases": alias_map.get(r.id, []), "evaluation": latest_eval.get(r.id),
+                 "created_at": _iso(r.created_at)} for r in rows]
 
     # -- aliases and tags ----------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: str, reason: str | None = None,
