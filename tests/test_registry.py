@@ -245,3 +245,24 @@ def test_alembic_head_matches_code():
     cfg = Config()
     cfg.set_main_option("script_location", os.path.dirname(m.__file__))
     assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION
+
+
+@pytest.mark.slow
+def test_wheel_ships_migrations_demo_data_and_plugins(tmp_path):
+    import glob
+    import subprocess
+    import sys
+    import zipfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", root, "--no-deps", "--no-build-isolation",
+                        "-w", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    names = zipfile.ZipFile(glob.glob(str(tmp_path / "adapterhub-*.whl"))[0]).namelist()
+    assert "adapterhub/migrations/env.py" in names and "adapterhub/migrations/script.py.mako" in names
+    assert any(n.startswith("adapterhub/migrations/versions/0001_") for n in names)
+    assert "adapterhub/demo/sentiment_train.jsonl" in names
+    eps = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(glob.glob(str(tmp_path / "adapterhub-*.whl"))[0]).read(eps).decode()
+    for plugin in ("file", "s3", "lora", "ia3", "bitfit", "prompt", "bottleneck", "peft_format", "mlflow"):
+        assert f"{plugin} = adapterhub_" in text, plugin
