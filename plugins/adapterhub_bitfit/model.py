@@ -9,60 +9,41 @@ for :func:`detach`) and replaces ``modules_to_save`` with trainable copies. Key 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from adapterhub import tuners
 from adapterhub.errors import InvalidInput
+from adapterhub.tuners import PEFT_PREFIX as PREFIX
 
-from .config import SEQ_CLS_HEADS, BitFitConfig
+from .config import BitFitConfig
 
-PREFIX = "base_model.model."
 _STATE_ATTR = "_adapterhub_bitfit"
 
 
 @dataclass
-class Attached:
-    """What :func:`attach` changed, kept on the model (a plain attribute, not a submodule) for :func:`detach`."""
+class Attached(tuners.Attached):
+    """What :func:`attach` changed (see :class:`adapterhub.tuners.Attached`), plus the trained biases."""
 
-    config: BitFitConfig  # the effective config
-    biases: dict[str, torch.Tensor]  # trained bias parameter name -> a copy of its value before attach
-    saved: dict[str, nn.Module]  # modules_to_save path -> the original (frozen) module
-    requires_grad: dict[str, bool] = field(default_factory=dict)  # parameter name -> flag before attach
+    biases: dict[str, torch.Tensor] = field(default_factory=dict)  # bias name -> a copy of its value before attach
 
 
 def _is_bias(name: str) -> bool:
     return name.rsplit(".", 1)[-1] == "bias"
 
 
-def _inside(name: str, paths: list[str]) -> bool:
-    return any(name.startswith(p + ".") for p in paths)
-
-
 def resolve(model: nn.Module, config: BitFitConfig) -> tuple[BitFitConfig, list[str], list[str]]:
     """``(effective config, trained bias names, modules_to_save paths)``; refuses a model without biases and a
     ``bias_pattern`` that selects none."""
-    mts = list(dict.fromkeys(config.modules_to_save))
-    changes = []
-    if config.task_type == "SEQ_CLS":
-        added = [h for h in SEQ_CLS_HEADS if h not in mts]
-        if added:
-            mts += added
-            changes.append(f"modules_to_save += {added} (task_type SEQ_CLS trains the head, as PEFT does)")
-    # modules_to_save: PEFT matches any module path that ends with the name (plain suffix, no dot required)
-    saved: list[str] = []
-    for path, _ in model.named_modules(remove_duplicate=False):
-        if path and any(path.endswith(m) for m in mts) and not _inside(path, saved):
-            saved.append(path)
-    missing = [m for m in mts if m not in SEQ_CLS_HEADS and not any(p.endswith(m) for p in saved)]
-    if missing:
-        raise InvalidInput(f"modules_to_save {missing} matched no module of the model")
-
-    all_biases = [n for n, _ in model.named_parameters() if _is_bias(n) and not _inside(n, saved)]
+    changes: list[str] = []
+    mts = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type, changes)
+    saved = tuners.modules_to_save_paths(model, mts)
+    all_biases = [
+        n for n, _ in model.named_parameters() if _is_bias(n) and not any(n.startswith(p + ".") for p in saved)
+    ]
     if not all_biases:
         raise InvalidInput(
             f"bitfit trains bias terms, but this {type(model).__name__} has no bias parameters "
@@ -76,108 +57,58 @@ def resolve(model: nn.Module, config: BitFitConfig) -> tuple[BitFitConfig, list[
             f"candidates: {shown}"
         )
     effective = dataclasses.replace(config, modules_to_save=mts)
-    if changes:
-        warnings.warn("bitfit effective config differs from the one given: " + "; ".join(changes), stacklevel=3)
+    tuners.warn_changes("bitfit", changes)
     return effective, biases, saved
 
 
 # -- attach / detach -------------------------------------------------------------------------------------
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
+def attached(model: nn.Module, method: str | None = None) -> Attached:
+    return tuners.attached(model, _STATE_ATTR, method, family="bitfit")
 
 
-def attached(model: nn.Module) -> Attached:
-    state = model.__dict__.get(_STATE_ATTR)
-    if state is None:
-        raise InvalidInput("no bitfit adapter is attached to this model")
-    return state
-
-
-def attach(model: nn.Module, config: BitFitConfig) -> BitFitConfig:
+def attach(model: nn.Module, config: BitFitConfig, method: str = "bitfit") -> BitFitConfig:
     """Freeze everything but the chosen biases (and the modules_to_save copies); returns the effective config.
     The model's outputs do not change."""
-    if _STATE_ATTR in model.__dict__:
-        raise InvalidInput("a bitfit adapter is already attached to this model; detach it first")
+    tuners.check_free(model, _STATE_ATTR)
     effective, bias_names, saved_paths = resolve(model, config)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    flags = tuners.freeze(model)
     params = dict(model.named_parameters())
     originals = {}
     for name in bias_names:
         originals[name] = params[name].detach().clone()
         params[name].requires_grad_(True)
-    saved: dict[str, nn.Module] = {}
-    for path in saved_paths:
-        original = model.get_submodule(path)
-        trained = copy.deepcopy(original)  # full trainable copy (PEFT's ModulesToSaveWrapper)
-        for p in trained.parameters():
-            p.requires_grad_(True)
-        _set_submodule(model, path, trained)
-        saved[path] = original
-    model.__dict__[_STATE_ATTR] = Attached(effective, originals, saved, flags)
+    saved = tuners.train_copies(model, saved_paths)
+    model.__dict__[_STATE_ATTR] = Attached(method, effective, saved, flags, biases=originals)
     return effective
 
 
-def detach(model: nn.Module) -> None:
+def detach(model: nn.Module, method: str | None = None) -> None:
     """Put back the original bias values, modules and ``requires_grad`` flags."""
-    state = attached(model)
-    for path, original in reversed(list(state.saved.items())):
-        _set_submodule(model, path, original)
+    state = attached(model, method)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state.biases.items():
             params[name].copy_(value)
-    for name, p in params.items():
-        if name in state.requires_grad:
-            p.requires_grad_(state.requires_grad[name])
-    del model.__dict__[_STATE_ATTR]
+    tuners.release(model, _STATE_ATTR, state)
 
 
 # -- state dicts -----------------------------------------------------------------------------------------
-def state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def state_dict(model: nn.Module, method: str | None = None) -> dict[str, torch.Tensor]:
     """The trained biases and modules_to_save tensors under ``base_model.model.<name>`` (detached, not copied)."""
-    state = attached(model)
+    state = attached(model, method)
     params = dict(model.named_parameters())
     out = {f"{PREFIX}{name}": params[name].detach() for name in state.biases}
-    for path in state.saved:
-        for key, value in model.get_submodule(path).state_dict().items():
-            out[f"{PREFIX}{path}.{key}"] = value.detach()
+    out.update(tuners.saved_tensors(model, state.saved))
     return out
 
 
-def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], method: str | None = None) -> None:
     """Strict inverse of :func:`state_dict`: every key present, no extra key, every shape equal."""
-    expected = state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise InvalidInput("bitfit tensors do not fit the attached adapter: " + "; ".join(parts))
-    for key, target in expected.items():
-        value = tensors[key]
-        if tuple(value.shape) != tuple(target.shape):
-            raise InvalidInput(
-                f"bitfit tensor '{key}' has shape {tuple(value.shape)} but the attached adapter expects "
-                f"{tuple(target.shape)}"
-            )
-    with torch.no_grad():
-        for key, target in expected.items():
-            target.copy_(tensors[key])  # `target` shares storage with the parameter/buffer
+    tuners.load_strict(attached(model, method).method, state_dict(model, method), tensors)
 
 
 # -- streaming merge -------------------------------------------------------------------------------------
 def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]):
     """The adapter's value for ``base`` (named as in the base model's safetensors), cast to the base dtype and
     device; ``None`` when the adapter does not hold that tensor."""
-    value = tensors.get(PREFIX + name)
-    if value is None:
-        return None
-    if tuple(value.shape) != tuple(base.shape):
-        raise InvalidInput(f"'{PREFIX + name}' has shape {tuple(value.shape)}, base '{name}' has {tuple(base.shape)}")
-    return value.to(device=base.device, dtype=base.dtype, copy=True)
+    return tuners.saved_copy(name, base, tensors)

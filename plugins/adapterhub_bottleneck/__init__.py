@@ -19,60 +19,24 @@ non-linear, so they cannot be merged into base weights. Checkpoint key names are
 
 from __future__ import annotations
 
-from typing import Any
-
 import adapterhub
-from adapterhub.errors import InvalidInput
-from adapterhub.method import Method
+from adapterhub.tuners import TunerMethod
 
-from .config import AdapterConfig, BottleneckConfig, CompacterConfig
+from .config import BottleneckConfig, CompacterConfig
 
 __all__ = ["BottleneckConfig", "CompacterConfig", "BottleneckMethod", "CompacterMethod", "register_methods"]
 
 
-class BottleneckMethod(Method):
-    """Sequential bottleneck adapters (Houlsby / Pfeiffer) attached after output projections."""
+class BottleneckMethod(TunerMethod):
+    """Sequential bottleneck adapters (Houlsby / Pfeiffer) attached after output projections.
+
+    :meth:`attach` adds the adapters in place (a submodule ``adapter`` + a forward hook on each adapted
+    projection) and freezes every other parameter (``modules_to_save`` become trainable copies); the effective
+    config has the placement resolved into ``target_layers``, the non-linearity and the SEQ_CLS head."""
 
     name = "bottleneck"
     config_class: type = BottleneckConfig
-
-    def _config(self, config: Any) -> AdapterConfig:
-        if isinstance(config, self.config_class):
-            return config
-        if isinstance(config, dict):
-            return self.make_config(config)
-        raise InvalidInput(
-            f"{self.name} expects a {self.config_class.__name__} or a dict, got {type(config).__name__}"
-        )
-
-    def attach(self, model: Any, config: Any) -> AdapterConfig:
-        """Add the adapters in place (a submodule ``adapter`` + a forward hook on each adapted projection) and
-        freeze every other parameter (``modules_to_save`` become trainable copies). Returns the effective
-        config (placement resolved into ``target_layers``, the non-linearity, the SEQ_CLS head)."""
-        from . import model as _model
-
-        return _model.attach(model, self._config(config), self.name)
-
-    def effective_config(self, model: Any) -> AdapterConfig:
-        """The config actually applied by :meth:`attach` (save this one in the manifest)."""
-        from . import model as _model
-
-        return _model.attached(model, self.name).config
-
-    def state_dict(self, model: Any) -> dict[str, Any]:
-        from . import model as _model
-
-        return _model.state_dict(model, self.name)
-
-    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
-        from . import model as _model
-
-        _model.load_state_dict(model, tensors, self.name)
-
-    def detach(self, model: Any) -> None:
-        from . import model as _model
-
-        _model.detach(model, self.name)
+    model_module = "adapterhub_bottleneck.model"
 
 
 class CompacterMethod(BottleneckMethod):

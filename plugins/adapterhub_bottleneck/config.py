@@ -17,16 +17,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapterhub import tuners
+
 STYLES = ("houlsby", "pfeiffer")
 NON_LINEARITIES = ("relu", "gelu", "swish", "tanh")
 INITS = ("bert", "mam")
 PHM_C_INITS = ("normal", "uniform")
 PHM_W_INITS = ("glorot-uniform", "glorot-normal", "normal")
-TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
-
-#: the classification heads trained and saved with ``task_type="SEQ_CLS"`` (as PEFT's ``modules_to_save``)
-SEQ_CLS_HEADS = ["classifier", "score"]
-
 #: the adapters library's default non-linearity per style (``DoubleSeqBnConfig``: swish, ``SeqBnConfig``: relu)
 DEFAULT_NON_LINEARITY = {"houlsby": "swish", "pfeiffer": "relu"}
 
@@ -59,13 +56,6 @@ PLACEMENTS: tuple[Placement, ...] = (
     Placement("llama", "self_attn.o_proj", "mlp.down_proj"),  # Llama, Mistral, Qwen2/3, Gemma
     Placement("gpt2", "attn.c_proj", "mlp.c_proj"),  # GPT-2 (transformers Conv1D)
 )
-
-
-def _positive_int(value: Any, name: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _choice(value: Any, name: str, choices: tuple) -> None:
@@ -116,23 +106,16 @@ class AdapterConfig:
             "the resolved regex)"
         },
     )
-    modules_to_save: list = field(
-        default_factory=list,
-        metadata={"help": "modules trained in full and saved with the adapter (matched by name suffix, like PEFT)"},
-    )
-    task_type: Any = field(
-        default=None,
-        metadata={"help": "PEFT task type (CAUSAL_LM, SEQ_CLS ...); SEQ_CLS also trains the classifier head"},
-    )
+    modules_to_save: list = tuners.modules_to_save_field()
+    task_type: Any = tuners.task_type_field()
 
     def __post_init__(self) -> None:
         _choice(self.style, "style", STYLES)
-        _positive_int(self.reduction_factor, "reduction_factor")
-        _positive_int(self.bottleneck_size, "bottleneck_size", allow_none=True)
+        tuners.check_positive_int(self.reduction_factor, "reduction_factor")
+        tuners.check_positive_int(self.bottleneck_size, "bottleneck_size", optional=True)
         if self.non_linearity is not None:
             _choice(self.non_linearity, "non_linearity", NON_LINEARITIES)
-        if not isinstance(self.residual, bool):
-            raise ValueError(f"residual must be true or false, got {self.residual!r}")
+        tuners.check_flags(self, "residual")
         if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)):
             raise ValueError(f"scaling must be a number, got {self.scaling!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1:
@@ -146,31 +129,9 @@ class AdapterConfig:
         ):
             raise ValueError(f"leave_out must be a list of layer indices (integers >= 0), got {self.leave_out!r}")
         self.leave_out = sorted(set(self.leave_out))
-        tl = self.target_layers
-        if isinstance(tl, (set, tuple)):
-            self.target_layers = tl = sorted(tl)
-        if tl is not None and not isinstance(tl, (str, list)):
-            raise ValueError(f"target_layers must be a list of names or a regex string, got {type(tl).__name__}")
-        if isinstance(tl, list) and not all(isinstance(t, str) and t for t in tl):
-            raise ValueError(f"target_layers must be non-empty strings, got {tl!r}")
-        if isinstance(tl, str):
-            if not tl:
-                raise ValueError("target_layers must not be an empty string")
-            try:
-                re.compile(tl)
-            except re.error as exc:
-                raise ValueError(f"target_layers: {tl!r} is not a valid regular expression ({exc})") from None
-        if tl == []:
-            self.target_layers = None
-        if self.modules_to_save is None:
-            self.modules_to_save = []
-        if not isinstance(self.modules_to_save, (list, tuple)) or not all(
-            isinstance(m, str) and m for m in self.modules_to_save
-        ):
-            raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
-        self.modules_to_save = list(self.modules_to_save)
-        if self.task_type is not None and self.task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)} or empty, got {self.task_type!r}")
+        self.target_layers = tuners.check_module_names(self.target_layers, "target_layers") or None
+        self.modules_to_save = tuners.check_modules_to_save(self.modules_to_save)
+        tuners.check_task_type(self.task_type)
 
     def bottleneck_for(self, size: int) -> int:
         """The bottleneck width for an adapter on a ``size``-wide hidden state."""
@@ -237,11 +198,9 @@ class CompacterConfig(AdapterConfig):
         super().__post_init__()
         if self.non_linearity is None:
             self.non_linearity = "gelu"
-        _positive_int(self.phm_dim, "phm_dim")
-        _positive_int(self.phm_rank, "phm_rank")
-        for flag in ("shared_phm_rule", "factorized_phm_W", "phm_bias"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        tuners.check_positive_int(self.phm_dim, "phm_dim")
+        tuners.check_positive_int(self.phm_rank, "phm_rank")
+        tuners.check_flags(self, "shared_phm_rule", "factorized_phm_W", "phm_bias")
         _choice(self.phm_c_init, "phm_c_init", PHM_C_INITS)
         _choice(self.phm_w_init, "phm_w_init", PHM_W_INITS)
         r = self.phm_init_range

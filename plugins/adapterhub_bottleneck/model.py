@@ -23,43 +23,34 @@ Checkpoint key names (stable; ``<path>`` is the adapted module's path in the bas
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from adapterhub import tuners
 from adapterhub.errors import InvalidInput
+from adapterhub.tuners import PEFT_PREFIX as PREFIX
 
-from .config import DEFAULT_NON_LINEARITY, PLACEMENTS, SEQ_CLS_HEADS, AdapterConfig, CompacterConfig
+from .config import DEFAULT_NON_LINEARITY, PLACEMENTS, AdapterConfig, CompacterConfig
 from .layer import ADAPTER_DTYPE, PHMLinear, init_phm_rule, linear_bottleneck, phm_bottleneck
 
-try:  # transformers' GPT-2 style layer: y = x @ W + b with W of shape (in, out)
-    from transformers.pytorch_utils import Conv1D
-except Exception:  # pragma: no cover - transformers is part of the torch extra
-    Conv1D = ()  # type: ignore[assignment]
-
-PREFIX = "base_model.model."
 SHARED_RULE = "phm_rule"  # attribute of the root model holding compacter's shared PHM rule
 ADAPTER = "adapter"  # submodule name of the adapter inside the adapted module
 _STATE_ATTR = "_adapterhub_bottleneck"
-LINEAR_TYPES = (nn.Linear,) + ((Conv1D,) if isinstance(Conv1D, type) else ())
+LINEAR_TYPES = tuners.linear_types()
 _LAYER_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
 @dataclass
-class Attached:
-    """What :func:`attach` changed, kept on the model (a plain attribute, not a submodule) for :func:`detach`."""
+class Attached(tuners.Attached):
+    """What :func:`attach` changed (see :class:`adapterhub.tuners.Attached`; ``targets``: the modules whose
+    output goes through an adapter), plus whether the root model holds the shared PHM rule."""
 
-    method: str  # "bottleneck" or "compacter"
-    config: AdapterConfig  # the effective config
-    targets: list[str]  # paths of the modules whose output goes through an adapter
-    saved: dict[str, nn.Module]  # modules_to_save path -> the original (frozen) module
-    shared_rule: bool = False  # the root model holds `phm_rule`
-    requires_grad: dict[str, bool] = field(default_factory=dict)  # parameter name -> flag before attach
+    shared_rule: bool = False
 
 
 def _apply_adapter(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
@@ -77,7 +68,7 @@ def layer_index(path: str) -> int | None:
 def out_features(module: nn.Module) -> int:
     """The width of a Linear's (weight (out, in)) or Conv1D's (weight (in, out)) output."""
     w = module.weight
-    return w.shape[1] if isinstance(Conv1D, type) and isinstance(module, Conv1D) else w.shape[0]
+    return w.shape[1] if tuners.is_conv1d(module) else w.shape[0]
 
 
 def candidate_names(model: nn.Module) -> list[str]:
@@ -88,16 +79,6 @@ def candidate_names(model: nn.Module) -> list[str]:
             m = _LAYER_RE.search(path)
             names.add(path[m.end():] if m and m.end() < len(path) else path)
     return sorted(names)
-
-
-def _matches(target: Any, path: str) -> bool:
-    if isinstance(target, str):
-        return re.fullmatch(target, path) is not None
-    return path in target or any(path.endswith(f".{t}") for t in target)
-
-
-def _excluded_by_modules_to_save(modules_to_save: list[str], path: str) -> bool:
-    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", path) for m in modules_to_save)
 
 
 def _default_pattern(model: nn.Module, style: str, method: str) -> str:
@@ -117,25 +98,14 @@ def _default_pattern(model: nn.Module, style: str, method: str) -> str:
 
 def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[AdapterConfig, list[str], list[str]]:
     """``(effective config, target paths, modules_to_save paths)``; refuses what cannot be attached."""
-    mts = list(dict.fromkeys(config.modules_to_save))
-    if config.task_type == "SEQ_CLS":
-        mts += [h for h in SEQ_CLS_HEADS if h not in mts]
-    pattern = config.target_layers if config.target_layers is not None else _default_pattern(model, config.style, method)
-
-    matched: list[str] = []
-    for path, module in model.named_modules():
-        if not path or _excluded_by_modules_to_save(mts, path) or not _matches(pattern, path):
-            continue
-        if not isinstance(module, LINEAR_TYPES):
-            raise InvalidInput(
-                f"target_layers matched '{path}', a {type(module).__name__}; {method} adapters go after Linear "
-                f"or Conv1D projections (candidates: {', '.join(candidate_names(model))})"
-            )
-        matched.append(path)
-    if not matched:
-        raise InvalidInput(
-            f"target_layers {pattern!r} matched no module of the model; candidates: {', '.join(candidate_names(model))}"
-        )
+    mts = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type)
+    pattern = config.target_layers
+    if pattern is None:
+        pattern = _default_pattern(model, config.style, method)
+    matched = tuners.match_modules(
+        model, pattern, types=LINEAR_TYPES, field="target_layers", exclude=mts, literal=True,
+        wraps=f"{method} adapters go after Linear or Conv1D projections", candidates=lambda: candidate_names(model),
+    )
 
     if config.leave_out:
         indices = {layer_index(p) for p in matched} - {None}
@@ -164,13 +134,7 @@ def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[Adapt
                         f"that divides both (or set bottleneck_size / reduction_factor)"
                     )
 
-    saved: list[str] = []
-    for path, _ in model.named_modules(remove_duplicate=False):
-        if path and any(path.endswith(m) for m in mts) and not any(path.startswith(s + ".") for s in saved):
-            saved.append(path)
-    missing = [m for m in mts if m not in SEQ_CLS_HEADS and not any(p.endswith(m) for p in saved)]
-    if missing:
-        raise InvalidInput(f"modules_to_save {missing} matched no module of the model")
+    saved = tuners.modules_to_save_paths(model, mts)
     if any(p in saved or any(p.startswith(s + ".") for s in saved) for p in matched):
         raise InvalidInput("target_layers and modules_to_save overlap; a module cannot be both")
 
@@ -180,23 +144,13 @@ def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[Adapt
 
 
 # -- attach / detach -------------------------------------------------------------------------------------
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 def attached(model: nn.Module, method: str | None = None) -> Attached:
-    state = model.__dict__.get(_STATE_ATTR)
-    if state is None or (method is not None and state.method != method):
-        extra = f" (a {state.method} adapter is)" if state is not None else ""
-        raise InvalidInput(f"no {method or 'bottleneck'} adapter is attached to this model{extra}")
-    return state
+    return tuners.attached(model, _STATE_ATTR, method, family="bottleneck")
 
 
 def attach(model: nn.Module, config: AdapterConfig, method: str) -> AdapterConfig:
     """Add an adapter after each target module, freeze everything else; return the effective config."""
-    if _STATE_ATTR in model.__dict__:
-        raise InvalidInput(f"a {model.__dict__[_STATE_ATTR].method} adapter is already attached; detach it first")
+    tuners.check_free(model, _STATE_ATTR)
     effective, targets, saved_paths = resolve(model, config, method)
     compacter = isinstance(effective, CompacterConfig)
     shared = compacter and effective.shared_phm_rule
@@ -206,9 +160,7 @@ def attach(model: nn.Module, config: AdapterConfig, method: str) -> AdapterConfi
     if taken:
         raise InvalidInput(f"module '{taken[0]}' already has an attribute '{ADAPTER}'")
 
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    flags = tuners.freeze(model)
     rule = None
     if shared:
         n = effective.phm_dim
@@ -233,19 +185,12 @@ def attach(model: nn.Module, config: AdapterConfig, method: str) -> AdapterConfi
         adapter.train(module.training)  # new modules start in train mode; follow the model's
         module.add_module(ADAPTER, adapter)
         module.register_forward_hook(_apply_adapter)
-    saved: dict[str, nn.Module] = {}
-    for path in saved_paths:
-        original = model.get_submodule(path)
-        trained = copy.deepcopy(original)  # full trainable copy (PEFT's ModulesToSaveWrapper)
-        for p in trained.parameters():
-            p.requires_grad_(True)
-        _set_submodule(model, path, trained)
-        saved[path] = original
-    model.__dict__[_STATE_ATTR] = Attached(method, effective, targets, saved, shared, flags)
+    saved = tuners.train_copies(model, saved_paths)
+    model.__dict__[_STATE_ATTR] = Attached(method, effective, saved, flags, targets, shared_rule=shared)
     return effective
 
 
-def detach(model: nn.Module, method: str) -> None:
+def detach(model: nn.Module, method: str | None = None) -> None:
     """Remove the hooks, the adapter submodules and the shared rule; put back modules_to_save originals and
     the ``requires_grad`` flags. The model is then the base model again."""
     state = attached(model, method)
@@ -259,16 +204,11 @@ def detach(model: nn.Module, method: str) -> None:
         del module._modules[ADAPTER]
     if state.shared_rule:
         del model._parameters[SHARED_RULE]
-    for path, original in reversed(list(state.saved.items())):
-        _set_submodule(model, path, original)
-    for name, p in model.named_parameters():
-        if name in state.requires_grad:
-            p.requires_grad_(state.requires_grad[name])
-    del model.__dict__[_STATE_ATTR]
+    tuners.release(model, _STATE_ATTR, state)
 
 
 # -- state dicts -----------------------------------------------------------------------------------------
-def state_dict(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
+def state_dict(model: nn.Module, method: str | None = None) -> dict[str, torch.Tensor]:
     """The adapter's tensors under the key names in the module docstring (detached, not copied)."""
     state = attached(model, method)
     shared = model._parameters.get(SHARED_RULE) if state.shared_rule else None
@@ -280,37 +220,16 @@ def state_dict(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
                 out[f"{PREFIX}{path}.{ADAPTER}.{name}"] = p.detach()
     if shared is not None:
         out[PREFIX + SHARED_RULE] = shared.detach()
-    for path in state.saved:
-        for key, value in model.get_submodule(path).state_dict().items():
-            out[f"{PREFIX}{path}.{key}"] = value.detach()
+    out.update(tuners.saved_tensors(model, state.saved))
     return out
 
 
-def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], method: str) -> None:
+def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], method: str | None = None) -> None:
     """Strict inverse of :func:`state_dict`: every key present, no extra key, every shape equal."""
-    expected = state_dict(model, method)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise InvalidInput(f"{method} tensors do not fit the attached adapter: " + "; ".join(parts))
-    for key, target in expected.items():
-        value = tensors[key]
-        if tuple(value.shape) != tuple(target.shape):
-            raise InvalidInput(
-                f"{method} tensor '{key}' has shape {tuple(value.shape)} but the attached adapter expects "
-                f"{tuple(target.shape)}"
-            )
-    with torch.no_grad():
-        for key, target in expected.items():
-            target.copy_(tensors[key])  # `target` shares storage with the parameter/buffer
+    tuners.load_strict(attached(model, method).method, state_dict(model, method), tensors)
 
 
-def adapters(model: nn.Module, method: str) -> dict[str, nn.Module]:
+def adapters(model: nn.Module, method: str | None = None) -> dict[str, nn.Module]:
     """``{module path: its adapter}`` for an attached model (inspection and tests)."""
     state = attached(model, method)
     return {p: getattr(model.get_submodule(p), ADAPTER) for p in state.targets}

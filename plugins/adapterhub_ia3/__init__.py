@@ -17,7 +17,7 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
-from adapterhub.method import Method
+from adapterhub.tuners import TunerMethod
 
 from .config import IA3Config, from_peft_dict, to_peft_dict
 
@@ -27,21 +27,19 @@ __all__ = ["IA3Config", "IA3Method", "register_methods"]
 COMBINE_HOW = ("linear",)
 
 
-class IA3Method(Method):
-    """(IA)³: ``y = l ⊙ base(x)`` (attention layers) or ``y = base(l ⊙ x)`` (feed-forward layers)."""
+class IA3Method(TunerMethod):
+    """(IA)³: ``y = l ⊙ base(x)`` (attention layers) or ``y = base(l ⊙ x)`` (feed-forward layers).
+
+    :meth:`attach` wraps the targeted Linear/Conv1D layers in place and freezes every other parameter
+    (``modules_to_save`` become trainable copies); an effective config that differs from the one given is
+    reported with a warning."""
 
     name = "ia3"
     config_class = IA3Config
     peft_type = "IA3"
+    model_module = "adapterhub_ia3.model"
 
     # -- config ----------------------------------------------------------------------------------------
-    def _config(self, config: Any) -> IA3Config:
-        if isinstance(config, IA3Config):
-            return config
-        if isinstance(config, dict):
-            return self.make_config(config)
-        raise InvalidInput(f"{self.name} expects an IA3Config or a dict, got {type(config).__name__}")
-
     def to_peft_config(self, config: Any, base_model_name_or_path: str | None = None) -> dict[str, Any]:
         return to_peft_dict(self._config(config), base_model_name_or_path)
 
@@ -49,41 +47,10 @@ class IA3Method(Method):
         return from_peft_dict(peft_config)
 
     # -- model -----------------------------------------------------------------------------------------
-    def attach(self, model: Any, config: Any) -> IA3Config:
-        """Wrap the targeted Linear/Conv1D layers in place and freeze every other parameter
-        (``modules_to_save`` become trainable copies). Returns the effective config, also available later
-        from :meth:`effective_config`; a difference from ``config`` is reported with a warning."""
-        from . import model as _model
-
-        return _model.attach(model, self._config(config))
-
-    def effective_config(self, model: Any) -> IA3Config:
-        """The config actually applied by :meth:`attach` (save this one in the manifest)."""
-        from . import model as _model
-
-        return _model.attached(model).config
-
-    def state_dict(self, model: Any) -> dict[str, Any]:
-        from . import model as _model
-
-        return _model.state_dict(model)
-
-    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
-        from . import model as _model
-
-        _model.load_state_dict(model, tensors)
-
-    def detach(self, model: Any) -> None:
-        from . import model as _model
-
-        _model.detach(model)
-
     def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor`` (weights and, for attention
         layers, biases are scaled); ``None`` if untouched. ``config`` must be the effective config."""
-        from . import model as _model
-
-        return _model.merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
+        return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
         """``how="linear"``: each vector becomes ``sum_i weights[i] * l_i`` (PEFT's IA3
@@ -107,9 +74,7 @@ class IA3Method(Method):
             raise InvalidInput(f"ia3 combine got {len(adapters)} adapter(s) but {len(weights)} weight(s)")
         if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
             raise InvalidInput(f"ia3 combine weights must be numbers, got {weights!r}")
-        from . import model as _model
-
-        return _model.combine([(self._config(c), t) for c, t in adapters], [float(w) for w in weights])
+        return self._model().combine([(self._config(c), t) for c, t in adapters], [float(w) for w in weights])
 
 
 @adapterhub.hookimpl

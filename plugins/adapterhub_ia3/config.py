@@ -7,15 +7,11 @@ This module does not import torch.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterhub.errors import InvalidInput
-
-#: ``target_modules`` shorthand for every Linear/Conv1D layer except the output head
-ALL_LINEAR = "all-linear"
+from adapterhub import tuners
 
 #: PEFT's ``TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`` (used when ``target_modules`` is empty)
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -79,11 +75,6 @@ DEFAULT_FEEDFORWARD: dict[str, list[str]] = {
     "qwen3": ["down_proj"],
 }
 
-#: PEFT adds these heads to ``modules_to_save`` for ``task_type="SEQ_CLS"`` (``PeftModelForSequenceClassification``)
-SEQ_CLS_HEADS = ["classifier", "score"]
-
-TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
-
 
 @dataclass
 class IA3Config:
@@ -94,14 +85,7 @@ class IA3Config:
     ``l``: (1, in)).
     """
 
-    target_modules: Any = field(
-        default=None,
-        metadata={
-            "help": "modules to adapt: a list of names (exact path or suffix '.name'), a regex string that must "
-            "fullmatch the module path, or 'all-linear' (all Linear/Conv1D but the output head); empty: PEFT's "
-            "default for the model type"
-        },
-    )
+    target_modules: Any = tuners.target_modules_field()
     feedforward_modules: Any = field(
         default=None,
         metadata={
@@ -110,60 +94,26 @@ class IA3Config:
             "unset: PEFT's default for the model type; [] for none"
         },
     )
-    fan_in_fan_out: bool = field(
-        default=False,
-        metadata={
-            "help": "the layer stores its weight as (in, out); set automatically for transformers Conv1D (GPT-2) "
-            "and reported in the effective config"
-        },
-    )
+    fan_in_fan_out: bool = tuners.fan_in_fan_out_field()
     init_ia3_weights: bool = field(
         default=True,
         metadata={"help": "True: vectors start at ones (outputs unchanged); False: random normal (for tests)"},
     )
-    modules_to_save: list = field(
-        default_factory=list,
-        metadata={"help": "modules trained in full and saved with the adapter (matched by name suffix, like PEFT)"},
-    )
-    task_type: Any = field(
-        default=None,
-        metadata={"help": "PEFT task type (CAUSAL_LM, SEQ_CLS ...); SEQ_CLS also trains the classifier head"},
-    )
+    modules_to_save: list = tuners.modules_to_save_field()
+    task_type: Any = tuners.task_type_field()
 
     def __post_init__(self) -> None:
-        for name in ("target_modules", "feedforward_modules"):
-            value = getattr(self, name)
-            if isinstance(value, (set, tuple)):
-                value = sorted(value)
-                setattr(self, name, value)
-            if value is not None and not isinstance(value, (str, list)):
-                raise ValueError(f"{name} must be a list of names or a regex string, got {type(value).__name__}")
-            if isinstance(value, list) and not all(isinstance(t, str) and t for t in value):
-                raise ValueError(f"{name} must be non-empty strings, got {value!r}")
-            if isinstance(value, str):
-                if not value:
-                    raise ValueError(f"{name} must not be an empty string")
-                if not (name == "target_modules" and value.lower() == ALL_LINEAR):
-                    _check_regex(value, name)
+        self.target_modules = tuners.check_module_names(self.target_modules, "target_modules")
+        self.feedforward_modules = tuners.check_module_names(self.feedforward_modules, "feedforward_modules")
         tm, ff = self.target_modules, self.feedforward_modules
         if isinstance(tm, list) and tm and isinstance(ff, list) and not set(ff) <= set(tm):
             # PEFT's IA3Config check, with the offending names
             raise ValueError(
                 f"feedforward_modules must be a subset of target_modules; not targeted: {sorted(set(ff) - set(tm))}"
             )
-        if not isinstance(self.fan_in_fan_out, bool):
-            raise ValueError(f"fan_in_fan_out must be true or false, got {self.fan_in_fan_out!r}")
-        if not isinstance(self.init_ia3_weights, bool):
-            raise ValueError(f"init_ia3_weights must be true or false, got {self.init_ia3_weights!r}")
-        if self.modules_to_save is None:
-            self.modules_to_save = []
-        if not isinstance(self.modules_to_save, (list, tuple)) or not all(
-            isinstance(m, str) and m for m in self.modules_to_save
-        ):
-            raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
-        self.modules_to_save = list(self.modules_to_save)
-        if self.task_type is not None and self.task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)} or empty, got {self.task_type!r}")
+        tuners.check_flags(self, "fan_in_fan_out", "init_ia3_weights")
+        self.modules_to_save = tuners.check_modules_to_save(self.modules_to_save)
+        tuners.check_task_type(self.task_type)
 
     def is_feedforward(self, module_path: str) -> bool:
         """PEFT's ``_check_target_module_feedforward``: regex fullmatch, or the path ends with a listed name
@@ -176,20 +126,7 @@ class IA3Config:
         return any(module_path.endswith(name) for name in ff)
 
 
-def _check_regex(pattern: str, what: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{what}: {pattern!r} is not a valid regular expression ({exc})") from None
-
-
 # -- PEFT adapter_config.json ------------------------------------------------------------------------
-#: PEFT keys that carry no meaning for the adapter's numbers (bookkeeping); ignored on import
-_PEFT_BOOKKEEPING = {
-    "peft_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode", "task_type",
-}
-
-
 def to_peft_dict(config: IA3Config, base_model_name_or_path: str | None = None) -> dict[str, Any]:
     """The ``adapter_config.json`` PEFT writes for the same adapter (``IA3Config.from_pretrained`` reads it)."""
 
@@ -213,22 +150,5 @@ def to_peft_dict(config: IA3Config, base_model_name_or_path: str | None = None) 
 def from_peft_dict(peft: dict[str, Any]) -> IA3Config:
     """Our config from a PEFT ``adapter_config.json``. Keys we do not model are accepted only at values that
     leave the numbers unchanged (null, false, empty); any other value is refused, never silently dropped."""
-    if peft.get("peft_type") != "IA3":
-        raise InvalidInput(f"not a PEFT IA3 config (peft_type={peft.get('peft_type')!r})")
-    ours = {f.name for f in dataclasses.fields(IA3Config)}
-    values: dict[str, Any] = {}
-    for key, value in peft.items():
-        if key in ours:
-            values[key] = value
-        elif key in _PEFT_BOOKKEEPING:
-            continue
-        elif value not in (None, False, {}, [], ""):
-            raise InvalidInput(
-                f"PEFT IA3 option {key}={value!r} is not supported by adapterhub's ia3 method "
-                "(only its default value is)"
-            )
-    values["task_type"] = peft.get("task_type")
-    try:
-        return IA3Config(**values)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"invalid PEFT IA3 config: {exc}") from None
+    values = tuners.peft_values(peft, IA3Config, peft_type="IA3")
+    return tuners.peft_config(IA3Config, values, "IA3")

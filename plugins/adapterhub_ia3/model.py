@@ -8,252 +8,104 @@ Key names are exactly those PEFT writes to ``adapter_model.safetensors`` (adapte
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import re
-import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from adapterhub import tuners
 from adapterhub.errors import InvalidInput
+from adapterhub.tuners import PEFT_PREFIX as PREFIX
+from adapterhub.tuners import Attached  # what attach changed, kept on the model
 
-from .config import ALL_LINEAR, DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, SEQ_CLS_HEADS, IA3Config
-from .layer import LINEAR_TYPES, IA3Linear, is_conv1d, merge_bias, merge_weight, upcast
+from .config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, IA3Config
+from .layer import LINEAR_TYPES, IA3Linear, merge_bias, merge_weight, upcast
 
-PREFIX = "base_model.model."
 SUFFIX = ".ia3_l"
 _STATE_ATTR = "_adapterhub_ia3"
 
 
-@dataclass
-class Attached:
-    """What :func:`attach` changed, kept on the model (a plain attribute, not a submodule) for :func:`detach`."""
-
-    config: IA3Config  # the effective config (what was actually applied)
-    wrapped: list[str]  # module paths replaced by IA3Linear
-    saved: dict[str, nn.Module]  # modules_to_save path -> the original (frozen) module
-    requires_grad: dict[str, bool] = field(default_factory=dict)  # parameter name -> flag before attach
-
-
-# -- target resolution (PEFT's matching rules) -----------------------------------------------------------
-def _matches_target(target_modules: Any, path: str) -> bool:
-    if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, path) is not None
-    return path in target_modules or any(path.endswith(f".{t}") for t in target_modules)
-
-
-def _excluded_by_modules_to_save(modules_to_save: list[str], path: str) -> bool:
-    return any(re.match(rf"(^|.*\.){m}($|\..*)", path) for m in modules_to_save)
-
-
-def _all_linear(model: nn.Module, task_type: str | None) -> list[str]:
-    """PEFT's ``all-linear``: every Linear/Conv1D except the output embedding (and, for SEQ_CLS, the head)."""
-    names = [n for n, m in model.named_modules() if n and isinstance(m, LINEAR_TYPES)]
-    exclude: set[int] = set()
-    get_out = getattr(model, "get_output_embeddings", None)
-    out_emb = get_out() if callable(get_out) else None
-    if out_emb is not None:
-        exclude.add(id(out_emb))
-    elif task_type == "SEQ_CLS":
-        for head in ("score", "classifier"):  # PEFT's SEQ_CLS_HEAD_NAMES order
-            if getattr(model, head, None) is not None:
-                exclude.add(id(getattr(model, head)))
-                break
-    return [n for n in names if id(model.get_submodule(n)) not in exclude]
-
-
 def candidate_names(model: nn.Module) -> list[str]:
     """The distinct last names of the Linear/Conv1D modules (what ``target_modules`` usually lists)."""
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, LINEAR_TYPES)})
+    return tuners.candidate_names(model, LINEAR_TYPES)
 
 
 def resolve(model: nn.Module, config: IA3Config) -> tuple[IA3Config, list[str], list[str]]:
     """``(effective config, target paths, modules_to_save paths)`` for ``model``; refuses targets that match
     nothing or match a layer type (IA)³ cannot wrap."""
     changes: list[str] = []
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    mts = list(dict.fromkeys(config.modules_to_save))
-    if config.task_type == "SEQ_CLS":
-        added = [h for h in SEQ_CLS_HEADS if h not in mts]
-        if added:
-            mts += added
-            changes.append(f"modules_to_save += {added} (task_type SEQ_CLS trains the head, as PEFT does)")
+    mts = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type, changes)
     target_modules = config.target_modules
     if target_modules is None or target_modules == []:
-        if model_type not in DEFAULT_TARGETS:
-            raise InvalidInput(
-                f"no default ia3 target_modules for model type {model_type!r}; set target_modules "
-                f"(candidates: {', '.join(candidate_names(model))})"
-            )
-        target_modules = list(DEFAULT_TARGETS[model_type])
-        changes.append(f"target_modules = {target_modules} (PEFT's default for {model_type})")
+        target_modules = tuners.peft_default(
+            model, DEFAULT_TARGETS, field="target_modules", method="ia3", changes=changes,
+            hint=lambda: f"candidates: {', '.join(candidate_names(model))}",
+        )
     feedforward = config.feedforward_modules
     if feedforward is None:
-        if model_type not in DEFAULT_FEEDFORWARD:
-            raise InvalidInput(
-                f"no default ia3 feedforward_modules for model type {model_type!r}; set feedforward_modules "
-                "(a subset of target_modules, or [] for none)"
-            )
-        feedforward = list(DEFAULT_FEEDFORWARD[model_type])
-        changes.append(f"feedforward_modules = {feedforward} (PEFT's default for {model_type})")
-
-    if isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR:
-        matched = [p for p in _all_linear(model, config.task_type) if not _excluded_by_modules_to_save(mts, p)]
-    else:
-        matched = []
-        for path, module in model.named_modules():
-            if not path or _excluded_by_modules_to_save(mts, path) or not _matches_target(target_modules, path):
-                continue
-            if not isinstance(module, LINEAR_TYPES):
-                raise InvalidInput(
-                    f"target_modules matched '{path}', a {type(module).__name__}; ia3 wraps only Linear and "
-                    f"Conv1D layers (candidates: {', '.join(candidate_names(model))})"
-                )
-            matched.append(path)
-    if not matched:
-        raise InvalidInput(
-            f"target_modules {target_modules!r} matched no module of the model; "
-            f"candidates: {', '.join(candidate_names(model))}"
+        feedforward = tuners.peft_default(
+            model, DEFAULT_FEEDFORWARD, field="feedforward_modules", method="ia3", changes=changes,
+            hint="a subset of target_modules, or [] for none",
         )
-
-    # modules_to_save: PEFT matches any module path that ends with the name (plain suffix, no dot required)
-    saved: list[str] = []
-    for path, _ in model.named_modules(remove_duplicate=False):
-        if path and any(path.endswith(m) for m in mts) and not any(path.startswith(s + ".") for s in saved):
-            saved.append(path)
-    missing = [m for m in mts if m not in SEQ_CLS_HEADS and not any(p.endswith(m) for p in saved)]
-    if missing:
-        raise InvalidInput(f"modules_to_save {missing} matched no module of the model")
-
-    conv = [p for p in matched if is_conv1d(model.get_submodule(p))]
-    fan_in_fan_out = bool(conv)
-    if conv and len(conv) != len(matched):
-        raise InvalidInput("ia3 cannot target Linear and Conv1D layers in the same adapter (fan_in_fan_out differs)")
-    if fan_in_fan_out != config.fan_in_fan_out:
-        changes.append(
-            f"fan_in_fan_out = {fan_in_fan_out} (the targeted layers are {'Conv1D' if conv else 'Linear'}, "
-            "as PEFT sets it)"
-        )
-    effective = dataclasses.replace(
-        config,
-        target_modules=target_modules,
-        feedforward_modules=feedforward,
-        modules_to_save=mts,
-        fan_in_fan_out=fan_in_fan_out,
+    matched = tuners.select_targets(
+        model, target_modules, types=LINEAR_TYPES, method="ia3", exclude=mts, task_type=config.task_type
     )
-    if changes:
-        warnings.warn("ia3 effective config differs from the one given: " + "; ".join(changes), stacklevel=3)
+    saved = tuners.modules_to_save_paths(model, mts)
+    ffo = tuners.fan_in_fan_out(model, matched, config.fan_in_fan_out, method="ia3", changes=changes)
+    effective = dataclasses.replace(
+        config, target_modules=target_modules, feedforward_modules=feedforward, modules_to_save=mts, fan_in_fan_out=ffo
+    )
+    tuners.warn_changes("ia3", changes)
     return effective, matched, saved
 
 
 # -- attach / detach -------------------------------------------------------------------------------------
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
+def attached(model: nn.Module, method: str | None = None) -> Attached:
+    return tuners.attached(model, _STATE_ATTR, method, family="ia3")
 
 
-def attached(model: nn.Module) -> Attached:
-    state = model.__dict__.get(_STATE_ATTR)
-    if state is None:
-        raise InvalidInput("no ia3 adapter is attached to this model")
-    return state
-
-
-def attach(model: nn.Module, config: IA3Config) -> IA3Config:
+def attach(model: nn.Module, config: IA3Config, method: str = "ia3") -> IA3Config:
     """Wrap the targeted layers in place, freeze everything else, and return the effective config."""
-    if _STATE_ATTR in model.__dict__:
-        raise InvalidInput("an ia3 adapter is already attached to this model; detach it first")
-    effective, targets, saved_paths = resolve(model, config)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for path in targets:
-        wrapper = IA3Linear(
-            model.get_submodule(path),
-            is_feedforward=effective.is_feedforward(path),
-            init_ia3_weights=effective.init_ia3_weights,
-        )
-        wrapper.train(wrapper.base_layer.training)  # new modules start in train mode; follow the model's
-        _set_submodule(model, path, wrapper)
-    saved: dict[str, nn.Module] = {}
-    for path in saved_paths:
-        original = model.get_submodule(path)
-        trained = copy.deepcopy(original)  # full trainable copy (PEFT's ModulesToSaveWrapper)
-        for p in trained.parameters():
-            p.requires_grad_(True)
-        _set_submodule(model, path, trained)
-        saved[path] = original
-    model.__dict__[_STATE_ATTR] = Attached(effective, targets, saved, flags)
-    return effective
+    return tuners.attach_wrappers(model, _STATE_ATTR, method, lambda m: resolve(m, config), _wrapper)
 
 
-def detach(model: nn.Module) -> None:
+def _wrapper(config: IA3Config, path: str, base: nn.Module) -> IA3Linear:
+    return IA3Linear(base, is_feedforward=config.is_feedforward(path), init_ia3_weights=config.init_ia3_weights)
+
+
+def detach(model: nn.Module, method: str | None = None) -> None:
     """Put back the original modules and ``requires_grad`` flags."""
-    state = attached(model)
-    for path in state.wrapped:
-        _set_submodule(model, path, model.get_submodule(path).base_layer)
-    for path, original in reversed(list(state.saved.items())):
-        _set_submodule(model, path, original)
-    for name, p in model.named_parameters():
-        if name in state.requires_grad:
-            p.requires_grad_(state.requires_grad[name])
-    del model.__dict__[_STATE_ATTR]
+    tuners.detach_wrappers(model, _STATE_ATTR, method, family="ia3")
 
 
 # -- state dicts -----------------------------------------------------------------------------------------
-def state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def state_dict(model: nn.Module, method: str | None = None) -> dict[str, torch.Tensor]:
     """The adapter's tensors under PEFT's checkpoint key names (detached, not copied)."""
-    state = attached(model)
-    out: dict[str, torch.Tensor] = {}
-    for path in state.wrapped:
-        out[f"{PREFIX}{path}{SUFFIX}"] = model.get_submodule(path).ia3_l.detach()
-    for path in state.saved:
-        for key, value in model.get_submodule(path).state_dict().items():
-            out[f"{PREFIX}{path}.{key}"] = value.detach()
+    state = attached(model, method)
+    out = {f"{PREFIX}{path}{SUFFIX}": model.get_submodule(path).ia3_l.detach() for path in state.targets}
+    out.update(tuners.saved_tensors(model, state.saved))
     return out
 
 
-def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def _shape_hint(key: str, got: tuple, expected: tuple) -> str:
+    if key.endswith(SUFFIX) and got == expected[::-1]:
+        return " (a feed-forward vector is (1, in), an attention one (out, 1): check feedforward_modules)"
+    return ""
+
+
+def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], method: str | None = None) -> None:
     """Strict inverse of :func:`state_dict`: every key present, no extra key, every shape equal."""
-    expected = state_dict(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise InvalidInput("ia3 tensors do not fit the attached adapter: " + "; ".join(parts))
-    for key, target in expected.items():
-        value = tensors[key]
-        if tuple(value.shape) != tuple(target.shape):
-            hint = ""
-            if key.endswith(SUFFIX) and tuple(value.shape) == tuple(target.shape)[::-1]:
-                hint = " (a feed-forward vector is (1, in), an attention one (out, 1): check feedforward_modules)"
-            raise InvalidInput(
-                f"ia3 tensor '{key}' has shape {tuple(value.shape)} but the attached adapter expects "
-                f"{tuple(target.shape)}{hint}"
-            )
-    with torch.no_grad():
-        for key, target in expected.items():
-            target.copy_(tensors[key])  # `target` shares storage with the parameter/buffer
+    tuners.load_strict(attached(model, method).method, state_dict(model, method), tensors, _shape_hint)
 
 
 # -- streaming merge -------------------------------------------------------------------------------------
 def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: IA3Config):
     """``base`` (named as in the base model's safetensors) with the adapter merged in, bit for bit what
     ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it."""
-    saved = tensors.get(PREFIX + name)
+    saved = tuners.saved_copy(name, base, tensors)
     if saved is not None:  # a modules_to_save copy replaces the base tensor
-        if tuple(saved.shape) != tuple(base.shape):
-            raise InvalidInput(
-                f"'{PREFIX + name}' has shape {tuple(saved.shape)}, base '{name}' has {tuple(base.shape)}"
-            )
-        return saved.to(device=base.device, dtype=base.dtype, copy=True)
+        return saved
     path, _, param = name.rpartition(".")
     key = f"{PREFIX}{path}{SUFFIX}"
     if param not in ("weight", "bias") or key not in tensors:

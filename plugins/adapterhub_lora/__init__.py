@@ -18,30 +18,28 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
-from adapterhub.method import Method
+from adapterhub.tuners import TunerMethod
 
 from .config import LoraConfig, from_peft_dict, to_peft_dict
 
 __all__ = ["LoraConfig", "LoraMethod", "DoraMethod", "register_methods"]
 
 
-class LoraMethod(Method):
-    """LoRA: ``W x + B A x · scaling`` with ``scaling = alpha / r`` (``alpha / sqrt(r)`` with rsLoRA)."""
+class LoraMethod(TunerMethod):
+    """LoRA: ``W x + B A x · scaling`` with ``scaling = alpha / r`` (``alpha / sqrt(r)`` with rsLoRA).
+
+    :meth:`attach` wraps the targeted Linear/Conv1D layers in place and freezes every other parameter
+    (``modules_to_save`` become trainable copies); an effective config that differs from the one given is
+    reported with a warning."""
 
     name = "lora"
     config_class = LoraConfig
     peft_type = "LORA"
+    model_module = "adapterhub_lora.model"
     #: methods with the same ``multi_family`` share one stack / routed attach (lora and dora mix freely)
     multi_family = "lora"
 
     # -- config ----------------------------------------------------------------------------------------
-    def _config(self, config: Any) -> LoraConfig:
-        if isinstance(config, LoraConfig):
-            return config
-        if isinstance(config, dict):
-            return self.make_config(config)
-        raise InvalidInput(f"{self.name} expects a LoraConfig or a dict, got {type(config).__name__}")
-
     def matches_peft_config(self, peft_config: dict[str, Any]) -> bool:
         return peft_config.get("peft_type") == "LORA" and not peft_config.get("use_dora", False)
 
@@ -52,40 +50,9 @@ class LoraMethod(Method):
         return from_peft_dict(peft_config)
 
     # -- model -----------------------------------------------------------------------------------------
-    def attach(self, model: Any, config: Any) -> LoraConfig:
-        """Wrap the targeted Linear/Conv1D layers in place and freeze every other parameter
-        (``modules_to_save`` become trainable copies). Returns the effective config, also available later
-        from :meth:`effective_config`; a difference from ``config`` is reported with a warning."""
-        from . import model as _model
-
-        return _model.attach(model, self._config(config))
-
-    def effective_config(self, model: Any) -> LoraConfig:
-        """The config actually applied by :meth:`attach` (save this one in the manifest)."""
-        from . import model as _model
-
-        return _model.attached(model).config
-
-    def state_dict(self, model: Any) -> dict[str, Any]:
-        from . import model as _model
-
-        return _model.state_dict(model)
-
-    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
-        from . import model as _model
-
-        _model.load_state_dict(model, tensors)
-
-    def detach(self, model: Any) -> None:
-        from . import model as _model
-
-        _model.detach(model)
-
     def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor``; ``None`` if untouched."""
-        from . import model as _model
-
-        return _model.merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
+        return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
     # -- several adapters ------------------------------------------------------------------------------
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):

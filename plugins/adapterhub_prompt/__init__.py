@@ -41,23 +41,18 @@ from __future__ import annotations
 from typing import Any
 
 import adapterhub
-from adapterhub.errors import InvalidInput
-from adapterhub.method import Method
+from adapterhub.tuners import TunerMethod
 
 from .config import PrefixTuningConfig, PromptTuningConfig, from_peft_dict, to_peft_dict
 
 __all__ = ["PromptTuningConfig", "PrefixTuningConfig", "PromptTuningMethod", "PrefixTuningMethod", "register_methods"]
 
 
-class _PromptLearningMethod(Method):
-    """What both prompt methods share: config handling, PEFT configs, state dicts, detach."""
+class _PromptLearningMethod(TunerMethod):
+    """What both prompt methods share: the torch side (:mod:`adapterhub_prompt.model`) and PEFT configs.
+    :meth:`attach` works in place and freezes the base; it returns the effective config."""
 
-    def _config(self, config: Any) -> Any:
-        if isinstance(config, self.config_class):
-            return config
-        if isinstance(config, dict):
-            return self.make_config(config)
-        raise InvalidInput(f"{self.name} expects a {self.config_class.__name__} or a dict, got {type(config).__name__}")
+    model_module = "adapterhub_prompt.model"
 
     def to_peft_config(self, config: Any, base_model_name_or_path: str | None = None) -> dict[str, Any]:
         """PEFT's ``adapter_config.json``; pass the effective config (its dimensions are filled in)."""
@@ -65,28 +60,6 @@ class _PromptLearningMethod(Method):
 
     def from_peft_config(self, peft_config: dict[str, Any]) -> Any:
         return from_peft_dict(peft_config, self.config_class)
-
-    def effective_config(self, model: Any) -> Any:
-        """The config actually applied by :meth:`attach` (save this one in the manifest)."""
-        from . import model as _model
-
-        return _model.attached(model, self.name).config
-
-    def state_dict(self, model: Any) -> dict[str, Any]:
-        from . import model as _model
-
-        return _model.state_dict(model, self.name)
-
-    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
-        from . import model as _model
-
-        _model.load_state_dict(model, tensors, self.name)
-
-    def detach(self, model: Any) -> None:
-        from . import model as _model
-
-        _model.attached(model, self.name)
-        _model.detach(model)
 
 
 class PromptTuningMethod(_PromptLearningMethod):
@@ -104,9 +77,7 @@ class PromptTuningMethod(_PromptLearningMethod):
         effective config records the tokenizer's ``name_or_path``. If the tokenizer cannot be loaded, attach still
         succeeds (so that a trained adapter can be loaded with :meth:`load_state_dict`), and the first forward or
         ``state_dict`` call before such a load raises the loading error."""
-        from . import model as _model
-
-        return _model.attach(model, self._config(config), init_tokenizer=init_tokenizer)
+        return self._model().attach(model, self._config(config), self.name, init_tokenizer=init_tokenizer)
 
 
 class PrefixTuningMethod(_PromptLearningMethod):
@@ -115,12 +86,6 @@ class PrefixTuningMethod(_PromptLearningMethod):
     name = "prefix_tuning"
     config_class = PrefixTuningConfig
     peft_type = "PREFIX_TUNING"
-
-    def attach(self, model: Any, config: Any) -> PrefixTuningConfig:
-        """Attach in place and freeze the base; returns the effective config."""
-        from . import model as _model
-
-        return _model.attach(model, self._config(config))
 
 
 @adapterhub.hookimpl

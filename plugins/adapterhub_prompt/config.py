@@ -13,43 +13,26 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapterhub import tuners
 from adapterhub.errors import InvalidInput
-
-#: PEFT adds these heads to ``modules_to_save`` for ``task_type="SEQ_CLS"`` (``PeftModelForSequenceClassification``)
-SEQ_CLS_HEADS = ["classifier", "score"]
 
 #: task types whose PEFT forward the prompt methods reproduce (encoder-decoder models are not supported)
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "FEATURE_EXTRACTION")
 PROMPT_INITS = ("RANDOM", "TEXT", "SAMPLE_VOCAB")
 
 
-def _positive_int(name: str, value: Any, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _check_common(cfg: Any) -> None:
-    _positive_int("num_virtual_tokens", cfg.num_virtual_tokens)
+    tuners.check_positive_int(cfg.num_virtual_tokens, "num_virtual_tokens")
     for name in ("token_dim", "num_layers", "num_attention_heads"):
-        _positive_int(name, getattr(cfg, name), optional=True)
+        tuners.check_positive_int(getattr(cfg, name), name, optional=True)
     if cfg.token_dim is not None and cfg.num_attention_heads is not None and cfg.token_dim % cfg.num_attention_heads:
         raise ValueError(
             f"token_dim ({cfg.token_dim}) must be a multiple of num_attention_heads ({cfg.num_attention_heads})"
         )
-    if cfg.modules_to_save is None:
-        cfg.modules_to_save = []
-    if not isinstance(cfg.modules_to_save, (list, tuple)) or not all(
-        isinstance(m, str) and m for m in cfg.modules_to_save
-    ):
-        raise ValueError(f"modules_to_save must be a list of module names, got {cfg.modules_to_save!r}")
-    cfg.modules_to_save = list(cfg.modules_to_save)
-    if cfg.task_type is not None and cfg.task_type not in TASK_TYPES:
-        raise ValueError(
-            f"task_type must be one of {', '.join(TASK_TYPES)} or empty, got {cfg.task_type!r} "
-            "(prompt methods support decoder-only and encoder-only models)"
-        )
+    cfg.modules_to_save = tuners.check_modules_to_save(cfg.modules_to_save)
+    tuners.check_task_type(
+        cfg.task_type, TASK_TYPES, note=" (prompt methods support decoder-only and encoder-only models)"
+    )
 
 
 _NUM_VIRTUAL_TOKENS_HELP = "number of virtual tokens (learned prompt positions) prepended to every sequence"
@@ -148,19 +131,15 @@ class PrefixTuningConfig:
 
     def __post_init__(self) -> None:
         _check_common(self)
-        if not isinstance(self.prefix_projection, bool):
-            raise ValueError(f"prefix_projection must be true or false, got {self.prefix_projection!r}")
-        _positive_int("encoder_hidden_size", self.encoder_hidden_size, optional=True)
+        tuners.check_flags(self, "prefix_projection")
+        tuners.check_positive_int(self.encoder_hidden_size, "encoder_hidden_size", optional=True)
         if self.init_weights not in (None, "zero"):
             raise ValueError(f"init_weights must be empty or 'zero', got {self.init_weights!r}")
 
 
 # -- PEFT adapter_config.json ------------------------------------------------------------------------
 #: PEFT keys that carry no meaning for the adapter's numbers (bookkeeping); ignored on import
-_PEFT_BOOKKEEPING = {
-    "peft_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode",
-    "task_type", "num_transformer_submodules",
-}
+_PEFT_BOOKKEEPING = tuners.PEFT_BOOKKEEPING | {"num_transformer_submodules"}
 PEFT_TYPES = {PromptTuningConfig: "PROMPT_TUNING", PrefixTuningConfig: "PREFIX_TUNING"}
 
 
@@ -187,26 +166,12 @@ def from_peft_dict(peft: dict[str, Any], config_class: type) -> Any:
     """Our config from a PEFT ``adapter_config.json``. Keys we do not model are accepted only at values that
     leave the numbers unchanged (null, false, empty); any other value is refused, never silently dropped."""
     peft_type = PEFT_TYPES[config_class]
-    if peft.get("peft_type") != peft_type:
-        raise InvalidInput(f"not a PEFT {peft_type} config (peft_type={peft.get('peft_type')!r})")
-    if peft.get("num_transformer_submodules") not in (None, 1):
+    if peft.get("peft_type") == peft_type and peft.get("num_transformer_submodules") not in (None, 1):
         raise InvalidInput(
             f"PEFT {peft_type} adapter for an encoder-decoder model (num_transformer_submodules="
             f"{peft['num_transformer_submodules']}) is not supported"
         )
-    ours = {f.name for f in dataclasses.fields(config_class)}
-    values: dict[str, Any] = {}
-    for key, value in peft.items():
-        if key in ours:
-            values[key] = value
-        elif key in _PEFT_BOOKKEEPING:
-            continue
-        elif value not in (None, False, {}, [], ""):
-            raise InvalidInput(f"PEFT {peft_type} option {key}={value!r} is not supported by adapterhub")
+    values = tuners.peft_values(peft, config_class, peft_type=peft_type, bookkeeping=_PEFT_BOOKKEEPING)
     # PEFT's SEQ_CLS model appends the heads once more on every load; keep each name once
     values["modules_to_save"] = list(dict.fromkeys(values.get("modules_to_save") or []))
-    values["task_type"] = peft.get("task_type")
-    try:
-        return config_class(**values)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"invalid PEFT {peft_type} config: {exc}") from None
+    return tuners.peft_config(config_class, values, peft_type)

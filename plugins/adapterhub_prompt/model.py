@@ -31,7 +31,6 @@ Checkpoint keys are PEFT's (``get_peft_model_state_dict``)::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import math
@@ -42,9 +41,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from adapterhub import tuners
 from adapterhub.errors import InvalidInput
 
-from .config import SEQ_CLS_HEADS, PrefixTuningConfig, PromptTuningConfig
+from .config import PrefixTuningConfig, PromptTuningConfig
 
 PREFIX = "base_model."  # PEFT's prompt-learning models keep the base model at `base_model` (no LoraModel layer)
 EMBEDDING_KEY = "prompt_embeddings"
@@ -119,13 +119,10 @@ class PrefixEncoder(nn.Module):
 
 # -- bookkeeping -------------------------------------------------------------------------------------------
 @dataclass
-class Attached:
-    """What :func:`attach` changed, kept on the model (a plain attribute, not a submodule) for :func:`detach`."""
+class Attached(tuners.Attached):
+    """What :func:`attach` changed (see :class:`adapterhub.tuners.Attached`), plus the hook handles and the
+    pending init error."""
 
-    method: str  # "prompt_tuning" or "prefix_tuning"
-    config: Any  # the effective config
-    saved: dict[str, nn.Module]  # modules_to_save path -> the original (frozen) module
-    requires_grad: dict[str, bool]  # parameter name -> flag before attach
     handles: list = field(default_factory=list)
     pending: str | None = None  # why the requested init could not run (cleared by load_state_dict)
 
@@ -138,10 +135,7 @@ class Attached:
 
 
 def attached(model: nn.Module, method: str | None = None) -> Attached:
-    state = model.__dict__.get(_STATE_ATTR)
-    if state is None or (method is not None and state.method != method):
-        raise InvalidInput(f"no {method or 'prompt'} adapter is attached to this model")
-    return state
+    return tuners.attached(model, _STATE_ATTR, method, family="prompt")
 
 
 # -- dimensions (PEFT's _prepare_prompt_learning_config) ---------------------------------------------------
@@ -186,16 +180,8 @@ def _resolve(model: nn.Module, config: Any, prefix: bool) -> tuple[Any, list[str
                 f"{name}={given} in the config but the model has {name}={value}; "
                 "the adapter was made for a different model architecture"
             )
-    mts = list(dict.fromkeys(config.modules_to_save))
-    if config.task_type == "SEQ_CLS":
-        mts += [h for h in SEQ_CLS_HEADS if h not in mts]
-    saved: list[str] = []
-    for path, _ in model.named_modules(remove_duplicate=False):
-        if path and any(path.endswith(m) for m in mts) and not any(path.startswith(s + ".") for s in saved):
-            saved.append(path)
-    missing = [m for m in mts if m not in SEQ_CLS_HEADS and not any(p.endswith(m) for p in saved)]
-    if missing:
-        raise InvalidInput(f"modules_to_save {missing} matched no module of the model")
+    mts = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type)
+    saved = tuners.modules_to_save_paths(model, mts)
     extra: dict[str, Any] = {}
     if prefix and config.encoder_hidden_size is None:
         extra["encoder_hidden_size"] = dims["token_dim"]  # PEFT's default
@@ -253,11 +239,6 @@ def _init_prompt(
 
 
 # -- attach / detach -------------------------------------------------------------------------------------
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 def _cache_owner(model: nn.Module) -> nn.Module:
     """The module whose forward takes ``past_key_values`` (PEFT's rule for prefix tuning)."""
     if "past_key_values" in inspect.signature(model.forward).parameters:
@@ -272,13 +253,12 @@ def _cache_owner(model: nn.Module) -> nn.Module:
     raise InvalidInput(f"{type(model).__name__} does not take past_key_values, which prefix tuning needs")
 
 
-def attach(model: nn.Module, config: Any, init_tokenizer: Any = None) -> Any:
+def attach(model: nn.Module, config: Any, method: str | None = None, init_tokenizer: Any = None) -> Any:
     """Attach prompt tuning (a :class:`PromptTuningConfig`) or prefix tuning (a :class:`PrefixTuningConfig`) in
     place, freeze every base parameter, and return the effective config."""
     prefix = isinstance(config, PrefixTuningConfig)
-    method = "prefix_tuning" if prefix else "prompt_tuning"
-    if _STATE_ATTR in model.__dict__:
-        raise InvalidInput(f"a {model.__dict__[_STATE_ATTR].method} adapter is already attached; detach it first")
+    method = method or ("prefix_tuning" if prefix else "prompt_tuning")
+    tuners.check_free(model, _STATE_ATTR)
     if hasattr(model, ENCODER_NAME):
         raise InvalidInput(f"the model already has an attribute '{ENCODER_NAME}'; cannot attach {method}")
     get_in = getattr(model, "get_input_embeddings", None)
@@ -312,18 +292,9 @@ def attach(model: nn.Module, config: Any, init_tokenizer: Any = None) -> Any:
     else:  # may still refuse (a tokenizer that does not fit the model): nothing is changed before this
         encoder = PromptEmbedding(effective.num_virtual_tokens, effective.token_dim).to(device)
         pending = _init_prompt(encoder, effective, word_embeddings, init_tokenizer)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    flags = tuners.freeze(model)
     model.add_module(ENCODER_NAME, encoder)
-    saved: dict[str, nn.Module] = {}
-    for path in saved_paths:
-        original = model.get_submodule(path)
-        trained = copy.deepcopy(original)  # full trainable copy (PEFT's ModulesToSaveWrapper)
-        for p in trained.parameters():
-            p.requires_grad_(True)
-        _set_submodule(model, path, trained)
-        saved[path] = original
+    saved = tuners.train_copies(model, saved_paths)
     state = Attached(method, effective, saved, flags, pending=pending)
     if prefix:
         hook = _PrefixHook(model, owner, state)
@@ -335,18 +306,13 @@ def attach(model: nn.Module, config: Any, init_tokenizer: Any = None) -> Any:
     return effective
 
 
-def detach(model: nn.Module) -> None:
+def detach(model: nn.Module, method: str | None = None) -> None:
     """Remove the hook, the prompt encoder and the trained copies; put back the ``requires_grad`` flags."""
-    state = attached(model)
+    state = attached(model, method)
     for handle in state.handles:
         handle.remove()
     delattr(model, ENCODER_NAME)
-    for path, original in reversed(list(state.saved.items())):
-        _set_submodule(model, path, original)
-    for name, p in model.named_parameters():
-        if name in state.requires_grad:
-            p.requires_grad_(state.requires_grad[name])
-    del model.__dict__[_STATE_ATTR]
+    tuners.release(model, _STATE_ATTR, state)
 
 
 # -- the forward pre-hooks ---------------------------------------------------------------------------------
@@ -484,11 +450,9 @@ class _PrefixHook:
 # -- state dicts -----------------------------------------------------------------------------------------
 def _expected_shapes(model: nn.Module, state: Attached) -> dict[str, tuple[int, ...]]:
     cfg = state.config
-    width = cfg.num_layers * 2 * cfg.token_dim if state.method == "prefix_tuning" else cfg.token_dim
+    width = cfg.num_layers * 2 * cfg.token_dim if isinstance(cfg, PrefixTuningConfig) else cfg.token_dim
     shapes = {EMBEDDING_KEY: (cfg.num_virtual_tokens, width)}
-    for path in state.saved:
-        for key, value in model.get_submodule(path).state_dict().items():
-            shapes[f"{PREFIX}{path}.{key}"] = tuple(value.shape)
+    shapes.update({k: tuple(v.shape) for k, v in tuners.saved_tensors(model, state.saved, PREFIX).items()})
     return shapes
 
 
@@ -496,36 +460,13 @@ def state_dict(model: nn.Module, method: str | None = None) -> dict[str, torch.T
     """The adapter's tensors under PEFT's checkpoint key names (detached; not copied where they are stored)."""
     state = attached(model, method)
     state.check_ready()
-    out = {EMBEDDING_KEY: state.encoder(model).saved()}
-    for path in state.saved:
-        for key, value in model.get_submodule(path).state_dict().items():
-            out[f"{PREFIX}{path}.{key}"] = value.detach()
-    return out
+    return {EMBEDDING_KEY: state.encoder(model).saved(), **tuners.saved_tensors(model, state.saved, PREFIX)}
 
 
 def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], method: str | None = None) -> None:
     """Strict inverse of :func:`state_dict`: every key present, no extra key, every shape equal."""
     state = attached(model, method)
-    expected = _expected_shapes(model, state)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise InvalidInput(f"{state.method} tensors do not fit the attached adapter: " + "; ".join(parts))
-    for key, shape in expected.items():
-        value = tensors[key]
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise InvalidInput(
-                f"{state.method} tensor '{key}' has shape {got} but the attached adapter expects {shape}"
-            )
+    tuners.check_fit(state.method, _expected_shapes(model, state), tensors)
     state.encoder(model).load(tensors[EMBEDDING_KEY])
-    with torch.no_grad():
-        for path in state.saved:
-            for key, target in model.get_submodule(path).state_dict().items():
-                target.copy_(tensors[f"{PREFIX}{path}.{key}"])  # shares storage with the parameter/buffer
+    tuners.copy_into(tuners.saved_tensors(model, state.saved, PREFIX), tensors)
     state.pending = None

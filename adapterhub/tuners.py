@@ -1,0 +1,587 @@
+"""Building blocks shared by the method plugins (the counterpart of PEFT's ``tuners_utils``); method-agnostic.
+
+* **Config fields and their validation**: ``target_modules``-style name lists, ``modules_to_save``,
+  ``task_type``, flags, positive integers, regexes; and reading a PEFT ``adapter_config.json`` into a config.
+* :class:`TunerMethod`: a :class:`~adapterhub.method.Method` whose torch side lives in one module of its
+  plugin, imported on first use; it also turns a dict into the method's config.
+* **Selecting modules** with PEFT's rules (target names / regex / ``all-linear``, ``modules_to_save`` suffixes,
+  PEFT's per-model-type defaults, ``fan_in_fan_out`` for Conv1D) and the "effective config differs" warning.
+* **Attach bookkeeping**: :class:`Attached`, the record of what an attach changed, kept on the model under a
+  plugin-chosen attribute; freezing and restoring ``requires_grad``; the trainable ``modules_to_save`` copies;
+  wrapping modules; the ``base_model.model.`` key layout; strict state-dict loading; the merge of a saved copy.
+
+This module does not import torch when imported (plugin ``__init__`` modules import it, and ``adapterhub
+--help`` must stay torch-free): the few functions that need torch import it when called.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
+
+from .errors import InvalidInput
+from .method import Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+#: the key prefix of PEFT's checkpoints for ``LoraModel``-style tuners (``base_model.model.<module path>...``)
+PEFT_PREFIX = "base_model.model."
+#: ``target_modules`` shorthand for every Linear/Conv1D layer except the output head (PEFT's)
+ALL_LINEAR = "all-linear"
+#: PEFT adds these heads to ``modules_to_save`` for ``task_type="SEQ_CLS"`` (``PeftModelForSequenceClassification``)
+SEQ_CLS_HEADS = ["classifier", "score"]
+#: PEFT's task types
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+
+
+# -- config fields -----------------------------------------------------------------------------------------
+TARGET_MODULES_HELP = (
+    "modules to adapt: a list of names (exact path or suffix '.name'), a regex string that must fullmatch the "
+    "module path, or 'all-linear' (all Linear/Conv1D but the output head); empty: PEFT's default for the model type"
+)
+MODULES_TO_SAVE_HELP = "modules trained in full and saved with the adapter (matched by name suffix, like PEFT)"
+TASK_TYPE_HELP = "PEFT task type (CAUSAL_LM, SEQ_CLS ...); SEQ_CLS also trains the classifier head"
+FAN_IN_FAN_OUT_HELP = (
+    "the layer stores its weight as (in, out); set automatically for transformers Conv1D (GPT-2) and reported in "
+    "the effective config"
+)
+
+
+def target_modules_field(help: str = TARGET_MODULES_HELP) -> Any:
+    """A ``target_modules``-style dataclass field (default ``None``: the method's default targets)."""
+    return field(default=None, metadata={"help": help})
+
+
+def modules_to_save_field(help: str = MODULES_TO_SAVE_HELP) -> Any:
+    """The ``modules_to_save`` dataclass field (default ``[]``); validate it with :func:`check_modules_to_save`."""
+    return field(default_factory=list, metadata={"help": help})
+
+
+def fan_in_fan_out_field(help: str = FAN_IN_FAN_OUT_HELP) -> Any:
+    """The ``fan_in_fan_out`` dataclass field (default false); :func:`fan_in_fan_out` resolves it."""
+    return field(default=False, metadata={"help": help})
+
+
+def task_type_field(help: str = TASK_TYPE_HELP) -> Any:
+    """The ``task_type`` dataclass field (default ``None``); validate it with :func:`check_task_type`."""
+    return field(default=None, metadata={"help": help})
+
+
+# -- config validation (raise ValueError; Method.make_config turns it into InvalidInput) -------------------
+def check_regex(pattern: str, what: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{what}: {pattern!r} is not a valid regular expression ({exc})") from None
+
+
+def check_module_names(value: Any, name: str) -> Any:
+    """A ``target_modules``-style value: ``None``, a list of non-empty names (a set or tuple becomes a sorted
+    list) or a regex string (``all-linear`` included). Returns the normalised value."""
+    if isinstance(value, (set, tuple)):
+        value = sorted(value)
+    if value is not None and not isinstance(value, (str, list)):
+        raise ValueError(f"{name} must be a list of names or a regex string, got {type(value).__name__}")
+    if isinstance(value, list) and not all(isinstance(t, str) and t for t in value):
+        raise ValueError(f"{name} must be non-empty strings, got {value!r}")
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{name} must not be an empty string")
+        if value.lower() != ALL_LINEAR:
+            check_regex(value, name)
+    return value
+
+
+def check_modules_to_save(value: Any) -> list[str]:
+    """``modules_to_save`` as a list of non-empty names (``None`` is ``[]``)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(m, str) and m for m in value):
+        raise ValueError(f"modules_to_save must be a list of module names, got {value!r}")
+    return list(value)
+
+
+def check_task_type(value: Any, choices: tuple[str, ...] = TASK_TYPES, note: str = "") -> None:
+    if value is not None and value not in choices:
+        raise ValueError(f"task_type must be one of {', '.join(choices)} or empty, got {value!r}{note}")
+
+
+def check_flags(config: Any, *names: str) -> None:
+    """Each named attribute of ``config`` is a bool."""
+    for name in names:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(config, name)!r}")
+
+
+def check_positive_int(value: Any, name: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# -- PEFT adapter_config.json ------------------------------------------------------------------------------
+#: PEFT keys that carry no meaning for the adapter's numbers (bookkeeping); ignored on import
+PEFT_BOOKKEEPING = frozenset(
+    {"peft_type", "peft_version", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode", "task_type"}
+)
+#: values of a PEFT option we do not model that leave the numbers unchanged
+NEUTRAL_VALUES: tuple = (None, False, {}, [], "")
+
+
+def peft_values(
+    peft: Mapping[str, Any],
+    config_class: type,
+    *,
+    peft_type: str,
+    label: str | None = None,
+    bookkeeping: Iterable[str] = PEFT_BOOKKEEPING,
+    neutral: tuple = NEUTRAL_VALUES,
+) -> dict[str, Any]:
+    """The keyword arguments for ``config_class`` read from a PEFT ``adapter_config.json`` of ``peft_type``
+    (``label`` names it in messages). Keys the config does not model are accepted only at ``neutral`` values
+    (those that leave the numbers unchanged); any other value is refused, never silently dropped."""
+    label = label or peft_type
+    if peft.get("peft_type") != peft_type:
+        raise InvalidInput(f"not a PEFT {label} config (peft_type={peft.get('peft_type')!r})")
+    ours = {f.name for f in dataclasses.fields(config_class)}
+    skip = set(bookkeeping)
+    values: dict[str, Any] = {}
+    for key, value in peft.items():
+        if key in ours:
+            values[key] = value
+        elif key in skip:
+            continue
+        elif value not in neutral:
+            raise InvalidInput(
+                f"PEFT {label} option {key}={value!r} is not supported by adapterhub (only its default value is)"
+            )
+    values["task_type"] = peft.get("task_type")
+    return values
+
+
+def peft_config(config_class: type, values: dict[str, Any], label: str) -> Any:
+    """``config_class(**values)``, its validation errors as :class:`InvalidInput` naming the PEFT config."""
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"invalid PEFT {label} config: {exc}") from None
+
+
+# -- the Method glue ---------------------------------------------------------------------------------------
+class TunerMethod(Method):
+    """A :class:`~adapterhub.method.Method` whose torch side is the plugin module named by ``model_module``,
+    imported on first use (so importing the plugin does not import torch). That module provides
+    ``attach(model, config, method)``, ``attached(model, method)`` (an :class:`Attached`),
+    ``state_dict(model, method)``, ``load_state_dict(model, tensors, method)`` and ``detach(model, method)``;
+    ``method`` is the calling method's name, so one module may serve several methods."""
+
+    #: dotted name of the module holding the torch side, e.g. ``"adapterhub_lora.model"``
+    model_module: ClassVar[str] = ""
+
+    def _model(self) -> Any:
+        return importlib.import_module(self.model_module)
+
+    def _config(self, config: Any) -> Any:
+        """``config`` as this method's config class (a dict goes through :meth:`make_config`)."""
+        cls = self.config_class
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return self.make_config(config)
+        article = "an" if cls.__name__[:1].upper() in "AEIOU" else "a"
+        raise InvalidInput(f"{self.name} expects {article} {cls.__name__} or a dict, got {type(config).__name__}")
+
+    def attach(self, model: Any, config: Any) -> Any:
+        """Attach in place, freeze every other parameter (``modules_to_save`` become trainable copies) and
+        return the effective config, also available later from :meth:`effective_config`."""
+        return self._model().attach(model, self._config(config), self.name)
+
+    def effective_config(self, model: Any) -> Any:
+        """The config actually applied by :meth:`attach` (save this one in the manifest)."""
+        return self._model().attached(model, self.name).config
+
+    def state_dict(self, model: Any) -> dict[str, Any]:
+        return self._model().state_dict(model, self.name)
+
+    def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
+        self._model().load_state_dict(model, tensors, self.name)
+
+    def detach(self, model: Any) -> None:
+        """Undo :meth:`attach`: the model is the base model again (modules, values, ``requires_grad`` flags)."""
+        self._model().detach(model, self.name)
+
+
+# -- module types (torch imported on call) -----------------------------------------------------------------
+def linear_types() -> tuple[type, ...]:
+    """``nn.Linear`` and, when transformers is installed, its GPT-2 style ``Conv1D`` (weight ``(in, out)``)."""
+    from torch import nn
+
+    conv1d = _conv1d()
+    return (nn.Linear,) + ((conv1d,) if conv1d is not None else ())
+
+
+def is_conv1d(module: Any) -> bool:
+    conv1d = _conv1d()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def _conv1d() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # pragma: no cover - transformers is part of the torch extra
+        return None
+    return Conv1D
+
+
+# -- selecting modules (PEFT's rules) ----------------------------------------------------------------------
+def model_type(model: Any) -> str | None:
+    """The transformers ``config.model_type`` of ``model`` (``None`` without one)."""
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def matches_target(target: Any, path: str) -> bool:
+    """PEFT's ``target_modules`` rule: a regex string must fullmatch the path; a name list matches the exact
+    path or a ``.name`` suffix."""
+    if isinstance(target, str):
+        return re.fullmatch(target, path) is not None
+    return path in target or any(path.endswith(f".{t}") for t in target)
+
+
+def excluded_by_modules_to_save(modules_to_save: list[str], path: str, literal: bool = False) -> bool:
+    """Whether ``path`` is (inside) a ``modules_to_save`` module, so not a target. PEFT reads the names as
+    regexes; ``literal=True`` escapes them."""
+    names = [re.escape(m) for m in modules_to_save] if literal else modules_to_save
+    return any(re.match(rf"(^|.*\.){m}($|\..*)", path) for m in names)
+
+
+def candidate_names(model: "nn.Module", types: tuple[type, ...]) -> list[str]:
+    """The distinct last names of the modules of ``types`` (what ``target_modules`` usually lists)."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, types)})
+
+
+def all_linear(model: "nn.Module", types: tuple[type, ...], task_type: str | None) -> list[str]:
+    """PEFT's ``all-linear``: every module of ``types`` except the output embedding (and, for SEQ_CLS
+    without one, the head)."""
+    names = [n for n, m in model.named_modules() if n and isinstance(m, types)]
+    exclude: set[int] = set()
+    get_out = getattr(model, "get_output_embeddings", None)
+    out_emb = get_out() if callable(get_out) else None
+    if out_emb is not None:
+        exclude.add(id(out_emb))
+    elif task_type == "SEQ_CLS":
+        for head in ("score", "classifier"):  # PEFT's SEQ_CLS_HEAD_NAMES order
+            if getattr(model, head, None) is not None:
+                exclude.add(id(getattr(model, head)))
+                break
+    return [n for n in names if id(model.get_submodule(n)) not in exclude]
+
+
+def peft_default(
+    model: Any, table: Mapping[str, list[str]], *, field: str, method: str, changes: list[str], hint: Any
+) -> list[str]:
+    """PEFT's default ``field`` for the model's type from ``table``, recorded in ``changes``; refused (with
+    ``hint``, a string or a callable giving one) for a model type the table does not know."""
+    kind = model_type(model)
+    if kind not in table:
+        raise InvalidInput(
+            f"no default {method} {field} for model type {kind!r}; set {field} ({hint() if callable(hint) else hint})"
+        )
+    value = list(table[kind])
+    changes.append(f"{field} = {value} (PEFT's default for {kind})")
+    return value
+
+
+def match_modules(
+    model: "nn.Module",
+    pattern: Any,
+    *,
+    types: tuple[type, ...],
+    field: str,
+    wraps: str,
+    candidates: Callable[[], list[str]],
+    exclude: list[str] = (),  # type: ignore[assignment]
+    literal: bool = False,
+) -> list[str]:
+    """The paths ``pattern`` selects (:func:`matches_target`), those under ``exclude`` (``modules_to_save``)
+    left out; refuses a selected module not of ``types`` (``wraps`` says what the method adapts) and a
+    ``pattern`` that selects nothing (both errors list ``candidates()``)."""
+    matched = []
+    for path, module in model.named_modules():
+        if not path or excluded_by_modules_to_save(exclude, path, literal) or not matches_target(pattern, path):
+            continue
+        if not isinstance(module, types):
+            raise InvalidInput(
+                f"{field} matched '{path}', a {type(module).__name__}; {wraps} (candidates: {', '.join(candidates())})"
+            )
+        matched.append(path)
+    if not matched:
+        raise _nothing_matched(field, pattern, candidates)
+    return matched
+
+
+def select_targets(
+    model: "nn.Module", target_modules: Any, *, types: tuple[type, ...], method: str, exclude: list[str],
+    task_type: str | None,
+) -> list[str]:
+    """PEFT's ``target_modules`` selection for a method that wraps Linear/Conv1D layers (``types``):
+    ``all-linear`` or :func:`match_modules`, minus the ``modules_to_save`` in ``exclude``."""
+    def candidates() -> list[str]:
+        return candidate_names(model, types)
+
+    if isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR:
+        matched = [p for p in all_linear(model, types, task_type) if not excluded_by_modules_to_save(exclude, p)]
+        if not matched:
+            raise _nothing_matched("target_modules", target_modules, candidates)
+        return matched
+    return match_modules(
+        model, target_modules, types=types, field="target_modules", exclude=exclude, candidates=candidates,
+        wraps=f"{method} wraps only Linear and Conv1D layers",
+    )
+
+
+def _nothing_matched(field: str, pattern: Any, candidates: Callable[[], list[str]]) -> InvalidInput:
+    return InvalidInput(f"{field} {pattern!r} matched no module of the model; candidates: {', '.join(candidates())}")
+
+
+def with_seq_cls_heads(
+    modules_to_save: list[str], task_type: str | None, changes: list[str] | None = None
+) -> list[str]:
+    """``modules_to_save`` without repeats, plus PEFT's SEQ_CLS heads for ``task_type="SEQ_CLS"`` (the
+    addition recorded in ``changes`` when given)."""
+    mts = list(dict.fromkeys(modules_to_save))
+    if task_type == "SEQ_CLS":
+        added = [h for h in SEQ_CLS_HEADS if h not in mts]
+        if added:
+            mts += added
+            if changes is not None:
+                changes.append(f"modules_to_save += {added} (task_type SEQ_CLS trains the head, as PEFT does)")
+    return mts
+
+
+def modules_to_save_paths(model: "nn.Module", modules_to_save: list[str]) -> list[str]:
+    """The outermost module paths that end with a ``modules_to_save`` name (PEFT: a plain suffix, no dot
+    required); refuses a name that matches nothing (the SEQ_CLS heads may be absent)."""
+    saved: list[str] = []
+    for path, _ in model.named_modules(remove_duplicate=False):
+        if path and any(path.endswith(m) for m in modules_to_save) and not any(path.startswith(s + ".") for s in saved):
+            saved.append(path)
+    missing = [m for m in modules_to_save if m not in SEQ_CLS_HEADS and not any(p.endswith(m) for p in saved)]
+    if missing:
+        raise InvalidInput(f"modules_to_save {missing} matched no module of the model")
+    return saved
+
+
+def fan_in_fan_out(model: "nn.Module", paths: list[str], given: bool, *, method: str, changes: list[str]) -> bool:
+    """PEFT's ``fan_in_fan_out``: true when the targeted layers are Conv1D (weight ``(in, out)``); a change
+    from ``given`` is recorded in ``changes``; a mix of Linear and Conv1D targets is refused."""
+    conv = [p for p in paths if is_conv1d(model.get_submodule(p))]
+    value = bool(conv)
+    if conv and len(conv) != len(paths):
+        raise InvalidInput(
+            f"{method} cannot target Linear and Conv1D layers in the same adapter (fan_in_fan_out differs)"
+        )
+    if value != given:
+        changes.append(
+            f"fan_in_fan_out = {value} (the targeted layers are {'Conv1D' if conv else 'Linear'}, as PEFT sets it)"
+        )
+    return value
+
+
+def warn_changes(method: str, changes: list[str]) -> None:
+    """The warning for an effective config that differs from the given one (a no-op without ``changes``),
+    attributed to the first caller outside this module and the calling plugin's package (normally the code
+    that called ``Method.attach``)."""
+    if not changes:
+        return
+    frame, level = sys._getframe(1), 2
+    plugin = frame.f_globals.get("__name__", "").partition(".")[0]
+    while frame.f_back is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name != __name__ and name.partition(".")[0] != plugin:
+            break
+        frame, level = frame.f_back, level + 1
+    message = f"{method} effective config differs from the one given: " + "; ".join(changes)
+    warnings.warn(message, stacklevel=level)
+
+
+# -- what an attach changed --------------------------------------------------------------------------------
+@dataclass
+class Attached:
+    """What an attach changed, kept on the model (a plain attribute, not a submodule) for detach. Methods
+    that change more subclass it."""
+
+    method: str  # the method that attached (one model module may serve several methods)
+    config: Any  # the effective config (what was actually applied)
+    saved: dict[str, Any]  # modules_to_save path -> the original (frozen) module
+    requires_grad: dict[str, bool]  # parameter name -> flag before attach
+    targets: list[str] = field(default_factory=list)  # module paths the method wrapped or hooked
+
+
+def check_free(model: Any, slot: str) -> None:
+    """Refuses a second attach while the state attribute ``slot`` holds one."""
+    state = model.__dict__.get(slot)
+    if state is not None:
+        article = "an" if state.method[:1] in "aeiou" else "a"
+        raise InvalidInput(f"{article} {state.method} adapter is already attached to this model; detach it first")
+
+
+def attached(model: Any, slot: str, method: str | None = None, *, family: str) -> Attached:
+    """The :class:`Attached` under ``slot``, attached by ``method`` when given (``family`` names the kind of
+    adapter in the message when it is not)."""
+    state = model.__dict__.get(slot)
+    if state is None or (method is not None and state.method != method):
+        extra = f" (a {state.method} adapter is)" if state is not None else ""
+        raise InvalidInput(f"no {method or family} adapter is attached to this model{extra}")
+    return state
+
+
+def freeze(model: "nn.Module") -> dict[str, bool]:
+    """Turn off ``requires_grad`` everywhere; returns the flags as they were (for :func:`release`)."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return flags
+
+
+def set_submodule(model: "nn.Module", path: str, module: "nn.Module") -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def train_copies(model: "nn.Module", paths: list[str]) -> dict[str, "nn.Module"]:
+    """Replace each ``modules_to_save`` module by a full trainable copy (PEFT's ``ModulesToSaveWrapper``);
+    returns ``{path: the original (frozen) module}`` for :func:`release`."""
+    saved = {}
+    for path in paths:
+        original = model.get_submodule(path)
+        trained = copy.deepcopy(original)
+        for p in trained.parameters():
+            p.requires_grad_(True)
+        set_submodule(model, path, trained)
+        saved[path] = original
+    return saved
+
+
+def attach_wrappers(
+    model: "nn.Module",
+    slot: str,
+    method: str,
+    resolve: Callable[["nn.Module"], tuple[Any, list[str], list[str]]],
+    make: Callable[[Any, str, "nn.Module"], "nn.Module"],
+) -> Any:
+    """The whole attach of a method that wraps modules (PEFT's ``inject_adapter``): refuse a second attach
+    (state attribute ``slot``), ``resolve(model) -> (effective config, target paths, modules_to_save paths)``,
+    freeze everything, replace each target by the wrapper ``make(effective, path, module)`` (which keeps the
+    module as its ``base_layer``), make the trainable ``modules_to_save`` copies and record an :class:`Attached`. Returns the effective config."""
+    check_free(model, slot)
+    effective, targets, saved_paths = resolve(model)
+    flags = freeze(model)
+    for path in targets:
+        wrapper = make(effective, path, model.get_submodule(path))  # keeps the module as `base_layer`
+        wrapper.train(wrapper.base_layer.training)  # new modules start in train mode; follow the model's
+        set_submodule(model, path, wrapper)
+    saved = train_copies(model, saved_paths)
+    model.__dict__[slot] = Attached(method, effective, saved, flags, targets)
+    return effective
+
+
+def detach_wrappers(model: "nn.Module", slot: str, method: str | None, *, family: str) -> None:
+    """Undo :func:`attach_wrappers`: the original modules, ``modules_to_save`` and ``requires_grad`` flags."""
+    state = attached(model, slot, method, family=family)
+    for path in state.targets:
+        set_submodule(model, path, model.get_submodule(path).base_layer)
+    release(model, slot, state)
+
+
+def release(model: "nn.Module", slot: str, state: Attached) -> None:
+    """The common end of a detach: put back the ``modules_to_save`` originals and the ``requires_grad``
+    flags, and drop the state attribute ``slot``."""
+    for path, original in reversed(list(state.saved.items())):
+        set_submodule(model, path, original)
+    for name, p in model.named_parameters():
+        if name in state.requires_grad:
+            p.requires_grad_(state.requires_grad[name])
+    del model.__dict__[slot]
+
+
+# -- state dicts -------------------------------------------------------------------------------------------
+def saved_tensors(model: "nn.Module", paths: Iterable[str], prefix: str = PEFT_PREFIX) -> dict[str, "torch.Tensor"]:
+    """The ``modules_to_save`` copies' full state dicts under ``<prefix><path>.<name>`` (detached, not copied:
+    they share storage with the parameters and buffers)."""
+    return {
+        f"{prefix}{path}.{key}": value.detach()
+        for path in paths
+        for key, value in model.get_submodule(path).state_dict().items()
+    }
+
+
+def check_fit(
+    method: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    tensors: Mapping[str, Any],
+    hint: Callable[[str, tuple, tuple], str] | None = None,
+) -> None:
+    """Strict state-dict check: every key of ``shapes`` present, no other key, every value a tensor of that
+    shape (``hint(key, got, expected)`` may add advice to a shape error)."""
+    import torch
+
+    missing = sorted(set(shapes) - set(tensors))
+    unexpected = sorted(set(tensors) - set(shapes))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
+        raise InvalidInput(f"{method} tensors do not fit the attached adapter: " + "; ".join(parts))
+    for key, shape in shapes.items():
+        value, shape = tensors[key], tuple(shape)
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        if got != shape:
+            extra = hint(key, got, shape) if hint is not None and isinstance(got, tuple) else ""
+            raise InvalidInput(
+                f"{method} tensor '{key}' has shape {got} but the attached adapter expects {shape}{extra}"
+            )
+
+
+def copy_into(targets: Mapping[str, "torch.Tensor"], tensors: Mapping[str, "torch.Tensor"]) -> None:
+    """``targets[k].copy_(tensors[k])`` for every key of ``targets`` (tensors sharing storage with parameters
+    and buffers, e.g. from a ``state_dict``), without autograd."""
+    import torch
+
+    with torch.no_grad():
+        for key, target in targets.items():
+            target.copy_(tensors[key])
+
+
+def load_strict(
+    method: str,
+    expected: Mapping[str, "torch.Tensor"],
+    tensors: Mapping[str, Any],
+    hint: Callable[[str, tuple, tuple], str] | None = None,
+) -> None:
+    """Load ``tensors`` into ``expected`` (the attached adapter's own state dict) after :func:`check_fit`."""
+    check_fit(method, {k: tuple(v.shape) for k, v in expected.items()}, tensors, hint)
+    copy_into(expected, tensors)
+
+
+def saved_copy(
+    name: str, base: "torch.Tensor", tensors: Mapping[str, "torch.Tensor"], prefix: str = PEFT_PREFIX
+) -> "torch.Tensor | None":
+    """For the streaming merge: the adapter's full value of base tensor ``name`` (a ``modules_to_save``
+    copy's), cast to the base's dtype and device; ``None`` when the adapter holds no such tensor."""
+    value = tensors.get(prefix + name)
+    if value is None:
+        return None
+    if tuple(value.shape) != tuple(base.shape):
+        raise InvalidInput(f"'{prefix + name}' has shape {tuple(value.shape)}, base '{name}' has {tuple(base.shape)}")
+    return value.to(device=base.device, dtype=base.dtype, copy=True)
