@@ -85,6 +85,8 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
             base_info = {"fingerprint": fp.digest, "name": m_base["name"], "tensors": fp.tensors, "bytes": fp.bytes}
         if m_base:
             manifest["base"] = m_base
+        if m_base.get("quantization"):  # a base property (base_models.properties): how it was quantized
+            base_info = {**base_info, "properties": {"quantization": m_base["quantization"]}}
         if source.format != "adapterhub":
             manifest.setdefault("format", source.format)
         from .gates import alias_guard

@@ -78,9 +78,10 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
 def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None = None,
               shard_size: str | int | None = None, allow_base_mismatch: bool = False, force: bool = False,
               use_cache: bool = True, home: str | None = None, plugins: Plugins | None = None,
-              progress: Any = None, on_plan: Any = None) -> dict[str, Any]:
+              progress: Any = None, on_plan: Any = None, onto: str = "dequantized") -> dict[str, Any]:
     """Merge version ``ref`` (or an adapter directory) into ``base_dir`` and write a transformers model
-    directory to ``out``; from the cache when this exact merge was done before (``"cached": true``)."""
+    directory to ``out``; from the cache when this exact merge was done before (``"cached": true``).
+    ``onto``: an adapter trained on a quantized base merges onto the dequantized (default) or original base."""
     from .api import check_base, fingerprint
 
     check_out(out, force)
@@ -101,6 +102,8 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
         if not allow_base_mismatch and fp:
             check_base(base_meta.get("fingerprint"), fp, base_dir, base_meta.get("name"))
         key = (info["digest"], fp, _TORCH_NAMES[target] if target else "auto", shard_bytes)
+        if base_meta.get("quantization") and onto == "dequantized":  # another output than onto the original
+            key = (key[0], key[1], key[2] + "@dq", key[3])
         problem = None
         if cache:
             hit, problem = _restore(reg, key, out, force)
@@ -108,7 +111,7 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
                 return {"ref": info["ref"], "digest": "sha256:" + info["digest"], "base_fingerprint": fp, **hit}
         result = merge_adapter(adapter, base_dir, out, dtype=dtype, shard_size=shard_bytes, force=force,
                                ref=info["ref"] if info["digest"] else ref, progress=progress, on_plan=on_plan,
-                               hash_files=cache)
+                               hash_files=cache, onto=onto, plugins=plugins)
     result = {"ref": info["ref"], "digest": "sha256:" + info["digest"] if info["digest"] else None,
               "base_fingerprint": fp, **result}
     if problem:

@@ -21,6 +21,11 @@ How it works (peak memory stays near the largest tensor, never the model size):
 
 With a target dtype the base tensor is cast *before* merging: the result equals loading the base in that
 dtype and calling peft's ``merge_and_unload`` (which is what a user compares against).
+
+An adapter trained on a quantized base (``manifest["base"]["quantization"]``, e.g. QLoRA) is merged by default
+onto the *dequantized* base: the quantizer plugin's ``base_transform(record)`` gives each weight exactly the
+quantize→dequantize round trip training saw (:func:`base_transform_for`, ``onto="dequantized"``);
+``onto="original"`` merges onto the full-precision weights instead.
 """
 
 from __future__ import annotations
@@ -53,6 +58,23 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 Progress = Callable[[int], None]  # called with the number of tensors just written
+ONTO = ("dequantized", "original")
+
+
+def base_transform_for(adapter: LoadedAdapter, plugins: Any = None, onto: str = "dequantized") -> Any:
+    """The transform of base tensors for merging ``adapter``: ``None`` for an adapter trained on a
+    full-precision base or with ``onto="original"``; else the quantizer's ``base_transform(record)``, a
+    callable ``(name, tensor) -> tensor`` with ``applies(name)``."""
+    if onto not in ONTO:
+        raise InvalidInput(f"invalid --onto {onto!r} (expected one of: {', '.join(ONTO)})")
+    record = (adapter.manifest.get("base") or {}).get("quantization")
+    if onto == "original" or not record:
+        return None
+    if plugins is None:
+        from .plugins import get_plugins
+
+        plugins = get_plugins()
+    return plugins.get("quantizers", record.get("quantizer", "?")).base_transform(record)
 
 
 def parse_shard_size(value: str | int | None) -> int:
@@ -453,9 +475,10 @@ def _fixed_mmap_threshold() -> None:
 
 
 def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: int,
-                progress: Progress | None = None, hash_files: bool = True) -> dict[str, Any]:
+                progress: Progress | None = None, hash_files: bool = True, base_transform: Any = None) -> dict[str, Any]:
     """Write the shards (and index) of ``plan`` into ``out_dir``; returns files (with sha256 when
-    ``hash_files``) and tensor counts."""
+    ``hash_files``) and tensor counts. ``base_transform`` (see :func:`base_transform_for`) rewrites the base
+    tensors it ``applies`` to before they are merged (or written untouched)."""
     import torch
 
     _fixed_mmap_threshold()
@@ -463,7 +486,7 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     n = len(groups)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     reader, writer, files = _BaseReader(), _Writer(), []
-    counts = {"merged": 0, "untouched": 0, "added": 0}
+    counts = {"merged": 0, "untouched": 0, "added": 0, "transformed": 0}
     method, config, tensors = adapter.method, adapter.config, adapter.tensors
     modules = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
     modules = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)}
@@ -477,8 +500,10 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
                 size = len(head)
                 for e in group:
                     want = torch_dtype(e.dtype)
+                    transform = (base_transform is not None and e.base_path is not None and not e.adapter_key
+                                 and base_transform.applies(e.name))
                     fast = (e.base_path is not None and not e.adapter_key and e.name.rsplit(".", 1)[0] not in modules
-                            and PEFT_PREFIX + e.name not in tensors)
+                            and PEFT_PREFIX + e.name not in tensors and not transform)
                     if fast:  # untouched: stream it through in chunks (cast per chunk if the dtype changes)
                         for data in reader.chunks(e.base_path, e.base_info, want):
                             writer.put(f, h, data)
@@ -494,6 +519,9 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
                         counts["added" if e.base_path is None else "merged"] += 1
                     else:
                         base = reader.read(e.base_path, e.base_info)
+                        if transform:
+                            base = base_transform(e.name, base)
+                            counts["transformed"] += 1
                         if base.dtype != want:
                             base = base.to(want)
                         result = method.merge_tensor(e.name, base, tensors, config)
@@ -591,14 +619,16 @@ def _check_mergeable(adapter: LoadedAdapter, ref: str | None) -> None:
 def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str | None = None,
                   shard_size: str | int | None = None, force: bool = False, ref: str | None = None,
                   progress: Progress | None = None, on_plan: Callable[[int], None] | None = None,
-                  hash_files: bool = True) -> dict[str, Any]:
+                  hash_files: bool = True, onto: str = "dequantized", plugins: Any = None) -> dict[str, Any]:
     """Merge ``adapter`` into the base model in ``base_dir`` and write a transformers model directory to
     ``out`` (atomically). No fingerprint check here: :func:`merge_ref` does it. ``on_plan(n)`` is called
-    with the number of tensors before writing starts (for a progress bar)."""
+    with the number of tensors before writing starts (for a progress bar). ``onto``: for an adapter trained
+    on a quantized base, merge onto the dequantized (default) or the original weights."""
     from .registry.maintenance import finish_out, prepare_out
 
     start = time.monotonic()
     _check_mergeable(adapter, ref)
+    transform = base_transform_for(adapter, plugins, onto)
     target = parse_dtype(dtype)
     shard_bytes = parse_shard_size(shard_size)
     plan = plan_merge(adapter, base_dir, target)
@@ -610,7 +640,8 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
             raise OSError(28, f"No space left on device (needs {total} bytes, {free} free)")
         if on_plan:
             on_plan(len(plan.entries))
-        written = write_model(plan, adapter, tmp, shard_bytes, progress, hash_files=hash_files)
+        written = write_model(plan, adapter, tmp, shard_bytes, progress, hash_files=hash_files,
+                              base_transform=transform)
         files = written["files"] + _copy_side_files(base_dir, tmp, plan.config)
         finish_out(tmp, out)
     except OSError as exc:
@@ -625,4 +656,131 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
             "architectures": plan.config.get("architectures"), "tensors_merged": counts["merged"],
             "tensors_untouched": counts["untouched"], "tensors_added": counts["added"],
             "untied": plan.untied, "notes": plan.notes, "bytes": sum(f["size"] for f in files),
-            "cached": False, "seconds": round(time.monotonic() - start, 3)}
+            "cached": False, "seconds": round(time.monotonic() - start, 3),
+            **({"onto": onto, "tensors_dequantized": counts["transformed"]}
+               if (adapter.manifest.get("base") or {}).get("quantization") else {})}
+
+
+# -- merging an adapter trained on a quantized base: re-quantize, and what the merge cost ----------------
+PROBE_ROWS, PROBE_LEN = 4, 32
+
+
+def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "dequantized",
+                  quantize: str | None = None, quantize_options: dict[str, Any] | None = None,
+                  probe: str | bool | None = None, force: bool = False, plugins: Any = None,
+                  home: str | None = None, **merge_kwargs: Any) -> dict[str, Any]:
+    """:func:`adapterhub.export.merge_ref`, then optionally re-quantize the merged model with the quantizer
+    plugin ``quantize`` (``out`` loads as a quantized model), then, for an adapter trained on a quantized
+    base (or with ``quantize`` or a ``probe`` file), compare the logits of the unmerged adapter on the base
+    as it was trained with the merged result (:func:`probe_difference`; ``probe=False`` skips it)."""
+    from .export import check_out, merge_ref, open_adapter
+    from .plugins import get_plugins
+    from .registry.maintenance import prepare_out
+
+    plugins = plugins or get_plugins()
+    if onto not in ONTO:
+        raise InvalidInput(f"invalid --onto {onto!r} (expected one of: {', '.join(ONTO)})")
+    quantizer = plugins.get("quantizers", quantize) if quantize else None
+    qopts = quantizer.make_options(quantize_options or {}) if quantizer else None
+    if probe not in (None, True, False) and not os.path.isfile(str(probe)):
+        raise InvalidInput(f"probe file {probe} does not exist")
+    check_out(out, force)
+    target = prepare_out(out, force) if quantizer else out  # merged (full precision) here first
+    try:
+        result = merge_ref(reg, ref, base_dir, target, force=force or bool(quantizer), plugins=plugins, home=home,
+                           onto=onto, **merge_kwargs)
+        if quantizer:
+            q = quantizer.quantize(target, out, force=force, home=home, **qopts)
+            result.update(out=q["out"], files=q["files"], bytes=q["bytes"], quantization=q["quantization"],
+                          cached=False)
+    finally:
+        if quantizer:
+            shutil.rmtree(target, ignore_errors=True)
+    with open_adapter(reg, ref, plugins) as (adapter, _info):
+        quantized = bool((adapter.manifest.get("base") or {}).get("quantization"))
+        if quantized:
+            result.setdefault("onto", onto)  # a cache hit's summary predates the option
+        if probe is not False and (quantized or quantizer or probe):
+            result["probe"] = probe_difference(adapter, base_dir, out, plugins=plugins,
+                                               probe_path=probe if isinstance(probe, str) else None)
+    return result
+
+
+def probe_difference(adapter: LoadedAdapter, base_dir: str, merged_dir: str, *, plugins: Any = None,
+                     probe_path: str | None = None, max_length: int = 128) -> dict[str, Any]:
+    """Mean and max ``|logits(unmerged) - logits(merged)|`` on a probe batch, where *unmerged* is the adapter
+    attached to the base as it was trained (through the recorded quantizer for a quantized base, e.g. 4-bit
+    for QLoRA) and *merged* is ``merged_dir`` loaded with plain ``from_pretrained``. The probe is
+    ``probe_path`` (JSONL rows: ``text``, ``prompt``/``completion`` or ``messages``; the first 64) or a fixed
+    batch of token ids (4 × 32, seed 0). Padding positions are left out."""
+    import torch
+
+    from . import data as D
+    from .modeling import attach_loaded, load_base_model, load_tokenizer, quiet_transformers
+
+    if plugins is None:
+        from .plugins import get_plugins
+
+        plugins = get_plugins()
+    quiet_transformers()
+    task = adapter.manifest.get("task") or "causal-lm"
+    labels = adapter.manifest.get("labels")
+    record = (adapter.manifest.get("base") or {}).get("quantization")
+    if probe_path:
+        tok = load_tokenizer(base_dir)
+        rows = D.read_jsonl(probe_path)
+        rows.rows = rows.rows[:64]
+        if task == "seq-cls":
+            ids = [tok(str(o.get("text", "")), truncation=True, max_length=max_length)["input_ids"] for _, o in rows.rows]
+        else:
+            ids = [e["input_ids"] for e in D.causal_lm_examples(rows, tok, max_length)]
+        ids = [i for i in ids if i]
+        if not ids:
+            raise InvalidInput(f"probe file {probe_path} has no rows with text")
+        pad = tok.pad_token_id or 0
+        width = max(len(i) for i in ids)
+        input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids])
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+        source = os.path.basename(probe_path)
+    else:
+        cfg = load_json(os.path.join(base_dir, "config.json"))
+        vocab = int(cfg.get("vocab_size") or 1000)
+        g = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(min(4, vocab - 1), vocab, (PROBE_ROWS, PROBE_LEN), generator=g)
+        mask = torch.ones_like(input_ids)
+        source = f"fixed {PROBE_ROWS}x{PROBE_LEN} token ids (seed 0)"
+
+    def logits(model: Any) -> Any:
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev)).logits.float().cpu()
+        return out
+
+    if record:
+        quantizer = plugins.get("quantizers", record.get("quantizer", "?"))
+        model, _ = quantizer.load_model(base_dir, task, labels, quantizer.options_from_record(record))
+    else:
+        model = load_base_model(base_dir, task, labels)
+    attach_loaded(model, adapter)
+    ref_logits = logits(model)
+    del model
+    import transformers
+
+    auto = transformers.AutoModelForSequenceClassification if task == "seq-cls" else transformers.AutoModelForCausalLM
+    merged = auto.from_pretrained(merged_dir, local_files_only=True)
+    cfg = getattr(merged.config, "quantization_config", None)
+    if cfg is not None:  # a re-quantized output: let its quantizer make it runnable here (e.g. CPU kernels)
+        name = (getattr(merged.config, "adapterhub_quantization", None) or {}).get("quantizer")
+        prepare = getattr(plugins.get("quantizers", name), "prepare", None) if name else None
+        if prepare:
+            prepare(merged)
+    merged.eval()
+    new_logits = logits(merged)
+    del merged
+    if task != "seq-cls":
+        keep = mask.bool()
+        ref_logits, new_logits = ref_logits[keep], new_logits[keep]
+    diff = (ref_logits - new_logits).abs()
+    return {"probe": source, "reference": f"unmerged adapter on the {record['quant_type']} base" if record
+            else "unmerged adapter on the base", "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
+            "mean_abs_logit": float(ref_logits.abs().mean())}

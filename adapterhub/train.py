@@ -57,6 +57,10 @@ class TrainOptions:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     logging_steps: int | None = None
+    optim: str | None = None                    # transformers optimizer name (default adamw_torch)
+    quantize: str | None = None                 # quantizer plugin to load the base through (default: the
+                                                # method's base_quantizer, e.g. nf4 for qlora; "none": off)
+    quantize_options: dict[str, str] = field(default_factory=dict)  # --quant-opt key=value for the quantizer
     progress: bool = True
     home: str | None = None
 
@@ -122,6 +126,8 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     if "task_type" in {f.name for f in dataclasses.fields(method.config_class)}:
         values.setdefault("task_type", TASK_TYPES[opts.task])
     config = method.make_config(values)
+    quantizer, quant_options = _quantizer(opts, method, plugins)
+    _check_optim(opts.optim)
     if opts.push:
         from .refs import validate_name
 
@@ -160,8 +166,15 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         if not opts.allow_base_mismatch:
             api.check_base(expected, fp.digest, opts.base, (parent_manifest.get("base") or {}).get("name"))
         config = loaded.config
-    model = load_base_model(opts.base, opts.task, labels)
+    quantization = None
+    if quantizer is not None:  # quantized as it loads: the full-precision model is never in memory
+        model, quantization = quantizer.load_model(opts.base, opts.task, labels, quant_options)
+        quantization = {**_jsonable(quantization), "source_fingerprint": fp.digest}
+    else:
+        model = load_base_model(opts.base, opts.task, labels)
     effective = method.attach(model, config) or config
+    if quantizer is not None and hasattr(quantizer, "prepare_training"):
+        quantizer.prepare_training(model)
     if loaded is not None:
         method.load_state_dict(model, loaded.tensors)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -171,6 +184,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
 
     tracker = _tracker(opts, plugins)
     params = {"method": method.name, "task": opts.task, "base_fingerprint": fp.digest,
+              **({"base_quantization": quantization["quantizer"]} if quantization else {}),
               **{f"config.{k}": v for k, v in dataclasses.asdict(effective).items()},
               **{f"train.{k}": getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
                                                            "max_length", "seed")},
@@ -189,12 +203,14 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         "method": method.name,
         "config": _jsonable(dataclasses.asdict(effective)),
         "base": {"fingerprint": fp.digest, "name": os.path.basename(os.path.abspath(opts.base)),
-                 "tensors": fp.tensors, "bytes": fp.bytes},
+                 "tensors": fp.tensors, "bytes": fp.bytes,
+                 **({"quantization": quantization} if quantization else {})},
         "task": opts.task,
         "data": [train_rows.describe("train")] + ([eval_rows.describe("eval")] if eval_rows else []),
         "metrics": metrics,
         "training": {k: getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
-                                                    "max_length", "seed", "mixed_precision", "gradient_checkpointing")},
+                                                    "max_length", "seed", "mixed_precision", "gradient_checkpointing",
+                                                    "optim")},
         "tokenizer": {"class": type(tokenizer).__name__, "pad_token": tokenizer.pad_token,
                       "chat_template": bool(getattr(tokenizer, "chat_template", None))},
         "plugin": {"name": method.name, "module": type(method).__module__.split(".")[0]},
@@ -214,6 +230,8 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     result: dict[str, Any] = {"out": out, "method": method.name, "task": opts.task, "trainable_params": trainable,
                               "total_params": total, "metrics": metrics, "base_fingerprint": fp.digest,
                               "seconds": round(time.time() - started, 1)}
+    if quantization:
+        result["base_quantization"] = quantization
     if tracker:
         tracker.log_artifacts(out, "adapter")
     if opts.push:
@@ -235,6 +253,42 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+def _quantizer(opts: TrainOptions, method: Any, plugins: Any) -> tuple[Any, dict[str, Any]]:
+    """The quantizer the base is loaded through (``--quantize``, else the method's ``base_quantizer``)
+    and its options; ``(None, {})`` for a full-precision base. Refuses a method that cannot train on a
+    quantized base (it must say ``supports_quantized_base = True``)."""
+    name = opts.quantize if opts.quantize is not None else getattr(method, "base_quantizer", None)
+    if not name or name == "none":
+        if opts.quantize_options:
+            raise InvalidInput("--quant-opt needs --quantize NAME")
+        return None, {}
+    quantizer = plugins.get("quantizers", name)  # NotFound lists the available quantizers
+    if not getattr(method, "supports_quantized_base", False):
+        able = [n for n, _, m in plugins.items("methods") if getattr(m, "supports_quantized_base", False)]
+        raise InvalidInput(f"method '{method.name}' cannot train on a quantized base (--quantize {name}); "
+                           f"methods that can: {', '.join(able) or 'none installed'}")
+    return quantizer, quantizer.make_options(dict(opts.quantize_options))
+
+
+#: optimizers that need CUDA (bitsandbytes' paged and 8-bit states live in GPU memory)
+_CUDA_OPTIM = re.compile(r"paged|8bit|bnb|4bit")
+
+
+def _check_optim(name: str | None) -> None:
+    if not name:
+        return
+    from transformers.training_args import OptimizerNames
+
+    valid = [o.value for o in OptimizerNames]
+    if name not in valid:
+        raise InvalidInput(f"unknown --optim {name!r} (e.g. adamw_torch, adafactor, sgd, paged_adamw_8bit)")
+    import torch
+
+    if _CUDA_OPTIM.search(name) and not torch.cuda.is_available():
+        raise InvalidInput(f"--optim {name} needs a CUDA GPU (paged/8-bit optimizer states); on CPU leave "
+                           "--optim out (adamw_torch)")
 
 
 def _check_data(opts: TrainOptions, tokenizer: Any) -> dict[str, Any] | None:
@@ -307,7 +361,7 @@ def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, t
         save_steps=eval_steps, save_total_limit=2, report_to=[], disable_tqdm=not opts.progress,
         gradient_checkpointing=opts.gradient_checkpointing, remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, label_names=["labels"],
-        save_only_model=False, **precision)
+        save_only_model=False, **({"optim": opts.optim} if opts.optim else {}), **precision)
     if opts.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
 

@@ -43,16 +43,35 @@ class TensorBar:
 
 
 def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, allow_base_mismatch, force,
-              no_cache: bool = False, registry=None) -> dict:
-    from ..export import merge_ref
-
+              no_cache: bool = False, registry=None, onto: str = "dequantized", quantize: str | None = None,
+              quant_opts=(), checked: bool = False, probe=None) -> dict:
+    """Merge (``export.merge_ref``); with ``checked`` or ``quantize``, ``merge.merge_checked``: re-quantize,
+    and compare logits for adapters trained on a quantized base (``probe``: None auto, False skip, a file)."""
     bar = TensorBar("merge")
+    kwargs = dict(dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch, force=force,
+                  use_cache=not no_cache, home=app.home, plugins=app.plugins, progress=bar.update,
+                  on_plan=bar.start, onto=onto)
     try:
-        return merge_ref(registry or app.registry, ref, base, out, dtype=dtype, shard_size=shard_size,
-                         allow_base_mismatch=allow_base_mismatch, force=force, use_cache=not no_cache,
-                         home=app.home, plugins=app.plugins, progress=bar.update, on_plan=bar.start)
+        if quantize or checked:
+            from ..merge import merge_checked
+
+            return merge_checked(registry or app.registry, ref, base, out, quantize=quantize,
+                                 quantize_options=_parse_opts(quant_opts), probe=probe, **kwargs)
+        from ..export import merge_ref
+
+        return merge_ref(registry or app.registry, ref, base, out, **kwargs)
     finally:
         bar.close()
+
+
+def _parse_opts(items) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--quant-opt")
+        out[key.strip()] = value
+    return out
 
 
 def merge_text(d: dict) -> str:
@@ -66,6 +85,16 @@ def merge_text(d: dict) -> str:
                      "tie_word_embeddings=false")
     for note in d.get("notes") or []:
         lines.append(f"note: {note}")
+    if d.get("onto"):
+        lines.append(f"merged onto the {d['onto']} base weights"
+                     + (f" ({d['tensors_dequantized']} dequantized)" if d.get("tensors_dequantized") else ""))
+    if d.get("quantization"):
+        q = d["quantization"]
+        lines.append(f"re-quantized to {q['quant_type']}: {q['quantized_layers']} layers")
+    if d.get("probe"):
+        p = d["probe"]
+        lines.append(f"logits vs the {p['reference']} on {p['probe']}: mean |diff| {p['mean_abs_diff']:.4g}, "
+                     f"max |diff| {p['max_abs_diff']:.4g} (mean |logit| {p['mean_abs_logit']:.4g})")
     if d.get("cache_problem"):
         lines.append(f"warning: {d['cache_problem']}")
     if d.get("cache_error"):
@@ -80,16 +109,37 @@ def merge_text(d: dict) -> str:
 @merge_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor fill the merged-model cache.")
+@click.option("--onto", type=click.Choice(("dequantized", "original")), default="dequantized", show_default=True,
+              help="An adapter trained on a quantized base (QLoRA): merge onto the weights as the quantized base "
+                   "held them (quantized and dequantized exactly as in training), or onto the original weights.")
+@click.option("--quantize", metavar="QUANTIZER", help="Re-quantize the merged model (nf4, fp4, int8 ...): OUT "
+                                                      "loads as a quantized model.")
+@click.option("--quant-opt", "quant_opts", multiple=True, metavar="KEY=VALUE", help="--quantize option (repeatable).")
+@click.option("--probe", type=click.Path(), help="JSONL rows to compare unmerged and merged logits on (default: a "
+                                                 "fixed batch of token ids).")
+@click.option("--no-probe", is_flag=True, help="Skip comparing the unmerged (quantized) and merged logits.")
 @json_option
 @pass_app
-def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, force, no_cache, as_json):
+def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, force, no_cache, onto, quantize, quant_opts,
+          probe, no_probe, as_json):
     """Merge adapter REF (a ref, or an adapter directory) into the base model and write a plain
     transformers model directory (config, tokenizer, sharded safetensors) that from_pretrained loads.
 
     Streams one tensor at a time (memory stays near the largest tensor) and caches the result in the
-    registry: the same merge again is a verified copy."""
+    registry: the same merge again is a verified copy.
+
+    An adapter trained on a quantized base (QLoRA) is merged onto the dequantized base weights by default, and
+    the mean/max difference of logits between the unmerged adapter on the quantized base and the merged model
+    is reported (the merge's cost; --no-probe skips it)."""
+    if quant_opts and not quantize:
+        raise click.UsageError("--quant-opt goes with --quantize")
+    if probe and no_probe:
+        raise click.UsageError("--probe and --no-probe exclude each other")
     emit(as_json, run_merge(app, ref, base, out, dtype=dtype, shard_size=shard_size,
-                            allow_base_mismatch=allow_base_mismatch, force=force, no_cache=no_cache), merge_text)
+                            allow_base_mismatch=allow_base_mismatch, force=force, no_cache=no_cache, onto=onto,
+                            quantize=quantize, quant_opts=quant_opts,
+                            checked=True, probe=False if no_probe else probe), merge_text)
+
 
 
 @cli.command(name="export")

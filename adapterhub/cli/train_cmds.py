@@ -10,12 +10,12 @@ from . import cli
 pass_app = click.make_pass_decorator(App)
 
 
-def _parse_sets(items) -> dict[str, str]:
+def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--set")
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint=hint)
         out[key.strip()] = value
     return out
 
@@ -47,11 +47,18 @@ def _parse_sets(items) -> dict[str, str]:
 @click.option("--allow-dirty-data", is_flag=True, help="Train even if the data check finds conflicts or leakage.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Allow --init-from an adapter of another base.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--quantize", metavar="QUANTIZER",
+              help="Load the base through this quantizer plugin (nf4, fp4, int8 ...) and train on it; 'none' "
+                   "turns off a method's default (qlora: nf4). The fingerprint stays the original weights'.")
+@click.option("--quant-opt", "quant_opts", multiple=True, metavar="KEY=VALUE",
+              help="Quantizer option (repeatable), e.g. blocksize=128, double_quant=false, compute_dtype=bfloat16.")
+@click.option("--optim", metavar="NAME", help="transformers optimizer (default adamw_torch; paged_adamw_8bit ... "
+                                                "need a CUDA GPU).")
 @json_option
 @pass_app
 def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, max_steps, lr, batch_size, grad_accum,
           max_length, seed, eval_steps, early_stopping, gradient_checkpointing, mixed_precision, init_from, resume,
-          track, experiment, allow_dirty_data, allow_base_mismatch, force, as_json):
+          track, experiment, allow_dirty_data, allow_base_mismatch, force, quantize, quant_opts, optim, as_json):
     """Train an adapter on BASE with METHOD and push it (optionally) to the registry."""
     import sys
     import warnings
@@ -65,7 +72,8 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
                         mixed_precision=mixed_precision, init_from=init_from, resume=resume, track=track,
                         experiment=experiment, allow_dirty_data=allow_dirty_data,
                         allow_base_mismatch=allow_base_mismatch, force=force, progress=sys.stderr.isatty(),
-                        home=app.home)
+                        home=app.home, quantize=quantize, optim=optim,
+                        quantize_options=_parse_sets(quant_opts, "--quant-opt"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = do_train(opts, app.plugins, app.registry if push or init_from else None)
@@ -77,8 +85,10 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
 
     def text(r):
         m = r["metrics"]
-        lines = [f"trained {r['method']} on {r['task']}: {r['trainable_params']:,} of {r['total_params']:,} parameters "
-                 f"({100 * r['trainable_params'] / r['total_params']:.2f}%) in {r['seconds']} s",
+        q = r.get("base_quantization")
+        on = f" ({q['quant_type']} base)" if q else ""
+        lines = [f"trained {r['method']} on {r['task']}{on}: {r['trainable_params']:,} of {r['total_params']:,} "
+                 f"parameters ({100 * r['trainable_params'] / r['total_params']:.2f}%) in {r['seconds']} s",
                  "metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()),
                  f"saved {r['out']}"]
         if r.get("ref"):
