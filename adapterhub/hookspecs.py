@@ -35,8 +35,12 @@ def register_quantizers(register: Register) -> None:
 
     Called when a quantizer is first looked up (``adapterhub quantize``, ``train --quantize``).
 
-    :param register: call ``register(quantizer)``; a quantizer has ``name`` and
-        ``quantize(model_dir, out_dir, **options)``.
+    :param register: call ``register(quantizer)``; a quantizer has ``name``,
+        ``quantize(model_dir, out_dir, **options)`` (write a quantized transformers directory),
+        ``make_options(values)`` (validated options), ``load_model(base_dir, task, labels, options)``
+        (a base loaded quantized, for training), ``base_transform(record)`` (the exact quantize ->
+        dequantize round trip of one tensor, for merging onto what the adapter was trained against),
+        ``options_from_record(record)``, ``prepare_training(model)`` and ``prepare(model)``.
     :returns: nothing.
     """
 

@@ -251,6 +251,10 @@ def _show_text(d) -> str:
     lines = [f"{d['ref']}  {d['digest']}", f"  kind:    {d['kind']}", f"  method:  {d['method']}"]
     base = d.get("base") or {}
     lines.append(f"  base:    {d['base_fingerprint'] or 'unknown'}" + (f" ({base.get('name')})" if base.get("name") else ""))
+    quant = (base.get("properties") or {}).get("quantization") or ((d.get("manifest") or {}).get("base") or {}).get("quantization")
+    if quant:
+        lines.append(f"  quantized base: {quant.get('quant_type') or quant.get('quantizer')} "
+                     + ", ".join(f"{k}={quant[k]}" for k in ("double_quant", "blocksize", "compute_dtype") if k in quant))
     if d.get("task"):
         lines.append(f"  task:    {d['task']}")
     lines.append(f"  created: {d['created_at']} by {d['created_by']}")

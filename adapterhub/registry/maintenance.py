@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -152,11 +153,14 @@ def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
                 nodes.setdefault(key, {"id": key, "ref": ext_ref, "digest": "sha256:" + digest if digest else None,
                                        "method": None, "external": True})
                 return key
-            r = conn.execute(sa.select(v.c.number, v.c.digest, v.c.method, v.c.kind, a.c.name)
+            r = conn.execute(sa.select(v.c.number, v.c.digest, v.c.method, v.c.kind, v.c.manifest, a.c.name)
                              .join(a, a.c.id == v.c.adapter_id).where(v.c.id == vid)).first()
             key = f"{r.name}:{r.number}"
-            nodes.setdefault(key, {"id": key, "ref": key, "digest": "sha256:" + r.digest, "method": r.method,
-                                   "kind": r.kind, "external": False})
+            if key not in nodes:
+                base = json.loads(r.manifest).get("base") or {}
+                nodes[key] = {"id": key, "ref": key, "digest": "sha256:" + r.digest, "method": r.method,
+                              "kind": r.kind, "external": False, "base_fingerprint": base.get("fingerprint"),
+                              "base_quantization": base.get("quantization")}
             return key
 
         root_key = node(root["id"], None, None)
@@ -207,7 +211,9 @@ def render_lineage(graph: dict[str, Any], fmt: str) -> str:
     for e in edges:
         parents.setdefault(e["child"], []).append(e)
         children.setdefault(e["parent"], []).append(e)
-    methods = {n["id"]: n.get("method") for n in graph["nodes"]}
+    methods = {n["id"]: n.get("method") + (f", on a {q.get('quant_type') or q.get('quantizer')} base"
+                                            if (q := n.get("base_quantization")) else "")
+               for n in graph["nodes"] if n.get("method")}
     out = [graph["root"] + (f" ({methods[graph['root']]})" if methods.get(graph["root"]) else "")]
 
     def walk(key: str, table: dict[str, list[dict[str, Any]]], side: str, indent: str, seen: set[str]) -> None:

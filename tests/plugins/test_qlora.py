@@ -12,7 +12,7 @@ import torch
 from conftest import assert_clean_error
 from tinymodels import save_tiny_llama_base
 
-pytest.importorskip("bitsandbytes")
+import bitsandbytes  # noqa: E402,F401  (a test dependency: the [bnb] extra; never skipped)
 
 
 def write_jsonl(path, rows):
@@ -185,6 +185,10 @@ def test_qlora_push_shows_quantization_as_a_base_property(cli, trained, base):
     assert info["method"] == "qlora"
     props = info["base"]["properties"]["quantization"]
     assert props["quant_type"] == "nf4" and props["source_fingerprint"] == info["base_fingerprint"]
+    assert "quantized base: nf4" in cli("show", "acme/qlora").stdout
+    assert "(qlora, on a nf4 base)" in cli("lineage", "acme/qlora").stdout
+    nodes = json.loads(cli("lineage", "acme/qlora", "--format", "json").stdout)["nodes"]
+    assert nodes[0]["base_quantization"]["quant_type"] == "nf4"
 
 
 # -- merge ----------------------------------------------------------------------------------------------
