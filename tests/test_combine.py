@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch as torch
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -97,7 +97,7 @@ def test_density_one_keeps_everything_and_linear_is_weighted_sum():
 
 
 def test_matches_peft_merge_utils_on_deterministic_methods():
-    merge_utils = pytest.importorskip("peft.utils.merge_utils")
+    import peft.utils.merge_utils as merge_utils
     tasks, weights = _tasks(seed=4), [0.7, 0.3, 0.5]
     w = torch.tensor(weights)
     assert torch.allclose(cmb.combine_dense(tasks, weights, "ties", 0.5), merge_utils.ties(tasks, w, 0.5), atol=1e-6)
@@ -247,7 +247,7 @@ def test_lora_combine_refusals():
 
 # -- a combined adapter runs, in ours and in PEFT -------------------------------------------------------------
 def test_combined_adapter_output_equals_merged_sum_and_peft_loads_it(tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft as peft
     import warnings
 
     import tinymodels as tm

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch as torch
 from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -110,7 +110,7 @@ def test_routed_rows_equal_each_row_alone(adapters, names, path, monkeypatch):
 
 
 def test_routed_matches_peft_mixed_batch(adapters, tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft as peft
     lora_names = ["support", "sales", "legal"]
     for n in lora_names:
         a = adapters[n]
@@ -190,7 +190,7 @@ def test_methods_without_capabilities_give_clear_errors(adapters):
 
 # -- stacks ------------------------------------------------------------------------------------------------
 def test_stack_matches_peft_with_several_active_adapters(adapters, tmp_path):
-    peft = pytest.importorskip("peft")
+    import peft as peft
     order = ["support", "dora", "legal", "sales"]
     for n in order:
         a = adapters[n]

@@ -9,9 +9,9 @@ from dataclasses import asdict
 
 import pytest
 
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+import torch as torch
+import peft as peft
+import transformers as transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tinymodels as tm  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 from adapterhub import tuners
 from adapterhub.errors import InvalidInput
 
-torch = pytest.importorskip("torch")
+import torch as torch
 nn = torch.nn
 
 

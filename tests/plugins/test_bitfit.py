@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch as torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import tinymodels as tm  # noqa: E402

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch as torch
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))

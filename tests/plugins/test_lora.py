@@ -14,8 +14,8 @@ import warnings
 
 import pytest
 
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
+import torch as torch
+import peft as peft
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
