@@ -490,6 +490,11 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     method, config, tensors = adapter.method, adapter.config, adapter.tensors
     modules = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
     modules = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)}
+    # [lora-merge speed] leave a core to the writer thread: torch ops with as many threads as cores stall at
+    # every parallel region while the writer (or any other process) holds a core (4-10x slower merges on 2
+    # cores); restored below
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, torch_threads - 1))
     ok = False
     try:
         for fname, group in zip(names, groups):
@@ -548,6 +553,7 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
             writer.close(raise_error=ok)  # after a failure, the original error is the one to report
         finally:
             reader.close()
+            torch.set_num_threads(torch_threads)  # [lora-merge speed]
     if n > 1:
         index = {"metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
                  "weight_map": {e.name: fname for fname, g in zip(names, groups) for e in g}}

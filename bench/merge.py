@@ -12,7 +12,11 @@ non-zero A and B. Then, each in its own subprocess (peak RSS from ``os.wait4``'s
 The two outputs are compared tensor by tensor (streaming, ``torch.equal``). Prints ratios; targets: peak
 RSS ≤ 0.15× peft's, wall ≤ 0.5× peft's, and within 3× of the plain copy.
 
-    python bench/merge.py [--workdir DIR] [--layers 22] [--keep]
+With ``--repeat N`` the three contenders run N rounds, interleaved (copy, ours, peft, copy, ...); each
+reports its best wall time and its largest peak RSS. The load average is printed before and after: other
+jobs on the machine slow any of them down.
+
+    python bench/merge.py [--workdir DIR] [--layers 22] [--repeat 2] [--keep]
 """
 
 from __future__ import annotations
@@ -148,6 +152,7 @@ def main() -> None:
     ap.add_argument("--workdir", help="where to build (default: a temp dir, removed at the end)")
     ap.add_argument("--layers", type=int, default=22, help="decoder layers (22: ~1.1B parameters)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of the three contenders, interleaved (best wall)")
     ap.add_argument("--step", choices=["build", "compare"], help=argparse.SUPPRESS)  # internal: run in a child
     args = ap.parse_args()
     if args.step == "build":
@@ -177,16 +182,25 @@ def main() -> None:
         size = sum(os.path.getsize(os.path.join(base, n)) for n in os.listdir(base))
         print(f"built {params / 1e9:.2f}B parameters ({size / 1e9:.2f} GB bf16) in {time.perf_counter() - t0:.0f}s")
         env = {**os.environ, "ADAPTERHUB_HOME": os.path.join(workdir, "home"), "TOKENIZERS_PARALLELISM": "false"}
-        results = {}
+        cmds = {
+            "copy": ([sys.executable, "-c", "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])",
+                      base, os.path.join(workdir, "copy")], None),
+            "ours": ([sys.executable, "-m", "adapterhub", "merge", adapter, "--base", base, "--out",
+                      os.path.join(workdir, "ours"), "--no-cache", "--json"], env),
+            "peft": ([sys.executable, "-c", PEFT_SCRIPT, base, adapter, os.path.join(workdir, "peft")], env),
+        }
+        runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
+        print("load average before: %.2f %.2f %.2f" % os.getloadavg())
+        for rnd in range(max(1, args.repeat)):
+            for k, (cmd, cenv) in cmds.items():
+                shutil.rmtree(os.path.join(workdir, k), ignore_errors=True)
+                drop_caches()
+                runs[k].append(measure(cmd, cenv))
+            print(f"round {rnd + 1}: " + ", ".join(f"{k} {w:.2f}s {r / 2**20:.0f} MiB" for k, v in runs.items()
+                                                   for w, r in v[-1:]), flush=True)
         drop_caches()
-        results["copy"] = measure([sys.executable, "-c", "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])",
-                                   base, os.path.join(workdir, "copy")])
-        drop_caches()
-        results["ours"] = measure([sys.executable, "-m", "adapterhub", "merge", adapter, "--base", base, "--out",
-                                   os.path.join(workdir, "ours"), "--no-cache", "--json"], env)
-        drop_caches()
-        results["peft"] = measure([sys.executable, "-c", PEFT_SCRIPT, base, adapter, os.path.join(workdir, "peft")], env)
-        drop_caches()
+        print("load average after:  %.2f %.2f %.2f" % os.getloadavg())
+        results = {k: (min(w for w, _ in v), max(r for _, r in v)) for k, v in runs.items()}
         cmp = json.loads(subprocess.run(me + ["--step", "compare"], check=True, capture_output=True,
                                         text=True).stdout.splitlines()[-1])
         n, bad = cmp["n"], cmp["bad"]
