@@ -129,9 +129,15 @@ class Plugins:
         out.extend({"name": n, "module": None, "hooks": [], "error": why} for n, why in sorted(self.failed.items()))
         return out
 
-    def add_commands(self, cli: Any) -> None:
+    def add_commands(self, cli: Any, done: set[str] | None = None) -> None:
+        """Call every plugin's ``register_commands`` once; ``done`` (plugin names already added to this
+        ``cli``) makes repeated calls with other plugin managers add only the missing ones."""
         self.load()
-        self.pm.hook.register_commands(cli=cli)
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            if done is None or impl.plugin_name not in done:
+                impl.function(cli=cli)
+                if done is not None:
+                    done.add(impl.plugin_name)
 
 
 def _distribution_of(module: Any) -> tuple[str, str] | None:

@@ -146,7 +146,7 @@ def human_size(n: int | None) -> str:
 
 from . import combine_cmds, demo_cmds, eval_cmds, merge_cmds, registry_cmds, train_cmds  # noqa: E402,F401  (register the commands)
 
-_plugins_added = False
+_commands_from: set[str] = set()  # plugins whose register_commands already ran on this CLI
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -156,13 +156,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def add_plugin_commands() -> None:
-    """Let plugins add their commands (``register_commands``), once per process."""
-    global _plugins_added
-    if not _plugins_added:
-        _plugins_added = True
-        from ..plugins import get_plugins
+    """Let plugins add their commands (``register_commands``), once per plugin and process."""
+    from ..plugins import get_plugins
 
-        get_plugins().add_commands(cli)
+    get_plugins().add_commands(cli, _commands_from)
 
 
 def main(argv: list[str] | None = None) -> None:
