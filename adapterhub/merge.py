@@ -31,7 +31,6 @@ quantize→dequantize round trip training saw (:func:`base_transform_for`, ``ont
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -43,14 +42,13 @@ from typing import Any, Callable
 from .checkpoint import LoadedAdapter, load_json, write_json
 from .errors import AdapterhubError, InvalidInput
 from .fingerprint import INDEX, find_weight_files
-from .stheader import DTYPE_SIZES, TensorInfo, read_header
+from .stheader import DTYPE_SIZES, read_header
+from .stio import _TORCH_NAMES, _BaseReader, _fixed_mmap_threshold, _header, _Writer, st_dtype, torch_dtype
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_SHARD_SIZE = 5 * 10**9
 DTYPE_CHOICES = {"bf16": "BF16", "bfloat16": "BF16", "fp16": "F16", "float16": "F16", "fp32": "F32", "float32": "F32"}
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-_TORCH_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 #: base-directory files never copied to the output (the weights are rewritten; pickles are never copied)
 _SKIP_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".pickle")
 _SKIP_NAMES = {INDEX, "pytorch_model.bin.index.json", "adapter_config.json", "adapterhub.json"}
@@ -101,23 +99,6 @@ def parse_dtype(value: str | None) -> str | None:
         return DTYPE_CHOICES[value.lower()]
     except KeyError:
         raise InvalidInput(f"invalid dtype {value!r}: use bf16, fp16 or fp32") from None
-
-
-def torch_dtype(st_dtype: str):
-    import torch
-
-    try:
-        return getattr(torch, _TORCH_NAMES[st_dtype])
-    except KeyError:
-        raise InvalidInput(f"tensors of dtype {st_dtype} are not supported by merge") from None
-
-
-def st_dtype(dtype: Any) -> str:
-    name = str(dtype).removeprefix("torch.")
-    for k, v in _TORCH_NAMES.items():
-        if v == name:
-            return k
-    raise InvalidInput(f"cannot write tensors of dtype {name}")
 
 
 # -- planning ---------------------------------------------------------------------------------------------
@@ -368,112 +349,6 @@ def shard(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
     return shards
 
 
-def _header(entries: list[Entry]) -> bytes:
-    doc: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    pos = 0
-    for e in entries:
-        doc[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [pos, pos + e.nbytes]}
-        pos += e.nbytes
-    raw = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # keep the data region 8-byte aligned, as safetensors does
-    return len(raw).to_bytes(8, "little") + raw
-
-
-class _BaseReader:
-    """Reads one base tensor at a time with positioned reads (files opened once)."""
-
-    def __init__(self):
-        self.files: dict[str, Any] = {}
-
-    def read(self, path: str, info: Any):
-        import torch
-
-        f = self.files.get(path)
-        if f is None:
-            f = self.files[path] = open(path, "rb", buffering=0)
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
-        view, done = memoryview(buf.numpy()), 0
-        while done < info.nbytes:
-            n = os.preadv(f.fileno(), [view[done:]], info.start + done)
-            if not n:
-                raise InvalidInput(f"{os.path.basename(path)}: truncated while reading '{info.name}'")
-            done += n
-        return buf.view(torch_dtype(info.dtype)).reshape(info.shape)
-
-    def chunks(self, path: str, info: Any, want: Any):
-        """The tensor's bytes in pieces of about COPY_CHUNK, cast to ``want`` piece by piece if needed."""
-        import torch
-
-        src = torch_dtype(info.dtype)
-        elem = DTYPE_SIZES[info.dtype]
-        step = max(1, COPY_CHUNK // elem) * elem
-        for off in range(0, info.nbytes, step):
-            n = min(step, info.nbytes - off)
-            part = TensorInfo(info.name, info.dtype, (n // elem,), info.start + off, info.start + off + n)
-            t = self.read(path, part)
-            if src != want:
-                t = t.to(want)
-            yield memoryview(t.view(torch.uint8).numpy())
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
-class _Writer:
-    """Appends byte buffers to the open shard in a background thread (file writes and sha256 release the
-    GIL, so they overlap the next tensor's merge); at most ``depth`` buffers wait, bounding memory."""
-
-    def __init__(self, depth: int = 1):
-        import queue
-        import threading
-
-        self.q: Any = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="merge-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            f, h, data = item
-            if self.error is None:
-                try:
-                    f.write(data)
-                    if h is not None:
-                        h.update(data)
-                except BaseException as exc:  # reported by the next put / close
-                    self.error = exc
-
-    def put(self, f: Any, h: Any, data: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put((f, h, data))
-
-    def close(self, raise_error: bool = True) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None and raise_error:
-            raise self.error
-
-
-COPY_CHUNK = 16 << 20
-
-
-def _fixed_mmap_threshold() -> None:
-    """Serve allocations of 1 MiB and up with mmap, returned to the OS on free. glibc otherwise raises its
-    mmap threshold after the first large free (up to 32 MiB), and per-tensor buffers of a few MiB then
-    fragment the heap and keep RSS high. A no-op off glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: int,
                 progress: Progress | None = None, hash_files: bool = True, base_transform: Any = None) -> dict[str, Any]:
     """Write the shards (and index) of ``plan`` into ``out_dir``; returns files (with sha256 when
@@ -665,128 +540,3 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
             "cached": False, "seconds": round(time.monotonic() - start, 3),
             **({"onto": onto, "tensors_dequantized": counts["transformed"]}
                if (adapter.manifest.get("base") or {}).get("quantization") else {})}
-
-
-# -- merging an adapter trained on a quantized base: re-quantize, and what the merge cost ----------------
-PROBE_ROWS, PROBE_LEN = 4, 32
-
-
-def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "dequantized",
-                  quantize: str | None = None, quantize_options: dict[str, Any] | None = None,
-                  probe: str | bool | None = None, force: bool = False, plugins: Any = None,
-                  home: str | None = None, **merge_kwargs: Any) -> dict[str, Any]:
-    """:func:`adapterhub.export.merge_ref`, then optionally re-quantize the merged model with the quantizer
-    plugin ``quantize`` (``out`` loads as a quantized model), then, for an adapter trained on a quantized
-    base (or with ``quantize`` or a ``probe`` file), compare the logits of the unmerged adapter on the base
-    as it was trained with the merged result (:func:`probe_difference`; ``probe=False`` skips it)."""
-    from .export import check_out, merge_ref, open_adapter
-    from .plugins import get_plugins
-    from .registry.maintenance import prepare_out
-
-    plugins = plugins or get_plugins()
-    if onto not in ONTO:
-        raise InvalidInput(f"invalid --onto {onto!r} (expected one of: {', '.join(ONTO)})")
-    quantizer = plugins.get("quantizers", quantize) if quantize else None
-    qopts = quantizer.make_options(quantize_options or {}) if quantizer else None
-    if probe not in (None, True, False) and not os.path.isfile(str(probe)):
-        raise InvalidInput(f"probe file {probe} does not exist")
-    check_out(out, force)
-    target = prepare_out(out, force) if quantizer else out  # merged (full precision) here first
-    try:
-        result = merge_ref(reg, ref, base_dir, target, force=force or bool(quantizer), plugins=plugins, home=home,
-                           onto=onto, **merge_kwargs)
-        if quantizer:
-            q = quantizer.quantize(target, out, force=force, home=home, **qopts)
-            result.update(out=q["out"], files=q["files"], bytes=q["bytes"], quantization=q["quantization"],
-                          cached=False)
-    finally:
-        if quantizer:
-            shutil.rmtree(target, ignore_errors=True)
-    with open_adapter(reg, ref, plugins) as (adapter, _info):
-        quantized = bool((adapter.manifest.get("base") or {}).get("quantization"))
-        if quantized:
-            result.setdefault("onto", onto)  # a cache hit's summary predates the option
-        if probe is not False and (quantized or quantizer or probe):
-            result["probe"] = probe_difference(adapter, base_dir, out, plugins=plugins,
-                                               probe_path=probe if isinstance(probe, str) else None)
-    return result
-
-
-def probe_difference(adapter: LoadedAdapter, base_dir: str, merged_dir: str, *, plugins: Any = None,
-                     probe_path: str | None = None, max_length: int = 128) -> dict[str, Any]:
-    """Mean and max ``|logits(unmerged) - logits(merged)|`` on a probe batch, where *unmerged* is the adapter
-    attached to the base as it was trained (through the recorded quantizer for a quantized base, e.g. 4-bit
-    for QLoRA) and *merged* is ``merged_dir`` loaded with plain ``from_pretrained``. The probe is
-    ``probe_path`` (JSONL rows: ``text``, ``prompt``/``completion`` or ``messages``; the first 64) or a fixed
-    batch of token ids (4 × 32, seed 0). Padding positions are left out."""
-    import torch
-
-    from . import data as D
-    from .modeling import attach_loaded, load_base_model, load_tokenizer, quiet_transformers
-
-    if plugins is None:
-        from .plugins import get_plugins
-
-        plugins = get_plugins()
-    quiet_transformers()
-    task = adapter.manifest.get("task") or "causal-lm"
-    labels = adapter.manifest.get("labels")
-    record = (adapter.manifest.get("base") or {}).get("quantization")
-    if probe_path:
-        tok = load_tokenizer(base_dir)
-        rows = D.read_jsonl(probe_path)
-        rows.rows = rows.rows[:64]
-        if task == "seq-cls":
-            ids = [tok(str(o.get("text", "")), truncation=True, max_length=max_length)["input_ids"] for _, o in rows.rows]
-        else:
-            ids = [e["input_ids"] for e in D.causal_lm_examples(rows, tok, max_length)]
-        ids = [i for i in ids if i]
-        if not ids:
-            raise InvalidInput(f"probe file {probe_path} has no rows with text")
-        pad = tok.pad_token_id or 0
-        width = max(len(i) for i in ids)
-        input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
-        source = os.path.basename(probe_path)
-    else:
-        cfg = load_json(os.path.join(base_dir, "config.json"))
-        vocab = int(cfg.get("vocab_size") or 1000)
-        g = torch.Generator().manual_seed(0)
-        input_ids = torch.randint(min(4, vocab - 1), vocab, (PROBE_ROWS, PROBE_LEN), generator=g)
-        mask = torch.ones_like(input_ids)
-        source = f"fixed {PROBE_ROWS}x{PROBE_LEN} token ids (seed 0)"
-
-    def logits(model: Any) -> Any:
-        dev = next(model.parameters()).device
-        with torch.no_grad():
-            out = model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev)).logits.float().cpu()
-        return out
-
-    if record:
-        quantizer = plugins.get("quantizers", record.get("quantizer", "?"))
-        model, _ = quantizer.load_model(base_dir, task, labels, quantizer.options_from_record(record))
-    else:
-        model = load_base_model(base_dir, task, labels)
-    attach_loaded(model, adapter)
-    ref_logits = logits(model)
-    del model
-    import transformers
-
-    auto = transformers.AutoModelForSequenceClassification if task == "seq-cls" else transformers.AutoModelForCausalLM
-    merged = auto.from_pretrained(merged_dir, local_files_only=True)
-    cfg = getattr(merged.config, "quantization_config", None)
-    if cfg is not None:  # a re-quantized output: let its quantizer make it runnable here (e.g. CPU kernels)
-        name = (getattr(merged.config, "adapterhub_quantization", None) or {}).get("quantizer")
-        prepare = getattr(plugins.get("quantizers", name), "prepare", None) if name else None
-        if prepare:
-            prepare(merged)
-    merged.eval()
-    new_logits = logits(merged)
-    del merged
-    if task != "seq-cls":
-        keep = mask.bool()
-        ref_logits, new_logits = ref_logits[keep], new_logits[keep]
-    diff = (ref_logits - new_logits).abs()
-    return {"probe": source, "reference": f"unmerged adapter on the {record['quant_type']} base" if record
-            else "unmerged adapter on the base", "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
-            "mean_abs_logit": float(ref_logits.abs().mean())}

@@ -45,7 +45,7 @@ class TensorBar:
 def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, allow_base_mismatch, force,
               no_cache: bool = False, registry=None, onto: str = "dequantized", quantize: str | None = None,
               quant_opts=(), checked: bool = False, probe=None) -> dict:
-    """Merge (``export.merge_ref``); with ``checked`` or ``quantize``, ``merge.merge_checked``: re-quantize,
+    """Merge (``export.merge_ref``); with ``checked`` or ``quantize``, ``qmerge.merge_checked``: re-quantize,
     and compare logits for adapters trained on a quantized base (``probe``: None auto, False skip, a file)."""
     bar = TensorBar("merge")
     kwargs = dict(dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch, force=force,
@@ -53,7 +53,7 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
                   on_plan=bar.start, onto=onto)
     try:
         if quantize or checked:
-            from ..merge import merge_checked
+            from ..qmerge import merge_checked
 
             return merge_checked(registry or app.registry, ref, base, out, quantize=quantize,
                                  quantize_options=_parse_opts(quant_opts), probe=probe, **kwargs)
