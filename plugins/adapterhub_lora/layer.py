@@ -215,7 +215,11 @@ class LoraLinear(nn.Module):
         before this one, as in PEFT with several active adapters."""
         x = x.to(self.lora_A.weight.dtype)  # PEFT's _cast_input_dtype
         if self.lora_magnitude_vector is None:
-            return result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+            lora = self.lora_B(self.lora_A(self.lora_dropout(x)))  # (..., out)
+            if result.dtype == lora.dtype:
+                # one fused pass and no temporary: the base layer's fresh output is not saved for backward
+                return result.add_(lora, alpha=self.scaling)
+            return result + lora * self.scaling
         return result + self._dora_delta(x, result)
 
     def _dora_delta(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
