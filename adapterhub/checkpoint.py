@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .errors import AdapterhubError, InvalidInput
+from .errors import InvalidInput
 from .registry.blobs import Progress, hash_file
 from .registry.registry import LocalFile, check_relpath
 from .stheader import read_header
@@ -166,12 +166,11 @@ def save_adapter(out: str, manifest: dict[str, Any], tensors: dict[str, Any],
     maps names to text contents (e.g. a README)."""
     from safetensors.torch import save_file
 
-    from .registry.maintenance import finish_out, prepare_out
+    from .registry.maintenance import atomic_out
 
     manifest = dict(manifest)
     manifest.setdefault("adapterhub_version", __version__)
-    tmp = prepare_out(out, force)
-    try:
+    with atomic_out(out, force) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                   os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
         if peft_config is not None:
@@ -180,13 +179,6 @@ def save_adapter(out: str, manifest: dict[str, Any], tensors: dict[str, Any],
         for name, text in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(text)
-        finish_out(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise AdapterhubError(f"cannot write {out}: {exc.strerror}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return os.path.abspath(out)
 
 
@@ -210,10 +202,8 @@ def method_and_config(manifest: dict[str, Any], plugins: Any) -> tuple[Any, Any]
     return method, method.make_config(cfg)
 
 
-def load_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
-    """Read an adapter directory (native or PEFT) into memory for attaching or merging."""
-    from safetensors.torch import load_file
-
+def adapter_parts(path: str, plugins: Any) -> tuple[dict[str, Any], str, Any, Any]:
+    """``(manifest, weights path, method, config)`` of an adapter directory (native or PEFT), validated."""
     if os.path.isfile(os.path.join(path, MANIFEST)):
         manifest = load_json(os.path.join(path, MANIFEST))
     else:
@@ -223,4 +213,12 @@ def load_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
         raise InvalidInput(f"{path} has no adapter_model.safetensors")
     read_header(weights)
     method, config = method_and_config(manifest, plugins)
+    return manifest, weights, method, config
+
+
+def load_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
+    """Read an adapter directory (native or PEFT) into memory for attaching or merging."""
+    from safetensors.torch import load_file
+
+    manifest, weights, method, config = adapter_parts(path, plugins)
     return LoadedAdapter(method, config, load_file(weights), manifest)

@@ -140,7 +140,7 @@ def _restore(reg: Any, key: tuple, out: str, force: bool) -> tuple[dict | None, 
 
     from .registry import schema as t
     from .registry.blobs import copy_verified, verify_blob
-    from .registry.maintenance import finish_out, prepare_out
+    from .registry.maintenance import atomic_out
 
     with reg.read() as conn:
         row = conn.execute(sa.select(t.merged_models).where(_where(t, key))).first()
@@ -148,27 +148,20 @@ def _restore(reg: Any, key: tuple, out: str, force: bool) -> tuple[dict | None, 
         return None, None
     start = time.monotonic()
     files = row.files
-    tmp = prepare_out(out, force)
     try:
-        for f in files:
-            dest = os.path.join(tmp, *f["path"].split("/"))
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            copy_verified(reg.store, f["sha256"], dest, f["size"], what=f"cached merged blob sha256:{f['sha256']} ({f['path']})")
-        finish_out(tmp, out)
+        with atomic_out(out, force) as tmp:
+            for f in files:
+                dest = os.path.join(tmp, *f["path"].split("/"))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                copy_verified(reg.store, f["sha256"], dest, f["size"],
+                              what=f"cached merged blob sha256:{f['sha256']} ({f['path']})")
     except IntegrityError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         for f in files:
             if verify_blob(reg.store, f["sha256"]) not in (None, "missing"):
                 reg.store.delete(f["sha256"])  # corrupt bytes under a content address help nobody
         with reg.write() as conn:
             conn.execute(t.merged_models.delete().where(_where(t, key)))
         return None, f"{exc}; recomputed"
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise AdapterhubError(f"cannot write {os.path.abspath(out)}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = dict(row.summary or {})
     summary.update({"out": os.path.abspath(out), "files": files, "bytes": sum(f["size"] for f in files),
                     "cached": True, "seconds": round(time.monotonic() - start, 3)})
@@ -210,7 +203,7 @@ def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: P
     from safetensors.torch import save_file
 
     from .registry.blobs import hash_file
-    from .registry.maintenance import finish_out, prepare_out
+    from .registry.maintenance import atomic_out
 
     check_out(out, force)
     with open_adapter(reg, ref, plugins) as (adapter, info):
@@ -219,8 +212,7 @@ def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: P
         if peft_cfg is None:
             raise AdapterhubError(f"method '{adapter.method.name}' has no PEFT equivalent, so it cannot be "
                                   f"exported as a PEFT adapter; use `adapterhub pull {ref} --out DIR`")
-        tmp = prepare_out(out, force)
-        try:
+        with atomic_out(out, force) as tmp:
             save_file({k: adapter.tensors[k].contiguous() for k in adapter.tensors}, os.path.join(tmp, WEIGHTS),
                       metadata={"format": "pt"})
             write_json(os.path.join(tmp, "adapter_config.json"), peft_cfg)
@@ -228,13 +220,6 @@ def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: P
             for n in sorted(os.listdir(tmp)):
                 digest, size = hash_file(os.path.join(tmp, n))
                 files.append({"path": n, "sha256": digest, "size": size})
-            finish_out(tmp, out)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise AdapterhubError(f"cannot write {os.path.abspath(out)}: {exc.strerror or exc}") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return {"ref": info["ref"], "digest": "sha256:" + info["digest"] if info["digest"] else None, "format": "peft",
             "method": adapter.method.name, "out": os.path.abspath(out), "files": files,
             "bytes": sum(f["size"] for f in files)}

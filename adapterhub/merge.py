@@ -322,16 +322,9 @@ class LazyTensors(Mapping):
 
 def open_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
     """Like :func:`checkpoint.load_adapter_dir`, with the tensors read lazily (:class:`LazyTensors`)."""
-    from .checkpoint import MANIFEST, _read_manifest, method_and_config
+    from .checkpoint import adapter_parts
 
-    if os.path.isfile(os.path.join(path, MANIFEST)):
-        manifest = load_json(os.path.join(path, MANIFEST))
-    else:
-        manifest, _ = _read_manifest(path, plugins)
-    weights = os.path.join(path, "adapter_model.safetensors")
-    if not os.path.isfile(weights):
-        raise InvalidInput(f"{path} has no adapter_model.safetensors")
-    method, config = method_and_config(manifest, plugins)
+    manifest, weights, method, config = adapter_parts(path, plugins)
     return LoadedAdapter(method, config, LazyTensors(weights), manifest)
 
 
@@ -505,7 +498,7 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
     ``out`` (atomically). No fingerprint check here: :func:`merge_ref` does it. ``on_plan(n)`` is called
     with the number of tensors before writing starts (for a progress bar). ``onto``: for an adapter trained
     on a quantized base, merge onto the dequantized (default) or the original weights."""
-    from .registry.maintenance import finish_out, prepare_out
+    from .registry.maintenance import atomic_out
 
     start = time.monotonic()
     _check_mergeable(adapter, ref)
@@ -514,8 +507,7 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
     shard_bytes = parse_shard_size(shard_size)
     plan = plan_merge(adapter, base_dir, target)
     total = sum(e.nbytes for e in plan.entries)
-    tmp = prepare_out(out, force)
-    try:
+    with atomic_out(out, force) as tmp:
         free = shutil.disk_usage(tmp).free
         if free < total:
             raise OSError(28, f"No space left on device (needs {total} bytes, {free} free)")
@@ -524,13 +516,6 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
         written = write_model(plan, adapter, tmp, shard_bytes, progress, hash_files=hash_files,
                               base_transform=transform)
         files = written["files"] + _copy_side_files(base_dir, tmp, plan.config)
-        finish_out(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise AdapterhubError(f"cannot write {os.path.abspath(out)}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     counts = written["counts"]
     return {"out": os.path.abspath(out), "files": sorted(files, key=lambda f: f["path"]),
             "dtype": _TORCH_NAMES[target] if target else "auto", "shard_size": shard_bytes,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import sqlalchemy as sa
 
@@ -50,6 +51,22 @@ def finish_out(tmp: str, out: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_out(out: str, force: bool = False) -> Iterator[str]:
+    """A temp dir beside ``out`` that becomes ``out`` when the block succeeds. On any error nothing is left
+    behind, and an ``OSError`` (a full disk, a read-only file system) becomes one ``AdapterhubError`` line."""
+    tmp = prepare_out(out, force)
+    try:
+        yield tmp
+        finish_out(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AdapterhubError(f"cannot write {os.path.abspath(out)}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def materialize(reg: Registry, ref: str, out: str, force: bool = False,
                 progress: Progress | None = None) -> dict[str, Any]:
     """Write the files of ``ref`` to ``out``, each verified by sha256 while it is read. On any error
@@ -59,20 +76,12 @@ def materialize(reg: Registry, ref: str, out: str, force: bool = False,
         files = reg.files_of(conn, v["id"])
     for f in files:
         check_relpath(f["path"])
-    tmp = prepare_out(out, force)
-    try:
+    with atomic_out(out, force) as tmp:
         for f in files:
             dest = os.path.join(tmp, *f["path"].split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             copy_verified(reg.store, f["digest"][7:], dest, f["size"], progress,
                           what=f"blob {f['digest']} ({v['ref']} {f['path']})")
-        finish_out(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise AdapterhubError(f"cannot write {out}: {exc.strerror}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"ref": v["ref"], "digest": "sha256:" + v["digest"], "out": os.path.abspath(out),
             "files": files, "bytes": sum(f["size"] for f in files)}
 

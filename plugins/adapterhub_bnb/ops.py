@@ -346,13 +346,12 @@ def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, A
     from adapterhub import api
     from adapterhub.modeling import check_base_dir
     from adapterhub.registry.blobs import hash_file
-    from adapterhub.registry.maintenance import finish_out, prepare_out
+    from adapterhub.registry.maintenance import atomic_out
 
     check_base_dir(model_dir)
     if os.path.abspath(model_dir) == os.path.abspath(out_dir):
         raise InvalidInput("--out must be another directory than the model directory")
-    tmp = prepare_out(out_dir, force)
-    try:
+    with atomic_out(out_dir, force) as tmp:
         fp = api.fingerprint(model_dir, home)
         model, record = load_quantized(quantizer, model_dir, None, None, opts)
         record["source_fingerprint"] = fp.digest
@@ -369,9 +368,5 @@ def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, A
         for n in sorted(os.listdir(tmp)):
             digest, size = hash_file(os.path.join(tmp, n))
             files.append({"path": n, "sha256": digest, "size": size})
-        finish_out(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"out": os.path.abspath(out_dir), "quantization": record, "files": files,
             "bytes": sum(f["size"] for f in files), "source_bytes": fp.bytes}
