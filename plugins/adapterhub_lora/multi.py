@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from adapterhub.errors import InvalidInput
+from adapterhub.tuners import check_fit
 
 from .config import LoraConfig
 from .layer import ADAPTER_DTYPE, LoraLinear, in_out_features, is_conv1d, weight_norm
@@ -60,22 +61,6 @@ def _resolve_all(model: nn.Module, configs: list[LoraConfig], what: str):
         effective, targets, _ = resolve(model, config)
         out.append((effective, targets))
     return out
-
-
-def _check_tensors(i: int, tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise InvalidInput(f"adapter {i + 1}: lora tensors do not fit its config: " + "; ".join(parts))
-    for key, shape in expected.items():
-        if tuple(tensors[key].shape) != tuple(shape):
-            raise InvalidInput(f"adapter {i + 1}: lora tensor '{key}' has shape {tuple(tensors[key].shape)}, "
-                               f"expected {tuple(shape)}")
 
 
 def _ordered_paths(model: nn.Module, resolved) -> list[str]:
@@ -155,7 +140,7 @@ def attach_stack(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, to
                 params[f"{PREFIX}{path}.lora_B.weight"] = br.lora_B.weight
                 if br.lora_magnitude_vector is not None:
                     params[f"{PREFIX}{path}.lora_magnitude_vector"] = br.lora_magnitude_vector
-        _check_tensors(i, tensors, {k: tuple(v.shape) for k, v in params.items()})
+        check_fit(f"adapter {i + 1}: lora", {k: tuple(v.shape) for k, v in params.items()}, tensors)
         with torch.no_grad():
             for key, p in params.items():
                 p.copy_(tensors[key])
@@ -368,7 +353,7 @@ def attach_routed(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, t
             expected[f"{PREFIX}{path}.lora_B.weight"] = (fout, r)
             if eff.use_dora:
                 expected[f"{PREFIX}{path}.lora_magnitude_vector"] = (fout,)
-        _check_tensors(i, tensors, expected)
+        check_fit(f"adapter {i + 1}: lora", expected, tensors)
     plan = RoutePlan()
     layers = {}
     for path in paths:
