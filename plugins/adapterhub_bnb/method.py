@@ -5,9 +5,9 @@ what makes it QLoRA is where it was trained: ``train`` loads the base through th
 ``base_quantizer`` (or ``--quantize``) and records the quantization in ``manifest["base"]["quantization"]``.
 Merging it lands on the dequantized base by default (see ``adapterhub merge --onto``).
 
-What LoRA needs on bitsandbytes layers is done here, not in the LoRA plugin: the A/B shapes of a branch
-around a 4-bit layer (whose ``weight`` is packed) come from ``in_features`` / ``out_features``, and the
-4-bit layers stay off bitsandbytes' packed CPU kernel (no backward). DoRA and GPT-2 style Conv1D layers on
+What LoRA needs on bitsandbytes layers beyond plain LoRA is done here: the 4-bit layers stay off
+bitsandbytes' packed CPU kernel (no backward). (LoRA sizes its branch from ``in_features`` /
+``out_features``, so a packed 4-bit ``weight`` does not mislead it.) DoRA and GPT-2 style Conv1D layers on
 a quantized base are refused.
 """
 
@@ -39,8 +39,7 @@ class QLoraMethod(LoraMethod):
         if self._config(config).use_dora:
             raise InvalidInput("DoRA cannot train on a quantized base here (its weight norm needs the dequantized "
                                "weight at every step); use qlora without use_dora, or dora on the full-precision base")
-        with ops.true_lora_shapes():  # size A/B from in/out_features, not from the packed 4-bit weight
-            effective = super().attach(model, config)
+        effective = super().attach(model, config)  # LoRA sizes A/B from in/out_features, not the packed weight
         try:
             ops.fit_lora_to_quantized(model, effective.init_lora_weights)  # checks; refits if LoRA changes
             ops.no_cpu_packing(model)  # bitsandbytes' packed CPU kernel has no backward

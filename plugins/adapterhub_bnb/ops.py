@@ -15,7 +15,6 @@ and has no backward, so a model with an adapter attached never uses it (:func:`n
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -276,28 +275,6 @@ class RoundTrip:
 
 
 # -- LoRA on quantized layers ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def true_lora_shapes():
-    """While LoRA attaches, read a quantized layer's ``(in, out)`` from ``in_features`` / ``out_features``:
-    LoRA's ``in_out_features`` reads ``weight.shape``, which for a 4-bit layer is the packed ``(out*in/2, 1)``
-    and would make B an (out*in/2, r) matrix per layer (gigabytes, even if fixed right after)."""
-    from adapterhub_lora import layer
-
-    b = bnb()
-    orig = layer.in_out_features
-
-    def in_out(module: torch.nn.Module) -> tuple[int, int]:
-        if isinstance(module, (b.nn.Linear4bit, b.nn.Linear8bitLt)):
-            return module.in_features, module.out_features
-        return orig(module)
-
-    layer.in_out_features = in_out
-    try:
-        yield
-    finally:
-        layer.in_out_features = orig
-
-
 def fit_lora_to_quantized(model: torch.nn.Module, init: Any = True) -> int:
     """LoRA reads ``(in, out)`` from ``weight.shape``, which is packed for 4-bit layers: give every LoRA
     branch around a quantized layer A (r, in) / B (out, r) of the layer's real ``in_features`` /

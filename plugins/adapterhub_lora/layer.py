@@ -39,9 +39,13 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:
-    """``(in, out)`` of a Linear (weight (out, in)) or Conv1D (weight (in, out))."""
-    w = module.weight
-    return (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
+    """``(in, out)`` of a Linear (its ``in_features``/``out_features``: right also for quantized subclasses
+    whose ``weight`` is packed, e.g. bitsandbytes' 4-bit layers) or a Conv1D (weight (in, out))."""
+    if is_conv1d(module):
+        return module.weight.shape[0], module.weight.shape[1]
+    if isinstance(getattr(module, "in_features", None), int) and isinstance(getattr(module, "out_features", None), int):
+        return module.in_features, module.out_features
+    return module.weight.shape[1], module.weight.shape[0]
 
 
 def transpose(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
