@@ -22,6 +22,7 @@ import transformers as transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tinymodels as tm  # noqa: E402
+import oracle  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 
 from adapterhub.checkpoint import load_adapter_dir  # noqa: E402
@@ -72,20 +73,7 @@ def _plugins(home, monkeypatch):
     ap.reset_plugins()
 
 
-@torch.no_grad()
-def randomise(model, seed=0):
-    """lora_B ~ N(0, 0.05); DoRA magnitudes ×(1 ± 10 %); modules_to_save copies perturbed."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
-        if "lora_B" in name:
-            p.copy_(noise * 0.05)
-        elif "lora_magnitude_vector" in name:
-            p.mul_(1 + 0.1 * noise)
-        elif "lora_A" not in name:
-            p.add_(noise * 0.05)
+randomise, out_of = oracle.randomise_lora, oracle.out
 
 
 def save_base(model, path):
@@ -99,11 +87,6 @@ def peft_adapter(model, opts, path, seed=0):
     randomise(pm, seed)
     pm.save_pretrained(str(path))
     return str(path), pm.eval()
-
-
-def out_of(model, name):
-    with torch.no_grad():
-        return tm.logits(model, tm.inputs_for(name))
 
 
 def load_merged(path, dtype=torch.float32, seq_cls=False):

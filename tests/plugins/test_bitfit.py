@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 import pytest
 
@@ -18,13 +17,15 @@ import torch as torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import tinymodels as tm  # noqa: E402
+import oracle  # noqa: E402
+from oracle import PREFIX  # noqa: E402
+from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 from adapterhub_bitfit import BitFitConfig, BitFitMethod  # noqa: E402
 
 BITFIT = BitFitMethod()
-PREFIX = "base_model.model."
 
 # id -> (model, config options, slow?)
 CASES = {
@@ -41,28 +42,15 @@ CASES = {
 
 
 def _params():
-    return [pytest.param(cid, id=cid, marks=[pytest.mark.slow] if slow else []) for cid, (_, _, slow) in CASES.items()]
+    return oracle.case_params(CASES)
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-@torch.no_grad()
 def _randomise(model, seed=0):
     """Every trainable tensor (bias or head copy) moved by N(0, 0.1)."""
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype))
+    oracle.perturb_trainable(model, lambda _, p, noise: p.add_(0.1 * noise), seed)
 
 
-def _out(model, name):
-    with torch.no_grad():
-        return tm.logits(model, tm.inputs_for(name))
+_out = oracle.out
 
 
 def _biases(model):
@@ -75,7 +63,7 @@ def test_attach_keeps_outputs_and_detach_restores_values_and_flags(case):
     name, opts, _ = CASES[case]
     model = tm.MODELS[name]()
     model.get_input_embeddings().weight.requires_grad_(False)  # a pre-existing flag detach must restore
-    before_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    before_grad = oracle.grad_flags(model)
     before_values = {n: p.detach().clone() for n, p in model.named_parameters()}
     base_logits = _out(model, name)
     BITFIT.attach(model, BITFIT.make_config(opts))
@@ -83,7 +71,7 @@ def test_attach_keeps_outputs_and_detach_restores_values_and_flags(case):
     _randomise(model)
     assert not torch.equal(_out(model, name), base_logits)
     BITFIT.detach(model)
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before_grad
+    assert oracle.grad_flags(model) == before_grad
     assert all(torch.equal(p, before_values[n]) for n, p in model.named_parameters())
     assert torch.equal(_out(model, name), base_logits)
 
@@ -94,23 +82,15 @@ def test_training_step_changes_only_chosen_biases_and_head(case):
     name, opts, _ = CASES[case]
     model = tm.MODELS[name]()
     config = BITFIT.attach(model, BITFIT.make_config(opts))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = oracle.trainable(model)
     head = {n for n in trainable if any(n.rsplit(".", 1)[0].endswith(m) for m in config.modules_to_save)}
     expected_biases = {n for n in _biases(model) - head if config.trains_bias(n)}
     assert trainable - head == expected_biases and expected_biases
     if opts.get("bias_pattern"):
         assert expected_biases < _biases(model) - head  # a real subset
     assert {PREFIX + n for n in trainable} == set(BITFIT.state_dict(model))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    out = model(**tm.inputs_for(name))
-    loss = (out.logits if hasattr(out, "logits") else out.last_hidden_state).pow(2).mean()
-    if getattr(out, "pooler_output", None) is not None:  # MiniLM: reach the pooler's bias too
-        loss = loss + out.pooler_output.pow(2).mean()
-    loss.backward()
-    opt.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    # MiniLM: the loss reaches the pooler's bias too
+    changed = oracle.optimizer_step(model, lambda m: oracle.pooled_loss(m, name), torch.optim.Adam, lr=1e-2)
     assert changed <= trainable
     # every bias with a gradient moved (a key bias gets none: softmax ignores it)
     moved = {n for n in expected_biases if (g := model.get_parameter(n).grad) is not None and g.abs().max() > 0}
@@ -123,15 +103,7 @@ def test_training_step_changes_only_chosen_biases_and_head(case):
 @pytest.mark.parametrize("case", _params())
 def test_state_dict_round_trip_is_exact(case):
     name, opts, _ = CASES[case]
-    a, b = tm.MODELS[name](), tm.MODELS[name]()
-    BITFIT.attach(a, BITFIT.make_config(opts))
-    BITFIT.attach(b, BITFIT.make_config(opts))
-    _randomise(a, seed=3)
-    sd = {k: v.clone() for k, v in BITFIT.state_dict(a).items()}
-    BITFIT.load_state_dict(b, sd)
-    sd_b = BITFIT.state_dict(b)
-    assert set(sd_b) == set(sd) and all(torch.equal(sd[k], sd_b[k]) for k in sd)
-    assert torch.equal(_out(a, name), _out(b, name))
+    oracle.assert_state_dict_round_trip(BITFIT, tm.MODELS[name], opts, _randomise, name)
 
 
 # -- merge ------------------------------------------------------------------------------------------------
@@ -205,10 +177,7 @@ def test_plugin_registers_bitfit(monkeypatch):
 
 
 def test_importing_the_plugin_does_not_import_torch():
-    import subprocess
-
-    code = "import sys, adapterhub_bitfit; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    oracle.assert_imports_without_torch("adapterhub_bitfit")
 
 
 # -- bad inputs -------------------------------------------------------------------------------------------

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 
 import pytest
 
 import torch as torch
 import peft as peft
-from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import tinymodels as tm  # noqa: E402
+import oracle  # noqa: E402
+from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
@@ -48,28 +48,16 @@ CASES = {
 
 
 def _params():
-    return [pytest.param(cid, id=cid, marks=[pytest.mark.slow] if slow else []) for cid, (_, _, slow) in CASES.items()]
+    return oracle.case_params(CASES)
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-@torch.no_grad()
 def _randomise(model, seed=0):
     """(IA)³ vectors ~ 1 + N(0, 0.2); modules_to_save copies perturbed by N(0, 0.05)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
-        if "ia3_l" in name:
-            p.copy_(1 + 0.2 * noise)
-        else:
-            p.add_(noise * 0.05)
+
+    def update(name, p, noise):
+        p.copy_(1 + 0.2 * noise) if "ia3_l" in name else p.add_(noise * 0.05)
+
+    oracle.perturb_trainable(model, update, seed)
 
 
 def _model(name, dtype=torch.float32):
@@ -85,36 +73,21 @@ def _model(name, dtype=torch.float32):
     return model
 
 
-def _out(model, name):
-    with torch.no_grad():
-        return tm.logits(model, tm.inputs_for(name))
+_out, _read_peft_dir = oracle.out, oracle.read_peft_dir
 
 
-def _peft_dir(case, tmp_path_factory):
-    """A PEFT adapter directory made by peft itself, with non-identity vectors; cached per case."""
-    cache = _peft_dir.cache
-    if case not in cache:
-        name, opts, _ = CASES[case]
-        pm = peft.get_peft_model(_model(name), peft.IA3Config(**opts))
-        _randomise(pm)
-        path = tmp_path_factory.mktemp(case)
-        pm.save_pretrained(str(path))
-        cache[case] = (str(path), _out(pm, name))
-    return cache[case]
+def _build_peft(case):
+    name, opts, _ = CASES[case]
+    return peft.get_peft_model(_model(name), peft.IA3Config(**opts)), name
 
 
-_peft_dir.cache = {}
+#: PEFT adapter directories made by peft itself, with non-identity vectors; cached per case
+_peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
 
 def _names(value):
     """PEFT keeps name lists as sets; a regex stays a string."""
     return set(value) if isinstance(value, (list, set)) else value
-
-
-def _read_peft_dir(path):
-    with open(os.path.join(path, "adapter_config.json")) as f:
-        cfg = json.load(f)
-    return cfg, load_file(os.path.join(path, "adapter_model.safetensors"))
 
 
 # -- (a) PEFT -> ours -------------------------------------------------------------------------------------
@@ -124,12 +97,7 @@ def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
     path, peft_logits = _peft_dir(case, tmp_path_factory)
     peft_cfg, tensors = _read_peft_dir(path)
     assert IA3.matches_peft_config(peft_cfg)
-    model = _model(name)
-    base_logits = _out(model, name)
-    IA3.attach(model, IA3.from_peft_config(peft_cfg))
-    assert set(IA3.state_dict(model)) == set(tensors)
-    IA3.load_state_dict(model, tensors)
-    ours = _out(model, name)
+    base_logits, ours = oracle.attach_from_peft(IA3, _model(name), peft_cfg, tensors, name)
     assert (peft_logits - base_logits).abs().max() > 1e-3, "adapter must change the output"
     assert (ours - peft_logits).abs().max() <= TOL
 
@@ -138,14 +106,9 @@ def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
 @pytest.mark.parametrize("case", _params())
 def test_our_adapter_loads_into_peft_with_same_logits(case, tmp_path):
     name, opts, _ = CASES[case]
-    model = _model(name)
-    base_logits = _out(model, name)
-    effective = IA3.attach(model, IA3.make_config(opts))
-    _randomise(model, seed=1)
-    ours = _out(model, name)
-    tensors = {k: v.contiguous() for k, v in IA3.state_dict(model).items()}
-    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
-    (tmp_path / "adapter_config.json").write_text(json.dumps(IA3.to_peft_config(effective, None)))
+    effective, base_logits, ours, tensors = oracle.attach_and_write_peft_dir(
+        IA3, _model(name), opts, _randomise, tmp_path, name
+    )
     pm = peft.PeftModel.from_pretrained(_model(name), str(tmp_path))
     assert set(peft.get_peft_model_state_dict(pm)) == set(tensors)
     assert (ours - base_logits).abs().max() > 1e-3
@@ -166,15 +129,11 @@ def test_gradients_match_peft(tmp_path_factory):
     IA3.attach(ours, IA3.from_peft_config(peft_cfg))
     IA3.load_state_dict(ours, tensors)
     theirs = peft.PeftModel.from_pretrained(_model(name), path, is_trainable=True)
-    grads = []
-    for model in (ours, theirs):
-        tm.logits(model, tm.inputs_for(name)).pow(2).mean().backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    grads = oracle.grads_of((ours, theirs), lambda model: oracle.logits_loss(model, name))
     ours_g = {"base_model.model." + n: g for n, g in grads[0].items()}
     theirs_g = {n.replace(".default", "").replace(".modules_to_save", ""): g for n, g in grads[1].items()}
     assert set(ours_g) == set(theirs_g) == set(tensors)
-    for key, g in theirs_g.items():
-        assert (ours_g[key] - g).abs().max() <= 1e-5 * max(1.0, g.abs().max().item()), key
+    oracle.assert_grads_match(ours_g, theirs_g)
 
 
 # -- (c) default init, detach -----------------------------------------------------------------------------
@@ -182,16 +141,15 @@ def test_gradients_match_peft(tmp_path_factory):
 def test_default_init_keeps_outputs_and_detach_restores(case):
     name, opts, _ = CASES[case]
     model = _model(name)
-    before_types = {n: type(m) for n, m in model.named_modules()}
-    before_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    before_types, before_grad = oracle.module_types(model), oracle.grad_flags(model)
     base_logits = _out(model, name)
     IA3.attach(model, IA3.make_config(opts))
     assert torch.equal(_out(model, name), base_logits)
     _randomise(model)
     assert not torch.equal(_out(model, name), base_logits)
     IA3.detach(model)
-    assert {n: type(m) for n, m in model.named_modules()} == before_types
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before_grad
+    assert oracle.module_types(model) == before_types
+    assert oracle.grad_flags(model) == before_grad
     assert torch.equal(_out(model, name), base_logits)
 
 
@@ -202,15 +160,10 @@ def test_training_step_changes_only_adapter_parameters(case):
     model = _model(name)
     IA3.attach(model, IA3.make_config(opts))
     _randomise(model, seed=2)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = oracle.trainable(model)
     adapter_keys = set(IA3.state_dict(model))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # Adam: a step of ~lr whatever the gradient's size (BERT's key vectors get gradients of ~1e-7)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    tm.logits(model, tm.inputs_for(name)).pow(2).mean().backward()
-    opt.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    changed = oracle.optimizer_step(model, lambda m: oracle.logits_loss(m, name), torch.optim.Adam, lr=1e-2)
     assert changed and changed <= trainable
     assert {"base_model.model." + n for n in trainable} == adapter_keys
     assert all(n in changed for n in trainable if "ia3_l" in n)
@@ -222,15 +175,7 @@ def test_training_step_changes_only_adapter_parameters(case):
 @pytest.mark.parametrize("case", _params())
 def test_state_dict_round_trip_is_exact(case):
     name, opts, _ = CASES[case]
-    a, b = _model(name), _model(name)
-    IA3.attach(a, IA3.make_config(opts))
-    IA3.attach(b, IA3.make_config(opts))
-    _randomise(a, seed=3)
-    sd = {k: v.clone() for k, v in IA3.state_dict(a).items()}
-    IA3.load_state_dict(b, sd)
-    sd_b = IA3.state_dict(b)
-    assert set(sd_b) == set(sd) and all(torch.equal(sd[k], sd_b[k]) for k in sd)
-    assert torch.equal(_out(a, name), _out(b, name))
+    oracle.assert_state_dict_round_trip(IA3, lambda: _model(name), opts, _randomise, name)
 
 
 # -- merge ------------------------------------------------------------------------------------------------
@@ -242,19 +187,8 @@ def test_merge_tensor_equals_peft_merge_and_unload(case, dtype, tmp_path_factory
     peft_cfg, tensors = _read_peft_dir(path)
     config = IA3.from_peft_config(peft_cfg)
     merged = peft.PeftModel.from_pretrained(_model(name, dtype), path).merge_and_unload()
-    expected = merged.state_dict()
     base = _model(name, dtype).state_dict()
-    assert set(expected) == set(base)
-    touched = changed = 0
-    for key, tensor in base.items():
-        out = IA3.merge_tensor(key, tensor, tensors, config)
-        if out is None:
-            assert torch.equal(tensor, expected[key]), key
-            continue
-        touched += 1
-        changed += not torch.equal(out, tensor)
-        assert out.dtype == tensor.dtype and torch.equal(out, expected[key]), key
-    assert touched >= 4 and changed == touched
+    oracle.assert_merge_matches(IA3, base, merged.state_dict(), tensors, config)
 
 
 def test_merged_model_matches_attached_model():
@@ -313,8 +247,7 @@ def test_combine_linear_equals_peft_add_weighted_adapter(tmp_path):
     for i, (opts, cfg, tensors) in enumerate(adapters):
         d = tmp_path / f"a{i}"
         d.mkdir()
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(d / "adapter_model.safetensors"))
-        (d / "adapter_config.json").write_text(json.dumps(IA3.to_peft_config(cfg)))
+        oracle.write_peft_dir(d, IA3, cfg, tensors)
         if pm is None:
             pm = peft.PeftModel.from_pretrained(tm.tiny_llama(), str(d), adapter_name="a0")
         else:
@@ -425,10 +358,7 @@ def test_bf16_forward_matches_peft_bit_for_bit():
 
 
 def test_importing_the_plugin_does_not_import_torch():
-    import subprocess
-
-    code = "import sys, adapterhub_ia3; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    oracle.assert_imports_without_torch("adapterhub_ia3")
 
 
 # -- bad inputs -------------------------------------------------------------------------------------------
@@ -483,10 +413,7 @@ def test_load_state_dict_refuses_wrong_shape_and_keys():
         IA3.load_state_dict(model, dict(sd, **{key: torch.ones(1, 32)}))
     with pytest.raises(InvalidInput, match=rf"{key}.*\(16, 1\).*\(32, 1\)"):
         IA3.load_state_dict(model, dict(sd, **{key: torch.ones(16, 1)}))
-    with pytest.raises(InvalidInput, match="1 missing key"):
-        IA3.load_state_dict(model, {k: v for k, v in sd.items() if k != key})
-    with pytest.raises(InvalidInput, match="unexpected key.*extra"):
-        IA3.load_state_dict(model, dict(sd, extra=torch.zeros(1)))
+    oracle.assert_load_refuses_missing_and_extra(IA3, model, sd, key)
 
 
 def test_attach_twice_and_detach_without_attach_are_refused():

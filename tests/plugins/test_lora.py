@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 
 import pytest
 
 import torch as torch
 import peft as peft
-from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import tinymodels as tm  # noqa: E402
+import oracle  # noqa: E402
+from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
@@ -69,66 +69,24 @@ CASES = {
 }
 
 
-def _params(slow_only: bool = False):
-    return [
-        pytest.param(cid, id=cid, marks=[pytest.mark.slow] if slow else [])
-        for cid, (_, _, slow) in CASES.items()
-        if slow or not slow_only
-    ]
+def _params():
+    return oracle.case_params(CASES)
 
 
 def _method(opts):
     return DORA if opts.get("use_dora") else LORA
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+_randomise, _out, _read_peft_dir = oracle.randomise_lora, oracle.out, oracle.read_peft_dir
 
 
-@torch.no_grad()
-def _randomise(model, seed=0):
-    """lora_B ~ N(0, 0.05); DoRA magnitudes scaled by 1 ± 10 %; modules_to_save copies perturbed."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
-        if "lora_B" in name:
-            p.copy_(noise * 0.05)
-        elif "lora_magnitude_vector" in name:
-            p.mul_(1 + 0.1 * noise)
-        elif "lora_A" not in name:
-            p.add_(noise * 0.05)
+def _build_peft(case):
+    name, opts, _ = CASES[case]
+    return peft.get_peft_model(tm.MODELS[name](), peft.LoraConfig(**opts)), name
 
 
-def _out(model, name):
-    with torch.no_grad():
-        return tm.logits(model, tm.inputs_for(name))
-
-
-def _peft_dir(case, tmp_path_factory):
-    """A PEFT adapter directory made by peft itself, with non-zero B; cached per case."""
-    cache = _peft_dir.cache
-    if case not in cache:
-        name, opts, _ = CASES[case]
-        pm = peft.get_peft_model(tm.MODELS[name](), peft.LoraConfig(**opts))
-        _randomise(pm)
-        path = tmp_path_factory.mktemp(case)
-        pm.save_pretrained(str(path))
-        cache[case] = (str(path), _out(pm, name))
-    return cache[case]
-
-
-_peft_dir.cache = {}
-
-
-def _read_peft_dir(path):
-    with open(os.path.join(path, "adapter_config.json")) as f:
-        cfg = json.load(f)
-    return cfg, load_file(os.path.join(path, "adapter_model.safetensors"))
+#: PEFT adapter directories made by peft itself, with non-zero B; cached per case
+_peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
 
 # -- (a) PEFT -> ours -------------------------------------------------------------------------------------
@@ -139,12 +97,7 @@ def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
     peft_cfg, tensors = _read_peft_dir(path)
     method = LORA if LORA.matches_peft_config(peft_cfg) else DORA
     assert method is _method(opts) and not (LORA.matches_peft_config(peft_cfg) and DORA.matches_peft_config(peft_cfg))
-    model = tm.MODELS[name]()
-    base_logits = _out(model, name)
-    method.attach(model, method.from_peft_config(peft_cfg))
-    assert set(method.state_dict(model)) == set(tensors)
-    method.load_state_dict(model, tensors)
-    ours = _out(model, name)
+    base_logits, ours = oracle.attach_from_peft(method, tm.MODELS[name](), peft_cfg, tensors, name)
     assert (peft_logits - base_logits).abs().max() > 1e-3, "adapter must change the output"
     assert (ours - peft_logits).abs().max() <= TOL
 
@@ -154,14 +107,9 @@ def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
 def test_our_adapter_loads_into_peft_with_same_logits(case, tmp_path):
     name, opts, _ = CASES[case]
     method = _method(opts)
-    model = tm.MODELS[name]()
-    base_logits = _out(model, name)
-    effective = method.attach(model, method.make_config(opts))
-    _randomise(model, seed=1)
-    ours = _out(model, name)
-    tensors = {k: v.contiguous() for k, v in method.state_dict(model).items()}
-    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
-    (tmp_path / "adapter_config.json").write_text(json.dumps(method.to_peft_config(effective, None)))
+    _, base_logits, ours, tensors = oracle.attach_and_write_peft_dir(
+        method, tm.MODELS[name](), opts, _randomise, tmp_path, name
+    )
     assert peft.LoraConfig.from_pretrained(str(tmp_path)).use_dora == bool(opts.get("use_dora"))
     pm = peft.PeftModel.from_pretrained(tm.MODELS[name](), str(tmp_path))
     assert set(peft.get_peft_model_state_dict(pm)) == set(tensors)
@@ -185,18 +133,11 @@ def test_gradients_match_peft(case, tmp_path_factory):
     method.attach(ours, method.from_peft_config(peft_cfg))
     method.load_state_dict(ours, tensors)
     theirs = peft.PeftModel.from_pretrained(tm.MODELS[name](), path, is_trainable=True)
-    grads = []
-    for model in (ours, theirs):
-        tm.logits(model, tm.inputs_for(name)).pow(2).mean().backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    grads = oracle.grads_of((ours, theirs), lambda model: oracle.logits_loss(model, name))
     ours_g = {"base_model.model." + n: g for n, g in grads[0].items()}
     theirs_g = {_peft_key(n): g for n, g in grads[1].items()}
     assert set(ours_g) == set(theirs_g) == set(tensors)
-    for key, g in theirs_g.items():
-        if g is None:  # e.g. MiniLM's pooler: not on the path to last_hidden_state
-            assert ours_g[key] is None, key
-            continue
-        assert (ours_g[key] - g).abs().max() <= 1e-5 * max(1.0, g.abs().max().item()), key
+    oracle.assert_grads_match(ours_g, theirs_g, allow_none=True)  # MiniLM's pooler: no gradient
 
 
 # -- (c) default init, detach -----------------------------------------------------------------------------
@@ -205,14 +146,13 @@ def test_default_init_keeps_outputs_and_detach_restores(case):
     name, opts, _ = CASES[case]
     method = _method(opts)
     model = tm.MODELS[name]()
-    before_types = {n: type(m) for n, m in model.named_modules()}
-    before_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    before_types, before_grad = oracle.module_types(model), oracle.grad_flags(model)
     base_logits = _out(model, name)
     method.attach(model, method.make_config({k: v for k, v in opts.items() if k != "modules_to_save"}))
     assert torch.equal(_out(model, name), base_logits)
     method.detach(model)
-    assert {n: type(m) for n, m in model.named_modules()} == before_types
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before_grad
+    assert oracle.module_types(model) == before_types
+    assert oracle.grad_flags(model) == before_grad
     assert torch.equal(_out(model, name), base_logits)
 
 
@@ -224,18 +164,10 @@ def test_training_step_changes_only_adapter_parameters(case):
     model = tm.MODELS[name]()
     method.attach(model, method.make_config(opts))
     _randomise(model, seed=2)  # non-zero B so that A gets a gradient too
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = oracle.trainable(model)
     adapter_keys = set(method.state_dict(model))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model.train()
-    out = model(**tm.inputs_for(name))
-    loss = (out.logits if hasattr(out, "logits") else out.last_hidden_state).pow(2).mean()
-    if getattr(out, "pooler_output", None) is not None:  # MiniLM: all-linear also adapts the pooler
-        loss = loss + out.pooler_output.pow(2).mean()
-    loss.backward()
-    opt.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    # MiniLM: all-linear also adapts the pooler, so the loss reaches it
+    changed = oracle.optimizer_step(model, lambda m: oracle.pooled_loss(m, name), torch.optim.SGD, lr=0.1)
     assert changed and changed <= trainable
     # every trainable parameter is saved in the adapter's state dict, and every LoRA factor moved
     assert {"base_model.model." + n for n in trainable} <= adapter_keys
@@ -246,16 +178,7 @@ def test_training_step_changes_only_adapter_parameters(case):
 @pytest.mark.parametrize("case", _params())
 def test_state_dict_round_trip_is_exact(case):
     name, opts, _ = CASES[case]
-    method = _method(opts)
-    a, b = tm.MODELS[name](), tm.MODELS[name]()
-    method.attach(a, method.make_config(opts))
-    method.attach(b, method.make_config(opts))
-    _randomise(a, seed=3)
-    sd = {k: v.clone() for k, v in method.state_dict(a).items()}
-    method.load_state_dict(b, sd)
-    sd_b = method.state_dict(b)
-    assert set(sd_b) == set(sd) and all(torch.equal(sd[k], sd_b[k]) for k in sd)
-    assert torch.equal(_out(a, name), _out(b, name))
+    oracle.assert_state_dict_round_trip(_method(opts), tm.MODELS[name], opts, _randomise, name)
 
 
 # -- merge ------------------------------------------------------------------------------------------------
@@ -268,19 +191,8 @@ def test_merge_tensor_equals_peft_merge_and_unload(case, dtype, tmp_path_factory
     method = LORA if LORA.matches_peft_config(peft_cfg) else DORA
     config = method.from_peft_config(peft_cfg)
     merged = peft.PeftModel.from_pretrained(tm.MODELS[name](dtype=dtype), path).merge_and_unload()
-    expected = merged.state_dict()
     base = tm.MODELS[name](dtype=dtype).state_dict()
-    assert set(expected) == set(base)
-    touched = changed = 0
-    for key, tensor in base.items():
-        out = method.merge_tensor(key, tensor, tensors, config)
-        if out is None:
-            assert torch.equal(tensor, expected[key]), key
-            continue
-        touched += 1
-        changed += not torch.equal(out, tensor)
-        assert out.dtype == tensor.dtype and torch.equal(out, expected[key]), key
-    assert touched >= 4 and changed == touched
+    oracle.assert_merge_matches(method, base, merged.state_dict(), tensors, config)
 
 
 # -- plugin, config, effective config ---------------------------------------------------------------------
@@ -386,10 +298,7 @@ def test_bf16_base_matches_peft_bit_for_bit(name, opts):
 
 
 def test_importing_the_plugin_does_not_import_torch():
-    import subprocess
-
-    code = "import sys, adapterhub_lora; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    oracle.assert_imports_without_torch("adapterhub_lora")
 
 
 # -- bad inputs -------------------------------------------------------------------------------------------
@@ -438,10 +347,7 @@ def test_load_state_dict_refuses_wrong_shape_and_keys():
     bad = dict(sd, **{key: torch.zeros(2, 32)})
     with pytest.raises(InvalidInput, match=rf"{key}.*\(2, 32\).*\(4, 32\)"):
         LORA.load_state_dict(model, bad)
-    with pytest.raises(InvalidInput, match="1 missing key"):
-        LORA.load_state_dict(model, {k: v for k, v in sd.items() if k != key})
-    with pytest.raises(InvalidInput, match="unexpected key.*extra"):
-        LORA.load_state_dict(model, dict(sd, extra=torch.zeros(1)))
+    oracle.assert_load_refuses_missing_and_extra(LORA, model, sd, key)
 
 
 def test_attach_twice_is_refused():

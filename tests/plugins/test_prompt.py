@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 
 import pytest
 
 import torch as torch
 import peft as peft
-from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import tinymodels as tm  # noqa: E402
+import oracle  # noqa: E402
+from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import AdapterhubError, InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
@@ -78,28 +78,13 @@ CASES = {
 
 
 def _params(no_projection: bool = False):
-    return [
-        pytest.param(cid, id=cid, marks=[pytest.mark.slow] if slow else [])
-        for cid, (_, _, opts, slow) in CASES.items()
-        if not (no_projection and opts.get("prefix_projection"))
-    ]
+    return oracle.case_params(CASES, keep=lambda row: not (no_projection and row[2].get("prefix_projection")))
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-@torch.no_grad()
 def _randomise(model, seed=0):
     """Every trainable parameter (prompt encoder, SEQ_CLS head copy) gets fresh random values."""
-    g = torch.Generator().manual_seed(seed)
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype)
-            p.copy_(noise * 0.5) if p.dim() > 1 else p.add_(noise * 0.1)
+    oracle.perturb_trainable(model, lambda _, p, noise: p.copy_(noise * 0.5) if p.dim() > 1 else p.add_(noise * 0.1),
+                             seed)
 
 
 def _inputs(name):
@@ -117,28 +102,27 @@ def _real(logits, cid):
     return logits[:, opts["num_virtual_tokens"] :] if kind == "prompt" and logits.dim() == 3 else logits
 
 
-def _peft_dir(case, tmp_path_factory):
-    """A PEFT adapter directory made by peft itself, with random non-default weights; cached per case."""
-    cache = _peft_dir.cache
-    if case not in cache:
-        name, kind, opts, _ = CASES[case]
-        pm = peft.get_peft_model(MODELS[name](), PEFT_CONFIGS[kind](**opts))
-        _randomise(pm)
-        path = tmp_path_factory.mktemp(case)
-        pm.save_pretrained(str(path))
-        # the oracle is what PEFT loads from the directory (with prefix_projection, the training-time MLP output
-        # differs from the saved prefix by float rounding, even within PEFT)
-        cache[case] = (str(path), _out(peft.PeftModel.from_pretrained(MODELS[name](), str(path)), name))
-    return cache[case]
+def _build_peft(case):
+    name, kind, opts, _ = CASES[case]
+    return peft.get_peft_model(MODELS[name](), PEFT_CONFIGS[kind](**opts)), name
 
 
-_peft_dir.cache = {}
+def _reloaded_out(pm, path, name):
+    """The oracle is what PEFT loads from the directory (with prefix_projection, the training-time MLP output
+    differs from the saved prefix by float rounding, even within PEFT)."""
+    return _out(peft.PeftModel.from_pretrained(MODELS[name](), path), name)
 
 
-def _read_peft_dir(path):
-    with open(os.path.join(path, "adapter_config.json")) as f:
-        cfg = json.load(f)
-    return cfg, load_file(os.path.join(path, "adapter_model.safetensors"))
+#: PEFT adapter directories made by peft itself, with random non-default weights; cached per case
+_peft_dir = oracle.PeftDirs(_build_peft, _randomise, _reloaded_out)
+_read_peft_dir = oracle.read_peft_dir
+
+
+def _with_labels(name, opts):
+    """The inputs for ``name`` with labels for the task (class ids, or the input ids for a causal LM)."""
+    inputs = _inputs(name)
+    inputs["labels"] = torch.tensor([0, 2]) if opts["task_type"] == "SEQ_CLS" else inputs["input_ids"]
+    return inputs
 
 
 # -- (a) PEFT -> ours -------------------------------------------------------------------------------------
@@ -150,12 +134,7 @@ def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
     peft_cfg, tensors = _read_peft_dir(path)
     other = METHODS["prefix" if kind == "prompt" else "prompt"]
     assert method.matches_peft_config(peft_cfg) and not other.matches_peft_config(peft_cfg)
-    model = MODELS[name]()
-    base_logits = _out(model, name)
-    method.attach(model, method.from_peft_config(peft_cfg))
-    assert set(method.state_dict(model)) == set(tensors)
-    method.load_state_dict(model, tensors)
-    ours = _out(model, name)
+    base_logits, ours = oracle.attach_from_peft(method, MODELS[name](), peft_cfg, tensors, name, output=_out)
     assert ours.shape == peft_logits.shape
     assert (_real(peft_logits, case) - base_logits).abs().max() > 1e-3, "adapter must change the output"
     assert (ours - peft_logits).abs().max() <= TOL
@@ -166,14 +145,9 @@ def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
 def test_our_adapter_loads_into_peft_with_same_logits(case, tmp_path):
     name, kind, opts, _ = CASES[case]
     method = METHODS[kind]
-    model = MODELS[name]()
-    base_logits = _out(model, name)
-    effective = method.attach(model, method.make_config(opts))
-    _randomise(model, seed=1)
-    ours = _out(model, name)
-    tensors = {k: v.contiguous() for k, v in method.state_dict(model).items()}
-    save_file(tensors, str(tmp_path / "adapter_model.safetensors"))
-    (tmp_path / "adapter_config.json").write_text(json.dumps(method.to_peft_config(effective, None)))
+    _, base_logits, ours, tensors = oracle.attach_and_write_peft_dir(
+        method, MODELS[name](), opts, _randomise, tmp_path, name, output=_out
+    )
     assert isinstance(peft.PeftConfig.from_pretrained(str(tmp_path)), PEFT_CONFIGS[kind])
     pm = peft.PeftModel.from_pretrained(MODELS[name](), str(tmp_path))
     assert set(peft.get_peft_model_state_dict(pm)) == set(tensors)
@@ -193,20 +167,19 @@ def test_loss_and_gradients_match_peft(case, tmp_path_factory):
     method.load_state_dict(ours, tensors)
     theirs = peft.get_peft_model(MODELS[name](), PEFT_CONFIGS[kind](**opts))  # PEFT loads prompts frozen only
     peft.set_peft_model_state_dict(theirs, tensors)
-    inputs = _inputs(name)
-    inputs["labels"] = torch.tensor([0, 2]) if opts["task_type"] == "SEQ_CLS" else inputs["input_ids"]
-    grads, losses = [], []
-    for model in (ours, theirs):
-        loss = model(**inputs).loss
-        loss.backward()
-        losses.append(loss.detach())
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
-    assert (losses[0] - losses[1]).abs() <= TOL
+    inputs = _with_labels(name, opts)
+    losses = []
+
+    def loss_of(model):
+        losses.append(model(**inputs).loss)
+        return losses[-1]
+
+    grads = oracle.grads_of((ours, theirs), loss_of)
+    assert (losses[0].detach() - losses[1].detach()).abs() <= TOL
     ours_g = {n.replace("prompt_encoder.", "prompt_encoder.default."): g for n, g in grads[0].items()}
     theirs_g = {n.replace("base_model.", "").replace(".modules_to_save.default", ""): g for n, g in grads[1].items()}
     assert set(ours_g) == set(theirs_g)
-    for key, g in theirs_g.items():
-        assert (ours_g[key] - g).abs().max() <= 1e-5 * max(1.0, g.abs().max().item()), key
+    oracle.assert_grads_match(ours_g, theirs_g)
 
 
 # -- detach restores the base exactly (no prompt can start as a no-op: see the plugin docstring) ------------
@@ -215,16 +188,15 @@ def test_detach_restores_base_outputs(case):
     name, kind, opts, _ = CASES[case]
     method = METHODS[kind]
     model = MODELS[name]()
-    before_types = {n: type(m) for n, m in model.named_modules()}
-    before_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    before_types, before_grad = oracle.module_types(model), oracle.grad_flags(model)
     base_logits = _out(model, name)
     method.attach(model, method.make_config(opts))
     _randomise(model)
     assert not torch.equal(_real(_out(model, name), case), base_logits)
     method.detach(model)
     assert not hasattr(model, "prompt_encoder") and not model._forward_pre_hooks
-    assert {n: type(m) for n, m in model.named_modules()} == before_types
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before_grad
+    assert oracle.module_types(model) == before_types
+    assert oracle.grad_flags(model) == before_grad
     assert torch.equal(_out(model, name), base_logits)
     method.attach(model, method.make_config(opts))  # attachable again after detach
 
@@ -236,19 +208,13 @@ def test_training_step_changes_only_prompt_and_head(case):
     method = METHODS[kind]
     model = MODELS[name]()
     method.attach(model, method.make_config(opts))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = oracle.trainable(model)
     expected = {n for n, _ in model.named_parameters() if n.startswith("prompt_encoder.")}
     if opts["task_type"] == "SEQ_CLS":
         expected |= {"score.weight"} if name == "llama_cls" else {"classifier.weight", "classifier.bias"}
     assert trainable == expected
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model.train()
-    inputs = _inputs(name)
-    inputs["labels"] = torch.tensor([0, 2]) if opts["task_type"] == "SEQ_CLS" else inputs["input_ids"]
-    model(**inputs).loss.backward()
-    opt.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    inputs = _with_labels(name, opts)
+    changed = oracle.optimizer_step(model, lambda m: m(**inputs).loss, torch.optim.SGD, lr=0.1)
     assert changed == trainable
 
 
@@ -256,16 +222,7 @@ def test_training_step_changes_only_prompt_and_head(case):
 @pytest.mark.parametrize("case", _params())
 def test_state_dict_round_trip_is_exact(case):
     name, kind, opts, _ = CASES[case]
-    method = METHODS[kind]
-    a, b = MODELS[name](), MODELS[name]()
-    method.attach(a, method.make_config(opts))
-    method.attach(b, method.make_config(opts))
-    _randomise(a, seed=3)
-    sd = {k: v.clone() for k, v in method.state_dict(a).items()}
-    method.load_state_dict(b, sd)
-    sd_b = method.state_dict(b)
-    assert set(sd_b) == set(sd) and all(torch.equal(sd[k], sd_b[k]) for k in sd)
-    assert torch.equal(_out(a, name), _out(b, name))
+    oracle.assert_state_dict_round_trip(METHODS[kind], MODELS[name], opts, _randomise, name, output=_out)
 
 
 # -- init modes -------------------------------------------------------------------------------------------
@@ -518,10 +475,7 @@ def test_effective_config_is_reported_and_user_config_untouched():
 
 
 def test_importing_the_plugin_does_not_import_torch():
-    import subprocess
-
-    code = "import sys, adapterhub_prompt; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    oracle.assert_imports_without_torch("adapterhub_prompt")
 
 
 # -- bad inputs -------------------------------------------------------------------------------------------
