@@ -37,8 +37,10 @@ class Rows:
         return {"role": role, "path": os.path.basename(self.path), "digest": self.digest, "rows": len(self.rows)}
 
 
-def read_jsonl(path: str) -> Rows:
-    """Read a JSONL file; blank lines are skipped; a malformed line is an error naming file:line."""
+def scan_jsonl(path: str) -> tuple[Rows, list[dict[str, Any]], int]:
+    """Every line of a JSONL file: ``(rows of JSON objects, malformed lines, non-blank line count)``.
+    Malformed lines are collected (``{"file", "line", "error"}``), not raised: the data check reports them
+    all; :func:`read_jsonl` refuses the first."""
     name = os.path.basename(path)
     try:
         with open(path, "rb") as f:
@@ -47,19 +49,34 @@ def read_jsonl(path: str) -> Rows:
         raise InvalidInput(f"data file {path} does not exist") from None
     except IsADirectoryError:
         raise InvalidInput(f"data file {path} is a directory") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read data file {path}: {exc.strerror}") from None
     out = Rows(path, "sha256:" + hashlib.sha256(raw).hexdigest())
+    bad: list[dict[str, Any]] = []
+    lines = 0
     for n, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
+        lines += 1
         try:
             obj = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"{name}:{n}: invalid JSON ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+            bad.append({"file": name, "line": n, "error": f"invalid JSON ({exc.__class__.__name__}: {str(exc)[:80]})"})
+            continue
         if not isinstance(obj, dict):
-            raise InvalidInput(f"{name}:{n}: expected a JSON object, got {type(obj).__name__}")
+            bad.append({"file": name, "line": n, "error": f"expected a JSON object, got {type(obj).__name__}"})
+            continue
         out.rows.append((n, obj))
+    return out, bad, lines
+
+
+def read_jsonl(path: str) -> Rows:
+    """Read a JSONL file; blank lines are skipped; a malformed line is an error naming file:line."""
+    out, bad, _ = scan_jsonl(path)
+    if bad:
+        raise InvalidInput(f"{bad[0]['file']}:{bad[0]['line']}: {bad[0]['error']}")
     if not out.rows:
-        raise InvalidInput(f"{name}: the dataset is empty")
+        raise InvalidInput(f"{os.path.basename(path)}: the dataset is empty")
     return out
 
 

@@ -25,18 +25,9 @@ from .checkpoint import LoadedAdapter, method_and_config, write_json
 from .errors import AdapterhubError, IntegrityError, InvalidInput
 from .merge import _TORCH_NAMES, LazyTensors, merge_adapter, open_adapter_dir, parse_dtype, parse_shard_size
 from .plugins import Plugins, get_plugins
+from .registry.maintenance import check_out
 
 WEIGHTS = "adapter_model.safetensors"
-
-
-def check_out(out: str, force: bool) -> None:
-    """Refuse early (before any work) an ``out`` that exists and is not empty, unless ``force``."""
-    out = os.path.abspath(out)
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise AdapterhubError(f"{out} exists and is not a directory")
-        if os.listdir(out) and not force:
-            raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
 
 
 @contextmanager

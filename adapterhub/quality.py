@@ -26,7 +26,6 @@ This module does not import torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -63,33 +62,11 @@ class _Row:
 
 def _read(path: str, role: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Every line of ``path``: ``(line, obj)`` for JSON objects, malformed entries for the rest."""
-    name = os.path.basename(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise InvalidInput(f"data file {path} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"data file {path} is a directory") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read data file {path}: {exc.strerror}") from None
-    objs, bad = [], []
-    lines = raw.split(b"\n")
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            bad.append({"file": name, "line": n, "error": f"invalid JSON ({exc.__class__.__name__}: {str(exc)[:80]})"})
-            continue
-        if not isinstance(obj, dict):
-            bad.append({"file": name, "line": n, "error": f"expected a JSON object, got {type(obj).__name__}"})
-            continue
-        objs.append((n, obj))
-    info = {"role": role, "path": path, "file": name, "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
-            "lines": sum(1 for ln in lines if ln.strip())}
-    return objs, bad, info
+    from .data import scan_jsonl
+
+    rows, bad, lines = scan_jsonl(path)
+    info = {"role": role, "path": path, "file": os.path.basename(path), "digest": rows.digest, "lines": lines}
+    return rows.rows, bad, info
 
 
 def infer_task(objs: list[tuple[int, Any]]) -> str:

@@ -114,7 +114,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     from . import api, data
     from .modeling import TASK_TYPES, check_base_dir, load_base_model, load_tokenizer
     from .plugins import get_plugins
-    from .registry.maintenance import prepare_out
+    from .registry.maintenance import check_out
 
     plugins = plugins or get_plugins()
     started = time.time()
@@ -132,7 +132,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         from .refs import validate_name
 
         validate_name(opts.push)
-    shutil.rmtree(prepare_out(opts.out, opts.force), ignore_errors=True)  # refuse a non-empty out early
+    check_out(opts.out, opts.force)  # refuse a non-empty out before any work
     precision = _mixed_precision(opts.mixed_precision)
 
     # data: read, check, tokenize

@@ -234,6 +234,16 @@ def is_conv1d(module: Any) -> bool:
     return conv1d is not None and isinstance(module, conv1d)
 
 
+def in_out_features(module: Any) -> tuple[int, int]:
+    """``(in, out)`` of a Linear (its ``in_features``/``out_features``: right also for quantized subclasses
+    whose ``weight`` is packed, e.g. bitsandbytes' 4-bit layers) or a Conv1D (weight (in, out))."""
+    if is_conv1d(module):
+        return module.weight.shape[0], module.weight.shape[1]
+    if isinstance(getattr(module, "in_features", None), int) and isinstance(getattr(module, "out_features", None), int):
+        return module.in_features, module.out_features
+    return module.weight.shape[1], module.weight.shape[0]
+
+
 def _conv1d() -> type | None:
     try:
         from transformers.pytorch_utils import Conv1D

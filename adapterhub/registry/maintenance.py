@@ -20,15 +20,21 @@ from .registry import Registry, check_relpath
 DEFAULT_GC_GRACE = 600.0  # seconds: blobs of a push still in flight are younger than this
 
 
-def prepare_out(out: str, force: bool) -> str:
-    """Refuse an ``out`` that exists and is not empty (unless ``force``); return a fresh temp dir
-    beside it, on the same file system, so the final rename is atomic."""
+def check_out(out: str, force: bool) -> None:
+    """Refuse (before any work) an ``out`` that exists and is not empty, unless ``force``."""
     out = os.path.abspath(out)
     if os.path.exists(out):
         if not os.path.isdir(out):
             raise AdapterhubError(f"{out} exists and is not a directory")
         if os.listdir(out) and not force:
             raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
+
+
+def prepare_out(out: str, force: bool) -> str:
+    """Refuse an ``out`` that exists and is not empty (unless ``force``); return a fresh temp dir
+    beside it, on the same file system, so the final rename is atomic."""
+    check_out(out, force)
+    out = os.path.abspath(out)
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)

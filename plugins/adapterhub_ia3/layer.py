@@ -16,24 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-try:  # transformers' GPT-2 style layer: y = x @ W + b with W of shape (in, out)
-    from transformers.pytorch_utils import Conv1D
-except Exception:  # pragma: no cover - transformers is part of the torch extra
-    Conv1D = ()  # type: ignore[assignment]
+from adapterhub.tuners import in_out_features, is_conv1d, linear_types  # noqa: F401  (re-exported)
 
-#: module types (IA)³ can wrap
-LINEAR_TYPES = (nn.Linear,) + ((Conv1D,) if isinstance(Conv1D, type) else ())
+#: module types (IA)³ can wrap (nn.Linear and transformers' GPT-2 style Conv1D, weight (in, out))
+LINEAR_TYPES = linear_types()
 _UPCAST = (torch.float16, torch.bfloat16)
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    return isinstance(Conv1D, type) and isinstance(module, Conv1D)
-
-
-def in_out_features(module: nn.Module) -> tuple[int, int]:
-    """``(in, out)`` of a Linear (weight (out, in)) or Conv1D (weight (in, out))."""
-    w = module.weight
-    return (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
 
 
 def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:

@@ -23,29 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # transformers' GPT-2 style layer: y = x @ W + b with W of shape (in, out)
-    from transformers.pytorch_utils import Conv1D
-except Exception:  # pragma: no cover - transformers is part of the torch extra
-    Conv1D = ()  # type: ignore[assignment]
+from adapterhub.tuners import in_out_features, is_conv1d, linear_types  # noqa: F401  (re-exported)
 
-#: module types LoRA can wrap
-LINEAR_TYPES = (nn.Linear,) + ((Conv1D,) if isinstance(Conv1D, type) else ())
+#: module types LoRA can wrap (nn.Linear and transformers' GPT-2 style Conv1D, weight (in, out))
+LINEAR_TYPES = linear_types()
 #: adapter parameter dtype (PEFT upcasts fp16/bf16 adapters to fp32 by default)
 ADAPTER_DTYPE = torch.float32
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    return isinstance(Conv1D, type) and isinstance(module, Conv1D)
-
-
-def in_out_features(module: nn.Module) -> tuple[int, int]:
-    """``(in, out)`` of a Linear (its ``in_features``/``out_features``: right also for quantized subclasses
-    whose ``weight`` is packed, e.g. bitsandbytes' 4-bit layers) or a Conv1D (weight (in, out))."""
-    if is_conv1d(module):
-        return module.weight.shape[0], module.weight.shape[1]
-    if isinstance(getattr(module, "in_features", None), int) and isinstance(getattr(module, "out_features", None), int):
-        return module.in_features, module.out_features
-    return module.weight.shape[1], module.weight.shape[0]
 
 
 def transpose(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
