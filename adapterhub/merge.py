@@ -12,10 +12,12 @@ How it works (peak memory stays near the largest tensor, never the model size):
    ``classifier``) gets the ``bert.`` prefix, and the head's tensors (``modules_to_save``) are added. A tied
    output embedding that the adapter changes is untied (both tensors written, ``tie_word_embeddings=false``);
    a saved embedding larger than the base's (a resized vocabulary) replaces it and updates ``vocab_size``.
-2. **Write** each shard with a streaming safetensors writer: the header first (sizes are known from the
-   plan), then for each tensor: read it from the base file (a positioned read into one buffer: unlike an
-   mmap, read pages never count towards this process' RSS), cast it to the target dtype, call
-   ``method.merge_tensor`` and append its bytes, hashing as it goes.
+2. **Write** each shard (:mod:`adapterhub.mergewriter`): the header first (every tensor's offset is known from
+   the plan), then the tensors at their offsets, by several threads in any order. Untouched tensors are
+   copied inside the kernel; the others are read from the base file (a positioned read into a reused
+   buffer: unlike an mmap, read pages never count towards this process' RSS), cast to the target dtype,
+   merged by ``method.merge_tensor`` (in place where the method allows) and written back; file digests
+   are computed as the files fill.
 3. Everything lands in a temp dir beside ``out``, renamed into place at the end; on any error (a full disk
    included) nothing is left behind.
 
@@ -43,7 +45,7 @@ from .checkpoint import LoadedAdapter, load_json, write_json
 from .errors import AdapterhubError, InvalidInput
 from .fingerprint import INDEX, find_weight_files
 from .stheader import DTYPE_SIZES, read_header
-from .stio import _TORCH_NAMES, _BaseReader, _fixed_mmap_threshold, _header, _Writer, st_dtype, torch_dtype
+from .stio import _TORCH_NAMES, _BaseReader, _header, st_dtype  # noqa: F401  (re-exported)
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_SHARD_SIZE = 5 * 10**9
@@ -328,128 +330,7 @@ def open_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
     return LoadedAdapter(method, config, LazyTensors(weights), manifest)
 
 
-# -- writing ----------------------------------------------------------------------------------------------
-def shard(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
-    """Greedy in order: a new shard when the next tensor would overflow (a huge tensor gets its own)."""
-    shards: list[list[Entry]] = [[]]
-    size = 0
-    for e in entries:
-        if shards[-1] and size + e.nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(e)
-        size += e.nbytes
-    return shards
-
-
-def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: int,
-                progress: Progress | None = None, hash_files: bool = True, base_transform: Any = None) -> dict[str, Any]:
-    """Write the shards (and index) of ``plan`` into ``out_dir``; returns files (with sha256 when
-    ``hash_files``) and tensor counts. ``base_transform`` (see :func:`base_transform_for`) rewrites the base
-    tensors it ``applies`` to before they are merged (or written untouched)."""
-    import torch
-
-    _fixed_mmap_threshold()
-    groups = shard(plan.entries, shard_bytes)
-    n = len(groups)
-    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    reader, writer, files = _BaseReader(), _Writer(), []
-    counts = {"merged": 0, "untouched": 0, "added": 0, "transformed": 0}
-    method, config, tensors = adapter.method, adapter.config, adapter.tensors
-    modules = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
-    modules = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)}
-    # [lora-merge speed] leave a core to the writer thread: torch ops with as many threads as cores stall at
-    # every parallel region while the writer (or any other process) holds a core (4-10x slower merges on 2
-    # cores); restored below
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, torch_threads - 1))
-    ok = False
-    try:
-        for fname, group in zip(names, groups):
-            h = hashlib.sha256() if hash_files else None
-            with open(os.path.join(out_dir, fname), "wb") as f:
-                head = _header(group)
-                writer.put(f, h, head)
-                size = len(head)
-                for e in group:
-                    want = torch_dtype(e.dtype)
-                    transform = (base_transform is not None and e.base_path is not None and not e.adapter_key
-                                 and base_transform.applies(e.name))
-                    fast = (e.base_path is not None and not e.adapter_key and e.name.rsplit(".", 1)[0] not in modules
-                            and PEFT_PREFIX + e.name not in tensors and not transform)
-                    if fast:  # untouched: stream it through in chunks (cast per chunk if the dtype changes)
-                        for data in reader.chunks(e.base_path, e.base_info, want):
-                            writer.put(f, h, data)
-                            size += len(data)
-                        counts["untouched"] += 1
-                        if progress:
-                            progress(1)
-                        continue
-                    if e.base_path is None or e.adapter_key:  # provided by the adapter (head, resized vocab)
-                        t = tensors[e.adapter_key]
-                        result = method.merge_tensor(e.name, torch.empty(t.shape, dtype=want), tensors, config)
-                        result = t.to(want) if result is None else result
-                        counts["added" if e.base_path is None else "merged"] += 1
-                    else:
-                        base = reader.read(e.base_path, e.base_info)
-                        if transform:
-                            base = base_transform(e.name, base)
-                            counts["transformed"] += 1
-                        if base.dtype != want:
-                            base = base.to(want)
-                        result = method.merge_tensor(e.name, base, tensors, config)
-                        if result is None:
-                            result = base
-                            counts["untouched"] += 1
-                        else:
-                            counts["merged"] += 1
-                        del base
-                    if tuple(result.shape) != e.shape or result.dtype != want:
-                        raise AdapterhubError(f"merging '{e.name}' gave {result.dtype} {tuple(result.shape)}, "
-                                              f"expected {want} {e.shape}")
-                    data = memoryview(result.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-                    writer.put(f, h, data)  # the view keeps the tensor alive until written
-                    size += len(data)
-                    del result, data
-                    if progress:
-                        progress(1)
-                _drain(writer)
-            files.append({"path": fname, "sha256": h.hexdigest() if h else None, "size": size})
-        ok = True
-    finally:
-        try:
-            writer.close(raise_error=ok)  # after a failure, the original error is the one to report
-        finally:
-            reader.close()
-            torch.set_num_threads(torch_threads)  # [lora-merge speed]
-    if n > 1:
-        index = {"metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
-                 "weight_map": {e.name: fname for fname, g in zip(names, groups) for e in g}}
-        files.append(_write_small(out_dir, INDEX, index))
-    return {"files": files, "counts": counts}
-
-
-def _drain(writer: _Writer) -> None:
-    """Wait until the writer has written everything queued (before its file is closed)."""
-    import threading
-
-    done = threading.Event()
-    writer.q.put((_Done(done), None, b""))
-    done.wait()
-    if writer.error is not None:
-        raise writer.error
-
-
-class _Done:
-    """A pseudo file whose write signals that every earlier buffer has been written."""
-
-    def __init__(self, event: Any):
-        self.event = event
-
-    def write(self, _data: Any) -> None:
-        self.event.set()
-
-
+# -- writing (adapterhub.mergewriter) ------------------------------------------------------------------
 def _write_small(out_dir: str, name: str, obj: Any) -> dict[str, Any]:
     path = os.path.join(out_dir, name)
     write_json(path, obj)
@@ -498,6 +379,7 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
     ``out`` (atomically). No fingerprint check here: :func:`merge_ref` does it. ``on_plan(n)`` is called
     with the number of tensors before writing starts (for a progress bar). ``onto``: for an adapter trained
     on a quantized base, merge onto the dequantized (default) or the original weights."""
+    from .mergewriter import write_model
     from .registry.maintenance import atomic_out
 
     start = time.monotonic()

@@ -107,9 +107,13 @@ class Method:
         raise NotImplementedError
 
     # -- optional ------------------------------------------------------------------------------
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         """Return ``base_tensor`` with the adapter merged in, or ``None`` if the adapter does not touch
-        it. Used by the streaming merge, one base tensor at a time."""
+        it. Used by the streaming merge, one base tensor at a time. With ``inplace=True`` the caller owns
+        ``base_tensor`` (a scratch buffer) and the method may merge into it and return it, sparing a
+        full-size allocation per tensor; without it, ``base_tensor`` must be left unchanged. (The merge
+        passes ``inplace`` only to methods whose ``merge_tensor`` has that parameter.)"""
         raise AdapterhubError(
             f"method '{self.name}' cannot merge into base weights; export it and load it at run time instead"
         )

@@ -1,9 +1,11 @@
 """Streaming safetensors I/O for tensor-by-tensor rewrites (the merge): positioned reads of one tensor at a
-time (read pages never count towards RSS the way mmapped ones do), a header written before the data, and a
-background writer thread that overlaps file writes and hashing with the next tensor's work."""
+time into a reused buffer (read pages never count towards RSS the way mmapped ones do), positioned writes so
+that several threads fill one preallocated file in any order, in-kernel copies of unchanged tensors, and a
+hasher that follows each file's written prefix."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -45,25 +47,44 @@ def _header(entries: list[Any]) -> bytes:
 
 
 class _BaseReader:
-    """Reads one base tensor at a time with positioned reads (files opened once)."""
+    """Reads one base tensor at a time with positioned reads (files opened once; safe to share between
+    threads: positioned reads have no file offset to race on)."""
 
     def __init__(self):
+        import threading
+
         self.files: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
-    def read(self, path: str, info: Any):
-        import torch
-
+    def fd(self, path: str) -> int:
         f = self.files.get(path)
         if f is None:
-            f = self.files[path] = open(path, "rb", buffering=0)
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
-        view, done = memoryview(buf.numpy()), 0
+            with self._lock:
+                f = self.files.get(path)
+                if f is None:
+                    f = self.files[path] = open(path, "rb", buffering=0)
+        return f.fileno()
+
+    def read(self, path: str, info: Any, buf: Any = None):
+        """The tensor ``info`` of the file ``path``, read into ``buf`` (a uint8 torch tensor of at least
+        ``info.nbytes`` bytes, reused by the caller) or into a new buffer."""
+        import torch
+
+        if buf is None:
+            buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        buf = buf[: info.nbytes]
+        fd, view, done = self.fd(path), memoryview(buf.numpy()), 0
         while done < info.nbytes:
-            n = os.preadv(f.fileno(), [view[done:]], info.start + done)
+            n = os.preadv(fd, [view[done:]], info.start + done)
             if not n:
                 raise InvalidInput(f"{os.path.basename(path)}: truncated while reading '{info.name}'")
             done += n
         return buf.view(torch_dtype(info.dtype)).reshape(info.shape)
+
+    def copy_span(self, path: str, start: int, end: int, dst_fd: int, dst_offset: int) -> None:
+        """Copy bytes ``start:end`` of ``path`` unchanged to ``dst_fd`` at ``dst_offset``, inside the kernel
+        where it can (``copy_file_range``: no user-space buffer, no torch); else through one buffer."""
+        copy_range(self.fd(path), start, dst_fd, dst_offset, end - start, f"{os.path.basename(path)}: truncated")
 
     def chunks(self, path: str, info: Any, want: Any):
         """The tensor's bytes in pieces of about COPY_CHUNK, cast to ``want`` piece by piece if needed."""
@@ -85,46 +106,112 @@ class _BaseReader:
             f.close()
 
 
-class _Writer:
-    """Appends byte buffers to the open shard in a background thread (file writes and sha256 release the
-    GIL, so they overlap the next tensor's merge); at most ``depth`` buffers wait, bounding memory."""
+COPY_CHUNK = 16 << 20
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
 
-    def __init__(self, depth: int = 1):
-        import queue
+
+def pwrite_all(fd: int, data: Any, offset: int) -> None:
+    """Write all of ``data`` (a bytes-like object) at ``offset``."""
+    view, done = memoryview(data).cast("B"), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, n: int, truncated: str) -> None:
+    """Copy ``n`` bytes between two files at the given offsets: ``os.copy_file_range`` (in the kernel, the
+    GIL released), falling back to reads and writes through one buffer where the kernel or the filesystem
+    cannot (other platforms, some filesystem pairs). ``truncated``: the error when the source ends early."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < n:
+                got = os.copy_file_range(src_fd, dst_fd, min(n - done, 1 << 30), src_offset + done, dst_offset + done)
+                if not got:
+                    raise InvalidInput(truncated)
+                done += got
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_FILE_RANGE:
+                raise
+    buf = bytearray(min(COPY_CHUNK, max(1, n - done)))
+    view = memoryview(buf)
+    while done < n:
+        got = os.preadv(src_fd, [view[: min(len(buf), n - done)]], src_offset + done)
+        if not got:
+            raise InvalidInput(truncated)
+        pwrite_all(dst_fd, view[:got], dst_offset + done)
+        done += got
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes for the file (a full disk fails here, before any work), or at least set its
+    size where the filesystem cannot reserve space."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise
+        os.ftruncate(fd, size)
+
+
+class RegionHasher:
+    """sha256 of files written out of order (regions at known offsets, by several threads): a thread
+    follows each file's contiguous written prefix, reading it back (from the page cache) as it grows, so
+    hashing overlaps the writing. ``done(fd, start, end)`` marks a region written; :meth:`result` waits."""
+
+    def __init__(self, files: list[tuple[int, int]]):
         import threading
 
-        self.q: Any = queue.Queue(maxsize=depth)
+        self.files = files  # (fd, size) in hashing order
+        self.regions: dict[int, dict[int, int]] = {fd: {} for fd, _ in files}
+        self.cond = threading.Condition()
+        self.failed = False
+        self.digests: list[str] = []
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="merge-writer", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="merge-hasher", daemon=True)
         self.thread.start()
 
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            f, h, data = item
-            if self.error is None:
-                try:
-                    f.write(data)
-                    if h is not None:
-                        h.update(data)
-                except BaseException as exc:  # reported by the next put / close
-                    self.error = exc
+    def done(self, fd: int, start: int, end: int) -> None:
+        with self.cond:
+            self.regions[fd][start] = end
+            self.cond.notify_all()
 
-    def put(self, f: Any, h: Any, data: Any) -> None:
+    def fail(self) -> None:
+        with self.cond:
+            self.failed = True
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        import hashlib
+
+        buf = bytearray(32 << 20)  # large reads: fewer trips for the GIL
+        view = memoryview(buf)
+        try:
+            for fd, size in self.files:
+                h, pos = hashlib.sha256(), 0
+                while pos < size:
+                    with self.cond:
+                        while pos not in self.regions[fd] and not self.failed:
+                            self.cond.wait()
+                        if self.failed:
+                            return
+                        end = self.regions[fd].pop(pos)
+                    while pos < end:
+                        got = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+                        if not got:
+                            raise OSError(errno.EIO, "short read while hashing the merged output")
+                        h.update(view[:got])
+                        pos += got
+                self.digests.append(h.hexdigest())
+        except BaseException as exc:  # reported by result()
+            self.error = exc
+
+    def result(self) -> list[str]:
+        """The files' hex digests, in order (after every region was marked done)."""
+        self.thread.join()
         if self.error is not None:
             raise self.error
-        self.q.put((f, h, data))
-
-    def close(self, raise_error: bool = True) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None and raise_error:
-            raise self.error
-
-
-COPY_CHUNK = 16 << 20
+        return self.digests
 
 
 def _fixed_mmap_threshold() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import re
 import sys
@@ -221,6 +222,7 @@ class TunerMethod(Method):
 
 
 # -- module types (torch imported on call) -----------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def linear_types() -> tuple[type, ...]:
     """``nn.Linear`` and, when transformers is installed, its GPT-2 style ``Conv1D`` (weight ``(in, out)``)."""
     from torch import nn
@@ -244,6 +246,7 @@ def in_out_features(module: Any) -> tuple[int, int]:
     return module.weight.shape[1], module.weight.shape[0]
 
 
+@functools.lru_cache(maxsize=None)
 def _conv1d() -> type | None:
     try:
         from transformers.pytorch_utils import Conv1D

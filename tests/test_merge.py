@@ -128,6 +128,50 @@ def test_merged_tensors_equal_peft_merge_and_unload(case, dtype, built, tmp_path
     assert r["tensors_merged"] >= 2 and r["tensors_untouched"] > 0 and not r["untied"]
 
 
+@pytest.mark.parametrize("schedule", ["mergers-first", "stager-first", "no-copy_file_range", "one-thread"])
+def test_any_thread_schedule_gives_the_same_bits(schedule, built, tmp_path, monkeypatch):
+    """The writer's threads (the stager copying untouched and to-be-merged base bytes, the merging threads
+    writing merged values over them) meet in any order; force the extremes and the fallbacks and compare
+    with peft bit for bit (the tiny Llama interleaves untouched norms with merged projections)."""
+    import threading
+
+    import adapterhub.mergewriter as mw
+
+    _, ad, _ = built("llama-lora")
+    base = save_base(tm.MODELS["llama"](dtype=torch.bfloat16), tmp_path / "base-bf16")  # no casts: bytes copied
+    stage, merge = mw._Run.stage, mw._Run.merge
+    staged = threading.Event()
+    if schedule == "mergers-first":  # every tensor to merge is taken before the stager starts
+        def late_stage(self):
+            while self.next_merge < len(self.merges) and self.error is None:
+                threading.Event().wait(0.001)
+            stage(self)
+        monkeypatch.setattr(mw._Run, "stage", late_stage)
+    elif schedule == "stager-first":  # the stager has copied everything before any merge
+        def early_stage(self):
+            stage(self)
+            staged.set()
+
+        def late_merge(self):
+            staged.wait()
+            merge(self)
+        monkeypatch.setattr(mw._Run, "stage", early_stage)
+        monkeypatch.setattr(mw._Run, "merge", late_merge)
+    elif schedule == "no-copy_file_range":  # e.g. another filesystem: reads and writes through a buffer
+        def refuse(*a):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    else:
+        monkeypatch.setenv("ADAPTERHUB_MERGE_THREADS", "1")
+    r = merge_adapter(load_adapter_dir(ad, test_plugins()), base, str(tmp_path / "m"))
+    bf16_base = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, local_files_only=True)
+    expected = peft.PeftModel.from_pretrained(bf16_base, ad).merge_and_unload()
+    got = load_merged(tmp_path / "m", torch.bfloat16).state_dict()
+    bad = [k for k, v in expected.state_dict().items() if not torch.equal(got[k], v)]
+    assert not bad, bad[:5]
+    assert r["tensors_merged"] >= 2 and r["tensors_untouched"] > 0
+
+
 def test_bf16_base_without_dtype_stays_bf16(tmp_path):
     base = save_base(tm.tiny_llama(torch.bfloat16), tmp_path / "base")
     ad, _ = peft_adapter(tm.tiny_llama(torch.bfloat16), CASES["llama-dora"][1], tmp_path / "ad")

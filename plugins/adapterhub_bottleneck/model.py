@@ -41,7 +41,6 @@ from .layer import ADAPTER_DTYPE, PHMLinear, init_phm_rule, linear_bottleneck, p
 SHARED_RULE = "phm_rule"  # attribute of the root model holding compacter's shared PHM rule
 ADAPTER = "adapter"  # submodule name of the adapter inside the adapted module
 _STATE_ATTR = "_adapterhub_bottleneck"
-LINEAR_TYPES = tuners.linear_types()
 _LAYER_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
@@ -75,7 +74,7 @@ def candidate_names(model: nn.Module) -> list[str]:
     """The Linear/Conv1D module names, the part after the layer index (``self_attn.o_proj``), deduplicated."""
     names = set()
     for path, module in model.named_modules():
-        if path and isinstance(module, LINEAR_TYPES):
+        if path and isinstance(module, tuners.linear_types()):
             m = _LAYER_RE.search(path)
             names.add(path[m.end():] if m and m.end() < len(path) else path)
     return sorted(names)
@@ -83,7 +82,7 @@ def candidate_names(model: nn.Module) -> list[str]:
 
 def _default_pattern(model: nn.Module, style: str, method: str) -> str:
     """The built-in placement for ``model``: the first table family whose modules the model has."""
-    linear = [p for p, m in model.named_modules() if p and isinstance(m, LINEAR_TYPES)]
+    linear = [p for p, m in model.named_modules() if p and isinstance(m, tuners.linear_types())]
     for placement in PLACEMENTS:
         has_ffn = any(re.fullmatch(placement.regex([placement.ffn]), p) for p in linear)
         has_attn = any(re.fullmatch(placement.regex([placement.attention]), p) for p in linear)
@@ -103,7 +102,7 @@ def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[Adapt
     if pattern is None:
         pattern = _default_pattern(model, config.style, method)
     matched = tuners.match_modules(
-        model, pattern, types=LINEAR_TYPES, field="target_layers", exclude=mts, literal=True,
+        model, pattern, types=tuners.linear_types(), field="target_layers", exclude=mts, literal=True,
         wraps=f"{method} adapters go after Linear or Conv1D projections", candidates=lambda: candidate_names(model),
     )
 

@@ -47,10 +47,11 @@ class IA3Method(TunerMethod):
         return from_peft_dict(peft_config)
 
     # -- model -----------------------------------------------------------------------------------------
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor`` (weights and, for attention
         layers, biases are scaled); ``None`` if untouched. ``config`` must be the effective config."""
-        return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
+        return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
         """``how="linear"``: each vector becomes ``sum_i weights[i] * l_i`` (PEFT's IA3

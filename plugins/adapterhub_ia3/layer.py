@@ -16,10 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapterhub.tuners import in_out_features, is_conv1d, linear_types  # noqa: F401  (re-exported)
+from adapterhub.tuners import in_out_features, is_conv1d  # noqa: F401  (re-exported)
 
-#: module types (IA)³ can wrap (nn.Linear and transformers' GPT-2 style Conv1D, weight (in, out))
-LINEAR_TYPES = linear_types()
 _UPCAST = (torch.float16, torch.bfloat16)
 
 

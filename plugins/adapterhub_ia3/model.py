@@ -20,7 +20,7 @@ from adapterhub.tuners import PEFT_PREFIX as PREFIX
 from adapterhub.tuners import Attached  # what attach changed, kept on the model
 
 from .config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, IA3Config
-from .layer import LINEAR_TYPES, IA3Linear, merge_bias, merge_weight, upcast
+from .layer import IA3Linear, merge_bias, merge_weight, upcast
 
 SUFFIX = ".ia3_l"
 _STATE_ATTR = "_adapterhub_ia3"
@@ -28,7 +28,7 @@ _STATE_ATTR = "_adapterhub_ia3"
 
 def candidate_names(model: nn.Module) -> list[str]:
     """The distinct last names of the Linear/Conv1D modules (what ``target_modules`` usually lists)."""
-    return tuners.candidate_names(model, LINEAR_TYPES)
+    return tuners.candidate_names(model, tuners.linear_types())
 
 
 def resolve(model: nn.Module, config: IA3Config) -> tuple[IA3Config, list[str], list[str]]:
@@ -49,7 +49,7 @@ def resolve(model: nn.Module, config: IA3Config) -> tuple[IA3Config, list[str], 
             hint="a subset of target_modules, or [] for none",
         )
     matched = tuners.select_targets(
-        model, target_modules, types=LINEAR_TYPES, method="ia3", exclude=mts, task_type=config.task_type
+        model, target_modules, types=tuners.linear_types(), method="ia3", exclude=mts, task_type=config.task_type
     )
     saved = tuners.modules_to_save_paths(model, mts)
     ffo = tuners.fan_in_fan_out(model, matched, config.fan_in_fan_out, method="ia3", changes=changes)
@@ -100,9 +100,11 @@ def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], method: 
 
 
 # -- streaming merge -------------------------------------------------------------------------------------
-def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: IA3Config):
+def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: IA3Config,
+                 inplace: bool = False):
     """``base`` (named as in the base model's safetensors) with the adapter merged in, bit for bit what
-    ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it."""
+    ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it. (``inplace`` is
+    accepted and unused: the result is always a new tensor.)"""
     saved = tuners.saved_copy(name, base, tensors)
     if saved is not None:  # a modules_to_save copy replaces the base tensor
         return saved

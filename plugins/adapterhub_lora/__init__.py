@@ -50,9 +50,10 @@ class LoraMethod(TunerMethod):
         return from_peft_dict(peft_config)
 
     # -- model -----------------------------------------------------------------------------------------
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor``; ``None`` if untouched."""
-        return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
+        return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
     # -- several adapters ------------------------------------------------------------------------------
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):

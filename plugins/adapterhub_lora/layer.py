@@ -23,10 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterhub.tuners import in_out_features, is_conv1d, linear_types  # noqa: F401  (re-exported)
+from adapterhub.tuners import in_out_features, is_conv1d  # noqa: F401  (re-exported)
 
-#: module types LoRA can wrap (nn.Linear and transformers' GPT-2 style Conv1D, weight (in, out))
-LINEAR_TYPES = linear_types()
 #: adapter parameter dtype (PEFT upcasts fp16/bf16 adapters to fp32 by default)
 ADAPTER_DTYPE = torch.float32
 
@@ -68,10 +66,12 @@ def merge_weight(
     scaling: float,
     fan_in_fan_out: bool,
     magnitude: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The merged weight, bit for bit what PEFT's ``merge(safe_merge=False)`` leaves in the base layer.
 
-    base: W (out, in) or (in, out); returns a new tensor of ``base``'s shape and dtype.
+    base: W (out, in) or (in, out); returns a new tensor of ``base``'s shape and dtype, or ``out`` (which
+    may be ``base`` itself: the streaming merge merges into its read buffer) for LoRA.
     LoRA: ``W += delta`` (in place, so a bf16 W gets round(fp32(W) + delta)).
     DoRA: ``(m / ||W + delta||_row) * (W + delta)`` computed in the promoted dtype, then cast to W's dtype.
     """
@@ -85,7 +85,8 @@ def merge_weight(
         # bf16/fp16/fp32/fp64 W, fp32 and bf16 adapters, fan_in_fan_out both ways, 1 and 2 threads).
         w = base.detach()
         rows, cols = w.shape
-        out = torch.empty(w.shape, dtype=w.dtype)
+        if out is None:
+            out = torch.empty(w.shape, dtype=w.dtype)
         step = min(rows, max(2, (1 << 17) // max(1, cols)))  # >= 2 rows: see below
         bounds, i = [], 0
         while i < rows:
@@ -115,11 +116,13 @@ def merge_weight(
                 torch.mm(lora_B[i:j], lora_A, out=d)
             d.mul_(scaling)
             d.add_(w[i:j])  # fp32 addition commutes: == fp32(W) + delta
-            out[i:j].copy_(d)
+            out[i:j].copy_(d)  # (when out is w, rows i:j of w were read above and are not read again)
         return out
     delta = delta_weight(lora_A, lora_B, scaling, fan_in_fan_out)
     if magnitude is None:
-        out = base.detach().clone()
+        out = base.detach().clone() if out is None else out
+        if out is not base:
+            out.copy_(base)
         out += delta
         return out
     norm = weight_norm(base, transpose(delta, fan_in_fan_out), 1, fan_in_fan_out).detach()  # (out,)

@@ -21,7 +21,7 @@ from adapterhub.tuners import PEFT_PREFIX as PREFIX
 from adapterhub.tuners import Attached  # what attach changed, kept on the model
 
 from .config import DEFAULT_TARGETS, LoraConfig
-from .layer import LINEAR_TYPES, LoraLinear, merge_weight
+from .layer import LoraLinear, merge_weight
 
 _STATE_ATTR = "_adapterhub_lora"  # lora, dora (and methods built on them) share one slot
 _set_submodule = tuners.set_submodule  # used by .multi
@@ -29,7 +29,7 @@ _set_submodule = tuners.set_submodule  # used by .multi
 
 def candidate_names(model: nn.Module) -> list[str]:
     """The distinct last names of the Linear/Conv1D modules (what ``target_modules`` usually lists)."""
-    return tuners.candidate_names(model, LINEAR_TYPES)
+    return tuners.candidate_names(model, tuners.linear_types())
 
 
 def resolve(model: nn.Module, config: LoraConfig) -> tuple[LoraConfig, list[str], list[str]]:
@@ -44,7 +44,7 @@ def resolve(model: nn.Module, config: LoraConfig) -> tuple[LoraConfig, list[str]
             hint=lambda: f"candidates: {', '.join(candidate_names(model))}",
         )
     matched = tuners.select_targets(
-        model, target_modules, types=LINEAR_TYPES, method="lora", exclude=mts, task_type=config.task_type
+        model, target_modules, types=tuners.linear_types(), method="lora", exclude=mts, task_type=config.task_type
     )
     saved = tuners.modules_to_save_paths(model, mts)
     ffo = tuners.fan_in_fan_out(model, matched, config.fan_in_fan_out, method="lora", changes=changes)
@@ -107,9 +107,11 @@ def _fp32(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig):
+def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig,
+                 inplace: bool = False):
     """``base`` (named as in the base model's safetensors) with the adapter merged in, bit for bit what
-    ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it."""
+    ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it. ``inplace``:
+    the result may be written into ``base`` itself (the caller owns it)."""
     saved = tuners.saved_copy(name, base, tensors)
     if saved is not None:  # a modules_to_save copy replaces the base tensor
         return saved
@@ -139,4 +141,4 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
                 f"use the effective config (fan_in_fan_out={not ffo})"
             )
         raise InvalidInput(f"base '{name}' has shape {tuple(base.shape)} but the adapter expects {layout}{hint}")
-    return merge_weight(base, a, b, config.scaling_for(path), ffo, magnitude)
+    return merge_weight(base, a, b, config.scaling_for(path), ffo, magnitude, out=base if inplace else None)
