@@ -9,14 +9,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import urlparse
 
 from . import config
 from .errors import BaseMismatch, InvalidInput
 from .plugins import Plugins, get_plugins
 from .registry.blobs import Progress
-from .registry.registry import ParentSpec, Published, Registry
+
+if TYPE_CHECKING:  # pragma: no cover - the registry module imports SQLAlchemy: loaded on use
+    from .registry.registry import ParentSpec, Published, Registry
 
 
 def open_store(url: str, plugins: Plugins | None = None):
@@ -34,6 +36,8 @@ def open_registry(home: str | None = None, plugins: Plugins | None = None, remot
     home = config.home_dir(home)
     spec = remotes.get_remote(home, remote) if remote else remotes.env_registry()
     if spec:
+        from .registry.registry import Registry
+
         return Registry(spec["db"], open_store(spec["store"], plugins), label=remote or "team")
     return local_registry(home, plugins)
 
@@ -41,6 +45,8 @@ def open_registry(home: str | None = None, plugins: Plugins | None = None, remot
 def local_registry(home: str | None = None, plugins: Plugins | None = None) -> Registry:
     """The local registry under ``home``, whatever remotes or environment variables say."""
     home = config.home_dir(home)
+    from .registry.registry import Registry
+
     return Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local")
 
 

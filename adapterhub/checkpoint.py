@@ -17,12 +17,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import InvalidInput
 from .registry.blobs import Progress, hash_file
-from .registry.registry import LocalFile, check_relpath
+
+if TYPE_CHECKING:  # pragma: no cover - the registry module imports SQLAlchemy: loaded where it is used
+    from .registry.registry import LocalFile
 from .stheader import read_header
 
 MANIFEST = "adapterhub.json"
@@ -45,6 +47,12 @@ class AdapterSource:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _check_relpath(rel: str) -> str:
+    from .registry.registry import check_relpath
+
+    return check_relpath(rel)
+
+
 def list_files(src: str) -> list[tuple[str, str]]:
     """``(relative posix path, absolute path)`` of every regular file under ``src``."""
     out = []
@@ -57,7 +65,7 @@ def list_files(src: str) -> list[tuple[str, str]]:
             rel = os.path.relpath(full, src).replace(os.sep, "/")
             if not os.path.isfile(full):  # dangling symlink, socket, fifo ...
                 raise InvalidInput(f"{rel} in {src} is not a regular file")
-            out.append((check_relpath(rel), full))
+            out.append((_check_relpath(rel), full))
     return out
 
 
@@ -84,6 +92,8 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
         source.manifest, source.format = _read_manifest(src, plugins)
         for rel, full in entries:
             digest, size = hash_file(full, progress)
+            from .registry.registry import LocalFile
+
             source.files.append(LocalFile(rel, full, digest, size))
     except BaseException:
         source.cleanup()
@@ -166,7 +176,7 @@ def save_adapter(out: str, manifest: dict[str, Any], tensors: dict[str, Any],
     maps names to text contents (e.g. a README)."""
     from safetensors.torch import save_file
 
-    from .registry.maintenance import atomic_out
+    from .outdir import atomic_out
 
     manifest = dict(manifest)
     manifest.setdefault("adapterhub_version", __version__)

@@ -25,7 +25,7 @@ from .checkpoint import LoadedAdapter, method_and_config, write_json
 from .errors import AdapterhubError, IntegrityError, InvalidInput
 from .merge import _TORCH_NAMES, LazyTensors, merge_adapter, open_adapter_dir, parse_dtype, parse_shard_size
 from .plugins import Plugins, get_plugins
-from .registry.maintenance import check_out
+from .outdir import check_out
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -131,7 +131,7 @@ def _restore(reg: Any, key: tuple, out: str, force: bool) -> tuple[dict | None, 
 
     from .registry import schema as t
     from .registry.blobs import copy_verified, verify_blob
-    from .registry.maintenance import atomic_out
+    from .outdir import atomic_out
 
     with reg.read() as conn:
         row = conn.execute(sa.select(t.merged_models).where(_where(t, key))).first()
@@ -194,7 +194,7 @@ def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: P
     from safetensors.torch import save_file
 
     from .registry.blobs import hash_file
-    from .registry.maintenance import atomic_out
+    from .outdir import atomic_out
 
     check_out(out, force)
     with open_adapter(reg, ref, plugins) as (adapter, info):

@@ -380,7 +380,7 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
     with the number of tensors before writing starts (for a progress bar). ``onto``: for an adapter trained
     on a quantized base, merge onto the dequantized (default) or the original weights."""
     from .mergewriter import write_model
-    from .registry.maintenance import atomic_out
+    from .outdir import atomic_out
 
     start = time.monotonic()
     _check_mergeable(adapter, ref)

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import AdapterhubError
 from .fingerprint import INDEX
+from .stheader import DTYPE_SIZES, TensorInfo
 from .stio import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
+from .tuners import row_blocks
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import LoadedAdapter
@@ -135,13 +137,8 @@ class _Run:
         the stager needs meanwhile)."""
         with self.torch_lock:
             if self.torch is None:
-                enabled = gc.isenabled()
-                gc.disable()  # importing torch makes ~10^5 objects: the collector's passes cost ~0.1 s
-                try:
-                    import torch
-                finally:
-                    if enabled:
-                        gc.enable()
+                import torch  # (with the collector off: see write_model)
+
                 self.torch_threads = torch.get_num_threads()
                 torch.set_num_threads(1)
                 self.torch = torch
@@ -232,6 +229,8 @@ class _Run:
                 pwrite_all(job.fd, data, offset)
                 offset += len(data)
             return "untouched", False
+        elif self.by_rows(job, want, scratch):
+            return "merged", False
         else:
             if scratch[0] is None or scratch[0].numel() < e.base_info.nbytes:
                 scratch[0] = None
@@ -254,6 +253,35 @@ class _Run:
                                   f"expected {want} {e.shape}")
         pwrite_all(job.fd, result.detach().contiguous().reshape(-1).view(torch.uint8).numpy(), job.offset)
         return kind, transformed
+
+    def by_rows(self, job: _Job, want: Any, scratch: list[Any]) -> bool:
+        """Merge ``job``'s tensor in row blocks that stay in cache from read to write, when the method offers
+        it (:meth:`Method.row_merger`); False to merge the whole tensor instead."""
+        e = job.entry
+        if len(e.shape) != 2 or self.transforms(e) or e.shape[0] < 2:
+            return False
+        torch = self.torch
+        rows, cols = e.shape
+        blocks = row_blocks(rows, cols)
+        max_rows = max(j - i for i, j in blocks)
+        merge = self.method.row_merger(e.name, e.shape, want, self.tensors, self.config, max_rows)
+        if merge is None:
+            return False
+        src = torch_dtype(e.base_info.dtype)
+        in_row, out_row = cols * DTYPE_SIZES[e.base_info.dtype], cols * DTYPE_SIZES[e.dtype]
+        if scratch[0] is None or scratch[0].numel() < max_rows * max(in_row, out_row):
+            scratch[0] = None
+            scratch[0] = torch.empty(max_rows * max(in_row, out_row), dtype=torch.uint8)
+        cast = torch.empty((max_rows, cols), dtype=want) if src != want else None
+        start = e.base_info.start
+        for i, j in blocks:
+            part = TensorInfo(e.name, e.base_info.dtype, (j - i, cols), start + i * in_row, start + j * in_row)
+            block = self.reader.read(e.base_path, part, scratch[0])
+            if cast is not None:
+                block = cast[: j - i].copy_(block)
+            merge(block, i, j)
+            pwrite_all(job.fd, block.view(torch.uint8).numpy().reshape(-1), job.offset + i * out_row)
+        return True
 
     # -- which tensors ------------------------------------------------------------------------------------
     def transforms(self, e: Entry) -> bool:
@@ -284,6 +312,9 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     hasher: RegionHasher | None = None
     run: _Run | None = None
     ok = False
+    collecting = gc.isenabled()
+    gc.disable()  # every torch op makes tensor objects: the collector's passes over torch's ~10^5 module
+    # objects cost ~10% of a merge; the writer makes no cycles worth collecting
     try:
         jobs: list[_Job] = []
         for fname, group in zip(names, groups):
@@ -334,6 +365,8 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
                 run.torch.set_num_threads(run.torch_threads)
         for f in files:
             os.close(f["fd"])
+        if collecting:
+            gc.enable()
     out = [{k: f[k] for k in ("path", "sha256", "size")} for f in files]
     if n > 1:
         index = {"metadata": {"total_size": sum(e.nbytes for e in plan.entries)},

@@ -24,9 +24,9 @@ def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "d
     base (or with ``quantize`` or a ``probe`` file), compare the logits of the unmerged adapter on the base
     as it was trained with the merged result (:func:`probe_difference`; ``probe=False`` skips it)."""
     from .export import merge_ref, open_adapter
-    from .registry.maintenance import check_out
+    from .outdir import check_out
     from .plugins import get_plugins
-    from .registry.maintenance import prepare_out
+    from .outdir import prepare_out
 
     plugins = plugins or get_plugins()
     if onto not in ONTO:

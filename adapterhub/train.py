@@ -114,7 +114,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     from . import api, data
     from .modeling import TASK_TYPES, check_base_dir, load_base_model, load_tokenizer
     from .plugins import get_plugins
-    from .registry.maintenance import check_out
+    from .outdir import check_out
 
     plugins = plugins or get_plugins()
     started = time.time()

@@ -48,6 +48,7 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
     """Merge (``export.merge_ref``); with ``checked`` or ``quantize``, ``qmerge.merge_checked``: re-quantize,
     and compare logits for adapters trained on a quantized base (``probe``: None auto, False skip, a file)."""
     bar = TensorBar("merge")
+    registry = registry if registry is not None else _OnUse(lambda: app.registry)
     kwargs = dict(dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch, force=force,
                   use_cache=not no_cache, home=app.home, plugins=app.plugins, progress=bar.update,
                   on_plan=bar.start, onto=onto)
@@ -55,13 +56,24 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
         if quantize or checked:
             from ..qmerge import merge_checked
 
-            return merge_checked(registry or app.registry, ref, base, out, quantize=quantize,
+            return merge_checked(registry, ref, base, out, quantize=quantize,
                                  quantize_options=_parse_opts(quant_opts), probe=probe, **kwargs)
         from ..export import merge_ref
 
-        return merge_ref(registry or app.registry, ref, base, out, **kwargs)
+        return merge_ref(registry, ref, base, out, **kwargs)
     finally:
         bar.close()
+
+
+class _OnUse:
+    """The registry, opened on first use: merging an adapter directory needs none (opening one imports
+    SQLAlchemy and checks the schema: a tenth of a second on every merge)."""
+
+    def __init__(self, get):
+        self._get = get
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
 
 
 def _parse_opts(items) -> dict[str, str]:

@@ -2,75 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import time
-import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
 from ..errors import AdapterhubError, IntegrityError
 from . import schema as t
 from .blobs import Progress, copy_verified, verify_blob
+from ..outdir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
 from .registry import Registry, check_relpath
 
 DEFAULT_GC_GRACE = 600.0  # seconds: blobs of a push still in flight are younger than this
-
-
-def check_out(out: str, force: bool) -> None:
-    """Refuse (before any work) an ``out`` that exists and is not empty, unless ``force``."""
-    out = os.path.abspath(out)
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise AdapterhubError(f"{out} exists and is not a directory")
-        if os.listdir(out) and not force:
-            raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
-
-
-def prepare_out(out: str, force: bool) -> str:
-    """Refuse an ``out`` that exists and is not empty (unless ``force``); return a fresh temp dir
-    beside it, on the same file system, so the final rename is atomic."""
-    check_out(out, force)
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
-        os.mkdir(tmp)
-    except OSError as exc:
-        raise AdapterhubError(f"cannot write to {parent}: {exc.strerror}") from None
-    return tmp
-
-
-def finish_out(tmp: str, out: str) -> None:
-    """Move the finished temp dir into place (replacing an existing ``out``)."""
-    out = os.path.abspath(out)
-    old = None
-    if os.path.exists(out):
-        old = f"{tmp}.old"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_out(out: str, force: bool = False) -> Iterator[str]:
-    """A temp dir beside ``out`` that becomes ``out`` when the block succeeds. On any error nothing is left
-    behind, and an ``OSError`` (a full disk, a read-only file system) becomes one ``AdapterhubError`` line."""
-    tmp = prepare_out(out, force)
-    try:
-        yield tmp
-        finish_out(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise AdapterhubError(f"cannot write {os.path.abspath(out)}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def materialize(reg: Registry, ref: str, out: str, force: bool = False,

@@ -323,7 +323,7 @@ def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, A
     from adapterhub import api
     from adapterhub.modeling import check_base_dir
     from adapterhub.registry.blobs import hash_file
-    from adapterhub.registry.maintenance import atomic_out
+    from adapterhub.outdir import atomic_out
 
     check_base_dir(model_dir)
     if os.path.abspath(model_dir) == os.path.abspath(out_dir):

@@ -55,6 +55,11 @@ class LoraMethod(TunerMethod):
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor``; ``None`` if untouched."""
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
+    def row_merger(self, name: str, shape: tuple[int, ...], dtype: Any, adapter_tensors: dict[str, Any], config: Any,
+                   max_rows: int) -> Any:
+        """Row blocks of a LoRA weight merged in place (not DoRA, not ``modules_to_save`` copies)."""
+        return self._model().row_merger(name, tuple(shape), dtype, adapter_tensors, self._config(config), max_rows)
+
     # -- several adapters ------------------------------------------------------------------------------
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
         """A new ``(LoraConfig, tensors)`` from several LoRA adapters, combined in ΔW space

@@ -59,6 +59,43 @@ def weight_norm(weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float,
     return torch.linalg.norm(w, dim=1).to(w.dtype)
 
 
+def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_in_fan_out: bool, dtype: torch.dtype,
+               max_rows: int, cols: int):
+    """``merge(block, i, j)``: merge rows ``i:j`` of W (``block``, a ``(j - i, cols)`` tensor of ``dtype``) in
+    place, bit for bit as PEFT's ``W += delta`` does for those rows. Blocks need >= 2 rows (a 1-row GEMM goes
+    down MKL's GEMV path and can differ in the last bit; see :func:`adapterhub.tuners.row_blocks`).
+
+    Why blocks are exact: a block's delta is the same GEMM on a slice of B (of A's columns for
+    fan_in_fan_out); its k-dim is r, reduced the same way for every element whatever the row count >= 2;
+    then the same elementwise ops. Verified with torch.equal against the unblocked form (5632x2048 .. 1x7,
+    5x200000, r 1..256, bf16/fp16/fp32/fp64 W, fp32 and bf16 adapters, fan_in_fan_out both ways, 1 and 2
+    threads)."""
+    fast = lora_A.dtype == lora_B.dtype == torch.float32 and lora_A.device.type == lora_B.device.type == "cpu"
+    if not (fast and dtype in (torch.float32, torch.bfloat16, torch.float16)):  # bf16 adapters, fp64 W: the
+        def merge_ref(block: torch.Tensor, i: int, j: int) -> None:  # reference ops, block by block
+            if fan_in_fan_out:
+                block += delta_weight(lora_A[:, i:j], lora_B, scaling, True)
+            else:
+                block += delta_weight(lora_A, lora_B[i:j], scaling, False)
+        return merge_ref
+    # fp32 adapters: delta = (B @ A) * s in fp32, + W in fp32, rounded once to W's dtype: what the mixed
+    # dtype ``W += delta`` does, as same-layout passes over one fp32 buffer that stays in L2
+    buf = torch.empty((max_rows, cols), dtype=torch.float32)
+    a_t, b_t = (lora_A.T, lora_B.T) if fan_in_fan_out else (None, None)
+
+    def merge(block: torch.Tensor, i: int, j: int) -> None:
+        d = buf[: j - i]
+        if fan_in_fan_out:  # rows of W (in, out) are input features: delta[i:j] = A[:, i:j].T @ B.T
+            torch.mm(a_t[i:j], b_t, out=d)
+        else:
+            torch.mm(lora_B[i:j], lora_A, out=d)
+        d.mul_(scaling)
+        d.add_(block)  # fp32 addition commutes: == fp32(W) + delta
+        block.copy_(d)  # the block's rows were read above and are not read again
+
+    return merge
+
+
 def merge_weight(
     base: torch.Tensor,
     lora_A: torch.Tensor,
@@ -76,47 +113,18 @@ def merge_weight(
     DoRA: ``(m / ||W + delta||_row) * (W + delta)`` computed in the promoted dtype, then cast to W's dtype.
     """
     if magnitude is None and base.dim() == 2 and base.device.type == "cpu":
-        # Row blocks of W (128K elements: 512 KiB of fp32, stays in L2): no full-size fp32 delta or copy of W
-        # is ever made. Bit for bit the unblocked ``W += delta``: a block's delta is the same GEMM on a slice
-        # of B (of A's columns for fan_in_fan_out; the k-dim is r, reduced the same way for every element),
-        # then the same elementwise ops. One exception, avoided: a 1-row GEMM goes down MKL's GEMV path and
-        # can differ in the last bit, so blocks have >= 2 rows (a 1-row remainder joins the one before).
-        # Verified with torch.equal against the unblocked form (5632x2048 .. 1x7, 5x200000, r 1..256,
-        # bf16/fp16/fp32/fp64 W, fp32 and bf16 adapters, fan_in_fan_out both ways, 1 and 2 threads).
+        # row blocks of W (see row_kernel): no full-size fp32 delta or copy of W is ever made
+        from adapterhub.tuners import row_blocks
+
         w = base.detach()
-        rows, cols = w.shape
         if out is None:
             out = torch.empty(w.shape, dtype=w.dtype)
-        step = min(rows, max(2, (1 << 17) // max(1, cols)))  # >= 2 rows: see below
-        bounds, i = [], 0
-        while i < rows:
-            j = min(rows, i + step)
-            j = rows if rows - j == 1 else j  # never a 1-row block after the first
-            bounds.append((i, j))
-            i = j
-        fast = lora_A.dtype == lora_B.dtype == torch.float32 and lora_A.device.type == lora_B.device.type == "cpu"
-        if not (fast and w.dtype in (torch.float32, torch.bfloat16, torch.float16)):  # bf16 adapters, fp64 W: the
-            for i, j in bounds:  # reference ops, block by block
-                blk = out[i:j]
-                blk.copy_(w[i:j])
-                if fan_in_fan_out:
-                    blk += delta_weight(lora_A[:, i:j], lora_B, scaling, True)
-                else:
-                    blk += delta_weight(lora_A, lora_B[i:j], scaling, False)
-            return out
-        # fp32 adapters: delta = (B @ A) * s in fp32, + W in fp32, rounded once to W's dtype: what the mixed
-        # dtype ``W += delta`` does, as fast same-layout passes over one preallocated fp32 buffer
-        buf = torch.empty((step + 1, cols), dtype=torch.float32)
-        a_t, b_t = (lora_A.T, lora_B.T) if fan_in_fan_out else (None, None)
-        for i, j in bounds:
-            d = buf[: j - i]
-            if fan_in_fan_out:  # rows of W (in, out) are input features: delta[i:j] = A[:, i:j].T @ B.T
-                torch.mm(a_t[i:j], b_t, out=d)
-            else:
-                torch.mm(lora_B[i:j], lora_A, out=d)
-            d.mul_(scaling)
-            d.add_(w[i:j])  # fp32 addition commutes: == fp32(W) + delta
-            out[i:j].copy_(d)  # (when out is w, rows i:j of w were read above and are not read again)
+        blocks = row_blocks(*w.shape)
+        merge = row_kernel(lora_A, lora_B, scaling, fan_in_fan_out, w.dtype, max(j - i for i, j in blocks), w.shape[1])
+        for i, j in blocks:
+            if out is not w:
+                out[i:j].copy_(w[i:j])
+            merge(out[i:j], i, j)
         return out
     delta = delta_weight(lora_A, lora_B, scaling, fan_in_fan_out)
     if magnitude is None:

@@ -11,6 +11,7 @@ Key names are exactly those PEFT writes to ``adapter_model.safetensors`` (adapte
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from adapterhub.tuners import PEFT_PREFIX as PREFIX
 from adapterhub.tuners import Attached  # what attach changed, kept on the model
 
 from .config import DEFAULT_TARGETS, LoraConfig
-from .layer import LoraLinear, merge_weight
+from .layer import LoraLinear, merge_weight, row_kernel
 
 _STATE_ATTR = "_adapterhub_lora"  # lora, dora (and methods built on them) share one slot
 _set_submodule = tuners.set_submodule  # used by .multi
@@ -107,14 +108,9 @@ def _fp32(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig,
-                 inplace: bool = False):
-    """``base`` (named as in the base model's safetensors) with the adapter merged in, bit for bit what
-    ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it. ``inplace``:
-    the result may be written into ``base`` itself (the caller owns it)."""
-    saved = tuners.saved_copy(name, base, tensors)
-    if saved is not None:  # a modules_to_save copy replaces the base tensor
-        return saved
+def _factors(name: str, shape: tuple[int, ...], device: Any, tensors: dict[str, torch.Tensor], config: LoraConfig):
+    """``(A, B, magnitude, scaling, fan_in_fan_out)`` in fp32 for base tensor ``name`` of ``shape``, checked
+    against it; ``None`` when the adapter has no LoRA factors for it."""
     if not name.endswith(".weight"):
         return None
     path = name[: -len(".weight")]
@@ -124,8 +120,8 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
     key_b, key_m = f"{PREFIX}{path}.lora_B.weight", f"{PREFIX}{path}.lora_magnitude_vector"
     if key_b not in tensors:
         raise InvalidInput(f"adapter has '{key_a}' but no '{key_b}'")
-    a, b = _fp32(tensors[key_a], base.device), _fp32(tensors[key_b], base.device)  # (r, in), (out, r)
-    magnitude = _fp32(tensors[key_m], base.device) if key_m in tensors else None  # (out,)
+    a, b = _fp32(tensors[key_a], device), _fp32(tensors[key_b], device)  # (r, in), (out, r)
+    magnitude = _fp32(tensors[key_m], device) if key_m in tensors else None  # (out,)
     if config.use_dora and magnitude is None:
         raise InvalidInput(f"DoRA adapter has no '{key_m}'")
     r = config.rank_for(path)
@@ -133,12 +129,40 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
         raise InvalidInput(f"'{key_a}' has rank {a.shape[0]} but the config gives rank {r} for '{path}'")
     ffo = config.fan_in_fan_out
     layout = (a.shape[1], b.shape[0]) if ffo else (b.shape[0], a.shape[1])  # (in, out) or (out, in)
-    if tuple(base.shape) != layout:
+    if tuple(shape) != layout:
         hint = ""
-        if tuple(base.shape) == layout[::-1]:
+        if tuple(shape) == layout[::-1]:
             hint = (
                 f"; the weight is stored {'(out, in)' if ffo else '(in, out)'}: "
                 f"use the effective config (fan_in_fan_out={not ffo})"
             )
-        raise InvalidInput(f"base '{name}' has shape {tuple(base.shape)} but the adapter expects {layout}{hint}")
-    return merge_weight(base, a, b, config.scaling_for(path), ffo, magnitude, out=base if inplace else None)
+        raise InvalidInput(f"base '{name}' has shape {tuple(shape)} but the adapter expects {layout}{hint}")
+    return a, b, magnitude, config.scaling_for(path), ffo
+
+
+def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig,
+                 inplace: bool = False):
+    """``base`` (named as in the base model's safetensors) with the adapter merged in, bit for bit what
+    ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it. ``inplace``:
+    the result may be written into ``base`` itself (the caller owns it)."""
+    saved = tuners.saved_copy(name, base, tensors)
+    if saved is not None:  # a modules_to_save copy replaces the base tensor
+        return saved
+    found = _factors(name, tuple(base.shape), base.device, tensors, config)
+    if found is None:
+        return None
+    a, b, magnitude, scaling, ffo = found
+    return merge_weight(base, a, b, scaling, ffo, magnitude, out=base if inplace else None)
+
+
+def row_merger(name: str, shape: tuple[int, ...], dtype: torch.dtype, tensors: dict[str, torch.Tensor],
+               config: LoraConfig, max_rows: int):
+    """``merge(block, i, j)`` merging rows ``i:j`` of the 2-d CPU weight ``name`` in place (LoRA, not DoRA:
+    its norm needs whole columns for Conv1D); ``None`` when the tensor must go through :func:`merge_tensor`."""
+    if len(shape) != 2 or PREFIX + name in tensors:  # a modules_to_save copy: merge_tensor replaces it
+        return None
+    found = _factors(name, shape, torch.device("cpu"), tensors, config)
+    if found is None or found[2] is not None:
+        return None
+    a, b, _, scaling, ffo = found
+    return row_kernel(a, b, scaling, ffo, dtype, max_rows, shape[1])

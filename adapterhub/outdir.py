@@ -1,0 +1,66 @@
+"""Output directories written atomically: refused when they exist and are not empty (unless forced),
+written as a temp dir beside them and renamed into place, removed on any error. (No database imports:
+merging, exporting and training use these without opening a registry.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from typing import Iterator
+
+from .errors import AdapterhubError
+
+
+def check_out(out: str, force: bool) -> None:
+    """Refuse (before any work) an ``out`` that exists and is not empty, unless ``force``."""
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise AdapterhubError(f"{out} exists and is not a directory")
+        if os.listdir(out) and not force:
+            raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
+
+
+def prepare_out(out: str, force: bool) -> str:
+    """Refuse an ``out`` that exists and is not empty (unless ``force``); return a fresh temp dir
+    beside it, on the same file system, so the final rename is atomic."""
+    check_out(out, force)
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
+        os.mkdir(tmp)
+    except OSError as exc:
+        raise AdapterhubError(f"cannot write to {parent}: {exc.strerror}") from None
+    return tmp
+
+
+def finish_out(tmp: str, out: str) -> None:
+    """Move the finished temp dir into place (replacing an existing ``out``)."""
+    out = os.path.abspath(out)
+    old = None
+    if os.path.exists(out):
+        old = f"{tmp}.old"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_out(out: str, force: bool = False) -> Iterator[str]:
+    """A temp dir beside ``out`` that becomes ``out`` when the block succeeds. On any error nothing is left
+    behind, and an ``OSError`` (a full disk, a read-only file system) becomes one ``AdapterhubError`` line."""
+    tmp = prepare_out(out, force)
+    try:
+        yield tmp
+        finish_out(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AdapterhubError(f"cannot write {os.path.abspath(out)}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
