@@ -118,8 +118,11 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
 
 
 def drop_caches() -> None:
-    """Flush dirty pages so one run's writeback does not land in the next one's timing."""
+    """Flush dirty pages so one run's writeback does not land in the next one's timing, then let the
+    virtual disk settle (on the reference VM a contender started right after a 2 GB flush ran up to 4x
+    slower, whichever it was)."""
     os.sync()
+    time.sleep(2)
 
 
 def compare(a_dir: str, b_dir: str) -> tuple[int, list[str]]:

@@ -82,12 +82,15 @@ MIXED = ["support", "__base__", "sales", "legal", "support", "dora", "__base__",
 GROUPED = ["__base__", "__base__", "support", "support", "sales", "legal", "legal", "dora"]
 
 
-@pytest.mark.parametrize("path", ["dense", "grouped"])
+@pytest.mark.parametrize("path", ["dense", "grouped", "in-place"])
 @pytest.mark.parametrize("names", [MIXED, GROUPED], ids=["shuffled", "sorted"])
 def test_routed_rows_equal_each_row_alone(adapters, names, path, monkeypatch):
+    """Each of the three exact paths (dense masks; rows gathered by adapter; runs of rows updated where
+    they lie, used for long rows in layers without DoRA) gives every row what it gets alone."""
     from adapterhub_lora.multi import RoutedLoraLinear
 
     monkeypatch.setattr(RoutedLoraLinear, "dense_budget", 10**18 if path == "dense" else 0)
+    monkeypatch.setattr(RoutedLoraLinear, "in_place_tokens", 1 if path == "in-place" else 10**9)
     inputs = _inputs(len(names))
     expect = _expected(adapters, names, inputs)
     base = tm.tiny_llama()

@@ -8,9 +8,10 @@ Routing (:func:`attach_routed`): each targeted layer becomes a :class:`RoutedLor
 that targets it, ``A^T`` (in, r) and ``s·B^T`` (r, out) (scaling folded in) and, for DoRA, the gain
 ``m / ||W + s·BA||_row`` (out,). Once per model call a :class:`RoutePlan` (shared by every routed layer) sorts the
 rows by adapter. Each layer runs the base layer once on the whole batch, then adds the adapters' updates in
-place, by one of two exact paths chosen by size: *grouped* (two small matmuls per adapter present, on its
-contiguous block of rows; base rows cost nothing) or, for very few tokens, *dense* (``((x @ A_cat) · mask) @
-B_cat``: three ops whatever the number of adapters). Tried and dropped (slower than PEFT or than these on CPU):
+place, by one of three exact paths chosen by size: *grouped* (two small matmuls per adapter present, on its
+contiguous block of rows; base rows cost nothing), for very few tokens *dense* (``((x @ A_cat) · mask) @
+B_cat``: three ops whatever the number of adapters), and for long rows (prefill) *in place* (per run of
+consecutive rows of one adapter, ``out[run] += (x[run] @ A^T) @ s·B^T`` on views: no gather, no scatter). Tried and dropped (slower than PEFT or than these on CPU):
 a per-row gather of padded factors + ``bmm`` (copies rows × in × r floats per layer: 3x slower than PEFT at 64
 rows × 1 token), and adapters padded to one rank with ``bmm`` over blocks. Routing is for inference: the factors
 are buffers (no gradients), dropout is off, DoRA gains are computed once at attach.
@@ -161,7 +162,7 @@ class RoutePlan:
     come grouped. It also caches, for the current call, the row-sorted input (q/k/v and gate/up share theirs)
     and the column masks of the dense path (layers with the same rank layout share one)."""
 
-    __slots__ = ("key", "perm", "segments", "sorted", "rows", "_x", "_masks")
+    __slots__ = ("key", "perm", "segments", "runs", "sorted", "rows", "_x", "_masks")
 
     def __init__(self) -> None:
         self.key = None
@@ -175,6 +176,14 @@ class RoutePlan:
         order = sorted(range(len(slots)), key=slots.__getitem__)  # stable
         self.sorted = order == list(range(len(slots)))
         self.perm = torch.tensor(order, dtype=torch.long, device=index.device)
+        self.runs: dict[int, list[tuple[int, int]]] = {}  # slot -> its runs of consecutive rows, in place
+        for row, slot in enumerate(slots):
+            if slot:
+                runs = self.runs.setdefault(slot, [])
+                if runs and runs[-1][1] == row:
+                    runs[-1] = (runs[-1][0], row + 1)
+                else:
+                    runs.append((row, row + 1))
         self.segments, start = [], 0
         while start < len(order):
             slot, end = slots[order[start]], start
@@ -214,16 +223,22 @@ class RoutedLoraLinear(nn.Module):
     the dense path the same factors are also concatenated: ``a_cat`` (in, ΣR), ``b_cat`` (ΣR, out),
     ``col_slot`` (ΣR,) the slot of each column, ``gains`` (N + 1, out) (ones where no DoRA).
 
-    Two exact ways to compute a mixed batch, chosen per call by size:
+    Three exact ways to compute a mixed batch, chosen per call by size:
 
     * dense (few tokens, e.g. decode steps): ``((x @ a_cat) * mask) @ b_cat`` where the mask keeps only each
       row's own adapter's columns: three ops whatever the number of adapters;
-    * grouped (many tokens): per adapter present, ``x[rows] @ a_i @ b_i`` on its block of rows: no wasted flops.
+    * grouped (many tokens): per adapter present, ``x[rows] @ a_i @ b_i`` on its block of rows: no wasted flops;
+    * in place (long rows, no DoRA in the layer): per run of consecutive rows of one adapter, ``addmm_`` into
+      the output's view of those rows: no copies of the input or of the deltas.
     """
 
     #: use the dense path while tokens · ΣR · (in + out) stays below this: there its wasted multiply-adds cost
     #: less than the grouped path's per-adapter op overhead (measured with bench/mixed_batch.py on CPU)
     dense_budget = 20_000_000
+    #: from this many tokens per row on (prefill), rows are updated where they lie (two ops per run of
+    #: consecutive rows of one adapter) instead of being gathered by adapter and scattered back: the copies
+    #: of the input and of each delta cost more than the extra ops there (bench/mixed_batch.py)
+    in_place_tokens = 16
 
     def __init__(self, base_layer: nn.Module, route: Any, plan: RoutePlan,
                  factors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], n: int) -> None:
@@ -296,7 +311,24 @@ class RoutedLoraLinear(nn.Module):
         base = out - bias if bias is not None else out
         out += (g - 1) * base + g * delta
 
+    def _in_place(self, xs: torch.Tensor, out: torch.Tensor, plan: RoutePlan) -> None:
+        """Each run of consecutive rows of one adapter: ``out[run] += (x[run] @ a) @ b`` on views, no copies."""
+        n_in, n_out = xs.shape[-1], out.shape[-1]
+        buffers = self._buffers
+        for slot, runs in plan.runs.items():
+            k = self._keys.get(slot)
+            if k is None:
+                continue  # this adapter does not target this layer
+            a_t, b_t = buffers[k[0]], buffers[k[1]]
+            for r0, r1 in runs:
+                seg = xs[r0:r1].reshape(-1, n_in)
+                if seg.dtype != ADAPTER_DTYPE:
+                    seg = seg.to(ADAPTER_DTYPE)
+                out[r0:r1].view(-1, n_out).addmm_(seg @ a_t, b_t)
+
     def _grouped(self, x: torch.Tensor, xs: torch.Tensor, out: torch.Tensor, plan: RoutePlan) -> None:
+        if self.gains is None and xs.shape[1] >= self.in_place_tokens and out.is_contiguous():
+            return self._in_place(xs, out, plan)
         xs = plan.sorted_rows(x, xs)  # rows grouped by adapter
         tokens = xs.shape[1]
         bias = self.base_layer.bias
