@@ -172,6 +172,23 @@ def test_any_thread_schedule_gives_the_same_bits(schedule, built, tmp_path, monk
     assert r["tensors_merged"] >= 2 and r["tensors_untouched"] > 0
 
 
+def test_merge_command_process_prints_all_and_exits_cleanly(built, tmp_path):
+    """The real ``adapterhub merge`` process ends without tearing down the interpreter once the merge is
+    written: its JSON must still be complete, its exit code right, and the model whole."""
+    base, ad, _ = built("llama-lora")
+    env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path / "home"), "ADAPTERHUB_LOAD_PLUGINS": PLUGINS}
+    out = tmp_path / "m"
+    p = subprocess.run([sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out", str(out), "--json"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["tensors_merged"] >= 2 and doc["out"] == str(out)
+    assert load_merged(out) is not None
+    again = subprocess.run([sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out", str(out)],
+                           capture_output=True, text=True, env=env)
+    assert again.returncode == 1 and again.stderr.startswith("Error:") and "not empty" in again.stderr
+
+
 def test_bf16_base_without_dtype_stays_bf16(tmp_path):
     base = save_base(tm.tiny_llama(torch.bfloat16), tmp_path / "base")
     ad, _ = peft_adapter(tm.tiny_llama(torch.bfloat16), CASES["llama-dora"][1], tmp_path / "ad")

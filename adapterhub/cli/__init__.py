@@ -162,8 +162,16 @@ def add_plugin_commands() -> None:
     get_plugins().add_commands(cli, _commands_from)
 
 
+#: ``main``: true when this process is the ``adapterhub`` command (set by :func:`main`, the console script),
+#: false when the click group runs inside another program; ``fast_exit``: a command asks :func:`main` to end
+#: the process without tearing down the interpreter
+PROCESS = {"main": False, "fast_exit": False}
+
+
 def main(argv: list[str] | None = None) -> None:
     import warnings
+
+    PROCESS["main"] = True
 
     warnings.showwarning = _show_warning
     # bitsandbytes' CPU backend logs an optional-kernel notice on import: not for our users' screens
@@ -173,4 +181,17 @@ def main(argv: list[str] | None = None) -> None:
     except AdapterhubError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
-    cli.main(args=argv, prog_name="adapterhub")
+    try:
+        cli.main(args=argv, prog_name="adapterhub")
+    except SystemExit as exc:
+        if PROCESS.get("fast_exit"):
+            # a merge is done and its output closed: skip tearing down the interpreter, which with torch
+            # loaded takes ~0.4 s (a third of a 1B merge's own time on the reference machine)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                click.echo(exc.code, err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(code)
+        raise

@@ -47,6 +47,13 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
               quant_opts=(), checked: bool = False, probe=None) -> dict:
     """Merge (``export.merge_ref``); with ``checked`` or ``quantize``, ``qmerge.merge_checked``: re-quantize,
     and compare logits for adapters trained on a quantized base (``probe``: None auto, False skip, a file)."""
+    from . import PROCESS
+
+    if PROCESS["main"]:  # the adapterhub process itself (not the CLI run inside another program, or tests):
+        import gc  # it ends after the merge and makes no garbage cycles worth collecting; with the collector
+
+        gc.disable()  # on, importing torch and re-enabling it after the writer cost ~0.1-0.2 s of passes
+        PROCESS["fast_exit"] = True
     bar = TensorBar("merge")
     registry = registry if registry is not None else _OnUse(lambda: app.registry)
     kwargs = dict(dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch, force=force,
