@@ -35,6 +35,8 @@ TOL = 1e-5
 PLUGINS = "file,peft_format,lora,prompt,bottleneck,merged"
 CASES = {
     "llama-lora": ("llama", dict(r=4, lora_alpha=8, target_modules="all-linear")),
+    "llama-lora-s1": ("llama", dict(r=4, lora_alpha=4, target_modules=["q_proj", "gate_proj"])),  # scaling 1
+    "llama-rslora": ("llama", dict(r=4, lora_alpha=6, use_rslora=True, target_modules=["k_proj", "o_proj"])),  # 3
     "llama-dora": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True)),
     "gpt2-conv1d": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"])),
     "gpt2-dora": ("gpt2", dict(r=2, lora_alpha=4, target_modules=["c_attn"], use_dora=True)),

@@ -89,7 +89,8 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
             torch.mm(a_t[i:j], b_t, out=d)
         else:
             torch.mm(lora_B[i:j], lora_A, out=d)
-        d.mul_(scaling)
+        if scaling != 1.0:  # (x * 1.0 is x: one pass fewer when lora_alpha == r)
+            d.mul_(scaling)
         d.add_(block)  # fp32 addition commutes: == fp32(W) + delta
         block.copy_(d)  # the block's rows were read above and are not read again
 
