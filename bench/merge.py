@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,10 @@ def main() -> None:
         print(f"peak RSS ours/peft: {ro / rp:.3f}  (target <= 0.15)")
         print(f"wall ours/peft:     {wo / wp:.3f}  (target <= 0.5)")
         print(f"wall ours/copy:     {wo / wc:.3f}  (target <= 3)")
+        if len(runs["copy"]) > 1:  # each round's pair ran back to back, under the same conditions
+            per_round = sorted(o[0] / c[0] for o, c in zip(runs["ours"], runs["copy"]))
+            print(f"wall ours/copy per round: {', '.join(f'{x:.2f}' for x in per_round)} "
+                  f"(median {statistics.median(per_round):.2f})")
         if bad:
             raise SystemExit(1)
     finally:
