@@ -221,25 +221,6 @@ class TunerMethod(Method):
         self._model().detach(model, self.name)
 
 
-# -- streaming merges ------------------------------------------------------------------------------------
-#: elements per row block of a streamed merge: 256K (1 MiB of fp32 and the bf16 rows stay in a 2 MiB L2)
-ROW_BLOCK = 1 << 18
-
-
-def row_blocks(rows: int, cols: int, elements: int = ROW_BLOCK) -> list[tuple[int, int]]:
-    """``[(i, j), ...]`` row ranges of about ``elements`` each covering ``rows``; each has >= 2 rows unless
-    ``rows`` is 1 (a 1-row remainder joins the block before), so that a GEMM over a block takes the same
-    path as over the whole tensor."""
-    step = min(rows, max(2, elements // max(1, cols)))
-    bounds, i = [], 0
-    while i < rows:
-        j = min(rows, i + step)
-        j = rows if rows - j == 1 else j
-        bounds.append((i, j))
-        i = j
-    return bounds
-
-
 # -- module types (torch imported on call) -----------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def linear_types() -> tuple[type, ...]:

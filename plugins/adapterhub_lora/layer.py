@@ -63,7 +63,7 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
                max_rows: int, cols: int):
     """``merge(block, i, j)``: merge rows ``i:j`` of W (``block``, a ``(j - i, cols)`` tensor of ``dtype``) in
     place, bit for bit as PEFT's ``W += delta`` does for those rows. Blocks need >= 2 rows (a 1-row GEMM goes
-    down MKL's GEMV path and can differ in the last bit; see :func:`adapterhub.tuners.row_blocks`).
+    down MKL's GEMV path and can differ in the last bit; see :func:`adapterhub.mergewriter.row_blocks`).
 
     Why blocks are exact: a block's delta is the same GEMM on a slice of B (of A's columns for
     fan_in_fan_out); its k-dim is r, reduced the same way for every element whatever the row count >= 2;
@@ -115,7 +115,7 @@ def merge_weight(
     """
     if magnitude is None and base.dim() == 2 and base.device.type == "cpu":
         # row blocks of W (see row_kernel): no full-size fp32 delta or copy of W is ever made
-        from adapterhub.tuners import row_blocks
+        from adapterhub.mergewriter import row_blocks
 
         w = base.detach()
         if out is None:
