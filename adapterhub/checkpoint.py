@@ -90,10 +90,10 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
             if rel.endswith(".safetensors"):
                 read_header(full)  # raises InvalidInput naming the file
         source.manifest, source.format = _read_manifest(src, plugins)
+        from .registry.registry import LocalFile
+
         for rel, full in entries:
             digest, size = hash_file(full, progress)
-            from .registry.registry import LocalFile
-
             source.files.append(LocalFile(rel, full, digest, size))
     except BaseException:
         source.cleanup()

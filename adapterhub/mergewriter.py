@@ -32,12 +32,12 @@ from .errors import AdapterhubError
 from .fingerprint import INDEX
 from .stheader import DTYPE_SIZES, TensorInfo
 from .stio import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
+from .tuners import PEFT_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import LoadedAdapter
     from .merge import Entry, Plan
 
-PEFT_PREFIX = "base_model.model."
 #: the merging threads' scratch buffers (one largest tensor each) stay within this many bytes
 SCRATCH_BUDGET = 1 << 30
 
@@ -69,8 +69,8 @@ class _Job:
     entry: Any  # merge.Entry
     fd: int
     offset: int
-    copy: bool  # untouched, same dtype: copied by the stager only
-    stage: bool  # merged, same size as the base bytes: the stager may copy those ahead
+    copy: bool = False  # untouched, same dtype: copied by the stager only (set by _Run)
+    stage: bool = False  # merged, same size as the base bytes: the stager may copy those ahead (set by _Run)
     state: int = PENDING
 
 
@@ -252,10 +252,7 @@ class _Run:
         elif self.by_rows(job, want, scratch):
             return "merged", False
         else:
-            if scratch[0] is None or scratch[0].numel() < e.base_info.nbytes:
-                scratch[0] = None
-                scratch[0] = torch.empty(e.base_info.nbytes, dtype=torch.uint8)
-            base = self.reader.read(e.base_path, e.base_info, scratch[0])
+            base = self.reader.read(e.base_path, e.base_info, self.scratch(scratch, e.base_info.nbytes))
             transformed = self.transforms(e)
             if transformed:
                 base = self.base_transform(e.name, base)
@@ -289,19 +286,24 @@ class _Run:
             return False
         src = torch_dtype(e.base_info.dtype)
         in_row, out_row = cols * DTYPE_SIZES[e.base_info.dtype], cols * DTYPE_SIZES[e.dtype]
-        if scratch[0] is None or scratch[0].numel() < max_rows * max(in_row, out_row):
-            scratch[0] = None
-            scratch[0] = torch.empty(max_rows * max(in_row, out_row), dtype=torch.uint8)
+        buf = self.scratch(scratch, max_rows * max(in_row, out_row))
         cast = torch.empty((max_rows, cols), dtype=want) if src != want else None
         start = e.base_info.start
         for i, j in blocks:
             part = TensorInfo(e.name, e.base_info.dtype, (j - i, cols), start + i * in_row, start + j * in_row)
-            block = self.reader.read(e.base_path, part, scratch[0])
+            block = self.reader.read(e.base_path, part, buf)
             if cast is not None:
                 block = cast[: j - i].copy_(block)
             merge(block, i, j)
             pwrite_all(job.fd, block.view(torch.uint8).numpy().reshape(-1), job.offset + i * out_row)
         return True
+
+    def scratch(self, scratch: list[Any], nbytes: int) -> Any:
+        """This thread's read buffer (``scratch[0]``), grown to at least ``nbytes`` (the old one freed first)."""
+        if scratch[0] is None or scratch[0].numel() < nbytes:
+            scratch[0] = None
+            scratch[0] = self.torch.empty(nbytes, dtype=self.torch.uint8)
+        return scratch[0]
 
     # -- which tensors ------------------------------------------------------------------------------------
     def transforms(self, e: Entry) -> bool:
@@ -319,15 +321,15 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     """Write the shards (and index) of ``plan`` into ``out_dir``; returns files (with sha256 when
     ``hash_files``) and tensor counts. ``base_transform`` (see :func:`merge.base_transform_for`) rewrites
     the base tensors it ``applies`` to before they are merged (or written untouched)."""
-    from .merge import _write_small
+    from .merge import _modules, _write_small
 
     _fixed_mmap_threshold()
     groups = shard(plan.entries, shard_bytes)
     n = len(groups)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     tensors = adapter.tensors
-    modules = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
-    modules = {".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)}
+    owners = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
+    modules = owners | _modules(owners)  # every module the adapter holds tensors of, and their parents
     files: list[dict[str, Any]] = []
     hasher: RegionHasher | None = None
     run: _Run | None = None
@@ -346,7 +348,7 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
             pwrite_all(fd, head, 0)
             pos = len(head)
             for e in group:
-                jobs.append(_Job(e, fd, pos, copy=False, stage=False))
+                jobs.append(_Job(e, fd, pos))
                 pos += e.nbytes
         if hash_files:
             hasher = RegionHasher([(f["fd"], f["size"]) for f in files])
