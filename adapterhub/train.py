@@ -65,6 +65,29 @@ class TrainOptions:
     home: str | None = None
 
 
+
+def resume_point(ckpt: str) -> str | None:
+    """The newest *complete* checkpoint under ``ckpt`` (adapter tensors and a readable
+    ``trainer_state.json``, which the Trainer writes last), or None. A process killed while saving leaves
+    the newest one incomplete: training resumes from the one before it."""
+    if not os.path.isdir(ckpt):
+        return None
+    steps = []
+    for name in os.listdir(ckpt):
+        prefix, _, step = name.partition("-")
+        if prefix == "checkpoint" and step.isdigit():
+            steps.append((int(step), os.path.join(ckpt, name)))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            with open(os.path.join(path, "trainer_state.json")) as f:
+                json.load(f)
+        except (OSError, ValueError):
+            continue
+        if os.path.isfile(os.path.join(path, CHECKPOINT_TENSORS)):
+            return path
+    return None
+
+
 def coerce_settings(method: Any, settings: dict[str, str]) -> dict[str, Any]:
     """Turn ``--set key=value`` strings into typed config values, guided by the config's defaults.
     Unknown keys are left for ``Method.make_config`` to refuse with the list of valid keys."""
@@ -343,7 +366,6 @@ def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, t
     import numpy as np
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from .data import ListDataset, collate
 
@@ -422,11 +444,7 @@ def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, t
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # stdout is ours (text or --json); progress goes to stderr
-    resume = None
-    if opts.resume and os.path.isdir(ckpt):
-        last = get_last_checkpoint(ckpt)
-        if last and os.path.isfile(os.path.join(last, CHECKPOINT_TENSORS)):
-            resume = last
+    resume = resume_point(ckpt) if opts.resume else None
     out = trainer.train(resume_from_checkpoint=resume)
     metrics = {"train_loss": float(out.training_loss), "steps": int(out.global_step),
                "epochs": float(trainer.state.epoch or 0)}

@@ -127,6 +127,24 @@ def test_seq_cls_on_real_minilm_loads_in_peft_as_trained(cli, tmp_path):
     assert a.argmax(-1).tolist() == [1, 0]
 
 
+def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):
+    """A kill during the Trainer's save leaves the newest checkpoint without (or with a truncated)
+    trainer_state.json: resuming must take the newest complete one."""
+    from adapterhub.train import CHECKPOINT_TENSORS, resume_point
+
+    ckpt = tmp_path / "a.checkpoints"
+    assert resume_point(str(ckpt)) is None
+    for step, state in ((5, "{}"), (10, "{}"), (15, None), (20, '{"global_st')):
+        d = ckpt / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / CHECKPOINT_TENSORS).write_bytes(b"x")
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+    (ckpt / "checkpoint-30").mkdir()  # tensors not written yet
+    (ckpt / "checkpoint-30" / "trainer_state.json").write_text("{}")
+    assert resume_point(str(ckpt)) == str(ckpt / "checkpoint-10")
+
+
 @pytest.mark.slow
 def test_resume_after_interruption(tmp_path, llama_base, home):
     data = write_jsonl(tmp_path / "train.jsonl", causal_rows(40))
