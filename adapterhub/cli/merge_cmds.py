@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -54,6 +55,8 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
 
         gc.disable()  # on, importing torch and re-enabling it after the writer cost ~0.1-0.2 s of passes
         PROCESS["fast_exit"] = True
+        if "numpy" not in sys.modules:  # numpy's OpenBLAS (unused: torch has its own BLAS) would start a
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # thread per core that spins ~0.1 CPU-s
     bar = TensorBar("merge")
     registry = registry if registry is not None else _OnUse(lambda: app.registry)
     kwargs = dict(dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch, force=force,

@@ -81,20 +81,74 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
     # fp32 adapters: delta = (B @ A) * s in fp32, + W in fp32, rounded once to W's dtype: what the mixed
     # dtype ``W += delta`` does, as same-layout passes over one fp32 buffer that stays in L2
     buf = torch.empty((max_rows, cols), dtype=torch.float32)
-    a_t, b_t = (lora_A.T, lora_B.T) if fan_in_fan_out else (None, None)
+    folded = _fold_scaling(lora_A, lora_B, scaling)  # (A, B·s) when that is exact, else None
+
+    def operands(a: torch.Tensor, b: torch.Tensor, i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # rows of W (in, out) for fan_in_fan_out are input features: delta[i:j] = A[:, i:j].T @ B.T
+        return (a.T[i:j], b.T) if fan_in_fan_out else (b[i:j], a)
 
     def merge(block: torch.Tensor, i: int, j: int) -> None:
         d = buf[: j - i]
-        if fan_in_fan_out:  # rows of W (in, out) are input features: delta[i:j] = A[:, i:j].T @ B.T
-            torch.mm(a_t[i:j], b_t, out=d)
+        x, y = operands(*folded, i, j) if folded is not None else (None, None)
+        if x is not None and _addmm_exact(x, y):  # one GEMM pass: d = fp32(W) + (B·s) @ A
+            d.copy_(block)
+            d.addmm_(x, y)
         else:
-            torch.mm(lora_B[i:j], lora_A, out=d)
-        if scaling != 1.0:  # (x * 1.0 is x: one pass fewer when lora_alpha == r)
-            d.mul_(scaling)
-        d.add_(block)  # fp32 addition commutes: == fp32(W) + delta
+            torch.mm(*operands(lora_A, lora_B, i, j), out=d)
+            if scaling != 1.0:  # (x * 1.0 is x: one pass fewer when lora_alpha == r)
+                d.mul_(scaling)
+            d.add_(block)  # fp32 addition commutes: == fp32(W) + delta
         block.copy_(d)  # the block's rows were read above and are not read again
 
     return merge
+
+
+def _fold_scaling(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float):
+    """``(A, B·s)`` when ``(B·s) @ A`` equals ``(B @ A)·s`` bit for bit for every element, else None.
+
+    True when s = 2^k, k >= 0 (multiplying by it is exact and commutes with fp32 rounding in the normal
+    range), B·s neither overflows nor anything else can (|A|·|B|·r·s far below fp32's max), and no product
+    of an A and a B element is finer than fp32's smallest subnormal step (2^-149): then every partial sum of
+    the GEMM that lands in the subnormal range is exact in both forms, and every other one rounds alike."""
+    mant, exp = math.frexp(scaling)
+    if mant != 0.5 or exp < 1 or not (lora_A.numel() and lora_B.numel()):
+        return None
+    amax, bmax = lora_A.abs().max().item(), lora_B.abs().max().item()
+    if not (math.isfinite(amax) and math.isfinite(bmax)) or amax * bmax * lora_A.shape[0] * scaling >= 2.0**100:
+        return None
+
+    def min_exponent(t: torch.Tensor) -> int:  # of the smallest non-zero |element| (x = m·2^e, 0.5 <= m < 1)
+        nz = t.abs()[t != 0]
+        return math.frexp(nz.min().item())[1] if nz.numel() else 0
+
+    # a = ma·2^(ea-24) with an integer 24-bit ma: a product is a multiple of 2^(ea+eb-48); need >= -149
+    if min_exponent(lora_A) + min_exponent(lora_B) - 48 < -149:
+        return None
+    return lora_A, lora_B * scaling if scaling != 1.0 else lora_B
+
+
+#: (shapes, strides, threads) -> whether ``C.addmm_(X, Y)`` equals ``C + X @ Y`` bit for bit on this BLAS
+_ADDMM_EXACT: dict[tuple, bool] = {}
+
+
+def _addmm_exact(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the BLAS's ``C += X @ Y`` (beta 1) adds the finished product to C, as ``C + X @ Y`` does, for
+    operands of these shapes and layouts, rather than accumulating onto C (other rounding). Tried once per
+    layout on random data, whose fp32 sums differ in most elements if the order differs."""
+    key = (tuple(x.shape), x.stride(), tuple(y.shape), y.stride(), torch.get_num_threads())
+    ok = _ADDMM_EXACT.get(key)
+    if ok is None:
+        g = torch.Generator().manual_seed(0)
+
+        def like(t: torch.Tensor) -> torch.Tensor:
+            # a fresh tensor with t's strides: a transposed view stays transposed
+            base = torch.randn(t.T.shape if t.stride(0) < t.stride(-1) else t.shape, generator=g)
+            return base.T if t.stride(0) < t.stride(-1) else base
+
+        xs, ys = like(x), like(y)
+        c = torch.randn((x.shape[0], y.shape[1]), generator=g)
+        ok = _ADDMM_EXACT[key] = torch.equal(c.clone().addmm_(xs, ys), c + torch.mm(xs, ys))
+    return ok
 
 
 def merge_weight(
