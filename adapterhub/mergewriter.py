@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import AdapterhubError
 from .fingerprint import INDEX
-from .stheader import DTYPE_SIZES, TensorInfo
+from .stheader import DTYPE_SIZES
 from .stio import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
 from .tuners import PEFT_PREFIX
 
@@ -46,19 +46,28 @@ RUN_BYTES = 256 << 20
 
 PENDING, STAGING, READY = 0, 1, 2
 
-#: elements per row block of a streamed merge: 256K (1 MiB of fp32 and the bf16 rows stay in a 2 MiB L2)
-ROW_BLOCK = 1 << 18
+#: elements per row block of a streamed merge: 512K (2 MiB of fp32, 1 MiB of bf16 rows, in cache from read to
+#: write); of 64K..1M, the fastest 1B merge on the reference VM (smaller: more Python per element; 64K took
+#: 1.6x as long; larger: the blocks leave the cache)
+ROW_BLOCK = 1 << 19
 
 
-def row_blocks(rows: int, cols: int, elements: int = ROW_BLOCK) -> list[tuple[int, int]]:
-    """``[(i, j), ...]`` row ranges of about ``elements`` each covering ``rows``; each has >= 2 rows unless
-    ``rows`` is 1 (a 1-row remainder joins the block before), so that a GEMM over a block takes the same
-    path as over the whole tensor."""
-    step = min(rows, max(2, elements // max(1, cols)))
+#: fewest rows in a block (unless the tensor has fewer): MKL computes GEMMs of up to 3 rows another way,
+#: whose sums differ in the last bit from the same rows of a taller GEMM (as PEFT computes the whole delta)
+MIN_BLOCK_ROWS = 16
+
+
+def row_blocks(rows: int, cols: int, elements: int | None = None) -> list[tuple[int, int]]:
+    """``[(i, j), ...]`` row ranges of about ``elements`` each covering ``rows``; each has at least
+    :data:`MIN_BLOCK_ROWS` rows (a shorter remainder joins the block before) unless the tensor is shorter,
+    so that a GEMM over a block takes the same path as over the whole tensor. A method checks that it does
+    for the block sizes given (see ``adapterhub_lora.layer.blocks_exact``)."""
+    elements = ROW_BLOCK if elements is None else elements
+    step = min(rows, max(MIN_BLOCK_ROWS, elements // max(1, cols)))
     bounds, i = [], 0
     while i < rows:
         j = min(rows, i + step)
-        j = rows if rows - j == 1 else j
+        j = rows if rows - j < MIN_BLOCK_ROWS else j
         bounds.append((i, j))
         i = j
     return bounds
@@ -281,21 +290,23 @@ class _Run:
         rows, cols = e.shape
         blocks = row_blocks(rows, cols)
         max_rows = max(j - i for i, j in blocks)
-        merge = self.method.row_merger(e.name, e.shape, want, self.tensors, self.config, max_rows)
+        merge = self.method.row_merger(e.name, e.shape, want, self.tensors, self.config, blocks)
         if merge is None:
             return False
         src = torch_dtype(e.base_info.dtype)
         in_row, out_row = cols * DTYPE_SIZES[e.base_info.dtype], cols * DTYPE_SIZES[e.dtype]
         buf = self.scratch(scratch, max_rows * max(in_row, out_row))
-        cast = torch.empty((max_rows, cols), dtype=want) if src != want else None
-        start = e.base_info.start
+        raw = memoryview(buf.numpy())  # read into; written from unless cast
+        base_rows = buf[: max_rows * in_row].view(src).view(max_rows, cols)
+        out = base_rows if src == want else torch.empty((max_rows, cols), dtype=want)  # merged in, written
+        out_raw = raw if src == want else memoryview(out.view(torch.uint8).numpy()).cast("B")
         for i, j in blocks:
-            part = TensorInfo(e.name, e.base_info.dtype, (j - i, cols), start + i * in_row, start + j * in_row)
-            block = self.reader.read(e.base_path, part, buf)
-            if cast is not None:
-                block = cast[: j - i].copy_(block)
+            self.reader.read_into(e.base_path, raw[: (j - i) * in_row], e.base_info.start + i * in_row, e.name)
+            block = out[: j - i]
+            if src != want:
+                block.copy_(base_rows[: j - i])
             merge(block, i, j)
-            pwrite_all(job.fd, block.view(torch.uint8).numpy().reshape(-1), job.offset + i * out_row)
+            pwrite_all(job.fd, out_raw[: (j - i) * out_row], job.offset + i * out_row)
         return True
 
     def scratch(self, scratch: list[Any], nbytes: int) -> Any:

@@ -119,12 +119,13 @@ class Method:
         )
 
     def row_merger(self, name: str, shape: tuple[int, ...], dtype: Any, adapter_tensors: dict[str, Any], config: Any,
-                   max_rows: int) -> Any:
+                   blocks: list[tuple[int, int]]) -> Any:
         """Optional fast path of the streaming merge: a function ``merge(block, i, j)`` that merges rows
-        ``i:j`` of base tensor ``name`` (``shape``; ``block`` is a ``(j - i, ...)`` CPU tensor of ``dtype``,
-        at most ``max_rows`` rows, at least 2 unless the tensor has 1) in place, bit for bit what
-        :meth:`merge_tensor` gives for those rows; or ``None`` (the default) to merge the whole tensor with
-        :meth:`merge_tensor`. Blocks of a few hundred KiB stay in cache from read to write."""
+        ``i:j`` of base tensor ``name`` (``shape``; ``block`` is a ``(j - i, ...)`` CPU tensor of ``dtype``;
+        ``(i, j)`` is one of ``blocks``, the row ranges the writer will pass, in any order) in place, bit for
+        bit what :meth:`merge_tensor` gives for those rows; or ``None`` (the default, or when those blocks
+        cannot be merged exactly) to merge the whole tensor with :meth:`merge_tensor`. Blocks of about a MiB
+        stay in cache from read to write."""
         return None
 
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):

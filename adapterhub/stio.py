@@ -73,13 +73,17 @@ class _BaseReader:
         if buf is None:
             buf = torch.empty(info.nbytes, dtype=torch.uint8)
         buf = buf[: info.nbytes]
-        fd, view, done = self.fd(path), memoryview(buf.numpy()), 0
-        while done < info.nbytes:
-            n = os.preadv(fd, [view[done:]], info.start + done)
-            if not n:
-                raise InvalidInput(f"{os.path.basename(path)}: truncated while reading '{info.name}'")
-            done += n
+        self.read_into(path, memoryview(buf.numpy()), info.start, info.name)
         return buf.view(torch_dtype(info.dtype)).reshape(info.shape)
+
+    def read_into(self, path: str, view: memoryview, offset: int, name: str) -> None:
+        """Fill ``view`` with the bytes of ``path`` from ``offset`` (part of the tensor ``name``)."""
+        fd, done, n = self.fd(path), 0, len(view)
+        while done < n:
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if not got:
+                raise InvalidInput(f"{os.path.basename(path)}: truncated while reading '{name}'")
+            done += got
 
     def copy_span(self, path: str, start: int, end: int, dst_fd: int, dst_offset: int) -> None:
         """Copy bytes ``start:end`` of ``path`` unchanged to ``dst_fd`` at ``dst_offset``, inside the kernel

@@ -118,11 +118,18 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     return wall, usage.ru_maxrss * 1024
 
 
-def drop_caches() -> None:
-    """Flush dirty pages so one run's writeback does not land in the next one's timing, then let the
+def settle(base: str) -> None:
+    """Flush dirty pages so one run's writeback does not land in the next one's timing, read the base files
+    so that every contender finds them in the page cache (this VM's proactive reclaim evicts files left
+    cold for a while: a copy that followed peft's 20 s sometimes read the base from disk), then let the
     virtual disk settle (on the reference VM a contender started right after a 2 GB flush ran up to 4x
     slower, whichever it was)."""
     os.sync()
+    buf = bytearray(1 << 20)  # small: a child's ru_maxrss starts from this process's peak (vfork + exec)
+    for name in sorted(os.listdir(base)):
+        with open(os.path.join(base, name), "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
     time.sleep(2)
 
 
@@ -196,13 +203,18 @@ def main() -> None:
         runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
         print("load average before: %.2f %.2f %.2f" % os.getloadavg())
         for rnd in range(max(1, args.repeat)):
+            last = rnd == max(1, args.repeat) - 1
             for k, (cmd, cenv) in cmds.items():
-                shutil.rmtree(os.path.join(workdir, k), ignore_errors=True)
-                drop_caches()
+                # each contender starts with the same free memory: the others' outputs (2.2 GB of page cache
+                # each) removed, except ours for the comparison after the last round (peft runs last)
+                for other in cmds:
+                    if not (last and other == "ours" and k == "peft"):
+                        shutil.rmtree(os.path.join(workdir, other), ignore_errors=True)
+                settle(base)
                 runs[k].append(measure(cmd, cenv))
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {w:.2f}s {r / 2**20:.0f} MiB" for k, v in runs.items()
                                                    for w, r in v[-1:]), flush=True)
-        drop_caches()
+        os.sync()
         print("load average after:  %.2f %.2f %.2f" % os.getloadavg())
         results = {k: (min(w for w, _ in v), max(r for _, r in v)) for k, v in runs.items()}
         cmp = json.loads(subprocess.run(me + ["--step", "compare"], check=True, capture_output=True,

@@ -56,9 +56,9 @@ class LoraMethod(TunerMethod):
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
     def row_merger(self, name: str, shape: tuple[int, ...], dtype: Any, adapter_tensors: dict[str, Any], config: Any,
-                   max_rows: int) -> Any:
+                   blocks: list[tuple[int, int]]) -> Any:
         """Row blocks of a LoRA weight merged in place (not DoRA, not ``modules_to_save`` copies)."""
-        return self._model().row_merger(name, tuple(shape), dtype, adapter_tensors, self._config(config), max_rows)
+        return self._model().row_merger(name, tuple(shape), dtype, adapter_tensors, self._config(config), blocks)
 
     # -- several adapters ------------------------------------------------------------------------------
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):

@@ -60,16 +60,19 @@ def weight_norm(weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float,
 
 
 def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_in_fan_out: bool, dtype: torch.dtype,
-               max_rows: int, cols: int):
-    """``merge(block, i, j)``: merge rows ``i:j`` of W (``block``, a ``(j - i, cols)`` tensor of ``dtype``) in
-    place, bit for bit as PEFT's ``W += delta`` does for those rows. Blocks need >= 2 rows (a 1-row GEMM goes
-    down MKL's GEMV path and can differ in the last bit; see :func:`adapterhub.mergewriter.row_blocks`).
+               blocks: list[tuple[int, int]], cols: int):
+    """``merge(block, i, j)``: merge rows ``i:j`` (one of ``blocks``) of W (``block``, a ``(j - i, cols)``
+    tensor of ``dtype``) in place, bit for bit as PEFT's ``W += delta`` does for those rows; None when this
+    BLAS cannot give those bits block by block (see :func:`blocks_exact`): merge the whole tensor then.
 
     Why blocks are exact: a block's delta is the same GEMM on a slice of B (of A's columns for
-    fan_in_fan_out); its k-dim is r, reduced the same way for every element whatever the row count >= 2;
-    then the same elementwise ops. Verified with torch.equal against the unblocked form (5632x2048 .. 1x7,
-    5x200000, r 1..256, bf16/fp16/fp32/fp64 W, fp32 and bf16 adapters, fan_in_fan_out both ways, 1 and 2
-    threads)."""
+    fan_in_fan_out); its k-dim is r, reduced the same way for every element of a GEMM of >= 4 rows on MKL
+    (GEMMs of 1-3 rows take another path: :data:`adapterhub.mergewriter.MIN_BLOCK_ROWS`); then the same
+    elementwise ops. Checked per block size at run time, and with torch.equal against the unblocked form in
+    the tests and the 1B benchmark."""
+    if not blocks_exact(lora_A, lora_B, fan_in_fan_out, {j - i for i, j in blocks}):
+        return None
+    max_rows = max(j - i for i, j in blocks)
     fast = lora_A.dtype == lora_B.dtype == torch.float32 and lora_A.device.type == lora_B.device.type == "cpu"
     if not (fast and dtype in (torch.float32, torch.bfloat16, torch.float16)):  # bf16 adapters, fp64 W: the
         def merge_ref(block: torch.Tensor, i: int, j: int) -> None:  # reference ops, block by block
@@ -87,10 +90,14 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
         # rows of W (in, out) for fan_in_fan_out are input features: delta[i:j] = A[:, i:j].T @ B.T
         return (a.T[i:j], b.T) if fan_in_fan_out else (b[i:j], a)
 
+    exact: dict[int, bool] = {}  # row count -> _addmm_exact (the layouts are the same for every block)
+
     def merge(block: torch.Tensor, i: int, j: int) -> None:
         d = buf[: j - i]
         x, y = operands(*folded, i, j) if folded is not None else (None, None)
-        if x is not None and _addmm_exact(x, y):  # one GEMM pass: d = fp32(W) + (B·s) @ A
+        if x is not None and exact.get(j - i) is None:
+            exact[j - i] = _addmm_exact(x, y)
+        if x is not None and exact[j - i]:  # one GEMM pass: d = fp32(W) + (B·s) @ A
             d.copy_(block)
             d.addmm_(x, y)
         else:
@@ -113,16 +120,18 @@ def _fold_scaling(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float):
     mant, exp = math.frexp(scaling)
     if mant != 0.5 or exp < 1 or not (lora_A.numel() and lora_B.numel()):
         return None
-    amax, bmax = lora_A.abs().max().item(), lora_B.abs().max().item()
+
+    def extremes(t: torch.Tensor) -> tuple[float, int]:
+        """max |element| and the exponent of the smallest non-zero one (x = m·2^e, 0.5 <= m < 1)"""
+        a = t.abs()
+        low = torch.where(a > 0, a, math.inf).min().item()
+        return a.max().item(), math.frexp(low)[1] if math.isfinite(low) else 0
+
+    (amax, ea), (bmax, eb) = extremes(lora_A), extremes(lora_B)
     if not (math.isfinite(amax) and math.isfinite(bmax)) or amax * bmax * lora_A.shape[0] * scaling >= 2.0**100:
         return None
-
-    def min_exponent(t: torch.Tensor) -> int:  # of the smallest non-zero |element| (x = m·2^e, 0.5 <= m < 1)
-        nz = t.abs()[t != 0]
-        return math.frexp(nz.min().item())[1] if nz.numel() else 0
-
     # a = ma·2^(ea-24) with an integer 24-bit ma: a product is a multiple of 2^(ea+eb-48); need >= -149
-    if min_exponent(lora_A) + min_exponent(lora_B) - 48 < -149:
+    if ea + eb - 48 < -149:
         return None
     return lora_A, lora_B * scaling if scaling != 1.0 else lora_B
 
@@ -151,6 +160,37 @@ def _addmm_exact(x: torch.Tensor, y: torch.Tensor) -> bool:
     return ok
 
 
+#: (row counts, r, columns, fan_in_fan_out, dtype, threads) -> whether block GEMMs give PEFT's bits
+_BLOCKS_EXACT: dict[tuple, bool] = {}
+
+
+def blocks_exact(lora_A: torch.Tensor, lora_B: torch.Tensor, fan_in_fan_out: bool, sizes: set[int]) -> bool:
+    """Whether the delta rows of a block, one GEMM over that block's rows, equal the same rows of PEFT's one
+    GEMM over the whole weight (``B @ A``, transposed for fan_in_fan_out), for blocks of each of ``sizes``
+    rows of W. A BLAS may compute short GEMMs another way (MKL: 1-3 rows) with other roundings; tried once
+    per shape on random data (a differing path differs in most elements), blocks at the start, middle and end
+    of a taller GEMM, in the kernel's own layouts."""
+    r = lora_A.shape[0]
+    cols = lora_A.shape[1] if not fan_in_fan_out else lora_B.shape[0]  # columns of W
+    dtype = torch.float64 if lora_B.dtype == torch.float64 else torch.float32  # (CPU: fp16/bf16 in fp32)
+    key = (tuple(sorted(sizes)), r, cols, fan_in_fan_out, dtype, torch.get_num_threads())
+    ok = _BLOCKS_EXACT.get(key)
+    if ok is None:
+        g = torch.Generator().manual_seed(1)
+        ok = True
+        for m in sorted(sizes):
+            rows = 2 * m + 5
+            if fan_in_fan_out:  # W (in, out): A (r, in), B (out, r); PEFT: (B @ A).T
+                a, b = torch.randn(r, rows, generator=g, dtype=dtype), torch.randn(cols, r, generator=g, dtype=dtype)
+                full, x, y = (b @ a).T, a.T, b.T
+            else:  # W (out, in): A (r, in), B (out, r); PEFT: B @ A
+                a, b = torch.randn(r, cols, generator=g, dtype=dtype), torch.randn(rows, r, generator=g, dtype=dtype)
+                full, x, y = b @ a, b, a
+            ok = ok and all(torch.equal(torch.mm(x[i: i + m], y), full[i: i + m]) for i in (0, m // 2 + 1, rows - m))
+        _BLOCKS_EXACT[key] = ok
+    return ok
+
+
 def merge_weight(
     base: torch.Tensor,
     lora_A: torch.Tensor,
@@ -172,15 +212,15 @@ def merge_weight(
         from adapterhub.mergewriter import row_blocks
 
         w = base.detach()
-        if out is None:
-            out = torch.empty(w.shape, dtype=w.dtype)
+        out = torch.empty(w.shape, dtype=w.dtype) if out is None else out
         blocks = row_blocks(*w.shape)
-        merge = row_kernel(lora_A, lora_B, scaling, fan_in_fan_out, w.dtype, max(j - i for i, j in blocks), w.shape[1])
-        for i, j in blocks:
-            if out is not w:
-                out[i:j].copy_(w[i:j])
-            merge(out[i:j], i, j)
-        return out
+        merge = row_kernel(lora_A, lora_B, scaling, fan_in_fan_out, w.dtype, blocks, w.shape[1])
+        if merge is not None:
+            for i, j in blocks:
+                if out is not w:
+                    out[i:j].copy_(w[i:j])
+                merge(out[i:j], i, j)
+            return out
     delta = delta_weight(lora_A, lora_B, scaling, fan_in_fan_out)
     if magnitude is None:
         out = base.detach().clone() if out is None else out

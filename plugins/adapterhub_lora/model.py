@@ -156,7 +156,7 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
 
 
 def row_merger(name: str, shape: tuple[int, ...], dtype: torch.dtype, tensors: dict[str, torch.Tensor],
-               config: LoraConfig, max_rows: int):
+               config: LoraConfig, blocks: list[tuple[int, int]]):
     """``merge(block, i, j)`` merging rows ``i:j`` of the 2-d CPU weight ``name`` in place (LoRA, not DoRA:
     its norm needs whole columns for Conv1D); ``None`` when the tensor must go through :func:`merge_tensor`."""
     if len(shape) != 2 or PREFIX + name in tensors:  # a modules_to_save copy: merge_tensor replaces it
@@ -165,4 +165,4 @@ def row_merger(name: str, shape: tuple[int, ...], dtype: torch.dtype, tensors: d
     if found is None or found[2] is not None:
         return None
     a, b, _, scaling, ffo = found
-    return row_kernel(a, b, scaling, ffo, dtype, max_rows, shape[1])
+    return row_kernel(a, b, scaling, ffo, dtype, blocks, shape[1])
