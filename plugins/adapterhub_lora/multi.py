@@ -333,6 +333,18 @@ class RoutedLoraLinear(nn.Module):
         tokens = xs.shape[1]
         bias = self.base_layer.bias
         buffers, keys = self._buffers, self._keys
+        if self.gains is None and not plan.sorted and plan.segments:  # the deltas into one buffer, one scatter
+            first = plan.segments[0][1]  # base rows (slot 0) sort first and get nothing
+            deltas = out.new_empty((plan.rows - first, tokens, out.shape[-1]))
+            for slot, start, end, _ in plan.segments:
+                k, part = keys.get(slot), deltas[start - first:end - first].view(-1, out.shape[-1])
+                if k is None:  # this adapter does not target this layer
+                    part.zero_()
+                    continue
+                seg = xs[start:end].reshape(-1, xs.shape[-1]).to(ADAPTER_DTYPE)  # (n · tokens, in)
+                torch.mm(seg @ buffers[k[0]], buffers[k[1]], out=part)
+            out.index_add_(0, plan.perm[first:], deltas)
+            return
         for slot, start, end, rows_idx in plan.segments:
             k = keys.get(slot)
             if k is None:
