@@ -70,9 +70,10 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
     (GEMMs of 1-3 rows take another path: :data:`adapterhub.mergewriter.MIN_BLOCK_ROWS`); then the same
     elementwise ops. Checked per block size at run time, and with torch.equal against the unblocked form in
     the tests and the 1B benchmark."""
-    if not blocks_exact(lora_A, lora_B, fan_in_fan_out, {j - i for i, j in blocks}):
+    sizes = {j - i for i, j in blocks}
+    if not blocks_exact(lora_A, lora_B, fan_in_fan_out, sizes):
         return None
-    max_rows = max(j - i for i, j in blocks)
+    max_rows = max(sizes)
     fast = lora_A.dtype == lora_B.dtype == torch.float32 and lora_A.device.type == lora_B.device.type == "cpu"
     if not (fast and dtype in (torch.float32, torch.bfloat16, torch.float16)):  # bf16 adapters, fp64 W: the
         def merge_ref(block: torch.Tensor, i: int, j: int) -> None:  # reference ops, block by block
@@ -90,16 +91,14 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
         # rows of W (in, out) for fan_in_fan_out are input features: delta[i:j] = A[:, i:j].T @ B.T
         return (a.T[i:j], b.T) if fan_in_fan_out else (b[i:j], a)
 
-    exact: dict[int, bool] = {}  # row count -> _addmm_exact (the layouts are the same for every block)
+    # the block sizes whose one-GEMM form is exact on this BLAS (every block of a size has the same layout)
+    fused = set() if folded is None else {m for m in sizes if _addmm_exact(*operands(*folded, 0, m))}
 
     def merge(block: torch.Tensor, i: int, j: int) -> None:
         d = buf[: j - i]
-        x, y = operands(*folded, i, j) if folded is not None else (None, None)
-        if x is not None and exact.get(j - i) is None:
-            exact[j - i] = _addmm_exact(x, y)
-        if x is not None and exact[j - i]:  # one GEMM pass: d = fp32(W) + (B·s) @ A
+        if j - i in fused:  # one GEMM pass: d = fp32(W) + (B·s) @ A
             d.copy_(block)
-            d.addmm_(x, y)
+            d.addmm_(*operands(*folded, i, j))
         else:
             torch.mm(*operands(lora_A, lora_B, i, j), out=d)
             if scaling != 1.0:  # (x * 1.0 is x: one pass fewer when lora_alpha == r)
