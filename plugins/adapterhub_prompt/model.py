@@ -11,10 +11,12 @@ inputs of each call exactly as PEFT's ``PeftModelForCausalLM`` / ``PeftModelForS
   gets ``num_virtual_tokens`` leading ones, CAUSAL_LM labels get ``num_virtual_tokens`` leading -100 and
   SEQ_CLS token_type_ids leading zeros. The output therefore has ``num_virtual_tokens`` extra leading
   positions (logits / hidden states), as PEFT's does.
-* prefix tuning (on the top-level model when its ``forward`` takes ``past_key_values``, else on the first
+* prefix tuning (on the top-level model when its ``forward`` takes a KV cache, else on the first
   ``PreTrainedModel`` child that does, e.g. ``bert`` under ``BertForSequenceClassification``, like PEFT): a
   ``DynamicCache`` holding the per-layer key/value prefix (``num_key_value_heads`` heads for GQA) is passed as
-  ``past_key_values`` and the attention mask gets leading ones. The output has no extra positions.
+  the cache and the attention mask gets leading ones. The output has no extra positions. The cache keyword is
+  the model's own: ``cache`` from transformers 5.24 on, ``past_key_values`` before; a caller's cache is read
+  under either.
 
 A call that brings a non-empty ``Cache`` is a generation step: the virtual tokens are already in that cache, so
 only the attention mask is extended; ``position_ids`` are shifted by ``num_virtual_tokens`` (``cache_position``,
@@ -239,18 +241,44 @@ def _init_prompt(
 
 
 # -- attach / detach -------------------------------------------------------------------------------------
+#: the keyword of a transformers model's KV cache: ``cache`` from transformers 5.24 on (which still renames a
+#: ``past_key_values`` argument until 5.40), ``past_key_values`` before
+CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def _cache_kwarg(module: nn.Module) -> str | None:
+    """The keyword ``module.forward`` takes its KV cache by, if any."""
+    params = inspect.signature(module.forward).parameters
+    return next((k for k in CACHE_KWARGS if k in params), None)
+
+
+def _cache_arg(kw: dict, name: str | None) -> Any:
+    """The caller's cache, under either keyword, moved to ``name`` (the forward's own keyword) when there is one."""
+    given = [k for k in CACHE_KWARGS if k in kw]
+    values = [kw[k] for k in given if kw[k] is not None]
+    if len(values) > 1:
+        raise InvalidInput("a cache was given twice (as cache and as past_key_values); pass one")
+    if name is None:
+        return values[0] if values else None
+    for k in given:
+        del kw[k]
+    if given:
+        kw[name] = values[0] if values else None
+    return kw.get(name)
+
+
 def _cache_owner(model: nn.Module) -> nn.Module:
-    """The module whose forward takes ``past_key_values`` (PEFT's rule for prefix tuning)."""
-    if "past_key_values" in inspect.signature(model.forward).parameters:
+    """The module whose forward takes the KV cache (PEFT's rule for prefix tuning)."""
+    if _cache_kwarg(model):
         return model
     from transformers import PreTrainedModel
 
     for _, child in model.named_children():
         if isinstance(child, PreTrainedModel):
-            if "past_key_values" in inspect.signature(child.forward).parameters:
+            if _cache_kwarg(child):
                 return child
             break
-    raise InvalidInput(f"{type(model).__name__} does not take past_key_values, which prefix tuning needs")
+    raise InvalidInput(f"{type(model).__name__} does not take a KV cache (past_key_values), which prefix tuning needs")
 
 
 def attach(model: nn.Module, config: Any, method: str | None = None, init_tokenizer: Any = None) -> Any:
@@ -342,7 +370,8 @@ def _past_length(cache: Any) -> int:
 
     if isinstance(cache, Cache):
         return int(cache.get_seq_length())
-    raise InvalidInput("prompt methods need past_key_values as a transformers Cache (e.g. DynamicCache), not a tuple")
+    raise InvalidInput("prompt methods need the KV cache (cache / past_key_values) as a transformers Cache "
+                       "(e.g. DynamicCache), not a tuple")
 
 
 def _batch_and_length(kw: dict) -> tuple[int, int]:
@@ -374,12 +403,13 @@ class _PromptHook:
 
     def __init__(self, model: nn.Module, state: Attached) -> None:
         self.model, self.state, self.bind = model, state, _binder(model)
+        self.cache_kw = _cache_kwarg(model)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         state, kw = self.state, self.bind(args, kwargs)
         nvt, task = state.config.num_virtual_tokens, state.config.task_type
         batch, length = _batch_and_length(kw)
-        past = _past_length(kw.get("past_key_values"))
+        past = _past_length(_cache_arg(kw, self.cache_kw))
         positions = kw.get("position_ids")
         if past == 0:  # a fresh sequence: the virtual tokens go in front
             state.check_ready()
@@ -409,10 +439,11 @@ class _PromptHook:
 
 
 class _PrefixHook:
-    """Prefix tuning: pass the key/value prefix as ``past_key_values`` (see the module docstring)."""
+    """Prefix tuning: pass the key/value prefix as the model's KV cache (see the module docstring)."""
 
     def __init__(self, model: nn.Module, owner: nn.Module, state: Attached) -> None:
         self.model, self.state, self.bind = model, state, _binder(owner)
+        self.cache_kw = _cache_kwarg(owner)
 
     def prefix(self, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         """Per layer a ``(2, batch, heads, num_virtual_tokens, head_dim)`` key/value pair (PEFT's get_prompt)."""
@@ -428,7 +459,7 @@ class _PrefixHook:
         state, kw = self.state, self.bind(args, kwargs)
         nvt = state.config.num_virtual_tokens
         batch, length = _batch_and_length(kw)
-        cache = kw.get("past_key_values")
+        cache = _cache_arg(kw, self.cache_kw)
         past = _past_length(cache)
         if past == 0:  # a fresh sequence: put the prefix in the cache
             state.check_ready()
@@ -439,7 +470,7 @@ class _PrefixHook:
                 for i, (key, value) in enumerate(layers):
                     cache.update(key, value, i, cache_kwargs={"cache_position": positions})
             else:
-                kw["past_key_values"] = DynamicCache(layers)
+                kw[self.cache_kw] = DynamicCache(layers)
             past = nvt
         if kw.get("position_ids") is not None:
             kw["position_ids"] = kw["position_ids"] + nvt
