@@ -112,6 +112,60 @@ def test_routed_rows_equal_each_row_alone(adapters, names, path, monkeypatch):
     assert "forward" not in base.__dict__ and all(p.requires_grad for p in base.parameters())
 
 
+class _SharedInput(torch.nn.Module):
+    """Two projections on one input tensor, as q/k/v share theirs, but the input is written in place between
+    them (``x *= 2``) and then again before a third: a routed layer must not reuse rows cached from before."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.q_proj, self.k_proj, self.o_proj = (torch.nn.Linear(6, 5) for _ in range(3))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, x):
+        a = self.q_proj(x)
+        b = self.q_proj(x)  # the same input twice: the cached grouping is reused
+        x.mul_(2)
+        c = self.k_proj(x)
+        x.add_(1)
+        return torch.cat([a, b, c, self.o_proj(x)], dim=-1)
+
+
+@pytest.mark.parametrize("names", [["a", "b", "__base__", "a", "b", "b"], ["__base__", "a", "a", "b", "b", "b"]],
+                         ids=["shuffled", "sorted"])
+def test_routed_input_written_in_place_between_layers(names, monkeypatch):
+    from adapterhub_lora.multi import RoutedLoraLinear
+
+    monkeypatch.setattr(RoutedLoraLinear, "dense_budget", 0)  # the grouped path, which caches per input
+    adapters = {}
+    for seed, n in enumerate(["a", "b"]):
+        model = _SharedInput()
+        eff = LORA.attach(model, LORA.make_config(dict(init_lora_weights=False, r=2, lora_alpha=4,
+                                                       target_modules=["q_proj", "k_proj", "o_proj"])))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in (p for p in model.parameters() if p.requires_grad):
+                p.add_(torch.randn(p.shape, generator=g))
+        adapters[n] = LoadedAdapter(LORA, eff, {k: v.clone() for k, v in LORA.state_dict(model).items()},
+                                    {"method": "lora", "base": {"fingerprint": "sha256:x"}})
+    x = torch.randn(len(names), 3, 6, generator=torch.Generator().manual_seed(9))
+    expect = []
+    for i, n in enumerate(names):
+        alone = _SharedInput()
+        if n != "__base__":
+            LORA.attach(alone, adapters[n].config)
+            LORA.load_state_dict(alone, adapters[n].tensors)
+        with torch.no_grad():
+            expect.append(alone(x[i: i + 1].clone()))
+    routed = _SharedInput()
+    router = compose.attach_routed(routed, adapters)
+    with torch.no_grad(), router.route(names):
+        got = routed(x.clone())
+    assert (got - torch.cat(expect)).abs().max() <= TOL
+
+
 def test_routed_matches_peft_mixed_batch(adapters, tmp_path):
     import peft as peft
     lora_names = ["support", "sales", "legal"]

@@ -162,11 +162,13 @@ class RoutePlan:
     come grouped. It also caches, for the current call, the row-sorted input (q/k/v and gate/up share theirs)
     and the column masks of the dense path (layers with the same rank layout share one)."""
 
-    __slots__ = ("key", "perm", "segments", "runs", "sorted", "rows", "_x", "_masks")
+    __slots__ = ("key", "perm", "segments", "runs", "sorted", "rows", "_x", "_segs", "_deltas", "_masks")
 
     def __init__(self) -> None:
         self.key = None
         self._x: tuple | None = None
+        self._segs: tuple | None = None
+        self._deltas: dict = {}
         self._masks: dict = {}
 
     def update(self, index: torch.Tensor) -> "RoutePlan":
@@ -192,19 +194,45 @@ class RoutePlan:
             if slot:
                 self.segments.append((slot, start, end, self.perm[start:end]))
             start = end
-        self.rows, self.key, self._masks = len(slots), index, {}
+        self.rows, self.key, self._masks, self._deltas, self._segs = len(slots), index, {}, {}, None
         return self
 
     def sorted_rows(self, x: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """``xs`` (rows, tokens, in), a view of the layer input ``x``, with its rows grouped by adapter; cached
-        while the same input tensor recurs (held, so its identity cannot be reused by another tensor)."""
+        while the same input tensor recurs unchanged (held, so its identity cannot be reused by another
+        tensor; its version counter moves if it is written in place)."""
         if self.sorted:
             return xs
-        if self._x is not None and self._x[0] is x and self._x[2] is self.key:
+        if self._x is not None and self._x[0] is x and self._x[2] is self.key and self._x[3] == x._version:
             return self._x[1]
         out = xs.index_select(0, self.perm)
-        self._x = (x, out, self.key)
+        self._x = (x, out, self.key, x._version)
         return out
+
+    def segment_inputs(self, x: torch.Tensor, xs: torch.Tensor) -> list[torch.Tensor]:
+        """Each segment's input rows as ``(n · tokens, in)`` in the adapters' dtype, in segment order; cached
+        like :meth:`sorted_rows` (layers that share an input, q/k/v and gate/up, share these views)."""
+        if (self._segs is not None and self._segs[0] is x and self._segs[1] is self.key
+                and self._segs[3] == x._version):
+            return self._segs[2]
+        xs = self.sorted_rows(x, xs)
+        n_in = xs.shape[-1]
+        segs = [xs[start:end].reshape(-1, n_in).to(ADAPTER_DTYPE) for _, start, end, _ in self.segments]
+        self._segs = (x, self.key, segs, x._version)
+        return segs
+
+    def delta_parts(self, out: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A buffer ``(adapter rows, tokens, out)`` for the deltas in sorted order and its ``(n · tokens, out)``
+        view per segment. Every layer of this call with the same output shape reuses it: each layer's deltas
+        are added into its output (``index_add_``) before the next layer runs."""
+        key = (out.shape[1], out.shape[2], out.dtype, out.device)
+        found = self._deltas.get(key)
+        if found is None:
+            first, n_out = self.segments[0][1], out.shape[2]  # base rows (slot 0) sort first and get nothing
+            buf = out.new_empty((self.rows - first, out.shape[1], n_out))
+            found = (buf, [buf[s - first:e - first].view(-1, n_out) for _, s, e, _ in self.segments])
+            self._deltas[key] = found
+        return found
 
     def mask(self, layout: tuple, col_slot: torch.Tensor) -> torch.Tensor:
         """(rows, 1, ΣR) float mask: 1 where a factor column belongs to the row's adapter."""
@@ -329,29 +357,26 @@ class RoutedLoraLinear(nn.Module):
     def _grouped(self, x: torch.Tensor, xs: torch.Tensor, out: torch.Tensor, plan: RoutePlan) -> None:
         if self.gains is None and xs.shape[1] >= self.in_place_tokens and out.is_contiguous():
             return self._in_place(xs, out, plan)
-        xs = plan.sorted_rows(x, xs)  # rows grouped by adapter
         tokens = xs.shape[1]
+        segs = plan.segment_inputs(x, xs)  # each adapter's rows, grouped by adapter: (n · tokens, in)
         bias = self.base_layer.bias
         buffers, keys = self._buffers, self._keys
         if self.gains is None and not plan.sorted and plan.segments:  # the deltas into one buffer, one scatter
-            first = plan.segments[0][1]  # base rows (slot 0) sort first and get nothing
-            deltas = out.new_empty((plan.rows - first, tokens, out.shape[-1]))
-            for slot, start, end, _ in plan.segments:
-                k, part = keys.get(slot), deltas[start - first:end - first].view(-1, out.shape[-1])
+            deltas, parts = plan.delta_parts(out)
+            for (slot, _, _, _), seg, part in zip(plan.segments, segs, parts):
+                k = keys.get(slot)
                 if k is None:  # this adapter does not target this layer
                     part.zero_()
                     continue
-                seg = xs[start:end].reshape(-1, xs.shape[-1]).to(ADAPTER_DTYPE)  # (n · tokens, in)
-                torch.mm(seg @ buffers[k[0]], buffers[k[1]], out=part)
-            out.index_add_(0, plan.perm[first:], deltas)
+                torch.mm(torch.mm(seg, buffers[k[0]]), buffers[k[1]], out=part)
+            out.index_add_(0, plan.perm[plan.segments[0][1]:], deltas)
             return
-        for slot, start, end, rows_idx in plan.segments:
+        for (slot, start, end, rows_idx), seg in zip(plan.segments, segs):
             k = keys.get(slot)
             if k is None:
                 continue  # this adapter does not target this layer
             a_t, b_t, gain = buffers[k[0]], buffers[k[1]], buffers[k[2]]
-            seg = xs[start:end].reshape(-1, xs.shape[-1]).to(ADAPTER_DTYPE)  # (n · tokens, in)
-            delta = ((seg @ a_t) @ b_t).view(end - start, tokens, -1)  # (n, tokens, out)
+            delta = torch.mm(torch.mm(seg, a_t), b_t).view(end - start, tokens, -1)  # (n, tokens, out)
             if gain is not None:  # DoRA: (g - 1) · (base result - bias) + g · delta
                 base = out[start:end] if plan.sorted else out.index_select(0, rows_idx)
                 if bias is not None:
