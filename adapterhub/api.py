@@ -72,7 +72,7 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
          home: str | None = None, plugins: Plugins | None = None, progress: Progress | None = None,
          hash_progress: Progress | None = None) -> Published:
     """Register the adapter directory ``src`` as a version of ``name``."""
-    from .checkpoint import read_adapter_dir
+    from .checkpoint import check_base_fit, read_adapter_dir
     from .refs import validate_name
 
     validate_name(name)
@@ -85,6 +85,7 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
         if base:
             fp = fingerprint(base, home)
             check_base(m_base.get("fingerprint"), fp.digest, base, m_base.get("name"))
+            check_base_fit(source, base)  # every targeted module exists in the base and fits it
             m_base["fingerprint"] = fp.digest
             m_base.setdefault("name", None)
             m_base["name"] = m_base["name"] or os.path.basename(os.path.abspath(base))

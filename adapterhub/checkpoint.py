@@ -12,6 +12,7 @@ them with ``torch.load(weights_only=True)`` and stores safetensors instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import InvalidInput
+from .errors import AdapterhubError, InvalidInput, NotFound
 from .registry.blobs import Progress, hash_file
 
 if TYPE_CHECKING:  # pragma: no cover - the registry module imports SQLAlchemy: loaded where it is used
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover - the registry module imports SQLAlchemy: 
 from .stheader import read_header
 
 MANIFEST = "adapterhub.json"
+PEFT_CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SKIP_NAMES = {".git", "__pycache__", ".DS_Store", ".ipynb_checkpoints"}
 
@@ -41,6 +44,9 @@ class AdapterSource:
     files: list[LocalFile]
     format: str
     _tmp: list[str] = field(default_factory=list)
+    method: Any = None  # the method object, when its plugin is installed
+    config: Any = None  # its typed config
+    tensors: Any = None  # the adapter tensors' header entries (name -> stheader.TensorInfo)
 
     def cleanup(self) -> None:
         for d in self._tmp:
@@ -54,18 +60,25 @@ def _check_relpath(rel: str) -> str:
 
 
 def list_files(src: str) -> list[tuple[str, str]]:
-    """``(relative posix path, absolute path)`` of every regular file under ``src``."""
+    """``(relative posix path, absolute path)`` of every regular file under ``src``. Symbolic links are
+    refused (a link could pull in a file from outside ``src``; skipping it would drop content silently)."""
     out = []
     for root, dirs, names in os.walk(src, followlinks=False):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_NAMES and not d.startswith("."))
-        for n in sorted(names):
+        for n in dirs + sorted(names):
             if n in SKIP_NAMES or n.startswith("."):
                 continue
             full = os.path.join(root, n)
             rel = os.path.relpath(full, src).replace(os.sep, "/")
-            if not os.path.isfile(full):  # dangling symlink, socket, fifo ...
+            _check_relpath(rel)
+            if os.path.islink(full):
+                raise InvalidInput(f"{rel} in {src} is a symbolic link; adapterhub does not follow links out of "
+                                   "the adapter directory: copy the file in instead")
+            if n in dirs:
+                continue
+            if not os.path.isfile(full):  # socket, fifo ...
                 raise InvalidInput(f"{rel} in {src} is not a regular file")
-            out.append((_check_relpath(rel), full))
+            out.append((rel, full))
     return out
 
 
@@ -86,10 +99,12 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
     source = AdapterSource(os.path.abspath(src), {}, [], "adapterhub")
     try:
         entries = _handle_pickles(entries, import_bin, source)
-        for rel, full in entries:
-            if rel.endswith(".safetensors"):
-                read_header(full)  # raises InvalidInput naming the file
+        # read_header raises InvalidInput naming the file
+        headers = {rel: read_header(full) for rel, full in entries if rel.endswith(".safetensors")}
         source.manifest, source.format = _read_manifest(src, plugins)
+        if WEIGHTS in headers:
+            source.tensors = headers[WEIGHTS].tensors
+            source.method, source.config = check_adapter(src, source.manifest, source.tensors, plugins)
         from .registry.registry import LocalFile
 
         for rel, full in entries:
@@ -99,6 +114,80 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
         source.cleanup()
         raise
     return source
+
+
+def check_adapter(src: str, manifest: dict[str, Any], tensors: dict[str, Any], plugins: Any,
+                  installed_only: bool = True) -> tuple[Any, Any]:
+    """Check an adapter directory: its PEFT ``adapter_config.json`` against ``adapterhub.json``
+    (:func:`reconcile_peft_config`, which may complete ``manifest["config"]`` in place), then its tensors
+    (header entries) against the method and config; returns ``(method, config)``. With ``installed_only``, a
+    method no installed plugin provides gets only the generic checks and ``(None, None)`` is returned (the
+    registry may store adapters of methods this machine lacks)."""
+    from .method import check_floating
+
+    try:
+        method = plugins.get("methods", manifest["method"])
+    except NotFound:
+        if not installed_only:
+            raise
+        check_floating(tensors)
+        return None, None
+    reconcile_peft_config(src, manifest, plugins)
+    method, config = method_and_config(manifest, plugins)
+    method.check_tensors(tensors, config)
+    return method, config
+
+
+def reconcile_peft_config(src: str, manifest: dict[str, Any], plugins: Any) -> None:
+    """A directory with both ``adapterhub.json`` and PEFT's ``adapter_config.json``: every config field
+    ``adapterhub.json`` states must have the same value in ``adapter_config.json`` (what peft, vLLM and TGI
+    read), else :class:`InvalidInput` names the fields. ``adapter_config.json`` is PEFT's complete config,
+    so a field the manifest leaves out is taken from it (added to ``manifest["config"]``), never from our
+    defaults: both then describe the same adapter."""
+    path = os.path.join(src, PEFT_CONFIG)
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(src, MANIFEST))):
+        return  # a plain PEFT directory: adapter_config.json is the only config
+    peft = load_json(path)
+    if not isinstance(peft, dict):
+        raise InvalidInput(f"{PEFT_CONFIG} in {src} is not a JSON object")
+    method, config = method_and_config(manifest, plugins)
+    if method.peft_type is None:
+        raise InvalidInput(f"{src} has {PEFT_CONFIG}, but its method '{method.name}' ({MANIFEST}) is not one PEFT "
+                           f"implements: remove {PEFT_CONFIG}")
+    try:
+        theirs = method.from_peft_config(peft)
+    except AdapterhubError as exc:
+        raise InvalidInput(f"{PEFT_CONFIG} in {src} does not describe the {method.name} adapter of {MANIFEST}: "
+                           f"{exc}") from None
+    raw = manifest.get("config") or {}
+    if not (isinstance(raw, dict) and dataclasses.is_dataclass(config) and dataclasses.is_dataclass(theirs)):
+        return
+    ours, theirs = dataclasses.asdict(config), dataclasses.asdict(theirs)
+    stated = set(ours) if manifest.get("format") == "peft" else set(raw)
+    diff = [k for k in ours if k in stated and ours[k] != theirs.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {theirs.get(k)!r} in {PEFT_CONFIG}, {ours[k]!r} in {MANIFEST}" for k in diff)
+        raise InvalidInput(f"{PEFT_CONFIG} and {MANIFEST} in {src} disagree ({shown}); peft, vLLM and TGI read the "
+                           f"first, adapterhub the second: make them agree")
+    missing = {k: v for k, v in theirs.items() if k not in stated}
+    if missing:
+        manifest["config"] = {**raw, **missing}
+
+
+def check_base_fit(source: AdapterSource, base_dir: str) -> None:
+    """Check that every module ``source`` targets exists in the base model in ``base_dir`` and fits it
+    (shapes from the base's safetensors headers; nothing is loaded)."""
+    if source.method is None or source.tensors is None:
+        return
+    from .fingerprint import find_weight_files
+    from .merge import PEFT_PREFIX, _choose_prefix
+
+    base: dict[str, Any] = {}
+    for path in find_weight_files(base_dir):
+        base.update(read_header(path).tensors)
+    paths = [k[len(PEFT_PREFIX):] for k in source.tensors if k.startswith(PEFT_PREFIX)]
+    prefix = _choose_prefix(sorted(base), paths)
+    source.method.check_tensors(source.tensors, source.config, {prefix + n: t for n, t in base.items()})
 
 
 def _handle_pickles(entries: list[tuple[str, str]], import_bin: bool,
@@ -218,11 +307,12 @@ def adapter_parts(path: str, plugins: Any) -> tuple[dict[str, Any], str, Any, An
         manifest = load_json(os.path.join(path, MANIFEST))
     else:
         manifest, _ = _read_manifest(path, plugins)
-    weights = os.path.join(path, "adapter_model.safetensors")
+    weights = os.path.join(path, WEIGHTS)
     if not os.path.isfile(weights):
-        raise InvalidInput(f"{path} has no adapter_model.safetensors")
-    read_header(weights)
-    method, config = method_and_config(manifest, plugins)
+        raise InvalidInput(f"{path} has no {WEIGHTS}")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("method"), str):
+        raise InvalidInput(f"{MANIFEST} in {path} has no 'method'")
+    method, config = check_adapter(path, manifest, read_header(weights).tensors, plugins, installed_only=False)
     return manifest, weights, method, config
 
 

@@ -8,9 +8,24 @@ Tensors are ``torch.Tensor``; this module itself does not import torch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from .errors import AdapterhubError, InvalidInput
+
+#: the safetensors dtypes adapter tensors may have (PEFT computes with them; an integer factor breaks the merge)
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def check_floating(tensors: Mapping[str, Any], keys: Any = None) -> None:
+    """Refuse an adapter tensor (``keys`` of ``tensors``, default all) whose dtype is not floating point.
+    ``tensors`` maps names to objects with a safetensors ``dtype`` string (:class:`~adapterhub.stheader.TensorInfo`)."""
+    for key in sorted(tensors if keys is None else keys):
+        dtype = tensors[key].dtype
+        if dtype not in FLOAT_DTYPES:
+            raise InvalidInput(
+                f"adapter tensor '{key}' has dtype {dtype}: adapter tensors must be floating point "
+                f"({', '.join(FLOAT_DTYPES)})"
+            )
 
 
 class Method:
@@ -87,6 +102,18 @@ class Method:
     def from_peft_config(self, peft_config: dict[str, Any]) -> Any:
         """Our config from a PEFT ``adapter_config.json`` (import)."""
         raise AdapterhubError(f"method '{self.name}' cannot import PEFT adapters")
+
+    # -- validation ----------------------------------------------------------------------------------
+    def check_tensors(self, tensors: Mapping[str, Any], config: Any, base: Mapping[str, Any] | None = None) -> None:
+        """Refuse tensors that cannot belong to an adapter of ``config``, before anything is stored or merged.
+        Called when an adapter directory is read (``push``, merging or loading a directory) with each tensor's
+        header entry (``tensors[key].dtype``: a safetensors dtype such as ``"F32"``, ``.shape``: a tuple), no
+        data read. With a base model (``push --base``), ``base`` maps the base's tensor names, in the adapter's
+        model naming (PEFT keys minus ``base_model.model.``), to their header entries: check that each module
+        the adapter targets exists there and fits. Raises :class:`InvalidInput` with one line naming the tensor
+        and the expected and actual shape or dtype. The default refuses non-floating tensors; methods add
+        their own shape rules (and may call ``super()``)."""
+        check_floating(tensors)
 
     # -- required ------------------------------------------------------------------------------
     def attach(self, model: Any, config: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import TunerMethod
+from adapterhub.tuners import PEFT_PREFIX, TunerMethod
 
 from .config import IA3Config, from_peft_dict, to_peft_dict
 
@@ -45,6 +45,33 @@ class IA3Method(TunerMethod):
 
     def from_peft_config(self, peft_config: dict[str, Any]) -> IA3Config:
         return from_peft_dict(peft_config)
+
+    # -- validation ------------------------------------------------------------------------------------
+    def check_tensors(self, tensors: Any, config: Any, base: Any = None) -> None:
+        """Every tensor floating point; each ``ia3_l`` 2-d, (out, 1) for an attention-style layer or (1, in)
+        for a ``feedforward_modules`` one; with ``base``, the module exists there with those features."""
+        super().check_tensors(tensors, config, base)
+        config = self._config(config)
+        for key in sorted(k for k in tensors if k.startswith(PEFT_PREFIX) and k.endswith(".ia3_l")):
+            path, shape = key[len(PEFT_PREFIX): -len(".ia3_l")], tuple(tensors[key].shape)
+            ff = config.is_feedforward(path) if config.feedforward_modules is not None else None
+            kind, want = {True: ("feed-forward", "(1, in)"), False: ("attention-style", "(out, 1)"),
+                          None: ("targeted", "(out, 1) or (1, in)")}[ff]
+            if len(shape) != 2 or not {True: shape[0] == 1, False: shape[1] == 1, None: 1 in shape}[ff]:
+                raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but the (IA)³ vector of a {kind} "
+                                   f"layer is {want}")
+            if base is None:
+                continue
+            w = base.get(path + ".weight")
+            if w is None:
+                raise InvalidInput(f"adapter tensor '{key}' targets module '{path}', but the base has no '{path}.weight'")
+            if len(w.shape) != 2 or w.dtype not in ("F16", "BF16", "F32", "F64"):
+                continue  # not a plain Linear/Conv1D weight (e.g. packed): the merge says more
+            out_dim, in_dim = (w.shape[1], w.shape[0]) if config.fan_in_fan_out else (w.shape[0], w.shape[1])
+            expected = [(1, in_dim)] if ff else [(out_dim, 1)] if ff is False else [(1, in_dim), (out_dim, 1)]
+            if shape not in expected:
+                raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but base '{path}.weight' "
+                                   f"{tuple(w.shape)} needs {' or '.join(map(str, expected))}")
 
     # -- model -----------------------------------------------------------------------------------------
     def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,

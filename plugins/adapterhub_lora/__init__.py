@@ -20,7 +20,7 @@ import adapterhub
 from adapterhub.errors import InvalidInput
 from adapterhub.tuners import TunerMethod
 
-from .config import LoraConfig, from_peft_dict, to_peft_dict
+from .config import LoraConfig, check_factors, factor_paths, from_peft_dict, to_peft_dict
 
 __all__ = ["LoraConfig", "LoraMethod", "DoraMethod", "register_methods"]
 
@@ -49,15 +49,35 @@ class LoraMethod(TunerMethod):
     def from_peft_config(self, peft_config: dict[str, Any]) -> LoraConfig:
         return from_peft_dict(peft_config)
 
+    # -- validation ------------------------------------------------------------------------------------
+    def check_tensors(self, tensors: Any, config: Any, base: Any = None) -> None:
+        """Every tensor floating point; each module's ``lora_A`` / ``lora_B`` (and DoRA magnitude) present,
+        2-d, of the config's rank and selected by ``target_modules``; with ``base``, the module exists there
+        with the same in/out features (:func:`adapterhub_lora.config.check_factors`)."""
+        super().check_tensors(tensors, config, base)
+        config = self._config(config)
+        for path in factor_paths(tensors):
+            check_factors(config, path, tensors, base, self.name)
+
+    def _check_merge(self, name: str, adapter_tensors: Any, config: Any) -> None:
+        """The factors for base tensor ``name`` fit each other and the config (header shapes when the tensors
+        are read lazily, so nothing extra is read)."""
+        if name.endswith(".weight"):
+            header = getattr(adapter_tensors, "header", None)
+            check_factors(config, name[: -len(".weight")],
+                          header.tensors if header is not None else adapter_tensors, None, self.name)
+
     # -- model -----------------------------------------------------------------------------------------
     def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
                      inplace: bool = False) -> Any:
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor``; ``None`` if untouched."""
+        self._check_merge(name, adapter_tensors, self._config(config))
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
     def row_merger(self, name: str, shape: tuple[int, ...], dtype: Any, adapter_tensors: dict[str, Any], config: Any,
                    blocks: list[tuple[int, int]]) -> Any:
         """Row blocks of a LoRA weight merged in place (not DoRA, not ``modules_to_save`` copies)."""
+        self._check_merge(name, adapter_tensors, self._config(config))
         return self._model().row_merger(name, tuple(shape), dtype, adapter_tensors, self._config(config), blocks)
 
     # -- several adapters ------------------------------------------------------------------------------

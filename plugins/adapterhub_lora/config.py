@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapterhub import tuners
+from adapterhub.errors import InvalidInput
 
 #: PEFT's default ``target_modules`` per ``model_type`` (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``),
 #: used when ``target_modules`` is left empty; the common subset.
@@ -175,3 +176,106 @@ def from_peft_dict(peft: dict[str, Any], *, force_dora: bool = False) -> LoraCon
     if force_dora:
         values["use_dora"] = True
     return tuners.peft_config(LoraConfig, values, "LoRA")
+
+
+# -- checking tensors against the config (and a base) ------------------------------------------------------
+_A, _B, _M = ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"
+
+
+def _is_float(dtype: Any) -> bool:
+    """A safetensors dtype string (``"F32"``) or a torch dtype that is floating point."""
+    return dtype in ("F16", "BF16", "F32", "F64") or getattr(dtype, "is_floating_point", False) is True
+
+
+def factor_paths(keys: Any) -> list[str]:
+    """The module paths that have LoRA factors (``lora_A`` / ``lora_B`` / DoRA magnitude) among ``keys``."""
+    paths = set()
+    for key in keys:
+        if key.startswith(tuners.PEFT_PREFIX):
+            for suffix in (_A, _B, _M):
+                if key.endswith(suffix):
+                    paths.add(key[len(tuners.PEFT_PREFIX): -len(suffix)])
+    return sorted(paths)
+
+
+def check_factors(config: LoraConfig, path: str, tensors: Any, base: Any = None, method: str = "lora") -> None:
+    """Refuse LoRA factors of module ``path`` that do not fit each other, ``config`` or (when given) the base.
+
+    ``tensors`` maps keys to objects with ``.shape`` and ``.dtype`` (safetensors header entries or tensors);
+    ``base`` maps base tensor names, in the adapter's model naming, to header entries. Checks: ``lora_A``
+    (r, in) and ``lora_B`` (out, r) both present, 2-d, floating point, of the rank the config gives
+    (``rank_for``: ``r`` / ``rank_pattern``); the DoRA magnitude (out,) present exactly when ``use_dora``;
+    the module selected by ``target_modules``; and with ``base``, ``<path>.weight`` present with matching
+    in/out features (stored (in, out) when ``fan_in_fan_out``)."""
+    pre = tuners.PEFT_PREFIX + path
+    key_a, key_b, key_m = pre + _A, pre + _B, pre + _M
+    for have, need in ((key_a, key_b), (key_b, key_a), (key_m, key_a)):
+        if have in tensors and need not in tensors:
+            raise InvalidInput(f"adapter has '{have}' but no '{need}'")
+    if key_a not in tensors:
+        return
+    tm = config.target_modules
+    if tm and not (isinstance(tm, str) and tm.lower() == tuners.ALL_LINEAR) and not tuners.matches_target(tm, path):
+        raise InvalidInput(f"adapter tensor '{key_a}' is for module '{path}', which target_modules {tm!r} "
+                           "does not select")
+    a, b = tensors[key_a], tensors[key_b]
+    for key, t in ((key_a, a), (key_b, b)) + (((key_m, tensors[key_m]),) if key_m in tensors else ()):
+        if not _is_float(t.dtype):
+            raise InvalidInput(f"adapter tensor '{key}' has dtype {_dtype_name(t.dtype)}: adapter tensors "
+                               "must be floating point")
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    for key, shape in ((key_a, sa), (key_b, sb)):
+        if len(shape) != 2:
+            raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but LoRA factors are 2-d "
+                               "(lora_A: (r, in), lora_B: (out, r))")
+    r, ra, rb = config.rank_for(path), sa[0], sb[1]
+    if not ra == rb == r:
+        given = "r" if r == config.r else "rank_pattern"
+        if ra == rb:
+            msg = f"'{key_a}' {sa} and '{key_b}' {sb} have rank {ra} but the config gives rank {r} ({given})"
+        elif ra == r:
+            msg = (f"'{key_b}' has shape {sb}, rank {rb}, but '{key_a}' {sa} and the config give rank {r}: "
+                   f"expected {(sb[0], r)}")
+        elif rb == r:
+            msg = (f"'{key_a}' has shape {sa}, rank {ra}, but '{key_b}' {sb} and the config give rank {r}: "
+                   f"expected {(r, sa[1])}")
+        else:
+            msg = f"'{key_a}' {sa} has rank {ra}, '{key_b}' {sb} has rank {rb}, and the config gives rank {r} ({given})"
+        raise InvalidInput(f"{method} adapter for '{path}': {msg}")
+    if key_m in tensors and not config.use_dora:
+        raise InvalidInput(f"adapter has the DoRA magnitude '{key_m}' but the config has use_dora=false")
+    if config.use_dora:
+        if key_m not in tensors:
+            raise InvalidInput(f"DoRA adapter has no '{key_m}'")
+        sm = tuple(tensors[key_m].shape)
+        if sm != (sb[0],):
+            raise InvalidInput(f"adapter tensor '{key_m}' has shape {sm} but '{key_b}' {sb} gives {(sb[0],)}")
+    if base is not None:
+        _check_base_fit(config, path, key_a, key_b, sa, sb, base)
+
+
+def _check_base_fit(config: LoraConfig, path: str, key_a: str, key_b: str, sa: tuple, sb: tuple, base: Any) -> None:
+    name = path + ".weight"
+    w = base.get(name)
+    if w is None:
+        raise InvalidInput(f"adapter tensor '{key_a}' targets module '{path}', but the base has no '{name}'")
+    shape = tuple(w.shape)
+    if not _is_float(w.dtype):  # a packed (quantized) base weight: its shape says nothing of in/out
+        return
+    if len(shape) != 2:
+        raise InvalidInput(f"adapter tensor '{key_a}' targets '{path}', but base '{name}' has shape {shape}, "
+                           "not a Linear/Conv1D weight")
+    ffo = config.fan_in_fan_out
+    d_in, d_out = (shape[0], shape[1]) if ffo else (shape[1], shape[0])
+    r = sa[0]
+    for key, got, want in ((key_a, sa, (r, d_in)), (key_b, sb, (d_out, r))):
+        if got != want:
+            hint = ""
+            if (sb[0], sa[1]) == ((d_in, d_out)):
+                hint = (f"; the base weight is stored {'(out, in)' if ffo else '(in, out)'}: "
+                        f"fan_in_fan_out should be {str(not ffo).lower()}")
+            raise InvalidInput(f"adapter tensor '{key}' has shape {got} but base '{name}' {shape} needs {want}{hint}")
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")

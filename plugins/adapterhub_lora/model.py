@@ -21,7 +21,7 @@ from adapterhub.errors import InvalidInput
 from adapterhub.tuners import PEFT_PREFIX as PREFIX
 from adapterhub.tuners import Attached  # what attach changed, kept on the model
 
-from .config import DEFAULT_TARGETS, LoraConfig
+from .config import DEFAULT_TARGETS, LoraConfig, check_factors
 from .layer import LoraLinear, merge_weight, row_kernel
 
 _STATE_ATTR = "_adapterhub_lora"  # lora, dora (and methods built on them) share one slot
@@ -124,9 +124,7 @@ def _factors(name: str, shape: tuple[int, ...], device: Any, tensors: dict[str, 
     magnitude = _fp32(tensors[key_m], device) if key_m in tensors else None  # (out,)
     if config.use_dora and magnitude is None:
         raise InvalidInput(f"DoRA adapter has no '{key_m}'")
-    r = config.rank_for(path)
-    if a.shape[0] != r or b.shape[1] != r:
-        raise InvalidInput(f"'{key_a}' has rank {a.shape[0]} but the config gives rank {r} for '{path}'")
+    check_factors(config, path, tensors)  # ranks of A, B and the config agree (names the one that differs)
     ffo = config.fan_in_fan_out
     layout = (a.shape[1], b.shape[0]) if ffo else (b.shape[0], a.shape[1])  # (in, out) or (out, in)
     if tuple(shape) != layout:

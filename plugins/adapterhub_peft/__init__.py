@@ -45,7 +45,10 @@ class PeftFormat:
                 method = name
                 break
         if method is None:
-            method = _FALLBACK.get(cfg["peft_type"], cfg["peft_type"].lower())
+            if cfg["peft_type"] not in _FALLBACK:
+                raise InvalidInput(f"unknown PEFT method peft_type={cfg['peft_type']!r} in adapter_config.json of "
+                                   f"{path}; installed PEFT methods: {installed(plugins)}")
+            method = _FALLBACK[cfg["peft_type"]]
             if method == "lora" and cfg.get("use_dora"):
                 method = "dora"
         task = cfg.get("task_type")
@@ -56,6 +59,15 @@ class PeftFormat:
             "task": task,
             "format": "peft",
         }
+
+
+def installed(plugins: Any) -> str:
+    """``"IA3 (ia3), LORA (lora, dora, qlora), ..."``: the PEFT types the installed methods read and write."""
+    by_type: dict[str, list[str]] = {}
+    for name, _plugin, m in plugins.items("methods"):
+        if getattr(m, "peft_type", None):
+            by_type.setdefault(m.peft_type, []).append(name)
+    return ", ".join(f"{t} ({', '.join(names)})" for t, names in sorted(by_type.items())) or "none"
 
 
 @adapterhub.hookimpl
