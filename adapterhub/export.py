@@ -23,9 +23,10 @@ from typing import Any, Iterator
 
 from .checkpoint import LoadedAdapter, method_and_config, write_json
 from .errors import AdapterhubError, IntegrityError, InvalidInput
-from .merge import _TORCH_NAMES, LazyTensors, merge_adapter, open_adapter_dir, parse_dtype, parse_shard_size
+from .merge import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
+                    parse_shard_size, plan_merge)
 from .plugins import Plugins, get_plugins
-from .outdir import check_out
+from .outdir import check_out, check_out_base
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -58,6 +59,9 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         method, config = method_and_config(info["manifest"], plugins)
         tensors = LazyTensors(path)
         try:
+            check = getattr(method, "check_tensors", None)
+            if check is not None:  # (versions stored before push checked them)
+                check(tensors.header.tensors, config)
             yield (LoadedAdapter(method, config, tensors, info["manifest"]),
                    {"ref": info["ref"], "digest": info["digest"].removeprefix("sha256:"), "manifest": info["manifest"]})
         finally:
@@ -75,12 +79,11 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
     ``onto``: an adapter trained on a quantized base merges onto the dequantized (default) or original base."""
     from .api import check_base, fingerprint
 
+    base_config(base_dir)  # a transformers model directory, before any work (nothing hashed, nothing cached)
+    check_out_base(out, base_dir)
     check_out(out, force)
     target = parse_dtype(dtype)
     shard_bytes = parse_shard_size(shard_size)
-    if not os.path.isdir(base_dir):
-        raise InvalidInput(f"base {base_dir}: no such directory" if not os.path.exists(base_dir)
-                           else f"base {base_dir}: not a directory")
     with open_adapter(reg, ref, plugins) as (adapter, info):
         from .merge import _check_mergeable
 
@@ -97,6 +100,8 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
             key = (key[0], key[1], key[2] + "@dq", key[3])
         problem = None
         if cache:
+            plan_merge(adapter, base_dir, target)  # refuses what the merge would refuse (e.g. tensors matching
+            # nothing in the base), also for merges cached before that was checked; headers only
             hit, problem = _restore(reg, key, out, force)
             if hit is not None:
                 return {"ref": info["ref"], "digest": "sha256:" + info["digest"], "base_fingerprint": fp, **hit}
@@ -116,6 +121,10 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
 
 
 # -- the merged-model cache -----------------------------------------------------------------------------
+class _Unusable(Exception):
+    """A cached merge whose files are intact but unusable (dropped from the cache, recomputed)."""
+
+
 def _where(t, key):
     digest, fp, dtype, shard = key
     m = t.merged_models.c
@@ -146,6 +155,14 @@ def _restore(reg: Any, key: tuple, out: str, force: bool) -> tuple[dict | None, 
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 copy_verified(reg.store, f["sha256"], dest, f["size"],
                               what=f"cached merged blob sha256:{f['sha256']} ({f['path']})")
+            try:  # never serve a merge that would not load (cached before bases without one were refused)
+                base_config(tmp)
+            except InvalidInput:
+                raise _Unusable("the cached merge has no usable config.json") from None
+    except _Unusable as exc:
+        with reg.write() as conn:
+            conn.execute(t.merged_models.delete().where(_where(t, key)))
+        return None, f"{exc}; recomputed"
     except IntegrityError as exc:
         for f in files:
             if verify_blob(reg.store, f["sha256"]) not in (None, "missing"):
@@ -187,15 +204,25 @@ def export(reg: Any, ref: str, fmt: str, out: str, *, plugins: Plugins | None = 
     return formatter.export(reg, ref, out, plugins=plugins, **options)
 
 
+#: options of ``export --format merged`` that a PEFT export has no use for (refused, never silently ignored)
+MERGE_ONLY = ("base", "dtype", "shard_size", "allow_base_mismatch", "onto")
+
+
 def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: Plugins | None = None,
-                **_: Any) -> dict[str, Any]:
+                **options: Any) -> dict[str, Any]:
     """Write a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
-    ``PeftModel.from_pretrained`` loads."""
+    ``PeftModel.from_pretrained`` loads: the adapter's tensors as they are. Refuses the merge options
+    (``base``, ``dtype`` ...) rather than ignore them."""
     from safetensors.torch import save_file
 
     from .registry.blobs import hash_file
     from .outdir import atomic_out
 
+    given = [k for k in MERGE_ONLY if options.get(k) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise InvalidInput(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to --format peft (the adapter "
+                           "is written as it is; they go with --format merged)")
     check_out(out, force)
     with open_adapter(reg, ref, plugins) as (adapter, info):
         base = (adapter.manifest.get("base") or {}).get("name")

@@ -189,15 +189,76 @@ def _tied_pairs(cfg: dict[str, Any], arch: str | None) -> dict[str, str]:
     return {k: v for k, v in tied.items()} if isinstance(tied, dict) else {}
 
 
-def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Plan:
-    """Everything the writer needs, from headers and configs only (no tensor data is read)."""
-    if not os.path.isdir(base_dir):
+def base_config(base_dir: str) -> dict[str, Any]:
+    """The base's ``config.json``; refuses (before any work) a directory that is not a transformers model
+    directory: a merge of it would not load."""
+    if not os.path.exists(base_dir):
         raise InvalidInput(f"base {base_dir}: no such directory")
+    if not os.path.isdir(base_dir):
+        raise InvalidInput(f"base {base_dir}: not a directory")
+    path = os.path.join(base_dir, "config.json")
+    if not os.path.isfile(path):
+        raise InvalidInput(f"base {base_dir} is not a transformers model directory: no config.json")
+    try:
+        cfg = load_json(path)
+    except InvalidInput as exc:
+        raise InvalidInput(f"base {base_dir}: {exc}") from None
+    if not isinstance(cfg, dict) or not cfg:
+        raise InvalidInput(f"base {base_dir} is not a transformers model directory: its config.json is "
+                           f"{'empty' if cfg == {} else 'not a JSON object'}")
+    return cfg
+
+
+def unmatched_tensors(entries: list[Entry], keys) -> list[str]:
+    """The adapter tensors (``keys``) a merge into ``entries`` would not use: neither an output tensor itself
+    (a saved copy, a head, a resized embedding) nor the method's tensors of a module holding base weights
+    (``<module>.lora_A.weight``, ``<module>.ia3_l`` ...: at most two name parts after that module)."""
+    names = {e.name for e in entries}
+    provided = {e.adapter_key for e in entries if e.adapter_key}
+    modules = {e.name.rsplit(".", 1)[0] for e in entries if e.base_path is not None and "." in e.name}
+    out = []
+    for k in keys:
+        if k in provided:
+            continue
+        if k.startswith(PEFT_PREFIX):
+            parts = k[len(PEFT_PREFIX):].split(".")
+            if ".".join(parts) in names:
+                continue
+            owner = next((i for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in modules), 0)
+            if owner and len(parts) - owner <= 2:
+                continue
+        out.append(k)
+    return out
+
+
+def unmatched_error(keys: list[str], total: int, base_dir: str) -> InvalidInput:
+    some = ", ".join(f"'{k}'" for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return InvalidInput(f"{len(keys)} of {total} adapter tensors match nothing in the base {base_dir} ({some}); "
+                        "their update would be lost: is this the base (architecture) the adapter was made for, "
+                        "or were its keys renamed?")
+
+
+def _shape(tensors: Mapping, key: str) -> tuple[int, ...] | None:
+    """The shape of adapter tensor ``key`` (None when absent): from the header when read lazily."""
+    header = getattr(tensors, "header", None)
+    if header is not None:
+        info = header.tensors.get(key)
+        return None if info is None else tuple(info.shape)
+    t = tensors.get(key)
+    return None if t is None else tuple(t.shape)
+
+
+def _dtype(tensors: Mapping, key: str) -> str:
+    header = getattr(tensors, "header", None)
+    return header.tensors[key].dtype if header is not None else st_dtype(tensors[key].dtype)
+
+
+def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Plan:
+    """Everything the writer needs, from headers and configs only (no tensor data is read from a lazily read
+    adapter, so it is cheap enough to check a cached merge's inputs too). Refuses an
+    adapter with tensors that match nothing in the base (their update would be silently lost)."""
+    cfg = base_config(base_dir)
     files = find_weight_files(base_dir)
-    cfg_path = os.path.join(base_dir, "config.json")
-    cfg = load_json(cfg_path) if os.path.isfile(cfg_path) else {}
-    if not isinstance(cfg, dict):
-        raise InvalidInput(f"{cfg_path} is not a JSON object")
     base: list[tuple[str, str, Any]] = []  # (name, file, info) in file/offset order
     for path in files:
         h = read_header(path)
@@ -221,12 +282,12 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
     resized: set[str] = set()
     for name, (path, info) in mapped.items():
         e = Entry(name, out_dtype(info.dtype), tuple(info.shape), path, info)
-        full = tensors.get(PEFT_PREFIX + name)
-        if full is not None and tuple(full.shape) != e.shape:  # a resized vocabulary (embedding / lm_head)
-            if full.dim() != len(e.shape) or tuple(full.shape[1:]) != e.shape[1:]:
-                raise InvalidInput(f"adapter tensor '{PEFT_PREFIX + name}' has shape {tuple(full.shape)}, "
+        full = _shape(tensors, PEFT_PREFIX + name)
+        if full is not None and full != e.shape:  # a resized vocabulary (embedding / lm_head)
+            if len(full) != len(e.shape) or full[1:] != e.shape[1:]:
+                raise InvalidInput(f"adapter tensor '{PEFT_PREFIX + name}' has shape {full}, "
                                    f"base '{name}' has {e.shape}")
-            e.shape, e.adapter_key = tuple(full.shape), PEFT_PREFIX + name
+            e.shape, e.adapter_key = full, PEFT_PREFIX + name
             resized.add(name)
             if e.shape and info.shape[0] == cfg.get("vocab_size") and e.shape[0] != info.shape[0]:
                 plan.config["vocab_size"] = e.shape[0]
@@ -241,14 +302,14 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
     for out_name, in_name in _tied_pairs(cfg, arch).items():
         if out_name in mapped or in_name not in mapped or not (touches(out_name) or touches(in_name)):
             continue
-        full = tensors.get(PEFT_PREFIX + out_name)
+        full = _shape(tensors, PEFT_PREFIX + out_name)
         if in_name in resized and full is None:
             plan.notes.append(f"kept {out_name} tied to the resized {in_name}")
             continue
         path, info = mapped[in_name]
         e = Entry(out_name, out_dtype(info.dtype), tuple(info.shape), path, info)
-        if full is not None and tuple(full.shape) != e.shape:
-            e.shape, e.adapter_key = tuple(full.shape), PEFT_PREFIX + out_name
+        if full is not None and full != e.shape:
+            e.shape, e.adapter_key = full, PEFT_PREFIX + out_name
         plan.entries.append(e)
         plan.untied += [in_name, out_name]
         plan.config["tie_word_embeddings"] = False
@@ -264,12 +325,14 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
             continue
         if not any(q.endswith(m) for q in _prefixes(p) for m in mts):
             continue
-        t = tensors[PEFT_PREFIX + p]
-        src = st_dtype(t.dtype)
-        plan.entries.append(Entry(p, default_float if src in FLOAT_DTYPES else src, tuple(t.shape),
+        src, shape = _dtype(tensors, PEFT_PREFIX + p), _shape(tensors, PEFT_PREFIX + p)
+        plan.entries.append(Entry(p, default_float if src in FLOAT_DTYPES else src, shape,
                                   adapter_key=PEFT_PREFIX + p))
     if task == "SEQ_CLS":
         _set_labels(plan, adapter, [e for e in plan.entries if e.adapter_key and e.base_path is None])
+    lost = unmatched_tensors(plan.entries, tensors)
+    if lost:
+        raise unmatched_error(lost, len(tensors), base_dir)
     if target:
         plan.config["dtype"] = _TORCH_NAMES[target]
         if "torch_dtype" in plan.config:
@@ -380,9 +443,11 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
     with the number of tensors before writing starts (for a progress bar). ``onto``: for an adapter trained
     on a quantized base, merge onto the dequantized (default) or the original weights."""
     from .mergewriter import write_model
-    from .outdir import atomic_out
+    from .outdir import atomic_out, check_out_base
 
     start = time.monotonic()
+    base_config(base_dir)
+    check_out_base(out, base_dir)
     _check_mergeable(adapter, ref)
     transform = base_transform_for(adapter, plugins, onto)
     target = parse_dtype(dtype)
@@ -397,6 +462,8 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
             on_plan(len(plan.entries))
         written = write_model(plan, adapter, tmp, shard_bytes, progress, hash_files=hash_files,
                               base_transform=transform)
+        if written["unread"]:  # the plan's check is by name; this one is what the method really used
+            raise unmatched_error(written["unread"], len(adapter.tensors), base_dir)
         files = written["files"] + _copy_side_files(base_dir, tmp, plan.config)
     counts = written["counts"]
     return {"out": os.path.abspath(out), "files": sorted(files, key=lambda f: f["path"]),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -121,13 +122,35 @@ def _accepts_inplace(method: Any) -> bool:
         return False
 
 
+class _Reads(Mapping):
+    """The adapter's tensors, remembering which ones were read: one the merge never read was not merged."""
+
+    def __init__(self, tensors: Mapping[str, Any]):
+        self.tensors, self.read = tensors, set()
+        self.header = getattr(tensors, "header", None)  # a lazily read file's header: shapes without reading
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.tensors[key]
+        self.read.add(key)  # (atomic under the GIL: the merging threads share this set)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.tensors
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
 class _Run:
     """The shared state of one ``write_model`` call."""
 
     def __init__(self, jobs: list[_Job], method: Any, adapter: LoadedAdapter, modules: set[str],
                  base_transform: Any, hasher: RegionHasher | None, progress: Callable[[int], None] | None):
         self.jobs = jobs
-        self.method, self.config, self.tensors = method, adapter.config, adapter.tensors
+        self.method, self.config, self.tensors = method, adapter.config, _Reads(adapter.tensors)
         self.modules, self.base_transform, self.hasher, self.progress = modules, base_transform, hasher, progress
         self.inplace = _accepts_inplace(method)
         for job in jobs:
@@ -330,7 +353,8 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
                 progress: Callable[[int], None] | None = None, hash_files: bool = True,
                 base_transform: Any = None) -> dict[str, Any]:
     """Write the shards (and index) of ``plan`` into ``out_dir``; returns files (with sha256 when
-    ``hash_files``) and tensor counts. ``base_transform`` (see :func:`merge.base_transform_for`) rewrites
+    ``hash_files``), tensor counts and ``unread``: the adapter tensors the merge never read (so never merged:
+    the caller refuses the result). ``base_transform`` (see :func:`merge.base_transform_for`) rewrites
     the base tensors it ``applies`` to before they are merged (or written untouched)."""
     from .merge import _modules, _write_small
 
@@ -405,4 +429,7 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
         index = {"metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
                  "weight_map": {e.name: fname for fname, g in zip(names, groups) for e in g}}
         out.append(_write_small(out_dir, INDEX, index))
-    return {"files": out, "counts": run.counts if run is not None else {}}
+    # (PEFT saves the base layer of a targeted tied or embedding layer, ``<module>.base_layer.weight``: a copy
+    # of the base's own weight, which the fingerprint check vouches for; the merge has no use for it)
+    unread = [k for k in tensors if k not in run.tensors.read and ".base_layer." not in k]
+    return {"files": out, "counts": run.counts if run is not None else {}, "unread": unread}

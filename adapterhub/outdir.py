@@ -23,6 +23,30 @@ def check_out(out: str, force: bool) -> None:
             raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
 
 
+def check_out_base(out: str, base: str) -> None:
+    """Refuse (even with --force) an ``out`` that is the base directory or contains it: replacing ``out`` would
+    delete the base model. Compared by identity (``samestat``), so symlinks and bind mounts count too. An
+    ``out`` inside the base is allowed: the base's own files are left alone."""
+    try:
+        out_st = os.stat(out)
+    except OSError:
+        return  # out does not exist (yet): it can be neither the base nor an ancestor of it
+    here = os.path.realpath(base)
+    while True:
+        try:
+            same = os.path.samestat(os.stat(here), out_st)
+        except OSError:
+            same = False
+        if same:
+            where = "is the base directory" if here == os.path.realpath(base) else f"contains the base directory {base}"
+            raise AdapterhubError(f"--out {out} {where}: writing there would replace the base model, even with "
+                                  "--force; choose another --out")
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
+
+
 def prepare_out(out: str, force: bool) -> str:
     """Refuse an ``out`` that exists and is not empty (unless ``force``); return a fresh temp dir
     beside it, on the same file system, so the final rename is atomic."""

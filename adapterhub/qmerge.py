@@ -24,10 +24,12 @@ def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "d
     base (or with ``quantize`` or a ``probe`` file), compare the logits of the unmerged adapter on the base
     as it was trained with the merged result (:func:`probe_difference`; ``probe=False`` skips it)."""
     from .export import merge_ref, open_adapter
-    from .outdir import check_out
+    from .merge import base_config
+    from .outdir import check_out, check_out_base, prepare_out
     from .plugins import get_plugins
-    from .outdir import prepare_out
 
+    base_config(base_dir)  # before any work: a transformers model directory ...
+    check_out_base(out, base_dir)  # ... that the output would not replace
     plugins = plugins or get_plugins()
     if onto not in ONTO:
         raise InvalidInput(f"invalid --onto {onto!r} (expected one of: {', '.join(ONTO)})")

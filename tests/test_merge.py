@@ -65,14 +65,22 @@ def test_plugins():
 test_plugins.__test__ = False
 
 
-@pytest.fixture(autouse=True)
-def _plugins(home, monkeypatch):
-    import adapterhub.plugins as ap
+def plugins_fixture(names: str):
+    """An autouse fixture: only the plugins ``names`` load (ADAPTERHUB_LOAD_PLUGINS), plus ``merged``."""
 
-    monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", PLUGINS)
-    ap._default = test_plugins()
-    yield
-    ap.reset_plugins()
+    @pytest.fixture(autouse=True)
+    def _plugins(home, monkeypatch):
+        import adapterhub.plugins as ap
+
+        monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", names)
+        ap._default = test_plugins()
+        yield
+        ap.reset_plugins()
+
+    return _plugins
+
+
+_plugins = plugins_fixture(PLUGINS)
 
 
 randomise, out_of = oracle.randomise_lora, oracle.out

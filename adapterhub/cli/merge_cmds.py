@@ -176,13 +176,19 @@ def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, forc
 def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mismatch, force, as_json):
     """Export adapter REF: --format peft writes a PEFT adapter directory (adapter_config.json +
     adapter_model.safetensors); --format merged writes the merged model (as merge / pull --merged)."""
+    from click.core import ParameterSource
+
     from ..export import export
 
     options = {"force": force}
-    if fmt == "merged" or base:
+    merge_opts = dict(base=base, dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch)
+    if fmt != "merged":  # only what the user gave: a format that cannot use an option refuses it (peft does)
+        source = click.get_current_context().get_parameter_source
+        defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+        merge_opts = {k: v for k, v in merge_opts.items() if source(k) not in defaults}
+    if fmt == "merged" or merge_opts:
         bar = TensorBar("merge")
-        options.update(base=base, dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch,
-                       home=app.home, progress=bar.update, on_plan=bar.start)
+        options.update(merge_opts, home=app.home, progress=bar.update, on_plan=bar.start)
     else:
         bar = None
     try:
