@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
-from typing import Any, Iterable, Sequence
+from collections import Counter
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import InvalidInput
 
@@ -182,6 +184,20 @@ def low_rank_factored(As: Sequence[Any], Bs: Sequence[Any], rank: int):
     return _pad_rank(new_a.to(dtype), new_b.to(dtype), rank)
 
 
+def unit_scaling_ranks(ranks: dict[str, Any], key: Callable[[str], str] = re.escape) -> dict[str, Any]:
+    """LoRA config fields for factors whose product is the update itself (scaling 1 in every module), given
+    each module's actual rank ``{module path: rank}``: ``r`` is the most common rank, ``lora_alpha = r``, and
+    the modules of another rank get it in ``rank_pattern`` *and* ``alpha_pattern`` (keys ``key(path)``, an
+    exact-match regex), so ``alpha / r`` stays 1 there too. Used by LoRA ``combine`` and by ``extract``.
+
+    Returns ``{"r", "lora_alpha", "rank_pattern", "alpha_pattern"}``."""
+    if not ranks:
+        raise InvalidInput("no module ranks given")
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {key(p): k for p, k in ranks.items() if k != r}
+    return {"r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern)}
+
+
 def _pad_rank(a, b, rank: int):
     import torch
 
@@ -232,12 +248,15 @@ def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequ
     """
     from .api import push
     from .checkpoint import save_adapter
+    from .compose import check_name_kind
     from .plugins import get_plugins
-    from .refs import validate_name
+    from .refs import validate_alias, validate_name
     from .registry.registry import ParentSpec
 
     validate_name(name)
+    aliases = [validate_alias(a) for a in aliases]
     opts = check_options(how, len(refs), weights, density, rank, seed)
+    check_name_kind(reg, name, "adapter")
     plugins = plugins or get_plugins()
     tmp = tempfile.mkdtemp(prefix="adapterhub-combine-")
     try:

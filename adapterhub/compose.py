@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import AdapterhubError, InvalidInput
+from .errors import AdapterhubError, InvalidInput, NotFound
 
 BASE = "__base__"  # the adapter name of rows that get no adapter
 
@@ -216,17 +216,22 @@ def _patch_forward(model: Any, router: Router) -> None:
 # -- compositions in the registry ---------------------------------------------------------------------------
 def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] = (), plugins: Any = None):
     """Store the ordered stack ``refs`` as a version of ``name`` of kind ``composition``, with a
-    ``composed_of`` edge to each member (edge position and details ``position`` = order)."""
+    ``composed_of`` edge to each member (edge position and details ``position`` = order). A protected alias
+    in ``aliases`` passes the promotion gate first (as with push and combine); a name holding adapter
+    versions takes no composition."""
     from .checkpoint import MANIFEST, write_json
     from .combine import common_base
+    from .gates import alias_guard
     from .plugins import get_plugins
-    from .refs import validate_name
+    from .refs import validate_alias, validate_name
     from .registry.blobs import hash_file
     from .registry.registry import LocalFile, ParentSpec
 
     validate_name(name)
+    aliases = [validate_alias(a) for a in aliases]
     if not refs:
         raise InvalidInput("a composition needs at least one version")
+    check_name_kind(reg, name, "composition")
     plugins = plugins or get_plugins()
     infos = [reg.show(ref) for ref in refs]
     base = common_base(infos, "compose")
@@ -254,12 +259,28 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
         write_json(path, {**manifest, "kind": "composition"})
         digest, size = hash_file(path)
         parents = [ParentSpec("composed_of", ref=i["ref"], details={"position": p}) for p, i in enumerate(infos)]
+        # a protected alias (production) goes through the same promotion gate as push and combine
         pub = reg.publish(name, manifest, [LocalFile(MANIFEST, path, digest, size)], parents=parents,
-                          aliases=aliases, kind="composition")
+                          aliases=aliases, kind="composition", alias_guard=alias_guard() if aliases else None)
         pub.extra["stack"] = manifest["stack"]
         return pub
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_name_kind(reg: Any, name: str, kind: str) -> None:
+    """Refuse, before any work, to add a version of ``kind`` (``adapter`` or ``composition``) to ``name`` when
+    ``name`` already holds versions of another kind (the registry refuses it again when it stores the version)."""
+    try:
+        versions = reg.list(name)
+    except NotFound:
+        return  # a new name
+    other = sorted({v["kind"] for v in versions} - {kind})
+    if other:
+        from .registry.registry import kind_conflict
+
+        held = next(v["ref"] for v in reversed(versions) if v["kind"] == other[0])
+        raise kind_conflict(name, kind, other[0], held)
 
 
 def _member_methods(reg: Any, info: dict[str, Any], depth: int = 0) -> list[str]:

@@ -6,7 +6,9 @@
 For each target weight (out, in) — Conv1D weights (in, out) are transposed first — ``ΔW = U S Vᵀ`` and
 the rank-``r`` LoRA is ``B = U_r · S_r`` (out, r), ``A = V_rᵀ`` (r, in) with ``lora_alpha = r`` (scaling 1),
 so ``B A`` is the best rank-``r`` approximation of ``ΔW`` (Eckart–Young). Each module reports the energy
-it keeps, ``Σ_{i≤r} σ_i² / Σ σ_i²`` (1.0 when the fine-tune's update had rank ≤ r).
+it keeps, ``Σ_{i≤r} σ_i² / Σ σ_i²`` (1.0 when the fine-tune's update had rank ≤ r). A module smaller
+than the rank gets ``r = min(rank, in, out)`` (exact); the config keeps the scaling 1 there through
+``rank_pattern`` and ``alpha_pattern`` (:func:`adapterhub.combine.unit_scaling_ranks`, shared with combine).
 
 The result is a PEFT-layout LoRA directory (``checkpoint.save_adapter``) pushed with the base fingerprint
 and an ``extracted_from`` lineage edge whose parent is external: the fine-tune, known by its fingerprint.
@@ -14,16 +16,18 @@ and an ``extracted_from`` lineage edge whose parent is external: the fine-tune, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import shutil
 import tempfile
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import InvalidInput
 from .fingerprint import find_weight_files
 from .merge import FLOAT_DTYPES, PEFT_PREFIX, _BaseReader
+from .outdir import atomic_out
 from .stheader import read_header
 
 #: module names never extracted by default (embeddings and output heads are not Linear layers LoRA wraps)
@@ -80,11 +84,14 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
 
     from .api import fingerprint, push
     from .checkpoint import save_adapter
+    from .combine import unit_scaling_ranks
+    from .compose import check_name_kind
     from .plugins import get_plugins
-    from .refs import validate_name
+    from .refs import validate_alias, validate_name
     from .registry.registry import ParentSpec
 
     validate_name(name)
+    aliases = [validate_alias(a) for a in aliases]  # before any work, so a bad alias costs nothing
     if rank < 1:
         raise InvalidInput(f"--rank must be at least 1, got {rank}")
     targets = list(targets) if targets else None
@@ -96,6 +103,7 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
         raise InvalidInput("--model and --base are the same directory")
     if out and os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise InvalidInput(f"{os.path.abspath(out)} exists and is not empty")
+    check_name_kind(reg, name, "adapter")
     ft, base = _tensors(model_dir), _tensors(base_dir)
     kinds = _layer_kinds(base_dir)
     plan = []
@@ -126,7 +134,7 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
     reader = _BaseReader()
     tensors: dict[str, Any] = {}
     energy: dict[str, float] = {}
-    rank_pattern: dict[str, int] = {}
+    ranks: dict[str, int] = {}  # module -> its rank: min(rank, in, out)
     try:
         for module, path, info, fpath, finfo in plan:
             w_base = reader.read(path, info).float()
@@ -144,8 +152,7 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
             energy[module] = float((s[:r].double() ** 2).sum()) / total if total else 1.0
             tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = (u[:, :r] * s[:r]).contiguous()
             tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = vh[:r].contiguous()
-            if r != rank:
-                rank_pattern[re.escape(module)] = r
+            ranks[module] = r
             del delta, u, s, vh
             if progress:
                 progress(1)
@@ -154,29 +161,24 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
     if not energy:
         raise InvalidInput(f"no target weight differs between {model_dir} and the base: nothing to extract")
     lora = plugins.get("methods", "lora")
-    config = lora.make_config({"r": rank, "lora_alpha": rank, "target_modules": sorted(energy),
-                               "rank_pattern": rank_pattern, "fan_in_fan_out": fan_in_fan_out})
+    # scaling 1 in every module, also where the module is smaller than --rank (rank and alpha patterns)
+    config = lora.make_config({**unit_scaling_ranks(ranks), "target_modules": sorted(energy),
+                               "fan_in_fan_out": fan_in_fan_out})
     base_fp = fingerprint(base_dir, home)
     ft_fp = fingerprint(model_dir, home)
     base_name = os.path.basename(os.path.abspath(base_dir))
     manifest = {"method": "lora", "config": dataclasses.asdict(config),
                 "base": {"fingerprint": base_fp.digest, "name": base_name},
                 "extracted": {"rank": rank, "energy": energy, "from": ft_fp.digest}}
-    tmp = None
-    target_dir = out
-    if not target_dir:
-        tmp = tempfile.mkdtemp(prefix="adapterhub-extract-")
-        target_dir = os.path.join(tmp, "adapter")
-    try:
+    parent = ParentSpec("extracted_from", digest=ft_fp.digest.removeprefix("sha256:"),
+                        details={"fingerprint": ft_fp.digest, "model": os.path.basename(os.path.abspath(model_dir)),
+                                 "rank": rank})
+    # written beside --out and renamed into place only once the push (and its alias gate) succeeded:
+    # a failure leaves neither a half-written --out nor a registry version
+    with (atomic_out(out) if out else _scratch_dir()) as target_dir:
         save_adapter(target_dir, manifest, tensors, peft_config=lora.to_peft_config(config, base_name))
-        parent = ParentSpec("extracted_from", digest=ft_fp.digest.removeprefix("sha256:"),
-                            details={"fingerprint": ft_fp.digest, "model": os.path.basename(os.path.abspath(model_dir)),
-                                     "rank": rank})
         pub = push(reg, target_dir, name, base=base_dir, aliases=aliases, parents=[parent], home=home,
                    plugins=plugins)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
     values = list(energy.values())
     changed_other = sorted(n for n in base if n in ft and n not in {f"{m}.weight" for m in energy}
                            and _differs(base[n], ft[n]))
@@ -184,6 +186,15 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
             "energy_min": min(values), "energy_mean": sum(values) / len(values),
             "fine_tune_fingerprint": ft_fp.digest, "not_extracted_changed": changed_other,
             "out": os.path.abspath(out) if out else None}
+
+
+@contextlib.contextmanager
+def _scratch_dir() -> Iterator[str]:
+    tmp = tempfile.mkdtemp(prefix="adapterhub-extract-")
+    try:
+        yield os.path.join(tmp, "adapter")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _differs(a: tuple[str, Any], b: tuple[str, Any]) -> bool:

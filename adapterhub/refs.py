@@ -22,7 +22,11 @@ NAME_RE = re.compile(rf"^{_SEGMENT}/{_SEGMENT}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 REMOTE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{12,64})$")
+VERSION_RE = re.compile(r"^[0-9]+$")  # ASCII digits only (str.isdigit also accepts '²', '٣', ...)
 MAX_NAME = 129
+#: the largest version number a ref may name: versions.number is a 32-bit INTEGER on PostgreSQL (and a
+#: larger value overflows SQLite's 64-bit INTEGER), and no registry allocates anywhere near it
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,19 @@ def validate_alias(alias: str) -> str:
     return alias
 
 
+def parse_version(num: str, text: str | None = None) -> int:
+    """A version number from its decimal text: a positive integer of ASCII digits, at most
+    :data:`MAX_VERSION`; else :class:`InvalidInput` naming ``text`` (the whole ref, shortened)."""
+    shown = text if text is not None else num
+    shown = repr(shown if len(shown) <= 80 else shown[:60] + "...")
+    if not isinstance(num, str) or not VERSION_RE.fullmatch(num) or not num.strip("0"):
+        raise InvalidInput(f"invalid ref {shown}: the version after ':' must be a positive integer")
+    digits = num.lstrip("0")
+    if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
+        raise InvalidInput(f"invalid ref {shown}: version numbers go up to {MAX_VERSION}")
+    return int(digits)
+
+
 def parse_ref(text: str) -> Ref:
     """Parse a ref string; raise :class:`InvalidInput` with the accepted forms if it is malformed."""
     if not isinstance(text, str) or not text.strip():
@@ -90,9 +107,7 @@ def parse_ref(text: str) -> Ref:
         validate_alias(alias)
     elif ":" in text:
         name, _, num = text.rpartition(":")
-        if not num.isdigit() or int(num) < 1:
-            raise InvalidInput(f"invalid ref {text!r}: the version after ':' must be a positive integer")
-        version = int(num)
+        version = parse_version(num, text)
     try:
         validate_name(name)
     except InvalidInput as exc:

@@ -88,12 +88,21 @@ def actor() -> str:
         return "unknown"
 
 
+#: characters refused in file names besides the C0/C1 controls: line and paragraph separators and the
+#: bidirectional overrides, which let a name print as another one (``show``, ``pull`` listings)
+_SPOOF_CHARS = frozenset("\u2028\u2029\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def check_relpath(path: str) -> str:
-    """Refuse paths that could escape the output directory when materialized."""
+    """Refuse paths that could escape the output directory when materialized, and names with control
+    characters (a newline in a name spoofs lines of ``show``)."""
     parts = path.split("/")
     if (not path or path.startswith("/") or "\\" in path or "\x00" in path or ":" in parts[0]
             or any(p in ("", ".", "..") for p in parts)):
         raise InvalidInput(f"unsafe file path in version: {path!r}")
+    bad = next((c for c in path if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or c in _SPOOF_CHARS), None)
+    if bad is not None:
+        raise InvalidInput(f"unsafe file path in version: {path!r} (control character {bad!r} in a file name)")
     return path
 
 
@@ -199,6 +208,10 @@ class Registry:
                         t.versions.c.adapter_id == adapter_id, t.versions.c.digest == digest)).first()
                     created = row is None
                     if created:
+                        other = conn.execute(sa.select(t.versions.c.kind, t.versions.c.number).where(
+                            t.versions.c.adapter_id == adapter_id, t.versions.c.kind != kind).limit(1)).first()
+                        if other is not None:
+                            raise kind_conflict(name, kind, other.kind, f"{name}:{other.number}")
                         if base_fp:
                             b = dict(base or {})
                             _insert_ignore(conn, t.base_models, {
@@ -472,6 +485,13 @@ class Registry:
             v = self.resolve(ref, conn)
             conn.execute(t.evaluations.insert().values(version_id=v["id"], data_digest=data_digest.removeprefix("sha256:"),
                                                        metrics=metrics, details=details, created_at=now()))
+
+
+def kind_conflict(name: str, kind: str, held: str, example: str) -> InvalidInput:
+    """One kind per name (``merge NAME``, ``pull`` and the promotion gate assume it): ``name`` holds versions
+    of kind ``held`` (e.g. ``example``), so a version of ``kind`` is refused."""
+    return InvalidInput(f"{name} holds versions of kind {held} (e.g. {example}); a {kind} cannot become a version "
+                        "of it (one kind per name): choose another name")
 
 
 def validate_tag_key(key: str) -> str:

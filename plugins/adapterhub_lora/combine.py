@@ -17,7 +17,6 @@ The result is a plain LoRA with scaling 1 in every module (``lora_alpha = r`` an
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from typing import Any
 
 import torch
@@ -100,16 +99,15 @@ def combine(adapters: list[tuple[LoraConfig, dict[str, torch.Tensor]]], weights:
 
 
 def _result_config(configs: list[LoraConfig], paths: list[str], ranks: dict[str, int]) -> LoraConfig:
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {rank_pattern_key(p): k for p, k in ranks.items() if k != r}
+    unit = cmb.unit_scaling_ranks(ranks, key=rank_pattern_key)  # scaling 1 everywhere
     first = configs[0]
     same_targets = all(c.target_modules == first.target_modules for c in configs) and all(
         not c.rank_pattern and not c.alpha_pattern for c in configs)
     targets: Any = first.target_modules if same_targets and first.target_modules else list(paths)
     tasks = {c.task_type for c in configs}
     return dataclasses.replace(
-        first, r=r, lora_alpha=r, target_modules=targets, use_rslora=False, use_dora=False,
-        rank_pattern=pattern, alpha_pattern=dict(pattern), modules_to_save=[], init_lora_weights=True,
+        first, **unit, target_modules=targets, use_rslora=False, use_dora=False, modules_to_save=[],
+        init_lora_weights=True,
         task_type=tasks.pop() if len(tasks) == 1 else None,
         lora_dropout=max(c.lora_dropout for c in configs),
     )
