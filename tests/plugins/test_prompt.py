@@ -9,7 +9,6 @@ are compared whole (like with like), and the real tokens' part is checked to dif
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -344,49 +343,6 @@ def test_cached_decode_step_equals_full_forward(kind):
         step = model(input_ids=ids[:, -1:], attention_mask=torch.ones_like(ids), past_key_values=first.past_key_values,
                      position_ids=torch.full((2, 1), ids.shape[1] - 1), use_cache=True).logits[:, -1]
     assert (full - step).abs().max() <= TOL
-
-
-def _cache_keyword_llama():
-    """tiny Llama whose forward takes its KV cache as ``cache``, as transformers 5.24 and later name it (the test
-    environment pins an older transformers for peft's sake): same weights as ``tm.tiny_llama()``."""
-    from transformers import LlamaForCausalLM
-
-    class CacheKeywordLlama(LlamaForCausalLM):
-        def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                    labels=None, use_cache=None, **kwargs):
-            assert "past_key_values" not in kwargs  # renamed on the way in, as transformers 5.24 does
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=cache, inputs_embeds=inputs_embeds, labels=labels,
-                                   use_cache=use_cache, **kwargs)
-
-    plain = tm.tiny_llama()
-    model = CacheKeywordLlama(plain.config)
-    model.load_state_dict(plain.state_dict())
-    return model.eval()
-
-
-@pytest.mark.parametrize("kind", ["prompt", "prefix"])
-def test_models_that_take_the_cache_as_cache(kind):
-    """transformers 5.24 renamed ``past_key_values`` to ``cache``: the prefix goes in under the model's own
-    keyword, a caller's cache is read under either, and the logits equal those of the older keyword's model."""
-    method = METHODS[kind]
-    old, new = tm.tiny_llama(), _cache_keyword_llama()
-    for model in (old, new):
-        method.attach(model, method.make_config(CAUSAL))
-        _randomise(model)
-    ids = tm.inputs_for("llama")["input_ids"]
-    with torch.no_grad():
-        full = new(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-        assert (full - old(input_ids=ids, attention_mask=torch.ones_like(ids)).logits).abs().max() <= TOL
-        first = new(input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]), use_cache=True)
-        step = dict(input_ids=ids[:, -1:], attention_mask=torch.ones_like(ids),
-                    position_ids=torch.full((2, 1), ids.shape[1] - 1), use_cache=True)
-        for keyword in ("cache", "past_key_values"):
-            cache = copy.deepcopy(first.past_key_values)
-            got = new(**step, **{keyword: cache}).logits[:, -1]
-            assert (got - full[:, -1]).abs().max() <= TOL, keyword
-        with pytest.raises(InvalidInput, match="given twice"):
-            new(**step, cache=first.past_key_values, past_key_values=first.past_key_values)
 
 
 @pytest.mark.slow
