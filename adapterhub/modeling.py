@@ -42,6 +42,53 @@ def load_tokenizer(base_dir: str) -> Any:
     return tok
 
 
+def max_positions(config: Any) -> int | None:
+    """The longest sequence the model's position embeddings take (None: no limit in its config)."""
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def clamp_max_length(base_dir: str, tokenizer: Any, max_length: int) -> int:
+    """``max_length`` clamped to what the tokenizer and the model's positions take (as evaluation does)."""
+    from transformers import AutoConfig
+
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < max_length:
+        max_length = tok_max
+    try:
+        pos = max_positions(AutoConfig.from_pretrained(base_dir, local_files_only=True))
+    except Exception as exc:
+        raise InvalidInput(f"base {base_dir} is not a transformers model: {str(exc).splitlines()[0][:200]}") from None
+    return min(max_length, pos) if pos else max_length
+
+
+def _shape_mismatch(base_dir: str, auto: Any, config: Any) -> str | None:
+    """The first weight whose shape in the checkpoint differs from what config.json builds, as text."""
+    import glob
+
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
+        for path in sorted(glob.glob(os.path.join(base_dir, "*.safetensors"))):
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    found = tuple(f.get_slice(key).get_shape())
+                    want = expected.get(key)
+                    if want is None:
+                        want = next((v for k, v in expected.items() if k.endswith("." + key) or key.endswith("." + k)), None)
+                    if want is not None and want != found:
+                        return f"{key} has shape {list(found)} in the weights but config.json makes it {list(want)}"
+    except Exception:  # best effort: the caller still names the problem
+        return None
+    return None
+
+
 def load_base_model(base_dir: str, task: str, labels: list[str] | None = None, dtype: Any = None) -> Any:
     """The base model for ``task`` (``causal-lm`` or ``seq-cls``; seq-cls gets a head of
     ``len(labels)`` classes, new and randomly initialised if the base has none)."""
@@ -74,6 +121,12 @@ def load_base_model(base_dir: str, task: str, labels: list[str] | None = None, d
         model = auto.from_pretrained(base_dir, config=config, **kwargs)
     except ValueError as exc:
         raise InvalidInput(f"cannot load {base_dir} for {task}: {str(exc).splitlines()[0][:200]}") from None
+    except RuntimeError as exc:
+        msg = str(exc)
+        if "mismatched" not in msg and "size mismatch" not in msg:
+            raise
+        detail = _shape_mismatch(base_dir, auto, config) or "a weight's shape differs from what config.json describes"
+        raise InvalidInput(f"base {base_dir}: config.json does not match its weights: {detail}") from None
     model.eval()
     return model
 

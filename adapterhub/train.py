@@ -135,17 +135,20 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     """Train an adapter; returns ``{"out", "method", "trainable_params", "total_params", "metrics",
     ["ref", "digest"]}``. Raises :class:`AdapterhubError` for every user mistake before any work."""
     from . import api, data
-    from .modeling import TASK_TYPES, check_base_dir, load_base_model, load_tokenizer
+    from .modeling import TASK_TYPES, check_base_dir, clamp_max_length, load_base_model, load_tokenizer
     from .plugins import get_plugins
-    from .outdir import check_out
+    from .outdir import check_out, check_out_base
+    from .train_checks import check_numbers, check_registry_writable, init_from_config, run_signature
 
     plugins = plugins or get_plugins()
     started = time.time()
+    check_numbers(opts)
     check_base_dir(opts.base)
     if opts.task not in TASK_TYPES:
         raise InvalidInput(f"unknown task '{opts.task}' (expected one of: {', '.join(TASK_TYPES)})")
     method = plugins.get("methods", opts.method)
     values = coerce_settings(method, opts.settings)
+    user_values = dict(values)
     if "task_type" in {f.name for f in dataclasses.fields(method.config_class)}:
         values.setdefault("task_type", TASK_TYPES[opts.task])
     config = method.make_config(values)
@@ -156,10 +159,23 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
 
         validate_name(opts.push)
     check_out(opts.out, opts.force)  # refuse a non-empty out before any work
+    check_out_base(opts.out, opts.base)  # even with --force: replacing out would delete the base
+    check_out_base(_checkpoint_dir(opts), opts.base)
     precision = _mixed_precision(opts.mixed_precision)
+    if opts.push:  # an unreachable or read-only registry fails now, not after training
+        registry = registry or api.open_registry(opts.home, plugins)
+        check_registry_writable(registry)
 
     # data: read, check, tokenize
     tokenizer = load_tokenizer(opts.base)
+    max_length = clamp_max_length(opts.base, tokenizer, opts.max_length)
+    if max_length != opts.max_length and opts.max_length != TrainOptions.max_length:  # an explicit value
+        import warnings
+
+        warnings.warn(f"--max-length {opts.max_length} is longer than the model takes; using {max_length}",
+                      UserWarning, stacklevel=1)
+    if max_length != opts.max_length:
+        opts = dataclasses.replace(opts, max_length=max_length)
     train_rows = data.read_jsonl(opts.data)
     eval_rows = data.read_jsonl(opts.eval) if opts.eval else None
     report = _check_data(opts, tokenizer)
@@ -170,9 +186,13 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         parent_manifest = loaded.manifest
         if loaded.method.name != method.name:
             raise InvalidInput(f"--init-from {opts.init_from} is a {loaded.method.name} adapter, not {method.name}")
+        config = init_from_config(method, loaded, user_values, opts.task)
     labels = None
     if opts.task == "seq-cls":
         labels = (parent_manifest or {}).get("labels") or data.label_map_from(train_rows)
+        if len(labels) < 2:
+            raise InvalidInput(f"seq-cls needs at least two distinct labels; {os.path.basename(opts.data)} has only "
+                               f"{labels[0]!r} (regression is not supported)")
         train_ex = data.seq_cls_examples(train_rows, tokenizer, opts.max_length, labels)
         eval_ex = data.seq_cls_examples(eval_rows, tokenizer, opts.max_length, labels) if eval_rows else None
     else:
@@ -188,7 +208,8 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         expected = (parent_manifest.get("base") or {}).get("fingerprint")
         if not opts.allow_base_mismatch:
             api.check_base(expected, fp.digest, opts.base, (parent_manifest.get("base") or {}).get("name"))
-        config = loaded.config
+    signature = run_signature(opts, fp.digest, config, [train_rows.digest] + ([eval_rows.digest] if eval_rows else []))
+    _prepare_checkpoints(opts, signature)
     quantization = None
     if quantizer is not None:  # quantized as it loads: the full-precision model is never in memory
         model, quantization = quantizer.load_model(opts.base, opts.task, labels, quant_options)
@@ -220,7 +241,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         if report is not None:
             tracker.log_report("data_check.json", report)
 
-    metrics = _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, tracker)
+    metrics = _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, tracker, signature)
 
     manifest = {
         "method": method.name,
@@ -362,7 +383,18 @@ def _checkpoint_dir(opts: TrainOptions) -> str:
     return os.path.abspath(opts.out).rstrip("/") + ".checkpoints"
 
 
-def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, tracker) -> dict[str, float]:
+def _prepare_checkpoints(opts: TrainOptions, signature: dict[str, Any]) -> None:
+    """Refuse to resume another run's checkpoints; --no-resume discards them. Records this run's options."""
+    from .train_checks import check_resume
+
+    ckpt = _checkpoint_dir(opts)
+    if opts.resume:
+        check_resume(ckpt, signature, resume_point(ckpt) is not None)
+    elif os.path.isdir(ckpt):
+        shutil.rmtree(ckpt)
+
+
+def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, tracker, signature) -> dict[str, float]:
     import numpy as np
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -445,7 +477,15 @@ def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, t
 
     trainer.remove_callback(PrinterCallback)  # stdout is ours (text or --json); progress goes to stderr
     resume = resume_point(ckpt) if opts.resume else None
-    out = trainer.train(resume_from_checkpoint=resume)
+    try:
+        from .train_checks import write_run_file
+
+        write_run_file(ckpt, signature)  # a later resume checks it is the same run
+        out = trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        if resume_point(ckpt) is None:  # nothing to resume from: leave nothing behind
+            shutil.rmtree(ckpt, ignore_errors=True)
+        raise
     metrics = {"train_loss": float(out.training_loss), "steps": int(out.global_step),
                "epochs": float(trainer.state.epoch or 0)}
     if resume:
