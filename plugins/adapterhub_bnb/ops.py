@@ -114,6 +114,8 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
         config.label2id = {name: i for i, name in enumerate(labels)}
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = getattr(config, "eos_token_id", None) or 0
+    check_shapes(base_dir, config, _model_class(config, task),
+                 f"config.json with {len(labels)} labels" if task == "seq-cls" else "config.json")
     _fixed_mmap_threshold()
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": "auto", "config": config,
                               "quantization_config": bnb_config(quantizer, opts)}
@@ -132,6 +134,35 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
     cpu_safe(model)
     model.eval()
     return model, describe(quantizer, model, opts, mods)
+
+
+def check_shapes(base_dir: str, config: Any, cls: Any, what: str = "config.json") -> None:
+    """Refuse a base whose ``config.json`` does not describe its weights: the model ``config`` builds (on the
+    meta device: no memory) must have the shape of every checkpoint tensor it holds. transformers does not
+    check the weights it quantizes as they load, and would write layers whose shape is not their weight's."""
+    from adapterhub.fingerprint import find_weight_files
+    from adapterhub.stheader import read_header
+
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+    except Exception as exc:
+        raise InvalidInput(f"base {base_dir}: cannot build the model its config.json describes: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    prefix = (getattr(model, "base_model_prefix", "") or "") + "."
+    del model
+    for path in find_weight_files(base_dir):
+        for name, t in read_header(path).tensors.items():
+            for key in (name, prefix + name, name.removeprefix(prefix)):
+                if key in shapes:
+                    if shapes[key] != tuple(t.shape):
+                        raise InvalidInput(
+                            f"base {base_dir}: {what} does not match the weights: '{name}' is "
+                            f"{'x'.join(map(str, t.shape))} in {os.path.basename(path)} but the config makes it "
+                            f"{'x'.join(map(str, shapes[key]))}"
+                            + ("; fix config.json or use the matching weights" if what == "config.json" else ""))
+                    break
 
 
 def _fixed_mmap_threshold() -> None:
@@ -325,9 +356,10 @@ def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, A
     from adapterhub.registry.blobs import hash_file
     from adapterhub.outdir import atomic_out
 
+    from adapterhub.outdir import check_out_base
+
     check_base_dir(model_dir)
-    if os.path.abspath(model_dir) == os.path.abspath(out_dir):
-        raise InvalidInput("--out must be another directory than the model directory")
+    check_out_base(out_dir, model_dir)  # is or contains the base: refused even with --force
     with atomic_out(out_dir, force) as tmp:
         fp = api.fingerprint(model_dir, home)
         model, record = load_quantized(quantizer, model_dir, None, None, opts)

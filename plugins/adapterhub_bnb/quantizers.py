@@ -12,6 +12,7 @@ Options (``--quant-opt key=value`` on ``train``, flags on ``quantize``)::
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from adapterhub.errors import InvalidInput
@@ -37,10 +38,14 @@ def _number(key: str, value: Any, kind: type) -> Any:
     try:
         if isinstance(value, str):
             value = json.loads(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError
+        if not math.isfinite(value):  # nan, inf: refused for every number option
+            raise InvalidInput(f"invalid {key} {value!r}: expected a finite number")
+        if kind is int and value != int(value):
             raise ValueError
         return kind(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"invalid {key} {value!r}: expected {'an integer' if kind is int else 'a number'}") from None
 
 
