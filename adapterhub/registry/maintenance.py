@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import AdapterhubError, IntegrityError
+from ..errors import AdapterhubError, IntegrityError, InvalidInput
 from . import schema as t
 from .blobs import Progress, copy_verified, verify_blob
 from ..outdir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
@@ -22,6 +23,7 @@ def materialize(reg: Registry, ref: str, out: str, force: bool = False,
                 progress: Progress | None = None) -> dict[str, Any]:
     """Write the files of ``ref`` to ``out``, each verified by sha256 while it is read. On any error
     nothing is left at ``out`` (the work happens in a temp dir renamed into place at the end)."""
+    check_out_registry(out, registry_paths(reg))
     with reg.read() as conn:
         v = reg.resolve(ref, conn)
         files = reg.files_of(conn, v["id"])
@@ -66,15 +68,27 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
 
 def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) -> dict[str, Any]:
     """Remove blobs that neither a version nor the merged-model cache references (older than ``grace``
-    seconds, so a push in flight keeps its blobs) and the temp leftovers of interrupted writes."""
+    seconds, so a push in flight keeps its blobs) and the temp leftovers of interrupted writes. ``grace``
+    must be a finite number >= 0. Files in the store that are not blobs (``.DS_Store``, editor backups)
+    are left alone and listed in ``skipped``; a blob that cannot be removed is listed in ``failed`` and
+    gc goes on with the rest (it never stops half way)."""
+    try:
+        grace = float(grace)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"--grace must be a number of seconds, got {grace!r}") from None
+    if not math.isfinite(grace) or grace < 0:
+        raise InvalidInput(f"--grace must be a finite number of seconds >= 0, got {grace}")
     with reg.read() as conn:
         referenced = {r[0] for r in conn.execute(sa.select(t.files.c.blob_digest).distinct())}
         # merged models cached by `pull --merged` are in use too
         for (files,) in conn.execute(sa.select(t.merged_models.c.files)):
             referenced.update(f["sha256"] for f in files or [] if f.get("sha256"))
     now = time.time()
-    removed, kept_recent, freed = [], 0, 0
+    removed, skipped, failed, kept_recent, freed = [], [], [], 0, 0
     for digest, mtime in list(reg.store.iter_blobs()):
+        if not _is_digest(digest):
+            skipped.append(digest)  # not a blob: never touched
+            continue
         if digest in referenced:
             continue
         if now - mtime < grace:
@@ -82,12 +96,70 @@ def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) ->
             continue
         size = _blob_size(reg, digest)
         if not dry_run:
-            reg.store.delete(digest)
+            try:
+                reg.store.delete(digest)
+            except (AdapterhubError, OSError) as exc:
+                failed.append({"blob": "sha256:" + digest, "error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
+                continue
         removed.append("sha256:" + digest)
         freed += size
     temp = 0 if dry_run else reg.store.cleanup_temp(grace)
     return {"removed_blobs": len(removed), "freed_bytes": freed, "removed_temp": temp,
-            "kept_recent": kept_recent, "grace_seconds": grace, "dry_run": dry_run, "blobs": removed}
+            "kept_recent": kept_recent, "grace_seconds": grace, "dry_run": dry_run, "blobs": removed,
+            "skipped": skipped, "failed": failed}
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def registry_paths(reg: Registry) -> list[tuple[str, str]]:
+    """``(what, path)`` of the local paths that hold ``reg``: its blob store's root and its SQLite file."""
+    paths = []
+    root = getattr(reg.store, "root", None)
+    if isinstance(root, str) and root and "://" not in root:
+        paths.append(("blob store", root))
+    url = getattr(getattr(reg, "engine", None), "url", None)
+    if url is not None and url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        paths.append(("registry database", url.database))
+    return paths
+
+
+def check_out_registry(out: str, protected: list[tuple[str, str]]) -> None:
+    """Refuse (even with --force) an ``out`` that is, contains or is inside one of ``protected`` (the
+    registry home, its database, its blob store): replacing ``out`` would delete the registry. Compared
+    by identity (``samestat``) too, so symlinks and bind mounts count."""
+    def chain(path: str) -> list[str]:  # path and its ancestors, real paths
+        here, out_ = os.path.realpath(path), []
+        while True:
+            out_.append(here)
+            parent = os.path.dirname(here)
+            if parent == here:
+                return out_
+            here = parent
+
+    def same(a: str, b: str) -> bool:
+        if a == b:
+            return True
+        try:
+            return os.path.samestat(os.stat(a), os.stat(b))
+        except OSError:
+            return False
+
+    out_abs = os.path.abspath(out)
+    out_chain = chain(out_abs)
+    for what, p in protected:
+        if not p:
+            continue
+        p_chain = chain(os.path.abspath(p))
+        if any(same(out_chain[0], q) for q in p_chain):
+            where = "is" if same(out_chain[0], p_chain[0]) else "contains"
+        elif any(same(p_chain[0], q) for q in out_chain):
+            where = "is inside"
+        else:
+            continue
+        raise InvalidInput(f"--out {out_abs} {where} the {what} {os.path.abspath(p)}: writing there would destroy "
+                           "the registry, even with --force; choose another --out")
 
 
 def _blob_size(reg: Registry, digest: str) -> int:

@@ -11,6 +11,7 @@ import datetime as dt
 import getpass
 import hashlib
 import json
+import math
 import os
 import socket
 import time
@@ -165,8 +166,11 @@ class Registry:
                        created_by: str | None = None, progress: Progress | None = None) -> Published:
         """Store a version copied from another registry, keeping its manifest byte for byte (so its
         digest is the same everywhere). ``edges`` are lineage rows: ``digest``, ``relation``,
-        ``details``, ``ref`` (the parent's ref in the source registry)."""
+        ``details``, ``ref`` (the parent's ref in the source registry). Evaluations holding NaN/inf (stored
+        before they were refused) are not copied: PostgreSQL's JSON cannot hold them."""
         validate_name(name)
+        evaluations = [ev for ev in evaluations
+                       if not _non_finite(ev.get("metrics"), "m") + _non_finite(ev.get("details"), "d")]
         for f in files:
             check_relpath(f.path)
         with self.read() as conn:
@@ -341,7 +345,7 @@ class Registry:
                 t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))
             parents = self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)
             children = self._edges(conn, t.lineage.c.parent_id == v["id"], parent_side=False)
-            evals = [{"data_digest": "sha256:" + r.data_digest, "metrics": r.metrics, "details": r.details,
+            evals = [{"data_digest": "sha256:" + r.data_digest, "metrics": _finite(r.metrics), "details": _finite(r.details),
                       "created_at": _iso(r.created_at)}
                      for r in conn.execute(sa.select(t.evaluations).where(
                          t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
@@ -394,7 +398,7 @@ class Registry:
             latest_eval: dict[int, dict[str, Any]] = {}  # version id -> metrics of its newest evaluation
             for vid, metrics in conn.execute(sa.select(t.evaluations.c.version_id, t.evaluations.c.metrics)
                                              .order_by(t.evaluations.c.id)):
-                latest_eval[vid] = metrics
+                latest_eval[vid] = _finite(metrics)
         return [{"name": r.name, "version": r.number, "ref": f"{r.name}:{r.number}", "digest": "sha256:" + r.digest,
                  "kind": r.kind, "method": r.method, "size": r.size, "base_fingerprint": r.base_fingerprint,
                  "aliases": alias_map.get(r.id, []), "evaluation": latest_eval.get(r.id),
@@ -481,6 +485,10 @@ class Registry:
 
     def add_evaluation(self, ref: str, data_digest: str, metrics: dict[str, Any],
                        details: dict[str, Any] | None = None) -> None:
+        bad = _non_finite(metrics, "metrics") + _non_finite(details, "details")
+        if bad:
+            raise InvalidInput(f"refusing to store an evaluation of {ref} with non-finite values ({', '.join(bad[:5])}): "
+                               "the adapter produces NaN/inf")
         with self.write() as conn:
             v = self.resolve(ref, conn)
             conn.execute(t.evaluations.insert().values(version_id=v["id"], data_digest=data_digest.removeprefix("sha256:"),
@@ -506,6 +514,28 @@ def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any])
     else:
         from sqlalchemy.dialects.sqlite import insert
     conn.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+def _non_finite(obj: Any, path: str) -> list[str]:
+    """Where ``obj`` (nested dicts/lists) holds NaN or inf: ``["metrics.loss=nan", ...]``."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [f"{path}={obj}"]
+    if isinstance(obj, dict):
+        return [b for k, v in obj.items() for b in _non_finite(v, f"{path}.{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [b for i, v in enumerate(obj) for b in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN/inf (stored before they were refused) as None, so it prints as valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _iso(value: Any) -> str | None:
