@@ -38,7 +38,8 @@ def open_registry(home: str | None = None, plugins: Plugins | None = None, remot
     if spec:
         from .registry.registry import Registry
 
-        return Registry(spec["db"], open_store(spec["store"], plugins), label=remote or "team")
+        reg = Registry(spec["db"], open_store(spec["store"], plugins), label=remote or "team")
+        return _only_own_refs(reg, home, remote)
     return local_registry(home, plugins)
 
 
@@ -47,7 +48,44 @@ def local_registry(home: str | None = None, plugins: Plugins | None = None) -> R
     home = config.home_dir(home)
     from .registry.registry import Registry
 
-    return Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local")
+    reg = Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local")
+    return _only_own_refs(reg, home, None)
+
+
+def check_remote(spec: dict[str, str], plugins: Plugins | None = None) -> None:
+    """Connect to a remote's database (migrating it) and store; raise if either fails. What
+    ``remotes.add_remote(..., check=...)`` runs before it saves a remote."""
+    from .registry.registry import Registry
+
+    reg = Registry(spec["db"], open_store(spec["store"], plugins), label="new remote")
+    try:
+        reg.ready()
+        reg.store.has("0" * 64)
+    finally:
+        reg.close()
+
+
+def _only_own_refs(reg: Registry, home: str, remote: str | None) -> Registry:
+    """Make ``reg`` refuse a ref that names another registry (``team:acme/bot`` on the local one, or an
+    unknown remote) instead of silently resolving its name in ``reg``."""
+    from . import remotes
+    from .errors import NotFound
+    from .refs import parse_ref
+
+    resolve = reg.resolve
+    reg.remote_name = remote
+
+    def guarded(ref, conn=None):
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        if r.remote is not None and r.remote != remote:
+            if r.remote not in remotes.load_config(home)["remotes"]:
+                raise NotFound(f"ref '{r}' names remote {r.remote!r}, but there is no remote named {r.remote!r}")
+            raise InvalidInput(f"ref '{r}' names remote {r.remote!r}, but this command uses the {reg.label} "
+                               f"registry (copy it first: adapterhub pull {r})")
+        return resolve(ref, conn)
+
+    reg.resolve = guarded  # type: ignore[method-assign]
+    return reg
 
 
 def fingerprint(base_dir: str, home: str | None = None, progress: Progress | None = None):

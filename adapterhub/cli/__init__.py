@@ -38,11 +38,13 @@ class App:
 
     @property
     def registry(self):
-        """The default registry: the environment's team registry if set, else the local one."""
+        """The registry a command works on: the remote its refs name (``show team:acme/bot:3``; only
+        for the commands in :data:`REMOTE_REF_COMMANDS`), else the environment's team registry if set,
+        else the local one. Other commands refuse a ref naming a remote (see ``api._only_own_refs``)."""
         if self._registry is None:
             from ..api import open_registry
 
-            self._registry = open_registry(self.home, self.plugins)
+            self._registry = open_registry(self.home, self.plugins, remote=_remote_of_refs())
         return self._registry
 
     @property
@@ -56,6 +58,33 @@ class App:
         from ..api import open_registry
 
         return open_registry(self.home, self.plugins, remote=name)
+
+
+#: commands that read or annotate one registry and may name a remote in their refs, with the parameters
+#: holding refs: ``show team:acme/bot:3`` shows version 3 in remote ``team``
+REMOTE_REF_COMMANDS = {"show": ("ref",), "tag": ("ref",), "lineage": ("ref",), "verify": ("ref",),
+                       "compare": ("ref_a", "ref_b")}
+
+
+def _remote_of_refs() -> str | None:
+    """The remote the running command's refs name (None: the default registry). Refs naming different
+    registries in one command are refused."""
+    from ..errors import InvalidInput
+    from ..refs import parse_ref
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command is None:
+        return None
+    params = REMOTE_REF_COMMANDS.get(ctx.command.name or "", ())
+    refs = [ctx.params[p] for p in params if isinstance(ctx.params.get(p), str)]
+    if not refs:
+        return None
+    wheres = {parse_ref(ref).remote for ref in refs}
+    if len(wheres) > 1:
+        shown = ", ".join(sorted(w or "the default registry" for w in wheres))
+        raise InvalidInput(f"{ctx.command.name}: the refs name different registries ({shown}); "
+                           "copy them into one first (adapterhub pull REMOTE:REF)")
+    return wheres.pop()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -111,13 +140,27 @@ def emit(as_json: bool, data: Any, text: Callable[[Any], str] | str | None = Non
     if as_json:
         # long listings use the C encoder (no indent): 10,000 rows print in milliseconds
         indent = None if isinstance(data, list) and len(data) > 100 else 2
-        click.echo(json.dumps(data, indent=indent, default=str))
+        try:
+            text_out = json.dumps(data, indent=indent, default=str, allow_nan=False)
+        except ValueError:  # NaN / inf (a broken adapter's metrics): null, as JSON has no such numbers
+            text_out = json.dumps(_finite(data), indent=indent, default=str)
+        click.echo(text_out)
     elif callable(text):
         out = text(data)
         if out:
             click.echo(out)
     elif text is not None:
         click.echo(text)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def json_option(f):

@@ -97,6 +97,10 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
 
     if merged and (not base or not out):
         raise click.UsageError("--merged needs --base DIR and --out DIR")
+    if out:  # never write over (or inside) the registry, even with --force
+        from ..registry.maintenance import check_out_registry
+
+        check_out_registry(out, [("registry home", app.home_dir)])
     if not merged and (base or dtype or allow_base_mismatch):
         raise click.UsageError("--base, --dtype and --allow-base-mismatch go with --merged")
     parsed = parse_ref(ref)
@@ -163,15 +167,12 @@ def remote_add(app: App, name, db, store, endpoint_url, replace, check, as_json)
     """Add a named remote (saved in <home>/config.json, readable only by you)."""
     from .. import remotes
 
-    d = remotes.add_remote(app.home_dir, name, db, store, endpoint_url, replace=replace)
-    if check:
-        try:
-            reg = app.remote(name)
-            reg.ready()
-            reg.store.has("0" * 64)
-        except Exception:
-            remotes.remove_remote(app.home_dir, name)
-            raise
+    from ..api import check_remote
+
+    # the new remote is checked (database reachable and migrated, store readable) before config.json changes:
+    # a failed --replace leaves the working remote in place
+    d = remotes.add_remote(app.home_dir, name, db, store, endpoint_url, replace=replace,
+                           check=(lambda spec: check_remote(spec, app.plugins)) if check else None)
     emit(as_json, d, f"added remote {name}: {d['db']} + {d['store']}")
 
 
@@ -395,9 +396,18 @@ def gc(app: App, grace, dry_run, as_json):
 
     r = do_gc(app.registry, grace=grace, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
-    emit(as_json, r, lambda r: f"{verb} {r['removed_blobs']} blobs ({human_size(r['freed_bytes'])}) and "
-                               f"{r['removed_temp']} temp files"
-                               + (f"; kept {r['kept_recent']} recent ones (--grace 0 to remove)" if r["kept_recent"] else ""))
+
+    def text(r):
+        lines = [f"skipped {name} (not a blob)" for name in r["skipped"]]
+        lines += [f"could not remove {f['blob']}: {f['error']}" for f in r["failed"]]
+        lines.append(f"{verb} {r['removed_blobs']} blobs ({human_size(r['freed_bytes'])}) and {r['removed_temp']} temp files"
+                     + (f"; kept {r['kept_recent']} recent ones (--grace 0 to remove)" if r["kept_recent"] else "")
+                     + (f"; skipped {len(r['skipped'])} files that are not blobs" if r["skipped"] else ""))
+        return "\n".join(lines)
+
+    emit(as_json, r, text)
+    if r["failed"]:
+        raise SystemExit(1)
 
 
 @cli.command()

@@ -121,5 +121,25 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> str | None:
             cfg = Config()
             cfg.set_main_option("script_location", os.path.dirname(migrations.__file__))
             cfg.attributes["connection"] = conn
+            check_known_revision(before, cfg)
             command.upgrade(cfg, revision)
     return before
+
+
+def check_known_revision(revision: str | None, cfg) -> None:
+    """Refuse a database whose schema revision this adapterhub has no migration for (one a newer
+    adapterhub wrote), with one line saying so, before Alembic fails on it."""
+    if revision is None:
+        return
+    from alembic.script import ScriptDirectory
+
+    try:
+        ScriptDirectory.from_config(cfg).get_revision(revision)
+        return
+    except Exception:  # alembic.util.CommandError and its relatives: an unknown revision
+        pass
+    if revision.isdigit() and HEAD_REVISION.isdigit() and int(revision) > int(HEAD_REVISION):
+        raise AdapterhubError(f"this registry was written by a newer adapterhub (schema {revision}; this one "
+                              f"knows up to {HEAD_REVISION}); upgrade adapterhub")
+    raise AdapterhubError(f"this registry has an unknown schema revision {revision!r} (this adapterhub knows up "
+                          f"to {HEAD_REVISION}); it was written by another adapterhub: upgrade adapterhub")

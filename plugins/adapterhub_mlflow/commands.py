@@ -39,6 +39,7 @@ def register(app: App, ref, model_name, tracking_uri, experiment, as_json):
     adapterhub ref and digest and gets REF's aliases as MLflow aliases. Registering the same digest again
     reuses its model version (and moves the aliases)."""
     info = app.registry.show(ref)
+    _check_alias_clash(app.registry, info)
     tracking = (info.get("manifest") or {}).get("tracking") or {}
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("tracking_uri") or None
     model = model_name or info["name"].replace("/", "-")
@@ -101,7 +102,7 @@ def _register(app: App, info: dict[str, Any], tracking: dict[str, Any], uri: str
     aliases: dict[str, str] = {}
     skipped: list[str] = []
     for alias in info.get("aliases") or []:
-        name = re.sub(r"[^\w-]", "_", alias)
+        name = mlflow_alias(alias)
         if _RESERVED_ALIAS.match(name):
             skipped.append(alias)  # MLflow reserves these alias names
             continue
@@ -116,6 +117,30 @@ def _register(app: App, info: dict[str, Any], tracking: dict[str, Any], uri: str
     return {"ref": ref, "digest": digest, "model_name": model, "version": int(mv.version), "created": created,
             "source": mv.source, "run_id": run_id, "run_created": run_created, "run_url": ui_url(uri, exp_id, run_id),
             "aliases": aliases, "skipped_aliases": skipped, "tracking_uri": masked, "url": url}
+
+
+def mlflow_alias(alias: str) -> str:
+    """The MLflow alias an adapterhub alias becomes (MLflow allows only ``[\\w-]``: '.' becomes '_')."""
+    return re.sub(r"[^\w-]", "_", alias)
+
+
+def _check_alias_clash(registry: Any, info: dict[str, Any]) -> None:
+    """Refuse to register when one of the version's aliases becomes the same MLflow alias as another alias
+    of the adapter on a different version (``rc.1`` and ``rc_1`` are both ``rc_1`` in MLflow): setting it
+    would silently move the other alias's MLflow alias to this version."""
+    mine = set(info.get("aliases") or [])
+    if not mine:
+        return
+    by_mlflow = {mlflow_alias(a): a for a in mine}
+    for row in registry.list(info["name"]):
+        if row["version"] == info["version"]:
+            continue
+        for other in row.get("aliases") or []:
+            ours = by_mlflow.get(mlflow_alias(other))
+            if ours is not None and other not in mine:
+                raise click.ClickException(
+                    f"aliases '{ours}' ({info['ref']}) and '{other}' ({row['ref']}) would both be MLflow alias "
+                    f"'{mlflow_alias(other)}'; rename one of them (adapterhub alias set/rm) and register again")
 
 
 def _versions(client: Any, model: str) -> list[Any]:
