@@ -53,6 +53,10 @@ def _groups(adapters: Sequence[Any]) -> list[tuple[Any, list[int]]]:
 
 
 def _check_bases(adapters: Sequence[Any], what: str) -> None:
+    for a in adapters:
+        if not all(hasattr(a, k) for k in ("method", "config", "tensors", "manifest")):
+            raise InvalidInput(f"cannot {what} a {type(a).__name__}: expected LoadedAdapter objects "
+                               "(adapterhub.checkpoint.load_adapter_dir, or compose.load_stack for a composition)")
     fps = {((a.manifest or {}).get("base") or {}).get("fingerprint") for a in adapters} - {None}
     if len(fps) > 1:
         raise InvalidInput(f"cannot {what} adapters trained on different base models: {', '.join(sorted(fps))}")
@@ -75,6 +79,9 @@ def attach_stack(model: Any, adapters: Sequence[Any]) -> Stack:
     """Attach every adapter in ``adapters`` (``LoadedAdapter``) to ``model`` at once, all active: LoRA deltas
     add (a DoRA branch rescales the output so far, as PEFT does with several active adapters); other methods
     apply in order where their plugin supports it."""
+    if isinstance(adapters, dict):
+        raise InvalidInput("attach_stack takes a list of LoadedAdapters in stack order, not a dict "
+                           "(attach_routed takes {name: LoadedAdapter})")
     if not adapters:
         raise InvalidInput("a stack needs at least one adapter")
     _check_bases(adapters, "stack")
@@ -121,10 +128,13 @@ class Router:
         self._routes: list[_Route] = []
         self._undo: list[Callable[[], None]] = []
         self._cache: dict[tuple[str, ...], list[Any]] = {}
+        self.detached = False
 
     def _indices(self, names: Sequence[str]) -> list[Any]:
         import torch
 
+        if self.detached:
+            raise InvalidInput("this router is detached: the model runs without its adapters; attach_routed again")
         key = tuple(names)
         hit = self._cache.get(key)
         if hit is not None:
@@ -159,9 +169,11 @@ class Router:
                 r.index = idx
 
     def detach(self) -> None:
-        """Remove the routed adapters and the ``adapter_names`` keyword; the model is the base model again."""
+        """Remove the routed adapters and the ``adapter_names`` keyword; the model is the base model again
+        (``route()`` then refuses: a model that silently ran without its adapters would serve wrong answers)."""
         while self._undo:
             self._undo.pop()()
+        self.detached = True
 
 
 def attach_routed(model: Any, adapters: dict[str, Any]) -> Router:
@@ -170,12 +182,16 @@ def attach_routed(model: Any, adapters: dict[str, Any]) -> Router:
     Afterwards ``model(..., adapter_names=[...])`` (or ``with router.route([...])``) runs each row with only
     its adapter (``"__base__"``: none); the outputs equal running each row alone with its adapter attached.
     """
+    if not isinstance(adapters, dict):
+        raise InvalidInput(f"attach_routed takes {{name: LoadedAdapter}}, not a {type(adapters).__name__}")
     if not adapters:
         raise InvalidInput("routing needs at least one adapter")
     names = list(adapters)
     for n in names:
         if not isinstance(n, str) or not n or n == BASE:
-            raise InvalidInput(f"invalid routed adapter name {n!r} ({BASE!r} is reserved for rows without one)")
+            shown = repr(n) if isinstance(n, str) else f"of type {type(n).__name__}"
+            raise InvalidInput(f"invalid routed adapter name {shown} (names are non-empty strings; {BASE!r} is "
+                               "reserved for rows without one)")
     loaded = [adapters[n] for n in names]
     _check_bases(loaded, "route")
     router = Router(model, names)

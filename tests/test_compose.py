@@ -201,8 +201,20 @@ def test_routed_bad_calls(adapters):
     with pytest.raises(InvalidInput, match="already attached"):
         compose.attach_routed(model, {"legal": adapters["legal"]})
     router.detach()
+    with pytest.raises(InvalidInput, match="detached"):  # else it would run the base model silently
+        with router.route(["support", "sales"]):
+            pass
     with pytest.raises(InvalidInput, match="reserved"):
         compose.attach_routed(model, {"__base__": adapters["support"]})
+    with pytest.raises(InvalidInput, match=r"takes \{name: LoadedAdapter\}, not a list"):
+        compose.attach_routed(model, [adapters["support"]])
+    with pytest.raises(InvalidInput, match="of type int") as err:
+        compose.attach_routed(model, {3: adapters["support"]})
+    assert len(str(err.value)) < 200
+    with pytest.raises(InvalidInput, match="not a dict"):
+        compose.attach_stack(model, {"a": adapters["support"]})
+    with pytest.raises(InvalidInput, match="expected LoadedAdapter"):
+        compose.attach_stack(model, ["support"])
     other = _adapter(LORA, 5, fingerprint="sha256:other", r=2, target_modules=["q_proj"])
     with pytest.raises(InvalidInput, match="different base models"):
         compose.attach_routed(model, {"a": adapters["support"], "b": other})
