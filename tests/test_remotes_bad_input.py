@@ -27,7 +27,7 @@ def team(cli, home, tmp_path):
 def test_refs_naming_a_remote_never_resolve_in_the_local_registry(cli, home, team):
     local3 = cli("show", "t/a:3", "--json").json()
     assert_clean_error(cli("show", "nosuch:t/a:3"), "no remote named 'nosuch'")
-    assert_clean_error(cli("show", "team:t/a:3"), "no version 3")
+    assert_clean_error(cli("show", "team:t/a:3"), "no version 3 in the team registry")
     assert cli("show", "team:t/a:1", "--json").json()["digest"] == cli("show", "t/a:1", "--json").json()["digest"]
     # tag: refused for a version the remote lacks; a version it has is tagged there, not locally
     assert_clean_error(cli("tag", "team:t/a:3", "where=team"), "no version 3")

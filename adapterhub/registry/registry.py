@@ -317,7 +317,7 @@ class Registry:
                 row = conn.execute(q.where(v.c.adapter_id == adapter_id, v.c.number == r.version)).first()
                 if row is None:
                     latest = conn.execute(sa.select(sa.func.max(v.c.number)).where(v.c.adapter_id == adapter_id)).scalar()
-                    raise NotFound(f"{r.name} has no version {r.version} (latest is {latest})")
+                    raise NotFound(f"{r.name} has no version {r.version} in the {self.label} registry (latest is {latest})")
             elif r.alias:
                 row = conn.execute(q.join(t.aliases, t.aliases.c.version_id == v.c.id).where(
                     t.aliases.c.adapter_id == adapter_id, t.aliases.c.alias == r.alias)).first()
