@@ -65,27 +65,27 @@ def clamp_max_length(base_dir: str, tokenizer: Any, max_length: int) -> int:
     return min(max_length, pos) if pos else max_length
 
 
-def _shape_mismatch(base_dir: str, auto: Any, config: Any) -> str | None:
-    """The first weight whose shape in the checkpoint differs from what config.json builds, as text."""
-    import glob
-
+def weight_shape_mismatch(base_dir: str, config: Any, cls: Any) -> tuple[str, tuple, tuple, str] | None:
+    """The first checkpoint tensor whose shape differs from the model ``cls`` builds from ``config`` (on the meta
+    device: no memory), as ``(name, shape in the weights, shape from the config, file)``; None when every tensor
+    fits. Raises what building the model raises."""
     import torch
-    from safetensors import safe_open
 
-    try:
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
-        for path in sorted(glob.glob(os.path.join(base_dir, "*.safetensors"))):
-            with safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    found = tuple(f.get_slice(key).get_shape())
-                    want = expected.get(key)
-                    if want is None:
-                        want = next((v for k, v in expected.items() if k.endswith("." + key) or key.endswith("." + k)), None)
-                    if want is not None and want != found:
-                        return f"{key} has shape {list(found)} in the weights but config.json makes it {list(want)}"
-    except Exception:  # best effort: the caller still names the problem
-        return None
+    from .fingerprint import find_weight_files
+    from .stheader import read_header
+
+    with torch.device("meta"):
+        model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    prefix = (getattr(model, "base_model_prefix", "") or "") + "."
+    del model
+    for path in find_weight_files(base_dir):
+        for name, t in read_header(path).tensors.items():
+            for key in (name, prefix + name, name.removeprefix(prefix)):
+                if key in shapes:
+                    if shapes[key] != tuple(t.shape):
+                        return name, tuple(t.shape), shapes[key], os.path.basename(path)
+                    break
     return None
 
 
@@ -125,7 +125,12 @@ def load_base_model(base_dir: str, task: str, labels: list[str] | None = None, d
         msg = str(exc)
         if "mismatched" not in msg and "size mismatch" not in msg:
             raise
-        detail = _shape_mismatch(base_dir, auto, config) or "a weight's shape differs from what config.json describes"
+        try:
+            found = weight_shape_mismatch(base_dir, config, auto)
+        except Exception:  # best effort: the message below still names the problem
+            found = None
+        detail = (f"{found[0]} has shape {list(found[1])} in the weights but config.json makes it {list(found[2])}"
+                  if found else "a weight's shape differs from what config.json describes")
         raise InvalidInput(f"base {base_dir}: config.json does not match its weights: {detail}") from None
     model.eval()
     return model

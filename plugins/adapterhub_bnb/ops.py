@@ -137,32 +137,21 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
 
 
 def check_shapes(base_dir: str, config: Any, cls: Any, what: str = "config.json") -> None:
-    """Refuse a base whose ``config.json`` does not describe its weights: the model ``config`` builds (on the
-    meta device: no memory) must have the shape of every checkpoint tensor it holds. transformers does not
-    check the weights it quantizes as they load, and would write layers whose shape is not their weight's."""
-    from adapterhub.fingerprint import find_weight_files
-    from adapterhub.stheader import read_header
+    """Refuse a base whose ``config.json`` does not describe its weights (``modeling.weight_shape_mismatch``):
+    transformers does not check the weights it quantizes as they load, and would write layers whose shape is
+    not their weight's."""
+    from adapterhub.modeling import weight_shape_mismatch
 
     try:
-        with torch.device("meta"):
-            model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
+        found = weight_shape_mismatch(base_dir, config, cls)
     except Exception as exc:
         raise InvalidInput(f"base {base_dir}: cannot build the model its config.json describes: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    prefix = (getattr(model, "base_model_prefix", "") or "") + "."
-    del model
-    for path in find_weight_files(base_dir):
-        for name, t in read_header(path).tensors.items():
-            for key in (name, prefix + name, name.removeprefix(prefix)):
-                if key in shapes:
-                    if shapes[key] != tuple(t.shape):
-                        raise InvalidInput(
-                            f"base {base_dir}: {what} does not match the weights: '{name}' is "
-                            f"{'x'.join(map(str, t.shape))} in {os.path.basename(path)} but the config makes it "
-                            f"{'x'.join(map(str, shapes[key]))}"
-                            + ("; fix config.json or use the matching weights" if what == "config.json" else ""))
-                    break
+    if found is not None:
+        name, have, want, fname = found
+        raise InvalidInput(f"base {base_dir}: {what} does not match the weights: '{name}' is "
+                           f"{'x'.join(map(str, have))} in {fname} but the config makes it {'x'.join(map(str, want))}"
+                           + ("; fix config.json or use the matching weights" if what == "config.json" else ""))
 
 
 def _fixed_mmap_threshold() -> None:
