@@ -143,7 +143,9 @@ def emit(as_json: bool, data: Any, text: Callable[[Any], str] | str | None = Non
         try:
             text_out = json.dumps(data, indent=indent, default=str, allow_nan=False)
         except ValueError:  # NaN / inf (a broken adapter's metrics): null, as JSON has no such numbers
-            text_out = json.dumps(_finite(data), indent=indent, default=str)
+            from ..registry.registry import finite
+
+            text_out = json.dumps(finite(data), indent=indent, default=str)
         click.echo(text_out)
     elif callable(text):
         out = text(data)
@@ -151,16 +153,6 @@ def emit(as_json: bool, data: Any, text: Callable[[Any], str] | str | None = Non
             click.echo(out)
     elif text is not None:
         click.echo(text)
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def json_option(f):

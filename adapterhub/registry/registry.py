@@ -345,7 +345,7 @@ class Registry:
                 t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))
             parents = self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)
             children = self._edges(conn, t.lineage.c.parent_id == v["id"], parent_side=False)
-            evals = [{"data_digest": "sha256:" + r.data_digest, "metrics": _finite(r.metrics), "details": _finite(r.details),
+            evals = [{"data_digest": "sha256:" + r.data_digest, "metrics": finite(r.metrics), "details": finite(r.details),
                       "created_at": _iso(r.created_at)}
                      for r in conn.execute(sa.select(t.evaluations).where(
                          t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
@@ -398,7 +398,7 @@ class Registry:
             latest_eval: dict[int, dict[str, Any]] = {}  # version id -> metrics of its newest evaluation
             for vid, metrics in conn.execute(sa.select(t.evaluations.c.version_id, t.evaluations.c.metrics)
                                              .order_by(t.evaluations.c.id)):
-                latest_eval[vid] = _finite(metrics)
+                latest_eval[vid] = finite(metrics)
         return [{"name": r.name, "version": r.number, "ref": f"{r.name}:{r.number}", "digest": "sha256:" + r.digest,
                  "kind": r.kind, "method": r.method, "size": r.size, "base_fingerprint": r.base_fingerprint,
                  "aliases": alias_map.get(r.id, []), "evaluation": latest_eval.get(r.id),
@@ -527,14 +527,15 @@ def _non_finite(obj: Any, path: str) -> list[str]:
     return []
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with NaN/inf (stored before they were refused) as None, so it prints as valid JSON."""
+def finite(obj: Any) -> Any:
+    """``obj`` (nested dicts/lists/tuples) with NaN/inf as None, so it prints as valid JSON (evaluations
+    stored before they were refused; ``--json`` output of a broken adapter's metrics)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
     return obj
 
 
