@@ -31,7 +31,7 @@ def open_store(url: str, plugins: Plugins | None = None):
 def open_registry(home: str | None = None, plugins: Plugins | None = None, remote: str | None = None) -> Registry:
     """A registry: the named ``remote``; else the one ``ADAPTERHUB_REGISTRY_DB`` +
     ``ADAPTERHUB_REGISTRY_STORE`` name; else the local one (SQLite + the ``file`` store) under ``home``."""
-    from . import remotes
+    from .registry import remotes
 
     home = config.home_dir(home)
     spec = remotes.get_remote(home, remote) if remote else remotes.env_registry()
@@ -68,9 +68,9 @@ def check_remote(spec: dict[str, str], plugins: Plugins | None = None) -> None:
 def _only_own_refs(reg: Registry, home: str, remote: str | None) -> Registry:
     """Make ``reg`` refuse a ref that names another registry (``team:acme/bot`` on the local one, or an
     unknown remote) instead of silently resolving its name in ``reg``."""
-    from . import remotes
+    from .registry import remotes
     from .errors import NotFound
-    from .refs import parse_ref
+    from .registry.refs import parse_ref
 
     resolve = reg.resolve
     reg.remote_name = remote
@@ -90,7 +90,7 @@ def _only_own_refs(reg: Registry, home: str, remote: str | None) -> Registry:
 
 def fingerprint(base_dir: str, home: str | None = None, progress: Progress | None = None):
     """The fingerprint of the base model in ``base_dir``, cached under the registry home."""
-    from .fingerprint import fingerprint as _fp
+    from .files.fingerprint import fingerprint as _fp
 
     return _fp(base_dir, cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"), progress=progress)
 
@@ -110,8 +110,8 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
          home: str | None = None, plugins: Plugins | None = None, progress: Progress | None = None,
          hash_progress: Progress | None = None) -> Published:
     """Register the adapter directory ``src`` as a version of ``name``."""
-    from .checkpoint import check_base_fit, read_adapter_dir
-    from .refs import validate_name
+    from .files.checkpoint import check_base_fit, read_adapter_dir
+    from .registry.refs import validate_name
 
     validate_name(name)
     plugins = plugins or get_plugins()
@@ -134,7 +134,7 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
             base_info = {**base_info, "properties": {"quantization": m_base["quantization"]}}
         if source.format != "adapterhub":
             manifest.setdefault("format", source.format)
-        from .gates import alias_guard
+        from .registry.gates import alias_guard
 
         return reg.publish(name, manifest, source.files, parents=parents, aliases=aliases, tags=tags,
                            base=base_info or None, progress=progress, alias_guard=alias_guard() if aliases else None)

@@ -18,7 +18,7 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 def check_floating(tensors: Mapping[str, Any], keys: Any = None) -> None:
     """Refuse an adapter tensor (``keys`` of ``tensors``, default all) whose dtype is not floating point.
-    ``tensors`` maps names to objects with a safetensors ``dtype`` string (:class:`~adapterhub.stheader.TensorInfo`)."""
+    ``tensors`` maps names to objects with a safetensors ``dtype`` string (:class:`~adapterhub.files.safetensors_header.TensorInfo`)."""
     for key in sorted(tensors if keys is None else keys):
         dtype = tensors[key].dtype
         if dtype not in FLOAT_DTYPES:

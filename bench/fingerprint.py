@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from adapterhub.fingerprint import find_weight_files, fingerprint
+from adapterhub.files.fingerprint import find_weight_files, fingerprint
 
 HIDDEN, VOCAB = 4096, 32000
 

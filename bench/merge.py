@@ -53,7 +53,7 @@ def build(workdir: str, layers: int) -> tuple[str, str, int]:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    from adapterhub.merge import Entry, _header
+    from adapterhub.merge.plan import Entry, _header
 
     base, adapter = os.path.join(workdir, "base"), os.path.join(workdir, "adapter")
     os.makedirs(base)
@@ -154,7 +154,7 @@ def compare(a_dir: str, b_dir: str) -> tuple[int, list[str]]:
     import torch
     from safetensors import safe_open
 
-    from adapterhub.fingerprint import find_weight_files
+    from adapterhub.files.fingerprint import find_weight_files
 
     def where(d):
         out = {}

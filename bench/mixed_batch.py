@@ -2,7 +2,7 @@
 
 A Llama built from a config (no download: hidden 512, 4 layers, GQA 8/4 heads, vocab 2048), 8 LoRA adapters
 with ranks 8..64 on every projection (q/k/v/o/gate/up/down), B non-zero. The same adapters are loaded
-into one ``peft.PeftModel`` (``load_adapter`` x 8) and into ``adapterhub.compose.attach_routed``; both are
+into one ``peft.PeftModel`` (``load_adapter`` x 8) and into ``adapterhub.operations.compose.attach_routed``; both are
 called on the same mixed batches (rows shuffled over the 8 adapters plus base rows) with
 ``adapter_names=[...]``. Reported: median seconds per call (the plain base model too, as the floor both share)
 and rows/s for each, the throughput ratio ours/peft, its ceiling peft/base (what routing with adapters that
@@ -44,7 +44,7 @@ def build_base(hidden: int, layers: int):
 
 def make_adapters(hidden: int, layers: int, n: int, tmp: str):
     """n adapter directories (PEFT layout, written by adapterhub) + LoadedAdapters for them."""
-    from adapterhub.checkpoint import LoadedAdapter, save_adapter
+    from adapterhub.files.checkpoint import LoadedAdapter, save_adapter
     from adapterhub_lora import LoraMethod
 
     lora = LoraMethod()
@@ -93,7 +93,7 @@ def main() -> None:
 
     import peft
 
-    from adapterhub import compose
+    from adapterhub.operations import compose
 
     torch.set_grad_enabled(False)
     tmp = tempfile.mkdtemp(prefix="bench-mixed-")

@@ -6,7 +6,7 @@ subprocess (the model is built in one too: a child's ``ru_maxrss`` starts at its
 its peak RSS is read from ``os.wait4``'s rusage of that child (``ru_maxrss``, which counts file pages the
 loader mmaps); the child also samples its peak anonymous RSS (``RssAnon``, every 5 ms):
 
-* ``train lora``  — ``adapterhub.train.train`` with method ``lora`` (r=16 on all 7 projections) on the bf16 base;
+* ``train lora``  — ``adapterhub.training.train.train`` with method ``lora`` (r=16 on all 7 projections) on the bf16 base;
 * ``train qlora`` — the same with method ``qlora`` (the base is loaded through the ``nf4`` quantizer, double
   quantization, blocksize 64: the projections are 4-bit, embeddings / head / norms stay bf16);
 * ``merge lora``  — ``merge_adapter`` of the LoRA adapter onto the original weights (streaming);
@@ -102,7 +102,7 @@ def worker(phase: str, method: str, workdir: str, steps: int, batch: int, seq: i
     out = os.path.join(workdir, f"adapter-{method}")
     if phase == "train":
         from adapterhub.plugins import get_plugins
-        from adapterhub.train import TrainOptions, train
+        from adapterhub.training.train import TrainOptions, train
 
         opts = TrainOptions(base=base, method=method, task="causal-lm", data=os.path.join(workdir, "train.jsonl"),
                             out=out, settings={"r": "16", "lora_alpha": "32", "target_modules": TARGETS},
@@ -112,7 +112,7 @@ def worker(phase: str, method: str, workdir: str, steps: int, batch: int, seq: i
         print(json.dumps({"train_loss": r["metrics"]["train_loss"], "trainable": r["trainable_params"],
                           "anon_peak_mb": anon.done()}))
     else:
-        from adapterhub.merge import merge_adapter, open_adapter_dir
+        from adapterhub.merge.plan import merge_adapter, open_adapter_dir
         from adapterhub.plugins import get_plugins
 
         loaded = open_adapter_dir(out, get_plugins())

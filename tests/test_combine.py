@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import assert_clean_error, make_base_dir, make_lora_dir  # noqa: E402
 
-from adapterhub import combine as cmb  # noqa: E402
+from adapterhub.operations import combine as cmb  # noqa: E402
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402
 
@@ -251,7 +251,7 @@ def test_combined_adapter_output_equals_merged_sum_and_peft_loads_it(tmp_path):
     import warnings
 
     import tinymodels as tm
-    from adapterhub.checkpoint import save_adapter
+    from adapterhub.files.checkpoint import save_adapter
 
     warnings.simplefilter("ignore")
     ins = []

@@ -1,4 +1,4 @@
-"""Stacks and per-row routing (``adapterhub.compose``) on tiny Llama-GQA, against each row run alone and against
+"""Stacks and per-row routing (``adapterhub.operations.compose``) on tiny Llama-GQA, against each row run alone and against
 the real ``peft`` (mixed-batch ``adapter_names=`` and several active adapters), plus compositions in the registry
 (``compose`` CLI, ``composed_of`` lineage, ``load_stack``) and every bad input."""
 
@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error, make_base_dir, make_lora_dir  # noqa: E402
 
-from adapterhub import compose  # noqa: E402
-from adapterhub.checkpoint import LoadedAdapter, save_adapter  # noqa: E402
+from adapterhub.operations import compose  # noqa: E402
+from adapterhub.files.checkpoint import LoadedAdapter, save_adapter  # noqa: E402
 from adapterhub.errors import AdapterhubError, InvalidInput  # noqa: E402
 from adapterhub.method import Method  # noqa: E402
 from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402

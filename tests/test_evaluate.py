@@ -29,7 +29,7 @@ def tiny_causal_base(path, seed=0):
     """A tiny Llama (hidden 32, 2 layers) with MiniLM's WordPiece tokenizer saved next to it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from adapterhub.modeling import load_tokenizer
+    from adapterhub.training.modeling import load_tokenizer
     from tinymodels import minilm_path
 
     if os.path.isdir(path):
@@ -49,10 +49,10 @@ def make_adapter(base_dir, out, task, *, labels=None, rows=None, steps=0, lr=1e-
     """Attach ``method`` to the base, optionally train ``steps`` epochs on ``rows`` (plain torch loop),
     and save an adapter directory like ``adapterhub train`` does. Returns ``out``."""
     from adapterhub import api
-    from adapterhub.checkpoint import save_adapter
-    from adapterhub.data import IGNORE
-    from adapterhub.evaluate import load_base
-    from adapterhub.modeling import load_tokenizer
+    from adapterhub.files.checkpoint import save_adapter
+    from adapterhub.training.data import IGNORE
+    from adapterhub.training.evaluate import load_base
+    from adapterhub.training.modeling import load_tokenizer
     from adapterhub.plugins import get_plugins
 
     m = get_plugins().get("methods", method)
@@ -123,7 +123,7 @@ def causal(tmp_path_factory):
 
 
 def test_classification_metrics_known_numbers():
-    from adapterhub.evaluate import classification_metrics
+    from adapterhub.training.evaluate import classification_metrics
 
     y_true = [0, 0, 0, 1, 1, 2]
     y_pred = [0, 0, 1, 1, 2, 2]
@@ -158,8 +158,8 @@ def test_eval_causal_lm(cli, home, causal):
     # the base loss matches transformers' own loss (one row at a time, token-weighted)
     from transformers import AutoModelForCausalLM
 
-    from adapterhub import data as D
-    from adapterhub.modeling import load_tokenizer
+    from adapterhub.training import data as D
+    from adapterhub.training.modeling import load_tokenizer
 
     tok = load_tokenizer(causal["base"])
     model = AutoModelForCausalLM.from_pretrained(causal["base"]).eval()

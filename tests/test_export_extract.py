@@ -57,7 +57,7 @@ def test_export_merged_is_the_merge(cli, llama, tmp_path):
 
 
 def test_method_without_peft_equivalent_cannot_export_peft_nor_merge(cli, tmp_path):
-    from adapterhub.checkpoint import save_adapter
+    from adapterhub.files.checkpoint import save_adapter
     from adapterhub_bottleneck import BottleneckMethod
 
     base = save_base(tm.tiny_llama(), tmp_path / "base")

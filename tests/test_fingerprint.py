@@ -1,4 +1,4 @@
-"""Base-model fingerprints (adapterhub.fingerprint): layout independence, sensitivity, cache, bad input."""
+"""Base-model fingerprints (adapterhub.files.fingerprint): layout independence, sensitivity, cache, bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from adapterhub.errors import InvalidInput
-from adapterhub.fingerprint import Fingerprint, find_weight_files, fingerprint
+from adapterhub.files.fingerprint import Fingerprint, find_weight_files, fingerprint
 
 
 def _weights() -> dict[str, np.ndarray]:

@@ -121,8 +121,8 @@ def test_gate_bad_input(cli, home, tmp_path):
 def test_publish_alias_guard(home, tmp_path):
     """``push --alias production`` goes through the same gate via ``publish(alias_guard=...)``."""
     from adapterhub import api
-    from adapterhub.checkpoint import read_adapter_dir
-    from adapterhub.gates import GateRefused, alias_guard
+    from adapterhub.files.checkpoint import read_adapter_dir
+    from adapterhub.registry.gates import GateRefused, alias_guard
     from adapterhub.plugins import get_plugins
 
     reg = api.open_registry(str(home))
@@ -157,7 +157,7 @@ def topic_rows(templates, noisy=False):
 
 @pytest.mark.slow
 def test_noisy_labels_drop_accuracy_and_the_gate_refuses(cli, home, tmp_path):
-    from adapterhub.quality import check_data, gate_data, summary
+    from adapterhub.training.quality import check_data, gate_data, summary
     from test_evaluate import make_adapter, push, write_jsonl
     from tinymodels import minilm_path
 

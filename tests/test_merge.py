@@ -25,8 +25,8 @@ import tinymodels as tm  # noqa: E402
 import oracle  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 
-from adapterhub.checkpoint import load_adapter_dir  # noqa: E402
-from adapterhub.merge import merge_adapter  # noqa: E402
+from adapterhub.files.checkpoint import load_adapter_dir  # noqa: E402
+from adapterhub.merge.plan import merge_adapter  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 
 TOL = 1e-5
@@ -146,7 +146,7 @@ def test_any_thread_schedule_gives_the_same_bits(schedule, built, tmp_path, monk
     with peft bit for bit (the tiny Llama interleaves untouched norms with merged projections)."""
     import threading
 
-    import adapterhub.mergewriter as mw
+    import adapterhub.merge.writer as mw
 
     _, ad, _ = built("llama-lora")
     # no casts: bytes copied. fp32 for short blocks: a sum rounded another way shows in fp32, rarely in bf16
@@ -250,7 +250,7 @@ def test_headless_minilm_seq_cls_gets_head_labels_and_prefix(cli, tmp_path):
     'base_model.model.bert.…' plus the classifier (modules_to_save); labels come from the manifest."""
     from dataclasses import asdict
 
-    from adapterhub.checkpoint import save_adapter
+    from adapterhub.files.checkpoint import save_adapter
     from adapterhub_lora import LoraMethod
 
     model = transformers.AutoModelForSequenceClassification.from_pretrained(tm.minilm_path(), num_labels=3).eval()

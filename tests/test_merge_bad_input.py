@@ -159,9 +159,9 @@ def test_base_without_usable_config_is_refused_and_nothing_cached(config, cli, h
 
 
 def test_merge_adapter_api_refuses_a_base_without_config(llama, tmp_path):
-    from adapterhub.checkpoint import load_adapter_dir
+    from adapterhub.files.checkpoint import load_adapter_dir
     from adapterhub.errors import InvalidInput
-    from adapterhub.merge import merge_adapter
+    from adapterhub.merge.plan import merge_adapter
     from test_merge import test_plugins
 
     base, ad = llama

@@ -46,7 +46,7 @@ def planted_seq_cls(tmp_path):
 
 
 def test_planted_problems_exact_counts(tmp_path):
-    from adapterhub.quality import check_data, gate_data, summary
+    from adapterhub.training.quality import check_data, gate_data, summary
 
     train, ev = planted_seq_cls(tmp_path)
     r = check_data(train, ev)
@@ -90,7 +90,7 @@ def test_planted_problems_exact_counts(tmp_path):
 
 
 def test_clean_data_passes_the_gate(tmp_path):
-    from adapterhub.quality import check_data, gate_data
+    from adapterhub.training.quality import check_data, gate_data
 
     train = write_lines(tmp_path / "t.jsonl", [{"text": f"row {i}", "label": i % 2} for i in range(10)])
     ev = write_lines(tmp_path / "e.jsonl", [{"text": f"other {i}", "label": i % 2} for i in range(4)])
@@ -100,7 +100,7 @@ def test_clean_data_passes_the_gate(tmp_path):
 
 
 def test_causal_lm_rows(tmp_path):
-    from adapterhub.quality import check_data
+    from adapterhub.training.quality import check_data
 
     train = write_lines(tmp_path / "t.jsonl", [
         {"prompt": "Q: capital of France?", "completion": " Paris"},           # 1
@@ -136,8 +136,8 @@ def test_causal_lm_rows(tmp_path):
 
 
 def test_over_length_by_tokenizer(tmp_path):
-    from adapterhub.modeling import load_tokenizer
-    from adapterhub.quality import check_data
+    from adapterhub.training.modeling import load_tokenizer
+    from adapterhub.training.quality import check_data
     from tinymodels import minilm_path
 
     tok = load_tokenizer(minilm_path())

@@ -1,7 +1,7 @@
 import pytest
 
 from adapterhub.errors import InvalidInput
-from adapterhub.refs import Ref, parse_ref, validate_alias, validate_name
+from adapterhub.registry.refs import Ref, parse_ref, validate_alias, validate_name
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -18,7 +18,7 @@ import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error, make_base_dir, make_lora_dir  # noqa: E402
 
 from adapterhub.errors import InvalidInput  # noqa: E402
-from adapterhub.refs import parse_ref  # noqa: E402
+from adapterhub.registry.refs import parse_ref  # noqa: E402
 
 HUGE = "99999999999999999999999"
 MAX_VERSION = 2**31 - 1  # versions.number is a 32-bit INTEGER on PostgreSQL
@@ -48,7 +48,7 @@ def test_parse_ref_bounds_the_version():
     for bad in ("acme/a:0", "acme/a:²", "acme/a:٣", "acme/a:-1"):  # '²'.isdigit() and '٣'.isdigit() are True
         with pytest.raises(InvalidInput, match="must be a positive integer"):
             parse_ref(bad)
-    from adapterhub import refs
+    from adapterhub.registry import refs
 
     assert refs.MAX_VERSION == MAX_VERSION
 

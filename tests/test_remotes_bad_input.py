@@ -54,7 +54,8 @@ def test_the_api_refuses_a_ref_of_another_registry(home, team):
 
 
 def test_failed_replace_keeps_the_working_remote(cli, home, tmp_path):
-    from adapterhub import api, remotes
+    from adapterhub import api
+    from adapterhub.registry import remotes
 
     good = {"db": f"sqlite:///{tmp_path / 'team.db'}", "store": f"file://{tmp_path / 'store'}"}
     remotes.add_remote(str(home), "team", good["db"], good["store"], check=api.check_remote)
@@ -116,7 +117,7 @@ def test_urls_are_shown_faithfully_with_passwords_masked(cli, home, tmp_path):
     assert r.json()["db"] == db
     assert cli("remote", "list", "--json").json()[0]["db"] == db
     assert db in cli("remote", "list").stdout
-    from adapterhub.remotes import mask
+    from adapterhub.registry.remotes import mask
 
     assert mask("postgresql://u:hunter2@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert json.dumps(mask("s3://b/p?endpoint_url=http%3A%2F%2Fh%3A1&secret_key=zz")).count("zz") == 0

@@ -49,7 +49,7 @@ def team(home, pg_url, s3_server, cli):
 
 
 def team_env(team):
-    from adapterhub.remotes import with_endpoint
+    from adapterhub.registry.remotes import with_endpoint
 
     return {"ADAPTERHUB_REGISTRY_DB": team["db"],
             "ADAPTERHUB_REGISTRY_STORE": with_endpoint(team["store"], team["endpoint"])}

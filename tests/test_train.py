@@ -44,7 +44,7 @@ def causal_rows(n=24):
 
 
 def test_prompt_tokens_are_masked():
-    from adapterhub.data import IGNORE, Rows, causal_lm_examples
+    from adapterhub.training.data import IGNORE, Rows, causal_lm_examples
 
     tok = word_tokenizer()
     rows = Rows("x.jsonl", "sha256:0", [(1, {"prompt": "what color", "completion": "blue"}),
@@ -77,8 +77,8 @@ def test_causal_lm_training_lowers_loss_and_loads_in_peft(cli, tmp_path, llama_b
     # and peft loads the directory as a PEFT adapter giving the same losses as our trainer measured
     from peft import PeftModel
 
-    from adapterhub.data import causal_lm_examples, collate, read_jsonl
-    from adapterhub.modeling import load_base_model, load_tokenizer
+    from adapterhub.training.data import causal_lm_examples, collate, read_jsonl
+    from adapterhub.training.modeling import load_base_model, load_tokenizer
 
     tok = load_tokenizer(llama_base)
     train_batch = collate(tok.pad_token_id)(causal_lm_examples(read_jsonl(data), tok, 256))
@@ -102,8 +102,8 @@ def test_seq_cls_on_real_minilm_loads_in_peft_as_trained(cli, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from adapterhub.checkpoint import load_adapter_dir
-    from adapterhub.modeling import attach_loaded, load_base_model, load_tokenizer
+    from adapterhub.files.checkpoint import load_adapter_dir
+    from adapterhub.training.modeling import attach_loaded, load_base_model, load_tokenizer
     from adapterhub.plugins import get_plugins
 
     r = cli("train", "--base", minilm_path(), "--method", "lora", "--task", "seq-cls",
@@ -130,7 +130,7 @@ def test_seq_cls_on_real_minilm_loads_in_peft_as_trained(cli, tmp_path):
 def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):
     """A kill during the Trainer's save leaves the newest checkpoint without (or with a truncated)
     trainer_state.json: resuming must take the newest complete one."""
-    from adapterhub.train import CHECKPOINT_TENSORS, resume_point
+    from adapterhub.training.train import CHECKPOINT_TENSORS, resume_point
 
     ckpt = tmp_path / "a.checkpoints"
     assert resume_point(str(ckpt)) is None

@@ -102,7 +102,7 @@ def _interrupt(args, ckpt):
     p = subprocess.Popen([sys.executable, "-m", "adapterhub", "train", *map(str, args)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    from adapterhub.train import resume_point
+    from adapterhub.training.train import resume_point
 
     while time.time() < deadline and resume_point(ckpt) is None and p.poll() is None:
         time.sleep(0.1)

@@ -32,9 +32,9 @@ def llama_base(tmp_path_factory):
 
 
 def _reloaded_eval_loss(base, task, out, eval_path, labels=None):
-    from adapterhub.checkpoint import load_adapter_dir
-    from adapterhub.data import causal_lm_examples, collate, read_jsonl, seq_cls_examples
-    from adapterhub.modeling import attach_loaded, load_base_model, load_tokenizer
+    from adapterhub.files.checkpoint import load_adapter_dir
+    from adapterhub.training.data import causal_lm_examples, collate, read_jsonl, seq_cls_examples
+    from adapterhub.training.modeling import attach_loaded, load_base_model, load_tokenizer
     from adapterhub.plugins import get_plugins
 
     tok = load_tokenizer(base)
@@ -70,7 +70,7 @@ def test_every_method_trains_causal_lm(cli, tmp_path, llama_base, method, sets):
         assert "adapter_config.json" in files
         from peft import PeftModel
 
-        from adapterhub.modeling import load_base_model
+        from adapterhub.training.modeling import load_base_model
 
         PeftModel.from_pretrained(load_base_model(llama_base, "causal-lm"), d["out"])  # loads without error
 

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`adapterhub.tuners`, the building blocks the method plugins share.
+"""Unit tests for :mod:`adapterhub.tuning`, the building blocks the method plugins share.
 
 The plugins' own tests (tests/plugins/) check the same code end to end against PEFT; these pin each helper's
 contract on tiny hand-built torch models.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 
 import torch as torch
@@ -73,7 +73,7 @@ def _paths(model: nn.Module) -> list[str]:
 
 # -- import cost ---------------------------------------------------------------------------------------------
 def test_importing_tuners_does_not_import_torch():
-    code = "import sys, adapterhub.tuners; sys.exit('torch' in sys.modules)"
+    code = "import sys, adapterhub.tuning; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

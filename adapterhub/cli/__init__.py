@@ -70,7 +70,7 @@ def _remote_of_refs() -> str | None:
     """The remote the running command's refs name (None: the default registry). Refs naming different
     registries in one command are refused."""
     from ..errors import InvalidInput
-    from ..refs import parse_ref
+    from ..registry.refs import parse_ref
 
     ctx = click.get_current_context(silent=True)
     if ctx is None or ctx.command is None:

@@ -7,7 +7,7 @@ import click
 from . import App, cli, emit, json_option
 
 pass_app = click.make_pass_decorator(App)
-HOWS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # adapterhub.combine.HOWS
+HOWS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # adapterhub.operations.combine.HOWS
 
 
 def _weights(value: str | None) -> list[float] | None:
@@ -37,7 +37,7 @@ def combine(app: App, refs, how, weights, density, rank, seed, name, aliases, as
     """Combine adapter versions REFS (one method, one base) into a new version of NAME.
 
     The new version records a combined_from edge to each REF with its weight and the options."""
-    from ..combine import combine as do_combine
+    from ..operations.combine import combine as do_combine
 
     pub = do_combine(app.registry, list(refs), name, how=how, weights=_weights(weights), density=density,
                      rank=rank, seed=seed, aliases=aliases, plugins=app.plugins, home=app.home)
@@ -60,9 +60,9 @@ def combine(app: App, refs, how, weights, density, rank, seed, name, aliases, as
 def compose(app: App, refs, name, aliases, as_json):
     """Store the ordered stack REFS as a version of NAME (kind composition).
 
-    Load it with adapterhub.compose.load_stack and attach it with attach_stack (all active) or
+    Load it with adapterhub.operations.compose.load_stack and attach it with attach_stack (all active) or
     attach_routed (one adapter per row)."""
-    from ..compose import compose as do_compose
+    from ..operations.compose import compose as do_compose
 
     pub = do_compose(app.registry, list(refs), name, aliases=aliases, plugins=app.plugins)
     emit(as_json, pub.to_dict(),

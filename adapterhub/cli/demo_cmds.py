@@ -29,9 +29,9 @@ def demo(app: App, name, epochs, as_json):
     """Train a LoRA on the real MiniLM with a small labelled dataset, push it to the registry, evaluate it
     against the untrained base, promote it to production and show its lineage."""
     from .. import demo as demo_data
-    from ..evaluate import evaluate
+    from ..training.evaluate import evaluate
     from ..registry.maintenance import lineage, render_lineage
-    from ..train import TrainOptions, train
+    from ..training.train import TrainOptions, train
 
     base = _minilm()
     here = os.path.dirname(demo_data.__file__)
@@ -50,7 +50,7 @@ def demo(app: App, name, epochs, as_json):
     say("2/4 evaluating the adapter and the untrained base on the held-out set ...")
     ev = evaluate(app.registry, result["ref"], base, eval_path, home=app.home, plugins=app.plugins)
     say(f"3/4 promoting {result['ref']} to {name}@production (the gate checks its evaluation) ...")
-    from ..gates import set_alias
+    from ..registry.gates import set_alias
 
     set_alias(app.registry, name, "production", result["ref"].rsplit(":", 1)[1], reason="demo")
     say("4/4 lineage:")

@@ -48,11 +48,11 @@ def data_check(file, eval_, task, base, max_length, strict, as_json):
     empty, over-length and malformed rows; every finding names its line.
 
     Exit code 0 for a report, whatever it finds, unless --strict."""
-    from ..quality import check_data, render
+    from ..training.quality import check_data, render
 
     tokenizer = None
     if base:
-        from ..modeling import check_base_dir, load_tokenizer
+        from ..training.modeling import check_base_dir, load_tokenizer
 
         check_base_dir(base)
         tokenizer = load_tokenizer(base)
@@ -83,7 +83,7 @@ def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task
 
     seq-cls: accuracy, macro-F1, per-class precision/recall/F1. causal-lm: loss and perplexity over
     completion tokens. The gain is adapter - base. --probe measures forgetting on general data."""
-    from ..evaluate import evaluate
+    from ..training.evaluate import evaluate
 
     r = evaluate(app.registry, ref, base, data_path, probe_path=probe, batch_size=batch_size, max_length=max_length,
                  task=task, allow_base_mismatch=allow_base_mismatch, store=not no_store, home=app.home,
@@ -137,7 +137,7 @@ def _eval_text(r) -> str:
 def bench_latency_cmd(app: App, ref, base, runs, warmup, batch_size, seq_len, task, allow_base_mismatch, as_json):
     """Forward latency (p50/p95) and tokens/s of the base, the base with REF attached, and REF merged
     into the base (n/a for methods that cannot merge), on this machine."""
-    from ..evaluate import bench_latency
+    from ..training.evaluate import bench_latency
 
     r = bench_latency(app.registry, ref, base, runs=runs, warmup=warmup, batch_size=batch_size, seq_len=seq_len,
                       task=task, allow_base_mismatch=allow_base_mismatch, home=app.home, plugins=app.plugins,
@@ -169,7 +169,7 @@ def bench_latency_cmd(app: App, ref, base, runs, warmup, batch_size, seq_len, ta
 @pass_app
 def compare(app: App, ref_a, ref_b, show_all, as_json):
     """Two versions side by side: config differences, data digests, metrics and evaluations."""
-    from ..evaluate import compare as do_compare
+    from ..training.evaluate import compare as do_compare
 
     r = do_compare(app.registry, ref_a, ref_b)
     emit(as_json, r, lambda r: _compare_text(r, show_all))

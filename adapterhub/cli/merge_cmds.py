@@ -64,11 +64,11 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
                   on_plan=bar.start, onto=onto)
     try:
         if quantize or checked:
-            from ..qmerge import merge_checked
+            from ..merge.quantized import merge_checked
 
             return merge_checked(registry, ref, base, out, quantize=quantize,
                                  quantize_options=_parse_opts(quant_opts), probe=probe, **kwargs)
-        from ..export import merge_ref
+        from ..operations.export import merge_ref
 
         return merge_ref(registry, ref, base, out, **kwargs)
     finally:
@@ -178,7 +178,7 @@ def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mism
     adapter_model.safetensors); --format merged writes the merged model (as merge / pull --merged)."""
     from click.core import ParameterSource
 
-    from ..export import export
+    from ..operations.export import export
 
     options = {"force": force}
     merge_opts = dict(base=base, dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch)
@@ -215,7 +215,7 @@ def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mism
 def extract(app: App, model_dir, base, rank, name, targets, out, aliases, as_json):
     """Turn a full fine-tune into a LoRA of rank R: ΔW = W_ft − W_base per target weight, truncated
     SVD (B = U·S, A = Vᵀ, alpha = r), one module at a time; reports the energy each module keeps."""
-    from ..extract import extract_lora
+    from ..operations.extract import extract_lora
 
     tlist = [t.strip() for item in targets for t in item.split(",") if t.strip()] or None
     bar = TensorBar("extract")

@@ -31,7 +31,7 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
     With --to REMOTE and SRC a ref (acme/bot:3), copy that version with its blobs, lineage, tags and
     evaluations to the remote; its digest stays the same."""
     from ..api import copy, parse_tags, push as do_push
-    from ..checkpoint import list_files
+    from ..files.checkpoint import list_files
     from ..registry.registry import ParentSpec
 
     target = app.remote(to) if to else app.registry
@@ -63,7 +63,7 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
 
 
 def _apply(reg, pub, aliases, tags):
-    from ..gates import set_alias
+    from ..registry.gates import set_alias
 
     for a in aliases:
         set_alias(reg, pub.name, a, str(pub.version))  # protected aliases pass the promotion gate
@@ -93,7 +93,7 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
     With --merged --base DIR, OUT gets a plain transformers model with the adapter merged in, streamed
     tensor by tensor and cached (the same pull again is a verified copy)."""
     from ..api import copy, pull as do_pull
-    from ..refs import parse_ref
+    from ..registry.refs import parse_ref
 
     if merged and (not base or not out):
         raise click.UsageError("--merged needs --base DIR and --out DIR")
@@ -165,7 +165,7 @@ def remote():
 @pass_app
 def remote_add(app: App, name, db, store, endpoint_url, replace, check, as_json):
     """Add a named remote (saved in <home>/config.json, readable only by you)."""
-    from .. import remotes
+    from ..registry import remotes
 
     from ..api import check_remote
 
@@ -181,7 +181,7 @@ def remote_add(app: App, name, db, store, endpoint_url, replace, check, as_json)
 @pass_app
 def remote_list(app: App, as_json):
     """List remotes (credentials masked)."""
-    from .. import remotes
+    from ..registry import remotes
 
     rows = remotes.list_remotes(app.home_dir)
     emit(as_json, rows, lambda rows: format_table(("NAME", "DB", "STORE"), [(r["name"], r["db"], r["store"]) for r in rows])
@@ -194,7 +194,7 @@ def remote_list(app: App, as_json):
 @pass_app
 def remote_rm(app: App, name, as_json):
     """Forget a remote (nothing in it is deleted)."""
-    from .. import remotes
+    from ..registry import remotes
 
     remotes.remove_remote(app.home_dir, name)
     emit(as_json, {"name": name, "removed": True}, f"removed remote {name}")
@@ -304,7 +304,7 @@ def alias_set(app: App, name, alias_name, version, reason, force, gate, as_json)
     must have an evaluation, must not score worse than the current holder on the same eval data, and
     must not have been trained on data that failed its check. --force --reason "..." overrides it; the
     reason and what it overrode are recorded in the alias history."""
-    from ..gates import set_alias
+    from ..registry.gates import set_alias
 
     r = set_alias(app.registry, name, alias_name, version, reason=reason, force=force, gate=gate)
     prev = f" (was {r['previous']})" if r["previous"] not in (None, r["version"]) else ""

@@ -63,7 +63,7 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
     import sys
     import warnings
 
-    from ..train import TrainOptions, train as do_train
+    from ..training.train import TrainOptions, train as do_train
 
     opts = TrainOptions(base=base, method=method, task=task, data=data, out=out, eval=eval_, push=push,
                         settings=_parse_sets(sets), epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,

@@ -20,13 +20,13 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import AdapterhubError, InvalidInput, NotFound
-from .registry.blobs import Progress, hash_file
+from .. import __version__
+from ..errors import AdapterhubError, InvalidInput, NotFound
+from ..registry.blobs import Progress, hash_file
 
 if TYPE_CHECKING:  # pragma: no cover - the registry module imports SQLAlchemy: loaded where it is used
-    from .registry.registry import LocalFile
-from .stheader import read_header
+    from ..registry.registry import LocalFile
+from .safetensors_header import read_header
 
 MANIFEST = "adapterhub.json"
 PEFT_CONFIG = "adapter_config.json"
@@ -54,7 +54,7 @@ class AdapterSource:
 
 
 def _check_relpath(rel: str) -> str:
-    from .registry.registry import check_relpath
+    from ..registry.registry import check_relpath
 
     return check_relpath(rel)
 
@@ -105,7 +105,7 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
         if WEIGHTS in headers:
             source.tensors = headers[WEIGHTS].tensors
             source.method, source.config = check_adapter(src, source.manifest, source.tensors, plugins)
-        from .registry.registry import LocalFile
+        from ..registry.registry import LocalFile
 
         for rel, full in entries:
             digest, size = hash_file(full, progress)
@@ -123,7 +123,7 @@ def check_adapter(src: str, manifest: dict[str, Any], tensors: dict[str, Any], p
     (header entries) against the method and config; returns ``(method, config)``. With ``installed_only``, a
     method no installed plugin provides gets only the generic checks and ``(None, None)`` is returned (the
     registry may store adapters of methods this machine lacks)."""
-    from .method import check_floating
+    from ..method import check_floating
 
     try:
         method = plugins.get("methods", manifest["method"])
@@ -180,7 +180,7 @@ def check_base_fit(source: AdapterSource, base_dir: str) -> None:
     if source.method is None or source.tensors is None:
         return
     from .fingerprint import find_weight_files
-    from .merge import PEFT_PREFIX, _choose_prefix
+    from ..merge.plan import PEFT_PREFIX, _choose_prefix
 
     base: dict[str, Any] = {}
     for path in find_weight_files(base_dir):
@@ -265,7 +265,7 @@ def save_adapter(out: str, manifest: dict[str, Any], tensors: dict[str, Any],
     maps names to text contents (e.g. a README)."""
     from safetensors.torch import save_file
 
-    from .outdir import atomic_out
+    from .output_dir import atomic_out
 
     manifest = dict(manifest)
     manifest.setdefault("adapterhub_version", __version__)

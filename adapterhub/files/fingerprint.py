@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import InvalidInput
-from .stheader import read_header
+from ..errors import InvalidInput
+from .safetensors_header import read_header
 
 INDEX = "model.safetensors.index.json"
 CHUNK = 8 * 1024 * 1024

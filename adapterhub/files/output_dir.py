@@ -10,7 +10,7 @@ import shutil
 import uuid
 from typing import Iterator
 
-from .errors import AdapterhubError
+from ..errors import AdapterhubError
 
 
 def check_out(out: str, force: bool) -> None:

@@ -12,7 +12,7 @@ How it works (peak memory stays near the largest tensor, never the model size):
    ``classifier``) gets the ``bert.`` prefix, and the head's tensors (``modules_to_save``) are added. A tied
    output embedding that the adapter changes is untied (both tensors written, ``tie_word_embeddings=false``);
    a saved embedding larger than the base's (a resized vocabulary) replaces it and updates ``vocab_size``.
-2. **Write** each shard (:mod:`adapterhub.mergewriter`): the header first (every tensor's offset is known from
+2. **Write** each shard (:mod:`adapterhub.merge.writer`): the header first (every tensor's offset is known from
    the plan), then the tensors at their offsets, by several threads in any order. Untouched tensors are
    copied inside the kernel; the others are read from the base file (a positioned read into a reused
    buffer: unlike an mmap, read pages never count towards this process' RSS), cast to the target dtype,
@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from .checkpoint import LoadedAdapter, load_json, write_json
-from .errors import AdapterhubError, InvalidInput
-from .fingerprint import INDEX, find_weight_files
-from .stheader import DTYPE_SIZES, read_header
-from .stio import _TORCH_NAMES, _BaseReader, _header, st_dtype  # noqa: F401  (re-exported)
+from ..files.checkpoint import LoadedAdapter, load_json, write_json
+from ..errors import AdapterhubError, InvalidInput
+from ..files.fingerprint import INDEX, find_weight_files
+from ..files.safetensors_header import DTYPE_SIZES, read_header
+from ..files.safetensors_io import _TORCH_NAMES, _BaseReader, _header, st_dtype  # noqa: F401  (re-exported)
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_SHARD_SIZE = 5 * 10**9
@@ -71,7 +71,7 @@ def base_transform_for(adapter: LoadedAdapter, plugins: Any = None, onto: str = 
     if onto == "original" or not record:
         return None
     if plugins is None:
-        from .plugins import get_plugins
+        from ..plugins import get_plugins
 
         plugins = get_plugins()
     return plugins.get("quantizers", record.get("quantizer", "?")).base_transform(record)
@@ -387,13 +387,13 @@ class LazyTensors(Mapping):
 
 def open_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
     """Like :func:`checkpoint.load_adapter_dir`, with the tensors read lazily (:class:`LazyTensors`)."""
-    from .checkpoint import adapter_parts
+    from ..files.checkpoint import adapter_parts
 
     manifest, weights, method, config = adapter_parts(path, plugins)
     return LoadedAdapter(method, config, LazyTensors(weights), manifest)
 
 
-# -- writing (adapterhub.mergewriter) ------------------------------------------------------------------
+# -- writing (adapterhub.merge.writer) ------------------------------------------------------------------
 def _write_small(out_dir: str, name: str, obj: Any) -> dict[str, Any]:
     path = os.path.join(out_dir, name)
     write_json(path, obj)
@@ -404,7 +404,7 @@ def _write_small(out_dir: str, name: str, obj: Any) -> dict[str, Any]:
 
 def _copy_side_files(base_dir: str, out_dir: str, config: dict[str, Any]) -> list[dict[str, Any]]:
     """config.json (updated) plus the base's other top-level files: generation config, tokenizer ..."""
-    from .registry.blobs import hash_file
+    from ..registry.blobs import hash_file
 
     files = [_write_small(out_dir, "config.json", config)]
     for n in sorted(os.listdir(base_dir)):
@@ -442,8 +442,8 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
     ``out`` (atomically). No fingerprint check here: :func:`merge_ref` does it. ``on_plan(n)`` is called
     with the number of tensors before writing starts (for a progress bar). ``onto``: for an adapter trained
     on a quantized base, merge onto the dequantized (default) or the original weights."""
-    from .mergewriter import write_model
-    from .outdir import atomic_out, check_out_base
+    from .writer import write_model
+    from ..files.output_dir import atomic_out, check_out_base
 
     start = time.monotonic()
     base_config(base_dir)

@@ -8,9 +8,9 @@ import os
 import shutil
 from typing import Any
 
-from .checkpoint import LoadedAdapter, load_json
-from .errors import InvalidInput
-from .merge import ONTO
+from ..files.checkpoint import LoadedAdapter, load_json
+from ..errors import InvalidInput
+from .plan import ONTO
 
 PROBE_ROWS, PROBE_LEN = 4, 32
 
@@ -19,14 +19,14 @@ def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "d
                   quantize: str | None = None, quantize_options: dict[str, Any] | None = None,
                   probe: str | bool | None = None, force: bool = False, plugins: Any = None,
                   home: str | None = None, **merge_kwargs: Any) -> dict[str, Any]:
-    """:func:`adapterhub.export.merge_ref`, then optionally re-quantize the merged model with the quantizer
+    """:func:`adapterhub.operations.export.merge_ref`, then optionally re-quantize the merged model with the quantizer
     plugin ``quantize`` (``out`` loads as a quantized model), then, for an adapter trained on a quantized
     base (or with ``quantize`` or a ``probe`` file), compare the logits of the unmerged adapter on the base
     as it was trained with the merged result (:func:`probe_difference`; ``probe=False`` skips it)."""
-    from .export import merge_ref, open_adapter
-    from .merge import base_config
-    from .outdir import check_out, check_out_base, prepare_out
-    from .plugins import get_plugins
+    from ..operations.export import merge_ref, open_adapter
+    from .plan import base_config
+    from ..files.output_dir import check_out, check_out_base, prepare_out
+    from ..plugins import get_plugins
 
     base_config(base_dir)  # before any work: a transformers model directory ...
     check_out_base(out, base_dir)  # ... that the output would not replace
@@ -68,11 +68,11 @@ def probe_difference(adapter: LoadedAdapter, base_dir: str, merged_dir: str, *, 
     batch of token ids (4 × 32, seed 0). Padding positions are left out."""
     import torch
 
-    from . import data as D
-    from .modeling import attach_loaded, load_base_model, load_tokenizer, quiet_transformers
+    from ..training import data as D
+    from ..training.modeling import attach_loaded, load_base_model, load_tokenizer, quiet_transformers
 
     if plugins is None:
-        from .plugins import get_plugins
+        from ..plugins import get_plugins
 
         plugins = get_plugins()
     quiet_transformers()

@@ -29,15 +29,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import AdapterhubError
-from .fingerprint import INDEX
-from .stheader import DTYPE_SIZES
-from .stio import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
-from .tuners import PEFT_PREFIX
+from ..errors import AdapterhubError
+from ..files.fingerprint import INDEX
+from ..files.safetensors_header import DTYPE_SIZES
+from ..files.safetensors_io import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
+from ..tuning import PEFT_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import LoadedAdapter
-    from .merge import Entry, Plan
+    from ..files.checkpoint import LoadedAdapter
+    from .plan import Entry, Plan
 
 #: the merging threads' scratch buffers (one largest tensor each) stay within this many bytes
 SCRATCH_BUDGET = 1 << 30
@@ -356,7 +356,7 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     ``hash_files``), tensor counts and ``unread``: the adapter tensors the merge never read (so never merged:
     the caller refuses the result). ``base_transform`` (see :func:`merge.base_transform_for`) rewrites
     the base tensors it ``applies`` to before they are merged (or written untouched)."""
-    from .merge import _modules, _write_small
+    from .plan import _modules, _write_small
 
     _fixed_mmap_threshold()
     groups = shard(plan.entries, shard_bytes)

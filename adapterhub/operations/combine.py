@@ -35,7 +35,7 @@ import tempfile
 from collections import Counter
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 HOWS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 #: ``how``s that sparsify and so need ``density``
@@ -211,8 +211,8 @@ def _pad_rank(a, b, rank: int):
 # -- the registry operation ----------------------------------------------------------------------------------
 def load_version(reg: Any, ref: str, plugins: Any, tmp: str):
     """``(version info, LoadedAdapter)`` for ``ref``: materialized (blobs verified) under ``tmp``."""
-    from .checkpoint import load_adapter_dir
-    from .registry.maintenance import materialize
+    from ..files.checkpoint import load_adapter_dir
+    from ..registry.maintenance import materialize
 
     info = reg.show(ref)
     if info["kind"] != "adapter":
@@ -246,12 +246,12 @@ def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequ
     "density", "rank", "seed"}``; its manifest records the same under ``combine``. Returns
     :class:`~adapterhub.registry.registry.Published` with ``extra["combine"]``.
     """
-    from .api import push
-    from .checkpoint import save_adapter
+    from ..api import push
+    from ..files.checkpoint import save_adapter
     from .compose import check_name_kind
-    from .plugins import get_plugins
-    from .refs import validate_alias, validate_name
-    from .registry.registry import ParentSpec
+    from ..plugins import get_plugins
+    from ..registry.refs import validate_alias, validate_name
+    from ..registry.registry import ParentSpec
 
     validate_name(name)
     aliases = [validate_alias(a) for a in aliases]

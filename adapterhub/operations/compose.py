@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import AdapterhubError, InvalidInput, NotFound
+from ..errors import AdapterhubError, InvalidInput, NotFound
 
 BASE = "__base__"  # the adapter name of rows that get no adapter
 
@@ -56,7 +56,7 @@ def _check_bases(adapters: Sequence[Any], what: str) -> None:
     for a in adapters:
         if not all(hasattr(a, k) for k in ("method", "config", "tensors", "manifest")):
             raise InvalidInput(f"cannot {what} a {type(a).__name__}: expected LoadedAdapter objects "
-                               "(adapterhub.checkpoint.load_adapter_dir, or compose.load_stack for a composition)")
+                               "(adapterhub.files.checkpoint.load_adapter_dir, or compose.load_stack for a composition)")
     fps = {((a.manifest or {}).get("base") or {}).get("fingerprint") for a in adapters} - {None}
     if len(fps) > 1:
         raise InvalidInput(f"cannot {what} adapters trained on different base models: {', '.join(sorted(fps))}")
@@ -235,13 +235,13 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
     ``composed_of`` edge to each member (edge position and details ``position`` = order). A protected alias
     in ``aliases`` passes the promotion gate first (as with push and combine); a name holding adapter
     versions takes no composition."""
-    from .checkpoint import MANIFEST, write_json
+    from ..files.checkpoint import MANIFEST, write_json
     from .combine import common_base
-    from .gates import alias_guard
-    from .plugins import get_plugins
-    from .refs import validate_alias, validate_name
-    from .registry.blobs import hash_file
-    from .registry.registry import LocalFile, ParentSpec
+    from ..registry.gates import alias_guard
+    from ..plugins import get_plugins
+    from ..registry.refs import validate_alias, validate_name
+    from ..registry.blobs import hash_file
+    from ..registry.registry import LocalFile, ParentSpec
 
     validate_name(name)
     aliases = [validate_alias(a) for a in aliases]
@@ -293,7 +293,7 @@ def check_name_kind(reg: Any, name: str, kind: str) -> None:
         return  # a new name
     other = sorted({v["kind"] for v in versions} - {kind})
     if other:
-        from .registry.registry import kind_conflict
+        from ..registry.registry import kind_conflict
 
         held = next(v["ref"] for v in reversed(versions) if v["kind"] == other[0])
         raise kind_conflict(name, kind, other[0], held)
@@ -315,7 +315,7 @@ def load_stack(reg: Any, ref: str, plugins: Any = None) -> list[Any]:
     """The adapters (``LoadedAdapter``) a ref stands for, in order: a composition's members (nested
     compositions flattened), or the one adapter. Every blob is verified as it is read."""
     from .combine import load_version
-    from .plugins import get_plugins
+    from ..plugins import get_plugins
 
     plugins = plugins or get_plugins()
     tmp = tempfile.mkdtemp(prefix="adapterhub-stack-")

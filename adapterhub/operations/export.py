@@ -21,12 +21,12 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .checkpoint import LoadedAdapter, method_and_config, write_json
-from .errors import AdapterhubError, IntegrityError, InvalidInput
-from .merge import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
+from ..files.checkpoint import LoadedAdapter, method_and_config, write_json
+from ..errors import AdapterhubError, IntegrityError, InvalidInput
+from ..merge.plan import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
                     parse_shard_size, plan_merge)
-from .plugins import Plugins, get_plugins
-from .outdir import check_out, check_out_base
+from ..plugins import Plugins, get_plugins
+from ..files.output_dir import check_out, check_out_base
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -43,8 +43,8 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         finally:
             loaded.tensors.close()
         return
-    from .registry.blobs import copy_verified
-    from .stheader import read_header
+    from ..registry.blobs import copy_verified
+    from ..files.safetensors_header import read_header
 
     info = reg.show(ref)
     weights = [f for f in info["files"] if f["path"] == WEIGHTS]
@@ -77,7 +77,7 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
     """Merge version ``ref`` (or an adapter directory) into ``base_dir`` and write a transformers model
     directory to ``out``; from the cache when this exact merge was done before (``"cached": true``).
     ``onto``: an adapter trained on a quantized base merges onto the dequantized (default) or original base."""
-    from .api import check_base, fingerprint
+    from ..api import check_base, fingerprint
 
     base_config(base_dir)  # a transformers model directory, before any work (nothing hashed, nothing cached)
     check_out_base(out, base_dir)
@@ -85,7 +85,7 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
     target = parse_dtype(dtype)
     shard_bytes = parse_shard_size(shard_size)
     with open_adapter(reg, ref, plugins) as (adapter, info):
-        from .merge import _check_mergeable
+        from ..merge.plan import _check_mergeable
 
         _check_mergeable(adapter, info["ref"] if info["digest"] else ref)
         base_meta = adapter.manifest.get("base") or {}
@@ -138,9 +138,9 @@ def _restore(reg: Any, key: tuple, out: str, force: bool) -> tuple[dict | None, 
 
     import sqlalchemy as sa
 
-    from .registry import schema as t
-    from .registry.blobs import copy_verified, verify_blob
-    from .outdir import atomic_out
+    from ..registry import schema as t
+    from ..registry.blobs import copy_verified, verify_blob
+    from ..files.output_dir import atomic_out
 
     with reg.read() as conn:
         row = conn.execute(sa.select(t.merged_models).where(_where(t, key))).first()
@@ -178,8 +178,8 @@ def _restore(reg: Any, key: tuple, out: str, force: bool) -> tuple[dict | None, 
 
 def _store(reg: Any, key: tuple, result: dict[str, Any]) -> None:
     """Put every output file in the blob store and record the merge in ``merged_models``."""
-    from .registry import schema as t
-    from .registry.registry import _insert_ignore, now
+    from ..registry import schema as t
+    from ..registry.registry import _insert_ignore, now
 
     for f in result["files"]:
         if not reg.store.has(f["sha256"]):
@@ -215,8 +215,8 @@ def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: P
     (``base``, ``dtype`` ...) rather than ignore them."""
     from safetensors.torch import save_file
 
-    from .registry.blobs import hash_file
-    from .outdir import atomic_out
+    from ..registry.blobs import hash_file
+    from ..files.output_dir import atomic_out
 
     given = [k for k in MERGE_ONLY if options.get(k) not in (None, False)]
     if given:

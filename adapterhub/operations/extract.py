@@ -8,7 +8,7 @@ the rank-``r`` LoRA is ``B = U_r · S_r`` (out, r), ``A = V_rᵀ`` (r, in) with 
 so ``B A`` is the best rank-``r`` approximation of ``ΔW`` (Eckart–Young). Each module reports the energy
 it keeps, ``Σ_{i≤r} σ_i² / Σ σ_i²`` (1.0 when the fine-tune's update had rank ≤ r). A module smaller
 than the rank gets ``r = min(rank, in, out)`` (exact); the config keeps the scaling 1 there through
-``rank_pattern`` and ``alpha_pattern`` (:func:`adapterhub.combine.unit_scaling_ranks`, shared with combine).
+``rank_pattern`` and ``alpha_pattern`` (:func:`adapterhub.operations.combine.unit_scaling_ranks`, shared with combine).
 
 The result is a PEFT-layout LoRA directory (``checkpoint.save_adapter``) pushed with the base fingerprint
 and an ``extracted_from`` lineage edge whose parent is external: the fine-tune, known by its fingerprint.
@@ -24,11 +24,11 @@ import shutil
 import tempfile
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import InvalidInput
-from .fingerprint import find_weight_files
-from .merge import FLOAT_DTYPES, PEFT_PREFIX, _BaseReader
-from .outdir import atomic_out
-from .stheader import read_header
+from ..errors import InvalidInput
+from ..files.fingerprint import find_weight_files
+from ..merge.plan import FLOAT_DTYPES, PEFT_PREFIX, _BaseReader
+from ..files.output_dir import atomic_out
+from ..files.safetensors_header import read_header
 
 #: module names never extracted by default (embeddings and output heads are not Linear layers LoRA wraps)
 _DEFAULT_EXCLUDE = re.compile(r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|position_embeddings|"
@@ -82,13 +82,13 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
     """Extract a rank-``rank`` LoRA of ``model_dir`` relative to ``base_dir`` and push it as ``name``."""
     import torch
 
-    from .api import fingerprint, push
-    from .checkpoint import save_adapter
+    from ..api import fingerprint, push
+    from ..files.checkpoint import save_adapter
     from .combine import unit_scaling_ranks
     from .compose import check_name_kind
-    from .plugins import get_plugins
-    from .refs import validate_alias, validate_name
-    from .registry.registry import ParentSpec
+    from ..plugins import get_plugins
+    from ..registry.refs import validate_alias, validate_name
+    from ..registry.registry import ParentSpec
 
     validate_name(name)
     aliases = [validate_alias(a) for a in aliases]  # before any work, so a bad alias costs nothing

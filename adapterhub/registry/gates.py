@@ -34,8 +34,8 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from .errors import AdapterhubError, InvalidInput
-from .registry import schema as t
+from ..errors import AdapterhubError, InvalidInput
+from . import schema as t
 
 PROTECTED_ENV = "ADAPTERHUB_PROTECTED_ALIASES"
 DEFAULT_PROTECTED = ("production",)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from ..errors import AdapterhubError, IntegrityError, InvalidInput
 from . import schema as t
 from .blobs import Progress, copy_verified, verify_blob
-from ..outdir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
+from ..files.output_dir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
 from .registry import Registry, check_relpath
 
 DEFAULT_GC_GRACE = 600.0  # seconds: blobs of a push still in flight are younger than this

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 _SEGMENT = r"[a-z0-9][a-z0-9._-]{0,63}"
 NAME_RE = re.compile(rf"^{_SEGMENT}/{_SEGMENT}$")

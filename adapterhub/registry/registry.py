@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from ..errors import AdapterhubError, InvalidInput, NotFound
-from ..refs import Ref, parse_ref, validate_alias, validate_name
+from .refs import Ref, parse_ref, validate_alias, validate_name
 from . import schema as t
 from .blobs import BlobStore, Progress
 from .db import ensure_schema, make_engine, read_tx, write_tx

@@ -17,8 +17,8 @@ import tempfile
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from . import config
-from .errors import InvalidInput, NotFound
+from .. import config
+from ..errors import InvalidInput, NotFound
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # always used with fullmatch
 RESERVED = {"local", "sha256"}

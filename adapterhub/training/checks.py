@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 RUN_FILE = "adapterhub-run.json"
 

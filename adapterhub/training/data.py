@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 TASKS = ("causal-lm", "seq-cls")
 IGNORE = -100  # label id ignored by the loss

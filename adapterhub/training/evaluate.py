@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import AdapterhubError, InvalidInput
+from ..errors import AdapterhubError, InvalidInput
 
 BASE_HEAD_SEED = 0
 DEFAULT_MAX_LENGTH = 512
@@ -59,8 +59,8 @@ def _bar(progress: ProgressFactory | None, total: int):
 def load_version(reg: Any, ref: str, plugins: Any) -> tuple[dict[str, Any], Any]:
     """``(show(ref), LoadedAdapter)``: the version's files are materialized (verified) to a temporary
     directory and read back into memory."""
-    from . import api
-    from .checkpoint import load_adapter_dir
+    from .. import api
+    from ..files.checkpoint import load_adapter_dir
 
     info = reg.show(ref)
     tmp = tempfile.mkdtemp(prefix="adapterhub-eval-")
@@ -99,7 +99,7 @@ def non_finite(metrics: dict[str, Any]) -> list[str]:
 
 def _check_base(info: dict[str, Any], base_dir: str, home: str | None, allow_mismatch: bool) -> tuple[str, bool]:
     """The base's fingerprint, checked against the version's; ``(fingerprint, mismatched)``."""
-    from . import api
+    from .. import api
     from .modeling import check_base_dir
 
     check_base_dir(base_dir)
@@ -222,7 +222,7 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
     fingerprint differs and ``allow_base_mismatch`` let it run). Returns the full result."""
     from . import data as D
     from .modeling import attach_loaded, load_tokenizer, max_positions
-    from .plugins import get_plugins
+    from ..plugins import get_plugins
 
     if batch_size <= 0:
         raise InvalidInput(f"--batch-size must be positive, got {batch_size}")
@@ -302,7 +302,7 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
     metrics.update({f"gain_{k}": gain[k] for k in scalar})
     if probe_m:
         metrics.update({f"probe_{k}": v for k, v in probe_m.items() if k != "rows" and v is not None})
-    from .gates import PRIMARY
+    from ..registry.gates import PRIMARY
 
     primary, higher = PRIMARY[task]
     details: dict[str, Any] = {
@@ -402,7 +402,7 @@ def bench_latency(reg: Any, ref: str, base_dir: str, *, runs: int = 20, batch_si
     import torch
 
     from .modeling import attach_loaded, max_positions
-    from .plugins import get_plugins
+    from ..plugins import get_plugins
 
     for opt, value in (("--runs", runs), ("--batch-size", batch_size), ("--seq-len", seq_len)):
         if value <= 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS"}
 
@@ -71,8 +71,8 @@ def weight_shape_mismatch(base_dir: str, config: Any, cls: Any) -> tuple[str, tu
     fits. Raises what building the model raises."""
     import torch
 
-    from .fingerprint import find_weight_files
-    from .stheader import read_header
+    from ..files.fingerprint import find_weight_files
+    from ..files.safetensors_header import read_header
 
     with torch.device("meta"):
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
@@ -137,7 +137,7 @@ def load_base_model(base_dir: str, task: str, labels: list[str] | None = None, d
 
 
 def attach_loaded(model: Any, loaded: Any) -> Any:
-    """Attach a :class:`~adapterhub.checkpoint.LoadedAdapter` to ``model`` and load its tensors;
+    """Attach a :class:`~adapterhub.files.checkpoint.LoadedAdapter` to ``model`` and load its tensors;
     returns the effective config."""
     effective = loaded.method.attach(model, loaded.config)
     loaded.method.load_state_dict(model, loaded.tensors)

@@ -32,7 +32,7 @@ import re
 import unicodedata
 from typing import Any
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 TASKS = ("causal-lm", "seq-cls")
 MAX_EXAMPLES = 20  # examples kept per category

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
-from .errors import AdapterhubError, InvalidInput
+from .. import __version__
+from ..errors import AdapterhubError, InvalidInput
 
 CHECKPOINT_TENSORS = "adapter_state.safetensors"
 _NAME = re.compile(r"^[\w.-]*$")
@@ -134,11 +134,12 @@ def _mixed_precision(mode: str) -> dict[str, bool]:
 def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict[str, Any]:
     """Train an adapter; returns ``{"out", "method", "trainable_params", "total_params", "metrics",
     ["ref", "digest"]}``. Raises :class:`AdapterhubError` for every user mistake before any work."""
-    from . import api, data
+    from .. import api
+    from . import data
     from .modeling import TASK_TYPES, check_base_dir, clamp_max_length, load_base_model, load_tokenizer
-    from .plugins import get_plugins
-    from .outdir import check_out, check_out_base
-    from .train_checks import check_numbers, check_registry_writable, init_from_config, run_signature
+    from ..plugins import get_plugins
+    from ..files.output_dir import check_out, check_out_base
+    from .checks import check_numbers, check_registry_writable, init_from_config, run_signature
 
     plugins = plugins or get_plugins()
     started = time.time()
@@ -155,7 +156,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     quantizer, quant_options = _quantizer(opts, method, plugins)
     _check_optim(opts.optim)
     if opts.push:
-        from .refs import validate_name
+        from ..registry.refs import validate_name
 
         validate_name(opts.push)
     check_out(opts.out, opts.force)  # refuse a non-empty out before any work
@@ -266,7 +267,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         manifest["data_check"] = _report_summary(report, opts.allow_dirty_data)
     if tracker:
         manifest["tracking"] = tracker.run_info() or {}
-    from .checkpoint import save_adapter
+    from ..files.checkpoint import save_adapter
 
     peft_config = method.to_peft_config(effective, os.path.abspath(opts.base))
     out = save_adapter(opts.out, manifest, method.state_dict(model), peft_config=peft_config, force=True)
@@ -279,7 +280,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     if tracker:
         tracker.log_artifacts(out, "adapter")
     if opts.push:
-        from .registry.registry import ParentSpec
+        from ..registry.registry import ParentSpec
 
         reg = registry or api.open_registry(opts.home, plugins)
         parents = [ParentSpec("trained_from", ref=opts.init_from)] if opts.init_from else []
@@ -358,8 +359,8 @@ def _report_summary(report: dict[str, Any], allowed: bool) -> dict[str, Any]:
 
 
 def _load_registry_adapter(opts: TrainOptions, plugins: Any, registry: Any):
-    from . import api
-    from .checkpoint import load_adapter_dir
+    from .. import api
+    from ..files.checkpoint import load_adapter_dir
 
     reg = registry or api.open_registry(opts.home, plugins)
     tmp = tempfile.mkdtemp(prefix="adapterhub-init-")
@@ -385,7 +386,7 @@ def _checkpoint_dir(opts: TrainOptions) -> str:
 
 def _prepare_checkpoints(opts: TrainOptions, signature: dict[str, Any]) -> None:
     """Refuse to resume another run's checkpoints; --no-resume discards them. Records this run's options."""
-    from .train_checks import check_resume
+    from .checks import check_resume
 
     ckpt = _checkpoint_dir(opts)
     if opts.resume:
@@ -478,7 +479,7 @@ def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, t
     trainer.remove_callback(PrinterCallback)  # stdout is ours (text or --json); progress goes to stderr
     resume = resume_point(ckpt) if opts.resume else None
     try:
-        from .train_checks import write_run_file
+        from .checks import write_run_file
 
         write_run_file(ckpt, signature)  # a later resume checks it is the same run
         out = trainer.train(resume_from_checkpoint=resume)

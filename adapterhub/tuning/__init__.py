@@ -26,8 +26,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
-from .errors import InvalidInput
-from .method import Method
+from ..errors import InvalidInput
+from ..method import Method
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

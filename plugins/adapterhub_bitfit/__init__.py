@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import adapterhub
-from adapterhub.tuners import TunerMethod
+from adapterhub.tuning import TunerMethod
 
 from .config import BitFitConfig
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 
 
 @dataclass

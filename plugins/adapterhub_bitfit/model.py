@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import PEFT_PREFIX as PREFIX
+from adapterhub.tuning import PEFT_PREFIX as PREFIX
 
 from .config import BitFitConfig
 
@@ -26,7 +26,7 @@ _STATE_ATTR = "_adapterhub_bitfit"
 
 @dataclass
 class Attached(tuners.Attached):
-    """What :func:`attach` changed (see :class:`adapterhub.tuners.Attached`), plus the trained biases."""
+    """What :func:`attach` changed (see :class:`adapterhub.tuning.Attached`), plus the trained biases."""
 
     biases: dict[str, torch.Tensor] = field(default_factory=dict)  # bias name -> a copy of its value before attach
 

@@ -95,7 +95,7 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
     """Load ``base_dir`` for ``task`` (None: the checkpoint's own class) quantized as it loads."""
     from transformers import AutoConfig
 
-    from adapterhub.modeling import check_base_dir, quiet_transformers
+    from adapterhub.training.modeling import check_base_dir, quiet_transformers
 
     bnb()
     quiet_transformers()
@@ -140,7 +140,7 @@ def check_shapes(base_dir: str, config: Any, cls: Any, what: str = "config.json"
     """Refuse a base whose ``config.json`` does not describe its weights (``modeling.weight_shape_mismatch``):
     transformers does not check the weights it quantizes as they load, and would write layers whose shape is
     not their weight's."""
-    from adapterhub.modeling import weight_shape_mismatch
+    from adapterhub.training.modeling import weight_shape_mismatch
 
     try:
         found = weight_shape_mismatch(base_dir, config, cls)
@@ -157,7 +157,7 @@ def check_shapes(base_dir: str, config: Any, cls: Any, what: str = "config.json"
 def _fixed_mmap_threshold() -> None:
     """Serve allocations of 1 MiB and up with mmap (returned to the OS on free): quantizing tensor by tensor
     otherwise fragments glibc's heap (its mmap threshold rises after the first large free) and RSS stays
-    up to ~2x the quantized model. A no-op off glibc (as in :mod:`adapterhub.merge`)."""
+    up to ~2x the quantized model. A no-op off glibc (as in :mod:`adapterhub.merge.plan`)."""
     try:
         import ctypes
 
@@ -171,7 +171,7 @@ def _requantize(base_dir: str, mods: dict[str, Any], blocksize: int) -> None:
     from the checkpoint's tensor with ``blocksize`` (one tensor in memory at a time)."""
     from safetensors import safe_open
 
-    from adapterhub.fingerprint import find_weight_files
+    from adapterhub.files.fingerprint import find_weight_files
 
     b = bnb()
     where: dict[str, str] = {}
@@ -341,11 +341,11 @@ def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, A
                  home: str | None = None) -> dict[str, Any]:
     """``model_dir`` -> ``out_dir`` quantized (written beside it, renamed into place at the end)."""
     from adapterhub import api
-    from adapterhub.modeling import check_base_dir
+    from adapterhub.training.modeling import check_base_dir
     from adapterhub.registry.blobs import hash_file
-    from adapterhub.outdir import atomic_out
+    from adapterhub.files.output_dir import atomic_out
 
-    from adapterhub.outdir import check_out_base
+    from adapterhub.files.output_dir import check_out_base
 
     check_base_dir(model_dir)
     check_out_base(out_dir, model_dir)  # is or contains the base: refused even with --force

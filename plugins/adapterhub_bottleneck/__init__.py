@@ -20,7 +20,7 @@ non-linear, so they cannot be merged into base weights. Checkpoint key names are
 from __future__ import annotations
 
 import adapterhub
-from adapterhub.tuners import TunerMethod
+from adapterhub.tuning import TunerMethod
 
 from .config import BottleneckConfig, CompacterConfig
 

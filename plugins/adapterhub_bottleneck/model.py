@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import PEFT_PREFIX as PREFIX
+from adapterhub.tuning import PEFT_PREFIX as PREFIX
 
 from .config import DEFAULT_NON_LINEARITY, PLACEMENTS, AdapterConfig, CompacterConfig
 from .layer import ADAPTER_DTYPE, PHMLinear, init_phm_rule, linear_bottleneck, phm_bottleneck
@@ -46,7 +46,7 @@ _LAYER_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 @dataclass
 class Attached(tuners.Attached):
-    """What :func:`attach` changed (see :class:`adapterhub.tuners.Attached`; ``targets``: the modules whose
+    """What :func:`attach` changed (see :class:`adapterhub.tuning.Attached`; ``targets``: the modules whose
     output goes through an adapter), plus whether the root model holds the shared PHM rule."""
 
     shared_rule: bool = False

@@ -17,7 +17,7 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import PEFT_PREFIX, TunerMethod
+from adapterhub.tuning import PEFT_PREFIX, TunerMethod
 
 from .config import IA3Config, from_peft_dict, to_peft_dict
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 
 #: PEFT's ``TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`` (used when ``target_modules`` is empty)
 DEFAULT_TARGETS: dict[str, list[str]] = {

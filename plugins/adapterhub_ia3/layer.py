@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapterhub.tuners import in_out_features, is_conv1d  # noqa: F401  (re-exported)
+from adapterhub.tuning import in_out_features, is_conv1d  # noqa: F401  (re-exported)
 
 _UPCAST = (torch.float16, torch.bfloat16)
 

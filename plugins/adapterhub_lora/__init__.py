@@ -18,7 +18,7 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import TunerMethod
+from adapterhub.tuning import TunerMethod
 
 from .config import LoraConfig, check_factors, factor_paths, from_peft_dict, to_peft_dict
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterhub.tuners import in_out_features, is_conv1d  # noqa: F401  (re-exported)
+from adapterhub.tuning import in_out_features, is_conv1d  # noqa: F401  (re-exported)
 
 #: adapter parameter dtype (PEFT upcasts fp16/bf16 adapters to fp32 by default)
 ADAPTER_DTYPE = torch.float32
@@ -67,7 +67,7 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
 
     Why blocks are exact: a block's delta is the same GEMM on a slice of B (of A's columns for
     fan_in_fan_out); its k-dim is r, reduced the same way for every element of a GEMM of >= 4 rows on MKL
-    (GEMMs of 1-3 rows take another path: :data:`adapterhub.mergewriter.MIN_BLOCK_ROWS`); then the same
+    (GEMMs of 1-3 rows take another path: :data:`adapterhub.merge.writer.MIN_BLOCK_ROWS`); then the same
     elementwise ops. Checked per block size at run time, and with torch.equal against the unblocked form in
     the tests and the 1B benchmark."""
     sizes = {j - i for i, j in blocks}
@@ -208,7 +208,7 @@ def merge_weight(
     """
     if magnitude is None and base.dim() == 2 and base.device.type == "cpu":
         # row blocks of W (see row_kernel): no full-size fp32 delta or copy of W is ever made
-        from adapterhub.mergewriter import row_blocks
+        from adapterhub.merge.writer import row_blocks
 
         w = base.detach()
         out = torch.empty(w.shape, dtype=w.dtype) if out is None else out

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import PEFT_PREFIX as PREFIX
-from adapterhub.tuners import Attached  # what attach changed, kept on the model
+from adapterhub.tuning import PEFT_PREFIX as PREFIX
+from adapterhub.tuning import Attached  # what attach changed, kept on the model
 
 from .config import DEFAULT_TARGETS, LoraConfig, check_factors
 from .layer import LoraLinear, merge_weight, row_kernel

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import check_fit
+from adapterhub.tuning import check_fit
 
 from .config import LoraConfig
 from .layer import ADAPTER_DTYPE, LoraLinear, in_out_features, is_conv1d, weight_norm

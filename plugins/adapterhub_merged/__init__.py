@@ -20,8 +20,8 @@ class MergedFormat:
         raise InvalidInput(f"{path}: a merged model cannot be imported as an adapter")
 
     def export(self, reg: Any, ref: str, out: str, *, base: str | None = None, **options: Any) -> dict[str, Any]:
-        """Merge ``ref`` into ``base`` (see :func:`adapterhub.export.merge_ref` for ``options``)."""
-        from adapterhub.export import merge_ref
+        """Merge ``ref`` into ``base`` (see :func:`adapterhub.operations.export.merge_ref` for ``options``)."""
+        from adapterhub.operations.export import merge_ref
 
         if not base:
             raise InvalidInput("--format merged needs --base DIR (the base model to merge into)")

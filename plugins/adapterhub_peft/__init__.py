@@ -23,7 +23,7 @@ class PeftFormat:
 
     def export(self, reg: Any, ref: str, out: str, **options: Any) -> dict[str, Any]:
         """Write ``ref`` as a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)."""
-        from adapterhub.export import export_peft
+        from adapterhub.operations.export import export_peft
 
         return export_peft(reg, ref, out, **options)
 
@@ -31,7 +31,7 @@ class PeftFormat:
         return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
     def read(self, path: str, plugins: Any) -> dict[str, Any]:
-        from adapterhub.checkpoint import load_json
+        from adapterhub.files.checkpoint import load_json
 
         cfg = load_json(os.path.join(path, "adapter_config.json"))
         if not isinstance(cfg, dict) or not isinstance(cfg.get("peft_type"), str):

@@ -41,7 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 import adapterhub
-from adapterhub.tuners import TunerMethod
+from adapterhub.tuning import TunerMethod
 
 from .config import PrefixTuningConfig, PromptTuningConfig, from_peft_dict, to_peft_dict
 

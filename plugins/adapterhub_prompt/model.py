@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 
 from .config import PrefixTuningConfig, PromptTuningConfig
@@ -122,7 +122,7 @@ class PrefixEncoder(nn.Module):
 # -- bookkeeping -------------------------------------------------------------------------------------------
 @dataclass
 class Attached(tuners.Attached):
-    """What :func:`attach` changed (see :class:`adapterhub.tuners.Attached`), plus the hook handles and the
+    """What :func:`attach` changed (see :class:`adapterhub.tuning.Attached`), plus the hook handles and the
     pending init error."""
 
     handles: list = field(default_factory=list)

@@ -112,7 +112,7 @@ def test_min_exponent_bound_is_the_fp32_grid():
 def test_row_blocks_with_any_remainder_are_peft_bit_for_bit(ffo, min_rows, monkeypatch):
     """Blocks of 20 rows and every remainder (with min1, remainders of 1-3 rows, whose GEMMs MKL computes
     another way: the kernel must notice and merge the whole tensor)."""
-    import adapterhub.mergewriter as mw
+    import adapterhub.merge.writer as mw
 
     monkeypatch.setattr(mw, "ROW_BLOCK", 20 * 48)
     monkeypatch.setattr(mw, "MIN_BLOCK_ROWS", min_rows)

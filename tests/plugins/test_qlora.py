@@ -36,7 +36,7 @@ def base(tmp_path_factory):
 def trained(base, tmp_path_factory):
     """One QLoRA adapter (nf4, double quant), trained once for the module: (result, adapter dir, data)."""
     from adapterhub.plugins import Plugins
-    from adapterhub.train import TrainOptions, train
+    from adapterhub.training.train import TrainOptions, train
 
     tmp = tmp_path_factory.mktemp("qlora")
     data = write_jsonl(tmp / "train.jsonl", ROWS)
@@ -47,8 +47,8 @@ def trained(base, tmp_path_factory):
 
 
 def _batch(base, data):
-    from adapterhub.data import causal_lm_examples, collate, read_jsonl
-    from adapterhub.modeling import load_tokenizer
+    from adapterhub.training.data import causal_lm_examples, collate, read_jsonl
+    from adapterhub.training.modeling import load_tokenizer
 
     tok = load_tokenizer(base)
     return collate(tok.pad_token_id)(causal_lm_examples(read_jsonl(data), tok, 64))
@@ -56,8 +56,8 @@ def _batch(base, data):
 
 def _adapted_4bit(base, adapter_dir):
     """The unmerged adapter on the base quantized exactly as in training."""
-    from adapterhub.checkpoint import load_adapter_dir
-    from adapterhub.modeling import attach_loaded
+    from adapterhub.files.checkpoint import load_adapter_dir
+    from adapterhub.training.modeling import attach_loaded
     from adapterhub.plugins import Plugins
 
     plugins = Plugins()
@@ -74,7 +74,7 @@ def test_quantize_writes_dirs_that_from_pretrained_loads_as_bnb(cli, base, tmp_p
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM
 
-    from adapterhub.fingerprint import fingerprint
+    from adapterhub.files.fingerprint import fingerprint
 
     r = cli("quantize", base, "--to", "nf4", "--out", tmp_path / "nf4", "--json")
     assert r.exit_code == 0, r.output
@@ -152,7 +152,7 @@ def test_nf4_round_trip_error_is_within_the_rounding_bound(base):
 def test_qlora_training_lowers_loss_and_records_the_quantization(trained, base):
     import bitsandbytes as bnb
 
-    from adapterhub.fingerprint import fingerprint
+    from adapterhub.files.fingerprint import fingerprint
     from adapterhub.plugins import Plugins
 
     result, adapter_dir, data = trained

@@ -1,0 +1,1 @@
+"""Operations over stored versions that create new ones: combine, compose, extract, export."""
