@@ -29,12 +29,17 @@ def open_store(url: str, plugins: Plugins | None = None):
 
 
 def open_registry(home: str | None = None, plugins: Plugins | None = None, remote: str | None = None) -> Registry:
-    """A registry: the named ``remote``; else the one ``ADAPTERHUB_REGISTRY_DB`` +
-    ``ADAPTERHUB_REGISTRY_STORE`` name; else the local one (SQLite + the ``file`` store) under ``home``."""
+    """A registry: the named ``remote`` (a registry server's client for an ``http(s)://`` remote); else the one
+    ``ADAPTERHUB_REGISTRY_DB`` + ``ADAPTERHUB_REGISTRY_STORE`` name; else the local one (SQLite + the ``file``
+    store) under ``home``."""
     from .registry import remotes
 
     home = config.home_dir(home)
     spec = remotes.get_remote(home, remote) if remote else remotes.env_registry()
+    if spec and "url" in spec:
+        from .registry.client import HttpRegistry
+
+        return HttpRegistry(spec["url"], remotes.token_for(home, remote or "", spec), label=remote or "server")
     if spec:
         from .registry.registry import Registry
 
@@ -55,6 +60,11 @@ def local_registry(home: str | None = None, plugins: Plugins | None = None) -> R
 def check_remote(spec: dict[str, str], plugins: Plugins | None = None) -> None:
     """Connect to a remote's database (migrating it) and store; raise if either fails. What
     ``remotes.add_remote(..., check=...)`` runs before it saves a remote."""
+    if "url" in spec:  # a registry server: it answers (the token, if any, is checked at first use)
+        from .registry.client import HttpRegistry
+
+        HttpRegistry(spec["url"], None, label="new remote").health()
+        return
     from .registry.registry import Registry
 
     reg = Registry(spec["db"], open_store(spec["store"], plugins), label="new remote")
@@ -143,9 +153,8 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
 
 
 def pull(reg: Registry, ref: str, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    from .registry.maintenance import materialize
-
-    return materialize(reg, ref, out, force=force, progress=progress)
+    """Write the files of version ``ref`` to ``out``, each verified by sha256 as it is read."""
+    return reg.materialize(ref, out, force=force, progress=progress)
 
 
 def copy(src: Registry, dst: Registry, ref: str, progress: Progress | None = None) -> Published:

@@ -59,11 +59,21 @@ class App:
 
         return open_registry(self.home, self.plugins, remote=name)
 
+    def for_name(self, name: str) -> tuple[Any, str]:
+        """``(registry, name)`` for a name that may carry a remote prefix: ``hub:acme/bot`` is ``acme/bot``
+        in remote ``hub``; a plain name is in the default registry."""
+        from ..registry.refs import REMOTE_RE
+
+        head, sep, rest = name.partition(":")
+        if sep and "/" not in head and REMOTE_RE.fullmatch(head):
+            return self.remote(head), rest
+        return self.registry, name
+
 
 #: commands that read or annotate one registry and may name a remote in their refs, with the parameters
 #: holding refs: ``show team:acme/bot:3`` shows version 3 in remote ``team``
 REMOTE_REF_COMMANDS = {"show": ("ref",), "tag": ("ref",), "lineage": ("ref",), "verify": ("ref",),
-                       "compare": ("ref_a", "ref_b")}
+                       "compare": ("ref_a", "ref_b"), "eval": ("ref",)}
 
 
 def _remote_of_refs() -> str | None:
@@ -179,7 +189,7 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-from . import combine_cmds, demo_cmds, eval_cmds, merge_cmds, registry_cmds, train_cmds  # noqa: E402,F401  (register the commands)
+from . import combine_cmds, demo_cmds, eval_cmds, merge_cmds, registry_cmds, server_cmds, train_cmds  # noqa: E402,F401  (register the commands)
 
 _commands_from: set[str] = set()  # plugins whose register_commands already ran on this CLI
 

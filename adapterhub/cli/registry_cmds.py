@@ -156,24 +156,31 @@ def remote():
 
 @remote.command(name="add")
 @click.argument("name")
-@click.option("--db", required=True, help="postgresql://user:password@host/db (or sqlite:///path).")
-@click.option("--store", required=True, help="s3://bucket/prefix (or file:///path).")
-@click.option("--endpoint-url", help="An S3-compatible endpoint (MinIO, Ceph, moto ...).")
+@click.argument("url", required=False)
+@click.option("--token-env", metavar="VAR", help="Server remotes: read the token from this environment variable "
+              "(else from adapterhub login NAME).")
+@click.option("--db", help="Database remotes: postgresql://user:password@host/db (or sqlite:///path).")
+@click.option("--store", help="Database remotes: s3://bucket/prefix (or file:///path).")
+@click.option("--endpoint-url", help="Database remotes: an S3-compatible endpoint (MinIO, Ceph, moto ...).")
 @click.option("--replace", is_flag=True, help="Replace an existing remote of that name.")
-@click.option("--check/--no-check", default=True, show_default=True, help="Connect and migrate now.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Connect now (a server: answers; a database: reachable and migrated).")
 @json_option
 @pass_app
-def remote_add(app: App, name, db, store, endpoint_url, replace, check, as_json):
-    """Add a named remote (saved in <home>/config.json, readable only by you)."""
+def remote_add(app: App, name, url, token_env, db, store, endpoint_url, replace, check, as_json):
+    """Add a named remote: a registry server (NAME https://HOST[:PORT]) or a database + store
+    (NAME --db URL --store URL). Saved in <home>/config.json, readable only by you."""
     from ..registry import remotes
 
     from ..api import check_remote
 
-    # the new remote is checked (database reachable and migrated, store readable) before config.json changes:
-    # a failed --replace leaves the working remote in place
-    d = remotes.add_remote(app.home_dir, name, db, store, endpoint_url, replace=replace,
+    # the new remote is checked (server answers / database reachable and migrated, store readable) before
+    # config.json changes: a failed --replace leaves the working remote in place
+    d = remotes.add_remote(app.home_dir, name, db, store, endpoint_url, replace=replace, url=url, token_env=token_env,
                            check=(lambda spec: check_remote(spec, app.plugins)) if check else None)
-    emit(as_json, d, f"added remote {name}: {d['db']} + {d['store']}")
+    where = d["url"] + (f" (token from ${d['token_env']})" if d.get("token_env") else "") if "url" in d \
+        else f"{d['db']} + {d['store']}"
+    emit(as_json, d, f"added remote {name}: {where}")
 
 
 @remote.command(name="list")
@@ -184,8 +191,11 @@ def remote_list(app: App, as_json):
     from ..registry import remotes
 
     rows = remotes.list_remotes(app.home_dir)
-    emit(as_json, rows, lambda rows: format_table(("NAME", "DB", "STORE"), [(r["name"], r["db"], r["store"]) for r in rows])
-         if rows else "no remotes (adapterhub remote add NAME --db URL --store URL)")
+    emit(as_json, rows, lambda rows: format_table(
+        ("NAME", "WHERE", "CREDENTIALS"),
+        [(r["name"], r.get("url") or f"{r['db']} + {r['store']}",
+          (f"${r['token_env']}" if r.get("token_env") else "login") if "url" in r else "in the URLs") for r in rows])
+         if rows else "no remotes (adapterhub remote add NAME https://HOST, or NAME --db URL --store URL)")
 
 
 @remote.command(name="rm")
@@ -202,11 +212,13 @@ def remote_rm(app: App, name, as_json):
 
 @cli.command(name="list")
 @click.argument("name", required=False)
+@click.option("--from", "from_", metavar="REMOTE", help="List a named remote's versions.")
 @json_option
 @pass_app
-def list_cmd(app: App, name, as_json):
+def list_cmd(app: App, name, from_, as_json):
     """List versions (of NAME, if given)."""
-    rows = app.registry.list(name)
+    reg = app.remote(from_) if from_ else app.registry
+    rows = reg.list(name)
 
     def table(rows):
         if not rows:
@@ -304,9 +316,8 @@ def alias_set(app: App, name, alias_name, version, reason, force, gate, as_json)
     must have an evaluation, must not score worse than the current holder on the same eval data, and
     must not have been trained on data that failed its check. --force --reason "..." overrides it; the
     reason and what it overrode are recorded in the alias history."""
-    from ..registry.gates import set_alias
-
-    r = set_alias(app.registry, name, alias_name, version, reason=reason, force=force, gate=gate)
+    reg, name = app.for_name(name)
+    r = reg.move_alias(name, alias_name, version, reason=reason, force=force, gate=gate)
     prev = f" (was {r['previous']})" if r["previous"] not in (None, r["version"]) else ""
     forced = f"\nforced past the promotion gate: {'; '.join(r['overridden'])}" if r["overridden"] else ""
     emit(as_json, r, f"{name}@{alias_name} -> {r['ref']}{prev}{forced}")
@@ -320,7 +331,8 @@ def alias_set(app: App, name, alias_name, version, reason, force, gate, as_json)
 @pass_app
 def alias_rm(app: App, name, alias_name, reason, as_json):
     """Remove NAME@ALIAS."""
-    r = app.registry.remove_alias(name, alias_name, reason=reason)
+    reg, name = app.for_name(name)
+    r = reg.remove_alias(name, alias_name, reason=reason)
     emit(as_json, r, f"removed {name}@{alias_name} (was {r['previous']})")
 
 
@@ -331,7 +343,8 @@ def alias_rm(app: App, name, alias_name, reason, as_json):
 @pass_app
 def alias_history(app: App, name, alias_name, as_json):
     """Every move of NAME@ALIAS: when, who, from which version to which."""
-    rows = app.registry.alias_history(name, alias_name)
+    reg, name = app.for_name(name)
+    rows = reg.alias_history(name, alias_name)
     emit(as_json, rows, lambda rows: format_table(
         ("AT", "ACTOR", "FROM", "TO", "REASON"),
         [(r["at"], r["actor"], r["from"] or "-", r["to"] or "(removed)", r["reason"] or "") for r in rows]))
@@ -357,9 +370,9 @@ def tag(app: App, ref, pairs, remove, as_json):
 @pass_app
 def lineage(app: App, ref, fmt):
     """Show where REF came from (ancestors) and what was made from it."""
-    from ..registry.maintenance import lineage as get_lineage, render_lineage
+    from ..registry.maintenance import render_lineage
 
-    graph = get_lineage(app.registry, ref)
+    graph = app.registry.lineage(ref)
     emit(fmt == "json", graph, lambda g: render_lineage(g, fmt))
 
 
@@ -369,9 +382,7 @@ def lineage(app: App, ref, fmt):
 @pass_app
 def verify(app: App, ref, as_json):
     """Re-hash stored blobs (of REF, or of every version); exit 1 if any is missing or corrupt."""
-    from ..registry.maintenance import verify as do_verify
-
-    report = do_verify(app.registry, ref)
+    report = app.registry.verify(ref)
 
     def text(r):
         lines = [f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})" for p in r["problems"]]
@@ -392,9 +403,7 @@ def verify(app: App, ref, as_json):
 @pass_app
 def gc(app: App, grace, dry_run, as_json):
     """Remove unreferenced blobs and leftovers of interrupted writes."""
-    from ..registry.maintenance import gc as do_gc
-
-    r = do_gc(app.registry, grace=grace, dry_run=dry_run)
+    r = app.registry.gc(grace=grace, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
 
     def text(r):

@@ -57,6 +57,17 @@ class BlobStore:
     def describe(self) -> str:
         return self.url
 
+    def local_path(self, digest: str) -> str | None:
+        """The path of the blob on this machine's disk, if the store keeps blobs as files (the registry
+        server then streams it with HTTP Range support); ``None`` otherwise."""
+        return None
+
+    def presigned_url(self, digest: str, expires: int) -> str | None:
+        """A URL that serves the blob's bytes for ``expires`` seconds without other credentials (the
+        registry server hands it to clients, so bytes go straight from the store to them); ``None`` if
+        the store cannot make one."""
+        return None
+
 
 def check_digest(digest: str) -> str:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):

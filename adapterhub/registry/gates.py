@@ -176,7 +176,7 @@ def alias_guard(aliases: Iterable[str] | None = None):
 
 
 def set_alias(reg: Any, name: str, alias: str, version: str, reason: str | None = None, force: bool = False,
-              gate: bool | None = None) -> dict[str, Any]:
+              gate: bool | None = None, by: str | None = None) -> dict[str, Any]:
     """Move ``name@alias`` to ``version`` through the promotion gate when the alias is protected (or
     ``gate`` is true). ``force`` (with a ``reason``) moves it anyway and records the reason together with
     the refusals it overrode. Returns ``Registry.set_alias``'s dict plus ``gated``, ``forced`` and
@@ -186,10 +186,10 @@ def set_alias(reg: Any, name: str, alias: str, version: str, reason: str | None 
     if force and not reason:
         raise InvalidInput("--force needs --reason \"...\" (it is recorded in the alias history)")
     if not gated:
-        r = reg.set_alias(name, alias, version, reason=reason)
+        r = reg.set_alias(name, alias, version, reason=reason, by=by)
         return {**r, "gated": False, "forced": False, "overridden": []}
     if not force:
-        r = reg.set_alias(name, alias, version, reason=reason, guard=make_guard())
+        r = reg.set_alias(name, alias, version, reason=reason, guard=make_guard(), by=by)
         return {**r, "gated": True, "forced": False, "overridden": []}
     overridden: list[str] = []
 
@@ -207,5 +207,5 @@ def set_alias(reg: Any, name: str, alias: str, version: str, reason: str | None 
         if v["name"] == name:
             record(conn, reg, name, alias, v["id"])
     text = reason + (f" [forced past the promotion gate: {'; '.join(overridden)}]" if overridden else "")
-    r = reg.set_alias(name, alias, version, reason=text)
+    r = reg.set_alias(name, alias, version, reason=text, by=by)
     return {**r, "gated": True, "forced": bool(overridden), "overridden": overridden}

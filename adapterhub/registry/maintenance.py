@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -14,7 +14,10 @@ from ..errors import AdapterhubError, IntegrityError, InvalidInput
 from . import schema as t
 from .blobs import Progress, copy_verified, verify_blob
 from ..files.output_dir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
-from .registry import Registry, check_relpath
+from .records import check_relpath
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .registry import Registry
 
 DEFAULT_GC_GRACE = 600.0  # seconds: blobs of a push still in flight are younger than this
 
@@ -263,3 +266,20 @@ def render_lineage(graph: dict[str, Any], fmt: str) -> str:
         for e in children[graph["root"]]:
             out.append(f"  {e['child']} ({e['relation']})")
     return "\n".join(out)
+
+
+class MaintenanceOps:
+    """The maintenance operations as methods of :class:`~adapterhub.registry.registry.Registry` (so a
+    database registry and the HTTP client of ``adapterhub serve`` answer the same calls)."""
+
+    def materialize(self, ref: str, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        return materialize(self, ref, out, force, progress)  # type: ignore[arg-type]
+
+    def lineage(self, ref: str, depth: int = 50) -> dict[str, Any]:
+        return lineage(self, ref, depth)  # type: ignore[arg-type]
+
+    def verify(self, ref: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        return verify(self, ref, progress)  # type: ignore[arg-type]
+
+    def gc(self, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) -> dict[str, Any]:
+        return gc(self, grace, dry_run)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""Publishing, resolving and reading versions; aliases and tags.
+"""Publishing, resolving and reading versions (aliases and tags: :mod:`.aliases`; materializing,
+verifying, gc and lineage: :mod:`.maintenance`).
 
 Publishing is two-phase: every blob is uploaded and verified first, then one write transaction
 creates the version with its files, lineage, tags and aliases. A crash between the phases leaves only
@@ -7,15 +8,9 @@ unreferenced blobs, which ``gc`` removes; no version is ever visible whose blobs
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
 import hashlib
 import json
-import math
-import os
-import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -23,91 +18,18 @@ import sqlalchemy as sa
 from ..errors import AdapterhubError, InvalidInput, NotFound
 from .refs import Ref, parse_ref, validate_alias, validate_name
 from . import schema as t
-from .blobs import BlobStore, Progress
+from .aliases import AliasOps
+from .blobs import BlobStore, Progress, copy_verified
+from .bundle import BundleEdge, BundleFile, VersionBundle
 from .db import ensure_schema, make_engine, read_tx, write_tx
+from .maintenance import MaintenanceOps
+from .records import (LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
+                      check_relpath, finite, iso, kind_conflict, now, validate_tag_key)
 
 MAX_PUBLISH_RETRIES = 20
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    """A file to publish: its path inside the version, where it is now, and its content address."""
-
-    path: str
-    source: str
-    sha256: str
-    size: int
-
-
-@dataclass
-class ParentSpec:
-    """A lineage edge to add: ``ref`` names a version in this registry; ``digest`` alone names one
-    outside it (recorded as external)."""
-
-    relation: str
-    ref: str | None = None
-    digest: str | None = None
-    details: dict[str, Any] | None = None
-
-
-@dataclass
-class Published:
-    name: str
-    version: int
-    digest: str
-    created: bool
-    base_fingerprint: str | None = None
-    uploaded_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "ref": self.ref, "digest": "sha256:" + self.digest,
-                "base_fingerprint": self.base_fingerprint, "created": self.created,
-                "uploaded_bytes": self.uploaded_bytes, **self.extra}
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one byte encoding a manifest is hashed in: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def actor() -> str:
-    user = os.environ.get("ADAPTERHUB_USER")
-    if user:
-        return user
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except Exception:
-        return "unknown"
-
-
-#: characters refused in file names besides the C0/C1 controls: line and paragraph separators and the
-#: bidirectional overrides, which let a name print as another one (``show``, ``pull`` listings)
-_SPOOF_CHARS = frozenset("\u2028\u2029\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def check_relpath(path: str) -> str:
-    """Refuse paths that could escape the output directory when materialized, and names with control
-    characters (a newline in a name spoofs lines of ``show``)."""
-    parts = path.split("/")
-    if (not path or path.startswith("/") or "\\" in path or "\x00" in path or ":" in parts[0]
-            or any(p in ("", ".", "..") for p in parts)):
-        raise InvalidInput(f"unsafe file path in version: {path!r}")
-    bad = next((c for c in path if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or c in _SPOOF_CHARS), None)
-    if bad is not None:
-        raise InvalidInput(f"unsafe file path in version: {path!r} (control character {bad!r} in a file name)")
-    return path
-
-
-class Registry:
+class Registry(AliasOps, MaintenanceOps):
     """A registry: a SQL database (SQLite or PostgreSQL) plus a blob store."""
 
     def __init__(self, db_url: str, store: BlobStore, label: str = "local"):
@@ -331,6 +253,53 @@ class Registry:
         d["ref"] = f"{d['name']}:{d['number']}"
         return d
 
+    def export_version(self, ref: str | Ref) -> VersionBundle:
+        """Version ``ref`` as a :class:`VersionBundle` (manifest text verbatim, files, lineage edges, tags,
+        evaluations, base row), checked: the manifest hashes to the digest and lists exactly these files."""
+        with self.read() as conn:
+            v = self.resolve(ref, conn)
+            files = [BundleFile(r.path, r.blob_digest, r.size) for r in conn.execute(
+                sa.select(t.files).where(t.files.c.version_id == v["id"]).order_by(t.files.c.path))]
+            edges = [BundleEdge(p["digest"][7:] if p["digest"] else None, p["relation"], p["details"],
+                                None if p["external"] else p["ref"])
+                     for p in self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)]
+            tags = {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
+                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
+            evals = [{"data_digest": r.data_digest, "metrics": r.metrics, "details": r.details}
+                     for r in conn.execute(sa.select(t.evaluations).where(
+                         t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
+            base = None
+            if v["base_fingerprint"]:
+                b = conn.execute(sa.select(t.base_models).where(
+                    t.base_models.c.fingerprint == v["base_fingerprint"])).first()
+                base = {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
+        return VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files, edges, tags, evals, base,
+                             v["created_by"]).check()
+
+    def import_bundle(self, bundle: VersionBundle, files: list[LocalFile], progress: Progress | None = None,
+                      created_by: str | None = None) -> Published:
+        """Store a version exported by another registry (``files``: its blobs, fetched and verified)."""
+        bundle.check()
+        return self.import_version(
+            bundle.name, bundle.manifest_text, files,
+            edges=[{"digest": e.digest, "relation": e.relation, "details": e.details, "ref": e.ref}
+                   for e in bundle.edges if e.digest],
+            tags=bundle.tags, evaluations=bundle.evaluations, base=bundle.base,
+            created_by=created_by or bundle.created_by, progress=progress)
+
+    def has_version(self, digest: str) -> bool:
+        """Whether a version with this manifest digest (hex) exists here (under any name)."""
+        with self.read() as conn:
+            return conn.execute(sa.select(t.versions.c.id).where(t.versions.c.digest == digest).limit(1)).first() is not None
+
+    def has_blob(self, digest: str) -> bool:
+        return self.store.has(digest)
+
+    def fetch_blob(self, digest: str, dest: str, size: int, progress: Progress | None = None,
+                   what: str | None = None) -> None:
+        """Copy blob ``digest`` to the local file ``dest``, verified by sha256 and size while it is read."""
+        copy_verified(self.store, digest, dest, size, progress, what=what)
+
     def files_of(self, conn: sa.Connection, version_id: int) -> list[dict[str, Any]]:
         rows = conn.execute(sa.select(t.files).where(t.files.c.version_id == version_id).order_by(t.files.c.path))
         return [{"path": r.path, "digest": "sha256:" + r.blob_digest, "size": r.size} for r in rows]
@@ -346,7 +315,7 @@ class Registry:
             parents = self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)
             children = self._edges(conn, t.lineage.c.parent_id == v["id"], parent_side=False)
             evals = [{"data_digest": "sha256:" + r.data_digest, "metrics": finite(r.metrics), "details": finite(r.details),
-                      "created_at": _iso(r.created_at)}
+                      "created_at": iso(r.created_at)}
                      for r in conn.execute(sa.select(t.evaluations).where(
                          t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
             base = None
@@ -362,7 +331,7 @@ class Registry:
             "files": files, "size": v["size"], "aliases": aliases, "tags": {k: val for k, val in tag_rows},
             "parents": parents, "children": children, "metrics": manifest.get("metrics") or {},
             "evaluations": evals, "data": manifest.get("data") or [],
-            "created_at": _iso(v["created_at"]), "created_by": v["created_by"], "manifest": manifest,
+            "created_at": iso(v["created_at"]), "created_by": v["created_by"], "manifest": manifest,
         }
 
     def _edges(self, conn: sa.Connection, where: Any, parent_side: bool) -> list[dict[str, Any]]:
@@ -402,150 +371,4 @@ class Registry:
         return [{"name": r.name, "version": r.number, "ref": f"{r.name}:{r.number}", "digest": "sha256:" + r.digest,
                  "kind": r.kind, "method": r.method, "size": r.size, "base_fingerprint": r.base_fingerprint,
                  "aliases": alias_map.get(r.id, []), "evaluation": latest_eval.get(r.id),
-                 "created_at": _iso(r.created_at)} for r in rows]
-
-    # -- aliases and tags ----------------------------------------------------------------------
-    def set_alias(self, name: str, alias: str, version: str, reason: str | None = None,
-                  guard: Any = None) -> dict[str, Any]:
-        """Point ``name@alias`` at ``version`` (a number or any ref of the same name)."""
-        validate_name(name)
-        validate_alias(alias)
-        ref = f"{name}:{version}" if str(version).isdigit() else str(version)
-        with self.write() as conn:
-            v = self.resolve(ref, conn)
-            if v["name"] != name:
-                raise InvalidInput(f"{ref} is a version of {v['name']}, not of {name}")
-            if guard:
-                guard(conn, self, name, alias, v["id"])
-            old = self._move_alias(conn, v["adapter_id"], alias, v["id"], actor(), reason)
-        return {"name": name, "alias": alias, "version": v["number"], "ref": v["ref"],
-                "digest": "sha256:" + v["digest"], "previous": old}
-
-    def _move_alias(self, conn, adapter_id: int, alias: str, version_id: int | None, who: str,
-                    reason: str | None) -> int | None:
-        al = t.aliases
-        cur = conn.execute(sa.select(al.c.version_id).where(al.c.adapter_id == adapter_id, al.c.alias == alias)).scalar()
-        if cur == version_id:
-            return self._number(conn, cur)
-        if version_id is None:
-            conn.execute(al.delete().where(al.c.adapter_id == adapter_id, al.c.alias == alias))
-        elif cur is None:
-            conn.execute(al.insert().values(adapter_id=adapter_id, alias=alias, version_id=version_id, updated_at=now()))
-        else:
-            conn.execute(al.update().where(al.c.adapter_id == adapter_id, al.c.alias == alias)
-                         .values(version_id=version_id, updated_at=now()))
-        conn.execute(t.alias_events.insert().values(adapter_id=adapter_id, alias=alias, old_version_id=cur,
-                                                    new_version_id=version_id, actor=who, reason=reason, at=now()))
-        return self._number(conn, cur)
-
-    @staticmethod
-    def _number(conn, version_id: int | None) -> int | None:
-        if version_id is None:
-            return None
-        return conn.execute(sa.select(t.versions.c.number).where(t.versions.c.id == version_id)).scalar()
-
-    def remove_alias(self, name: str, alias: str, reason: str | None = None) -> dict[str, Any]:
-        validate_name(name)
-        validate_alias(alias)
-        with self.write() as conn:
-            adapter_id = self._adapter_id(conn, name)
-            cur = conn.execute(sa.select(t.aliases.c.version_id).where(
-                t.aliases.c.adapter_id == adapter_id, t.aliases.c.alias == alias)).scalar()
-            if cur is None:
-                raise NotFound(f"{name} has no alias '{alias}'")
-            old = self._move_alias(conn, adapter_id, alias, None, actor(), reason)
-        return {"name": name, "alias": alias, "removed": True, "previous": old}
-
-    def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
-        validate_name(name)
-        validate_alias(alias)
-        e = t.alias_events
-        with self.read() as conn:
-            adapter_id = self._adapter_id(conn, name)
-            rows = conn.execute(sa.select(e).where(e.c.adapter_id == adapter_id, e.c.alias == alias).order_by(e.c.id)).all()
-            if not rows:
-                raise NotFound(f"{name} has no history for alias '{alias}'")
-            return [{"at": _iso(r.at), "actor": r.actor, "from": self._number(conn, r.old_version_id),
-                     "to": self._number(conn, r.new_version_id), "reason": r.reason} for r in rows]
-
-    def set_tags(self, ref: str, set_: dict[str, str], remove: Iterable[str] = ()) -> dict[str, str]:
-        with self.write() as conn:
-            v = self.resolve(ref, conn)
-            for k, val in set_.items():
-                self._set_tag(conn, v["id"], validate_tag_key(k), str(val))
-            for k in remove:
-                conn.execute(t.tags.delete().where(t.tags.c.version_id == v["id"], t.tags.c.key == k))
-            return {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
-                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
-
-    @staticmethod
-    def _set_tag(conn, version_id: int, key: str, value: str) -> None:
-        conn.execute(t.tags.delete().where(t.tags.c.version_id == version_id, t.tags.c.key == key))
-        conn.execute(t.tags.insert().values(version_id=version_id, key=key, value=value))
-
-    def add_evaluation(self, ref: str, data_digest: str, metrics: dict[str, Any],
-                       details: dict[str, Any] | None = None) -> None:
-        bad = _non_finite(metrics, "metrics") + _non_finite(details, "details")
-        if bad:
-            raise InvalidInput(f"refusing to store an evaluation of {ref} with non-finite values ({', '.join(bad[:5])}): "
-                               "the adapter produces NaN/inf")
-        with self.write() as conn:
-            v = self.resolve(ref, conn)
-            conn.execute(t.evaluations.insert().values(version_id=v["id"], data_digest=data_digest.removeprefix("sha256:"),
-                                                       metrics=metrics, details=details, created_at=now()))
-
-
-def kind_conflict(name: str, kind: str, held: str, example: str) -> InvalidInput:
-    """One kind per name (``merge NAME``, ``pull`` and the promotion gate assume it): ``name`` holds versions
-    of kind ``held`` (e.g. ``example``), so a version of ``kind`` is refused."""
-    return InvalidInput(f"{name} holds versions of kind {held} (e.g. {example}); a {kind} cannot become a version "
-                        "of it (one kind per name): choose another name")
-
-
-def validate_tag_key(key: str) -> str:
-    if not key or len(key) > 128 or not all(c.isalnum() or c in "._-/" for c in key):
-        raise InvalidInput(f"invalid tag key {key!r}: use letters, digits and ._-/ (at most 128)")
-    return key
-
-
-def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> None:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    conn.execute(insert(table).values(**values).on_conflict_do_nothing())
-
-
-def _non_finite(obj: Any, path: str) -> list[str]:
-    """Where ``obj`` (nested dicts/lists) holds NaN or inf: ``["metrics.loss=nan", ...]``."""
-    if isinstance(obj, float):
-        return [] if math.isfinite(obj) else [f"{path}={obj}"]
-    if isinstance(obj, dict):
-        return [b for k, v in obj.items() for b in _non_finite(v, f"{path}.{k}")]
-    if isinstance(obj, (list, tuple)):
-        return [b for i, v in enumerate(obj) for b in _non_finite(v, f"{path}[{i}]")]
-    return []
-
-
-def finite(obj: Any) -> Any:
-    """``obj`` (nested dicts/lists/tuples) with NaN/inf as None, so it prints as valid JSON (evaluations
-    stored before they were refused; ``--json`` output of a broken adapter's metrics)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # SQLite's storage format: "YYYY-MM-DD HH:MM:SS.ffffff[+00:00]"
-        return value[:10] + "T" + value[11:19] + "+00:00"
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.isoformat(timespec="seconds")
-    return str(value)
+                 "created_at": iso(r.created_at)} for r in rows]

@@ -1,6 +1,11 @@
-"""Named remotes: team registries (a database URL + a blob-store URL) kept in ``<home>/config.json``.
+"""Named remotes kept in ``<home>/config.json``: a registry server (``adapterhub serve``) by URL, or a
+team registry's database URL + blob-store URL (for admins and one-machine use).
 
+    adapterhub remote add hub https://registry.example.com --token-env HUB_TOKEN
     adapterhub remote add team --db postgresql://user:pw@db/adapters --store s3://bucket/adapters
+
+A server remote's token comes from the environment variable its ``token_env`` names, else from
+``<home>/credentials.json`` (written by ``adapterhub login NAME``, readable only by you).
 
 ``ADAPTERHUB_REGISTRY_DB`` and ``ADAPTERHUB_REGISTRY_STORE`` (both) make the team registry the default
 one, which is what a deployment pipeline on a clean machine sets. Passwords and keys in URLs are never
@@ -54,23 +59,35 @@ def _check_shape(path: str, data: Any) -> None:
         raise bad(f"'remotes' must be an object of NAME: {{db, store}}, found {type(remotes).__name__}")
     for name, spec in remotes.items():
         if not isinstance(spec, dict):
-            raise bad(f"remote {name!r} must be an object with 'db' and 'store', found {type(spec).__name__}")
+            raise bad(f"remote {name!r} must be an object with 'url', or 'db' and 'store', found {type(spec).__name__}")
+        if "url" in spec:
+            if not isinstance(spec["url"], str) or not re.match(r"https?://", spec["url"]):
+                raise bad(f"remote {name!r} has no http(s):// 'url'")
+            if spec.get("token_env") is not None and not isinstance(spec["token_env"], str):
+                raise bad(f"remote {name!r}: 'token_env' must be a variable name")
+            continue
         for key in ("db", "store"):
             if not isinstance(spec.get(key), str) or not spec[key]:
                 raise bad(f"remote {name!r} has no {key!r} URL")
 
 
 def save_config(home: str, data: dict[str, Any]) -> None:
-    """Write ``config.json`` atomically (a temporary file, fsynced, renamed over it)."""
-    os.makedirs(home, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=".config.", suffix=".json")
+    """Write ``config.json`` atomically and readable only by its owner (it may hold credentials)."""
+    write_private_json(_config_path(home), data)
+
+
+def write_private_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, mode 0600, fsynced, renamed over it)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp.", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)  # may hold credentials
+            os.fchmod(f.fileno(), 0o600)
             json.dump(data, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, _config_path(home))
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -87,20 +104,50 @@ def with_endpoint(store: str, endpoint_url: str | None) -> str:
     return urlunparse(parts._replace(query=urlencode(query)))
 
 
-def add_remote(home: str, name: str, db: str, store: str, endpoint_url: str | None = None,
-               replace: bool = False, check: Callable[[dict[str, str]], Any] | None = None) -> dict[str, Any]:
-    """Save remote ``name``. ``check(spec)``, if given, runs first (connect, migrate ...): when it raises,
-    ``config.json`` is left as it was (an existing remote of that name included)."""
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def server_spec(url: str, token_env: str | None = None) -> dict[str, str]:
+    """The config entry of a registry-server remote (checked): ``{"url", "token_env"?}``."""
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password \
+            or parts.query or parts.fragment:
+        raise InvalidInput(f"invalid server URL {mask(url)!r}: expected http(s)://HOST[:PORT][/PATH] without "
+                           "credentials (give the token with --token-env or adapterhub login)")
+    spec = {"url": url.rstrip("/")}
+    if token_env is not None:
+        if not _ENV_NAME_RE.fullmatch(token_env):
+            raise InvalidInput(f"invalid --token-env {token_env!r}: the name of an environment variable")
+        spec["token_env"] = token_env
+    return spec
+
+
+def add_remote(home: str, name: str, db: str | None = None, store: str | None = None, endpoint_url: str | None = None,
+               replace: bool = False, check: Callable[[dict[str, str]], Any] | None = None, url: str | None = None,
+               token_env: str | None = None) -> dict[str, Any]:
+    """Save remote ``name``: a registry server (``url``, ``token_env``) or a database + store. ``check(spec)``,
+    if given, runs first (connect, migrate ...): when it raises, ``config.json`` is left as it was (an
+    existing remote of that name included)."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in RESERVED:
         raise InvalidInput(f"invalid remote name {name!r}: lowercase letters, digits, - and _ (not 'local')")
-    if not re.match(r"(sqlite|postgresql)(\+\w+)?://", db):
-        raise InvalidInput(f"invalid database URL for remote {name!r}: expected postgresql://... or sqlite:///...")
-    if "://" not in store:
-        raise InvalidInput(f"invalid store URL {store!r}: expected s3://bucket/prefix or file:///path")
+    if url is not None:
+        if db or store or endpoint_url:
+            raise InvalidInput("a server remote takes a URL only (--db, --store and --endpoint-url are for database remotes)")
+        spec: dict[str, str] = server_spec(url, token_env)
+    else:
+        if not db or not store:
+            raise InvalidInput(f"remote {name!r} needs a server URL (adapterhub remote add {name} https://HOST) "
+                               "or both --db and --store")
+        if token_env:
+            raise InvalidInput("--token-env is for server remotes (http(s):// URLs)")
+        if not re.match(r"(sqlite|postgresql)(\+\w+)?://", db):
+            raise InvalidInput(f"invalid database URL for remote {name!r}: expected postgresql://... or sqlite:///...")
+        if "://" not in store:
+            raise InvalidInput(f"invalid store URL {mask(store)!r}: expected s3://bucket/prefix or file:///path")
+        spec = {"db": db, "store": with_endpoint(store, endpoint_url)}
     data = load_config(home)
     if name in data["remotes"] and not replace:
         raise InvalidInput(f"remote {name!r} exists (remote rm {name} first, or --replace)")
-    spec = {"db": db, "store": with_endpoint(store, endpoint_url)}
     if check is not None:
         check(spec)  # before anything is written: a failed check keeps the old remote
         data = load_config(home)  # re-read: the check may take a while
@@ -117,6 +164,7 @@ def remove_remote(home: str, name: str) -> None:
         raise NotFound(f"no remote named {name!r}")
     del data["remotes"][name]
     save_config(home, data)
+    forget_token(home, name)
 
 
 def get_remote(home: str, name: str) -> dict[str, str]:
@@ -164,7 +212,54 @@ def mask(url: str) -> str:
 
 
 def describe(name: str, remote: dict[str, str]) -> dict[str, str]:
+    if "url" in remote:
+        d = {"name": name, "url": mask(remote["url"])}
+        if remote.get("token_env"):
+            d["token_env"] = remote["token_env"]
+        return d
     return {"name": name, "db": mask(remote["db"]), "store": mask(remote["store"])}
+
+
+# -- tokens of server remotes -------------------------------------------------------------------
+def _credentials_path(home: str) -> str:
+    return os.path.join(home, "credentials.json")
+
+
+def save_token(home: str, name: str, token: str) -> None:
+    """Remember ``token`` for server remote ``name`` in ``<home>/credentials.json`` (mode 0600)."""
+    creds = _load_credentials(_credentials_path(home))
+    creds[name] = token
+    write_private_json(_credentials_path(home), creds)
+
+
+def forget_token(home: str, name: str) -> bool:
+    creds = _load_credentials(_credentials_path(home))
+    if creds.pop(name, None) is None:
+        return False
+    write_private_json(_credentials_path(home), creds)
+    return True
+
+
+def _load_credentials(path: str) -> dict[str, str]:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {type(exc).__name__} (fix or remove the file)") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise InvalidInput(f"invalid {path}: expected an object of remote name -> token (fix or remove the file)")
+    return data
+
+
+def token_for(home: str, name: str, spec: dict[str, str]) -> str | None:
+    """The token of server remote ``name``: ``$token_env`` if the remote names one and it is set, else
+    what ``adapterhub login`` saved, else None."""
+    env = spec.get("token_env")
+    if env and os.environ.get(env):
+        return os.environ[env].strip()
+    return _load_credentials(_credentials_path(home)).get(name)
 
 
 def list_remotes(home: str) -> list[dict[str, str]]:

@@ -148,3 +148,39 @@ merged_models = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.UniqueConstraint("adapter_digest", "base_fingerprint", "dtype", "shard_size", name="uq_merged_models_key"),
 )
+
+#: API tokens of ``adapterhub serve``. The secret is never stored: only ``sha256(salt + secret)``. A token
+#: reads ``ahub_<key_id>_<secret>``; ``key_id`` (public) finds the row, the secret is compared in constant
+#: time. Revoked tokens stay (the audit log names them); a name is unique among tokens not revoked.
+tokens = sa.Table(
+    "tokens", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("salt", sa.String(32), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),          # read | write | promote | admin
+    sa.Column("namespace", sa.String(64)),                      # NULL: every namespace
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("created_by", sa.String(256)),
+    sa.Column("expires_at", Timestamp),                         # NULL: never
+    sa.Column("revoked_at", Timestamp),
+    sa.Column("last_used_at", Timestamp),
+    sa.Index("ix_tokens_active_name", "name", unique=True,
+             sqlite_where=sa.text("revoked_at IS NULL"), postgresql_where=sa.text("revoked_at IS NULL")),
+)
+
+#: who did what through the server (and token changes made directly): every write, every refused
+#: request (401/403) with the token's name when one was given. Never a secret.
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(256)),                         # token name (NULL: no valid token)
+    sa.Column("action", sa.String(64), nullable=False),         # push, alias.set, tag, token.create ...
+    sa.Column("target", sa.String(512)),                        # ref, name@alias, token name ...
+    sa.Column("status", sa.Integer, nullable=False),            # HTTP status of the answer
+    sa.Column("detail", sa.Text),                               # the error, or what changed
+    sa.Column("client", sa.String(128)),                        # the client's address
+    sa.Index("ix_audit_events_at", "at"),
+)

@@ -74,6 +74,10 @@ class FileStore(BlobStore):
     def delete(self, digest: str) -> None:
         _remove(self._path(digest))
 
+    def local_path(self, digest: str) -> str | None:
+        path = self._path(digest)
+        return path if os.path.isfile(path) else None
+
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
         base = os.path.join(self.root, "blobs", "sha256")
         if not os.path.isdir(base):

@@ -454,6 +454,11 @@ class S3Store(BlobStore):
 
         return RangeReader(data, total, self.part_size, fetch, self.max_workers, self.max_workers)
 
+    def presigned_url(self, digest: str, expires: int) -> str | None:
+        """A presigned GET of the blob's key (no request is made: signing is local)."""
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(digest)}, ExpiresIn=int(expires))
+
     def delete(self, digest: str) -> None:
         key = self._key(digest)
         try:
