@@ -20,13 +20,23 @@ from urllib.parse import quote, urlencode, urlparse
 from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from .blobs import CHUNK, Progress, copy_stream_verified
 from .bundle import VersionBundle
+from .ranges import RangeReader
 from .records import LocalFile, ParentSpec, Published
 from .tokens import AuthError, Forbidden
 
 API = "/api/v1"
 CONNECT_TIMEOUT = 10.0
+#: blob downloads: bytes per ranged GET, and GETs in flight
+RANGE_SIZE = 16 << 20
+RANGE_WORKERS = 8
 #: seconds without a byte from the server before a request fails
 READ_TIMEOUT = float(os.environ.get("ADAPTERHUB_HTTP_TIMEOUT", "120"))
+
+
+def _retries():
+    import urllib3
+
+    return urllib3.Retry(total=3, connect=3, read=2, status=0, backoff_factor=0.3, redirect=0, allowed_methods=None)
 
 
 class ServerError(AdapterhubError):
@@ -53,7 +63,7 @@ class HttpRegistry:
         self.label = label
         self._token = token
         self._http = urllib3.PoolManager(
-            num_pools=4, maxsize=8, timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            num_pools=4, maxsize=RANGE_WORKERS + 2, timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
             retries=urllib3.Retry(total=3, connect=3, read=0, status=0, backoff_factor=0.3, redirect=0,
                                   allowed_methods=None))
 
@@ -168,30 +178,51 @@ class HttpRegistry:
 
     def fetch_blob(self, digest: str, dest: str, size: int, progress: Progress | None = None,
                    what: str | None = None) -> None:
-        """Download blob ``digest`` to ``dest``, verified by sha256 and size as it is written; from a
-        presigned store URL when the server gives one (no token is sent there), else from the server."""
-        import urllib3
-
+        """Download blob ``digest`` to ``dest``, verified by sha256 and size as it is written: from a
+        presigned store URL when the server gives one (bytes go straight from the store; no token is sent
+        there), else from the server. Large blobs come as parallel ranged GETs, in order."""
         where = self._json("POST", f"{API}/blobs/locate", body={"digests": [digest]})["blobs"].get(digest) or {}
-        url = where.get("url")
         what = what or f"blob sha256:{digest}"
-        if url:
-            try:
-                resp = self._http.request("GET", url, preload_content=False, redirect=False)
-            except urllib3.exceptions.HTTPError as exc:
-                raise ServerError(f"cannot download {what} from the store: {_short(getattr(exc, 'reason', exc))}") from None
-            if resp.status != 200:
-                resp.release_conn()
-                raise ServerError(f"the store answered HTTP {resp.status} for {what}")
-        else:
-            resp = self._request("GET", f"{API}/blobs/{digest}", stream=True)
+        url = where.get("url")
+        headers = {"User-Agent": "adapterhub"} if url else self._headers()
+        stream = self._ranged(url or f"{self.url}{API}/blobs/{digest}", headers, size, what)
         try:
             with open(dest, "wb") as out:
-                copy_stream_verified(_Reader(resp, what), out, digest, what, size, progress)
+                copy_stream_verified(stream, out, digest, what, size, progress)
                 out.flush()
                 os.fsync(out.fileno())
         finally:
-            resp.release_conn()
+            stream.close()
+
+    def _ranged(self, url: str, headers: dict[str, str], size: int, what: str) -> RangeReader:
+        """A reader over ``url``: the first range now (so a refusal fails here), the rest prefetched."""
+        import urllib3
+
+        def get(start: int, end: int, etag: str | None = None) -> tuple[bytes, str | None]:
+            h = {**headers, "Range": f"bytes={start}-{end}"}
+            if etag:
+                h["If-Match"] = etag
+            try:
+                resp = self._http.request("GET", url, headers=h, redirect=False, retries=_retries())
+            except urllib3.exceptions.HTTPError as exc:
+                raise IntegrityError(f"the download of {what} broke off: {_short(getattr(exc, 'reason', exc))}") from None
+            if resp.status == 412:
+                raise IntegrityError(f"{what} changed while it was downloaded")
+            if resp.status not in (200, 206):
+                if url.startswith(self.url):
+                    self._raise(resp)
+                raise ServerError(f"the store answered HTTP {resp.status} for {what}")
+            data = resp.data
+            if resp.status == 200 and (start, end) != (0, size - 1):
+                data = data[start:end + 1]  # a server that ignores Range: the whole body came
+            return data, resp.headers.get("ETag")
+
+        if size == 0:
+            first, etag = b"", None
+        else:
+            first, etag = get(0, min(RANGE_SIZE, size) - 1)
+        return RangeReader(first, size, RANGE_SIZE, lambda s, e: get(s, e, etag)[0], workers=RANGE_WORKERS,
+                           window=RANGE_WORKERS * 2)
 
     def materialize(self, ref: Any, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
         """Write the files of ``ref`` to ``out`` (verified; nothing is left at ``out`` on any error)."""
@@ -296,21 +327,6 @@ def _short(reason: Any) -> str:
         if marker.lower() in text.lower():
             return marker.lower()
     return text.splitlines()[0][:200] if text else type(reason).__name__
-
-
-class _Reader:
-    """A file-like ``read(n)`` over a streamed urllib3 response; transport errors become one line."""
-
-    def __init__(self, resp: Any, what: str):
-        self.resp, self.what = resp, what
-
-    def read(self, n: int = CHUNK) -> bytes:
-        import urllib3
-
-        try:
-            return self.resp.read(n)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise IntegrityError(f"the download of {self.what} broke off: {_short(exc)}") from None
 
 
 class _ProgressFile:

@@ -30,7 +30,7 @@ from adapterhub.errors import AdapterhubError, IntegrityError, InvalidInput
 from adapterhub.registry.blobs import BlobStore, Progress, check_digest
 
 from . import _errors
-from ._reader import RangeReader
+from adapterhub.registry.ranges import RangeReader
 
 MiB = 1 << 20
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": MiB, "mb": 1000**2, "mib": MiB,

@@ -1,4 +1,5 @@
-"""A readable binary stream over one S3 object, fetched as ranged GETs prefetched in a thread pool.
+"""A readable binary stream over one remote object (an S3 key, a presigned or server URL), fetched as
+ranged GETs prefetched in a thread pool.
 
 The first range comes with the request that opened the blob (so a missing blob fails in ``open``);
 the rest are fetched ``window`` ranges ahead of the reader, in order, so memory stays bounded at about
@@ -27,7 +28,7 @@ class RangeReader(io.RawIOBase):
         self._offset = len(first)  # object offset of the next range to schedule
         self._consumed = 0  # object bytes handed to the reader so far
         self._pending: deque[Future] = deque()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adapterhub-s3-get") \
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adapterhub-get") \
             if size > len(first) else None
         self._window = max(1, window)
         self._fill()
