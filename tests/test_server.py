@@ -237,3 +237,45 @@ def test_token_list_revoke_and_admin_over_the_api(as_, hub, tmp_path):
     r = as_("admin")("audit", "--remote", "hub", "--json")
     assert r.exit_code == 0 and any(e["action"] == "token.revoke" and e["target"] == "temp" for e in r.json())
     assert not any(temp["token"] in json.dumps(e) for e in r.json())
+
+
+def test_blobs_stream_from_a_file_store_with_http_range(as_, hub, tmp_path):
+    import http.client
+    import urllib.parse
+
+    src = make_lora_dir(tmp_path / "r", seed=11)
+    assert as_("write")("push", src, "acme/ranged", "--to", "hub").exit_code == 0
+    info = as_("read")("show", "hub:acme/ranged:1", "--json").json()
+    f = next(f for f in info["files"] if f["path"] == "adapter_model.safetensors")
+    data = (tmp_path / "r" / "adapter_model.safetensors").read_bytes()
+    u = urllib.parse.urlparse(hub["url"])
+    conn = http.client.HTTPConnection(u.hostname, u.port)
+    conn.request("GET", f"/api/v1/blobs/{f['digest'][7:]}",
+                 headers={"Authorization": f"Bearer {hub['tokens']['read']}", "Range": "bytes=8-99"})
+    r = conn.getresponse()
+    assert r.status == 206 and r.read() == data[8:100]
+    conn.request("GET", f"/api/v1/blobs/{f['digest'][7:]}", headers={"Authorization": f"Bearer {hub['tokens']['acme-read']}"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == data
+    conn.request("GET", f"/api/v1/blobs/{f['digest'][7:]}")
+    r = conn.getresponse()
+    assert r.status == 401 and "token missing" in json.loads(r.read())["error"]
+
+
+def test_compare_and_eval_work_on_server_refs(as_, hub, tmp_path):
+    cli = as_("write")
+    assert cli("push", make_lora_dir(tmp_path / "c1", seed=12, r=4), "acme/cmp", "--to", "hub").exit_code == 0
+    assert cli("push", make_lora_dir(tmp_path / "c2", seed=13, r=8), "acme/cmp", "--to", "hub").exit_code == 0
+    r = cli("compare", "hub:acme/cmp:1", "hub:acme/cmp:2", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {c["key"]: c for c in r.json()["config"]}
+    assert rows["r"]["a"] == 4 and rows["r"]["b"] == 8
+    assert_clean_error(cli("compare", "hub:acme/cmp:1", "acme/cmp:2"), "different registries")
+
+
+def test_serve_refuses_an_unreachable_registry_in_one_line(tmp_path):
+    env = {"ADAPTERHUB_REGISTRY_DB": "postgresql://nobody:s3cr3t@127.0.0.1:1/none",
+           "ADAPTERHUB_REGISTRY_STORE": f"file://{tmp_path}/store"}
+    r = run_subprocess("serve", "--port", "0", env=env, timeout=60)
+    assert_clean_error(r)
+    assert "s3cr3t" not in r.output

@@ -387,7 +387,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     @app.post("/api/v1/blobs/missing", tags=["blobs"])
     def missing(body: DigestsBody, who: Principal = Depends(principal)) -> dict[str, Any]:
         """Which of these blobs the store lacks (upload those before committing a version)."""
-        who.require("write", "uploading blobs")
+        who.require("write", "pushing")
         for d in body.digests:
             check_digest(d)
         return {"missing": [d for d in body.digests if not registry.store.has(d)]}
@@ -397,7 +397,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         """Upload one blob. ``Content-Length`` is required and checked against ``max_blob_size`` before
         the body is read; the bytes are hashed while they arrive and stored only if they match."""
         check_digest(digest)
-        who.require("write", "uploading blobs")
+        who.require("write", "pushing")
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             raise LengthRequired("an upload needs a Content-Length header")

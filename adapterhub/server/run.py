@@ -53,6 +53,6 @@ def serve(home: str | None, host: str, port: int, workers: int, max_blob_size: i
          f"{'s' if workers != 1 else ''}; docs at /docs)")
     sys.stdout.flush()
     if workers > 1:
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
     else:
         uvicorn.Server(config).run(sockets=[sock])
