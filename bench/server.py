@@ -196,7 +196,7 @@ def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
         json.dump({"method": "bitfit", "config": {}}, f)
     with MotoS3Server() as s3:
         bucket = s3.new_bucket()
-        from adapterhub.remotes import with_endpoint
+        from adapterhub.registry.remotes import with_endpoint
 
         env = {"ADAPTERHUB_REGISTRY_DB": f"sqlite:///{root}/team.db",
                "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{bucket}/a", s3.endpoint_url),

@@ -78,7 +78,7 @@ def pushed(srv, tmp_path_factory):
     from adapterhub.registry.client import HttpRegistry
 
     src = make_lora_dir(tmp_path_factory.mktemp("pushed") / "a", seed=3)
-    from adapterhub.checkpoint import read_adapter_dir
+    from adapterhub.files.checkpoint import read_adapter_dir
     from adapterhub.plugins import get_plugins
 
     adir = read_adapter_dir(src, get_plugins())

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("aws_env")
 
 @pytest.fixture
 def team_servers(pg_url, s3_server, tmp_path):  # noqa: F811
-    from adapterhub.remotes import with_endpoint
+    from adapterhub.registry.remotes import with_endpoint
     from s3server import aws_test_env
 
     bucket = s3_server.new_bucket()
@@ -32,7 +32,7 @@ def team_servers(pg_url, s3_server, tmp_path):  # noqa: F811
            "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{bucket}/adapters", s3_server.endpoint_url),
            "ADAPTERHUB_HOME": str(tmp_path / "server-home"), **aws_test_env()}
     token = run_subprocess("token", "create", "--name", "ci", "--scope", "promote", "--json", env=env).json()["token"]
-    a, b = RegistryServer(env=env), RegistryServer(env=env)
+    a, b = RegistryServer(env=env, workers=2), RegistryServer(env=env)
     a.start()
     b.start()
     try:

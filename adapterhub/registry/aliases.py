@@ -24,7 +24,7 @@ class AliasOps:
     def move_alias(self, name: str, alias: str, version: str, reason: str | None = None, force: bool = False,
                    gate: bool | None = None, by: str | None = None) -> dict[str, Any]:
         """Move ``name@alias`` to ``version`` through the promotion gate when the alias is protected (see
-        :mod:`adapterhub.gates`); what every command and the server call."""
+        :mod:`adapterhub.registry.gates`); what every command and the server call."""
         from .gates import set_alias
 
         return set_alias(self, name, alias, version, reason=reason, force=force, gate=gate, by=by)
