@@ -23,6 +23,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import pathlib
 import shutil
 import statistics
 import subprocess
@@ -35,7 +36,8 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-from serverproc import RegistryServer, free_port  # noqa: E402
+from mlflowserver import MlflowServer  # noqa: E402
+from serverproc import RegistryServer  # noqa: E402
 
 
 def http_worker(url: str, paths: list[list[str]], headers: dict[str, str], seconds: float, threads: int,
@@ -109,36 +111,6 @@ def cli(*args: str, env: dict[str, str]) -> str:
     return p.stdout
 
 
-def start_mlflow(root: str, workers: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{root}/mlflow.db", "--serve-artifacts", "--artifacts-destination",
-                             f"{root}/mlartifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "mlflow.log"), "w"),
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 300  # MLflow takes a while to start on a small machine
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("mlflow server did not start (see mlflow.log)")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except Exception:
-        pass
-
-
 def bench_metadata(root: str, seconds: float, workers: int, versions: int) -> None:
     dirs = make_adapters(os.path.join(root, "adapters"), versions)
     home = os.path.join(root, "ours")
@@ -150,8 +122,8 @@ def bench_metadata(root: str, seconds: float, workers: int, versions: int) -> No
         ours = load(srv.url, [[f"/api/v1/show?ref=acme/bench:{k}"] for k in range(1, versions + 1)],
                     {"Authorization": f"Bearer {token}"}, seconds)
 
-    os.environ["MLFLOW_TRACKING_URI"] = ""
-    proc, url = start_mlflow(root, workers)
+    mlflow_server = MlflowServer(pathlib.Path(root) / "mlflow", workers=workers).start(timeout=300)
+    url = mlflow_server.uri
     try:
         import mlflow
         from mlflow import MlflowClient
@@ -169,7 +141,7 @@ def bench_metadata(root: str, seconds: float, workers: int, versions: int) -> No
                           f"/api/2.0/mlflow-artifacts/artifacts?path={exp}/{run.info.run_id}/artifacts/adapter"])
         theirs = load(url, paths, {}, seconds)
     finally:
-        stop(proc)
+        mlflow_server.stop()
     print(f"metadata: 32 clients (4 processes x 8 threads), {seconds:.0f} s each, {workers} server workers, "
           f"{versions} versions")
     print(f"  {'':<34}{'ops/s':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
@@ -234,7 +206,8 @@ def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         assert h.hexdigest() == digest
-    proc, url = start_mlflow(root, workers)
+    mlflow_server = MlflowServer(pathlib.Path(root) / "mlflow", workers=workers).start(timeout=300)
+    url = mlflow_server.uri
     try:
         import mlflow
 
@@ -247,7 +220,7 @@ def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
                        env={**os.environ, "MLFLOW_TRACKING_URI": url}, check=True, capture_output=True)
         theirs = time.perf_counter() - t0
     finally:
-        stop(proc)
+        mlflow_server.stop()
     mb = size / 1e6
     print(f"blobs: one {mb:.0f} MB file, moto S3 server on 127.0.0.1")
     print(f"  adapterhub pull hub:REF --out (presigned S3) {ours:7.2f} s  {mb / ours:7.1f} MB/s")
