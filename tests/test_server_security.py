@@ -60,6 +60,31 @@ def call(srv, method, path, token=None, body=None, raw=None, headers=None):
     return resp.status, parsed, text
 
 
+def raw_head(srv, request: bytes) -> str:
+    """Send raw bytes (headers only, say) and read the answer's status line, headers and body."""
+    u = urllib.parse.urlparse(srv["url"])
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        try:
+            s.sendall(request)
+        except OSError:
+            pass
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if sep and length is not None and len(body) >= length:
+                break
+    return data.decode(errors="replace")
+
+
 def versions(srv):
     status, rows, _ = call(srv, "GET", "/api/v1/versions", "admin")
     assert status == 200
@@ -185,12 +210,8 @@ def test_an_upload_whose_bytes_do_not_match_its_digest_is_refused(srv):
 
 def test_an_oversized_upload_is_refused_before_its_body_is_read(srv):
     """Content-Length over --max-blob-size (1 MB here): 413 while the client has sent headers only."""
-    u = urllib.parse.urlparse(srv["url"])
-    digest = "e" * 64
-    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
-        s.sendall((f"PUT /api/v1/blobs/{digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv['tokens']['write']}\r\n"
-                   f"Content-Length: {300 * 1000**2}\r\n\r\n").encode())
-        head = s.recv(4096).decode(errors="replace")
+    head = raw_head(srv, (f"PUT /api/v1/blobs/{'e' * 64} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                          f"{srv['tokens']['write']}\r\nContent-Length: {300 * 1000**2}\r\n\r\n").encode())
     assert head.startswith("HTTP/1.1 413") and "over this server's limit" in head
 
 
@@ -210,10 +231,7 @@ def test_malformed_json_and_wrong_shapes_are_one_line_400s(srv):
 
 
 def test_huge_headers_are_refused(srv):
-    u = urllib.parse.urlparse(srv["url"])
-    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
-        s.sendall(b"GET /api/v1/versions HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n")
-        head = s.recv(4096).decode(errors="replace")
+    head = raw_head(srv, b"GET /api/v1/versions HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n")
     assert head.startswith(("HTTP/1.1 400", "HTTP/1.1 431")), head[:100]
     code, payload, _ = call(srv, "GET", "/healthz")
     assert code == 200  # the server is still up
@@ -242,3 +260,36 @@ def test_token_commands_refuse_bad_input(srv):
                        "invalid namespace")
     assert_clean_error(run_subprocess(*h, "--name", "read-bot", "--scope", "read"), "exists")
     assert_clean_error(run_subprocess("--home", srv["home"], "token", "revoke", "nobody"), "no active token")
+
+
+def test_an_oversized_json_body_is_refused_unread(srv):
+    head = raw_head(srv, (f"POST /api/v1/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv['tokens']['write']}"
+                          f"\r\nContent-Type: application/json\r\nContent-Length: {500 * 1024**2}\r\n\r\n").encode())
+    assert head.startswith("HTTP/1.1 413"), head[:200]
+    # no Content-Length: the body is counted while it streams in and refused once over the limit
+    import threading
+
+    u = urllib.parse.urlparse(srv["url"])
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall((f"POST /api/v1/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv['tokens']['write']}\r\n"
+                   "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+
+        def send_forever():
+            chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+            try:
+                for _ in range(1024):  # 64 MiB, far over the limit
+                    s.sendall(chunk)
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=send_forever, daemon=True)
+        sender.start()
+        answer = s.recv(4096).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+
+
+def test_token_list_shows_when_a_token_was_last_used(srv):
+    call(srv, "GET", "/api/v1/whoami", "promote")
+    rows = run_subprocess("--home", srv["home"], "token", "list", "--json").json()
+    used = {r["name"]: r["last_used_at"] for r in rows}
+    assert used["promote-bot"] is not None

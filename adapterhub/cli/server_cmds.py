@@ -97,9 +97,10 @@ def token_list(app: App, include_revoked, remote, as_json):
     keys = ("name", "scope", "namespace", "expires_at", "state", "created_at", "created_by", "last_used_at")
     rows = [{k: r.get(k) for k in keys} for r in rows]
     emit(as_json, rows, lambda rows: format_table(
-        ("NAME", "SCOPE", "NAMESPACE", "EXPIRES", "STATE", "CREATED", "BY"),
+        ("NAME", "SCOPE", "NAMESPACE", "EXPIRES", "STATE", "CREATED", "BY", "LAST USED"),
         [(r["name"], r["scope"], r["namespace"] or "*", (r["expires_at"] or "never")[:19], r["state"],
-          (r["created_at"] or "")[:19], r["created_by"] or "-") for r in rows]) if rows else "no tokens")
+          (r["created_at"] or "")[:19], r["created_by"] or "-", (r["last_used_at"] or "never")[:19])
+         for r in rows]) if rows else "no tokens")
 
 
 @token.command(name="revoke")

@@ -36,6 +36,8 @@ _NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TOKEN_RE = re.compile(r"ahub_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _DURATION_RE = re.compile(r"(\d{1,6})([mhdw])")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: how stale ``last_used_at`` may be (``token list`` shows it; a write per request would cost too much)
+LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 
 
 class AuthError(InvalidInput):
@@ -165,8 +167,12 @@ def authenticate(reg: Registry, token: str | None) -> Principal:
     expected = row.secret_hash if row is not None else "0" * 64
     salt = row.salt if row is not None else "0" * 32
     ok = hmac.compare_digest(_hash(salt, secret), expected)
-    if row is None or not ok or row.revoked_at is not None or (row.expires_at and _aware(row.expires_at) <= now()):
+    current = now()
+    if row is None or not ok or row.revoked_at is not None or (row.expires_at and _aware(row.expires_at) <= current):
         raise AuthError("token missing, expired or revoked")
+    if row.last_used_at is None or current - _aware(row.last_used_at) > LAST_USED_RESOLUTION:
+        with reg.write() as conn:  # at most one write per token and minute, not one per request
+            conn.execute(t.tokens.update().where(t.tokens.c.id == row.id).values(last_used_at=current))
     return Principal(row.name, row.scope, row.namespace)
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger("adapterhub.server")
 
 DEFAULT_MAX_BLOB_SIZE = 20 * 1000**3  # 20 GB
 PRESIGN_SECONDS = 300
+#: the largest request body outside blob uploads (JSON is read whole before it is validated)
+MAX_JSON_BODY = 16 * 1024**2
 
 
 @dataclass
@@ -143,6 +145,49 @@ class DigestsBody(BaseModel):
     digests: list[str] = Field(max_length=10_000)
 
 
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes (413), blob uploads excepted (they have their own limit,
+    checked before their body is read): by ``Content-Length`` up front, else while the body streams in."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or (scope["method"] == "PUT" and scope["path"].startswith("/api/v1/blobs/")):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        too_large = JSONResponse({"error": f"request body over {self.limit} bytes"}, status_code=413)
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await too_large(scope, receive, send)
+        seen, over, started = 0, False, False
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # stop reading: the app sees the client go away
+                over = True
+                return {"type": "http.disconnect"}
+            return message
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app answers the "disconnect": drop that answer, ours follows
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await too_large(scope, receive, send)
+
+
 # -- the application --------------------------------------------------------------------------------
 def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     """The FastAPI application serving ``registry``."""
@@ -206,6 +251,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+    app.add_middleware(BodyLimit, limit=MAX_JSON_BODY)
     app.add_exception_handler(AdapterhubError, on_error)
     app.add_exception_handler(Exception, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
