@@ -304,7 +304,7 @@ class Registry(AliasOps, MaintenanceOps):
         rows = conn.execute(sa.select(t.files).where(t.files.c.version_id == version_id).order_by(t.files.c.path))
         return [{"path": r.path, "digest": "sha256:" + r.blob_digest, "size": r.size} for r in rows]
 
-    def show(self, ref: str) -> dict[str, Any]:
+    def show(self, ref: str | Ref) -> dict[str, Any]:
         with self.read() as conn:
             v = self.resolve(ref, conn)
             manifest = json.loads(v["manifest"])

@@ -260,8 +260,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     def done(request: Request, target: str, detail: str | None = None) -> None:
         record(request, 200, detail, target)
 
-    def visible(who: Principal, ref: str) -> dict[str, Any]:
-        """Resolve ``ref`` for ``who``: a bare ref (no remote prefix) of a name in its namespace."""
+    def allowed(who: Principal, ref: str) -> Any:
+        """``ref`` parsed, if ``who`` may name it: a bare ref (no remote prefix); a name ref inside its
+        namespace (a digest ref is checked once resolved, by :func:`seen`)."""
         from ..registry.refs import parse_ref
 
         r = parse_ref(ref)
@@ -269,9 +270,18 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
             raise InvalidInput(f"ref '{ref}' names a remote; the server takes refs of its own registry")
         if r.name is not None:
             who.require_name(r.name, "ref")
-        v = registry.resolve(r)
-        if not who.sees(v["name"]):
+        return r
+
+    def seen(who: Principal, r: Any, name: str) -> None:
+        """A version ``r`` resolved to, hidden (as if absent) when its name is outside ``who``'s namespace."""
+        if not who.sees(name):
             raise NotFound(f"no version with digest sha256:{r.digest} in this registry")
+
+    def visible(who: Principal, ref: str) -> dict[str, Any]:
+        """Resolve ``ref`` for ``who`` (see :func:`allowed` and :func:`seen`)."""
+        r = allowed(who, ref)
+        v = registry.resolve(r)
+        seen(who, r, v["name"])
         return v
 
     def hide(who: Principal, edges: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,8 +339,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     @app.get("/api/v1/show", tags=["read"])
     def show(ref: str = Query(..., max_length=300), who: Principal = Depends(principal)) -> dict[str, Any]:
         """One version: manifest, files, aliases, tags, lineage, evaluations."""
-        v = visible(who, ref)
-        info = registry.show(f"sha256:{v['digest']}") if v["name"] is None else registry.show(v["ref"])
+        r = allowed(who, ref)
+        info = registry.show(r)
+        seen(who, r, info["name"])
         info["parents"] = hide(who, info["parents"])
         info["children"] = [c for c in info["children"] if who.sees(c["ref"].split(":", 1)[0])]
         return info
@@ -339,8 +350,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     def export(request: Request, ref: str = Query(..., max_length=300),
                who: Principal = Depends(principal)) -> dict[str, Any]:
         """A version as it travels (manifest text verbatim, files, edges, tags, evaluations, base)."""
-        v = visible(who, ref)
-        bundle = registry.export_version(v["ref"])
+        r = allowed(who, ref)
+        bundle = registry.export_version(r)
+        seen(who, r, bundle.name)
         for e in bundle.edges:
             if e.ref and not who.sees(e.ref.split(":", 1)[0]):
                 e.ref = None
