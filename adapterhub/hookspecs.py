@@ -53,8 +53,12 @@ def register_formats(register: Register) -> None:
     by ``export``.
 
     :param register: call ``register(fmt)``; a format has ``name``, ``detect(path) -> bool`` and
-        ``read(path) -> dict`` (returns a manifest: ``method``, ``config``, ``base`` ...), and may
-        have ``export(...)``.
+        ``read(path, plugins) -> dict`` (returns a manifest: ``method``, ``config``, ``base`` ...), and may
+        have ``export(reg, ref, out, **options) -> dict`` and ``convert(path, files, out, plugins)``: for a
+        foreign layout (other key names, pickles), write an adapter directory (``adapterhub.json`` +
+        ``adapter_model.safetensors``) into the empty directory ``out``; ``files`` maps each file of ``path``
+        (relative posix path) to where to read it (``.bin`` files already converted to ``.safetensors`` when
+        ``push --import-bin`` was given). ``push`` then stores ``out``, not ``path``.
     :returns: nothing.
     """
 

@@ -68,6 +68,12 @@ class Method:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"invalid {self.name} config: {exc}") from None
 
+    def config_from_manifest(self, values: dict[str, Any] | None) -> Any:
+        """The typed config of a stored adapter (``adapterhub.json``'s ``config``). A method whose config gained
+        fields whose defaults would change the meaning of older adapters overrides this to read a config written
+        before with the values it was trained with; the default is :meth:`make_config`."""
+        return self.make_config(values)
+
     def config_fields(self) -> list[dict[str, Any]]:
         """Each config field with its default and help text (for ``adapterhub methods``)."""
         out = []

@@ -101,7 +101,18 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
         entries = _handle_pickles(entries, import_bin, source)
         # read_header raises InvalidInput naming the file
         headers = {rel: read_header(full) for rel, full in entries if rel.endswith(".safetensors")}
-        source.manifest, source.format = _read_manifest(src, plugins)
+        converter = _converter(src, plugins)
+        if converter is not None:  # a foreign layout: the format writes the adapter directory we store
+            name, fmt = converter
+            tmp = tempfile.mkdtemp(prefix="adapterhub-convert-")
+            source._tmp.append(tmp)
+            fmt.convert(src, dict(entries), tmp, plugins)
+            entries = list_files(tmp)
+            headers = {rel: read_header(full) for rel, full in entries if rel.endswith(".safetensors")}
+            manifest, _ = _read_manifest(tmp, plugins)
+            source.manifest, source.format = manifest, name
+        else:
+            source.manifest, source.format = _read_manifest(src, plugins)
         if WEIGHTS in headers:
             source.tensors = headers[WEIGHTS].tensors
             source.method, source.config = check_adapter(src, source.manifest, source.tensors, plugins)
@@ -226,6 +237,17 @@ def _handle_pickles(entries: list[tuple[str, str]], import_bin: bool,
     return sorted(out)
 
 
+def _converter(src: str, plugins: Any) -> tuple[str, Any] | None:
+    """``(name, format)`` of the format that claims ``src`` and converts it (has ``convert``), when ``src`` has
+    no ``adapterhub.json``; else ``None``."""
+    if os.path.isfile(os.path.join(src, MANIFEST)):
+        return None
+    for name, _plugin, fmt in plugins.items("formats"):
+        if hasattr(fmt, "detect") and fmt.detect(src):
+            return (name, fmt) if callable(getattr(fmt, "convert", None)) else None
+    return None
+
+
 def _read_manifest(src: str, plugins: Any) -> tuple[dict[str, Any], str]:
     path = os.path.join(src, MANIFEST)
     if os.path.isfile(path):
@@ -298,7 +320,7 @@ def method_and_config(manifest: dict[str, Any], plugins: Any) -> tuple[Any, Any]
     if manifest.get("format") == "peft" or ("peft_type" in cfg and "peft_type" not in
                                              {f for f in getattr(method.config_class, "__dataclass_fields__", {})}):
         return method, method.from_peft_config(cfg)
-    return method, method.make_config(cfg)
+    return method, method.config_from_manifest(cfg)
 
 
 def adapter_parts(path: str, plugins: Any) -> tuple[dict[str, Any], str, Any, Any]:

@@ -19,10 +19,12 @@ non-linear, so they cannot be merged into base weights. Checkpoint key names are
 
 from __future__ import annotations
 
+from typing import Any
+
 import adapterhub
 from adapterhub.tuning import TunerMethod
 
-from .config import BottleneckConfig, CompacterConfig
+from .config import BottleneckConfig, CompacterConfig, legacy_values
 
 __all__ = ["BottleneckConfig", "CompacterConfig", "BottleneckMethod", "CompacterMethod", "register_methods"]
 
@@ -37,6 +39,20 @@ class BottleneckMethod(TunerMethod):
     name = "bottleneck"
     config_class: type = BottleneckConfig
     model_module = "adapterhub_bottleneck.model"
+
+    def check_tensors(self, tensors: Any, config: Any, base: Any = None) -> None:
+        """Every tensor floating point, every tensor an attach of ``config`` loads present with the shape the
+        config implies (and, with ``base``, the adapted module's width), nothing else
+        (:func:`adapterhub_bottleneck.checks.check_adapter_tensors`)."""
+        super().check_tensors(tensors, config, base)
+        from .checks import check_adapter_tensors
+
+        check_adapter_tensors(self.name, self._config(config), tensors, base)
+
+    def config_from_manifest(self, values: dict[str, Any] | None) -> Any:
+        """A stored config; one written before the placement options existed keeps its placement
+        (:func:`adapterhub_bottleneck.config.legacy_values`)."""
+        return self.make_config(legacy_values(dict(values or {})))
 
 
 class CompacterMethod(BottleneckMethod):

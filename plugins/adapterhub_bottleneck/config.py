@@ -1,14 +1,22 @@
 """Bottleneck-adapter and Compacter configs, and the placement table. This module does not import torch.
 
-Names and defaults follow the ``adapters`` library (``SeqBnConfig`` / ``DoubleSeqBnConfig`` /
-``CompacterConfig`` / ``CompacterPlusPlusConfig``) where it has the same knob:
+Names and defaults follow the ``adapters`` library (``SeqBnConfig`` / ``DoubleSeqBnConfig`` / ``ParBnConfig`` /
+``CompacterConfig`` / ``CompacterPlusPlusConfig``) where it has the same knob, so that identical weights give
+identical outputs in both libraries:
 
 * ``style="houlsby"`` (``DoubleSeqBnConfig``, Houlsby et al. 2019): one adapter after the attention output
-  projection and one after the FFN output projection of every layer;
-* ``style="pfeiffer"`` (``SeqBnConfig``): after the FFN output projection only.
+  projection and one after the FFN output projection of every layer, reading the projection's output;
+* ``style="pfeiffer"`` (``SeqBnConfig``, Pfeiffer et al. 2020): after the FFN output projection only, reading
+  the layer-normed residual stream (``original_ln_before=True``): on a post-LN model (BERT) the block becomes
+  ``LN(d + f(LN(d + x)) + x)`` for projection output ``d`` and block input ``x``; on a pre-LN model (Llama,
+  GPT-2), which has no LayerNorm there, ``x + d + f(x + d)``.
 
 Compacter (Mahabadi et al. 2021) is the same placement with PHM projections: ``style="houlsby"`` is
-Compacter, ``style="pfeiffer"`` is Compacter++.
+``CompacterConfig``, ``style="pfeiffer"`` is ``CompacterPlusPlusConfig``.
+
+Adapters stored before the placement options existed (a manifest config without ``original_ln_before``) read
+the projection output in both styles; :func:`legacy_values` maps such a config to that placement, stated
+explicitly, so an old Pfeiffer version keeps its meaning.
 """
 
 from __future__ import annotations
@@ -20,28 +28,69 @@ from typing import Any
 from adapterhub import tuning as tuners
 
 STYLES = ("houlsby", "pfeiffer")
-NON_LINEARITIES = ("relu", "gelu", "swish", "tanh")
-INITS = ("bert", "mam")
+NON_LINEARITIES = ("relu", "gelu", "gelu_new", "swish", "tanh", "leakyrelu")
+#: bottleneck inits; "bert", "mam_adapter" and "houlsby" are the adapters library's, "zero_up" and "mam" ours
+INITS = ("zero_up", "mam", "bert", "mam_adapter", "houlsby")
+#: compacter inits: "zero_up" ours (the identity at start), "bert" what the adapters library does
+COMPACTER_INITS = ("zero_up", "bert")
 PHM_C_INITS = ("normal", "uniform")
 PHM_W_INITS = ("glorot-uniform", "glorot-normal", "normal")
 #: the adapters library's default non-linearity per style (``DoubleSeqBnConfig``: swish, ``SeqBnConfig``: relu)
 DEFAULT_NON_LINEARITY = {"houlsby": "swish", "pfeiffer": "relu"}
+#: the adapters library's ``original_ln_before`` per style (``DoubleSeqBnConfig``: False, ``SeqBnConfig``: True)
+DEFAULT_LN_BEFORE = {"houlsby": False, "pfeiffer": True}
+#: what a config stored before the placement options existed meant (adapterhub <= 0.1.0): both styles read the
+#: projection output and wrote back before the block's residual add; ``init="bert"`` was today's "zero_up"
+LEGACY_PLACEMENT = {"original_ln_before": False, "original_ln_after": True, "residual_before_ln": True,
+                    "ln_before": False, "ln_after": False, "adapter_residual_before_ln": False, "is_parallel": False}
+LEGACY_INITS = {"bert": "zero_up"}
+
+
+def legacy_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (``adapterhub.json``) as the typed config's values: one written before the placement
+    options existed (no ``original_ln_before`` key) gets the placement and init name it was trained with."""
+    if "original_ln_before" in values:
+        return values
+    upgraded = {**values, **LEGACY_PLACEMENT}
+    if upgraded.get("init") in LEGACY_INITS:
+        upgraded["init"] = LEGACY_INITS[upgraded["init"]]
+    return upgraded
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one adapter reads and writes, relative to its numbered layer (``<...>.<layer index>.``).
+
+    ``projection`` is the sub-block's output projection: the adapter is applied to its output, before the
+    block's dropout / residual add / LayerNorm (where the adapters library inserts it). The placement options
+    that read the residual stream need the sub-block's input ``x``: the ``residual_arg``-th positional argument
+    (or keyword ``residual_kwarg``) of module ``residual_from``. A post-LN block (BERT) also names its
+    ``layer_norm`` and the ``block`` that returns ``LN(projection output + x)``; a pre-LN one (Llama) has none."""
+
+    projection: str  # e.g. "attention.output.dense"
+    residual_from: str  # e.g. "attention.output" (post-LN block) or "input_layernorm" (pre-LN)
+    residual_arg: int
+    residual_kwarg: str
+    layer_norm: str | None = None  # post-LN only, e.g. "attention.output.LayerNorm"
+    block: str | None = None  # post-LN only, e.g. "attention.output"
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the adapters go in one family of architectures. ``attention`` / ``ffn`` are the dotted names of
-    the attention block's and the feed-forward block's output projections *inside a numbered layer*
-    (``<...>.<layer index>.<name>``). The adapter is applied to the *output* of the projection, i.e. before
-    the block's dropout / residual / LayerNorm (where the adapters library inserts it)."""
+    """Where the adapters go in one family of architectures: the attention and the feed-forward sub-block's
+    :class:`Site`. ``unsupported`` names layer submodules whose presence means the family's residual reading
+    does not hold (Gemma 2/3 normalise the sub-block output before the residual add)."""
 
     family: str  # human name, for messages
-    attention: str  # e.g. "attention.output.dense"
-    ffn: str  # e.g. "output.dense"
+    attention: Site
+    ffn: Site
+    unsupported: tuple[str, ...] = ()
+    conv1d: bool = False  # the projections are transformers Conv1D (weight (in, out))
 
     def pattern(self, style: str) -> str:
         """One regex (fullmatch on module paths) selecting this style's modules; the effective ``target_layers``."""
-        return self.regex([self.attention, self.ffn] if style == "houlsby" else [self.ffn])
+        sites = [self.attention, self.ffn] if style == "houlsby" else [self.ffn]
+        return self.regex([s.projection for s in sites])
 
     @staticmethod
     def regex(names: list[str]) -> str:
@@ -49,12 +98,23 @@ class Placement:
         return r"(?:.*\.)?\d+\.(?:" + "|".join(re.escape(n) for n in names) + ")"
 
 
+def _post_ln(projection: str, block: str) -> Site:
+    return Site(projection, block, 1, "input_tensor", layer_norm=f"{block}.LayerNorm", block=block)
+
+
+def _pre_ln(projection: str, norm: str) -> Site:
+    return Site(projection, norm, 0, "hidden_states")
+
+
 #: Looked up by *what the model has* (the first family with an FFN projection, and for houlsby an attention
 #: projection, in a numbered layer wins), never by ``model_type``; other architectures need ``target_layers``.
 PLACEMENTS: tuple[Placement, ...] = (
-    Placement("bert", "attention.output.dense", "output.dense"),  # BERT, RoBERTa, XLM-R, ELECTRA, MiniLM
-    Placement("llama", "self_attn.o_proj", "mlp.down_proj"),  # Llama, Mistral, Qwen2/3, Gemma
-    Placement("gpt2", "attn.c_proj", "mlp.c_proj"),  # GPT-2 (transformers Conv1D)
+    # BERT, RoBERTa, XLM-R, ELECTRA, MiniLM: post-LN, BertSelfOutput/BertOutput.forward(hidden_states, input_tensor)
+    Placement("bert", _post_ln("attention.output.dense", "attention.output"), _post_ln("output.dense", "output")),
+    # Llama, Mistral, Qwen2/3, Gemma: pre-LN; the sub-block input is what its input norm reads
+    Placement("llama", _pre_ln("self_attn.o_proj", "input_layernorm"), _pre_ln("mlp.down_proj", "post_attention_layernorm"),
+              unsupported=("pre_feedforward_layernorm", "post_feedforward_layernorm")),
+    Placement("gpt2", _pre_ln("attn.c_proj", "ln_1"), _pre_ln("mlp.c_proj", "ln_2"), conv1d=True),  # GPT-2
 )
 
 
@@ -71,8 +131,8 @@ class AdapterConfig:
         default="houlsby",
         metadata={
             "help": "'houlsby': adapters after the attention output and after the FFN output of every layer "
-            "(adapters' DoubleSeqBnConfig; Compacter); 'pfeiffer': after the FFN output only (SeqBnConfig; "
-            "Compacter++)"
+            "(adapters' DoubleSeqBnConfig; Compacter); 'pfeiffer': after the FFN output only, reading the "
+            "layer-normed residual stream (SeqBnConfig; Compacter++)"
         },
     )
     reduction_factor: int = field(
@@ -84,16 +144,53 @@ class AdapterConfig:
     non_linearity: Any = field(
         default=None,
         metadata={
-            "help": "activation between down and up projection: relu, gelu (exact erf), swish (SiLU), tanh; "
-            "empty: the adapters library's default for the style (houlsby: swish, pfeiffer: relu)"
+            "help": "activation between down and up projection: relu, gelu (exact erf), gelu_new (tanh "
+            "approximation), swish (SiLU), tanh, leakyrelu; empty: the adapters library's default for the style "
+            "(houlsby: swish, pfeiffer: relu)"
         },
     )
     residual: bool = field(
         default=True,
-        metadata={"help": "add the adapter's output to its input (h + adapter(h)); false: replace h by it"},
+        metadata={"help": "add the adapter's residual (adapter(h) = residual + branch(h)); false: the branch alone"},
     )
     scaling: float = field(default=1.0, metadata={"help": "multiplier on the adapter branch (adapters' 'scaling')"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter branch output, in [0, 1)"})
+    original_ln_before: Any = field(
+        default=None,
+        metadata={
+            "help": "adapters' original_ln_before: the adapter reads the block's residual sum (projection output "
+            "+ block input), layer-normed on post-LN models, instead of the projection output; empty: the "
+            "style's default (houlsby: false, pfeiffer: true)"
+        },
+    )
+    original_ln_after: bool = field(
+        default=True,
+        metadata={
+            "help": "adapters' original_ln_after: the block's residual add (and LayerNorm, post-LN) still follows "
+            "the adapter; false: the adapter's output is the block's output"
+        },
+    )
+    residual_before_ln: Any = field(
+        default=True,
+        metadata={
+            "help": "adapters' residual_before_ln: the adapter's residual is the projection output (true), what "
+            "it reads (false), or the residual sum before the LayerNorm ('post_add'; post-LN models, with "
+            "original_ln_before)"
+        },
+    )
+    ln_before: bool = field(default=False, metadata={"help": "a new LayerNorm on the adapter's input (adapters' ln_before)"})
+    ln_after: bool = field(default=False, metadata={"help": "a new LayerNorm on the adapter's output (adapters' ln_after)"})
+    adapter_residual_before_ln: bool = field(
+        default=False,
+        metadata={"help": "with ln_after: add the adapter's residual before that LayerNorm (adapters' option)"},
+    )
+    is_parallel: bool = field(
+        default=False,
+        metadata={
+            "help": "a parallel adapter (He et al. 2021; adapters' ParBnConfig): it reads the sub-block's input "
+            "and its branch is added to the projection output"
+        },
+    )
     leave_out: list = field(
         default_factory=list, metadata={"help": "layer indices that get no adapter (e.g. [0, 1])"}
     )
@@ -102,8 +199,7 @@ class AdapterConfig:
         metadata={
             "help": "override the placement: module paths to put an adapter after, as a list of names (exact "
             "path or suffix '.name') or a regex string that must fullmatch the path (style then only picks the "
-            "default non_linearity); empty: the built-in table for the style (the effective config records "
-            "the resolved regex)"
+            "defaults); empty: the built-in table for the style (the effective config records the resolved regex)"
         },
     )
     modules_to_save: list = tuners.modules_to_save_field()
@@ -115,7 +211,18 @@ class AdapterConfig:
         tuners.check_positive_int(self.bottleneck_size, "bottleneck_size", optional=True)
         if self.non_linearity is not None:
             _choice(self.non_linearity, "non_linearity", NON_LINEARITIES)
-        tuners.check_flags(self, "residual")
+        if self.original_ln_before is None:
+            self.original_ln_before = False if self.is_parallel else DEFAULT_LN_BEFORE.get(self.style, False)
+        tuners.check_flags(self, "residual", "original_ln_before", "original_ln_after", "ln_before", "ln_after",
+                           "adapter_residual_before_ln", "is_parallel")
+        if not (isinstance(self.residual_before_ln, bool) or self.residual_before_ln == "post_add"):
+            raise ValueError(f"residual_before_ln must be true, false or 'post_add'; got {self.residual_before_ln!r}")
+        if self.residual_before_ln == "post_add" and not self.original_ln_before:
+            raise ValueError("residual_before_ln='post_add' needs original_ln_before=true (the residual sum it "
+                             "takes exists only then)")
+        if self.is_parallel and (self.original_ln_before or not self.residual):
+            raise ValueError("a parallel adapter (is_parallel) reads the sub-block input and has no residual of its "
+                             "own: original_ln_before must be false and residual true")
         if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)):
             raise ValueError(f"scaling must be a number, got {self.scaling!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1:
@@ -137,16 +244,22 @@ class AdapterConfig:
         """The bottleneck width for an adapter on a ``size``-wide hidden state."""
         return self.bottleneck_size if self.bottleneck_size is not None else size // self.reduction_factor
 
+    def reads_residual(self) -> bool:
+        """Whether the adapter needs the sub-block's input (the residual stream), not only the projection output."""
+        return self.original_ln_before or self.is_parallel or not self.original_ln_after
+
 
 @dataclass
 class BottleneckConfig(AdapterConfig):
-    """Houlsby / Pfeiffer bottleneck adapters: ``h + scaling * W_up f(W_down h + b_down) + b_up``."""
+    """Houlsby / Pfeiffer / parallel bottleneck adapters: ``residual + scaling * W_up f(W_down x + b_down) + b_up``."""
 
     init: str = field(
-        default="bert",
+        default="zero_up",
         metadata={
-            "help": "'bert': W_down ~ N(0, 0.01), W_up and biases zero (the adapter starts as the identity); "
-            "'mam': W_down kaiming-uniform, W_up and biases zero"
+            "help": "'zero_up': W_down ~ N(0, 0.01), W_up and biases zero (the adapter starts as the identity; "
+            "adapterhub's 'bert' before 0.2); 'mam' / 'mam_adapter': W_down kaiming-uniform, W_up and biases "
+            "zero; 'bert' (the adapters library's default): W_down and W_up ~ N(0, 0.02), biases zero (not the "
+            "identity at start); 'houlsby': W_down and W_up ~ N(0, 0.01) truncated to +-0.02, biases zero"
         },
     )
 
@@ -164,7 +277,8 @@ class CompacterConfig(AdapterConfig):
     )
     non_linearity: Any = field(
         default="gelu",
-        metadata={"help": "activation between down and up projection: relu, gelu (exact erf), swish (SiLU), tanh"},
+        metadata={"help": "activation between down and up projection: relu, gelu (exact erf), gelu_new, swish "
+                          "(SiLU), tanh, leakyrelu"},
     )
     phm_dim: int = field(
         default=4,
@@ -189,8 +303,16 @@ class CompacterConfig(AdapterConfig):
     phm_w_init: str = field(
         default="glorot-uniform",
         metadata={
-            "help": "init of the B_i (or their factors): glorot-uniform, glorot-normal, normal; the up "
-            "projection's right factor (or B_i) and the biases start at zero, so the adapter starts as identity"
+            "help": "init of the B_i (or their factors) with init 'zero_up': glorot-uniform, glorot-normal (gain "
+            "sqrt 2, as the compacter repository), normal"
+        },
+    )
+    init: str = field(
+        default="zero_up",
+        metadata={
+            "help": "'zero_up': B_i per phm_w_init, the up projection's right factor (or B_i) and the biases zero, "
+            "so the adapter starts as the identity; 'bert' (what the adapters library does): every B_i factor "
+            "xavier-normal (gain 1), per-layer rules N(0, 0.01) or U(-0.01, 0.01), biases zero"
         },
     )
 
@@ -203,6 +325,7 @@ class CompacterConfig(AdapterConfig):
         tuners.check_flags(self, "shared_phm_rule", "factorized_phm_W", "phm_bias")
         _choice(self.phm_c_init, "phm_c_init", PHM_C_INITS)
         _choice(self.phm_w_init, "phm_w_init", PHM_W_INITS)
+        _choice(self.init, "init", COMPACTER_INITS)
         r = self.phm_init_range
         if isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0:
             raise ValueError(f"phm_init_range must be a positive number, got {r!r}")

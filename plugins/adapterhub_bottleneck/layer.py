@@ -8,8 +8,15 @@ Shapes (``d`` the width of the adapted hidden state, ``b`` the bottleneck, ``n``
                  W_left (n, in/n, k)  W_right (n, k, out/n)   B_i = W_left[i] @ W_right[i]   (factorized)
                  bias (out,)
                  weight H (in, out) = sum_i kron(A_i, B_i);   y = x @ H + bias
+    norms        norm_before.{weight,bias} (d,)   norm_after.{weight,bias} (d,)   (ln_before / ln_after)
 
-Adapter:  y = h + scaling * dropout(up(f(down(h))))      (residual=False: y = scaling * dropout(up(...)))
+Adapter (the adapters library's ``Adapter.forward``), for input ``x`` and residual ``r`` (``r = x`` unless the
+placement says otherwise)::
+
+    branch(x) = scaling * dropout(up(f(down(norm_before(x)))))
+    y = r + branch(x)                       y = norm_after(branch(x)) + r        (ln_after)
+    y = norm_after(branch(x) + r)           (ln_after, adapter_residual_before_ln)
+    y = branch(x)                           (residual=False)
 
 The adapter parameters are float32 whatever the base dtype; the branch is computed in float32 and cast back
 to the hidden state's dtype before the residual add.
@@ -26,11 +33,12 @@ from torch import nn
 #: adapter parameter dtype (as PEFT's default ``autocast_adapter_dtype`` does for LoRA)
 ADAPTER_DTYPE = torch.float32
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu, "tanh": torch.tanh}
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "swish": F.silu,
+               "tanh": torch.tanh, "leakyrelu": F.leaky_relu}
 
 
 class BottleneckAdapter(nn.Module):
-    """``h -> h + scaling * dropout(up(f(down(h))))`` on the last dimension of ``h``."""
+    """``(x, r) -> r + scaling * dropout(up(f(down(x))))`` on the last dimension (see the module docstring)."""
 
     def __init__(
         self,
@@ -40,40 +48,70 @@ class BottleneckAdapter(nn.Module):
         residual: bool = True,
         scaling: float = 1.0,
         dropout: float = 0.0,
+        ln_before: bool = False,
+        ln_after: bool = False,
+        adapter_residual_before_ln: bool = False,
     ):
         super().__init__()
+        size = up.out_features
+        kw = dict(device=next(up.parameters()).device, dtype=ADAPTER_DTYPE)
+        self.norm_before = nn.LayerNorm(size, **kw) if ln_before else None
         self.down = down  # d -> b
         self.up = up  # b -> d
+        self.norm_after = nn.LayerNorm(size, **kw) if ln_after else None
         self.non_linearity = non_linearity
         self.residual = residual
         self.scaling = float(scaling)
         self.dropout = nn.Dropout(dropout)
+        self.residual_before_norm = adapter_residual_before_ln
 
     def extra_repr(self) -> str:
         return f"non_linearity={self.non_linearity}, residual={self.residual}, scaling={self.scaling}"
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d)
-        dtype = next(self.up.parameters()).dtype
-        branch = self.up(ACTIVATIONS[self.non_linearity](self.down(h.to(dtype))))  # (..., d)
-        branch = self.dropout(branch)
-        if self.scaling != 1.0:
-            branch = branch * self.scaling
-        branch = branch.to(h.dtype)
-        return h + branch if self.residual else branch
+    def branch(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d), float32
+        x = x.to(ADAPTER_DTYPE)
+        if self.norm_before is not None:
+            x = self.norm_before(x)
+        branch = self.dropout(self.up(ACTIVATIONS[self.non_linearity](self.down(x))))
+        return branch * self.scaling if self.scaling != 1.0 else branch
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:  # (..., d) -> (..., d)
+        r = x if residual is None else residual
+        branch = self.branch(x)
+        if self.norm_after is None:
+            branch = branch.to(x.dtype)
+            return r + branch if self.residual else branch
+        if self.residual and self.residual_before_norm:
+            return self.norm_after(branch + r.to(ADAPTER_DTYPE)).to(x.dtype)
+        out = self.norm_after(branch).to(x.dtype)
+        return out + r if self.residual else out
+
+    def parallel(self, x: torch.Tensor) -> torch.Tensor:
+        """A parallel adapter's contribution (adapters' ``ParallelAdapter.forward``): the branch, then ln_after."""
+        branch = self.branch(x)
+        if self.norm_after is not None:
+            branch = self.norm_after(branch)
+        return branch.to(x.dtype)
 
 
 def linear_bottleneck(size: int, bottleneck: int, init: str, device=None, **kwargs) -> BottleneckAdapter:
-    """A plain bottleneck adapter; ``init`` 'bert' (N(0, 1e-2) down) or 'mam' (kaiming-uniform down); the up
-    projection and both biases start at zero, so the adapter is the identity at start (with residual)."""
+    """A plain bottleneck adapter, initialised by ``init`` (see ``BottleneckConfig.init``)."""
     down = nn.Linear(size, bottleneck, device=device, dtype=ADAPTER_DTYPE)
     up = nn.Linear(bottleneck, size, device=device, dtype=ADAPTER_DTYPE)
     with torch.no_grad():
-        if init == "bert":
+        if init == "zero_up":
             down.weight.normal_(mean=0.0, std=1e-2)
-        else:  # "mam": nn.Linear's default (kaiming-uniform, a=sqrt(5)) is already there
-            pass
+            up.weight.zero_()
+        elif init == "bert":  # adapters' Adapter.init_bert_weights
+            down.weight.normal_(mean=0.0, std=0.02)
+            up.weight.normal_(mean=0.0, std=0.02)
+        elif init == "houlsby":
+            nn.init.trunc_normal_(down.weight, mean=0, std=1e-2, a=-2e-2, b=2e-2)
+            nn.init.trunc_normal_(up.weight, mean=0, std=1e-2, a=-2e-2, b=2e-2)
+        else:  # "mam" / "mam_adapter": nn.Linear's default kaiming-uniform (a=sqrt(5)) down, zero up
+            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+            up.weight.zero_()
         down.bias.zero_()
-        up.weight.zero_()
         up.bias.zero_()
     return BottleneckAdapter(down, up, **kwargs)
 
@@ -85,19 +123,24 @@ def kron_sum(rule: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.einsum("kab,kij->aibj", rule, w).reshape(n * p, n * q)
 
 
-def init_phm_rule(rule: torch.Tensor, how: str, std: float) -> None:
+def init_phm_rule(rule: torch.Tensor, how: str, std: float, bound: float = 1.0) -> None:
+    """``N(0, std)`` or ``U(-bound, bound)`` (adapters: a shared rule ``N(0, phm_init_range)`` / ``U(-1, 1)``,
+    a per-layer rule ``N(0, 0.01)`` / ``U(-0.01, 0.01)``)."""
     with torch.no_grad():
         if how == "normal":
             rule.normal_(mean=0.0, std=std)
         else:
-            rule.uniform_(-1.0, 1.0)
+            rule.uniform_(-bound, bound)
 
 
 def _init_w(w: torch.Tensor, how: str, std: float) -> None:
-    """The compacter repository's inits, one Kronecker term at a time (glorot with gain sqrt(2))."""
+    """The compacter repository's inits, one Kronecker term at a time (glorot with gain sqrt(2)); ``how="bert"``
+    is what the adapters library does whatever its ``hypercomplex_nonlinearity`` says (xavier-normal, gain 1)."""
     with torch.no_grad():
         for i in range(w.shape[0]):
-            if how == "glorot-uniform":
+            if how == "bert":
+                nn.init.xavier_normal_(w[i])
+            elif how == "glorot-uniform":
                 nn.init.xavier_uniform_(w[i], gain=math.sqrt(2))
             elif how == "glorot-normal":
                 nn.init.xavier_normal_(w[i], gain=math.sqrt(2))
@@ -126,6 +169,7 @@ class PHMLinear(nn.Module):
         w_init: str = "glorot-uniform",
         init_range: float = 1e-4,
         zero: bool = False,
+        init: str = "zero_up",
         device=None,
     ):
         super().__init__()
@@ -137,7 +181,12 @@ class PHMLinear(nn.Module):
             self.phm_rule = shared_rule
         else:
             self.phm_rule = nn.Parameter(torch.empty(n, n, n, **kw))
-            init_phm_rule(self.phm_rule, c_init, init_range)
+            if init == "bert":
+                init_phm_rule(self.phm_rule, c_init, 0.01, bound=0.01)
+            else:
+                init_phm_rule(self.phm_rule, c_init, init_range)
+        if init == "bert":
+            w_init = "bert"
         if factorized:
             self.W_left = nn.Parameter(torch.empty(n, p, rank, **kw))
             self.W_right = nn.Parameter(torch.empty(n, rank, q, **kw))
@@ -148,7 +197,7 @@ class PHMLinear(nn.Module):
             self.W = nn.Parameter(torch.empty(n, p, q, **kw))
             _init_w(self.W, w_init, init_range)
             zeroed = self.W
-        if zero:  # the up projection: the adapter starts as the identity (like LoRA's B = 0)
+        if zero and init == "zero_up":  # the up projection: the adapter starts as the identity (like LoRA's B = 0)
             with torch.no_grad():
                 zeroed.zero_()
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
@@ -170,7 +219,8 @@ class PHMLinear(nn.Module):
 
 
 def phm_bottleneck(size: int, bottleneck: int, config, shared_rule=None, device=None, **kwargs) -> BottleneckAdapter:
-    """A Compacter adapter: PHM down (size -> bottleneck) and PHM up (bottleneck -> size, zero-initialised)."""
+    """A Compacter adapter: PHM down (size -> bottleneck) and PHM up (bottleneck -> size; zero-initialised with
+    init "zero_up")."""
     common = dict(
         shared_rule=shared_rule,
         factorized=config.factorized_phm_W,
@@ -179,6 +229,7 @@ def phm_bottleneck(size: int, bottleneck: int, config, shared_rule=None, device=
         c_init=config.phm_c_init,
         w_init=config.phm_w_init,
         init_range=config.phm_init_range,
+        init=config.init,
         device=device,
     )
     down = PHMLinear(size, bottleneck, config.phm_dim, **common)

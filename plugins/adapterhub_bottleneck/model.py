@@ -2,7 +2,10 @@
 
 The adapter for the module at ``<path>`` is registered as its submodule ``adapter`` and applied by a forward
 hook to the module's output (``y -> adapter(y)``); the base modules are not replaced, so base parameter names
-do not change, and :func:`detach` removes the hook and the submodule. Compacter's shared PHM rule is a
+do not change, and :func:`detach` removes the hooks and the submodule. The placement options that read the
+residual stream (``original_ln_before``, ``is_parallel``, ``original_ln_after=False``) add a forward pre-hook
+on the module that receives the sub-block's input (its :class:`~adapterhub_bottleneck.config.Site`), and, on a
+post-LN block without ``original_ln_after``, a forward hook that makes the adapter's output the block's. Compacter's shared PHM rule is a
 parameter of the root model named ``phm_rule`` (and also registered, as the same tensor object, in every PHM
 layer, so ``model.parameters()`` yields it once).
 
@@ -17,6 +20,8 @@ Checkpoint key names (stable; ``<path>`` is the adapted module's path in the bas
     base_model.model.<path>.adapter.{down,up}.W        (n, in/n, out/n) compacter, not factorized
     base_model.model.<path>.adapter.{down,up}.bias     (out,)         compacter, phm_bias
     base_model.model.<path>.adapter.{down,up}.phm_rule (n, n, n)      compacter, not shared_phm_rule
+    base_model.model.<path>.adapter.norm_before.{weight,bias} (d,)    ln_before
+    base_model.model.<path>.adapter.norm_after.{weight,bias}  (d,)    ln_after
     base_model.model.phm_rule                          (n, n, n)      compacter, shared_phm_rule (once)
     base_model.model.<path>.<param>                   modules_to_save: the trained copy's full state dict
 """
@@ -24,6 +29,7 @@ Checkpoint key names (stable; ``<path>`` is the adapted module's path in the bas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +41,7 @@ from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 from adapterhub.tuning import PEFT_PREFIX as PREFIX
 
-from .config import DEFAULT_NON_LINEARITY, PLACEMENTS, AdapterConfig, CompacterConfig
+from .config import DEFAULT_NON_LINEARITY, PLACEMENTS, AdapterConfig, CompacterConfig, Placement, Site
 from .layer import ADAPTER_DTYPE, PHMLinear, init_phm_rule, linear_bottleneck, phm_bottleneck
 
 SHARED_RULE = "phm_rule"  # attribute of the root model holding compacter's shared PHM rule
@@ -52,9 +58,64 @@ class Attached(tuners.Attached):
     shared_rule: bool = False
 
 
+@dataclass
+class Wiring:
+    """How one adapter reads and writes around its sub-block (the adapters library's ``pre_forward`` /
+    ``post_forward``); kept on the adapter module as a plain attribute. ``layer_norm`` is the post-LN block's
+    LayerNorm (``None`` on pre-LN models); ``post_ln`` whether the block applies one."""
+
+    original_ln_before: bool
+    original_ln_after: bool
+    residual_before_ln: Any
+    is_parallel: bool
+    post_ln: bool
+    layer_norm: Any = None
+    residual_input: Any = None  # the sub-block's input x, set by the pre-hook for the current forward
+    block_output: Any = None  # post-LN, original_ln_after=False: what the block returns instead of LN(. + x)
+
+
 def _apply_adapter(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-    """The forward hook: the adapted module's output goes through its ``adapter`` submodule."""
-    return module.adapter(output)
+    """The forward hook: the adapted module's output ``d`` goes through its ``adapter`` submodule, wired as
+    the placement options say (adapters' ``bottleneck_layer_forward`` with the block's residual add and
+    LayerNorm left to the block when ``original_ln_after``)."""
+    adapter = module.adapter
+    w: Wiring | None = adapter.__dict__.get("wiring")
+    if w is None:
+        return adapter(output)
+    x, w.residual_input = w.residual_input, None
+    if x is None:
+        raise RuntimeError(f"{type(module).__name__}: the sub-block input was not captured before the adapter ran")
+    d = output
+    if w.is_parallel:
+        out = d + adapter.parallel(x)
+    else:
+        residual = h = d
+        if w.original_ln_before:
+            h = d + x
+            if w.layer_norm is not None:
+                if w.residual_before_ln == "post_add":
+                    residual = h
+                h = w.layer_norm(h)
+        if w.residual_before_ln is False:
+            residual = h
+        out = adapter(h, residual)
+    if w.original_ln_after:
+        return out  # the block adds x (and applies its LayerNorm), as adapters' post_forward does
+    if w.post_ln:
+        w.block_output = out
+        return out
+    return out - x  # a pre-LN layer adds x back right after the projection
+
+
+def _capture(adapter: nn.Module, arg: int, kwarg: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook on the module that receives the sub-block's input: remember it for the adapter."""
+    adapter.wiring.residual_input = args[arg] if len(args) > arg else kwargs[kwarg]
+
+
+def _block_output(adapter: nn.Module, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook on a post-LN block when ``original_ln_after`` is false: the adapter's output is the block's."""
+    out, adapter.wiring.block_output = adapter.wiring.block_output, None
+    return out
 
 
 # -- placement ---------------------------------------------------------------------------------------------
@@ -84,8 +145,8 @@ def _default_pattern(model: nn.Module, style: str, method: str) -> str:
     """The built-in placement for ``model``: the first table family whose modules the model has."""
     linear = [p for p, m in model.named_modules() if p and isinstance(m, tuners.linear_types())]
     for placement in PLACEMENTS:
-        has_ffn = any(re.fullmatch(placement.regex([placement.ffn]), p) for p in linear)
-        has_attn = any(re.fullmatch(placement.regex([placement.attention]), p) for p in linear)
+        has_ffn = any(re.fullmatch(placement.regex([placement.ffn.projection]), p) for p in linear)
+        has_attn = any(re.fullmatch(placement.regex([placement.attention.projection]), p) for p in linear)
         if has_ffn and (has_attn or style == "pfeiffer"):
             return placement.pattern(style)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -93,6 +154,64 @@ def _default_pattern(model: nn.Module, style: str, method: str) -> str:
         f"{method}: no built-in adapter placement for this architecture (model type {model_type!r}); set "
         f"target_layers to the output projections to adapt (candidates: {', '.join(candidate_names(model))})"
     )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A :class:`~adapterhub_bottleneck.config.Site` resolved to module paths for one adapted projection."""
+
+    residual_from: str
+    residual_arg: int
+    residual_kwarg: str
+    layer_norm: str | None
+    block: str | None
+
+
+def _has(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def bind_site(model: nn.Module, path: str, config: AdapterConfig, method: str) -> Binding:
+    """Where the adapter on ``path`` finds its sub-block's input (and the block's LayerNorm); refuses a module
+    no built-in family describes, or a layer whose residual stream differs from its family's."""
+    options = "original_ln_before, is_parallel and original_ln_after=false read the sub-block's input"
+    for placement in PLACEMENTS:
+        for site in (placement.attention, placement.ffn):
+            m = re.fullmatch(r"((?:.*\.)?\d+)\." + re.escape(site.projection), path)
+            if m is None:
+                continue
+            layer = m.group(1)
+            binding = _binding(layer, site)
+            if not _has(model, binding.residual_from) or (binding.layer_norm and not _has(model, binding.layer_norm)):
+                continue
+            _check_family(model, layer, placement, method, options)
+            if config.residual_before_ln == "post_add" and binding.layer_norm is None:
+                raise InvalidInput(f"{method}: residual_before_ln='post_add' takes the residual sum before the "
+                                   f"block's LayerNorm; '{path}' is in a pre-LN layer ({placement.family}-like), "
+                                   "which has none there: use true or false")
+            return binding
+    raise InvalidInput(f"{method}: {options}, which adapterhub finds for the built-in placements only (BERT-, "
+                       f"Llama- and GPT-2-like layers); '{path}' is not one: set original_ln_before=false, "
+                       "is_parallel=false and original_ln_after=true")
+
+
+def _binding(layer: str, site: Site) -> Binding:
+    return Binding(f"{layer}.{site.residual_from}", site.residual_arg, site.residual_kwarg,
+                   f"{layer}.{site.layer_norm}" if site.layer_norm else None,
+                   f"{layer}.{site.block}" if site.block else None)
+
+
+def _check_family(model: nn.Module, layer: str, placement: Placement, method: str, options: str) -> None:
+    extra = [n for n in placement.unsupported if _has(model, f"{layer}.{n}")]
+    if extra:
+        raise InvalidInput(f"{method}: {options}; layer '{layer}' has '{extra[0]}' (it normalises the sub-block "
+                           f"output before the residual add), so its residual stream is not {placement.family}'s "
+                           "and the adapters library's placement is not defined for it: set original_ln_before="
+                           "false, is_parallel=false and original_ln_after=true")
 
 
 def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[AdapterConfig, list[str], list[str]]:
@@ -133,6 +252,10 @@ def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[Adapt
                         f"that divides both (or set bottleneck_size / reduction_factor)"
                     )
 
+    if config.reads_residual():
+        for path in matched:
+            bind_site(model, path, config, method)
+
     saved = tuners.modules_to_save_paths(model, mts)
     if any(p in saved or any(p.startswith(s + ".") for s in saved) for p in matched):
         raise InvalidInput("target_layers and modules_to_save overlap; a module cannot be both")
@@ -172,6 +295,9 @@ def attach(model: nn.Module, config: AdapterConfig, method: str) -> AdapterConfi
         residual=effective.residual,
         scaling=effective.scaling,
         dropout=effective.dropout,
+        ln_before=effective.ln_before,
+        ln_after=effective.ln_after,
+        adapter_residual_before_ln=effective.adapter_residual_before_ln,
     )
     for path in targets:
         module = model.get_submodule(path)
@@ -183,10 +309,35 @@ def attach(model: nn.Module, config: AdapterConfig, method: str) -> AdapterConfi
             adapter = linear_bottleneck(d, b, effective.init, device=device, **common)
         adapter.train(module.training)  # new modules start in train mode; follow the model's
         module.add_module(ADAPTER, adapter)
+        if effective.reads_residual():
+            _wire(model, adapter, bind_site(model, path, effective, method), effective)
         module.register_forward_hook(_apply_adapter)
     saved = tuners.train_copies(model, saved_paths)
     model.__dict__[_STATE_ATTR] = Attached(method, effective, saved, flags, targets, shared_rule=shared)
     return effective
+
+
+def _wire(model: nn.Module, adapter: nn.Module, binding: Binding, config: AdapterConfig) -> None:
+    """Give ``adapter`` its :class:`Wiring` and the hooks that feed it the sub-block's input."""
+    norm = model.get_submodule(binding.layer_norm) if binding.layer_norm else None
+    adapter.wiring = Wiring(config.original_ln_before, config.original_ln_after, config.residual_before_ln,
+                            config.is_parallel, post_ln=norm is not None, layer_norm=norm)
+    model.get_submodule(binding.residual_from).register_forward_pre_hook(
+        functools.partial(_capture, adapter, binding.residual_arg, binding.residual_kwarg), with_kwargs=True)
+    if not config.original_ln_after and binding.block:
+        model.get_submodule(binding.block).register_forward_hook(functools.partial(_block_output, adapter))
+
+
+def _unhook(module: nn.Module, adapter: nn.Module) -> None:
+    """Remove the forward (pre-)hooks :func:`_wire` put on ``module`` for ``adapter``."""
+    for hooks, extra in ((module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
+                         (module._forward_hooks, (module._forward_hooks_with_kwargs,
+                                                  module._forward_hooks_always_called))):
+        for key, hook in list(hooks.items()):
+            if isinstance(hook, functools.partial) and hook.args and hook.args[0] is adapter:
+                del hooks[key]
+                for d in extra:
+                    d.pop(key, None)
 
 
 def detach(model: nn.Module, method: str | None = None) -> None:
@@ -195,6 +346,10 @@ def detach(model: nn.Module, method: str | None = None) -> None:
     state = attached(model, method)
     for path in state.targets:
         module = model.get_submodule(path)
+        adapter = getattr(module, ADAPTER)
+        if "wiring" in adapter.__dict__:
+            for other in model.modules():
+                _unhook(other, adapter)
         for key, hook in list(module._forward_hooks.items()):
             if hook is _apply_adapter:
                 del module._forward_hooks[key]

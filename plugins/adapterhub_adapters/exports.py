@@ -1,0 +1,141 @@
+"""Writing one of our bottleneck / Compacter adapters as a directory the ``adapters`` library loads.
+
+``adapterhub export REF --format adapters --out DIR`` writes ``adapter_config.json`` (the full ``BnConfig``),
+``adapter.safetensors`` under adapters' weight names and, for a ``SEQ_CLS`` adapter, the static head
+(``head_config.json`` + ``model_head.safetensors``). Load it with
+``model.load_adapter(DIR, use_safetensors=True)`` (adapterhub never writes pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any
+
+from adapterhub.errors import AdapterhubError, InvalidInput
+from adapterhub.tuners import PEFT_PREFIX as PREFIX
+
+from adapterhub_bottleneck.checks import adapter_width
+
+from . import layout as L
+
+#: adapters' class-name stem per family, for the head's ``model_class`` (``BertForSequenceClassification``)
+CLASS_STEMS = {"bert": "Bert", "llama": "Llama", "gpt2": "GPT2"}
+
+
+def adapters_name(ref_name: str) -> str:
+    """The adapter name inside adapters' weight names: the last part of the registry name, as an identifier."""
+    stem = ref_name.rstrip("/").split("/")[-1].split(":")[0].split("@")[0]
+    return re.sub(r"[^A-Za-z0-9_]", "_", stem) or "adapter"
+
+
+def _family_of(paths: list[str]) -> tuple[L.Family, dict[str, tuple[str, str]]]:
+    """The family whose projections the adapted paths are, and ``path -> (layer, adapters location)``."""
+    for family in L.FAMILIES.values():
+        back = {proj: loc for loc, proj in family.locations().items()}
+        found = {}
+        for path in paths:
+            m = re.fullmatch(r"((?:.*\.)?\d+)\.(" + "|".join(re.escape(p) for p in back) + ")", path)
+            if m is None:
+                break
+            found[path] = (m.group(1), back[m.group(2)])
+        else:
+            return family, found
+    raise InvalidInput(f"the adapter's modules ({paths[0]} ...) are not a BERT-, Llama- or GPT-2-like model's output "
+                       "projections, where the adapters library puts bottleneck adapters")
+
+
+def bn_config(config: Any, hidden: int, locations: set[str], family: L.Family) -> dict[str, Any]:
+    """The full ``BnConfig`` dict equal to ``config`` (adapters' ``from_dict`` of an architecture-less config)."""
+    compacter = hasattr(config, "phm_dim")
+    b = config.bottleneck_for(hidden)
+    rf = hidden / b
+    while int(hidden // rf) != b:  # float floor division must give the bottleneck back
+        rf = math.nextafter(rf, 0.0)
+    rf = int(rf) if float(rf).is_integer() else rf
+    if not config.residual:
+        raise InvalidInput("residual=false has no equivalent in the adapters library (its adapters always add "
+                           "their residual)")
+    out = {
+        "mh_adapter": family.attention_layer in locations, "output_adapter": family.ffn_layer in locations,
+        "reduction_factor": rf, "non_linearity": config.non_linearity,
+        "original_ln_before": config.original_ln_before, "original_ln_after": config.original_ln_after,
+        "ln_before": config.ln_before, "ln_after": config.ln_after,
+        "init_weights": config.init if config.init in ("bert", "mam_adapter", "houlsby") else "bert",
+        "init_weights_seed": None, "is_parallel": config.is_parallel, "scaling": float(config.scaling),
+        "use_gating": False, "residual_before_ln": config.residual_before_ln,
+        "adapter_residual_before_ln": config.adapter_residual_before_ln, "inv_adapter": None,
+        "inv_adapter_reduction_factor": None, "cross_adapter": False, "leave_out": list(config.leave_out),
+        "dropout": float(config.dropout), "phm_layer": compacter, "phm_dim": 4, "factorized_phm_W": True,
+        "shared_W_phm": False, "shared_phm_rule": True, "factorized_phm_rule": False, "phm_c_init": "normal",
+        "phm_init_range": 0.0001, "learn_phm": True, "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1,
+        "phm_bias": True, "stochastic_depth": 0.0,
+    }
+    if compacter:
+        out.update({k: getattr(config, k) for k in L.PHM_KEYS})
+        out["hypercomplex_nonlinearity"] = config.phm_w_init
+        out["init_weights"] = "bert"
+    return out
+
+
+def export(loaded: Any, ref_name: str, tmp: str, base_name: str | None) -> dict[str, Any]:
+    """Write ``loaded`` (a :class:`~adapterhub.checkpoint.LoadedAdapter`) into the directory ``tmp``."""
+    from safetensors.torch import save_file
+
+    method = loaded.method.name
+    if method not in ("bottleneck", "compacter"):
+        raise AdapterhubError(f"method '{method}' cannot be exported in the adapters library's format (bottleneck "
+                              "and compacter can; use --format peft for PEFT methods)")
+    config = loaded.config
+    name = adapters_name(ref_name)
+    tensors = {k: loaded.tensors[k] for k in loaded.tensors}
+    marker = ".adapter."
+    paths = sorted({k[len(PREFIX):].split(marker)[0] for k in tensors if marker in k})
+    family, where = _family_of(paths)
+    ours: dict[str, Any] = {}
+    head: dict[str, Any] = {}
+    phm = hasattr(config, "phm_dim")
+    for key, value in tensors.items():
+        if key == PREFIX + "phm_rule":
+            layer = where[paths[0]][0]
+            base = layer[: -len(re.search(r"\d+$", layer).group(0))]  # "bert.encoder.layer."
+            base = base[: -len(family.container + ".")] if base.endswith(family.container + ".") else ""
+            ours[f"{base}shared_parameters.{name}.phm_rule"] = value
+        elif marker in key:
+            path, param = key[len(PREFIX):].split(marker)
+            layer, loc = where[path]
+            ours[f"{layer}.{loc}.adapters.{name}.{L.ours_to_adapters_param(param, config.ln_before, phm)}"] = value
+            if config.ln_before and param.startswith("norm_before."):  # adapters keeps it in the Sequential too
+                ours[f"{layer}.{loc}.adapters.{name}.adapter_down.0.{param.split('.', 1)[1]}"] = value
+        else:
+            head[key[len(PREFIX):]] = value
+    first = f"{PREFIX}{paths[0]}{marker}"
+    hidden = adapter_width(config, {k[len(first):]: v for k, v in tensors.items() if k.startswith(first)})
+    stem = CLASS_STEMS[family.placement.family]
+    seq_cls = config.task_type == "SEQ_CLS"
+    model_class = f"{stem}ForSequenceClassification" if seq_cls else f"{stem}Model"
+    meta = {"config": bn_config(config, hidden, {loc for _, loc in where.values()}, family), "hidden_size": hidden,
+            "model_class": model_class, "model_name": base_name, "model_type": family.placement.family, "name": name,
+            "version": f"adapters.{L.LIBRARY_VERSION}"}
+    save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(tmp, L.SAFE_WEIGHTS))
+    _write_json(os.path.join(tmp, L.CONFIG), meta)
+    if head:
+        if not seq_cls:
+            raise InvalidInput(f"the adapter saves modules ({', '.join(sorted(head)[:3])}) that the adapters library "
+                               "has no place for outside a sequence-classification head")
+        classifier = head.get("classifier.weight", head.get("score.weight"))
+        save_file({k: v.contiguous() for k, v in head.items()}, os.path.join(tmp, L.SAFE_HEAD))
+        labels = classifier.shape[0] if classifier is not None else None
+        _write_json(os.path.join(tmp, L.HEAD_CONFIG), {
+            "config": None, "hidden_size": hidden, "label2id": {f"LABEL_{i}": i for i in range(labels or 0)},
+            "model_class": model_class, "model_name": base_name, "model_type": family.placement.family, "name": None,
+            "num_labels": labels, "version": f"adapters.{L.LIBRARY_VERSION}"})
+    return {"name": name, "model_class": model_class, "tensors": len(ours), "head_tensors": len(head)}
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
