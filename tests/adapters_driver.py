@@ -88,6 +88,7 @@ def train(model, job):
 def run(job):
     from safetensors.torch import save_file
 
+    os.makedirs(job["out"], exist_ok=True)
     model = load_model(job)
     if job["op"] == "load":
         name = model.load_adapter(job["adapter"], use_safetensors=True, with_head=True)
@@ -100,7 +101,6 @@ def run(job):
             perturb(model, job.get("seed", 0))
         model.set_active_adapters(NAME)
         model.save_adapter(os.path.join(job["out"], "adapter"), NAME, use_safetensors=job.get("safetensors", False))
-    os.makedirs(job["out"], exist_ok=True)
     save_file({"logits": output(model, job).contiguous()}, os.path.join(job["out"], "logits.safetensors"))
 
 

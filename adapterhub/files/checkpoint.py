@@ -232,7 +232,7 @@ def _handle_pickles(entries: list[tuple[str, str]], import_bin: bool,
             raise InvalidInput(f"{rel}: not a flat dict of tensors, cannot convert to safetensors")
         dest = os.path.join(tmp, *target.split("/"))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        save_file({k: v.contiguous() for k, v in obj.items()}, dest)
+        save_file(_unshared(obj), dest)
         out.append((target, dest))
     return sorted(out)
 
@@ -246,6 +246,19 @@ def _converter(src: str, plugins: Any) -> tuple[str, Any] | None:
         if hasattr(fmt, "detect") and fmt.detect(src):
             return (name, fmt) if callable(getattr(fmt, "convert", None)) else None
     return None
+
+
+def _unshared(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Contiguous tensors, a copy for each that shares storage with an earlier one (pickles may hold one tensor
+    under two names, e.g. the adapters library's ``ln_before``; safetensors refuses shared storage)."""
+    seen: set[int] = set()
+    out = {}
+    for k in sorted(tensors):
+        v = tensors[k].contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
 
 
 def _read_manifest(src: str, plugins: Any) -> tuple[dict[str, Any], str]:

@@ -108,7 +108,7 @@ def export(loaded: Any, ref_name: str, tmp: str, base_name: str | None) -> dict[
             layer, loc = where[path]
             ours[f"{layer}.{loc}.adapters.{name}.{L.ours_to_adapters_param(param, config.ln_before, phm)}"] = value
             if config.ln_before and param.startswith("norm_before."):  # adapters keeps it in the Sequential too
-                ours[f"{layer}.{loc}.adapters.{name}.adapter_down.0.{param.split('.', 1)[1]}"] = value
+                ours[f"{layer}.{loc}.adapters.{name}.adapter_down.0.{param.split('.', 1)[1]}"] = value.clone()
         else:
             head[key[len(PREFIX):]] = value
     first = f"{PREFIX}{paths[0]}{marker}"

@@ -169,6 +169,10 @@ def _bottleneck(cfg: dict, meta: dict, family: L.Family, name: str, tensors: dic
     if not ours:
         raise InvalidInput(f"the adapters adapter '{name}' has no bottleneck tensors for a {family.placement.family}-like "
                            "model")
+    if phm and values.get("shared_phm_rule", True) and PREFIX + "phm_rule" not in ours:
+        raise InvalidInput(f"the adapters Compacter adapter '{name}' shares one PHM rule, but its directory lacks it "
+                           f"(shared_parameters.{name}.phm_rule; adapters 1.3 does not save it from a model without a "
+                           "head): save it from a model with a head, or use shared_phm_rule=False")
     return ("compacter" if phm else "bottleneck"), values, ours
 
 

@@ -118,9 +118,11 @@ def linear_bottleneck(size: int, bottleneck: int, init: str, device=None, **kwar
 
 # -- Compacter ------------------------------------------------------------------------------------------
 def kron_sum(rule: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum_i kron(rule[i], w[i])``: rule (n, n, n), w (n, p, q) -> (n*p, n*q), without n separate krons."""
+    """``sum_i kron(rule[i], w[i])``: rule (n, n, n), w (n, p, q) -> (n*p, n*q), without n separate krons; the
+    products summed over ``i`` last, in the adapters library's order (its ``kronecker_product(...).sum(0)``), so
+    that both give the same float32 weight."""
     n, p, q = w.shape
-    return torch.einsum("kab,kij->aibj", rule, w).reshape(n * p, n * q)
+    return (rule[:, :, None, :, None] * w[:, None, :, None, :]).reshape(n, n * p, n * q).sum(0)
 
 
 def init_phm_rule(rule: torch.Tensor, how: str, std: float, bound: float = 1.0) -> None:
