@@ -15,7 +15,8 @@ Run by the python of the ``adapters`` virtual environment (``.venv-adapters``, b
   (``train_adapter``: the base frozen) on ``inputs`` (labels ``labels`` for seq-cls, the ids for causal LM);
 * ``{"op": "load", "adapter": DIR, ...}``: ``load_adapter(DIR, use_safetensors=True)`` into a fresh model.
 
-Common keys: ``model`` (a model directory), ``head`` (``seq-cls``, ``causal-lm`` or ``base``), ``out``.
+Common keys: ``model`` (a model directory), ``head`` (``seq-cls``, ``causal-lm`` or ``base``), ``out``;
+``flex_head`` (``add_classification_head`` keyword arguments) loads ``AutoAdapterModel`` with that head instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ NAME = "oracle"
 def load_model(job):
     import transformers
 
+    if job.get("flex_head") is not None:  # adapters' own model class with a flexible prediction head
+        from adapters import AutoAdapterModel
+
+        return AutoAdapterModel.from_pretrained(job["model"], local_files_only=True, torch_dtype=torch.float32).eval()
     auto = {"seq-cls": transformers.AutoModelForSequenceClassification,
             "causal-lm": transformers.AutoModelForCausalLM, "base": transformers.AutoModel}[job["head"]]
     model = auto.from_pretrained(job["model"], local_files_only=True, torch_dtype=torch.float32)
@@ -95,6 +100,8 @@ def run(job):
         model.set_active_adapters(name)
     else:
         model.add_adapter(NAME, config=make_config(job["config"]))
+        if job.get("flex_head") is not None:
+            model.add_classification_head(NAME, **job["flex_head"])
         if job["op"] == "train":
             train(model, job)
         else:

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import adapters_oracle  # noqa: E402
 import oracle  # noqa: E402
 import tinymodels as tm  # noqa: E402
+from conftest import assert_clean_error  # noqa: E402
 from oracle import quiet  # noqa: E402,F401
 
 from adapterhub.checkpoint import load_adapter_dir, read_adapter_dir, save_adapter  # noqa: E402
@@ -78,6 +79,25 @@ CASES = {
     "llama-ia3": ("llama", "IA3Config", {}),
 }
 BOTTLENECK = [c for c, (_, cls, _) in CASES.items() if "Bn" in cls or "Compacter" in cls]
+# flexible heads (AutoAdapterModel.add_classification_head) read as BertForSequenceClassification's pooler/classifier
+FLEX = {
+    "bert-seqbn-flex-head": ("bert", "SeqBnConfig", {"reduction_factor": 4}, {"num_labels": 3, "layers": 2}),
+    "bert-compacter-flex-pooler-head": ("bert", "CompacterConfig", {"reduction_factor": 4},
+                                        {"num_labels": 3, "layers": 1, "use_pooler": True}),
+}
+# what adapterhub cannot map: refused at push, naming it
+REFUSED = {
+    "invertible": ("bert", "SeqBnInvConfig", {"reduction_factor": 4}, ["inv_adapter='nice'", "invertible adapters"]),
+    "gated": ("bert", "SeqBnConfig", {"reduction_factor": 4, "use_gating": True}, ["use_gating=True"]),
+    "learned-scaling": ("llama", "SeqBnConfig", {"reduction_factor": 4, "scaling": "learned"},
+                        ["scaling='learned'"]),
+    "prefix-tuning": ("bert", "PrefixTuningConfig", {"prefix_length": 4, "bottleneck_size": 8},
+                      ["architecture is prefix tuning", "does not map"]),
+    "mam-union": ("bert", "MAMConfig", {}, ["ConfigUnion"]),
+    "headless-shared-rule": ("minilm", "CompacterPlusPlusConfig", {}, ["lacks it", "shared_parameters.oracle.phm_rule"]),
+    "flex-head-3-layers": ("bert", "SeqBnConfig", {"reduction_factor": 4, "flex_head": {"num_labels": 3, "layers": 3}},
+                           ["prediction head", "layers=3"]),
+}
 # id -> (model, our method, our config): made here, exported, loaded by adapters (c)
 NATIVE = {
     "bert-pfeiffer-seqcls": ("bert", "bottleneck", {"style": "pfeiffer", "reduction_factor": 4, "task_type": "SEQ_CLS"}),
@@ -143,6 +163,12 @@ def results(tmp_path_factory):
             for i, (cid, (m, cls, kw)) in enumerate(CASES.items())]
     jobs += [job("train", m, f"trained/{cid}", config={"class": cls, "kwargs": kw}, steps=3, labels=[0, 2])
              for cid, (m, cls, kw) in TRAINED.items()]
+    jobs += [job("make", m, f"made/{cid}", config={"class": cls, "kwargs": kw}, flex_head=head, seed=1)
+             for cid, (m, cls, kw, head) in FLEX.items()]
+    jobs += [job("make", m, f"refused/{cid}", config={"class": cls, "kwargs": {k: v for k, v in kw.items()
+                                                                                if k != "flex_head"}},
+                 flex_head=kw.get("flex_head"))
+             for cid, (m, cls, kw, _) in REFUSED.items()]
     made = adapters_oracle.run(jobs, str(work / "jobs"))
     out = {"made": {}, "ours": {}, "native": {}, "trained": {}}
 
@@ -156,7 +182,8 @@ def results(tmp_path_factory):
         return str(dest), _ours(name, load_adapter_dir(str(dest), plugins))
 
     load_jobs = []
-    for cid, (name, _, _) in CASES.items():
+    for cid in list(CASES) + list(FLEX):
+        name = (CASES.get(cid) or FLEX[cid])[0]
         out["made"][cid] = made[str(work / f"made/{cid}")]
         out["ours"][cid] = _catch(read_in, cid, name)
         if cid in BOTTLENECK and "value" in out["ours"][cid]:
@@ -173,6 +200,7 @@ def results(tmp_path_factory):
         if "value" in out["trained"][cid]:
             load_jobs.append(job("load", name, f"trained-reloaded/{cid}", adapter=str(work / f"cli/{cid}/export")))
     out["trained_oracle"] = {cid: made[str(work / f"trained/{cid}")] for cid in TRAINED}
+    out["refused"] = {cid: made[str(work / f"refused/{cid}")] for cid in REFUSED}
     out["reloaded"] = adapters_oracle.run(load_jobs, str(work / "jobs")) if load_jobs else {}
     out["work"] = work
     return out
@@ -222,6 +250,34 @@ def test_the_oracle_cases_are_not_trivial(results):
         with torch.no_grad():
             base = tm.logits(model, tm.inputs_for(name))
         assert (adapters_oracle.logits(results["made"][case]) - base).abs().max() > 1e-4, case
+
+
+@pytest.mark.parametrize("case", list(FLEX))
+def test_a_flexible_classification_head_is_imported_for_seq_cls(results, case):
+    theirs = adapters_oracle.logits(results["made"][case])
+    path, ours = _value(results["ours"][case])
+    assert (ours - theirs).abs().max().item() <= TOL
+    with open(os.path.join(path, "adapterhub.json")) as f:
+        manifest = json.load(f)
+    assert manifest["task"] == "seq-cls" and manifest["config"]["task_type"] == "SEQ_CLS"
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_what_has_no_equivalent_is_refused_at_push_naming_it(results, case, cli):
+    adapters_oracle.logits(results["refused"][case])  # adapters itself made it
+    src = str(results["work"] / f"refused/{case}/adapter")
+    r = cli("push", src, "acme/refused", "--import-bin")
+    assert_clean_error(r, *REFUSED[case][3])
+    assert cli("list", "--json").json() == []
+
+
+def test_a_pickled_adapter_needs_import_bin(results, cli):
+    src = str(results["work"] / "made/bert-seqbn/adapter")
+    assert_clean_error(cli("push", src, "acme/x"), "pytorch_adapter.bin is a pickle", "--import-bin")
+    r = cli("push", src, "acme/x", "--import-bin", "--json")
+    assert r.exit_code == 0, r.output
+    shown = cli("show", "acme/x:1", "--json").json()
+    assert shown["method"] == "bottleneck"
 
 
 # -- (b) ---------------------------------------------------------------------------------------------------

@@ -216,6 +216,10 @@ def _lora(cfg: dict, name: str, tensors: dict) -> tuple[str, dict, dict]:
     return "lora", values, ours
 
 
+#: a sequence-classification head: trained and saved as PEFT's SEQ_CLS does (the effective config's names)
+SEQ_CLS = {"task_type": "SEQ_CLS", "modules_to_save": ["classifier", "score"]}
+
+
 # -- the prediction head ---------------------------------------------------------------------------------------
 def _head(src: str, files: dict[str, str], meta: dict, family: L.Family | None, load_file) -> tuple[dict, dict, list]:
     """``(tensors, config values, notes)`` for the saved head: a sequence-classification head becomes the
@@ -235,7 +239,7 @@ def _head(src: str, files: dict[str, str], meta: dict, family: L.Family | None, 
         bad = [k for k in tensors if not k.startswith(("classifier.", "score."))]
         if bad:
             raise InvalidInput(f"cannot import the head of {src}: {bad[0]} is not a classifier/score tensor")
-        return {PREFIX + k: v for k, v in tensors.items()}, {"task_type": "SEQ_CLS"}, []
+        return {PREFIX + k: v for k, v in tensors.items()}, dict(SEQ_CLS), []
     kind = head.get("head_type")
     layers, act, pooler = head.get("layers"), head.get("activation_function"), head.get("use_pooler")
     if kind == "classification" and family is not None and family.placement.family == "bert":
@@ -251,10 +255,10 @@ def _head(src: str, files: dict[str, str], meta: dict, family: L.Family | None, 
             mapped = {f"{bert}pooler.dense.{p}": idx[(1, p)] for p in ("weight", "bias")}
             mapped.update({f"classifier.{p}": idx[(4, p)] for p in ("weight", "bias") if (4, p) in idx})
             return ({PREFIX + k: v for k, v in mapped.items()},
-                    {"task_type": "SEQ_CLS", "modules_to_save": ["pooler"]}, [])
+                    {**SEQ_CLS, "modules_to_save": ["pooler", *SEQ_CLS["modules_to_save"]]}, [])
         if layers == 1 and pooler:
             mapped = {f"classifier.{p}": idx[(1, p)] for p in ("weight", "bias") if (1, p) in idx}
-            return {PREFIX + k: v for k, v in mapped.items()}, {"task_type": "SEQ_CLS"}, []
+            return {PREFIX + k: v for k, v in mapped.items()}, dict(SEQ_CLS), []
     raise InvalidInput(f"cannot import the prediction head of {src}: {kind!r} head with layers={layers!r}, "
                        f"activation_function={act!r}, use_pooler={pooler!r} has no equivalent in a transformers "
                        "sequence-classification model (adapterhub maps static heads and, on BERT-like models, "
