@@ -30,9 +30,9 @@ import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 from oracle import quiet  # noqa: E402,F401
 
-from adapterhub.checkpoint import load_adapter_dir, read_adapter_dir, save_adapter  # noqa: E402
-from adapterhub.export import export  # noqa: E402
-from adapterhub.modeling import attach_loaded  # noqa: E402
+from adapterhub.files.checkpoint import load_adapter_dir, read_adapter_dir, save_adapter  # noqa: E402
+from adapterhub.operations.export import export  # noqa: E402
+from adapterhub.training.modeling import attach_loaded  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 
 TOL = 1e-6

@@ -60,8 +60,8 @@ class AdaptersFormat:
     def export(self, reg: Any, ref: str, out: str, *, force: bool = False, plugins: Any = None,
                **options: Any) -> dict[str, Any]:
         """Write ``ref`` as an adapters library directory (see :mod:`adapterhub_adapters.exports`)."""
-        from adapterhub.export import MERGE_ONLY, open_adapter
-        from adapterhub.outdir import atomic_out, check_out
+        from adapterhub.files.output_dir import atomic_out, check_out
+        from adapterhub.operations.export import MERGE_ONLY, open_adapter
         from adapterhub.registry.blobs import hash_file
 
         from .exports import export

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from adapterhub.errors import AdapterhubError, InvalidInput
-from adapterhub.tuners import PEFT_PREFIX as PREFIX
+from adapterhub.tuning import PEFT_PREFIX as PREFIX
 
 from adapterhub_bottleneck.checks import adapter_width
 
@@ -81,7 +81,7 @@ def bn_config(config: Any, hidden: int, locations: set[str], family: L.Family) -
 
 
 def export(loaded: Any, ref_name: str, tmp: str, base_name: str | None) -> dict[str, Any]:
-    """Write ``loaded`` (a :class:`~adapterhub.checkpoint.LoadedAdapter`) into the directory ``tmp``."""
+    """Write ``loaded`` (a :class:`~adapterhub.files.checkpoint.LoadedAdapter`) into the directory ``tmp``."""
     from safetensors.torch import save_file
 
     method = loaded.method.name

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from adapterhub.errors import InvalidInput
-from adapterhub.tuners import PEFT_PREFIX as PREFIX
+from adapterhub.tuning import PEFT_PREFIX as PREFIX
 
 from . import layout as L
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from adapterhub import tuners
+from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 
 from .config import PLACEMENTS, AdapterConfig, CompacterConfig

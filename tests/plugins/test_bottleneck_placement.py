@@ -19,9 +19,9 @@ import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 from oracle import quiet  # noqa: E402,F401
 
-from adapterhub.checkpoint import load_adapter_dir, save_adapter  # noqa: E402
+from adapterhub.files.checkpoint import load_adapter_dir, save_adapter  # noqa: E402
 from adapterhub.errors import InvalidInput  # noqa: E402
-from adapterhub.modeling import attach_loaded  # noqa: E402
+from adapterhub.training.modeling import attach_loaded  # noqa: E402
 from adapterhub_bottleneck import BottleneckMethod, CompacterMethod  # noqa: E402
 
 BN, CP = BottleneckMethod(), CompacterMethod()
