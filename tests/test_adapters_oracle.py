@@ -38,7 +38,7 @@ from adapterhub.plugins import Plugins  # noqa: E402
 TOL = 1e-6
 HEADS = {"bert": "seq-cls", "llama": "causal-lm", "gpt2": "causal-lm", "minilm": "base"}
 
-# id -> (model, adapters config class, its kwargs); (a) for all, (c) for the bottleneck/Compacter ones
+# id -> (model, adapters config class, its kwargs); (a) and (c) for each
 CASES = {
     "bert-seqbn": ("bert", "SeqBnConfig", {"reduction_factor": 4}),
     "llama-seqbn": ("llama", "SeqBnConfig", {"reduction_factor": 4}),
@@ -78,7 +78,7 @@ CASES = {
     "bert-ia3": ("bert", "IA3Config", {}),
     "llama-ia3": ("llama", "IA3Config", {}),
 }
-BOTTLENECK = [c for c, (_, cls, _) in CASES.items() if "Bn" in cls or "Compacter" in cls]
+EXPORTED = list(CASES)
 # flexible heads (AutoAdapterModel.add_classification_head) read as BertForSequenceClassification's pooler/classifier
 FLEX = {
     "bert-seqbn-flex-head": ("bert", "SeqBnConfig", {"reduction_factor": 4}, {"num_labels": 3, "layers": 2}),
@@ -105,6 +105,10 @@ NATIVE = {
         "reduction_factor": 4, "ln_after": True, "adapter_residual_before_ln": True, "original_ln_after": False}),
     "gpt2-parallel": ("gpt2", "bottleneck", {"style": "pfeiffer", "is_parallel": True, "bottleneck_size": 8}),
     "llama-compacter++": ("llama", "compacter", {"style": "pfeiffer", "bottleneck_size": 8}),
+    "llama-lora-qkv-up": ("llama", "lora", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj",
+                                                                                         "up_proj"]}),
+    "bert-ia3-seqcls": ("bert", "ia3", {"target_modules": ["key", "value", "intermediate.dense"],
+                                        "feedforward_modules": [], "task_type": "SEQ_CLS"}),
     "bert-compacter-unshared-full": ("bert", "compacter", {"bottleneck_size": 8, "shared_phm_rule": False,
                                                            "factorized_phm_W": False, "phm_dim": 2}),
 }
@@ -186,7 +190,7 @@ def results(tmp_path_factory):
         name = (CASES.get(cid) or FLEX[cid])[0]
         out["made"][cid] = made[str(work / f"made/{cid}")]
         out["ours"][cid] = _catch(read_in, cid, name)
-        if cid in BOTTLENECK and "value" in out["ours"][cid]:
+        if cid in EXPORTED and "value" in out["ours"][cid]:
             res = _catch(export, None, out["ours"][cid]["value"][0], "adapters", str(work / f"exported/{cid}"))
             out["ours"][cid]["export"] = res
             if "value" in res:
@@ -291,7 +295,7 @@ def test_trained_in_adapters_pushed_pulled_attached(results, case):
 
 
 # -- (c) ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", BOTTLENECK)
+@pytest.mark.parametrize("case", EXPORTED)
 def test_exported_adapters_load_in_adapters_with_the_same_outputs(results, case):
     _value(results["ours"][case]["export"])
     back = adapters_oracle.logits(results["reloaded"][str(results["work"] / f"reloaded/{case}")])

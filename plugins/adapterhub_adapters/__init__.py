@@ -6,7 +6,8 @@
   same outputs; a saved sequence-classification head becomes the ``SEQ_CLS`` head. What has no exact
   equivalent is refused, naming it (:mod:`adapterhub_adapters.imports`).
 * **Export**: ``adapterhub export REF --format adapters --out DIR`` writes a directory that
-  ``model.load_adapter(DIR, use_safetensors=True)`` loads (:mod:`adapterhub_adapters.exports`).
+  ``model.load_adapter(DIR, use_safetensors=True)`` loads, for bottleneck, Compacter, LoRA and (IA)³ adapters
+  (:mod:`adapterhub_adapters.exports`).
 
 Importing this package does not import torch.
 """

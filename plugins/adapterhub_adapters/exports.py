@@ -1,6 +1,7 @@
-"""Writing one of our bottleneck / Compacter adapters as a directory the ``adapters`` library loads.
+"""Writing one of our adapters as a directory the ``adapters`` library loads: bottleneck, Compacter, LoRA, (IA)³.
 
-``adapterhub export REF --format adapters --out DIR`` writes ``adapter_config.json`` (the full ``BnConfig``),
+``adapterhub export REF --format adapters --out DIR`` writes ``adapter_config.json`` (a full ``BnConfig`` or
+``LoRAConfig``),
 ``adapter.safetensors`` under adapters' weight names and, for a ``SEQ_CLS`` adapter, the static head
 (``head_config.json`` + ``model_head.safetensors``). Load it with
 ``model.load_adapter(DIR, use_safetensors=True)`` (adapterhub never writes pickles).
@@ -85,12 +86,38 @@ def export(loaded: Any, ref_name: str, tmp: str, base_name: str | None) -> dict[
     from safetensors.torch import save_file
 
     method = loaded.method.name
-    if method not in ("bottleneck", "compacter"):
-        raise AdapterhubError(f"method '{method}' cannot be exported in the adapters library's format (bottleneck "
-                              "and compacter can; use --format peft for PEFT methods)")
-    config = loaded.config
     name = adapters_name(ref_name)
     tensors = {k: loaded.tensors[k] for k in loaded.tensors}
+    if method in ("bottleneck", "compacter"):
+        ours, cfg, family, hidden, head = _bottleneck(loaded.config, name, tensors)
+    elif method in ("lora", "ia3"):
+        ours, cfg, family, hidden, head = _lora(method, loaded.config, name, tensors)
+    else:
+        raise AdapterhubError(f"method '{method}' cannot be exported in the adapters library's format (bottleneck, "
+                              "compacter, lora and ia3 can; use --format peft for the other PEFT methods)")
+    stem = CLASS_STEMS[family.placement.family]
+    seq_cls = loaded.config.task_type == "SEQ_CLS"
+    model_class = f"{stem}ForSequenceClassification" if seq_cls else f"{stem}Model"
+    meta = {"config": cfg, "hidden_size": hidden, "model_class": model_class, "model_name": base_name,
+            "model_type": family.placement.family, "name": name, "version": f"adapters.{L.LIBRARY_VERSION}"}
+    save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(tmp, L.SAFE_WEIGHTS))
+    _write_json(os.path.join(tmp, L.CONFIG), meta)
+    if head:
+        if not seq_cls:
+            raise InvalidInput(f"the adapter saves modules ({', '.join(sorted(head)[:3])}) that the adapters library "
+                               "has no place for outside a sequence-classification head")
+        classifier = head.get("classifier.weight", head.get("score.weight"))
+        save_file({k: v.contiguous() for k, v in head.items()}, os.path.join(tmp, L.SAFE_HEAD))
+        labels = classifier.shape[0] if classifier is not None else None
+        _write_json(os.path.join(tmp, L.HEAD_CONFIG), {
+            "config": None, "hidden_size": hidden, "label2id": {f"LABEL_{i}": i for i in range(labels or 0)},
+            "model_class": model_class, "model_name": base_name, "model_type": family.placement.family, "name": None,
+            "num_labels": labels, "version": f"adapters.{L.LIBRARY_VERSION}"})
+    return {"name": name, "model_class": model_class, "tensors": len(ours), "head_tensors": len(head)}
+
+
+def _bottleneck(config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, dict, L.Family, int, dict]:
+    """adapters' weights and ``BnConfig`` for a bottleneck / Compacter adapter; the rest is the head."""
     marker = ".adapter."
     paths = sorted({k[len(PREFIX):].split(marker)[0] for k in tensors if marker in k})
     family, where = _family_of(paths)
@@ -113,26 +140,73 @@ def export(loaded: Any, ref_name: str, tmp: str, base_name: str | None) -> dict[
             head[key[len(PREFIX):]] = value
     first = f"{PREFIX}{paths[0]}{marker}"
     hidden = adapter_width(config, {k[len(first):]: v for k, v in tensors.items() if k.startswith(first)})
-    stem = CLASS_STEMS[family.placement.family]
-    seq_cls = config.task_type == "SEQ_CLS"
-    model_class = f"{stem}ForSequenceClassification" if seq_cls else f"{stem}Model"
-    meta = {"config": bn_config(config, hidden, {loc for _, loc in where.values()}, family), "hidden_size": hidden,
-            "model_class": model_class, "model_name": base_name, "model_type": family.placement.family, "name": name,
-            "version": f"adapters.{L.LIBRARY_VERSION}"}
-    save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(tmp, L.SAFE_WEIGHTS))
-    _write_json(os.path.join(tmp, L.CONFIG), meta)
-    if head:
-        if not seq_cls:
-            raise InvalidInput(f"the adapter saves modules ({', '.join(sorted(head)[:3])}) that the adapters library "
-                               "has no place for outside a sequence-classification head")
-        classifier = head.get("classifier.weight", head.get("score.weight"))
-        save_file({k: v.contiguous() for k, v in head.items()}, os.path.join(tmp, L.SAFE_HEAD))
-        labels = classifier.shape[0] if classifier is not None else None
-        _write_json(os.path.join(tmp, L.HEAD_CONFIG), {
-            "config": None, "hidden_size": hidden, "label2id": {f"LABEL_{i}": i for i in range(labels or 0)},
-            "model_class": model_class, "model_name": base_name, "model_type": family.placement.family, "name": None,
-            "num_labels": labels, "version": f"adapters.{L.LIBRARY_VERSION}"})
-    return {"name": name, "model_class": model_class, "tensors": len(ours), "head_tensors": len(head)}
+    return ours, bn_config(config, hidden, {loc for _, loc in where.values()}, family), family, hidden, head
+
+
+def _lora(method: str, config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, dict, L.Family, Any, dict]:
+    """adapters' weights and ``LoRAConfig`` / ``IA3Config`` for a LoRA or (IA)³ adapter on the modules the
+    adapters library can adapt (every layer's q/k/v, intermediate, output)."""
+    suffixes = (".lora_A.weight", ".lora_B.weight") if method == "lora" else (".ia3_l",)
+    adapted: dict[str, dict[str, Any]] = {}
+    head: dict[str, Any] = {}
+    for key, value in tensors.items():
+        end = next((s for s in suffixes if key.endswith(s)), None)
+        if end is None:
+            head[key[len(PREFIX):]] = value
+        else:
+            adapted.setdefault(key[len(PREFIX):-len(end)], {})[end] = value
+    problems = []
+    if method == "lora":
+        for field_, neutral in (("use_dora", False), ("use_rslora", False), ("rank_pattern", {}), ("alpha_pattern", {})):
+            if getattr(config, field_) != neutral:
+                problems.append(f"{field_}={getattr(config, field_)!r}")
+    elif config.feedforward_modules:
+        problems.append(f"feedforward_modules={config.feedforward_modules!r} (adapters' IA3 scales outputs only)")
+    family, roles = None, {}
+    for fam in L.FAMILIES.values():
+        back = {module: role for role, module in fam.lora_modules.items()}
+        found = {}
+        for path in adapted:
+            m = re.fullmatch(r"((?:.*\.)?(\d+))\.(" + "|".join(re.escape(x) for x in back) + ")", path) if back else None
+            if m is None:
+                break
+            found[path] = (int(m.group(2)), back[m.group(3)])
+        else:
+            family, roles = fam, found
+            break
+    if family is None:
+        problems.append(f"modules such as '{sorted(adapted)[0]}' that the adapters library's {method} does not adapt "
+                        "(it adapts the attention's q/k/v and the FFN's intermediate and output projections of "
+                        "BERT- and Llama-like models)")
+    if problems:
+        raise InvalidInput(f"cannot export this {method} adapter in the adapters library's format: " + "; ".join(problems))
+    layers = {i for i, _ in roles.values()}
+    used = {r for _, r in roles.values()}
+    missing = [f"layer {i} {r}" for i in sorted(layers) for r in sorted(used) if (i, r) not in set(roles.values())]
+    if missing:
+        raise InvalidInput(f"cannot export this {method} adapter in the adapters library's format: it adapts the same "
+                           f"modules in every layer it touches; {missing[0]} is not adapted")
+    ours: dict[str, Any] = {}
+    hidden = None
+    for path, t in adapted.items():
+        if method == "lora":
+            ours[f"{path}.loras.{name}.lora_A"] = t[".lora_A.weight"]
+            ours[f"{path}.loras.{name}.lora_B"] = t[".lora_B.weight"]
+            if roles[path][1] in ("q", "k", "v"):
+                hidden = t[".lora_A.weight"].shape[1]
+        else:
+            ours[f"{path}.loras.{name}.lora_B"] = t[".ia3_l"].reshape(-1, 1)
+    attn = sorted(r for r in used if r in ("q", "k", "v"))
+    cfg = {"architecture": "lora", "selfattn_lora": bool(attn), "intermediate_lora": "intermediate" in used,
+           "output_lora": "output" in used, "leave_out": sorted(set(range(max(layers) + 1)) - layers),
+           "attn_matrices": attn, "init_weights_seed": None, "use_gating": False, "use_dora": False,
+           "vera_d": None, "vera_b": None, "dtype": None}
+    if method == "lora":
+        cfg.update({"r": config.r, "alpha": config.lora_alpha, "dropout": float(config.lora_dropout),
+                    "composition_mode": "add", "init_weights": "lora"})
+    else:
+        cfg.update({"r": 1, "alpha": 1, "dropout": 0.0, "composition_mode": "scale", "init_weights": "ia3"})
+    return ours, cfg, family, hidden, head
 
 
 def _write_json(path: str, obj: Any) -> None:

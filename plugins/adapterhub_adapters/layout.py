@@ -39,6 +39,7 @@ class Family:
     container: str  # the layer list under the base model: "encoder.layer", "layers", "h"
     attention_layer: str  # adapters' bottleneck layer for the attention sub-block
     ffn_layer: str
+    lora_modules: dict  # adapters' LoRA locations -> the module (relative to the layer): q, k, v, intermediate, output
 
     def locations(self) -> dict[str, str]:
         """adapters' bottleneck layer -> our projection (both relative to the numbered layer)."""
@@ -47,9 +48,13 @@ class Family:
 
 _BY_NAME = {p.family: p for p in PLACEMENTS}
 FAMILIES = {
-    "bert": Family(_BY_NAME["bert"], "encoder.layer", "attention.output", "output"),
-    "llama": Family(_BY_NAME["llama"], "layers", "attention_adapters", "output_adapters"),
-    "gpt2": Family(_BY_NAME["gpt2"], "h", "attention_adapters", "output_adapters"),
+    "bert": Family(_BY_NAME["bert"], "encoder.layer", "attention.output", "output", {
+        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+        "intermediate": "intermediate.dense", "output": "output.dense"}),
+    "llama": Family(_BY_NAME["llama"], "layers", "attention_adapters", "output_adapters", {
+        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+        "intermediate": "mlp.down_proj", "output": "mlp.up_proj"}),  # (adapters' names for Llama, sic)
+    "gpt2": Family(_BY_NAME["gpt2"], "h", "attention_adapters", "output_adapters", {}),  # merged c_attn: not mapped
 }
 #: adapters' ``model_type`` -> family (the architectures both libraries implement the same way)
 MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "llama": "llama",
