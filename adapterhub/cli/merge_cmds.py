@@ -166,7 +166,7 @@ def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, forc
 
 @cli.command(name="export")
 @click.argument("ref")
-@click.option("--format", "fmt", required=True, help="Export format: peft, merged (or one a plugin adds).")
+@click.option("--format", "fmt", required=True, help="Export format: peft, merged, adapters (or one a plugin adds).")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write to.")
 @click.option("--base", type=click.Path(), help="Base model directory (--format merged).")
 @merge_options
@@ -175,7 +175,8 @@ def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, forc
 @pass_app
 def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mismatch, force, as_json):
     """Export adapter REF: --format peft writes a PEFT adapter directory (adapter_config.json +
-    adapter_model.safetensors); --format merged writes the merged model (as merge / pull --merged)."""
+    adapter_model.safetensors); --format merged writes the merged model (as merge / pull --merged);
+    --format adapters writes what AdapterHub's adapters library loads (load_adapter(DIR, use_safetensors=True))."""
     from click.core import ParameterSource
 
     from ..operations.export import export

@@ -5,14 +5,18 @@ the torch-side code lives in :mod:`adapterhub_bottleneck.layer` and :mod:`adapte
 imported on first use.
 
 * ``bottleneck``: Houlsby et al. 2019 / the ``adapters`` library's ``DoubleSeqBnConfig`` (``style="houlsby"``:
-  an adapter after the attention output projection and one after the FFN output projection of every layer)
-  and ``SeqBnConfig`` (``style="pfeiffer"``: after the FFN only). Each adapter is
-  ``h + scaling * W_up f(W_down h + b_down) + b_up``; the default init makes it the identity.
+  an adapter after the attention output projection and one after the FFN output projection of every layer),
+  ``SeqBnConfig`` (``style="pfeiffer"``: after the FFN only, reading the layer-normed residual stream) and, with
+  ``is_parallel``, ``ParBnConfig``. Each adapter is ``r + scaling * W_up f(W_down x + b_down) + b_up``, its input
+  ``x`` and residual ``r`` chosen by the adapters library's placement options (``original_ln_before``,
+  ``original_ln_after``, ``residual_before_ln`` ...; :mod:`adapterhub_bottleneck.config`); the default init
+  makes it the identity.
 * ``compacter``: Mahabadi et al. 2021 (``CompacterConfig``; ``style="pfeiffer"`` is ``CompacterPlusPlusConfig``):
   the same adapters with PHM projections ``W = sum_i A_i (x) B_i``.
 
-Placement comes from a small table keyed by the module names the model has (BERT-like, Llama-like, GPT-2) or
-from ``target_layers``. PEFT has no equivalent (``to_peft_config`` is ``None``), and the adapters are
+Identical weights give the ``adapters`` library's outputs (tests/test_adapters_oracle.py); the ``adapters``
+format plugin imports and exports its directories. Placement comes from a small table keyed by the module
+names the model has (BERT-like, Llama-like, GPT-2) or from ``target_layers``. PEFT has no equivalent (``to_peft_config`` is ``None``), and the adapters are
 non-linear, so they cannot be merged into base weights. Checkpoint key names are listed in
 :mod:`adapterhub_bottleneck.model`.
 """

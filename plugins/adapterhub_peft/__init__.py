@@ -35,6 +35,9 @@ class PeftFormat:
 
         cfg = load_json(os.path.join(path, "adapter_config.json"))
         if not isinstance(cfg, dict) or not isinstance(cfg.get("peft_type"), str):
+            if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict):  # not PEFT's: AdapterHub's adapters
+                raise InvalidInput(f"adapter_config.json in {path} was written by the adapters library; its format "
+                                   "plugin (adapterhub_adapters, format 'adapters') imports it, and it is not loaded")
             raise InvalidInput(f"adapter_config.json in {path} has no peft_type")
         weights = [n for n in ("adapter_model.safetensors", "adapter_model.bin") if os.path.isfile(os.path.join(path, n))]
         if not weights:
