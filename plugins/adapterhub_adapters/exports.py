@@ -138,9 +138,32 @@ def _bottleneck(config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, 
                 ours[f"{layer}.{loc}.adapters.{name}.adapter_down.0.{param.split('.', 1)[1]}"] = value.clone()
         else:
             head[key[len(PREFIX):]] = value
+    _check_every_layer(config, family, where)
     first = f"{PREFIX}{paths[0]}{marker}"
     hidden = adapter_width(config, {k[len(first):]: v for k, v in tensors.items() if k.startswith(first)})
     return ours, bn_config(config, hidden, {loc for _, loc in where.values()}, family), family, hidden, head
+
+
+def _check_every_layer(config: Any, family: L.Family, where: dict[str, tuple[str, str]]) -> None:
+    """adapters puts an adapter at each of its locations in every layer not in ``leave_out`` (newly initialised,
+    not the identity, where the directory has none): refuse an adapter that skips layers another way."""
+    p = family.placement
+    standard = {p.regex([p.attention.projection]), p.regex([p.ffn.projection]), p.pattern("houlsby")}
+    if isinstance(config.target_layers, str) and config.target_layers not in standard:
+        raise InvalidInput(f"cannot export this adapter in the adapters library's format: target_layers "
+                           f"{config.target_layers!r} is not one of its locations (it adapts every layer not in "
+                           "leave_out at the attention and/or FFN output)")
+    at: dict[int, set[str]] = {}
+    for layer, loc in where.values():
+        at.setdefault(int(re.search(r"(\d+)$", layer).group(1)), set()).add(loc)
+    locations = set().union(*at.values())
+    for i in range(max(at) + 1):
+        if i in config.leave_out:
+            continue
+        if at.get(i) != locations:
+            raise InvalidInput(f"cannot export this adapter in the adapters library's format: layer {i} lacks an "
+                               f"adapter at {sorted(locations - at.get(i, set()))[0]} (adapters adapts every layer "
+                               "not in leave_out the same way)")
 
 
 def _lora(method: str, config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, dict, L.Family, Any, dict]:
