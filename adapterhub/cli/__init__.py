@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import AdapterhubError
+from ..errors import AdapterhubError, ReportedElsewhere, describe, first_line
 
 
 class App:
@@ -97,26 +97,17 @@ def _remote_of_refs() -> str | None:
     return wheres.pop()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _as_click_error(exc: BaseException) -> click.ClickException:
-    if isinstance(exc, AdapterhubError):
-        return click.ClickException(str(exc))
-    if isinstance(exc, OSError):
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        return click.ClickException(f"{exc.strerror or _one_line(exc)}:{where}".rstrip(":"))
+    if isinstance(exc, (AdapterhubError, OSError)):
+        return click.ClickException(describe(exc))
     mod = type(exc).__module__
     if mod.startswith("sqlalchemy"):
         orig = getattr(exc, "orig", None) or exc
-        msg = _one_line(orig)
+        msg = first_line(orig)
         if "readonly" in msg or "read-only" in msg or "unable to open database" in msg:
             return click.ClickException(f"the registry database is not writable: {msg}")
         return click.ClickException(f"registry database error: {msg}")
-    return click.ClickException(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
-                                "(set ADAPTERHUB_DEBUG=1 for the traceback)")
+    return click.ClickException(f"internal error: {describe(exc)} (set ADAPTERHUB_DEBUG=1 for the traceback)")
 
 
 class AdapterhubGroup(click.Group):
@@ -127,6 +118,8 @@ class AdapterhubGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except ReportedElsewhere:  # another process of this run printed the error
+            raise click.exceptions.Exit(1) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
         except Exception as exc:
@@ -176,6 +169,14 @@ def progress_bar(total: int, desc: str):
     bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                disable=None, leave=False)
     return bar.update, bar.close
+
+
+def batch_text(world_size: int, batch_size: int, grad_accum: int) -> str:
+    """``2 processes x 4 rows x 2 accumulation steps``: what a global batch is made of."""
+    parts = [f"{world_size} process" + ("es" if world_size != 1 else ""), f"{batch_size} rows"]
+    if grad_accum != 1:
+        parts.append(f"{grad_accum} accumulation steps")
+    return " x ".join(parts)
 
 
 def human_size(n: int | None) -> str:

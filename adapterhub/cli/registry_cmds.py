@@ -6,7 +6,7 @@ import os
 
 import click
 
-from . import App, cli, emit, human_size, json_option, progress_bar
+from . import App, batch_text, cli, emit, human_size, json_option, progress_bar
 
 RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
 pass_app = click.make_pass_decorator(App)
@@ -255,8 +255,9 @@ def show(app: App, ref, as_json):
     """Show one version: method, config, base, files, aliases, tags, lineage and metrics."""
     info = app.registry.show(ref)
     if as_json:
-        info = {**{k: v for k, v in info.items() if k != "manifest"},
-                "tracking": (info.get("manifest") or {}).get("tracking")}
+        manifest = info.get("manifest") or {}
+        info = {**{k: v for k, v in info.items() if k != "manifest"}, "tracking": manifest.get("tracking"),
+                "training": manifest.get("training")}
     emit(as_json, info, _show_text)
 
 
@@ -280,6 +281,8 @@ def _show_text(d) -> str:
         lines.append(f"  child:   {c['ref']} ({c['relation']})")
     if (tr := (d.get("manifest") or {}).get("tracking")) and tr.get("run_id"):
         lines.append(f"  tracked: {tr.get('tracker')} run {tr['run_id']}  {tr.get('url') or tr.get('tracking_uri') or ''}".rstrip())
+    if (tr := (d.get("manifest") or {}).get("training")) and tr.get("global_batch_size"):
+        lines.append(f"  batch:   {tr['global_batch_size']} ({batch_text(tr['world_size'], tr['batch_size'], tr['grad_accum'])})")
     if d["metrics"]:
         lines.append("  metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))
     for e in d["evaluations"]:

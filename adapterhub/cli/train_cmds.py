@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import App, emit, json_option
+from . import App, batch_text, emit, json_option
 from . import cli
 
 pass_app = click.make_pass_decorator(App)
@@ -42,6 +42,11 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--init-from", metavar="REF", help="Continue training this registry version (lineage: trained_from).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from OUT.checkpoints if present.")
+@click.option("--allow-resize", is_flag=True,
+              help="Resume checkpoints written by another number of processes (the global batch changes).")
+@click.option("--dist-timeout", type=float, metavar="SECONDS",
+              help="Under torchrun / accelerate launch: how long a process waits for the others before failing "
+                   "[default: $ADAPTERHUB_DIST_TIMEOUT or 1800].")
 @click.option("--track", metavar="TRACKER", envvar="ADAPTERHUB_TRACKER", help="Experiment tracker (e.g. mlflow).")
 @click.option("--experiment", help="Tracker experiment name (default: $MLFLOW_EXPERIMENT_NAME or the --push name).")
 @click.option("--allow-dirty-data", is_flag=True, help="Train even if the data check finds conflicts or leakage.")
@@ -58,8 +63,12 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 @pass_app
 def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, max_steps, lr, batch_size, grad_accum,
           max_length, seed, eval_steps, early_stopping, gradient_checkpointing, mixed_precision, init_from, resume,
-          track, experiment, allow_dirty_data, allow_base_mismatch, force, quantize, quant_opts, optim, as_json):
-    """Train an adapter on BASE with METHOD and push it (optionally) to the registry."""
+          allow_resize, dist_timeout, track, experiment, allow_dirty_data, allow_base_mismatch, force, quantize,
+          quant_opts, optim, as_json):
+    """Train an adapter on BASE with METHOD and push it (optionally) to the registry.
+
+    Under torchrun or accelerate launch every process trains its share of each batch (--batch-size is per
+    process); process 0 alone writes, pushes, tracks and prints."""
     import sys
     import warnings
 
@@ -73,10 +82,13 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
                         experiment=experiment, allow_dirty_data=allow_dirty_data,
                         allow_base_mismatch=allow_base_mismatch, force=force, progress=sys.stderr.isatty(),
                         home=app.home, quantize=quantize, optim=optim,
-                        quantize_options=_parse_sets(quant_opts, "--quant-opt"))
+                        quantize_options=_parse_sets(quant_opts, "--quant-opt"), allow_resize=allow_resize,
+                        dist_timeout=dist_timeout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = do_train(opts, app.plugins, app.registry if push or init_from else None)
+    if result is None:  # another process of a torchrun / accelerate launch: process 0 reports
+        return
     for w in caught:
         if issubclass(w.category, (UserWarning, RuntimeWarning)) and "adapterhub" in str(w.filename) + str(w.message):
             click.echo(f"Warning: {w.message}", err=True)
@@ -90,6 +102,7 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
         lines = [f"trained {r['method']} on {r['task']}{on}: {r['trainable_params']:,} of {r['total_params']:,} "
                  f"parameters ({100 * r['trainable_params'] / r['total_params']:.2f}%) in {r['seconds']} s",
                  "metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()),
+                 f"global batch {r['global_batch_size']} ({batch_text(r['world_size'], opts.batch_size, opts.grad_accum)})",
                  f"saved {r['out']}"]
         if r.get("ref"):
             lines.append(f"pushed {r['ref']} ({r['digest'][:19]})")

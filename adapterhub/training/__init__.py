@@ -1,2 +1,1 @@
-"""Training and evaluation: the training loop and its checks, data loading and quality, base-model loading,
-experiment tracking, evaluation."""
+"""Training: the generic loop over every method, its checks, and running it on several processes."""

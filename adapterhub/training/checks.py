@@ -81,9 +81,11 @@ def init_from_config(method: Any, loaded: Any, values: dict[str, Any], task: str
     return method.make_config({**current, **changed})
 
 
-def run_signature(opts: Any, base_fingerprint: str, config: Any, data_digests: list[str]) -> dict[str, Any]:
+def run_signature(opts: Any, base_fingerprint: str, config: Any, data_digests: list[str],
+                  world_size: int = 1) -> dict[str, Any]:
     """What must be the same for a checkpoint to be resumed: base, method, task, config, data and the
-    options that shape the schedule."""
+    options that shape the schedule (the digest), and the number of processes (kept beside the digest:
+    ``--allow-resize`` may change it)."""
     sig = {"base_fingerprint": base_fingerprint, "method": opts.method, "task": opts.task,
            "config": json.loads(json.dumps(dataclasses.asdict(config), default=str, sort_keys=True)),
            "data": data_digests, "init_from": opts.init_from, "quantize": opts.quantize,
@@ -92,22 +94,37 @@ def run_signature(opts: Any, base_fingerprint: str, config: Any, data_digests: l
                                             "seed", "warmup_ratio", "weight_decay", "optim", "mixed_precision",
                                             "gradient_checkpointing", "eval_steps")}}
     sig["digest"] = hashlib.sha256(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()
+    sig["world_size"] = world_size
     return sig
 
 
-def check_resume(ckpt: str, signature: dict[str, Any], has_checkpoint: bool) -> None:
-    """Refuse to resume checkpoints of a run with different options (or of unknown options)."""
+def _processes(n: int) -> str:
+    return f"{n} process" + ("es" if n != 1 else "")
+
+
+def check_resume(ckpt: str, signature: dict[str, Any], has_checkpoint: bool, allow_resize: bool = False) -> int | None:
+    """Refuse to resume checkpoints of a run with different options (or of unknown options), or of this run on
+    another number of processes unless ``allow_resize``. Returns the old number of processes when it changes."""
     if not has_checkpoint:
-        return
+        return None
     try:
         with open(os.path.join(ckpt, RUN_FILE)) as f:
             old = json.load(f)
     except (OSError, ValueError):
         old = None
     if isinstance(old, dict) and old.get("digest") == signature["digest"]:
-        return
+        was, now = old.get("world_size", 1), signature["world_size"]
+        if was == now:
+            return None
+        if allow_resize:
+            return was
+        per = signature["batch_size"] * signature["grad_accum"]
+        raise InvalidInput(f"{ckpt} holds checkpoints of this run on {_processes(was)} (global batch {per * was}); "
+                           f"this launch has {_processes(now)} (global batch {per * now}): relaunch with {was} to "
+                           "resume it, pass --allow-resize to continue on this many (the global batch changes and "
+                           "the rest of the epoch sees the data in another order), or --no-resume to start fresh")
     if isinstance(old, dict):
-        diff = sorted(k for k in signature if k != "digest" and old.get(k) != signature[k])
+        diff = sorted(k for k in signature if k not in ("digest", "world_size") and old.get(k) != signature[k])
         what = f"with different {', '.join(d.replace('_', '-') for d in diff) or 'options'}"
     else:
         what = "whose options were not recorded"

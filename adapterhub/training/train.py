@@ -3,8 +3,9 @@
 The method plugin adds its trainable modules (``Method.attach``); the Trainer trains whatever requires
 gradients; checkpoints hold only the adapter's tensors (plus optimizer state), never the base weights.
 The result is a delta checkpoint with the base fingerprint, data digests, the effective config and the
-final metrics in its manifest, optionally pushed with lineage. The same code runs under
-``accelerate launch`` / ``torchrun`` for several GPUs.
+final metrics in its manifest, optionally pushed with lineage. The same code runs on every process under
+``accelerate launch`` / ``torchrun`` (see :mod:`adapterhub.training.distributed`): process 0 alone checks
+the data, writes, pushes and tracks.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..errors import AdapterhubError, InvalidInput
+from ..errors import AdapterhubError, InvalidInput, ReportedElsewhere, describe
+from .trainer import CHECKPOINT_TENSORS, global_batch, resume_point
 
-CHECKPOINT_TENSORS = "adapter_state.safetensors"
+__all__ = ["TrainOptions", "train", "resume_point", "CHECKPOINT_TENSORS"]
 _NAME = re.compile(r"^[\w.-]*$")
 
 
@@ -63,29 +65,9 @@ class TrainOptions:
     quantize_options: dict[str, str] = field(default_factory=dict)  # --quant-opt key=value for the quantizer
     progress: bool = True
     home: str | None = None
+    dist_timeout: float | None = None           # seconds a process waits for the others (several processes)
+    allow_resize: bool = False                  # resume checkpoints written by another number of processes
 
-
-
-def resume_point(ckpt: str) -> str | None:
-    """The newest *complete* checkpoint under ``ckpt`` (adapter tensors and a readable
-    ``trainer_state.json``, which the Trainer writes last), or None. A process killed while saving leaves
-    the newest one incomplete: training resumes from the one before it."""
-    if not os.path.isdir(ckpt):
-        return None
-    steps = []
-    for name in os.listdir(ckpt):
-        prefix, _, step = name.partition("-")
-        if prefix == "checkpoint" and step.isdigit():
-            steps.append((int(step), os.path.join(ckpt, name)))
-    for _, path in sorted(steps, reverse=True):
-        try:
-            with open(os.path.join(path, "trainer_state.json")) as f:
-                json.load(f)
-        except (OSError, ValueError):
-            continue
-        if os.path.isfile(os.path.join(path, CHECKPOINT_TENSORS)):
-            return path
-    return None
 
 
 def coerce_settings(method: Any, settings: dict[str, str]) -> dict[str, Any]:
@@ -131,18 +113,109 @@ def _mixed_precision(mode: str) -> dict[str, bool]:
     return {"bf16": mode == "bf16", "fp16": mode == "fp16"}
 
 
-def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict[str, Any]:
+def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict[str, Any] | None:
     """Train an adapter; returns ``{"out", "method", "trainable_params", "total_params", "metrics",
-    ["ref", "digest"]}``. Raises :class:`AdapterhubError` for every user mistake before any work."""
-    from .. import api
-    from . import data
-    from .modeling import TASK_TYPES, check_base_dir, clamp_max_length, load_base_model, load_tokenizer
+    "world_size", "global_batch_size", ["ref", "digest"]}``. Raises :class:`AdapterhubError` for every user
+    mistake before any work. Under ``torchrun`` / ``accelerate launch`` every process calls this: process 0
+    returns the result, the others ``None`` once process 0 has written and pushed it."""
+    import torch
+
     from ..plugins import get_plugins
-    from ..files.output_dir import check_out, check_out_base
-    from .checks import check_numbers, check_registry_writable, init_from_config, run_signature
+    from .distributed import DEFAULT_TIMEOUT_S, adapter_state, check_engine, start, timeout_seconds
 
     plugins = plugins or get_plugins()
     started = time.time()
+    cuda = torch.cuda.is_available()
+    try:
+        timeout, bad_timeout = timeout_seconds(opts.dist_timeout), None
+    except InvalidInput as exc:  # join the others anyway, so that one process reports it
+        timeout, bad_timeout = DEFAULT_TIMEOUT_S, exc
+    procs = start(timeout, cuda)
+    with procs.together("checking the options, base and data"):
+        if bad_timeout is not None:
+            raise bad_timeout
+        notes = check_engine(cuda)
+        if procs.main:
+            for note in notes:
+                import warnings
+
+                warnings.warn(note, UserWarning, stacklevel=1)
+        run = _prepare(opts, plugins, registry, procs)
+    opts, registry = run["opts"], run["registry"]
+    method, config = run["method"], run["config"]
+    ckpt = _checkpoint_dir(opts)
+    resume = procs.share(resume_point(ckpt) if procs.main and opts.resume else None,
+                         "finding the checkpoint to resume from")
+    with procs.together("loading the model"):
+        model, effective, quantization, trainable, total = _build_model(opts, run, resume)
+    tracker = _tracker(opts, plugins) if procs.main else None
+    fp, train_rows, eval_rows = run["fingerprint"], run["train_rows"], run["eval_rows"]
+    world, batch = procs.world_size, global_batch(opts, procs.world_size)
+    if tracker:
+        params = {"method": method.name, "task": opts.task, "base_fingerprint": fp.digest,
+                  **({"base_quantization": quantization["quantizer"]} if quantization else {}),
+                  **{f"config.{k}": v for k, v in dataclasses.asdict(effective).items()},
+                  **{f"train.{k}": getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
+                                                               "max_length", "seed")},
+                  "train.world_size": world, "train.global_batch_size": batch,
+                  "data.train": train_rows.digest, **({"data.eval": eval_rows.digest} if eval_rows else {})}
+        tracker.start(run_name=os.path.basename(os.path.abspath(opts.out)),
+                      experiment=opts.experiment or opts.push, params=params,
+                      tags={"adapterhub.method": method.name, "adapterhub.base_fingerprint": fp.digest,
+                            **({"adapterhub.name": opts.push} if opts.push else {})})
+        if run["report"] is not None:
+            tracker.log_report("data_check.json", run["report"])
+
+    from .trainer import run_trainer
+
+    metrics = run_trainer(opts, method, model, run["tokenizer"], run["train_ex"], run["eval_ex"], run["precision"],
+                          tracker, run["signature"], procs, ckpt, resume)
+    tensors = adapter_state(method, model)  # every process: under FSDP the shards are gathered
+    if not procs.main:
+        failed = procs.share(None, "waiting for process 0 to save and push the adapter")
+        if failed:
+            raise ReportedElsewhere(failed)
+        return None
+    try:
+        training = {**{k: getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
+                                                      "max_length", "seed", "mixed_precision", "gradient_checkpointing",
+                                                      "optim")},
+                    "world_size": world, "global_batch_size": batch,
+                    **({"resized_from_world_size": run["resized_from"]} if resume and run["resized_from"] else {})}
+        manifest = {
+            "method": method.name,
+            "config": _jsonable(dataclasses.asdict(effective)),
+            "base": {"fingerprint": fp.digest, "name": os.path.basename(os.path.abspath(opts.base)),
+                     "tensors": fp.tensors, "bytes": fp.bytes,
+                     **({"quantization": quantization} if quantization else {})},
+            "task": opts.task,
+            "data": [train_rows.describe("train")] + ([eval_rows.describe("eval")] if eval_rows else []),
+            "metrics": metrics,
+            "training": training,
+            "tokenizer": {"class": type(run["tokenizer"]).__name__, "pad_token": run["tokenizer"].pad_token,
+                          "chat_template": bool(getattr(run["tokenizer"], "chat_template", None))},
+            "plugin": {"name": method.name, "module": type(method).__module__.split(".")[0]},
+            "adapterhub_version": __version__,
+        }
+        result = _publish(opts, plugins, registry, method, effective, manifest, tensors, run, tracker)
+        result.update({"trainable_params": trainable, "total_params": total, "world_size": world,
+                       "global_batch_size": batch, "seconds": round(time.time() - started, 1)})
+    except BaseException as exc:
+        procs.share(describe(exc) or type(exc).__name__, "telling the other processes that process 0 failed")
+        raise
+    procs.share(None, "telling the other processes that the adapter is saved")
+    return result
+
+
+def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> dict[str, Any]:
+    """Every check and input of a run, before the model is loaded: options, method config, base, output,
+    registry, data (read, checked by process 0, tokenized), ``--init-from``, the run's checkpoints."""
+    from .. import api
+    from . import data
+    from .modeling import TASK_TYPES, check_base_dir, clamp_max_length, load_tokenizer
+    from ..files.output_dir import check_out, check_out_base
+    from .checks import check_numbers, check_registry_writable, init_from_config, run_signature
+
     check_numbers(opts)
     check_base_dir(opts.base)
     if opts.task not in TASK_TYPES:
@@ -163,14 +236,14 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     check_out_base(opts.out, opts.base)  # even with --force: replacing out would delete the base
     check_out_base(_checkpoint_dir(opts), opts.base)
     precision = _mixed_precision(opts.mixed_precision)
-    if opts.push:  # an unreachable or read-only registry fails now, not after training
+    if opts.push and procs.main:  # an unreachable or read-only registry fails now, not after training
         registry = registry or api.open_registry(opts.home, plugins)
         check_registry_writable(registry)
 
     # data: read, check, tokenize
     tokenizer = load_tokenizer(opts.base)
     max_length = clamp_max_length(opts.base, tokenizer, opts.max_length)
-    if max_length != opts.max_length and opts.max_length != TrainOptions.max_length:  # an explicit value
+    if max_length != opts.max_length and opts.max_length != TrainOptions.max_length and procs.main:
         import warnings
 
         warnings.warn(f"--max-length {opts.max_length} is longer than the model takes; using {max_length}",
@@ -179,7 +252,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         opts = dataclasses.replace(opts, max_length=max_length)
     train_rows = data.read_jsonl(opts.data)
     eval_rows = data.read_jsonl(opts.eval) if opts.eval else None
-    report = _check_data(opts, tokenizer)
+    report = _check_data(opts, tokenizer) if procs.main else None
     parent_manifest = None
     loaded = None
     if opts.init_from:
@@ -200,81 +273,76 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         train_ex = data.causal_lm_examples(train_rows, tokenizer, opts.max_length)
         eval_ex = data.causal_lm_examples(eval_rows, tokenizer, opts.max_length) if eval_rows else None
 
-    # model: base + adapter
+    fp = signature = resized_from = None
+    if procs.main:  # the base is hashed once; the checkpoints are process 0's to check and clear
+        fp = api.fingerprint(opts.base, opts.home)
+        if loaded is not None and not opts.allow_base_mismatch:
+            api.check_base((parent_manifest.get("base") or {}).get("fingerprint"), fp.digest, opts.base,
+                           (parent_manifest.get("base") or {}).get("name"))
+        digests = [train_rows.digest] + ([eval_rows.digest] if eval_rows else [])
+        signature = run_signature(opts, fp.digest, config, digests, procs.world_size)
+        resized_from = _prepare_checkpoints(opts, signature)
+    return {"opts": opts, "registry": registry, "method": method, "config": config, "quantizer": quantizer,
+            "quant_options": quant_options, "precision": precision, "tokenizer": tokenizer, "train_rows": train_rows,
+            "eval_rows": eval_rows, "report": report, "loaded": loaded, "labels": labels, "train_ex": train_ex,
+            "eval_ex": eval_ex, "fingerprint": fp, "signature": signature, "resized_from": resized_from}
+
+
+def _build_model(opts: TrainOptions, run: dict[str, Any], resume: str | None):
+    """The base (quantized as it loads when asked) with the adapter attached, its tensors loaded from
+    ``--init-from`` or the checkpoint being resumed. Returns (model, effective config, quantization, trainable,
+    total)."""
     from transformers import set_seed
 
+    from .modeling import load_base_model
+
+    method, quantizer = run["method"], run["quantizer"]
+    if resume and not os.path.isfile(os.path.join(resume, CHECKPOINT_TENSORS)):
+        raise InvalidInput(f"{resume} is not visible to this process: resuming on several machines needs "
+                           f"{os.path.dirname(resume)} on storage they all share")
     set_seed(opts.seed)
-    fp = api.fingerprint(opts.base, opts.home)
-    if loaded is not None:
-        expected = (parent_manifest.get("base") or {}).get("fingerprint")
-        if not opts.allow_base_mismatch:
-            api.check_base(expected, fp.digest, opts.base, (parent_manifest.get("base") or {}).get("name"))
-    signature = run_signature(opts, fp.digest, config, [train_rows.digest] + ([eval_rows.digest] if eval_rows else []))
-    _prepare_checkpoints(opts, signature)
     quantization = None
     if quantizer is not None:  # quantized as it loads: the full-precision model is never in memory
-        model, quantization = quantizer.load_model(opts.base, opts.task, labels, quant_options)
-        quantization = {**_jsonable(quantization), "source_fingerprint": fp.digest}
+        model, quantization = quantizer.load_model(opts.base, opts.task, run["labels"], run["quant_options"])
+        quantization = _jsonable(quantization)
+        if run["fingerprint"] is not None:
+            quantization["source_fingerprint"] = run["fingerprint"].digest
     else:
-        model = load_base_model(opts.base, opts.task, labels)
-    effective = method.attach(model, config) or config
+        model = load_base_model(opts.base, opts.task, run["labels"])
+    effective = method.attach(model, run["config"]) or run["config"]
     if quantizer is not None and hasattr(quantizer, "prepare_training"):
         quantizer.prepare_training(model)
-    if loaded is not None:
-        method.load_state_dict(model, loaded.tensors)
+    if run["loaded"] is not None:
+        method.load_state_dict(model, run["loaded"].tensors)
+    if resume:
+        from safetensors.torch import load_file
+
+        method.load_state_dict(model, load_file(os.path.join(resume, CHECKPOINT_TENSORS)))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if trainable == 0:
         raise AdapterhubError(f"method '{method.name}' left no trainable parameters on this model")
+    return model, effective, quantization, trainable, total
 
-    tracker = _tracker(opts, plugins)
-    params = {"method": method.name, "task": opts.task, "base_fingerprint": fp.digest,
-              **({"base_quantization": quantization["quantizer"]} if quantization else {}),
-              **{f"config.{k}": v for k, v in dataclasses.asdict(effective).items()},
-              **{f"train.{k}": getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
-                                                           "max_length", "seed")},
-              "data.train": train_rows.digest, **({"data.eval": eval_rows.digest} if eval_rows else {})}
-    if tracker:
-        tracker.start(run_name=os.path.basename(os.path.abspath(opts.out)),
-                      experiment=opts.experiment or opts.push, params=params,
-                      tags={"adapterhub.method": method.name, "adapterhub.base_fingerprint": fp.digest,
-                            **({"adapterhub.name": opts.push} if opts.push else {})})
-        if report is not None:
-            tracker.log_report("data_check.json", report)
 
-    metrics = _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, tracker, signature)
-
-    manifest = {
-        "method": method.name,
-        "config": _jsonable(dataclasses.asdict(effective)),
-        "base": {"fingerprint": fp.digest, "name": os.path.basename(os.path.abspath(opts.base)),
-                 "tensors": fp.tensors, "bytes": fp.bytes,
-                 **({"quantization": quantization} if quantization else {})},
-        "task": opts.task,
-        "data": [train_rows.describe("train")] + ([eval_rows.describe("eval")] if eval_rows else []),
-        "metrics": metrics,
-        "training": {k: getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
-                                                    "max_length", "seed", "mixed_precision", "gradient_checkpointing",
-                                                    "optim")},
-        "tokenizer": {"class": type(tokenizer).__name__, "pad_token": tokenizer.pad_token,
-                      "chat_template": bool(getattr(tokenizer, "chat_template", None))},
-        "plugin": {"name": method.name, "module": type(method).__module__.split(".")[0]},
-        "adapterhub_version": __version__,
-    }
-    if labels is not None:
-        manifest["labels"] = labels
-    if report is not None:
-        manifest["data_check"] = _report_summary(report, opts.allow_dirty_data)
-    if tracker:
-        manifest["tracking"] = tracker.run_info() or {}
+def _publish(opts: TrainOptions, plugins: Any, registry: Any, method: Any, effective: Any, manifest: dict[str, Any],
+             tensors: dict[str, Any], run: dict[str, Any], tracker: Any) -> dict[str, Any]:
+    """Process 0: write the adapter directory, clear the checkpoints, push, and close the tracker's run."""
+    from .. import api
     from ..files.checkpoint import save_adapter
 
+    if run["labels"] is not None:
+        manifest["labels"] = run["labels"]
+    if run["report"] is not None:
+        manifest["data_check"] = _report_summary(run["report"], opts.allow_dirty_data)
+    if tracker:
+        manifest["tracking"] = tracker.run_info() or {}
+    fp, quantization = run["fingerprint"], manifest["base"].get("quantization")
     peft_config = method.to_peft_config(effective, os.path.abspath(opts.base))
-    out = save_adapter(opts.out, manifest, method.state_dict(model), peft_config=peft_config, force=True)
+    out = save_adapter(opts.out, manifest, tensors, peft_config=peft_config, force=True)
     shutil.rmtree(_checkpoint_dir(opts), ignore_errors=True)
-    result: dict[str, Any] = {"out": out, "method": method.name, "task": opts.task, "trainable_params": trainable,
-                              "total_params": total, "metrics": metrics, "base_fingerprint": fp.digest,
-                              "seconds": round(time.time() - started, 1)}
+    result: dict[str, Any] = {"out": out, "method": method.name, "task": opts.task, "metrics": manifest["metrics"],
+                              "base_fingerprint": fp.digest}
     if quantization:
         result["base_quantization"] = quantization
     if tracker:
@@ -384,117 +452,14 @@ def _checkpoint_dir(opts: TrainOptions) -> str:
     return os.path.abspath(opts.out).rstrip("/") + ".checkpoints"
 
 
-def _prepare_checkpoints(opts: TrainOptions, signature: dict[str, Any]) -> None:
-    """Refuse to resume another run's checkpoints; --no-resume discards them. Records this run's options."""
+def _prepare_checkpoints(opts: TrainOptions, signature: dict[str, Any]) -> int | None:
+    """Refuse to resume another run's checkpoints (or, without --allow-resize, this run's on another number
+    of processes); --no-resume discards them. Returns the number of processes a resized run had."""
     from .checks import check_resume
 
     ckpt = _checkpoint_dir(opts)
     if opts.resume:
-        check_resume(ckpt, signature, resume_point(ckpt) is not None)
-    elif os.path.isdir(ckpt):
+        return check_resume(ckpt, signature, resume_point(ckpt) is not None, opts.allow_resize)
+    if os.path.isdir(ckpt):
         shutil.rmtree(ckpt)
-
-
-def _run_trainer(opts, method, model, tokenizer, train_ex, eval_ex, precision, tracker, signature) -> dict[str, float]:
-    import numpy as np
-    import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    from .data import ListDataset, collate
-
-    ckpt = _checkpoint_dir(opts)
-    steps_per_epoch = max(1, -(-len(train_ex) // (opts.batch_size * opts.grad_accum)))
-    total_steps = opts.max_steps if opts.max_steps > 0 else int(steps_per_epoch * opts.epochs)
-    eval_steps = opts.eval_steps or max(1, min(total_steps, steps_per_epoch))
-    lr = opts.lr if opts.lr is not None else getattr(method, "default_learning_rate", 2e-4)
-    args = TrainingArguments(
-        output_dir=ckpt, per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum, learning_rate=lr, num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps, seed=opts.seed, data_seed=opts.seed, warmup_steps=int(opts.warmup_ratio * total_steps),
-        weight_decay=opts.weight_decay, logging_steps=opts.logging_steps or max(1, min(10, total_steps // 10)),
-        eval_strategy="steps" if eval_ex else "no", eval_steps=eval_steps, save_strategy="steps",
-        save_steps=eval_steps, save_total_limit=2, report_to=[], disable_tqdm=not opts.progress,
-        gradient_checkpointing=opts.gradient_checkpointing, remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, label_names=["labels"],
-        save_only_model=False, **({"optim": opts.optim} if opts.optim else {}), **precision)
-    if opts.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
-
-    def compute_metrics(pred):
-        logits, labels = pred.predictions, pred.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
-
-    class AdapterTrainer(Trainer):
-        """Checkpoints hold the adapter's tensors only."""
-
-        def _save(self, output_dir=None, state_dict=None):
-            from safetensors.torch import save_file
-
-            output_dir = output_dir or self.args.output_dir
-            os.makedirs(output_dir, exist_ok=True)
-            save_file({k: v.detach().contiguous().cpu() for k, v in method.state_dict(self.model).items()},
-                      os.path.join(output_dir, CHECKPOINT_TENSORS))
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            from safetensors.torch import load_file
-
-            method.load_state_dict(model or self.model, load_file(os.path.join(resume_from_checkpoint, CHECKPOINT_TENSORS)))
-
-        def _load_best_model(self):  # we never load the base twice
-            return None
-
-    class EarlyStop(TrainerCallback):
-        def __init__(self, patience: int):
-            self.patience, self.best, self.bad = patience, float("inf"), 0
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            loss = (metrics or {}).get("eval_loss")
-            if loss is None:
-                return
-            if loss < self.best - 1e-6:
-                self.best, self.bad = loss, 0
-            else:
-                self.bad += 1
-                if self.bad >= self.patience:
-                    control.should_training_stop = True
-
-    callbacks = []
-    if opts.early_stopping and eval_ex:
-        callbacks.append(EarlyStop(opts.early_stopping))
-    if tracker:
-        from .tracking import trainer_callback
-
-        callbacks.append(trainer_callback(tracker))
-    trainer = AdapterTrainer(
-        model=model, args=args, train_dataset=ListDataset(train_ex), eval_dataset=ListDataset(eval_ex) if eval_ex else None,
-        data_collator=collate(tokenizer.pad_token_id), callbacks=callbacks,
-        compute_metrics=compute_metrics if (eval_ex and opts.task == "seq-cls") else None)
-    # every method's loss is the model's own mean per batch: a method that re-aligns labels (prompt
-    # tuning learns the first real token too) must not be divided by the Trainer's token count
-    trainer.model_accepts_loss_kwargs = False
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # stdout is ours (text or --json); progress goes to stderr
-    resume = resume_point(ckpt) if opts.resume else None
-    try:
-        from .checks import write_run_file
-
-        write_run_file(ckpt, signature)  # a later resume checks it is the same run
-        out = trainer.train(resume_from_checkpoint=resume)
-    except BaseException:
-        if resume_point(ckpt) is None:  # nothing to resume from: leave nothing behind
-            shutil.rmtree(ckpt, ignore_errors=True)
-        raise
-    metrics = {"train_loss": float(out.training_loss), "steps": int(out.global_step),
-               "epochs": float(trainer.state.epoch or 0)}
-    if resume:
-        metrics["resumed_from_step"] = int(os.path.basename(resume).split("-")[-1])
-    if eval_ex:
-        ev = trainer.evaluate()
-        metrics.update({k: float(v) for k, v in ev.items() if k in ("eval_loss", "eval_accuracy")})
-        if tracker:
-            tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("eval_")}, int(out.global_step))
-    model.eval()
-    return metrics
+    return None

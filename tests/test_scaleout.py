@@ -1,0 +1,219 @@
+"""``adapterhub train`` on several processes, for real: ``torchrun`` and ``accelerate launch`` start 2
+processes on this CPU (gloo), as a user would; one process per run would hide every bug tested here.
+
+* A tiny Llama: DDP gives the same adapter as one process with the same global batch and seed (within the
+  float32 rounding of a different summation order, bound derived below), its loss goes down, and exactly one
+  registry version and one MLflow run come out, with ``--json`` printed once.
+* The real MiniLM: one process SIGKILLed mid-run fails the launch with one ``Error:`` line; resuming on one
+  process is refused (the global batch would change); resuming on 2 processes launched as 2 "nodes"
+  (``torchrun --nnodes 2 --rdzv-endpoint``, the README's multi-node commands) completes.
+
+The commands are the README's ("Scale out"), with the paths of this test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import Result, assert_clean_error
+from tinymodels import WORDS, minilm_path, save_tiny_llama_base
+
+BIN = os.path.dirname(sys.executable)
+DEMO = os.path.join(os.path.dirname(__file__), "..", "adapterhub", "demo")
+LORA = ["--method", "lora", "--set", "r=4", "--set", "lora_alpha=8"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args) -> list[str]:
+    return [os.path.join(BIN, "torchrun"), "--standalone", "--nproc-per-node", str(nproc), "-m", "adapterhub",
+            "train", *map(str, args)]
+
+
+def accelerate(nproc: int, *args) -> list[str]:
+    return [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", str(nproc),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), "-m", "adapterhub", "train", *map(str, args)]
+
+
+def node(rank_endpoint: str, *args) -> list[str]:
+    """One of 2 'nodes' (here: two launchers on this machine) meeting at a c10d rendezvous endpoint."""
+    return [os.path.join(BIN, "torchrun"), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", rank_endpoint, "--rdzv-id", "resume", "-m", "adapterhub", "train", *map(str, args)]
+
+
+def env(**extra) -> dict[str, str]:
+    e = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    e.pop("ADAPTERHUB_DEBUG", None)
+    return e
+
+
+def run(cmd, timeout=240, **kwargs) -> Result:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), **kwargs)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def our_lines(r: Result) -> list[str]:
+    """Our ``Error:`` lines (torchrun adds its own failure summary after them)."""
+    return [line for line in r.output.splitlines() if line.startswith("Error:")]
+
+
+def no_adapterhub_traceback(r: Result) -> bool:
+    return not any("/adapterhub/" in line and line.strip().startswith("File ") for line in r.output.splitlines())
+
+
+@pytest.fixture(scope="module")
+def llama_base(tmp_path_factory):
+    return save_tiny_llama_base(tmp_path_factory.mktemp("base") / "tiny-llama")
+
+
+def same_length_rows(n: int) -> list[dict]:
+    """Rows of 8 words each: every process's micro-batch holds the same number of tokens (see below)."""
+    rng = random.Random(0)
+    return [{"text": " ".join(rng.choice(WORDS[:24]) for _ in range(8))} for _ in range(n)]
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def adapter_tensors(out) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(str(out), "adapter_model.safetensors"))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+#: Tolerance of "DDP = one process with the same global batch". Both runs see the same rows in each step
+#: (the same seeded permutation; process i takes micro-batch i of it) and start from the same weights, so
+#: they differ only by float32 rounding (unit roundoff u = 2**-24 = 6e-8) in the order of summation: DDP
+#: averages two gradients of 4-row means where one process takes one 8-row mean, and matmuls over 4 and 8
+#: rows round differently. A gradient summed over n = 8 rows x 9 tokens = 72 terms is off by at most
+#: n*u = 4e-6 relative; Adam's step lr*m/(sqrt(v)+eps) is scale-free, so a relative error d in the gradients
+#: moves a weight by at most 2*d*lr per step: 6 steps at lr 2e-2 give <= 1e-6 per weight. We allow 1e-5 on
+#: the weights and 1e-5 (relative) on the loss: 10x that bound. Wrong sharding or batch semantics is 10^3 to
+#: 10^4 times larger (asserted below with a one-process run of 4 rows per step: a different global batch).
+#: Rows of equal length matter: each process's loss is the mean over its own tokens (as with gradient
+#: accumulation), so with rows of different lengths DDP weights tokens per process, not per global batch.
+WEIGHT_TOL = 1e-5
+LOSS_RTOL = 1e-5
+
+
+def test_ddp_matches_one_process_publishes_once_and_tracks_one_run(tmp_path, home, cli, llama_base, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    data = write_jsonl(tmp_path / "train.jsonl", same_length_rows(32))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    common = ["--base", llama_base, *LORA, "--task", "causal-lm", "--data", data, "--set",
+              "target_modules=q_proj,v_proj", "--max-steps", "6", "--lr", "2e-2", "--seed", "7"]
+    r = run(torchrun(2, *common, "--batch-size", "4", "--out", tmp_path / "ddp", "--push", "acme/ddp",
+                     "--track", "mlflow", "--json"), cwd=tmp_path)
+    assert r.exit_code == 0, r.output[-3000:]
+    d = json.loads(r.stdout)  # one JSON document: process 1 printed nothing
+    assert (d["world_size"], d["global_batch_size"], d["ref"]) == (2, 8, "acme/ddp:1")
+    assert d["metrics"]["steps"] == 6 and d["metrics"]["epochs"] == 1.5  # 32 rows / 8 per step
+    assert "Error:" not in r.output and "Warning:" not in r.output
+
+    versions = cli("list", "--json").json()
+    assert [v["ref"] for v in versions] == ["acme/ddp:1"]
+    show = cli("show", "acme/ddp", "--json").json()
+    assert (show["training"]["world_size"], show["training"]["global_batch_size"]) == (2, 8)
+    assert show["training"]["batch_size"] == 4
+    assert "batch:   8 (2 processes x 4 rows)" in cli("show", "acme/ddp").stdout
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("acme/ddp").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["train.world_size"] == "2" and runs[0].data.params["train.global_batch_size"] == "8"
+    assert runs[0].data.tags["adapterhub.ref"] == "acme/ddp:1"
+    losses = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1  # the loss went down (global mean per step)
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    one = cli("train", *common, "--batch-size", "8", "--out", tmp_path / "one", "--json")
+    assert one.exit_code == 0, one.output
+    one = one.json()
+    assert (one["world_size"], one["global_batch_size"]) == (1, 8)
+    assert abs(one["metrics"]["train_loss"] - d["metrics"]["train_loss"]) <= LOSS_RTOL * one["metrics"]["train_loss"]
+    assert max_diff(adapter_tensors(d["out"]), adapter_tensors(one["out"])) <= WEIGHT_TOL
+    # what the tolerance rejects: one process taking 4 rows per step (half the global batch)
+    half = cli("train", *common, "--batch-size", "4", "--out", tmp_path / "half", "--json").json()
+    assert max_diff(adapter_tensors(d["out"]), adapter_tensors(half["out"])) > 1000 * WEIGHT_TOL
+
+
+def _pid_of_rank(launcher: subprocess.Popen, rank: int) -> int | None:
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "adapterhub" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli):
+    from adapterhub.train import resume_point
+
+    out = tmp_path / "sentiment"
+    ckpt = str(out) + ".checkpoints"
+    args = ["--base", minilm_path(), *LORA, "--set", "target_modules=query,value", "--task", "seq-cls",
+            "--data", os.path.join(DEMO, "sentiment_train.jsonl"), "--out", out, "--max-steps", "30",
+            "--eval-steps", "3", "--batch-size", "8", "--max-length", "32", "--lr", "2e-3", "--push", "demo/sentiment"]
+    launcher = subprocess.Popen(accelerate(2, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env(), cwd=tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and resume_point(ckpt) is None and launcher.poll() is None:
+        time.sleep(0.1)
+    victim = _pid_of_rank(launcher, 1)
+    assert victim is not None and resume_point(ckpt) is not None, launcher.communicate()
+    os.kill(victim, signal.SIGKILL)
+    stdout, stderr = launcher.communicate(timeout=120)  # no hang: process 0 gives up at once
+    killed = Result(launcher.returncode, stdout, stderr)
+    assert killed.exit_code != 0 and killed.stdout == ""
+    [line] = our_lines(killed)
+    assert "process 0" in line and "rerun the same command to resume from checkpoint-" in line, line
+    assert no_adapterhub_traceback(killed), killed.output[-3000:]
+    assert not out.exists() and cli("list", "--json").json() == []
+    done = int(os.path.basename(resume_point(ckpt)).split("-")[1])
+
+    # one process would change the global batch (16 -> 8): refused, nothing touched
+    assert_clean_error(cli("train", *args), "2 processes (global batch 16)", "1 process (global batch 8)",
+                       "--allow-resize")
+    assert resume_point(ckpt) is not None
+
+    # the same 2 processes, launched as 2 nodes meeting at a rendezvous endpoint
+    endpoint = f"127.0.0.1:{free_port()}"
+    second = subprocess.Popen(node(endpoint, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env(), cwd=tmp_path)
+    first = run(node(endpoint, *args, "--json"), cwd=tmp_path)
+    second_out, second_err = second.communicate(timeout=240)
+    assert first.exit_code == 0 and second.returncode == 0, first.output[-3000:] + second_err[-3000:]
+    assert second_out == ""  # only process 0 prints, whichever node it is on
+    d = json.loads(first.stdout)
+    assert d["metrics"]["resumed_from_step"] >= done and d["metrics"]["steps"] == 30
+    assert d["metrics"]["train_loss"] < 0.6  # below chance (ln 2 = 0.69)
+    assert d["world_size"] == 2 and d["ref"] == "demo/sentiment:1"
+    assert [v["ref"] for v in cli("list", "--json").json()] == ["demo/sentiment:1"]
+    assert not os.path.exists(ckpt)
