@@ -179,7 +179,8 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
     out = tmp_path / "sentiment"
     ckpt = str(out) + ".checkpoints"
     args = ["--base", minilm_path(), *LORA, "--set", "target_modules=query,value", "--task", "seq-cls",
-            "--data", os.path.join(DEMO, "sentiment_train.jsonl"), "--out", out, "--max-steps", "30",
+            "--data", os.path.join(DEMO, "sentiment_train.jsonl"), "--eval", os.path.join(DEMO, "sentiment_eval.jsonl"),
+            "--out", out, "--max-steps", "30",
             "--eval-steps", "3", "--batch-size", "8", "--max-length", "32", "--lr", "2e-3", "--push", "demo/sentiment"]
     launcher = subprocess.Popen(accelerate(2, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env(), cwd=tmp_path)
@@ -205,15 +206,16 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
 
     # the same 2 processes, launched as 2 nodes meeting at a rendezvous endpoint
     endpoint = f"127.0.0.1:{free_port()}"
-    second = subprocess.Popen(node(endpoint, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env(), cwd=tmp_path)
+    second = subprocess.Popen(node(endpoint, *args, "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env(), cwd=tmp_path)
     first = run(node(endpoint, *args, "--json"), cwd=tmp_path)
     second_out, second_err = second.communicate(timeout=240)
     assert first.exit_code == 0 and second.returncode == 0, first.output[-3000:] + second_err[-3000:]
-    assert second_out == ""  # only process 0 prints, whichever node it is on
-    d = json.loads(first.stdout)
+    printed = [o for o in (first.stdout, second_out) if o]
+    assert len(printed) == 1  # process 0 prints, on whichever node the rendezvous put it
+    d = json.loads(printed[0])
     assert d["metrics"]["resumed_from_step"] >= done and d["metrics"]["steps"] == 30
-    assert d["metrics"]["train_loss"] < 0.6  # below chance (ln 2 = 0.69)
+    assert d["metrics"]["eval_accuracy"] >= 0.85  # the real MiniLM learned the task across the interruption
     assert d["world_size"] == 2 and d["ref"] == "demo/sentiment:1"
     assert [v["ref"] for v in cli("list", "--json").json()] == ["demo/sentiment:1"]
     assert not os.path.exists(ckpt)
