@@ -174,7 +174,7 @@ def _pid_of_rank(launcher: subprocess.Popen, rank: int) -> int | None:
 
 @pytest.mark.slow
 def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli):
-    from adapterhub.train import resume_point
+    from adapterhub.training.train import resume_point
 
     out = tmp_path / "sentiment"
     ckpt = str(out) + ".checkpoints"

@@ -1,1 +1,2 @@
-"""Training: the generic loop over every method, its checks, and running it on several processes."""
+"""Training and evaluation: the training loop and its checks, running it on several processes, data loading
+and quality, base-model loading, experiment tracking, evaluation."""
