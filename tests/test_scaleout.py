@@ -219,3 +219,50 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
     assert d["world_size"] == 2 and d["ref"] == "demo/sentiment:1"
     assert [v["ref"] for v in cli("list", "--json").json()] == ["demo/sentiment:1"]
     assert not os.path.exists(ckpt)
+
+
+def test_processes_agree_gather_fsdp_shards_and_time_out(tmp_path):
+    """The collectives of :mod:`adapterhub.training.distributed` on 2 real processes (gloo): a failure on
+    process 1 is reported once, by process 0; FSDP2's sharded adapter tensors gather whole; a process
+    waiting for a stuck process 0 gives up after the timeout with one clear line."""
+    worker = os.path.join(os.path.dirname(__file__), "scaleout_worker.py")
+    cmd = [os.path.join(BIN, "torchrun"), "--standalone", "--nproc-per-node", "2", worker]
+    began = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env(OUT=str(tmp_path)))
+    assert p.returncode == 0, p.stderr[-3000:]
+    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert zero["world_size"] == one["world_size"] == 2
+    assert zero["check"] == ["AdapterhubError", "process 1: data file train.jsonl does not exist"]
+    assert one["check"][0] == "ReportedElsewhere"
+    for seen in (zero, one):
+        assert seen["sharded"] and seen["local_numel"] < seen["whole_numel"]  # each process holds a shard
+        assert seen["gathered_keys_match"] and seen["gathered_max_diff"] == 0.0
+    assert one["wait"][0] == "AdapterhubError" and "process 1 waited 3 s" in one["wait"][1]
+    assert "--dist-timeout or ADAPTERHUB_DIST_TIMEOUT" in one["wait"][1]
+    assert 2.5 <= one["waited_s"] < 8  # it gave up on its own, before process 0 woke up
+    assert time.time() - began < 170
+
+
+def test_engines_accelerate_would_not_run_are_refused(cli, tmp_path, llama_base, monkeypatch):
+    """On CPU accelerate runs neither FSDP nor DeepSpeed (it trains plain DDP and says nothing): refused;
+    ``accelerate launch --cpu`` with several processes starts one: said so."""
+    data = write_jsonl(tmp_path / "t.jsonl", same_length_rows(8))
+    args = ["train", "--base", llama_base, *LORA, "--task", "causal-lm", "--data", data, "--out", tmp_path / "o",
+            "--max-steps", "1", "--batch-size", "4"]
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert_clean_error(cli(*args), "FSDP needs CUDA GPUs", "plain DDP")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert_clean_error(cli(*args), "DeepSpeed through accelerate is not supported", "whole model")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    assert_clean_error(cli(*args, "--dist-timeout", "0"), "--dist-timeout must be a positive number")
+    monkeypatch.setenv("ADAPTERHUB_DIST_TIMEOUT", "soon")
+    assert_clean_error(cli(*args), "ADAPTERHUB_DIST_TIMEOUT must be a number of seconds")
+    assert not (tmp_path / "o").exists()
+    monkeypatch.delenv("ADAPTERHUB_DIST_TIMEOUT")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # what 'accelerate launch --cpu --num_processes 2' sets
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    r = cli(*args, "--json")
+    assert r.exit_code == 0 and r.json()["world_size"] == 1
+    assert "'accelerate launch --cpu' started one process" in r.stderr
