@@ -229,6 +229,10 @@ def start(timeout_s: float, cuda: bool) -> Processes:
         raise AdapterhubError(f"could not join the other processes of this run: {describe(exc)}") from None
     if state.num_processes == 1:
         return Processes(timeout_s=timeout_s)
+    if cuda:  # one GPU per process: what quantized loading (device_map) and NCCL use
+        import torch
+
+        torch.cuda.set_device(state.local_process_index)
     group = None
     if dist.get_backend() != "gloo":  # NCCL carries tensors; our small messages go over gloo with the timeout
         group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
