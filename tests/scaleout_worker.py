@@ -17,7 +17,7 @@ def main() -> None:
     from adapterhub.errors import AdapterhubError, InvalidInput, ReportedElsewhere
     from adapterhub.training.distributed import adapter_state, start
 
-    procs = start(timeout_s=3.0, cuda=False)
+    procs = start(timeout_s=2.0, cuda=False)
     seen: dict = {"rank": procs.rank, "world_size": procs.world_size}
 
     # 1. a failure on process 1 only, while checking inputs: process 0 reports it, process 1 stays quiet
@@ -58,7 +58,7 @@ def main() -> None:
     began = time.time()
     try:
         if procs.rank == 0:
-            time.sleep(8)
+            time.sleep(5)
         procs.share("done" if procs.main else None, "waiting for process 0 to push")
         seen["wait"] = ["returned"]
     except (AdapterhubError, ReportedElsewhere) as exc:

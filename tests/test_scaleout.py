@@ -180,8 +180,8 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
     ckpt = str(out) + ".checkpoints"
     args = ["--base", minilm_path(), *LORA, "--set", "target_modules=query,value", "--task", "seq-cls",
             "--data", os.path.join(DEMO, "sentiment_train.jsonl"), "--eval", os.path.join(DEMO, "sentiment_eval.jsonl"),
-            "--out", out, "--max-steps", "30",
-            "--eval-steps", "3", "--batch-size", "8", "--max-length", "32", "--lr", "2e-3", "--push", "demo/sentiment"]
+            "--out", out, "--max-steps", "16",
+            "--eval-steps", "4", "--batch-size", "8", "--max-length", "32", "--lr", "5e-3", "--push", "demo/sentiment"]
     launcher = subprocess.Popen(accelerate(2, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env(), cwd=tmp_path)
     deadline = time.time() + 240
@@ -195,7 +195,7 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
     assert killed.exit_code != 0 and killed.stdout == ""
     [line] = our_lines(killed)
     assert "process 0" in line and "rerun the same command to resume from checkpoint-" in line, line
-    assert no_adapterhub_traceback(killed), killed.output[-3000:]
+    assert no_adapterhub_traceback(killed) and "terminate called" not in killed.output, killed.output[-3000:]
     assert not out.exists() and cli("list", "--json").json() == []
     done = int(os.path.basename(resume_point(ckpt)).split("-")[1])
 
@@ -214,7 +214,7 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
     printed = [o for o in (first.stdout, second_out) if o]
     assert len(printed) == 1  # process 0 prints, on whichever node the rendezvous put it
     d = json.loads(printed[0])
-    assert d["metrics"]["resumed_from_step"] >= done and d["metrics"]["steps"] == 30
+    assert d["metrics"]["resumed_from_step"] >= done and d["metrics"]["steps"] == 16
     assert d["metrics"]["eval_accuracy"] >= 0.85  # the real MiniLM learned the task across the interruption
     assert d["world_size"] == 2 and d["ref"] == "demo/sentiment:1"
     assert [v["ref"] for v in cli("list", "--json").json()] == ["demo/sentiment:1"]
@@ -237,9 +237,9 @@ def test_processes_agree_gather_fsdp_shards_and_time_out(tmp_path):
     for seen in (zero, one):
         assert seen["sharded"] and seen["local_numel"] < seen["whole_numel"]  # each process holds a shard
         assert seen["gathered_keys_match"] and seen["gathered_max_diff"] == 0.0
-    assert one["wait"][0] == "AdapterhubError" and "process 1 waited 3 s" in one["wait"][1]
+    assert one["wait"][0] == "AdapterhubError" and "process 1 waited 2 s" in one["wait"][1]
     assert "--dist-timeout or ADAPTERHUB_DIST_TIMEOUT" in one["wait"][1]
-    assert 2.5 <= one["waited_s"] < 8  # it gave up on its own, before process 0 woke up
+    assert 1.5 <= one["waited_s"] < 5  # it gave up on its own, before process 0 woke up
     assert time.time() - began < 170
 
 

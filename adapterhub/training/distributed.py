@@ -181,6 +181,15 @@ class Processes:
         self._call(stage, dist.all_gather_object, values, float(value))
         return sum(values) / len(values)
 
+    def close(self) -> None:
+        """Leave the process group (at the end of a run, failed or not): torch tears it down in order here,
+        where at interpreter exit, with a peer already gone, gloo aborts the process."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
     # -- a failure note, for the processes that only see a peer vanish -----------------------------------
     def note_failure(self, message: str) -> None:
         """Tell the other processes that this one failed and printed why (best effort)."""

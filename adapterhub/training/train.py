@@ -121,7 +121,7 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     import torch
 
     from ..plugins import get_plugins
-    from .distributed import DEFAULT_TIMEOUT_S, adapter_state, check_engine, start, timeout_seconds
+    from .distributed import DEFAULT_TIMEOUT_S, start, timeout_seconds
 
     plugins = plugins or get_plugins()
     started = time.time()
@@ -131,6 +131,16 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
     except InvalidInput as exc:  # join the others anyway, so that one process reports it
         timeout, bad_timeout = DEFAULT_TIMEOUT_S, exc
     procs = start(timeout, cuda)
+    try:
+        return _train(opts, plugins, registry, procs, bad_timeout, cuda, started)
+    finally:
+        procs.close()
+
+
+def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_timeout: Exception | None, cuda: bool,
+           started: float) -> dict[str, Any] | None:
+    from .distributed import adapter_state, check_engine
+
     with procs.together("checking the options, base and data"):
         if bad_timeout is not None:
             raise bad_timeout
