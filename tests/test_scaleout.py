@@ -13,6 +13,7 @@ The commands are the README's ("Scale out"), with the paths of this test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -266,3 +267,29 @@ def test_engines_accelerate_would_not_run_are_refused(cli, tmp_path, llama_base,
     r = cli(*args, "--json")
     assert r.exit_code == 0 and r.json()["world_size"] == 1
     assert "'accelerate launch --cpu' started one process" in r.stderr
+
+
+def test_resume_checks_the_number_of_processes(tmp_path):
+    """The run file records how many processes wrote the checkpoints (beside the options' digest): another
+    number is refused, or with --allow-resize accepted and reported (the manifest records it)."""
+    from types import SimpleNamespace
+
+    from adapterhub.errors import InvalidInput
+    from adapterhub.training.checks import check_resume, run_signature, write_run_file
+
+    opts = SimpleNamespace(method="lora", task="causal-lm", init_from=None, quantize=None, quantize_options={},
+                           epochs=3.0, max_steps=6, lr=None, batch_size=4, grad_accum=2, max_length=64, seed=1,
+                           warmup_ratio=0.0, weight_decay=0.0, optim=None, mixed_precision="auto",
+                           gradient_checkpointing=False, eval_steps=None)
+    config = dataclasses.make_dataclass("C", [("r", int)])(4)
+    two = run_signature(opts, "sha256:b", config, ["sha256:d"], world_size=2)
+    one = run_signature(opts, "sha256:b", config, ["sha256:d"], world_size=1)
+    assert one["digest"] == two["digest"]  # the same run; only the launch differs
+    ckpt = str(tmp_path / "o.checkpoints")
+    write_run_file(ckpt, two)
+    assert check_resume(ckpt, two, True) is None
+    with pytest.raises(InvalidInput, match=r"on 2 processes \(global batch 16\); this launch has 1 process "
+                                           r"\(global batch 8\).*--allow-resize"):
+        check_resume(ckpt, one, True)
+    assert check_resume(ckpt, one, True, allow_resize=True) == 2
+    assert check_resume(ckpt, one, False) is None  # nothing to resume: nothing to check

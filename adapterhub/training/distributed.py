@@ -16,6 +16,7 @@ refused there with a message. Under FSDP2 on GPUs the adapter's tensors are shar
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -113,7 +114,7 @@ class Processes:
                 f"process {self.rank} waited {self.timeout_s:g} s for the other processes while {stage} and gave "
                 f"up: one is stuck, was killed or cannot be reached (the limit is --dist-timeout or {TIMEOUT_ENV})")
         return AdapterhubError(f"process {self.rank}: another process of this run ended while {stage} (killed, "
-                               f"crashed or its node failed): {text}")
+                               f"crashed or its node failed; {_transport_reason(text)})")
 
     def stopped(self, stage: str) -> AdapterhubError:
         """The error for SIGTERM from the launcher (torchrun stops every process once one has failed)."""
@@ -246,6 +247,16 @@ def start(timeout_s: float, cuda: bool) -> Processes:
     if dist.get_backend() != "gloo":  # NCCL carries tensors; our small messages go over gloo with the timeout
         group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     return Processes(state.num_processes, state.process_index, state.local_process_index, timeout_s, group)
+
+
+def _transport_reason(text: str) -> str:
+    """What gloo / NCCL said, in a few words (their messages run to a paragraph with a source path)."""
+    low = text.lower()
+    for phrase in ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused"):
+        if phrase in low:
+            return phrase
+    text = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)  # "[.../pair.cc:537] "
+    return text.split(". ")[0][:120]
 
 
 def _launched() -> bool:
