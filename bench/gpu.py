@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+from scratch import work_directory  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -192,9 +192,7 @@ def main() -> None:
         return
     if args.steps <= WARMUP + 1:
         raise SystemExit(f"bench/gpu.py: --steps must be more than {WARMUP + 1} (the first {WARMUP} are warm-up)")
-    own = args.workdir is None
-    args.workdir = args.workdir or tempfile.mkdtemp(prefix="gpu-bench-")
-    try:
+    with work_directory(args.workdir, args.keep, "gpu-bench-") as args.workdir:
         t = time.perf_counter()
         # built in a child: this process never holds a CUDA context while the runs measure the device
         p = subprocess.run([sys.executable, __file__, "--worker", "build", "--workdir", args.workdir, "--layers",
@@ -232,11 +230,6 @@ def main() -> None:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"info": info, "args": vars(args), "rows": rows}, f, indent=1)
-    finally:
-        if own and not args.keep:
-            shutil.rmtree(args.workdir, ignore_errors=True)
-        elif args.keep:
-            print(f"kept {args.workdir}")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from scratch import work_directory  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 1024, 2816, 16, 8, 32000
@@ -152,9 +153,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker[0], args.worker[1], args.workdir, args.steps, args.batch, args.seq)
         return
-    own = args.workdir is None
-    args.workdir = args.workdir or tempfile.mkdtemp(prefix="qlora-bench-")
-    try:
+    with work_directory(args.workdir, args.keep, "qlora-bench-") as args.workdir:
         # built in a child: a child's ru_maxrss starts at its parent's RSS at fork, so the parent stays small
         t = time.perf_counter()
         info = measure("build", "-", argparse.Namespace(**{**vars(args), "steps": args.layers}))
@@ -175,11 +174,6 @@ def main() -> None:
             q, lo = by[(phase, "qlora")], by[(phase, "lora")]
             print(f"{phase}: qlora/lora peak RSS {q['peak_rss_mb'] / lo['peak_rss_mb']:.2f}x, peak anon "
                   f"{q['anon_peak_mb'] / lo['anon_peak_mb']:.2f}x, wall {q['wall_s'] / lo['wall_s']:.2f}x")
-    finally:
-        if own and not args.keep:
-            shutil.rmtree(args.workdir, ignore_errors=True)
-        elif args.keep:
-            print(f"kept {args.workdir}")
 
 
 if __name__ == "__main__":
