@@ -70,6 +70,30 @@ class TrainOptions:
 
 
 
+@dataclass
+class Prepared:
+    """A run's checked inputs, before the model is loaded (:func:`_prepare`); the last three are process 0's."""
+
+    opts: TrainOptions                  # with --max-length clamped to what the model takes
+    registry: Any                       # the registry a --push goes to (opened by process 0)
+    method: Any
+    config: Any                         # the method config (an --init-from adapter's, with allowed changes)
+    quantizer: Any                      # the quantizer the base loads through, or None
+    quant_options: dict[str, Any]
+    precision: dict[str, bool]          # TrainingArguments' bf16 / fp16
+    tokenizer: Any
+    train_rows: Any                     # data.Rows
+    eval_rows: Any
+    report: dict[str, Any] | None       # the data check's report
+    loaded: Any                         # the --init-from adapter (LoadedAdapter) or None
+    labels: list[str] | None            # seq-cls label map
+    train_ex: list[dict[str, Any]]      # tokenized examples
+    eval_ex: list[dict[str, Any]] | None
+    fingerprint: Any = None             # the base's Fingerprint
+    signature: dict[str, Any] | None = None  # what a resume must match (checks.run_signature)
+    resized_from: int | None = None     # processes of the checkpoints resumed with --allow-resize
+
+
 def coerce_settings(method: Any, settings: dict[str, str]) -> dict[str, Any]:
     """Turn ``--set key=value`` strings into typed config values, guided by the config's defaults.
     Unknown keys are left for ``Method.make_config`` to refuse with the list of valid keys."""
@@ -151,15 +175,15 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
 
                 warnings.warn(note, UserWarning, stacklevel=1)
         run = _prepare(opts, plugins, registry, procs)
-    opts, registry = run["opts"], run["registry"]
-    method, config = run["method"], run["config"]
+    opts, registry = run.opts, run.registry
+    method, config = run.method, run.config
     ckpt = _checkpoint_dir(opts)
     resume = procs.share(resume_point(ckpt) if procs.main and opts.resume else None,
                          "finding the checkpoint to resume from")
     with procs.together("loading the model"):
         model, effective, quantization, trainable, total = _build_model(opts, run, resume)
     tracker = _tracker(opts, plugins) if procs.main else None
-    fp, train_rows, eval_rows = run["fingerprint"], run["train_rows"], run["eval_rows"]
+    fp, train_rows, eval_rows = run.fingerprint, run.train_rows, run.eval_rows
     world, batch = procs.world_size, global_batch(opts, procs.world_size)
     if tracker:
         params = {"method": method.name, "task": opts.task, "base_fingerprint": fp.digest,
@@ -173,13 +197,13 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
                       experiment=opts.experiment or opts.push, params=params,
                       tags={"adapterhub.method": method.name, "adapterhub.base_fingerprint": fp.digest,
                             **({"adapterhub.name": opts.push} if opts.push else {})})
-        if run["report"] is not None:
-            tracker.log_report("data_check.json", run["report"])
+        if run.report is not None:
+            tracker.log_report("data_check.json", run.report)
 
     from .trainer import run_trainer
 
-    metrics = run_trainer(opts, method, model, run["tokenizer"], run["train_ex"], run["eval_ex"], run["precision"],
-                          tracker, run["signature"], procs, ckpt, resume)
+    metrics = run_trainer(opts, method, model, run.tokenizer, run.train_ex, run.eval_ex, run.precision,
+                          tracker, run.signature, procs, ckpt, resume)
     tensors = adapter_state(method, model)  # every process: under FSDP the shards are gathered
     if not procs.main:
         failed = procs.share(None, "waiting for process 0 to save and push the adapter")
@@ -191,7 +215,7 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
                                                       "max_length", "seed", "mixed_precision", "gradient_checkpointing",
                                                       "optim")},
                     "world_size": world, "global_batch_size": batch,
-                    **({"resized_from_world_size": run["resized_from"]} if resume and run["resized_from"] else {})}
+                    **({"resized_from_world_size": run.resized_from} if resume and run.resized_from else {})}
         manifest = {
             "method": method.name,
             "config": _jsonable(dataclasses.asdict(effective)),
@@ -202,8 +226,8 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
             "data": [train_rows.describe("train")] + ([eval_rows.describe("eval")] if eval_rows else []),
             "metrics": metrics,
             "training": training,
-            "tokenizer": {"class": type(run["tokenizer"]).__name__, "pad_token": run["tokenizer"].pad_token,
-                          "chat_template": bool(getattr(run["tokenizer"], "chat_template", None))},
+            "tokenizer": {"class": type(run.tokenizer).__name__, "pad_token": run.tokenizer.pad_token,
+                          "chat_template": bool(getattr(run.tokenizer, "chat_template", None))},
             "plugin": {"name": method.name, "module": type(method).__module__.split(".")[0]},
             "adapterhub_version": __version__,
         }
@@ -217,7 +241,7 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
     return result
 
 
-def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> dict[str, Any]:
+def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> "Prepared":
     """Every check and input of a run, before the model is loaded: options, method config, base, output,
     registry, data (read, checked by process 0, tokenized), ``--init-from``, the run's checkpoints."""
     from .. import api
@@ -292,13 +316,11 @@ def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> dic
         digests = [train_rows.digest] + ([eval_rows.digest] if eval_rows else [])
         signature = run_signature(opts, fp.digest, config, digests, procs.world_size)
         resized_from = _prepare_checkpoints(opts, signature)
-    return {"opts": opts, "registry": registry, "method": method, "config": config, "quantizer": quantizer,
-            "quant_options": quant_options, "precision": precision, "tokenizer": tokenizer, "train_rows": train_rows,
-            "eval_rows": eval_rows, "report": report, "loaded": loaded, "labels": labels, "train_ex": train_ex,
-            "eval_ex": eval_ex, "fingerprint": fp, "signature": signature, "resized_from": resized_from}
+    return Prepared(opts, registry, method, config, quantizer, quant_options, precision, tokenizer, train_rows,
+                    eval_rows, report, loaded, labels, train_ex, eval_ex, fp, signature, resized_from)
 
 
-def _build_model(opts: TrainOptions, run: dict[str, Any], resume: str | None):
+def _build_model(opts: TrainOptions, run: "Prepared", resume: str | None):
     """The base (quantized as it loads when asked) with the adapter attached, its tensors loaded from
     ``--init-from`` or the checkpoint being resumed. Returns (model, effective config, quantization, trainable,
     total)."""
@@ -306,24 +328,24 @@ def _build_model(opts: TrainOptions, run: dict[str, Any], resume: str | None):
 
     from .modeling import load_base_model
 
-    method, quantizer = run["method"], run["quantizer"]
+    method, quantizer = run.method, run.quantizer
     if resume and not os.path.isfile(os.path.join(resume, CHECKPOINT_TENSORS)):
         raise InvalidInput(f"{resume} is not visible to this process: resuming on several machines needs "
                            f"{os.path.dirname(resume)} on storage they all share")
     set_seed(opts.seed)
     quantization = None
     if quantizer is not None:  # quantized as it loads: the full-precision model is never in memory
-        model, quantization = quantizer.load_model(opts.base, opts.task, run["labels"], run["quant_options"])
+        model, quantization = quantizer.load_model(opts.base, opts.task, run.labels, run.quant_options)
         quantization = _jsonable(quantization)
-        if run["fingerprint"] is not None:
-            quantization["source_fingerprint"] = run["fingerprint"].digest
+        if run.fingerprint is not None:
+            quantization["source_fingerprint"] = run.fingerprint.digest
     else:
-        model = load_base_model(opts.base, opts.task, run["labels"])
-    effective = method.attach(model, run["config"]) or run["config"]
+        model = load_base_model(opts.base, opts.task, run.labels)
+    effective = method.attach(model, run.config) or run.config
     if quantizer is not None and hasattr(quantizer, "prepare_training"):
         quantizer.prepare_training(model)
-    if run["loaded"] is not None:
-        method.load_state_dict(model, run["loaded"].tensors)
+    if run.loaded is not None:
+        method.load_state_dict(model, run.loaded.tensors)
     if resume:
         from safetensors.torch import load_file
 
@@ -336,18 +358,18 @@ def _build_model(opts: TrainOptions, run: dict[str, Any], resume: str | None):
 
 
 def _publish(opts: TrainOptions, plugins: Any, registry: Any, method: Any, effective: Any, manifest: dict[str, Any],
-             tensors: dict[str, Any], run: dict[str, Any], tracker: Any) -> dict[str, Any]:
+             tensors: dict[str, Any], run: "Prepared", tracker: Any) -> dict[str, Any]:
     """Process 0: write the adapter directory, clear the checkpoints, push, and close the tracker's run."""
     from .. import api
     from ..files.checkpoint import save_adapter
 
-    if run["labels"] is not None:
-        manifest["labels"] = run["labels"]
-    if run["report"] is not None:
-        manifest["data_check"] = _report_summary(run["report"], opts.allow_dirty_data)
+    if run.labels is not None:
+        manifest["labels"] = run.labels
+    if run.report is not None:
+        manifest["data_check"] = _report_summary(run.report, opts.allow_dirty_data)
     if tracker:
         manifest["tracking"] = tracker.run_info() or {}
-    fp, quantization = run["fingerprint"], manifest["base"].get("quantization")
+    fp, quantization = run.fingerprint, manifest["base"].get("quantization")
     peft_config = method.to_peft_config(effective, os.path.abspath(opts.base))
     out = save_adapter(opts.out, manifest, tensors, peft_config=peft_config, force=True)
     shutil.rmtree(_checkpoint_dir(opts), ignore_errors=True)
