@@ -32,7 +32,8 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 @click.option("--epochs", type=float, default=3.0, show_default=True)
 @click.option("--max-steps", type=int, default=-1, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option("--lr", type=float, help="Learning rate (default: the method's, 2e-4 for LoRA).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help="Rows per step on each process (the global batch: x --grad-accum x processes).")
 @click.option("--grad-accum", type=int, default=1, show_default=True)
 @click.option("--max-length", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
