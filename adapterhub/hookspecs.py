@@ -89,6 +89,21 @@ def register_trackers(register: Register) -> None:
 
 
 @hookspec
+def register_metrics(register: Register) -> None:
+    """Register generation metrics (exact match, ROUGE-L, chrF, an LLM-as-judge ...).
+
+    Called when ``adapterhub eval --generate`` (or ``adapterhub plugins``) first looks up a metric.
+
+    :param register: call ``register(metric)`` with an object that keeps :class:`adapterhub.metrics.Metric`:
+        ``name`` (what users pass to ``--metric``), ``higher_is_better`` (a bool: the direction the promotion
+        gate compares in) and ``compute(predictions, references) -> float`` (called once per model with
+        equally long lists of strings; a finite number for the whole set). Import heavy libraries inside
+        ``compute``, not at module import.
+    :returns: nothing.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add CLI commands.
 

@@ -21,7 +21,7 @@ from . import hookspecs
 from .errors import NotFound, PluginError
 
 GROUP = "adapterhub"
-KINDS = ("methods", "quantizers", "formats", "stores", "trackers")
+KINDS = ("methods", "quantizers", "formats", "stores", "trackers", "metrics")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 

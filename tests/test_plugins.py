@@ -17,7 +17,7 @@ HOOKS = [name for name, f in vars(hookspecs).items() if name.startswith("registe
 
 def test_every_hook_is_documented():
     assert set(HOOKS) == {"register_methods", "register_quantizers", "register_formats", "register_stores",
-                          "register_trackers", "register_commands"}
+                          "register_trackers", "register_metrics", "register_commands"}
     for name in HOOKS:
         doc = inspect.getdoc(getattr(hookspecs, name))
         assert doc and ":param" in doc and ":returns:" in doc and "Called" in doc, name

@@ -1,4 +1,5 @@
-"""Built-in plugin: the local content-addressed blob store (``file://`` URLs, and the default).
+"""Built-in plugin: the local content-addressed blob store (``file://`` URLs, and the default), and the
+built-in generation metrics (:mod:`adapterhub_file.metrics`: every installation loads this plugin).
 
 Layout under the root: ``blobs/sha256/ab/cdef...`` (the first two hex digits as a fan-out folder) and
 ``tmp/`` for writes in flight. A blob is written to ``tmp/``, fsynced, verified and then renamed into
@@ -123,3 +124,11 @@ def _remove(path: str) -> None:
 @adapterhub.hookimpl
 def register_stores(register):
     register(FileStore)
+
+
+@adapterhub.hookimpl
+def register_metrics(register):
+    from .metrics import BUILTIN
+
+    for cls in BUILTIN:
+        register(cls())
