@@ -1,4 +1,4 @@
-"""Evaluation commands: data check, eval, bench-latency, compare."""
+"""Evaluation commands: eval, bench-latency, compare."""
 
 from __future__ import annotations
 
@@ -27,40 +27,6 @@ def batch_bar(desc: str):
 
 def _f(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
-# -- data check ---------------------------------------------------------------------------------
-@cli.group()
-def data():
-    """Training data: quality checks."""
-
-
-@data.command(name="check")
-@click.argument("file", type=click.Path())
-@click.option("--eval", "eval_", type=click.Path(), help="Evaluation data (JSONL): checked for train/eval leakage.")
-@click.option("--task", type=TASK_CHOICE, help="Task of the rows (default: seq-cls if rows have 'label').")
-@click.option("--base", type=click.Path(), help="Base model directory: measure lengths with its tokenizer.")
-@click.option("--max-length", type=int, help="Flag rows longer than this (tokens with --base, else whitespace tokens).")
-@click.option("--strict", is_flag=True, help="Exit 1 when any problem is found.")
-@json_option
-def data_check(file, eval_, task, base, max_length, strict, as_json):
-    """Check FILE (JSONL) for duplicates, conflicting labels, train/eval leakage, label imbalance,
-    empty, over-length and malformed rows; every finding names its line.
-
-    Exit code 0 for a report, whatever it finds, unless --strict."""
-    from ..training.quality import check_data, render
-
-    tokenizer = None
-    if base:
-        from ..training.modeling import check_base_dir, load_tokenizer
-
-        check_base_dir(base)
-        tokenizer = load_tokenizer(base)
-    report = check_data(file, eval_, task=task, tokenizer=tokenizer, max_length=max_length)
-    emit(as_json, report, render)
-    if strict and report["problems"]:
-        click.echo(f"data check failed (--strict): {'; '.join(report['problems'])}", err=True)
-        raise SystemExit(1)
 
 
 # -- eval ---------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ Definitions (every count is over rows, every example names its line):
   tokens (``unit: "whitespace tokens"``); ``over_length`` only when a maximum length is known.
 * ``malformed``: lines that are not JSON objects or lack the task's fields; all of them are reported,
   reading goes on.
+* ``label_issues`` (seq-cls, with an ``embed`` function, i.e. ``--base``): likely mislabeled rows by
+  confident learning (:mod:`.label_noise`); without one the section says it was skipped.
 
 This module does not import torch.
 """
@@ -30,7 +32,7 @@ import json
 import os
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidInput
 
@@ -132,10 +134,11 @@ def _lengths(rows: list[_Row], tokenizer: Any) -> list[int]:
 
 # -- the check ----------------------------------------------------------------------------------
 def check_data(train_path: str, eval_path: str | None = None, task: str | None = None, tokenizer: Any = None,
-               max_length: int | None = None) -> dict[str, Any]:
+               max_length: int | None = None, embed: Callable[[list[str]], Any] | None = None) -> dict[str, Any]:
     """Check ``train_path`` (and ``eval_path``) and return the report (a JSON-able dict; see the module
-    docstring for the definitions). Never stops at a bad line; raises :class:`InvalidInput` only for a
-    missing or unreadable file or an unknown task."""
+    docstring for the definitions). ``embed`` (texts -> sentence embeddings, e.g.
+    :func:`.embed.embedder`) turns on the checks that need the base model. Never stops at a bad line;
+    raises :class:`InvalidInput` only for a missing or unreadable file or an unknown task."""
     if task is not None and task not in TASKS:
         raise InvalidInput(f"unknown task '{task}' (expected one of: {', '.join(TASKS)})")
     if max_length is not None and max_length <= 0:
@@ -171,9 +174,22 @@ def check_data(train_path: str, eval_path: str | None = None, task: str | None =
     if e_info:
         report["eval_rows"] = len(evals)
         report["eval_duplicates"] = _duplicates(evals, e_info["file"])
+    report["label_issues"] = _label_issues(train, task, embed)
     report["problems"] = problems(report)
     report["status"] = "problems" if report["problems"] else "ok"
     return report
+
+
+def _label_issues(rows: list[_Row], task: str, embed: Callable[[list[str]], Any] | None) -> dict[str, Any]:
+    if embed is None:
+        return {"skipped": "without --base"}
+    if task != "seq-cls":
+        return {"skipped": "causal-lm rows have no labels"}
+    from .label_noise import find_label_issues
+
+    rows = [r for r in rows if r.input.strip() and str(r.target).strip()]
+    texts = [r.input for r in rows]
+    return find_label_issues([r.line for r in rows], texts, [str(r.target) for r in rows], embed(texts))
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -326,6 +342,9 @@ def problems(report: dict[str, Any]) -> list[str]:
         out.append(f"eval labels not in train: {', '.join(labels['unseen_in_train'])}")
     if report.get("eval_duplicates", {}).get("total"):
         out.append(f"{report['eval_duplicates']['total']} duplicate row(s) in the eval set")
+    li = report.get("label_issues") or {}
+    if li.get("count"):
+        out.append(f"{li['count']} likely mislabeled row(s) (estimated label noise {li['estimated_noise_rate']:.1%})")
     return out
 
 
@@ -354,6 +373,7 @@ def gate_data(report: dict[str, Any], max_conflicts: int = 0, max_leakage: int =
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The counts of a report, small enough for a manifest (no examples)."""
+    li = report.get("label_issues") or {}
     return {
         "task": report["task"],
         "train_digest": report["train"]["digest"],
@@ -370,6 +390,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "max_length": report["lengths"]["max_length"],
         "label_distribution": report["labels"].get("distribution") or None,
         "imbalance_ratio": report["labels"].get("imbalance_ratio"),
+        "label_issues": ({k: li[k] for k in ("estimated_noise_rate", "count")} if "count" in li
+                         else {"skipped": li.get("skipped")}),
         "problems": report["problems"],
     }
 
@@ -412,6 +434,17 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  {e['file']}:{e['line']} {e['length']} {ln['unit']}")
     else:
         lines.append(f"lengths: max {ln['max']}, mean {ln['mean']:g} {ln['unit']} (no --max-length: not checked)")
+    li = report.get("label_issues") or {}
+    if "skipped" in li:
+        lines.append(f"likely mislabeled rows: not checked ({li['skipped']})")
+    elif li:
+        lines.append(f"likely mislabeled rows: {li['count']} of {li['checked']} (estimated label noise "
+                     f"{li['estimated_noise_rate']:.1%}; {li['folds']}-fold probe on the base's embeddings)")
+        for e in li["rows"][:10]:
+            lines.append(f"  line {e['line']}: {e['label']} -> {e['suggested']} (score {e['score']:.3f}) "
+                         f"{e['text'][:60]!r}")
+        if li["count"] > 10:
+            lines.append(f"  ... {li['count'] - 10} more (--json lists them all)")
     m = report["malformed"]
     lines.append(f"malformed lines: {m['count']}")
     for e in m["examples"][:10]:

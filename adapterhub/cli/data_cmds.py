@@ -1,0 +1,62 @@
+"""Training-data commands: data check (duplicates, conflicts, leakage, likely mislabeled rows)."""
+
+from __future__ import annotations
+
+import click
+
+from . import cli, emit, json_option
+
+TASK_CHOICE = click.Choice(["causal-lm", "seq-cls"])
+
+
+def _rate(ctx, param, value):
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"must be a fraction between 0 and 1, got {value:g}")
+    return value
+
+
+@cli.group()
+def data():
+    """Training data: quality checks and cleaning."""
+
+
+@data.command(name="check")
+@click.argument("file", type=click.Path())
+@click.option("--eval", "eval_", type=click.Path(), help="Evaluation data (JSONL): checked for train/eval leakage.")
+@click.option("--task", type=TASK_CHOICE, help="Task of the rows (default: seq-cls if rows have 'label').")
+@click.option("--base", type=click.Path(),
+              help="Base model directory: measure lengths with its tokenizer and, for seq-cls, find likely "
+                   "mislabeled rows with a probe on its embeddings.")
+@click.option("--max-length", type=int, help="Flag rows longer than this (tokens with --base, else whitespace tokens).")
+@click.option("--fail-on-noise", type=float, metavar="RATE", callback=_rate,
+              help="Exit 1 when the estimated label noise is above RATE (e.g. 0.05; needs --base).")
+@click.option("--strict", is_flag=True, help="Exit 1 when any problem is found.")
+@json_option
+def data_check(file, eval_, task, base, max_length, fail_on_noise, strict, as_json):
+    """Check FILE (JSONL) for duplicates, conflicting labels, train/eval leakage, label imbalance,
+    empty, over-length and malformed rows and, with --base, likely mislabeled rows; every finding names
+    its line.
+
+    Exit code 0 for a report, whatever it finds, unless --strict or --fail-on-noise."""
+    from ..training.label_noise import gate_noise
+    from ..training.quality import check_data, render
+
+    if fail_on_noise is not None and not base:
+        raise click.UsageError("--fail-on-noise needs --base (the probe runs on the base model's embeddings)")
+    tokenizer = embed = None
+    if base:
+        from ..training.embed import embedder
+        from ..training.modeling import check_base_dir, load_tokenizer
+
+        check_base_dir(base)
+        tokenizer = load_tokenizer(base)
+        embed = embedder(base)
+    report = check_data(file, eval_, task=task, tokenizer=tokenizer, max_length=max_length, embed=embed)
+    emit(as_json, report, render)
+    reason = gate_noise(report.get("label_issues"), fail_on_noise)
+    if reason:
+        click.echo(f"data check failed: {reason}", err=True)
+        raise SystemExit(1)
+    if strict and report["problems"]:
+        click.echo(f"data check failed (--strict): {'; '.join(report['problems'])}", err=True)
+        raise SystemExit(1)
