@@ -384,11 +384,13 @@ def lineage(app: App, ref, fmt):
 @json_option
 @pass_app
 def verify(app: App, ref, as_json):
-    """Re-hash stored blobs (of REF, or of every version); exit 1 if any is missing or corrupt."""
+    """Check REF (or every version): its manifest matches its digest and the files served, and its blobs
+    re-hash to their addresses; exit 1 on any problem."""
     report = app.registry.verify(ref)
 
     def text(r):
-        lines = [f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})" for p in r["problems"]]
+        lines = [f"{p['version']}: {p['status']}" if "version" in p else
+                 f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})" for p in r["problems"]]
         lines.append(f"checked {r['blobs']} blobs ({human_size(r['bytes'])}) of {r['versions']} versions: "
                      + ("ok" if r["ok"] else f"{len(r['problems'])} problems"))
         return "\n".join(lines)

@@ -69,8 +69,8 @@ class VersionBundle:
             listed = json.loads(self.manifest_text).get("files")
         except (ValueError, AttributeError):
             raise IntegrityError(f"{self.ref}: its stored manifest is not a JSON object") from None
-        want = sorted((str(f.get("path")), str(f.get("sha256")), f.get("size")) for f in listed or []
-                      if isinstance(f, dict))
+        want = sorted((str(f.get("path")), str(f.get("sha256")), f.get("size")) for f in
+                      (listed if isinstance(listed, list) else []) if isinstance(f, dict))
         have = sorted((f.path, f.digest, f.size) for f in self.files)
         if want != have:
             extra = sorted({h[0] for h in have} ^ {w[0] for w in want}) or [

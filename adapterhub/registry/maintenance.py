@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from ..errors import AdapterhubError, IntegrityError, InvalidInput
 from . import schema as t
 from .blobs import Progress, copy_verified, verify_blob
+from .bundle import BundleFile, VersionBundle
 from ..files.output_dir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
 from .records import check_relpath
 
@@ -29,7 +30,7 @@ def materialize(reg: Registry, ref: str, out: str, force: bool = False,
     check_out_registry(out, registry_paths(reg))
     with reg.read() as conn:
         v = reg.resolve(ref, conn)
-        files = reg.files_of(conn, v["id"])
+        files = reg.files_of(conn, v)  # checked against the manifest and digest
     for f in files:
         check_relpath(f["path"])
     with atomic_out(out, force) as tmp:
@@ -43,29 +44,39 @@ def materialize(reg: Registry, ref: str, out: str, force: bool = False,
 
 
 def verify(reg: Registry, ref: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Re-hash every blob referenced by ``ref`` (or by every version) and report missing or corrupt
-    ones with the versions and paths that use them."""
+    """Check ``ref`` (or every version): its manifest hashes to its digest and lists exactly the files the
+    database serves, and every blob it references re-hashes to its address. Problems name the version
+    (``{"version", "status"}``) or the blob and the versions and paths using it (``{"blob", ...}``)."""
     f, v, a = t.files, t.versions, t.adapters
-    with reg.read() as conn:
-        q = (sa.select(f.c.blob_digest, f.c.path, f.c.size, v.c.number, a.c.name)
-             .join(v, v.c.id == f.c.version_id).join(a, a.c.id == v.c.adapter_id))
-        if ref:
-            q = q.where(v.c.id == reg.resolve(ref, conn)["id"])
-        rows = conn.execute(q).all()
-        versions = len({(r.name, r.number) for r in rows}) if not ref else 1
+    problems: list[dict[str, Any]] = []
     used: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
-    for r in rows:
-        used.setdefault(r.blob_digest, []).append(f"{r.name}:{r.number} {r.path}")
-        sizes[r.blob_digest] = r.size
-    problems = []
+    with reg.read() as conn:
+        vq = sa.select(v, a.c.name).join(a, a.c.id == v.c.adapter_id).order_by(a.c.name, v.c.number)
+        fq = sa.select(f).order_by(f.c.version_id, f.c.path)
+        if ref:
+            vid = reg.resolve(ref, conn)["id"]
+            vq, fq = vq.where(v.c.id == vid), fq.where(f.c.version_id == vid)
+        served: dict[int, list[BundleFile]] = {}
+        for r in conn.execute(fq):
+            served.setdefault(r.version_id, []).append(BundleFile(r.path, r.blob_digest, r.size))
+        versions = conn.execute(vq).all()
+    for row in versions:
+        ref_ = f"{row.name}:{row.number}"
+        try:
+            VersionBundle(row.name, row.number, row.digest, row.manifest, served.get(row.id, [])).check()
+        except IntegrityError as exc:
+            problems.append({"version": ref_, "status": str(exc).split(": ", 1)[-1]})
+        for bf in served.get(row.id, []):
+            used.setdefault(bf.digest, []).append(f"{ref_} {bf.path}")
+            sizes[bf.digest] = bf.size
     for digest in sorted(used):
         status = verify_blob(reg.store, digest)
         if progress:
             progress(sizes[digest])
         if status:
             problems.append({"blob": "sha256:" + digest, "status": status, "used_by": used[digest]})
-    return {"versions": versions, "blobs": len(used), "bytes": sum(sizes.values()),
+    return {"versions": len(versions), "blobs": len(used), "bytes": sum(sizes.values()),
             "problems": problems, "ok": not problems}
 
 

@@ -253,13 +253,22 @@ class Registry(AliasOps, MaintenanceOps):
         d["ref"] = f"{d['name']}:{d['number']}"
         return d
 
+    def checked_files(self, conn: sa.Connection, v: dict[str, Any]) -> list[BundleFile]:
+        """The files the database serves for version ``v`` (a :meth:`resolve` row), after checking that its
+        stored manifest hashes to its digest and lists exactly these files (:meth:`VersionBundle.check`):
+        every read of a version's content goes through here, so an edited row fails before anything is
+        written, with one error naming the version."""
+        files = [BundleFile(r.path, r.blob_digest, r.size) for r in conn.execute(
+            sa.select(t.files).where(t.files.c.version_id == v["id"]).order_by(t.files.c.path))]
+        VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files).check()
+        return files
+
     def export_version(self, ref: str | Ref) -> VersionBundle:
         """Version ``ref`` as a :class:`VersionBundle` (manifest text verbatim, files, lineage edges, tags,
         evaluations, base row), checked: the manifest hashes to the digest and lists exactly these files."""
         with self.read() as conn:
             v = self.resolve(ref, conn)
-            files = [BundleFile(r.path, r.blob_digest, r.size) for r in conn.execute(
-                sa.select(t.files).where(t.files.c.version_id == v["id"]).order_by(t.files.c.path))]
+            files = self.checked_files(conn, v)
             edges = [BundleEdge(p["digest"][7:] if p["digest"] else None, p["relation"], p["details"],
                                 None if p["external"] else p["ref"])
                      for p in self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)]
@@ -300,13 +309,16 @@ class Registry(AliasOps, MaintenanceOps):
         """Copy blob ``digest`` to the local file ``dest``, verified by sha256 and size while it is read."""
         copy_verified(self.store, digest, dest, size, progress, what=what)
 
-    def files_of(self, conn: sa.Connection, version_id: int) -> list[dict[str, Any]]:
-        rows = conn.execute(sa.select(t.files).where(t.files.c.version_id == version_id).order_by(t.files.c.path))
-        return [{"path": r.path, "digest": "sha256:" + r.blob_digest, "size": r.size} for r in rows]
+    def files_of(self, conn: sa.Connection, v: dict[str, Any]) -> list[dict[str, Any]]:
+        """The files of version ``v`` (a :meth:`resolve` row), checked against its manifest and digest."""
+        return [{"path": f.path, "digest": "sha256:" + f.digest, "size": f.size} for f in self.checked_files(conn, v)]
 
     def show(self, ref: str | Ref) -> dict[str, Any]:
+        """Everything about version ``ref``; its manifest and files are checked against its digest first
+        (``merge``, ``combine`` and ``export`` read versions through here)."""
         with self.read() as conn:
             v = self.resolve(ref, conn)
+            files = self.files_of(conn, v)
             manifest = json.loads(v["manifest"])
             aliases = [r[0] for r in conn.execute(sa.select(t.aliases.c.alias).where(
                 t.aliases.c.version_id == v["id"]).order_by(t.aliases.c.alias))]
@@ -323,7 +335,6 @@ class Registry(AliasOps, MaintenanceOps):
                 b = conn.execute(sa.select(t.base_models).where(
                     t.base_models.c.fingerprint == v["base_fingerprint"])).first()
                 base = {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
-            files = self.files_of(conn, v["id"])
         return {
             "name": v["name"], "version": v["number"], "ref": v["ref"], "digest": "sha256:" + v["digest"],
             "kind": v["kind"], "method": v["method"], "config": manifest.get("config"),
