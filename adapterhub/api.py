@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import urlparse
 
@@ -119,8 +118,23 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
          tags: dict[str, str] | None = None, parents: Iterable[ParentSpec] = (), import_bin: bool = False,
          home: str | None = None, plugins: Plugins | None = None, progress: Progress | None = None,
          hash_progress: Progress | None = None) -> Published:
-    """Register the adapter directory ``src`` as a version of ``name``."""
+    """Register the adapter directory ``src`` (or the PEFT adapter repo ``hf://ORG/NAME[@REVISION]``, with an
+    ``imported_from`` edge naming its commit) as a version of ``name``."""
+    from .files.hub import HF_SCHEME
+
+    if src.startswith(HF_SCHEME):
+        from .files.hub import staged_adapter
+        from .registry.registry import ParentSpec
+
+        with staged_adapter(src, import_bin) as (staged, hub):
+            # the commit, not the branch or tag asked for: the same upstream files give the same version
+            edge = ParentSpec("imported_from", ref=f"{HF_SCHEME}{hub.hub_id}@{hub.revision_sha}",
+                              details={"repo": hub.hub_id, "revision": hub.revision_sha})
+            return push(reg, staged, name, base=base, aliases=aliases, tags=tags, parents=[edge, *parents],
+                        import_bin=import_bin, home=home, plugins=plugins, progress=progress,
+                        hash_progress=hash_progress)
     from .files.checkpoint import check_base_fit, read_adapter_dir
+    from .files.hub import from_path
     from .registry.refs import validate_name
 
     validate_name(name)
@@ -135,8 +149,8 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
             check_base(m_base.get("fingerprint"), fp.digest, base, m_base.get("name"))
             check_base_fit(source, base)  # every targeted module exists in the base and fits it
             m_base["fingerprint"] = fp.digest
-            m_base.setdefault("name", None)
-            m_base["name"] = m_base["name"] or os.path.basename(os.path.abspath(base))
+            hub = from_path(base)  # a Hub snapshot's ORG/NAME@sha is more exact than any earlier hint
+            m_base["name"] = hub.name if hub.hub_id else (m_base.get("name") or hub.name)
             base_info = {"fingerprint": fp.digest, "name": m_base["name"], "tensors": fp.tensors, "bytes": fp.bytes}
         if m_base:
             manifest["base"] = m_base

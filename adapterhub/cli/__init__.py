@@ -138,6 +138,23 @@ def cli(ctx: click.Context, home: str | None) -> None:
     ctx.obj = App(home)
 
 
+class BaseParam(click.ParamType):
+    """A base model: a directory, or a Hugging Face id ``ORG/NAME[@REVISION]`` resolved to a snapshot of the
+    Hugging Face cache (``files.hub.resolve_base``). The one place every ``--base`` / ``BASE`` goes through;
+    a resolution error surfaces as the group's one ``Error:`` line."""
+
+    name = "DIR|ORG/NAME[@REV]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from ..files.hub import resolve_base
+
+        return value if not isinstance(value, str) else resolve_base(value).path
+
+
+#: the type of every ``--base`` option and ``BASE`` argument (plugins use it too)
+BASE = BaseParam()
+
+
 def emit(as_json: bool, data: Any, text: Callable[[Any], str] | str | None = None) -> None:
     """Print ``data`` as JSON, or as text made by ``text``."""
     if as_json:

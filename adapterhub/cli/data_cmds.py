@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import cli, emit, json_option
+from . import BASE, cli, emit, json_option
 
 TASK_CHOICE = click.Choice(["causal-lm", "seq-cls"])
 
@@ -24,7 +24,7 @@ def data():
 @click.argument("file", type=click.Path())
 @click.option("--eval", "eval_", type=click.Path(), help="Evaluation data (JSONL): checked for train/eval leakage.")
 @click.option("--task", type=TASK_CHOICE, help="Task of the rows (default: seq-cls if rows have 'label').")
-@click.option("--base", type=click.Path(),
+@click.option("--base", type=BASE,
               help="Base model directory: measure lengths with its tokenizer and, for seq-cls, find likely "
                    "mislabeled rows with a probe on its embeddings.")
 @click.option("--max-length", type=int, help="Flag rows longer than this (tokens with --base, else whitespace tokens).")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from . import App, cli, emit, json_option
+from . import BASE, App, cli, emit, json_option
 
 pass_app = click.make_pass_decorator(App)
 TASK_CHOICE = click.Choice(["causal-lm", "seq-cls"])
@@ -32,7 +32,7 @@ def _f(x) -> str:
 # -- eval ---------------------------------------------------------------------------------------
 @cli.command(name="eval")
 @click.argument("ref")
-@click.option("--base", required=True, type=click.Path(), help="Base model directory (fingerprint is checked).")
+@click.option("--base", required=True, type=BASE, help="Base model directory (fingerprint is checked).")
 @click.option("--data", "data_path", required=True, type=click.Path(), help="Evaluation data (JSONL).")
 @click.option("--probe", type=click.Path(), help="General-purpose data (JSONL) to measure forgetting.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
@@ -91,7 +91,7 @@ def _eval_text(r) -> str:
 # -- latency ------------------------------------------------------------------------------------
 @cli.command(name="bench-latency")
 @click.argument("ref")
-@click.option("--base", required=True, type=click.Path(), help="Base model directory (fingerprint is checked).")
+@click.option("--base", required=True, type=BASE, help="Base model directory (fingerprint is checked).")
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed forward passes per variant.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed passes first.")
 @click.option("--batch-size", type=int, default=1, show_default=True)

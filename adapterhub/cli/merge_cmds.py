@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from . import App, cli, emit, human_size, json_option
+from . import BASE, App, cli, emit, human_size, json_option
 
 pass_app = click.make_pass_decorator(App)
 DTYPES = ("bf16", "fp16", "fp32")
@@ -126,7 +126,7 @@ def merge_text(d: dict) -> str:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--base", required=True, type=click.Path(), help="The base model directory to merge into.")
+@click.option("--base", required=True, type=BASE, help="The base model directory to merge into.")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the merged model to.")
 @merge_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
@@ -168,7 +168,7 @@ def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, forc
 @click.argument("ref")
 @click.option("--format", "fmt", required=True, help="Export format: peft, merged, adapters (or one a plugin adds).")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write to.")
-@click.option("--base", type=click.Path(), help="Base model directory (--format merged).")
+@click.option("--base", type=BASE, help="Base model directory (--format merged).")
 @merge_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @json_option
@@ -203,7 +203,7 @@ def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mism
 
 @cli.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="The fully fine-tuned model directory.")
-@click.option("--base", required=True, type=click.Path(), help="The base model it was fine-tuned from.")
+@click.option("--base", required=True, type=BASE, help="The base model it was fine-tuned from.")
 @click.option("--rank", "-r", required=True, type=click.IntRange(min=1), help="LoRA rank.")
 @click.option("--name", required=True, help="Push the extracted LoRA as a new version of NAME.")
 @click.option("--targets", multiple=True, metavar="NAME",

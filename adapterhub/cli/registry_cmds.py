@@ -6,7 +6,7 @@ import os
 
 import click
 
-from . import App, batch_text, cli, emit, human_size, json_option, progress_bar
+from . import BASE, App, batch_text, cli, emit, human_size, json_option, progress_bar
 
 RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
 pass_app = click.make_pass_decorator(App)
@@ -15,7 +15,7 @@ pass_app = click.make_pass_decorator(App)
 @cli.command()
 @click.argument("src")
 @click.argument("name", required=False)
-@click.option("--base", type=click.Path(), help="Base model directory; its fingerprint is recorded and checked.")
+@click.option("--base", type=BASE, help="Base model directory; its fingerprint is recorded and checked.")
 @click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version (repeatable).")
 @click.option("--tag", "tags", multiple=True, metavar="K=V", help="Tag the version (repeatable).")
 @click.option("--parent", "parents", multiple=True, metavar="REF", help="A version this one derives from (repeatable).")
@@ -28,6 +28,9 @@ pass_app = click.make_pass_decorator(App)
 def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin, to, as_json):
     """Register the adapter directory SRC as a new version of NAME (namespace/name).
 
+    SRC may be a PEFT adapter repo on the Hugging Face Hub, hf://ORG/NAME[@REVISION]: it is imported
+    (safetensors only unless --import-bin) with an imported_from lineage edge naming the resolved commit.
+
     With --to REMOTE and SRC a ref (acme/bot:3), copy that version with its blobs, lineage, tags and
     evaluations to the remote; its digest stays the same."""
     from ..api import copy, parse_tags, push as do_push
@@ -35,7 +38,7 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
     from ..registry.registry import ParentSpec
 
     target = app.remote(to) if to else app.registry
-    if to and not os.path.isdir(src):
+    if to and not os.path.isdir(src) and not src.startswith("hf://"):
         if name is not None or base or parents or import_bin:
             raise click.UsageError("copying a version with --to takes only SRC (a ref), --alias, --tag and --json")
         info = app.registry.show(src)
@@ -78,7 +81,7 @@ def _apply(reg, pub, aliases, tags):
 @click.option("--from", "from_", metavar="REMOTE", help="Pull from a named remote (same as REMOTE:REF).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--merged", is_flag=True, help="Write the base model with the adapter merged in (needs --base).")
-@click.option("--base", type=click.Path(), help="The base model directory to merge into (--merged).")
+@click.option("--base", type=BASE, help="The base model directory to merge into (--merged).")
 @click.option("--dtype", type=click.Choice(("bf16", "fp16", "fp32")), help="--merged: output dtype (default: the base's).")
 @click.option("--shard-size", default="5GB", show_default=True, help="--merged: largest output shard.")
 @click.option("--allow-base-mismatch", is_flag=True, help="--merged: merge even if the base fingerprint differs.")
@@ -425,19 +428,23 @@ def gc(app: App, grace, dry_run, as_json):
 
 
 @cli.command()
-@click.argument("base_dir", type=click.Path())
+@click.argument("base_dir", type=BASE)
 @json_option
 @pass_app
 def fingerprint(app: App, base_dir, as_json):
-    """Print the fingerprint of the base model weights in BASE_DIR."""
+    """Print the fingerprint of the base model weights in BASE_DIR (a directory, or a Hugging Face id
+    ORG/NAME[@REVISION] from the Hugging Face cache or Hub; a local directory of that spelling wins)."""
     from ..api import fingerprint as fp
+    from ..files.hub import from_path
 
     update, close = progress_bar(0, "hash")
     try:
         result = fp(base_dir, app.home, progress=update)
     finally:
         close()
-    emit(as_json, result.to_dict(), result.digest)
+    hub = from_path(base_dir)
+    extra = {"hub_id": hub.hub_id, "revision": hub.revision_sha, "path": base_dir} if hub.hub_id else {}
+    emit(as_json, {**result.to_dict(), **extra}, result.digest)
 
 
 @cli.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import App, batch_text, emit, json_option
+from . import BASE, App, batch_text, emit, json_option
 from . import cli
 
 pass_app = click.make_pass_decorator(App)
@@ -21,7 +21,7 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 
 
 @cli.command()
-@click.option("--base", required=True, type=click.Path(), help="Base model directory (transformers layout).")
+@click.option("--base", required=True, type=BASE, help="Base model directory (transformers layout).")
 @click.option("--method", required=True, help="PEFT method (see 'adapterhub methods').")
 @click.option("--task", required=True, type=click.Choice(["causal-lm", "seq-cls"]))
 @click.option("--data", required=True, type=click.Path(), help="Training data (JSONL).")

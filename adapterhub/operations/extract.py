@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import InvalidInput
 from ..files.fingerprint import find_weight_files
+from ..files.hub import base_name as hub_base_name
 from ..merge.plan import FLOAT_DTYPES, PEFT_PREFIX, _BaseReader
 from ..files.output_dir import atomic_out
 from ..files.safetensors_header import read_header
@@ -166,7 +167,7 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
                                "fan_in_fan_out": fan_in_fan_out})
     base_fp = fingerprint(base_dir, home)
     ft_fp = fingerprint(model_dir, home)
-    base_name = os.path.basename(os.path.abspath(base_dir))
+    base_name = hub_base_name(base_dir)
     manifest = {"method": "lora", "config": dataclasses.asdict(config),
                 "base": {"fingerprint": base_fp.digest, "name": base_name},
                 "extracted": {"rank": rank, "energy": energy, "from": ft_fp.digest}}

@@ -30,10 +30,19 @@ class LocalFile:
     size: int
 
 
+#: ref prefixes of parents that live outside any adapterhub registry (``hf://ORG/NAME@<commit>``): recorded
+#: as external edges by their ref, never resolved
+EXTERNAL_REF_SCHEMES = ("hf://",)
+
+
+def is_external_ref(ref: str | None) -> bool:
+    return bool(ref) and ref.startswith(EXTERNAL_REF_SCHEMES)
+
+
 @dataclass
 class ParentSpec:
-    """A lineage edge to add: ``ref`` names a version in this registry; ``digest`` alone names one
-    outside it (recorded as external)."""
+    """A lineage edge to add: ``ref`` names a version in this registry, or an upstream outside any registry
+    (:func:`is_external_ref`); ``digest`` alone names a version outside it (both recorded as external)."""
 
     relation: str
     ref: str | None = None

@@ -24,7 +24,7 @@ from .bundle import BundleEdge, BundleFile, VersionBundle
 from .db import ensure_schema, make_engine, read_tx, write_tx
 from .maintenance import MaintenanceOps
 from .records import (LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
-                      check_relpath, finite, iso, kind_conflict, now, validate_tag_key)
+                      check_relpath, finite, is_external_ref, iso, kind_conflict, now, validate_tag_key)
 
 MAX_PUBLISH_RETRIES = 20
 
@@ -193,7 +193,10 @@ class Registry(AliasOps, MaintenanceOps):
             for p in parents:
                 if p.relation not in RELATIONS:
                     raise InvalidInput(f"invalid relation '{p.relation}' (valid: {', '.join(RELATIONS)})")
-                if p.ref is not None:
+                if is_external_ref(p.ref):
+                    out.append({"id": None, "digest": None, "ref": p.ref, "relation": p.relation,
+                                "details": p.details})
+                elif p.ref is not None:
                     v = self.resolve(p.ref, conn)
                     out.append({"id": v["id"], "digest": v["digest"], "ref": v["ref"], "relation": p.relation,
                                 "details": p.details})

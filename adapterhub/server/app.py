@@ -35,7 +35,7 @@ from ..errors import AdapterhubError, BaseMismatch, IntegrityError, InvalidInput
 from ..registry import audit, tokens
 from ..registry.blobs import CHUNK, check_digest
 from ..registry.bundle import VersionBundle
-from ..registry.registry import LocalFile, ParentSpec, Registry
+from ..registry.registry import LocalFile, ParentSpec, Registry, is_external_ref
 from ..registry.tokens import AuthError, Forbidden, Principal
 
 log = logging.getLogger("adapterhub.server")
@@ -515,7 +515,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         alias_scope(who, body.name, body.aliases)
         files = check_blobs(body.files)
         for p in body.parents:
-            if p.ref:
+            if p.ref and not is_external_ref(p.ref):
                 visible(who, p.ref)
         pub = registry.publish(
             body.name, body.manifest, files, parents=[ParentSpec(p.relation, p.ref, p.digest, p.details)

@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AdapterhubError, InvalidInput, ReportedElsewhere, describe
+from ..files.hub import base_name, peft_base_name
 from .trainer import CHECKPOINT_TENSORS, global_batch, resume_point
 
 __all__ = ["TrainOptions", "train", "resume_point", "CHECKPOINT_TENSORS"]
@@ -219,7 +220,7 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
         manifest = {
             "method": method.name,
             "config": _jsonable(dataclasses.asdict(effective)),
-            "base": {"fingerprint": fp.digest, "name": os.path.basename(os.path.abspath(opts.base)),
+            "base": {"fingerprint": fp.digest, "name": base_name(opts.base),
                      "tensors": fp.tensors, "bytes": fp.bytes,
                      **({"quantization": quantization} if quantization else {})},
             "task": opts.task,
@@ -370,7 +371,7 @@ def _publish(opts: TrainOptions, plugins: Any, registry: Any, method: Any, effec
     if tracker:
         manifest["tracking"] = tracker.run_info() or {}
     fp, quantization = run.fingerprint, manifest["base"].get("quantization")
-    peft_config = method.to_peft_config(effective, os.path.abspath(opts.base))
+    peft_config = method.to_peft_config(effective, peft_base_name(opts.base))
     out = save_adapter(opts.out, manifest, tensors, peft_config=peft_config, force=True)
     shutil.rmtree(_checkpoint_dir(opts), ignore_errors=True)
     result: dict[str, Any] = {"out": out, "method": method.name, "task": opts.task, "metrics": manifest["metrics"],

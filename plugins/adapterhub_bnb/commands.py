@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.cli import App, emit, human_size, json_option
+from adapterhub.cli import BASE, App, emit, human_size, json_option
 
 pass_app = click.make_pass_decorator(App)
 
 
 @click.command()
-@click.argument("base_dir", type=click.Path())
+@click.argument("base_dir", type=BASE)
 @click.option("--to", "to", required=True, metavar="QUANTIZER", help="Quantizer: nf4, fp4, int8 (see 'adapterhub plugins').")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the quantized model to.")
 @click.option("--double-quant/--no-double-quant", default=None, help="4-bit: also quantize the absmax constants (default: on).")

@@ -1,0 +1,157 @@
+"""Hugging Face Hub ids wherever a base model directory is accepted: ``ORG/NAME[@REVISION]`` resolves to a
+snapshot directory of the Hugging Face cache with ``huggingface_hub.snapshot_download``, which itself honours
+``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_TOKEN`` and ``HF_ENDPOINT``. Everything downstream
+keeps working on a plain directory; the id and commit are recovered from the snapshot path
+(``models--ORG--NAME/snapshots/<sha>``) where a name hint is recorded, so they survive any hand-off."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..errors import InvalidInput, NotFound
+
+#: what a base needs: weights as safetensors (single or sharded), config and tokenizer; never pickles
+BASE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+                 "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+                 "*.model", "chat_template.*"]
+#: what a PEFT adapter repo needs (``import_bin`` adds the pickle weights that ``push --import-bin`` converts;
+#: not ``*.bin``: that would pull in ``training_args.bin``, a pickle of arguments, not tensors)
+ADAPTER_PATTERNS = ["adapter_config.json", "*.safetensors", "adapterhub.json", "README.md"]
+BIN_PATTERNS = ["adapter_model.bin"]
+
+_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^@\s]+))?")
+_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
+HF_SCHEME = "hf://"
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    """A base (or adapter) ready to read: ``path`` a directory; ``hub_id`` and ``revision_sha`` when it
+    came from the Hugging Face Hub (or cache)."""
+
+    path: str
+    hub_id: str | None = None
+    revision_sha: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name hint recorded in manifests: ``ORG/NAME@<sha>`` for a Hub snapshot, else the directory name."""
+        return f"{self.hub_id}@{self.revision_sha}" if self.hub_id else os.path.basename(os.path.abspath(self.path))
+
+
+def looks_like_id(spec: str) -> bool:
+    """Whether ``spec`` is spelled as ``ORG/NAME[@REVISION]`` (it may still be a local directory, which wins)."""
+    return bool(_ID.fullmatch(spec)) and not spec.startswith((".", "~"))
+
+
+def from_path(path: str) -> ResolvedBase:
+    """What a directory is: a snapshot of the Hugging Face cache is known by its repo id and commit."""
+    m = _SNAPSHOT.search(os.path.abspath(path).replace(os.sep, "/"))
+    if m:
+        return ResolvedBase(path, f"{m['org']}/{m['name']}", m["sha"])
+    return ResolvedBase(path)
+
+
+def base_name(path: str) -> str:
+    """The name hint for the base in ``path`` (see :attr:`ResolvedBase.name`)."""
+    return from_path(path).name
+
+
+def peft_base_name(path: str) -> str:
+    """``base_model_name_or_path`` for a PEFT config: the Hub id (what peft loads) or the absolute path."""
+    r = from_path(path)
+    return r.hub_id or os.path.abspath(path)
+
+
+def resolve_base(spec: str) -> ResolvedBase:
+    """A local directory as is (it wins over an id of the same spelling); else ``ORG/NAME[@REVISION]`` from the
+    Hugging Face cache or Hub (config, tokenizer and safetensors weights only); anything else is returned
+    unchanged for the caller's own "no such directory" error."""
+    if os.path.exists(spec) or not looks_like_id(spec):
+        return from_path(spec)
+    return _snapshot(spec, BASE_PATTERNS, "model", "no such directory, and ")
+
+
+def resolve_adapter(url: str, import_bin: bool = False) -> ResolvedBase:
+    """``hf://ORG/NAME[@REVISION]``: a PEFT adapter repo's snapshot (safetensors only unless ``import_bin``)."""
+    spec = url[len(HF_SCHEME):] if url.startswith(HF_SCHEME) else url
+    if not looks_like_id(spec):
+        raise InvalidInput(f"{url}: expected hf://ORG/NAME or hf://ORG/NAME@REVISION")
+    return _snapshot(spec, ADAPTER_PATTERNS + (BIN_PATTERNS if import_bin else []), "adapter repo", "", url)
+
+
+@contextlib.contextmanager
+def staged_adapter(url: str, import_bin: bool = False) -> Iterator[tuple[str, ResolvedBase]]:
+    """``(directory, resolved)`` for ``hf://ORG/NAME[@REVISION]``: the snapshot's files copied (hard-linked where
+    possible) out of the cache into a scratch directory, since adapter directories refuse symbolic links;
+    a link is followed only into its own repo's ``blobs/`` folder."""
+    resolved = resolve_adapter(url, import_bin)
+    blobs = os.path.realpath(os.path.join(resolved.path, "..", "..", "blobs"))
+    tmp = tempfile.mkdtemp(prefix="adapterhub-hf-")
+    try:
+        out = os.path.join(tmp, "adapter")
+        for root, _dirs, names in os.walk(resolved.path):
+            for n in names:
+                full = os.path.join(root, n)
+                rel = os.path.relpath(full, resolved.path)
+                real = os.path.realpath(full)
+                if os.path.islink(full) and os.path.commonpath([real, blobs]) != blobs:
+                    raise InvalidInput(f"{url}: {rel} in the Hugging Face cache links outside its repo ({real})")
+                dest = os.path.join(out, rel)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                try:
+                    os.link(real, dest)
+                except OSError:
+                    shutil.copyfile(real, dest)
+        if not os.path.isdir(out):
+            raise InvalidInput(f"{url}: the Hugging Face snapshot {resolved.revision_sha} has no adapter files "
+                               f"({', '.join(ADAPTER_PATTERNS)})")
+        yield out, resolved
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _snapshot(spec: str, patterns: list[str], what: str, lead: str, label: str | None = None) -> ResolvedBase:
+    """``snapshot_download`` with its errors as one line each: ``label`` (default ``spec``) names the input,
+    ``lead`` says what else was tried (a local directory)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    repo, _, revision = spec.partition("@")
+    label = label or spec
+    try:
+        path = huggingface_hub.snapshot_download(repo, revision=revision or None, allow_patterns=patterns)
+    except HFValidationError as exc:
+        raise InvalidInput(f"{label}: {lead}not a valid Hugging Face {what} id "
+                           f"({str(exc).splitlines()[0]})") from None
+    except RevisionNotFoundError:
+        raise NotFound(f"{label}: the Hugging Face {what} {repo} has no revision {revision!r}") from None
+    except GatedRepoError:
+        raise NotFound(f"{label}: the Hugging Face {what} {repo} is gated: accept its terms on the Hub and set "
+                       "HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise NotFound(f"{label}: {lead}no Hugging Face {what} {repo} (a private one needs "
+                       "HF_TOKEN)") from None
+    except LocalEntryNotFoundError as exc:
+        rev = f" at revision {revision!r}" if revision else ""
+        if constants.HF_HUB_OFFLINE:
+            raise NotFound(f"{label}: {lead}{repo}{rev} is not in the Hugging Face cache "
+                           f"({constants.HF_HUB_CACHE}) while HF_HUB_OFFLINE=1: download it online first, or "
+                           "point HF_HUB_CACHE at a cache that has it") from None
+        cause = exc.__cause__
+        raise NotFound(f"{label}: {lead}the Hugging Face Hub ({constants.ENDPOINT}) could not be "
+                       f"reached{f' ({type(cause).__name__})' if cause else ''}; {repo}{rev} is not cached") from None
+    except (OSError, ValueError) as exc:  # HTTP errors (5xx), incomplete snapshots, disk full
+        text = str(exc).strip().splitlines()
+        raise InvalidInput(f"{label}: could not fetch the Hugging Face {what}: "
+                           f"{text[0] if text else type(exc).__name__}") from None
+    resolved = from_path(path)
+    return ResolvedBase(path, repo, resolved.revision_sha or os.path.basename(path.rstrip("/")))

@@ -1,0 +1,136 @@
+"""Hugging Face Hub ids as bases (``--base ORG/NAME[@REVISION]``) and ``push hf://ORG/NAME[@REVISION]``, tested
+as offline clusters run: a Hugging Face cache laid out by huggingface_hub's conventions (tests/hfcache.py),
+filled with a tiny Llama and a real PEFT adapter, and HF_HUB_OFFLINE=1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import assert_clean_error, run_subprocess
+from hfcache import add_snapshot
+from tinymodels import save_tiny_llama_base
+
+BASE_ID, LORA_ID = "acme-org/tiny-llama", "acme-org/tiny-lora"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The cache: the base at ``main`` and (other weights) at ``v2``; a PEFT LoRA of the base at ``main``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("hf")
+    cache = str(root / "cache")
+    base = save_tiny_llama_base(root / "tiny-llama")
+    v2 = str(root / "tiny-llama-v2")
+    shutil.copytree(base, v2)
+    weights = load_file(os.path.join(v2, "model.safetensors"))
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 2
+    save_file(weights, os.path.join(v2, "model.safetensors"), metadata={"format": "pt"})
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    torch.manual_seed(0)
+    model.save_pretrained(str(root / "lora"))
+    return {"cache": cache, "base": base, "v2": v2,
+            "main": add_snapshot(cache, BASE_ID, base), "v2_sha": add_snapshot(cache, BASE_ID, v2, ref="v2"),
+            "lora_sha": add_snapshot(cache, LORA_ID, str(root / "lora"))}
+
+
+@pytest.fixture
+def hf(hub, monkeypatch):
+    """Point huggingface_hub at the cache, offline: the environment (for subprocesses) and its constants
+    (read once at import, so set in place for this process)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", hub["cache"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", hub["cache"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hub
+
+
+def fp(cli, spec):
+    r = cli("fingerprint", spec, "--json")
+    assert r.exit_code == 0, r.output
+    return r.json()["fingerprint"]
+
+
+def test_fingerprint_of_an_id_is_the_directory_s_and_revision_picks_the_snapshot(cli, hf, tmp_path, monkeypatch):
+    main, v2 = fp(cli, hf["base"]), fp(cli, hf["v2"])
+    assert main != v2
+    assert fp(cli, BASE_ID) == main
+    assert fp(cli, f"{BASE_ID}@main") == main
+    assert fp(cli, f"{BASE_ID}@{hf['main']}") == main
+    assert fp(cli, f"{BASE_ID}@v2") == v2
+    assert fp(cli, f"{BASE_ID}@{hf['v2_sha']}") == v2
+    # a local directory of the same spelling wins over the id
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(hf["v2"], tmp_path / BASE_ID)
+    assert fp(cli, BASE_ID) == v2
+
+
+def test_the_environment_is_honoured_by_the_real_command(hf):
+    r = run_subprocess("fingerprint", f"{BASE_ID}@v2", "--json")
+    assert r.exit_code == 0, r.output
+    r2 = run_subprocess("fingerprint", hf["v2"], "--json")
+    assert r.json()["fingerprint"] == r2.json()["fingerprint"]
+
+
+def test_train_and_merge_with_an_id_record_the_id_and_commit(cli, hf, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": "the cat sat on the mat and it was very happy"}) + "\n"
+                            for _ in range(8)))
+    r = cli("train", "--base", BASE_ID, "--method", "lora", "--task", "causal-lm", "--data", data,
+            "--out", tmp_path / "adapter", "--set", "r=2", "--set", "target_modules=q_proj,v_proj",
+            "--max-steps", "2", "--batch-size", "4", "--push", "acme/hubbed", "--json")
+    assert r.exit_code == 0, r.output
+    info = cli("show", "acme/hubbed:1", "--json").json()
+    assert info["base"]["name"] == f"{BASE_ID}@{hf['main']}"
+    assert info["base_fingerprint"] == fp(cli, hf["base"])
+    peft_cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert peft_cfg["base_model_name_or_path"] == BASE_ID  # what peft itself loads
+    r = cli("merge", "acme/hubbed:1", "--base", BASE_ID, "--out", tmp_path / "merged", "--json")
+    assert r.exit_code == 0, r.output
+    assert os.path.isfile(tmp_path / "merged" / "model.safetensors")
+    # the other revision is another base: refused, naming the id and commit the adapter was trained on
+    r = cli("merge", "acme/hubbed:1", "--base", f"{BASE_ID}@v2", "--out", tmp_path / "merged2")
+    assert_clean_error(r, "base mismatch", f"{BASE_ID}@{hf['main']}")
+
+
+def test_push_hf_imports_a_peft_repo_with_its_commit_in_lineage(cli, hf):
+    r = cli("push", f"hf://{LORA_ID}", "acme/imported", "--base", BASE_ID, "--json")
+    assert r.exit_code == 0, r.output
+    info = cli("show", "acme/imported:1", "--json").json()
+    edge = info["parents"][0]
+    assert edge["relation"] == "imported_from" and edge["external"]
+    assert edge["ref"] == f"hf://{LORA_ID}@{hf['lora_sha']}"
+    assert edge["details"] == {"repo": LORA_ID, "revision": hf["lora_sha"]}
+    assert info["base"]["name"] == f"{BASE_ID}@{hf['main']}"
+    assert {f["path"] for f in info["files"]} >= {"adapter_config.json", "adapter_model.safetensors"}
+    text = cli("lineage", "acme/imported:1").stdout
+    assert f"imported_from hf://{LORA_ID}@{hf['lora_sha']}" in text, text
+    # the same commit again: the same version
+    r = cli("push", f"hf://{LORA_ID}@{hf['lora_sha']}", "acme/imported", "--base", BASE_ID, "--json")
+    assert r.exit_code == 0 and r.json()["ref"] == "acme/imported:1", r.output
+
+
+def test_unknown_ids_and_revisions_give_one_clear_line(cli, hf):
+    r = cli("fingerprint", "acme-org/not-cached")
+    assert_clean_error(r, "acme-org/not-cached", "HF_HUB_OFFLINE", code=1)
+    r = cli("train", "--base", "acme-org/not-cached", "--method", "lora", "--data", "x.jsonl", "--out", "o")
+    assert_clean_error(r, "acme-org/not-cached", "HF_HUB_OFFLINE", code=1)
+    assert_clean_error(cli("merge", "acme/x:1", "--base", f"{BASE_ID}@nope", "--out", "o"),
+                       f"{BASE_ID}@nope", "revision 'nope'", "HF_HUB_OFFLINE", code=1)
+    assert_clean_error(cli("fingerprint", "acme-org/bad--name"), "acme-org/bad--name",
+                       "not a valid Hugging Face model id", code=1)
+    assert_clean_error(cli("push", "hf://acme-org/not-cached", "acme/x"), "acme-org/not-cached",
+                       "HF_HUB_OFFLINE", code=1)
+    assert_clean_error(cli("push", "hf://just-a-name", "acme/x"), "expected hf://ORG/NAME", code=1)
+    # not spelled as an id: the usual error of a missing directory
+    assert_clean_error(cli("fingerprint", "./nowhere/base"), "nowhere", code=1)
