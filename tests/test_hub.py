@@ -134,3 +134,22 @@ def test_unknown_ids_and_revisions_give_one_clear_line(cli, hf):
     assert_clean_error(cli("push", "hf://just-a-name", "acme/x"), "expected hf://ORG/NAME", code=1)
     # not spelled as an id: the usual error of a missing directory
     assert_clean_error(cli("fingerprint", "./nowhere/base"), "nowhere", code=1)
+
+
+def test_every_base_option_goes_through_the_resolver():
+    """train, fingerprint, push, merge, pull --merged, eval, bench-latency, quantize, extract, export, data
+    check: every --base / BASE_DIR has the one type that resolves Hub ids (a new command cannot forget it)."""
+    import click
+
+    from adapterhub.cli import BASE, add_plugin_commands, cli as group
+
+    add_plugin_commands()
+
+    def commands(g, prefix=""):
+        for name, c in g.commands.items():
+            yield from commands(c, f"{prefix}{name} ") if isinstance(c, click.Group) else [(prefix + name, c)]
+
+    found = {name: p.type for name, c in commands(group) for p in c.params if p.name in ("base", "base_dir")}
+    assert {"train", "fingerprint", "push", "merge", "pull", "eval", "bench-latency", "quantize", "extract",
+            "export", "data check"} <= set(found), sorted(found)
+    assert all(t is BASE for t in found.values()), {n: t for n, t in found.items() if t is not BASE}
