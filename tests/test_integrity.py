@@ -3,6 +3,7 @@ check the manifest and the database rows before anything is written)."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from conftest import assert_clean_error, make_base_dir, make_lora_dir
@@ -65,3 +66,91 @@ def test_an_edited_manifest_is_refused_and_copy_never_gives_it_a_new_digest(cli,
         assert_clean_error(cli("pull", "acme/chat:2", "--out", tmp_path / "y"), "acme/chat:2")
         assert_clean_error(cli("show", "acme/chat:2"), "acme/chat:2")
         assert "internal error" not in cli("verify").output
+
+
+# -- gc and push: no race ------------------------------------------------------------------------------
+def _registry(request, tmp_path):
+    """(Registry, label) on SQLite + files, or on PostgreSQL + moto's S3 over HTTP."""
+    from adapterhub.registry.registry import Registry
+    from adapterhub_file import FileStore
+
+    if request.param == "sqlite":
+        return Registry(f"sqlite:///{tmp_path}/r.db", FileStore(str(tmp_path / "store"))).ready()
+    from adapterhub_s3 import S3Store
+
+    request.getfixturevalue("aws_env")
+    s3 = request.getfixturevalue("s3_server")
+    store = S3Store.from_url(f"s3://{s3.new_bucket()}/a", endpoint_url=s3.endpoint_url)
+    return Registry(request.getfixturevalue("pg_url"), store).ready()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def reg(request, tmp_path):
+    r = _registry(request, tmp_path)
+    yield r
+    r.close()
+
+
+def _leftover(reg, tmp_path, content: bytes):
+    """A blob stored but referenced by no version (what a killed push leaves), as a LocalFile."""
+    from adapterhub.registry.blobs import hash_file
+    from adapterhub.registry.records import LocalFile
+
+    path = tmp_path / f"f{len(content)}-{content[:4].hex()}"
+    path.write_bytes(content)
+    digest, size = hash_file(str(path))
+    assert reg.store.put(digest, str(path), size)
+    return LocalFile("weights.bin", str(path), digest, size)
+
+
+def test_gc_between_a_pushs_existence_check_and_its_commit_loses_nothing(reg, tmp_path):
+    f = _leftover(reg, tmp_path, b"weights of a push that was killed, then retried" * 100)
+    ran = []
+
+    def gc_now(_n):  # called by phase 1 right after it found the blob stored, before the commit
+        if not ran:
+            ran.append(reg.gc(grace=0))
+
+    pub = reg.publish("acme/chat", {"method": "lora"}, [f], progress=gc_now)
+    assert ran[0]["removed_blobs"] == 1 and ran[0]["freed_bytes"] == f.size  # gc did delete it (S3: real bytes)
+    assert pub.uploaded_bytes == f.size  # ... and the commit's re-check put it back
+    assert reg.verify()["ok"]
+    reg.materialize("acme/chat:1", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == open(f.source, "rb").read()
+
+
+def test_a_push_committed_after_gcs_scan_keeps_its_blob(tmp_path):
+    from adapterhub.registry.registry import Registry
+    from adapterhub_file import FileStore
+
+    class ScanThenPush(FileStore):  # a push commits right after gc listed the store
+        def iter_blobs(self):
+            yield from super().iter_blobs()
+            if self.after_scan:
+                self.after_scan()
+
+    store = ScanThenPush(str(tmp_path / "store"))
+    store.after_scan = None
+    reg = Registry(f"sqlite:///{tmp_path}/r.db", store).ready()
+    f = _leftover(reg, tmp_path, b"reused by the next push" * 10)
+    store.after_scan = lambda: reg.publish("acme/chat", {"method": "lora"}, [f])
+    r = reg.gc(grace=0)
+    assert r["removed_blobs"] == 0 and reg.verify()["ok"]
+    store.after_scan = None
+    assert reg.gc(grace=0)["removed_blobs"] == 0 and reg.verify()["ok"]
+    reg.close()
+
+
+def test_a_server_commit_whose_blob_gc_removed_is_one_clear_error(tmp_path):
+    from adapterhub.errors import IntegrityError
+    from adapterhub.registry.records import LocalFile
+    from adapterhub.registry.registry import Registry
+    from adapterhub_file import FileStore
+
+    reg = Registry(f"sqlite:///{tmp_path}/r.db", FileStore(str(tmp_path / "store"))).ready()
+    f = _leftover(reg, tmp_path, b"uploaded by a client" * 10)
+    remote = LocalFile(f.path, "", f.sha256, f.size)  # the server has no source to upload again from
+    with pytest.raises(IntegrityError, match="removed from .* while this version was being committed"):
+        reg.publish("acme/chat", {}, [remote], progress=lambda n: reg.gc(grace=0))
+    assert reg.list() == []
+    reg.close()

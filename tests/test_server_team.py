@@ -17,13 +17,12 @@ import pytest
 from conftest import assert_clean_error, make_lora_dir, run_subprocess
 from serverproc import RegistryServer
 from tcpproxy import TcpProxy
-from test_team import pg_url  # noqa: F401  (fixture: a fresh PostgreSQL database)
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 @pytest.fixture
-def team_servers(pg_url, s3_server, tmp_path):  # noqa: F811
+def team_servers(pg_url, s3_server, tmp_path):
     from adapterhub.registry.remotes import with_endpoint
     from s3server import aws_test_env
 

@@ -54,6 +54,14 @@ class BlobStore:
         return how many were removed."""
         return 0
 
+    def size(self, digest: str) -> int | None:
+        """The stored blob's size in bytes (``None``: missing); what ``gc`` reports as freed."""
+        path = self.local_path(digest)
+        try:
+            return os.path.getsize(path) if path else None
+        except OSError:
+            return None
+
     def describe(self) -> str:
         return self.url
 

@@ -21,6 +21,7 @@ from ..errors import AdapterhubError
 HEAD_REVISION = "0003"
 BUSY_TIMEOUT_MS = 120_000
 _ADVISORY_LOCK = 0x6164617074  # "adapt"
+_BLOB_LOCK = 0x626c6f6273  # "blobs"
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -88,6 +89,15 @@ def read_tx(engine: sa.Engine) -> Iterator[sa.Connection]:
     with engine.connect() as conn:
         with conn.begin():
             yield conn
+
+
+def blob_lock(conn: sa.Connection, exclusive: bool) -> None:
+    """Inside a write transaction: the lock that keeps ``gc`` from deleting a blob a commit is about to
+    reference. Commits take it shared (they do not wait for each other), gc exclusive, each until the
+    end of its transaction. On SQLite the write transaction itself (``BEGIN IMMEDIATE``) excludes every
+    other writer, so nothing more is needed."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}({_BLOB_LOCK})")
 
 
 def current_revision(conn: sa.Connection) -> str | None:

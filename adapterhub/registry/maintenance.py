@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from ..errors import AdapterhubError, IntegrityError, InvalidInput
 from . import schema as t
 from .blobs import Progress, copy_verified, verify_blob
+from .db import blob_lock
 from .bundle import BundleFile, VersionBundle
 from ..files.output_dir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
 from .records import check_relpath
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .registry import Registry
 
 DEFAULT_GC_GRACE = 600.0  # seconds: blobs of a push still in flight are younger than this
+GC_BATCH = 64  # blobs deleted per transaction holding the blob lock (pushes wait at most one batch)
 
 
 def materialize(reg: Registry, ref: str, out: str, force: bool = False,
@@ -85,7 +87,9 @@ def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) ->
     seconds, so a push in flight keeps its blobs) and the temp leftovers of interrupted writes. ``grace``
     must be a finite number >= 0. Files in the store that are not blobs (``.DS_Store``, editor backups)
     are left alone and listed in ``skipped``; a blob that cannot be removed is listed in ``failed`` and
-    gc goes on with the rest (it never stops half way)."""
+    gc goes on with the rest (it never stops half way). Deletion runs in batches under the blob lock, each
+    re-reading the references first, so it never races a push that reuses a stored blob (see
+    ``Registry._blobs_gone``); the grace period only spares uploads in flight a second upload."""
     try:
         grace = float(grace)
     except (TypeError, ValueError):
@@ -93,34 +97,53 @@ def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) ->
     if not math.isfinite(grace) or grace < 0:
         raise InvalidInput(f"--grace must be a finite number of seconds >= 0, got {grace}")
     with reg.read() as conn:
-        referenced = {r[0] for r in conn.execute(sa.select(t.files.c.blob_digest).distinct())}
-        # merged models cached by `pull --merged` are in use too
-        for (files,) in conn.execute(sa.select(t.merged_models.c.files)):
-            referenced.update(f["sha256"] for f in files or [] if f.get("sha256"))
+        referenced = _referenced(conn)
     now = time.time()
-    removed, skipped, failed, kept_recent, freed = [], [], [], 0, 0
+    removed, skipped, failed, candidates, kept_recent, freed = [], [], [], [], 0, 0
     for digest, mtime in list(reg.store.iter_blobs()):
         if not _is_digest(digest):
             skipped.append(digest)  # not a blob: never touched
-            continue
-        if digest in referenced:
-            continue
-        if now - mtime < grace:
-            kept_recent += 1
-            continue
-        size = _blob_size(reg, digest)
-        if not dry_run:
-            try:
-                reg.store.delete(digest)
-            except (AdapterhubError, OSError) as exc:
-                failed.append({"blob": "sha256:" + digest, "error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
-                continue
-        removed.append("sha256:" + digest)
-        freed += size
+        elif digest not in referenced:
+            if now - mtime < grace:
+                kept_recent += 1
+            else:
+                candidates.append(digest)
+    for start in range(0, len(candidates), GC_BATCH):
+        batch = candidates[start:start + GC_BATCH]
+        # under the blob lock, exclusive: a version committed since the scan keeps its blobs, and no commit
+        # can pass its own check of these blobs while they are being deleted (Registry._blobs_gone)
+        with (reg.read() if dry_run else reg.write()) as conn:
+            if not dry_run:
+                blob_lock(conn, exclusive=True)
+            now_referenced = _referenced(conn, batch)
+            for digest in batch:
+                if digest in now_referenced:
+                    continue
+                size = reg.store.size(digest) or 0
+                if not dry_run:
+                    try:
+                        reg.store.delete(digest)
+                    except (AdapterhubError, OSError) as exc:
+                        failed.append({"blob": "sha256:" + digest,
+                                       "error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
+                        continue
+                removed.append("sha256:" + digest)
+                freed += size
     temp = 0 if dry_run else reg.store.cleanup_temp(grace)
     return {"removed_blobs": len(removed), "freed_bytes": freed, "removed_temp": temp,
             "kept_recent": kept_recent, "grace_seconds": grace, "dry_run": dry_run, "blobs": removed,
             "skipped": skipped, "failed": failed}
+
+
+def _referenced(conn: sa.Connection, among: list[str] | None = None) -> set[str]:
+    """The blobs a version or the merged-model cache (``pull --merged``) references (of ``among``)."""
+    q = sa.select(t.files.c.blob_digest).distinct()
+    if among is not None:
+        q = q.where(t.files.c.blob_digest.in_(among))
+    referenced = {r[0] for r in conn.execute(q)}
+    for (files,) in conn.execute(sa.select(t.merged_models.c.files)):
+        referenced.update(f["sha256"] for f in files or [] if f.get("sha256"))
+    return referenced
 
 
 def _is_digest(name: str) -> bool:
@@ -174,15 +197,6 @@ def check_out_registry(out: str, protected: list[tuple[str, str]]) -> None:
             continue
         raise InvalidInput(f"--out {out_abs} {where} the {what} {os.path.abspath(p)}: writing there would destroy "
                            "the registry, even with --force; choose another --out")
-
-
-def _blob_size(reg: Registry, digest: str) -> int:
-    try:
-        with reg.store.open(digest) as fh:
-            fh.seek(0, os.SEEK_END)
-            return fh.tell()
-    except (IntegrityError, OSError, AttributeError, ValueError):
-        return 0
 
 
 def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:

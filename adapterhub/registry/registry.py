@@ -2,31 +2,41 @@
 verifying, gc and lineage: :mod:`.maintenance`).
 
 Publishing is two-phase: every blob is uploaded and verified first, then one write transaction
-creates the version with its files, lineage, tags and aliases. A crash between the phases leaves only
-unreferenced blobs, which ``gc`` removes; no version is ever visible whose blobs are missing.
+creates the version with its files, lineage, tags and aliases, after re-checking under the blob lock that
+every blob is still stored (a concurrent ``gc`` cannot delete one in between). A crash between the phases
+leaves only unreferenced blobs, which ``gc`` removes; no version is ever visible whose blobs are missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from ..errors import AdapterhubError, InvalidInput, NotFound
+from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from .refs import Ref, parse_ref, validate_alias, validate_name
 from . import schema as t
 from .aliases import AliasOps
 from .blobs import BlobStore, Progress, copy_verified
 from .bundle import BundleEdge, BundleFile, VersionBundle
-from .db import ensure_schema, make_engine, read_tx, write_tx
+from .db import blob_lock, ensure_schema, make_engine, read_tx, write_tx
 from .maintenance import MaintenanceOps
 from .records import (LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
                       check_relpath, finite, is_external_ref, iso, kind_conflict, now, validate_tag_key)
 
 MAX_PUBLISH_RETRIES = 20
+
+
+class _BlobsGone(Exception):
+    """Raised inside a commit transaction (rolling it back): these files' blobs are no longer stored."""
+
+    def __init__(self, files: list[LocalFile]):
+        super().__init__(f"{len(files)} blob(s) gone")
+        self.files = files
 
 
 class Registry(AliasOps, MaintenanceOps):
@@ -129,6 +139,9 @@ class Registry(AliasOps, MaintenanceOps):
         for attempt in range(MAX_PUBLISH_RETRIES):
             try:
                 with self.write() as conn:
+                    gone = self._blobs_gone(conn, files)
+                    if gone:
+                        raise _BlobsGone(gone)
                     adapter_id = self._adapter_id(conn, name, create=True, lock=True)
                     row = conn.execute(sa.select(t.versions.c.id, t.versions.c.number).where(
                         t.versions.c.adapter_id == adapter_id, t.versions.c.digest == digest)).first()
@@ -181,7 +194,33 @@ class Registry(AliasOps, MaintenanceOps):
             except sa.exc.IntegrityError:
                 # another writer took the number (PostgreSQL without the lock, or a racing create)
                 time.sleep(0.01 * (attempt + 1))
+            except _BlobsGone as exc:
+                uploaded += self._upload_again(name, exc.files)
         raise AdapterhubError(f"could not allocate a version number for {name} after {MAX_PUBLISH_RETRIES} tries")
+
+    def _blobs_gone(self, conn: sa.Connection, files: list[LocalFile]) -> list[LocalFile]:
+        """The files whose blobs are not in the store, checked inside the commit transaction under the blob
+        lock (:func:`~.db.blob_lock`).
+
+        Why a re-check under a lock, and not a touch or a lease: phase 1 skips a blob that is already stored,
+        and that blob may be an unreferenced leftover (a killed push) that ``gc`` is about to delete. gc takes
+        the lock exclusively and re-reads the references of each batch before deleting it, so once this
+        check passes no gc can delete these blobs until the version's rows reference them; a blob gc deleted
+        before is uploaded again (:meth:`_upload_again`). A touch (newer mtime) would still leave a window
+        between gc's look at the mtime and its delete; the lock closes it for one HEAD per file."""
+        blob_lock(conn, exclusive=False)
+        return [f for f in files if not self.store.has(f.sha256)]
+
+    def _upload_again(self, name: str, files: list[LocalFile]) -> int:
+        """Upload the blobs ``gc`` removed while this version was being committed; bytes sent."""
+        sent = 0
+        for f in files:
+            if not f.source or not os.path.isfile(f.source):  # a server commit, or a copy that skipped the fetch
+                raise IntegrityError(f"blob sha256:{f.sha256} ({name} {f.path}) was removed from {self.store.describe()} "
+                                     "(gc) while this version was being committed: nothing was committed; run the command again")
+            if self.store.put(f.sha256, f.source, f.size):
+                sent += f.size
+        return sent
 
     def _resolve_parents(self, parents: list[ParentSpec]) -> list[dict[str, Any]]:
         from .schema import RELATIONS

@@ -246,13 +246,15 @@ class S3Store(BlobStore):
 
     # -- BlobStore -----------------------------------------------------------------------------
     def has(self, digest: str) -> bool:
+        return self.size(digest) is not None
+
+    def size(self, digest: str) -> int | None:
         key = self._key(digest)
         try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-            return True
+            return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
         except Exception as exc:
             if _errors.is_client_error(exc) and _errors.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise self._translate(exc, "HeadObject", f"s3://{self.bucket}/{key}") from None
 
     def put(self, digest: str, path: str, size: int, progress: Progress | None = None) -> bool:
