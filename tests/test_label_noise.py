@@ -87,3 +87,80 @@ def test_cli_report_and_gate(cli, tmp_path):
 
     assert_clean_error(cli("data", "check", path, "--fail-on-noise", "0.05"), "--fail-on-noise needs --base")
     assert_clean_error(cli("data", "check", path, "--base", minilm_path(), "--fail-on-noise", "2"), "between 0 and 1")
+
+
+def test_data_clean_removes_or_relabels_and_names_both_digests(cli, tmp_path):
+    import hashlib
+
+    path, truth = noisy_demo(tmp_path)
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "clean.jsonl"
+    r = cli("data", "clean", path, "--base", minilm_path(), "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    d = r.json()
+    assert os.listdir(tmp_path / "out") == ["clean.jsonl"]  # nothing else written, no temporary left
+    raw = out.read_bytes()
+    assert d["output"]["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert d["input"]["digest"] == "sha256:" + hashlib.sha256(open(path, "rb").read()).hexdigest()
+    removed = {row["line"] for row in d["rows"]}
+    kept = [line for n, line in enumerate(open(path, encoding="utf-8").read().splitlines(), 1) if n not in removed]
+    assert raw.decode().splitlines() == kept and d["output"]["rows"] == 240 - d["count"]  # the rest byte for byte
+    assert len(removed & set(truth)) >= 0.8 * len(truth)
+
+    relabelled = tmp_path / "relabelled.jsonl"
+    text = cli("data", "clean", path, "--base", minilm_path(), "--out", relabelled, "--relabel")
+    assert text.exit_code == 0, text.output
+    assert f"relabelled {d['count']} likely mislabeled row(s) of 240" in text.stdout and d["output"]["digest"] not in text.stdout
+    rows = [json.loads(line) for line in relabelled.read_text().splitlines()]
+    assert len(rows) == 240
+    fixed = sum(rows[n - 1]["label"] == true for n, true in truth.items())
+    assert fixed >= 0.8 * len(truth)
+
+    # integer labels stay integers
+    ints = tmp_path / "ints.jsonl"
+    ints.write_text("".join(json.dumps({"text": json.loads(line)["text"], "label": int(json.loads(line)["label"] == "positive")}) + "\n"
+                            for line in open(path, encoding="utf-8")))
+    out_ints = tmp_path / "ints-clean.jsonl"
+    assert cli("data", "clean", ints, "--base", minilm_path(), "--out", out_ints, "--relabel").exit_code == 0
+    assert {type(json.loads(line)["label"]) for line in out_ints.read_text().splitlines()} == {int}
+
+
+def test_data_clean_refuses_with_one_line(cli, tmp_path):
+    path, _ = noisy_demo(tmp_path)
+    base = minilm_path()
+    assert_clean_error(cli("data", "clean", path, "--base", base, "--out", path), "is the input file")
+    existing = tmp_path / "exists.jsonl"
+    existing.write_text("keep me\n")
+    assert_clean_error(cli("data", "clean", path, "--base", base, "--out", existing), "exists", "--force")
+    assert existing.read_text() == "keep me\n"
+    assert_clean_error(cli("data", "clean", path, "--base", base, "--out", tmp_path), "is a directory")
+    assert_clean_error(cli("data", "clean", path, "--base", base, "--out", tmp_path / "no" / "x.jsonl"),
+                       "does not exist")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(open(path, encoding="utf-8").read() + "{not json\n")
+    assert_clean_error(cli("data", "clean", bad, "--base", base, "--out", tmp_path / "c.jsonl"), "bad.jsonl:241",
+                       "malformed")
+    assert not (tmp_path / "c.jsonl").exists()
+    assert_clean_error(cli("data", "clean", path, "--base", tmp_path / "nobase", "--out", tmp_path / "c.jsonl"),
+                       "does not exist")
+
+
+def test_train_fail_on_noise_refuses_before_training(cli, tmp_path):
+    path, _ = noisy_demo(tmp_path)
+    out = tmp_path / "adapter"
+    args = ("train", "--base", minilm_path(), "--method", "lora", "--task", "seq-cls", "--data", path, "--out", out,
+            "--max-steps", "1", "--batch-size", "4")
+    r = cli(*args, "--fail-on-noise", "0.05")
+    assert_clean_error(r, "data check failed for noisy.jsonl: estimated label noise", "above --fail-on-noise 0.05",
+                       "data clean")
+    assert not out.exists()
+    assert_clean_error(cli(*args[:6], "causal-lm", *args[7:], "--fail-on-noise", "0.05"), "needs --task seq-cls")
+
+    # lineage: a version trained on the cleaned data records the cleaned file's digest and its label check
+    clean = tmp_path / "clean.jsonl"
+    cleaned = cli("data", "clean", path, "--base", minilm_path(), "--out", clean, "--json").json()
+    ok = cli(*args[:8], clean, *args[9:], "--fail-on-noise", "0.1", "--json")
+    assert ok.exit_code == 0, ok.output
+    manifest = json.loads((out / "adapterhub.json").read_text())
+    assert manifest["data"][0]["digest"] == cleaned["output"]["digest"]
+    assert manifest["data_check"]["summary"]["label_issues"]["estimated_noise_rate"] <= 0.1

@@ -1,4 +1,5 @@
-"""Training-data commands: data check (duplicates, conflicts, leakage, likely mislabeled rows)."""
+"""Training-data commands: data check (duplicates, conflicts, leakage, likely mislabeled rows) and data
+clean (the data without its likely mislabeled rows)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from . import BASE, cli, emit, json_option
 TASK_CHOICE = click.Choice(["causal-lm", "seq-cls"])
 
 
-def _rate(ctx, param, value):
+def check_rate(ctx, param, value):
+    """A click callback: --fail-on-noise is a fraction."""
     if value is not None and not 0.0 <= value <= 1.0:
         raise click.BadParameter(f"must be a fraction between 0 and 1, got {value:g}")
     return value
@@ -28,7 +30,7 @@ def data():
               help="Base model directory: measure lengths with its tokenizer and, for seq-cls, find likely "
                    "mislabeled rows with a probe on its embeddings.")
 @click.option("--max-length", type=int, help="Flag rows longer than this (tokens with --base, else whitespace tokens).")
-@click.option("--fail-on-noise", type=float, metavar="RATE", callback=_rate,
+@click.option("--fail-on-noise", type=float, metavar="RATE", callback=check_rate,
               help="Exit 1 when the estimated label noise is above RATE (e.g. 0.05; needs --base).")
 @click.option("--strict", is_flag=True, help="Exit 1 when any problem is found.")
 @json_option
@@ -60,3 +62,40 @@ def data_check(file, eval_, task, base, max_length, fail_on_noise, strict, as_js
     if strict and report["problems"]:
         click.echo(f"data check failed (--strict): {'; '.join(report['problems'])}", err=True)
         raise SystemExit(1)
+
+
+@data.command(name="clean")
+@click.argument("file", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="The cleaned JSONL file to write (only this file).")
+@click.option("--base", required=True, type=BASE,
+              help="Base model directory: the probe runs on its embeddings.")
+@click.option("--relabel", is_flag=True, help="Give the flagged rows the suggested label instead of dropping them.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@json_option
+def data_clean(file, out, base, relabel, force, as_json):
+    """Write FILE (seq-cls JSONL) to --out without the rows that `data check --base` flags as likely
+    mislabeled (or relabelled, --relabel). Other lines are copied byte for byte; the report gives the
+    digests of both files, so a version trained on the output names the data it came from."""
+    from ..training.embed import embedder
+    from ..training.label_noise import check_out, clean_file
+    from ..training.modeling import check_base_dir
+    from ..training.quality import check_data
+
+    check_out(file, out, force)
+    check_base_dir(base)
+    report = check_data(file, task="seq-cls", embed=embedder(base))
+    result = clean_file(file, out, report, relabel=relabel, force=force)
+
+    def text(r):
+        verb = "relabelled" if r["action"] == "relabelled" else "removed"
+        lines = [f"{verb} {r['count']} likely mislabeled row(s) of {r['input']['rows']} (estimated label noise "
+                 f"{r['estimated_noise_rate']:.1%})"]
+        for e in r["rows"][:10]:
+            lines.append(f"  line {e['line']}: {e['label']} -> {e['suggested']} (score {e['score']:.3f})")
+        if r["count"] > 10:
+            lines.append(f"  ... {r['count'] - 10} more (--json lists them all)")
+        lines.append(f"input  {r['input']['path']}: {r['input']['digest']}")
+        lines.append(f"output {r['output']['path']}: {r['output']['rows']} rows, {r['output']['digest']}")
+        return "\n".join(lines)
+
+    emit(as_json, result, text)

@@ -6,6 +6,7 @@ import click
 
 from . import BASE, App, batch_text, emit, json_option
 from . import cli
+from .data_cmds import check_rate
 
 pass_app = click.make_pass_decorator(App)
 
@@ -51,6 +52,8 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 @click.option("--track", metavar="TRACKER", envvar="ADAPTERHUB_TRACKER", help="Experiment tracker (e.g. mlflow).")
 @click.option("--experiment", help="Tracker experiment name (default: $MLFLOW_EXPERIMENT_NAME or the --push name).")
 @click.option("--allow-dirty-data", is_flag=True, help="Train even if the data check finds conflicts or leakage.")
+@click.option("--fail-on-noise", type=float, metavar="RATE", callback=check_rate,
+              help="seq-cls: refuse the data when its estimated label noise (data check --base) is above RATE.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Allow --init-from an adapter of another base.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--quantize", metavar="QUANTIZER",
@@ -64,8 +67,8 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 @pass_app
 def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, max_steps, lr, batch_size, grad_accum,
           max_length, seed, eval_steps, early_stopping, gradient_checkpointing, mixed_precision, init_from, resume,
-          allow_resize, dist_timeout, track, experiment, allow_dirty_data, allow_base_mismatch, force, quantize,
-          quant_opts, optim, as_json):
+          allow_resize, dist_timeout, track, experiment, allow_dirty_data, fail_on_noise, allow_base_mismatch, force,
+          quantize, quant_opts, optim, as_json):
     """Train an adapter on BASE with METHOD and push it (optionally) to the registry.
 
     Under torchrun or accelerate launch every process trains its share of each batch (--batch-size is per
@@ -80,7 +83,7 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
                         grad_accum=grad_accum, max_length=max_length, seed=seed, eval_steps=eval_steps,
                         early_stopping=early_stopping, gradient_checkpointing=gradient_checkpointing,
                         mixed_precision=mixed_precision, init_from=init_from, resume=resume, track=track,
-                        experiment=experiment, allow_dirty_data=allow_dirty_data,
+                        experiment=experiment, allow_dirty_data=allow_dirty_data, fail_on_noise=fail_on_noise,
                         allow_base_mismatch=allow_base_mismatch, force=force, progress=sys.stderr.isatty(),
                         home=app.home, quantize=quantize, optim=optim,
                         quantize_options=_parse_sets(quant_opts, "--quant-opt"), allow_resize=allow_resize,

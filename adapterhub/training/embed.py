@@ -2,45 +2,39 @@
 meaning (likely mislabeled rows, train/eval shift).
 
 Mean-pooled last hidden states (padding masked out), L2-normalised: what sentence-transformers does for
-MiniLM, and a fair cheap representation for any transformers base. Embeddings are cached in memory by
-(base directory, max length, digest of the texts), so ``data check`` computing them for both the noise
-and the shift checks, or a test calling twice, pays once.
+MiniLM, and a fair cheap representation for any transformers base. Embeddings are cached in memory per
+text (and base directory and max length), so the noise and the shift checks, or a cleaned file that is a
+subset of one already embedded, pay only for texts not seen before.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from typing import Any, Callable
 
 import numpy as np
 
-_CACHE: dict[tuple[str, int, str], np.ndarray] = {}
-_CACHE_MAX = 8
-
-
-def texts_digest(texts: list[str]) -> str:
-    return hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+_CACHE: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+_CACHE_MAX = 200_000  # texts per base (a 384-wide float32 vector is 1.5 KiB)
 
 
 def embedder(base_dir: str, batch_size: int = 64, max_length: int = 128) -> Callable[[list[str]], np.ndarray]:
     """A function ``texts -> float32 array [len(texts), hidden]`` over ``base_dir``'s encoder; the model is
     loaded on first use (not at all when every call hits the cache)."""
-    key_base = os.path.abspath(base_dir)
+    cache = _CACHE.setdefault((os.path.abspath(base_dir), max_length), {})
     state: dict[str, Any] = {}
 
     def embed(texts: list[str]) -> np.ndarray:
-        key = (key_base, max_length, texts_digest(texts))
-        if key in _CACHE:
-            return _CACHE[key]
-        if "model" not in state:
-            state["tok"], state["model"] = _load(base_dir)
-        out = _embed(state["tok"], state["model"], texts, batch_size, max_length)
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = out
-        return out
+        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        if todo:
+            if "model" not in state:
+                state["tok"], state["model"] = _load(base_dir)
+            if len(cache) + len(todo) > _CACHE_MAX:
+                cache.clear()
+            cache.update(zip(todo, _embed(state["tok"], state["model"], todo, batch_size, max_length)))
+        if not texts:
+            return np.zeros((0, 1), dtype=np.float32)
+        return np.stack([cache[t] for t in texts])
 
     return embed
 

@@ -92,3 +92,81 @@ def gate_noise(section: dict[str, Any] | None, max_rate: float | None) -> str | 
     first = ", ".join(str(r["line"]) for r in section["rows"][:5])
     return (f"estimated label noise {rate:.1%} is above --fail-on-noise {max_rate:g} ({section['count']} likely "
             f"mislabeled row(s), first at line(s) {first})")
+
+
+def check_out(path: str, out: str, force: bool) -> str:
+    """Refuse an ``out`` that :func:`clean_file` must not write (before any work); returns its folder."""
+    import os
+
+    if os.path.isdir(out):
+        raise InvalidInput(f"--out {out} is a directory (give the file to write)")
+    if os.path.exists(out) and os.path.samefile(out, path):
+        raise InvalidInput(f"--out {out} is the input file; write the cleaned data to a new file")
+    if os.path.exists(out) and not force:
+        raise InvalidInput(f"--out {out} exists (--force replaces it)")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise InvalidInput(f"--out {out}: directory {folder} does not exist")
+    return folder
+
+
+def clean_file(path: str, out: str, report: dict[str, Any], relabel: bool = False,
+               force: bool = False) -> dict[str, Any]:
+    """Write ``path`` to ``out`` without the rows ``report`` (a data-check report with label issues)
+    flags, or with their label replaced by the suggested one (``relabel``). Every other line is copied
+    byte for byte; blank lines are dropped. The file appears whole or not at all (a temporary file in
+    ``out``'s directory, then a rename); nothing else is written. Returns what was done, with the digests
+    of both files (the digest ``train`` records for the cleaned file)."""
+    import hashlib
+    import json
+    import os
+    import tempfile
+
+    li = report.get("label_issues") or {}
+    if "skipped" in li:
+        raise InvalidInput(f"cannot clean {os.path.basename(path)}: the label check was skipped ({li['skipped']})")
+    if report["malformed"]["count"]:
+        first = report["malformed"]["examples"][0]
+        raise InvalidInput(f"{first['file']}:{first['line']}: {first['error']} ({report['malformed']['count']} "
+                           "malformed line(s); fix them first, see 'adapterhub data check')")
+    folder = check_out(path, out, force)
+
+    flagged = {r["line"]: r for r in li["rows"]}
+    with open(path, "rb") as f:
+        raw = f.read()
+    rows = [(n, line.rstrip(b"\r")) for n, line in enumerate(raw.split(b"\n"), start=1) if line.strip()]
+    originals: dict[str, Any] = {}  # relabelling keeps a label's JSON type: 1 stays an int, "1" a string
+    if relabel:
+        for _, line in rows:
+            label = json.loads(line).get("label")
+            originals.setdefault(str(label), label)
+    lines_out: list[bytes] = []
+    for n, line in rows:
+        if n in flagged:
+            if not relabel:
+                continue
+            obj = json.loads(line)
+            obj["label"] = originals.get(flagged[n]["suggested"], flagged[n]["suggested"])
+            line = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        lines_out.append(line)
+    data = b"".join(x + b"\n" for x in lines_out)
+
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(out) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    changed = [{k: r[k] for k in ("line", "label", "suggested", "score")} for r in li["rows"]]
+    return {
+        "input": {"path": path, "digest": report["train"]["digest"], "rows": report["rows"]},
+        "output": {"path": out, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "rows": len(lines_out)},
+        "action": "relabelled" if relabel else "removed",
+        "estimated_noise_rate": li["estimated_noise_rate"],
+        "count": len(changed), "rows": changed,
+    }

@@ -55,6 +55,7 @@ class TrainOptions:
     track: str | None = None                    # tracker plugin name (e.g. mlflow)
     experiment: str | None = None
     allow_dirty_data: bool = False
+    fail_on_noise: float | None = None          # refuse seq-cls data whose estimated label noise is above this
     allow_base_mismatch: bool = False
     force: bool = False                         # replace a non-empty out directory
     warmup_ratio: float = 0.0
@@ -443,7 +444,21 @@ def _check_data(opts: TrainOptions, tokenizer: Any) -> dict[str, Any] | None:
         from . import quality
     except ImportError:  # pragma: no cover - the quality module ships with the package
         return None
-    report = quality.check_data(opts.data, opts.eval, task=opts.task, tokenizer=tokenizer, max_length=opts.max_length)
+    embed = None
+    if opts.fail_on_noise is not None:
+        if opts.task != "seq-cls":
+            raise InvalidInput("--fail-on-noise needs --task seq-cls (it checks labels)")
+        from .embed import embedder
+
+        embed = embedder(opts.base)
+    report = quality.check_data(opts.data, opts.eval, task=opts.task, tokenizer=tokenizer, max_length=opts.max_length,
+                                embed=embed)
+    from .label_noise import gate_noise
+
+    noisy = gate_noise(report["label_issues"], opts.fail_on_noise)
+    if noisy:
+        raise InvalidInput(f"data check failed for {os.path.basename(opts.data)}: {noisy} (see 'adapterhub data "
+                           "check --base'; 'adapterhub data clean' writes the data without those rows)")
     reasons = quality.gate_data(report)
     if reasons and not opts.allow_dirty_data:
         raise InvalidInput(f"data check failed for {os.path.basename(opts.data)}: {'; '.join(reasons)} "
