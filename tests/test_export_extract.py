@@ -44,7 +44,8 @@ def test_export_peft_loads_in_peft_model(cli, llama, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
-def test_export_merged_is_the_merge(cli, llama, tmp_path):
+def test_export_merged_is_the_merge(cli, llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")  # (as root, where the tests run, auto is off)
     base, ad, ref_logits = llama
     assert cli("push", ad, "acme/bot", "--base", base).exit_code == 0
     assert_clean_error(cli("export", "acme/bot", "--format", "merged", "--out", tmp_path / "m"), "--base")

@@ -346,14 +346,9 @@ def test_resized_vocabulary_takes_the_adapters_embeddings(cli, tmp_path):
         assert torch.allclose(merged(**ids).logits, pm(**ids).logits, atol=TOL, rtol=0)
 
 
-# -- the cache ---------------------------------------------------------------------------------------------
-def _blob_path(home, digest):
-    path = home / "blobs" / "sha256" / digest[:2] / digest[2:]  # the local store's layout
-    assert path.exists(), path
-    return path
-
-
-def test_second_pull_merged_is_a_verified_cached_copy(cli, home, built, tmp_path):
+# -- the cache (more in test_merged_cache.py) ------------------------------------------------------------
+def test_second_pull_merged_is_a_checked_cached_link(cli, home, built, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")  # (as root, where the tests run, auto is off)
     base, ad, ref_logits = built("llama-dora")
     assert cli("push", ad, "acme/dora", "--base", base, "--alias", "stable").exit_code == 0
     args = ("--merged", "--base", base, "--dtype", "bf16", "--json")
@@ -363,28 +358,27 @@ def test_second_pull_merged_is_a_verified_cached_copy(cli, home, built, tmp_path
     second = cli("pull", "acme/dora@stable", "--out", tmp_path / "b", *args)
     assert second.exit_code == 0 and second.json()["cached"] is True
     assert second.json()["tensors_merged"] == first.json()["tensors_merged"]
-    assert {(f["path"], f["sha256"]) for f in first.json()["files"]} == {(f["path"], f["sha256"]) for f in second.json()["files"]}
+    assert {(f["path"], f["size"]) for f in first.json()["files"]} == {(f["path"], f["size"]) for f in second.json()["files"]}
     for f in first.json()["files"]:
         assert (tmp_path / "a" / f["path"]).read_bytes() == (tmp_path / "b" / f["path"]).read_bytes()
-    # gc keeps the blobs of cached merged models
     assert cli("gc", "--grace", "0", "--json").json()["removed_blobs"] == 0
     assert cli("pull", "acme/dora@stable", "--out", tmp_path / "b2", *args).json()["cached"] is True
     # another dtype or shard size is another cache entry
     third = cli("pull", "acme/dora", "--out", tmp_path / "c", "--merged", "--base", base, "--json")
     assert third.json()["cached"] is False and third.json()["dtype"] == "auto"
 
-    # corrupt the cached weights blob: detected on read, dropped, recomputed, reported
-    weights = next(f for f in first.json()["files"] if f["path"] == "model.safetensors")
-    blob = _blob_path(home, weights["sha256"])
-    os.chmod(blob, 0o644)
-    with open(blob, "r+b") as fh:
+    # corrupt the cached weights through a link (as root may): detected before it is served, recomputed
+    good = (tmp_path / "a" / "model.safetensors").read_bytes()
+    weights = tmp_path / "b" / "model.safetensors"
+    os.chmod(weights, 0o644)
+    with open(weights, "r+b") as fh:
         fh.seek(200)
         fh.write(b"\xff\xff\xff\xff")
     fourth = cli("pull", "acme/dora@stable", "--out", tmp_path / "d", *args)
     assert fourth.exit_code == 0, fourth.output
     d = fourth.json()
-    assert d["cached"] is False and "corrupt" in d["cache_problem"]
-    assert (tmp_path / "d" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert d["cached"] is False and "model.safetensors changed" in d["cache_problem"]
+    assert (tmp_path / "d" / "model.safetensors").read_bytes() == good
     assert cli("pull", "acme/dora@stable", "--out", tmp_path / "e", *args).json()["cached"] is True
     got = out_of(load_merged(tmp_path / "e", torch.bfloat16), "llama").float()
     assert torch.allclose(got, ref_logits, atol=0.1)  # bf16: the exact check is the tensor parity test

@@ -66,12 +66,9 @@ def llama(tmp_path):
 
 
 def _merged_count(home) -> int:
-    from adapterhub.api import open_registry
-    import sqlalchemy as sa
-    from adapterhub.registry import schema as t
-
-    with open_registry(str(home)).read() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(t.merged_models)).scalar()
+    """Entries in the merged-model cache."""
+    root = os.path.join(home, "cache", "merged")
+    return len([p for p in os.listdir(root) if not p.startswith(".")]) if os.path.isdir(root) else 0
 
 
 # -- 1. adapter tensors that match nothing in the base ----------------------------------------------------------
@@ -105,7 +102,8 @@ def test_adapter_tensors_for_modules_the_base_lacks_are_refused(kind, cli, tmp_p
 
 
 @pytest.mark.parametrize("how", ["merge", "pull --merged", "export --format merged"])
-def test_renamed_keys_are_refused_through_the_registry(how, cli, home, llama, tmp_path):
+def test_renamed_keys_are_refused_through_the_registry(how, cli, home, llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")
     base, ad = llama
     bad = _rename(ad, tmp_path / "bad", "q_proj", "zz_proj", config=True)
     assert cli("push", bad, "acme/renamed").exit_code == 0
@@ -171,21 +169,16 @@ def test_merge_adapter_api_refuses_a_base_without_config(llama, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_a_cached_merge_without_config_is_never_served(cli, home, llama, tmp_path):
-    """A cache entry whose config.json is missing (as the bug above once stored) is dropped and recomputed."""
-    import sqlalchemy as sa
+def test_a_cached_merge_without_config_is_never_served(cli, home, llama, tmp_path, monkeypatch):
+    """A cache entry whose config.json is missing (as a bug once stored) is not served: recomputed."""
+    from test_merged_cache import reseal
 
-    from adapterhub.api import open_registry
-    from adapterhub.registry import schema as t
-
+    monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")
     base, ad = llama
     assert cli("push", ad, "acme/l1", "--base", base).exit_code == 0
     assert cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m1").exit_code == 0
-    reg = open_registry(str(home))
-    with reg.write() as conn:
-        row = conn.execute(sa.select(t.merged_models)).one()
-        files = [f for f in row.files if f["path"] != "config.json"]
-        conn.execute(t.merged_models.update().values(files=files))
+    (entry,) = os.listdir(home / "cache" / "merged")
+    reseal(home, entry, lambda b: b.__setitem__("files", [f for f in b["files"] if f["path"] != "config.json"]))
     r = cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m2", "--json")
     assert r.exit_code == 0, r.output
     assert r.json()["cached"] is False and "config.json" in r.json()["cache_problem"]
@@ -236,22 +229,22 @@ def test_export_peft_refuses_merge_options(args, flags, cli, llama, tmp_path):
     assert next(p for n, p in pm.named_parameters() if "lora_B" in n).dtype == torch.float32
 
 
-def test_a_cached_merge_of_an_adapter_that_matches_nothing_is_not_served(cli, home, llama, tmp_path):
-    """A merge cached before such adapters were refused (here: the cache row of a good merge pointed at the
-    renamed adapter's digest) is refused too: the plan is checked before the cache is read."""
-    import sqlalchemy as sa
+def test_a_cached_merge_of_an_adapter_that_matches_nothing_is_not_served(cli, home, llama, tmp_path, monkeypatch):
+    """A merge cached before such adapters were refused (here: the entry of a good merge rewritten for the
+    renamed adapter's key) is refused too: the plan is checked before the cache is read."""
+    from adapterhub.operations import merged_cache
+    from test_merged_cache import reseal
 
-    from adapterhub.api import open_registry
-    from adapterhub.registry import schema as t
-
+    monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")
     base, ad = llama
     bad = _rename(ad, tmp_path / "bad", "q_proj", "zz_proj", config=True)
     digest = cli("push", bad, "acme/renamed", "--json").json()["digest"].removeprefix("sha256:")
     assert cli("push", ad, "acme/l1", "--base", base).exit_code == 0
     assert cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m1").exit_code == 0
-    with open_registry(str(home)).write() as conn:
-        conn.execute(t.merged_models.update().values(adapter_digest=digest))
-        assert conn.execute(sa.select(sa.func.count()).select_from(t.merged_models)).scalar() == 1
+    (entry,) = os.listdir(home / "cache" / "merged")
+    key = json.loads((home / "cache" / "merged" / entry / "entry.json").read_text())["key"]
+    key[0] = digest
+    reseal(home, entry, lambda b: b.__setitem__("key", key), new_entry=merged_cache.entry_id(tuple(key)))
     for cmd in (["merge", "acme/renamed"], ["pull", "acme/renamed", "--merged"]):
         r = cli(*cmd, "--base", base, "--out", tmp_path / "m2")
         assert_clean_error(r, "4 of 8 adapter tensors match nothing", "zz_proj")

@@ -66,11 +66,11 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
         if quantize or checked:
             from ..merge.quantized import merge_checked
 
-            return merge_checked(registry, ref, base, out, quantize=quantize,
-                                 quantize_options=_parse_opts(quant_opts), probe=probe, **kwargs)
+            return cache_warnings(merge_checked(registry, ref, base, out, quantize=quantize,
+                                                quantize_options=_parse_opts(quant_opts), probe=probe, **kwargs))
         from ..operations.export import merge_ref
 
-        return merge_ref(registry, ref, base, out, **kwargs)
+        return cache_warnings(merge_ref(registry, ref, base, out, **kwargs))
     finally:
         bar.close()
 
@@ -117,11 +117,16 @@ def merge_text(d: dict) -> str:
         p = d["probe"]
         lines.append(f"logits vs the {p['reference']} on {p['probe']}: mean |diff| {p['mean_abs_diff']:.4g}, "
                      f"max |diff| {p['max_abs_diff']:.4g} (mean |logit| {p['mean_abs_logit']:.4g})")
-    if d.get("cache_problem"):
-        lines.append(f"warning: {d['cache_problem']}")
-    if d.get("cache_error"):
-        lines.append(f"warning: not cached: {d['cache_error']}")
     return "\n".join(lines)
+
+
+def cache_warnings(d: dict) -> dict:
+    """The merged-model cache's problems, one line each on stderr (the merge itself succeeded)."""
+    if d.get("cache_problem"):
+        click.echo(f"warning: {d['cache_problem']}", err=True)
+    if d.get("cache_error"):
+        click.echo(f"warning: not cached: {d['cache_error']}", err=True)
+    return d
 
 
 @cli.command()
@@ -130,7 +135,7 @@ def merge_text(d: dict) -> str:
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the merged model to.")
 @merge_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
-@click.option("--no-cache", is_flag=True, help="Neither read nor fill the merged-model cache.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor fill the merged-model cache (ADAPTERHUB_MERGE_CACHE=off).")
 @click.option("--onto", type=click.Choice(("dequantized", "original")), default="dequantized", show_default=True,
               help="An adapter trained on a quantized base (QLoRA): merge onto the weights as the quantized base "
                    "held them (quantized and dequantized exactly as in training), or onto the original weights.")
@@ -147,8 +152,9 @@ def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, forc
     """Merge adapter REF (a ref, or an adapter directory) into the base model and write a plain
     transformers model directory (config, tokenizer, sharded safetensors) that from_pretrained loads.
 
-    Streams one tensor at a time (memory stays near the largest tensor) and caches the result in the
-    registry: the same merge again is a verified copy.
+    Streams one tensor at a time (memory stays near the largest tensor). Where it pays, the result is
+    cached under the home as read-only hard links (ADAPTERHUB_MERGE_CACHE: auto, link, off), so the same
+    merge again costs a few stat calls; OUT's files are then read-only.
 
     An adapter trained on a quantized base (QLoRA) is merged onto the dequantized base weights by default, and
     the mean/max difference of logits between the unmerged adapter on the quantized base and the merged model
@@ -193,7 +199,7 @@ def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mism
     else:
         bar = None
     try:
-        d = export(app.registry, ref, fmt, out, plugins=app.plugins, **options)
+        d = cache_warnings(export(app.registry, ref, fmt, out, plugins=app.plugins, **options))
     finally:
         if bar:
             bar.close()

@@ -94,7 +94,7 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
     registry with its lineage, then materialized (if --out is given).
 
     With --merged --base DIR, OUT gets a plain transformers model with the adapter merged in, streamed
-    tensor by tensor and cached (the same pull again is a verified copy)."""
+    tensor by tensor (and cached where that pays: see `adapterhub merge --help`)."""
     from ..api import copy, pull as do_pull
     from ..registry.refs import parse_ref
 

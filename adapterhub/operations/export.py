@@ -4,11 +4,10 @@
     export.merge_ref(reg, "acme/bot@production", "./base", "./model", dtype="bf16")  # pull --merged
     export.export(reg, "acme/bot:3", "peft", "./peft-dir")                          # any registered format
 
-``merge_ref`` checks the base fingerprint, then looks in the merged-model cache: merged directories are
-stored as blobs keyed by (adapter digest, base fingerprint, dtype, shard size) in the ``merged_models``
-table, so a second ``pull --merged`` of the same thing is a verified copy (sha256 of every blob on read).
-A cached blob found missing or corrupt is dropped from the cache and the merge recomputed (reported as
-``cache_problem``).
+``merge_ref`` checks the base fingerprint, then looks in the merged-model cache (:mod:`.merged_cache`:
+read-only hard links under the home, keyed by a digest of (adapter digest, base fingerprint, dtype, shard
+size), checked before they are served), so a second ``pull --merged`` of the same thing costs a few
+``stat`` calls. An entry that cannot be trusted is left alone and the merge recomputed (``cache_problem``).
 
 Formats are plugins (``register_formats``); ``export`` calls the format's ``export(reg, ref, out, ...)``.
 """
@@ -22,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..files.checkpoint import LoadedAdapter, method_and_config, write_json
-from ..errors import AdapterhubError, IntegrityError, InvalidInput
+from ..errors import AdapterhubError, InvalidInput
 from ..merge.plan import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
                     parse_shard_size, plan_merge)
 from ..plugins import Plugins, get_plugins
@@ -50,11 +49,25 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
     weights = [f for f in info["files"] if f["path"] == WEIGHTS]
     if not weights:
         raise InvalidInput(f"{info['ref']} has no {WEIGHTS} (kind {info['kind']}); only adapters can be exported")
-    tmp = tempfile.mkdtemp(prefix="adapterhub-export-")
+    f = weights[0]
+    what = f"blob {f['digest']} ({info['ref']} {WEIGHTS})"
+    local = getattr(reg.store, "local_path", lambda d: None)(f["digest"][7:])
+    tmp = None
+    if local:  # read in place (no copy to leave behind), verified first
+        from ..errors import IntegrityError
+        from ..registry.blobs import hash_file
+
+        path = local
+        digest, size = hash_file(path)
+        if digest != f["digest"][7:] or size != f["size"]:
+            raise IntegrityError(f"{what} is corrupt: expected {f['digest']} ({f['size']} bytes), "
+                                 f"got sha256:{digest} ({size} bytes)")
+    else:
+        tmp = tempfile.mkdtemp(prefix=f"adapterhub-export-{os.getpid()}-")
     try:
-        path = os.path.join(tmp, WEIGHTS)
-        f = weights[0]
-        copy_verified(reg.store, f["digest"][7:], path, f["size"], what=f"blob {f['digest']} ({info['ref']} {WEIGHTS})")
+        if tmp:
+            path = os.path.join(tmp, WEIGHTS)
+            copy_verified(reg.store, f["digest"][7:], path, f["size"], what=what)
         read_header(path)
         method, config = method_and_config(info["manifest"], plugins)
         tensors = LazyTensors(path)
@@ -67,7 +80,8 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         finally:
             tensors.close()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None = None,
@@ -78,6 +92,8 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
     directory to ``out``; from the cache when this exact merge was done before (``"cached": true``).
     ``onto``: an adapter trained on a quantized base merges onto the dequantized (default) or original base."""
     from ..api import check_base, fingerprint
+    from ..config import home_dir
+    from . import merged_cache
 
     base_config(base_dir)  # a transformers model directory, before any work (nothing hashed, nothing cached)
     check_out_base(out, base_dir)
@@ -89,9 +105,9 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
 
         _check_mergeable(adapter, info["ref"] if info["digest"] else ref)
         base_meta = adapter.manifest.get("base") or {}
-        cache = use_cache and bool(info["digest"])
+        cache = use_cache and bool(info["digest"]) and merged_cache.mode(home_dir(home), out) == "link"
         fp = None  # only hashed when needed: to check the base, or as part of the cache key
-        if cache or (base_meta.get("fingerprint") and not allow_base_mismatch):
+        if cache or base_meta.get("fingerprint"):  # (reported with --allow-base-mismatch too)
             fp = fingerprint(base_dir, home).digest
         if not allow_base_mismatch and fp:
             check_base(base_meta.get("fingerprint"), fp, base_dir, base_meta.get("name"))
@@ -102,96 +118,21 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
         if cache:
             plan_merge(adapter, base_dir, target)  # refuses what the merge would refuse (e.g. tensors matching
             # nothing in the base), also for merges cached before that was checked; headers only
-            hit, problem = _restore(reg, key, out, force)
+            hit, problem = merged_cache.restore(home_dir(home), key, out, force)
             if hit is not None:
                 return {"ref": info["ref"], "digest": "sha256:" + info["digest"], "base_fingerprint": fp, **hit}
         result = merge_adapter(adapter, base_dir, out, dtype=dtype, shard_size=shard_bytes, force=force,
                                ref=info["ref"] if info["digest"] else ref, progress=progress, on_plan=on_plan,
-                               hash_files=cache, onto=onto, plugins=plugins)
+                               hash_files=False, onto=onto, plugins=plugins)
     result = {"ref": info["ref"], "digest": "sha256:" + info["digest"] if info["digest"] else None,
               "base_fingerprint": fp, **result}
     if problem:
         result["cache_problem"] = problem
     if cache:
-        try:
-            _store(reg, key, result)
-        except (OSError, AdapterhubError) as exc:  # the merge itself succeeded: report, do not fail
-            result["cache_error"] = str(getattr(exc, "strerror", None) or exc)
+        error = merged_cache.store(home_dir(home), key, result)
+        if error:  # the merge itself succeeded: report, do not fail
+            result["cache_error"] = error
     return result
-
-
-# -- the merged-model cache -----------------------------------------------------------------------------
-class _Unusable(Exception):
-    """A cached merge whose files are intact but unusable (dropped from the cache, recomputed)."""
-
-
-def _where(t, key):
-    digest, fp, dtype, shard = key
-    m = t.merged_models.c
-    return (m.adapter_digest == digest) & (m.base_fingerprint == fp) & (m.dtype == dtype) & (m.shard_size == shard)
-
-
-def _restore(reg: Any, key: tuple, out: str, force: bool) -> tuple[dict | None, str | None]:
-    """Materialize a cached merge into ``out`` (every blob verified); ``(result, None)`` on a hit,
-    ``(None, problem)`` when a cached blob is missing or corrupt (the entry and bad blobs are dropped)."""
-    import time
-
-    import sqlalchemy as sa
-
-    from ..registry import schema as t
-    from ..registry.blobs import copy_verified, verify_blob
-    from ..files.output_dir import atomic_out
-
-    with reg.read() as conn:
-        row = conn.execute(sa.select(t.merged_models).where(_where(t, key))).first()
-    if row is None:
-        return None, None
-    start = time.monotonic()
-    files = row.files
-    try:
-        with atomic_out(out, force) as tmp:
-            for f in files:
-                dest = os.path.join(tmp, *f["path"].split("/"))
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                copy_verified(reg.store, f["sha256"], dest, f["size"],
-                              what=f"cached merged blob sha256:{f['sha256']} ({f['path']})")
-            try:  # never serve a merge that would not load (cached before bases without one were refused)
-                base_config(tmp)
-            except InvalidInput:
-                raise _Unusable("the cached merge has no usable config.json") from None
-    except _Unusable as exc:
-        with reg.write() as conn:
-            conn.execute(t.merged_models.delete().where(_where(t, key)))
-        return None, f"{exc}; recomputed"
-    except IntegrityError as exc:
-        for f in files:
-            if verify_blob(reg.store, f["sha256"]) not in (None, "missing"):
-                reg.store.delete(f["sha256"])  # corrupt bytes under a content address help nobody
-        with reg.write() as conn:
-            conn.execute(t.merged_models.delete().where(_where(t, key)))
-        return None, f"{exc}; recomputed"
-    summary = dict(row.summary or {})
-    summary.update({"out": os.path.abspath(out), "files": files, "bytes": sum(f["size"] for f in files),
-                    "cached": True, "seconds": round(time.monotonic() - start, 3)})
-    return summary, None
-
-
-def _store(reg: Any, key: tuple, result: dict[str, Any]) -> None:
-    """Put every output file in the blob store and record the merge in ``merged_models``."""
-    from ..registry import schema as t
-    from ..registry.registry import _insert_ignore, now
-
-    for f in result["files"]:
-        if not reg.store.has(f["sha256"]):
-            reg.store.put(f["sha256"], os.path.join(result["out"], *f["path"].split("/")), f["size"])
-    summary = {k: result[k] for k in ("dtype", "shard_size", "architectures", "tensors_merged",
-                                       "tensors_untouched", "tensors_added", "untied", "notes")}
-    digest, fp, dtype, shard = key
-    with reg.write() as conn:
-        conn.execute(t.merged_models.delete().where(_where(t, key)))
-        _insert_ignore(conn, t.merged_models, {
-            "adapter_digest": digest, "base_fingerprint": fp, "dtype": dtype, "shard_size": shard,
-            "files": result["files"], "summary": summary, "created_at": now()})
 
 
 # -- formats ----------------------------------------------------------------------------------------------

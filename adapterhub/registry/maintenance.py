@@ -83,7 +83,7 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
 
 
 def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) -> dict[str, Any]:
-    """Remove blobs that neither a version nor the merged-model cache references (older than ``grace``
+    """Remove blobs that no version references (older than ``grace``
     seconds, so a push in flight keeps its blobs) and the temp leftovers of interrupted writes. ``grace``
     must be a finite number >= 0. Files in the store that are not blobs (``.DS_Store``, editor backups)
     are left alone and listed in ``skipped``; a blob that cannot be removed is listed in ``failed`` and
@@ -98,6 +98,10 @@ def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) ->
         raise InvalidInput(f"--grace must be a finite number of seconds >= 0, got {grace}")
     with reg.read() as conn:
         referenced = _referenced(conn)
+        legacy = conn.execute(sa.select(sa.func.count()).select_from(t.merged_models)).scalar()
+    if legacy and not dry_run:  # merged models were once cached as blobs listed here (now: under the home)
+        with reg.write() as conn:
+            conn.execute(t.merged_models.delete())
     now = time.time()
     removed, skipped, failed, candidates, kept_recent, freed = [], [], [], [], 0, 0
     for digest, mtime in list(reg.store.iter_blobs()):
@@ -136,14 +140,11 @@ def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) ->
 
 
 def _referenced(conn: sa.Connection, among: list[str] | None = None) -> set[str]:
-    """The blobs a version or the merged-model cache (``pull --merged``) references (of ``among``)."""
+    """The blobs a version references (of ``among``)."""
     q = sa.select(t.files.c.blob_digest).distinct()
     if among is not None:
         q = q.where(t.files.c.blob_digest.in_(among))
-    referenced = {r[0] for r in conn.execute(q)}
-    for (files,) in conn.execute(sa.select(t.merged_models.c.files)):
-        referenced.update(f["sha256"] for f in files or [] if f.get("sha256"))
-    return referenced
+    return {r[0] for r in conn.execute(q)}
 
 
 def _is_digest(name: str) -> bool:

@@ -132,10 +132,8 @@ evaluations = sa.Table(
 
 RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
 
-#: merged models cached in the blob store: one row per (adapter version digest, base fingerprint, dtype,
-#: shard size); ``files`` lists ``{"path", "sha256", "size"}`` of the merged directory's files (each a blob),
-#: ``summary`` the merge report (tensor counts, untied weights ...). A cache: rows whose blobs went missing
-#: or corrupt are dropped and the merge recomputed.
+#: no longer used (kept so old databases migrate): merged models were cached here as blobs; the cache now
+#: lives under the home (``operations/merged_cache``), and ``gc`` empties this table.
 merged_models = sa.Table(
     "merged_models", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
