@@ -38,3 +38,14 @@ def add_snapshot(cache: str, repo_id: str, src_dir: str, ref: str | None = "main
         with open(os.path.join(repo, "refs", ref), "w") as fh:
             fh.write(commit)  # no newline: huggingface_hub reads the file verbatim
     return commit
+
+
+def use_offline_cache(monkeypatch, cache: str) -> None:
+    """Point huggingface_hub at ``cache``, offline: the environment (for subprocesses) and its constants
+    (read once at import, so set in place for this process)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

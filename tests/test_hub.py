@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from conftest import assert_clean_error, run_subprocess
-from hfcache import add_snapshot
+from hfcache import add_snapshot, use_offline_cache
 from tinymodels import save_tiny_llama_base
 
 BASE_ID, LORA_ID = "acme-org/tiny-llama", "acme-org/tiny-lora"
@@ -44,14 +44,7 @@ def hub(tmp_path_factory):
 
 @pytest.fixture
 def hf(hub, monkeypatch):
-    """Point huggingface_hub at the cache, offline: the environment (for subprocesses) and its constants
-    (read once at import, so set in place for this process)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_CACHE", hub["cache"])
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", hub["cache"])
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    use_offline_cache(monkeypatch, hub["cache"])
     return hub
 
 

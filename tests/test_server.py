@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from conftest import assert_clean_error, make_lora_dir, run_subprocess
+from hfcache import add_snapshot, use_offline_cache
 from serverproc import RegistryServer
 
 
@@ -112,6 +113,27 @@ def test_team_workflow_through_the_server(as_, hub, tmp_path, monkeypatch):
     assert ("push", "acme/chat:1", 200) in actions and ("alias.set", "acme/chat@staging", 200) in actions
     assert ("tag", "acme/chat:1", 200) in actions
     assert not any(e["actor"] == "mallory" for e in audit(hub))
+
+
+def test_push_hf_through_the_server_keeps_the_imported_from_edge(as_, tmp_path, monkeypatch):
+    """``push hf://... --to REMOTE``: the external edge (repo id, commit) crosses the HTTP API, and a pull
+    back into a local registry keeps it."""
+    cache = str(tmp_path / "hf-cache")
+    sha = add_snapshot(cache, "acme-org/chat-lora", make_lora_dir(tmp_path / "upstream", seed=7))
+    use_offline_cache(monkeypatch, cache)
+    cli = as_("write")
+    r = cli("push", "hf://acme-org/chat-lora", "acme/imported", "--to", "hub", "--json")
+    assert r.exit_code == 0, r.output
+    want = {"relation": "imported_from", "ref": f"hf://acme-org/chat-lora@{sha}",
+            "details": {"repo": "acme-org/chat-lora", "revision": sha}}
+    for ref in ("hub:acme/imported:1", "acme/imported:1"):  # the second after the pull copied it here
+        if ref == "acme/imported:1":
+            assert cli("pull", "hub:acme/imported:1").exit_code == 0
+        shown = cli("show", ref, "--json").json()
+        assert shown["parents"], (ref, shown)
+        edge = shown["parents"][0]
+        assert {k: edge[k] for k in want} == want and edge["external"], edge
+        assert f"imported_from hf://acme-org/chat-lora@{sha}" in cli("lineage", ref).stdout
 
 
 def test_promotion_needs_the_promote_scope_and_passes_the_gate_on_the_server(as_, hub, tmp_path):

@@ -107,8 +107,8 @@ class Registry(AliasOps, MaintenanceOps):
             check_relpath(f.path)
         with self.read() as conn:
             for e in edges:
-                found = conn.execute(sa.select(t.versions.c.id).where(t.versions.c.digest == e["digest"])
-                                     .order_by(t.versions.c.id)).first()
+                found = e["digest"] and conn.execute(sa.select(t.versions.c.id).where(
+                    t.versions.c.digest == e["digest"]).order_by(t.versions.c.id)).first()
                 e["id"] = found[0] if found else None
         return self._store_version(name, manifest_text.encode("utf-8"), files, edges, tags=tags or {},
                                    base=base, created_by=created_by, progress=progress, evaluations=evaluations)
@@ -312,7 +312,7 @@ class Registry(AliasOps, MaintenanceOps):
             v = self.resolve(ref, conn)
             files = self.checked_files(conn, v)
             edges = [BundleEdge(p["digest"][7:] if p["digest"] else None, p["relation"], p["details"],
-                                None if p["external"] else p["ref"])
+                                p["ref"] if not p["external"] or is_external_ref(p["ref"]) else None)
                      for p in self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)]
             tags = {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
                 t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
@@ -334,7 +334,7 @@ class Registry(AliasOps, MaintenanceOps):
         return self.import_version(
             bundle.name, bundle.manifest_text, files,
             edges=[{"digest": e.digest, "relation": e.relation, "details": e.details, "ref": e.ref}
-                   for e in bundle.edges if e.digest],
+                   for e in bundle.edges if e.digest or is_external_ref(e.ref)],
             tags=bundle.tags, evaluations=bundle.evaluations, base=bundle.base,
             created_by=created_by or bundle.created_by, progress=progress)
 

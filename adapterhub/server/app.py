@@ -354,7 +354,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         bundle = registry.export_version(r)
         seen(who, r, bundle.name)
         for e in bundle.edges:
-            if e.ref and not who.sees(e.ref.split(":", 1)[0]):
+            if e.ref and not is_external_ref(e.ref) and not who.sees(e.ref.split(":", 1)[0]):
                 e.ref = None
         return bundle.to_dict()
 
