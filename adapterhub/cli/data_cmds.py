@@ -24,20 +24,22 @@ def data():
 
 @data.command(name="check")
 @click.argument("file", type=click.Path())
-@click.option("--eval", "eval_", type=click.Path(), help="Evaluation data (JSONL): checked for train/eval leakage.")
+@click.option("--eval", "eval_", type=click.Path(), help="Evaluation data (JSONL): checked for train/eval leakage (and shift, with --base).")
+@click.option("--against", type=click.Path(),
+              help="A sample of production inputs (JSONL): with --base, checked for shift from the training data.")
 @click.option("--task", type=TASK_CHOICE, help="Task of the rows (default: seq-cls if rows have 'label').")
 @click.option("--base", type=BASE,
-              help="Base model directory: measure lengths with its tokenizer and, for seq-cls, find likely "
-                   "mislabeled rows with a probe on its embeddings.")
+              help="Base model: measure lengths with its tokenizer, and on its embeddings find likely mislabeled "
+                   "rows (seq-cls) and shift of --eval / --against from the training data.")
 @click.option("--max-length", type=int, help="Flag rows longer than this (tokens with --base, else whitespace tokens).")
 @click.option("--fail-on-noise", type=float, metavar="RATE", callback=check_rate,
               help="Exit 1 when the estimated label noise is above RATE (e.g. 0.05; needs --base).")
 @click.option("--strict", is_flag=True, help="Exit 1 when any problem is found.")
 @json_option
-def data_check(file, eval_, task, base, max_length, fail_on_noise, strict, as_json):
+def data_check(file, eval_, against, task, base, max_length, fail_on_noise, strict, as_json):
     """Check FILE (JSONL) for duplicates, conflicting labels, train/eval leakage, label imbalance,
-    empty, over-length and malformed rows and, with --base, likely mislabeled rows; every finding names
-    its line.
+    empty, over-length and malformed rows and, with --base, likely mislabeled rows and whether --eval
+    (and --against, production inputs) look like the training data; every finding names its line.
 
     Exit code 0 for a report, whatever it finds, unless --strict or --fail-on-noise."""
     from ..training.label_noise import gate_noise
@@ -53,7 +55,8 @@ def data_check(file, eval_, task, base, max_length, fail_on_noise, strict, as_js
         check_base_dir(base)
         tokenizer = load_tokenizer(base)
         embed = embedder(base)
-    report = check_data(file, eval_, task=task, tokenizer=tokenizer, max_length=max_length, embed=embed)
+    report = check_data(file, eval_, task=task, tokenizer=tokenizer, max_length=max_length, embed=embed,
+                        against=against)
     emit(as_json, report, render)
     reason = gate_noise(report.get("label_issues"), fail_on_noise)
     if reason:

@@ -22,6 +22,9 @@ Definitions (every count is over rows, every example names its line):
   reading goes on.
 * ``label_issues`` (seq-cls, with an ``embed`` function, i.e. ``--base``): likely mislabeled rows by
   confident learning (:mod:`.label_noise`); without one the section says it was skipped.
+* ``shift`` (with ``embed`` and an eval set or ``against``, a sample of production inputs): whether those
+  inputs look like the training inputs (:mod:`.shift`); with both, the production check is
+  ``shift["against"]``.
 
 This module does not import torch.
 """
@@ -134,10 +137,12 @@ def _lengths(rows: list[_Row], tokenizer: Any) -> list[int]:
 
 # -- the check ----------------------------------------------------------------------------------
 def check_data(train_path: str, eval_path: str | None = None, task: str | None = None, tokenizer: Any = None,
-               max_length: int | None = None, embed: Callable[[list[str]], Any] | None = None) -> dict[str, Any]:
+               max_length: int | None = None, embed: Callable[[list[str]], Any] | None = None,
+               against: str | None = None) -> dict[str, Any]:
     """Check ``train_path`` (and ``eval_path``) and return the report (a JSON-able dict; see the module
     docstring for the definitions). ``embed`` (texts -> sentence embeddings, e.g.
-    :func:`.embed.embedder`) turns on the checks that need the base model. Never stops at a bad line;
+    :func:`.embed.embedder`) turns on the checks that need the base model; ``against`` is a JSONL sample of
+    production inputs (``text``, ``prompt`` or ``messages`` rows) for the shift check. Never stops at a bad line;
     raises :class:`InvalidInput` only for a missing or unreadable file or an unknown task."""
     if task is not None and task not in TASKS:
         raise InvalidInput(f"unknown task '{task}' (expected one of: {', '.join(TASKS)})")
@@ -145,10 +150,14 @@ def check_data(train_path: str, eval_path: str | None = None, task: str | None =
         raise InvalidInput(f"--max-length must be positive, got {max_length}")
     t_objs, t_bad, t_info = _read(train_path, "train")
     e_objs, e_bad, e_info = _read(eval_path, "eval") if eval_path else ([], [], None)
+    a_objs, a_bad, a_info = _read(against, "against") if against else ([], [], None)
     inferred = task is None
     task = task or infer_task(t_objs)
     train = _parse(t_objs, task, t_info["file"], t_bad)
     evals = _parse(e_objs, task, e_info["file"], e_bad) if e_info else []
+    prod = _parse(a_objs, "causal-lm", a_info["file"], a_bad) if a_info else []  # inputs only: no labels needed
+    if a_info:
+        a_info["rows"] = len(prod)
     t_info["rows"] = len(train)
     if e_info:
         e_info["rows"] = len(evals)
@@ -169,12 +178,16 @@ def check_data(train_path: str, eval_path: str | None = None, task: str | None =
         "empty": _merge(_empty(train, t_info["file"], task), _empty(evals, e_info["file"] if e_info else "", task)),
         "lengths": _length_report(train, evals, tokenizer, max_length, unit, t_info["file"],
                                   e_info["file"] if e_info else None),
-        "malformed": {"count": len(t_bad) + len(e_bad), "examples": (t_bad + e_bad)[:MAX_EXAMPLES]},
+        "malformed": {"count": len(t_bad) + len(e_bad) + len(a_bad),
+                      "examples": (t_bad + e_bad + a_bad)[:MAX_EXAMPLES]},
     }
     if e_info:
         report["eval_rows"] = len(evals)
         report["eval_duplicates"] = _duplicates(evals, e_info["file"])
     report["label_issues"] = _label_issues(train, task, embed)
+    if a_info:
+        report["against"] = a_info
+    report["shift"] = _shift(train, [(e_info, evals), (a_info, prod)], embed)
     report["problems"] = problems(report)
     report["status"] = "problems" if report["problems"] else "ok"
     return report
@@ -190,6 +203,24 @@ def _label_issues(rows: list[_Row], task: str, embed: Callable[[list[str]], Any]
     rows = [r for r in rows if r.input.strip() and str(r.target).strip()]
     texts = [r.input for r in rows]
     return find_label_issues([r.line for r in rows], texts, [str(r.target) for r in rows], embed(texts))
+
+
+def _shift(train: list[_Row], others: list[tuple[dict[str, Any] | None, list[_Row]]],
+           embed: Callable[[list[str]], Any] | None) -> dict[str, Any]:
+    others = [(info, rows) for info, rows in others if info]
+    if embed is None:
+        return {"skipped": "without --base"}
+    if not others:
+        return {"skipped": "without --eval or --against"}
+    from .shift import shift_check
+
+    train_emb = embed([r.input for r in train])
+    out = []
+    for info, rows in others:
+        texts = [r.input for r in rows]
+        section = shift_check(train_emb, embed(texts), [r.line for r in rows], texts, [r.line for r in train])
+        out.append({"compared": info["role"], "file": info["file"], **section})
+    return {**out[0], "against": out[1]} if len(out) == 2 else out[0]
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -342,10 +373,18 @@ def problems(report: dict[str, Any]) -> list[str]:
         out.append(f"eval labels not in train: {', '.join(labels['unseen_in_train'])}")
     if report.get("eval_duplicates", {}).get("total"):
         out.append(f"{report['eval_duplicates']['total']} duplicate row(s) in the eval set")
+    for sh in _shifts(report):
+        if sh.get("shifted"):
+            out.append(f"{sh['file']} differs from the training data (shift p={sh['p_value']:g})")
     li = report.get("label_issues") or {}
     if li.get("count"):
         out.append(f"{li['count']} likely mislabeled row(s) (estimated label noise {li['estimated_noise_rate']:.1%})")
     return out
+
+
+def _shifts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    sh = report.get("shift") or {}
+    return [x for x in (sh, sh.get("against")) if x and "p_value" in x]
 
 
 def gate_data(report: dict[str, Any], max_conflicts: int = 0, max_leakage: int = 0) -> list[str]:
@@ -390,6 +429,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "max_length": report["lengths"]["max_length"],
         "label_distribution": report["labels"].get("distribution") or None,
         "imbalance_ratio": report["labels"].get("imbalance_ratio"),
+        "shift": {x["compared"]: {"p_value": x["p_value"], "shifted": x["shifted"]} for x in _shifts(report)} or None,
         "label_issues": ({k: li[k] for k in ("estimated_noise_rate", "count")} if "count" in li
                          else {"skipped": li.get("skipped")}),
         "problems": report["problems"],
@@ -402,6 +442,9 @@ def render(report: dict[str, Any]) -> str:
              + (", inferred" if report["task_inferred"] else "") + f"), {report['train']['digest'][:19]}"]
     if report.get("eval"):
         lines.append(f"{report['eval']['file']}: {report['eval_rows']} eval rows, {report['eval']['digest'][:19]}")
+    if report.get("against"):
+        a = report["against"]
+        lines.append(f"{a['file']}: {a['rows']} production rows (--against), {a['digest'][:19]}")
     d = report["duplicates"]
     lines.append(f"duplicates: {d['exact']} exact, {d['normalized']} normalized")
     for e in d["examples"][:5]:
@@ -445,6 +488,21 @@ def render(report: dict[str, Any]) -> str:
                          f"{e['text'][:60]!r}")
         if li["count"] > 10:
             lines.append(f"  ... {li['count'] - 10} more (--json lists them all)")
+    sh = report.get("shift") or {}
+    if "skipped" in sh and "file" not in sh:
+        lines.append(f"shift: not checked ({sh['skipped']})")
+    for x in [sh, sh.get("against")] if "file" in sh else []:
+        if not x:
+            continue
+        if "skipped" in x:
+            lines.append(f"shift of {x['file']}: not checked ({x['skipped']})")
+            continue
+        verdict = "DIFFERS from" if x["shifted"] else "looks like"
+        lines.append(f"shift: {x['file']} {verdict} the training data (MMD on the base's embeddings, "
+                     f"p={x['p_value']:g}, {x['permutations']} permutations)")
+        for e in x["farthest"][:5 if x["shifted"] else 3]:
+            lines.append(f"  farthest: {x['file']}:{e['line']} (distance {e['distance']:.3f} to train line "
+                         f"{e['nearest_train_line']}) {e['text'][:60]!r}")
     m = report["malformed"]
     lines.append(f"malformed lines: {m['count']}")
     for e in m["examples"][:10]:
