@@ -619,6 +619,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         done(request, None, f"removed {r['removed_blobs']} blobs" + (" (dry run)" if body.dry_run else ""))
         return r
 
+    from .web import mount
+
+    mount(app, registry)  # the web UI (adapterhub/server/web.py)
     return app
 
 
