@@ -12,4 +12,16 @@ hookimpl = pluggy.HookimplMarker("adapterhub")
 
 from .errors import AdapterhubError  # noqa: E402
 
-__all__ = ["hookimpl", "AdapterhubError", "__version__"]
+#: the user API, loaded on first use: ``adapterhub.attach(model, "acme/chat@production")``,
+#: ``adapterhub.open_registry()`` (see :mod:`adapterhub.api`)
+_API = ("attach", "open_registry", "push", "pull", "copy", "fingerprint")
+
+__all__ = ["hookimpl", "AdapterhubError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'adapterhub' has no attribute {name!r}")

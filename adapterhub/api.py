@@ -4,10 +4,13 @@
     reg = api.open_registry()                       # ~/.adapterhub, or $ADAPTERHUB_HOME
     pub = api.push(reg, "./my-adapter", "acme/bot", base="./base-model")
     api.pull(reg, "acme/bot@production", "./out")
+    handle = api.attach(model, "acme/bot@production")   # any method, base fingerprint checked
+    handle.detach()
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import urlparse
 
@@ -186,3 +189,76 @@ def parse_tags(items: Iterable[str]) -> dict[str, str]:
             raise InvalidInput(f"invalid tag {item!r}: expected key=value")
         tags[key] = value
     return tags
+
+
+@dataclass
+class AttachedAdapter:
+    """An adapter attached to a live model by :func:`attach`; ``detach()`` restores the base model."""
+
+    model: Any
+    method: Any
+    config: Any  # the effective method config
+    manifest: dict[str, Any]
+    ref: str | None  # the registry version (``acme/chat:3``), or ``None`` for a directory
+    base_fingerprint: str | None  # what the base was checked against; ``None`` when unchecked
+
+    def detach(self) -> None:
+        self.method.detach(self.model)
+
+
+def attach(model: Any, source: str, *, base: str | None = None, allow_base_mismatch: bool = False,
+           home: str | None = None, plugins: Plugins | None = None) -> AttachedAdapter:
+    """Attach a stored adapter to ``model`` in place, for any method, as peft's ``PeftModel.from_pretrained``
+    does for its own: ``source`` is an adapter directory (native or PEFT) or a registry ref
+    (``acme/chat@production``, ``team:acme/chat:3``; pulled and verified first).
+
+    The base is checked first: the fingerprint of ``base`` (the base weights' directory or Hub id; by default
+    the directory the model was loaded from, ``model.config._name_or_path``) must equal the one the adapter
+    was trained on, unless ``allow_base_mismatch``. A model whose weights cannot be found is refused rather
+    than trusted: pass ``base=`` or ``allow_base_mismatch=True``."""
+    import os
+    import shutil
+    import tempfile
+
+    from .files.checkpoint import load_adapter_dir
+    from .training.modeling import attach_loaded
+
+    plugins = plugins or get_plugins()
+    ref = None
+    if os.path.isdir(source):
+        loaded = load_adapter_dir(source, plugins)
+    else:
+        from .registry.refs import parse_ref
+
+        parsed = parse_ref(source)
+        reg = open_registry(home, plugins, remote=parsed.remote)
+        bare = str(parsed.__class__(**{**parsed.__dict__, "remote": None}))
+        info = reg.show(bare)
+        ref = info["ref"]
+        tmp = tempfile.mkdtemp(prefix="adapterhub-attach-")
+        try:
+            pull(reg, ref, os.path.join(tmp, "a"))
+            loaded = load_adapter_dir(os.path.join(tmp, "a"), plugins)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        loaded.manifest = info["manifest"]  # the registry's (a PEFT-format version has no adapterhub.json)
+    expected = (loaded.manifest.get("base") or {}).get("fingerprint")
+    checked = None
+    if expected and not allow_base_mismatch:
+        base = base or _loaded_from(model)
+        if base is None:
+            raise InvalidInput(f"cannot check the base of {ref or source}: the model was not loaded from a directory; "
+                               "pass base=DIR (its weights) or allow_base_mismatch=True")
+        from .files.hub import resolve_base
+
+        resolved = resolve_base(base)
+        checked = fingerprint(resolved.path, home).digest
+        check_base(expected, checked, base, (loaded.manifest.get("base") or {}).get("name"))
+    effective = attach_loaded(model, loaded)
+    return AttachedAdapter(model, loaded.method, effective, loaded.manifest, ref, checked)
+
+
+def _loaded_from(model: Any) -> str | None:
+    """The directory (or Hub id) ``model`` was loaded from, as transformers records it."""
+    path = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return path or None
