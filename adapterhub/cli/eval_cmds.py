@@ -41,14 +41,40 @@ def _f(x) -> str:
 @click.option("--no-store", is_flag=True, help="Do not record the result in the registry.")
 @click.option("--allow-base-mismatch", is_flag=True,
               help="Evaluate on a base other than the adapter's (the result is then not stored).")
+@click.option("--generate", is_flag=True,
+              help="causal-lm: generate greedily for each prompt and score the outputs against the references.")
+@click.option("--max-new-tokens", type=int, help="With --generate: tokens generated per prompt at most (default 64).")
+@click.option("--metric", "metric_names", multiple=True,
+              help="With --generate: a registered metric (repeatable; default exact_match, rouge_l, chrf).")
+@click.option("--samples", type=int, help="With --generate: rows whose outputs are stored side by side (default 5).")
 @json_option
 @pass_app
 def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task, no_store, allow_base_mismatch,
-             as_json):
+             generate, max_new_tokens, metric_names, samples, as_json):
     """Evaluate version REF and its bare base on --data; store the metrics on the version.
 
     seq-cls: accuracy, macro-F1, per-class precision/recall/F1. causal-lm: loss and perplexity over
-    completion tokens. The gain is adapter - base. --probe measures forgetting on general data."""
+    completion tokens; with --generate, what each model writes for the prompts ('prompt' + 'completion'
+    rows, or 'messages'), scored with exact match, ROUGE-L and chrF (or --metric), plus a few outputs side
+    by side (shown by `adapterhub show`). The gain is adapter - base. --probe measures forgetting on
+    general data."""
+    from ..errors import InvalidInput
+
+    if generate:
+        if probe:
+            raise InvalidInput("--probe measures forgetting with the loss; run it without --generate")
+        from ..training.generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES, evaluate_generation
+
+        r = evaluate_generation(
+            app.registry, ref, base, data_path, max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
+            metrics=list(metric_names) or None, samples=DEFAULT_SAMPLES if samples is None else samples,
+            batch_size=batch_size, max_length=max_length, task=task, allow_base_mismatch=allow_base_mismatch,
+            store=not no_store, home=app.home, plugins=app.plugins, progress=batch_bar("generate"))
+        emit(as_json, r, _eval_text)
+        return
+    for opt, value in (("--max-new-tokens", max_new_tokens), ("--metric", metric_names or None), ("--samples", samples)):
+        if value is not None:
+            raise InvalidInput(f"{opt} needs --generate")
     from ..training.evaluate import evaluate
 
     r = evaluate(app.registry, ref, base, data_path, probe_path=probe, batch_size=batch_size, max_length=max_length,
@@ -58,8 +84,10 @@ def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task
 
 
 def _eval_text(r) -> str:
-    lines = [f"{r['ref']} on {r['details']['data']['file']} ({r['data_digest'][:19]}, {r['rows']} rows, {r['task']})"]
-    keys = ("accuracy", "macro_f1") if r["task"] == "seq-cls" else ("loss", "perplexity")
+    gen = r.get("generation")
+    how = f", greedy, {gen['max_new_tokens']} new tokens at most" if gen else ""
+    lines = [f"{r['ref']} on {r['details']['data']['file']} ({r['data_digest'][:19]}, {r['rows']} rows, {r['task']}{how})"]
+    keys = r.get("metric_names") or (("accuracy", "macro_f1") if r["task"] == "seq-cls" else ("loss", "perplexity"))
     lines.append(f"  {'':<12}" + "".join(f"{k:>12}" for k in keys))
     lines.append(f"  {'adapter':<12}" + "".join(f"{_f(r['adapter'][k]):>12}" for k in keys))
     lines.append(f"  {'base':<12}" + "".join(f"{_f(r['base'][k]):>12}" for k in keys))
@@ -79,6 +107,11 @@ def _eval_text(r) -> str:
             text = (f"loss {_f(p['adapter_loss'])} (base {_f(p['base_loss'])}), "
                     f"forgetting {p['forgetting']:+.4g}")
         lines.append(f"  probe ({p['rows']} rows): {text}")
+    if gen:
+        lines.append(f"  primary metric (for the promotion gate): {r['primary_metric']}"
+                     + (f"; {gen['truncated_prompts']} prompts cut to their last {gen['max_length'] - gen['max_new_tokens']} "
+                        "tokens" if gen["truncated_prompts"] else ""))
+        lines.extend(samples_text(r["samples"], r["rows"]))
     if r["stored"]:
         lines.append(f"  stored as an evaluation of {r['ref']}")
     elif r["base_mismatch"]:
@@ -86,6 +119,23 @@ def _eval_text(r) -> str:
     else:
         lines.append("  not stored (--no-store)")
     return "\n".join(lines)
+
+
+def samples_text(samples, rows, indent: str = "  ") -> list[str]:
+    """Generation samples side by side: prompt, reference, base and adapter output (one line each)."""
+    if not samples:
+        return []
+
+    def one(text: str) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= 100 else text[:99] + "…"
+
+    lines = [f"{indent}samples ({len(samples)} of {rows} rows):"]
+    for s in samples:
+        lines.append(f"{indent}  line {s['line']}: {one(s['prompt'])}")
+        for k in ("reference", "base", "adapter"):
+            lines.append(f"{indent}    {k + ':':<11}{one(s[k])}")
+    return lines
 
 
 # -- latency ------------------------------------------------------------------------------------

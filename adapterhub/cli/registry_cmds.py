@@ -236,10 +236,10 @@ def list_cmd(app: App, name, from_, as_json):
 
 
 def _eval_cell(metrics) -> str:
-    """The newest evaluation's primary metric (accuracy for classifiers, else loss)."""
+    """The newest evaluation's primary metric (accuracy for classifiers, else loss; rouge_l for generation)."""
     if not metrics:
         return "-"
-    for key, short in (("accuracy", "acc"), ("loss", "loss")):
+    for key, short in (("accuracy", "acc"), ("loss", "loss"), ("rouge_l", "rouge_l")):
         if isinstance(metrics.get(key), (int, float)):
             return f"{short}={metrics[key]:.3f}"
     return "yes"
@@ -288,10 +288,18 @@ def _show_text(d) -> str:
         lines.append(f"  batch:   {tr['global_batch_size']} ({batch_text(tr['world_size'], tr['batch_size'], tr['grad_accum'])})")
     if d["metrics"]:
         lines.append("  metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))
+    generated = None
     for e in d["evaluations"]:
-        rows = f" ({e['details']['rows']} rows)" if isinstance(e.get("details"), dict) and e["details"].get("rows") else ""
+        det = e["details"] if isinstance(e.get("details"), dict) else {}
+        gen = det.get("kind") == "generation"
+        rows = f" ({det['rows']} rows{', generation' if gen else ''})" if det.get("rows") else ""
         lines.append(f"  eval:    {e['data_digest'][:19]}{rows} " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["metrics"].items()))
+        generated = det if gen else generated
+    if generated and generated.get("samples"):  # the newest generation evaluation's outputs
+        from .eval_cmds import samples_text
+
+        lines.extend(samples_text(generated["samples"], generated.get("rows"), indent="    "))
     if d["config"]:
         cfg = ", ".join(f"{k}={v}" for k, v in sorted(d["config"].items()) if v not in (None, [], {}, ""))
         lines.append(f"  config:  {cfg[:400]}")

@@ -13,6 +13,9 @@ for the gate anyway (``adapterhub alias set ... --gate``). The gate refuses a ca
    evaluations but none on data the candidate was evaluated on, the two cannot be compared and the
    gate refuses too. A non-finite (NaN/inf) metric of the candidate never counts as better: it is
    refused (evaluations with NaN/inf are refused when stored, but older registries may hold some).
+   Generation evaluations (``eval --generate``, ``details.kind == "generation"``) are compared only with
+   generation evaluations of the same data, on the primary metric they name (``rouge_l`` unless other
+   ``--metric``s were chosen; its direction is stored with it); both must name the same one.
 4. When no version holds the alias now because it was removed (``alias rm``), the last version that
    held it stands in for the holder in rule 3: removing a protected alias does not lower the bar
    (otherwise ``alias rm`` + ``alias set`` would bypass the gate). Re-pointing the alias at that same
@@ -56,9 +59,12 @@ def protected_aliases() -> set[str]:
 
 
 def primary_metric(task: str | None, evaluation: dict[str, Any] | None = None) -> tuple[str, bool] | None:
-    """``(metric, higher_is_better)`` for a task (or the task an evaluation's details name)."""
+    """``(metric, higher_is_better)`` for a task (or the task an evaluation's details name); a generation
+    evaluation names its own."""
+    details = (evaluation or {}).get("details") or {}
+    if details.get("kind") == "generation" and isinstance(details.get("primary_metric"), str):
+        return details["primary_metric"], bool(details.get("higher_is_better", True))
     if task not in PRIMARY and evaluation:
-        details = evaluation.get("details") or {}
         task = details.get("task")
         if details.get("primary_metric") and task not in PRIMARY:
             return details["primary_metric"], bool(details.get("higher_is_better", True))
@@ -76,12 +82,23 @@ def _version(conn: sa.Connection, version_id: int) -> dict[str, Any]:
 
 
 def latest_evaluations(conn: sa.Connection, version_id: int) -> dict[str, dict[str, Any]]:
-    """The latest evaluation of a version per data digest (``sha256:<hex>`` -> ``{metrics, details}``)."""
+    """The latest evaluation of a version per data digest (``sha256:<hex>`` -> ``{metrics, details}``);
+    generation evaluations apart (``sha256:<hex> (generation)``), so neither kind hides the other."""
     e = t.evaluations
     out: dict[str, dict[str, Any]] = {}
     for r in conn.execute(sa.select(e).where(e.c.version_id == version_id).order_by(e.c.id)):
-        out["sha256:" + r.data_digest] = {"metrics": r.metrics or {}, "details": r.details or {}}
+        details = r.details or {}
+        key = "sha256:" + r.data_digest + (GENERATION if details.get("kind") == "generation" else "")
+        out[key] = {"metrics": r.metrics or {}, "details": details}
     return out
+
+
+GENERATION = " (generation)"
+
+
+def _label(key: str) -> str:
+    """``sha256:<12 hex>`` of an evaluation key, with its kind."""
+    return key[:19] + (GENERATION if key.endswith(GENERATION) else "")
 
 
 def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int) -> list[str]:
@@ -113,7 +130,7 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
         bad = [f"{k} {v}" for k, v in sorted(ev["metrics"].items())
                if isinstance(v, float) and not math.isfinite(v) and not k.startswith(("base_", "probe_base_"))]
         if bad:
-            reasons.append(f"{cand['ref']} has non-finite results on {digest[:19]} ({', '.join(bad)}): the adapter "
+            reasons.append(f"{cand['ref']} has non-finite results on {_label(digest)} ({', '.join(bad)}): the adapter "
                            "produces NaN/inf")
     if holder_id is None:
         return reasons
@@ -125,7 +142,7 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
     shared = sorted(set(c_evals) & set(h_evals))
     if not shared:
         reasons.append(f"{cand['ref']} and the {current} {holder['ref']} were never evaluated on the same "
-                       f"data; evaluate {cand['ref']} on {', '.join(d[:19] for d in sorted(h_evals))}")
+                       f"data; evaluate {cand['ref']} on {', '.join(_label(d) for d in sorted(h_evals))}")
         return reasons
     task = cand["manifest"].get("task") or holder["manifest"].get("task")
     for digest in shared:
@@ -134,15 +151,20 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
             reasons.append(f"cannot tell the primary metric of {cand['ref']} (task unknown)")
             break
         metric, higher = prim
+        h_prim = primary_metric(task, h_evals[digest])
+        if digest.endswith(GENERATION) and h_prim and h_prim[0] != metric:
+            reasons.append(f"the generation evaluations on {_label(digest)} compare different metrics ({metric} vs "
+                           f"{h_prim[0]}); evaluate {cand['ref']} with --metric {h_prim[0]} first")
+            continue
         cv, hv = c_evals[digest]["metrics"].get(metric), h_evals[digest]["metrics"].get(metric)
         if not isinstance(cv, (int, float)) or not isinstance(hv, (int, float)):
-            reasons.append(f"the evaluations on {digest[:19]} have no {metric} to compare")
+            reasons.append(f"the evaluations on {_label(digest)} have no {metric} to compare")
             continue
         if not math.isfinite(cv):
             continue  # refused above
         worse = math.isfinite(hv) and (cv < hv if higher else cv > hv)  # a NaN/inf holder loses to any number
         if worse:
-            reasons.append(f"{cand['ref']} scores worse than the {current} {holder['ref']} on {digest[:19]}: "
+            reasons.append(f"{cand['ref']} scores worse than the {current} {holder['ref']} on {_label(digest)}: "
                            f"{metric} {cv:.4g} vs {hv:.4g} ({'higher' if higher else 'lower'} is better)")
     return reasons
 
