@@ -276,7 +276,7 @@ def test_eval_generate_bad_input(cli, home, qa, tmp_path):
     shutil.copytree(qa["adapter"], seq)
     manifest = json.loads((seq / "adapterhub.json").read_text())
     (seq / "adapterhub.json").write_text(json.dumps({**manifest, "task": "seq-cls", "labels": ["a", "b"]}))
-    seq_ref = push(home, seq, "acme/clf", qa["base"])
+    seq_ref = push(home, str(seq), "acme/clf", qa["base"])
     assert_clean_error(cli("eval", seq_ref, *e, "--data", qa["eval"]),
                        f"--generate is for causal-lm adapters; {seq_ref} is seq-cls")
     assert cli("show", ref, "--json").json()["evaluations"] == []
