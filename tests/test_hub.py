@@ -146,3 +146,51 @@ def test_every_base_option_goes_through_the_resolver():
     assert {"train", "fingerprint", "push", "merge", "pull", "eval", "bench-latency", "quantize", "extract",
             "export", "data check"} <= set(found), sorted(found)
     assert all(t is BASE for t in found.values()), {n: t for n, t in found.items() if t is not BASE}
+
+
+def test_online_the_same_call_downloads_only_weights_config_and_tokenizer(cli, hub, tmp_path, monkeypatch):
+    """HF_ENDPOINT at a Hub on 127.0.0.1 (tests/fakehub.py), HF_HUB_OFFLINE=0: huggingface_hub's own client
+    downloads into HF_HUB_CACHE with HF_TOKEN, no pickle; Hub errors are one line each."""
+    from huggingface_hub import constants
+
+    from fakehub import FakeHub
+
+    src, lora = tmp_path / "base", tmp_path / "lora"
+    shutil.copytree(hub["base"], src)
+    (src / "pytorch_model.bin").write_bytes(b"a pickle: never downloaded")
+    shutil.copytree(os.path.join(hub["cache"], "models--acme-org--tiny-lora", "snapshots", hub["lora_sha"]), lora,
+                    symlinks=False)
+    (lora / "training_args.bin").write_bytes(b"a pickle: never downloaded")
+    cache = str(tmp_path / "cache")
+    with FakeHub() as fake:
+        sha, lora_sha = fake.add(BASE_ID, str(src)), fake.add(LORA_ID, str(lora))
+        env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+               "HF_TOKEN": "hf_test_secret_token"}
+        r = run_subprocess("fingerprint", BASE_ID, "--json", env=env)
+        assert r.exit_code == 0, r.output
+        assert r.json()["fingerprint"] == fp(cli, hub["base"]) and r.json()["revision"] == sha
+        assert "hf_test_secret_token" not in r.output
+        assert ("GET", f"/api/models/{BASE_ID}/revision/main", "Bearer hf_test_secret_token") in fake.requests
+        snap = os.path.join(cache, "models--acme-org--tiny-llama", "snapshots", sha)
+        assert "pytorch_model.bin" not in os.listdir(snap) and "model.safetensors" in os.listdir(snap)
+
+        # in this process: huggingface_hub read its settings at import, so set them in place
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        r = cli("push", f"hf://{LORA_ID}", "acme/online", "--base", BASE_ID, "--json")
+        assert r.exit_code == 0, r.output
+        info = cli("show", "acme/online:1", "--json").json()
+        assert info["parents"][0]["ref"] == f"hf://{LORA_ID}@{lora_sha}"
+        assert "training_args.bin" not in {f["path"] for f in info["files"]}
+        assert_clean_error(cli("fingerprint", "acme-org/missing"), "no Hugging Face model acme-org/missing",
+                           "HF_TOKEN", code=1)
+        assert_clean_error(cli("fingerprint", f"{BASE_ID}@nope"), f"{BASE_ID} has no revision 'nope'", code=1)
+        assert_clean_error(cli("push", "hf://acme-org/missing", "acme/x"), "hf://acme-org/missing",
+                           "no Hugging Face adapter repo", code=1)
+    # the Hub gone (the server above is shut down) and nothing cached: one line naming the endpoint
+    assert_clean_error(cli("fingerprint", "acme-org/other"), "acme-org/other", f"Hugging Face Hub ({fake.url}) "
+                       "could not be reached", code=1)
