@@ -177,7 +177,7 @@ def test_a_cached_merge_without_config_is_never_served(cli, home, llama, tmp_pat
     base, ad = llama
     assert cli("push", ad, "acme/l1", "--base", base).exit_code == 0
     assert cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m1").exit_code == 0
-    (entry,) = os.listdir(home / "cache" / "merged")
+    (entry,) = [p for p in os.listdir(home / "cache" / "merged") if not p.startswith(".")]
     reseal(home, entry, lambda b: b.__setitem__("files", [f for f in b["files"] if f["path"] != "config.json"]))
     r = cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m2", "--json")
     assert r.exit_code == 0, r.output
@@ -241,7 +241,7 @@ def test_a_cached_merge_of_an_adapter_that_matches_nothing_is_not_served(cli, ho
     digest = cli("push", bad, "acme/renamed", "--json").json()["digest"].removeprefix("sha256:")
     assert cli("push", ad, "acme/l1", "--base", base).exit_code == 0
     assert cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m1").exit_code == 0
-    (entry,) = os.listdir(home / "cache" / "merged")
+    (entry,) = [p for p in os.listdir(home / "cache" / "merged") if not p.startswith(".")]
     key = json.loads((home / "cache" / "merged" / entry / "entry.json").read_text())["key"]
     key[0] = digest
     reseal(home, entry, lambda b: b.__setitem__("key", key), new_entry=merged_cache.entry_id(tuple(key)))

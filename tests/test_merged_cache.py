@@ -159,7 +159,9 @@ def test_modes_and_best_effort_writes(cli, home, llama, monkeypatch, tmp_path):
     assert not (tmp_path / "b").exists()
     # a cache that cannot be written: the merge succeeds with one warning on stderr
     monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")
-    (home / "cache").mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.rmtree(home / "cache" / "merged")  # (holding only the journal of runs in flight: none now)
     (home / "cache" / "merged").write_text("not a directory")
     r = cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "c")
     assert r.exit_code == 0, r.output
@@ -231,3 +233,66 @@ def test_a_select_only_role_pulls_merged_models(cli, home, llama, linked, readon
     with psycopg.connect(team["ro"]) as conn:  # the role really is read-only
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM merged_models")
+
+
+# -- runs killed mid-write --------------------------------------------------------------------------------------
+def _kill_mid_write(cmd, out, env, tmpdir):
+    """Start ``adapterhub CMD`` and SIGKILL it as soon as its temp dir beside ``out`` exists; returns the
+    leftovers (beside ``out``, and in the temp dir)."""
+    import signal
+    import subprocess
+    import time
+
+    parent, prefix = os.path.dirname(out), f".{os.path.basename(out)}.tmp-"
+    p = subprocess.Popen([sys.executable, "-m", "adapterhub", *map(str, cmd)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(n.startswith(prefix) for n in os.listdir(parent)):
+        assert p.poll() is None, p.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stderr.close()
+    return sorted(n for n in os.listdir(parent) if n.startswith(prefix)), sorted(os.listdir(tmpdir))
+
+
+def test_runs_killed_with_sigkill_leave_nothing_behind(home, llama, pg_url, s3_server, aws_env, tmp_path):
+    """A team registry (PostgreSQL + S3: the adapter is downloaded to the temp dir). A merge killed mid-write
+    leaves its temp dirs; ``gc`` removes them; a killed ``pull --merged`` leaves them; the next run of the
+    same command removes them. Live processes' temp dirs are never touched."""
+    from conftest import run_subprocess
+
+    from adapterhub.registry.remotes import with_endpoint
+
+    base, ad = llama
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "ADAPTERHUB_REGISTRY_DB": pg_url, "TMPDIR": str(tmpdir), "ADAPTERHUB_MERGE_CACHE": "link",
+           "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{s3_server.new_bucket()}/a", s3_server.endpoint_url)}
+    assert run_subprocess("push", ad, "acme/bot", "--base", base, env=env).exit_code == 0
+
+    beside, temp = _kill_mid_write(["merge", "acme/bot", "--base", base, "--out", tmp_path / "m1"],
+                                   str(tmp_path / "m1"), env, tmpdir)
+    assert beside and [n for n in temp if n.startswith("adapterhub-export-")], (beside, temp)
+    import subprocess
+
+    from adapterhub.files.output_dir import HOST
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (home / "cache" / "merged" / f".tmp-{HOST}-{dead.pid}-abc").mkdir(parents=True)  # a cache write killed
+    r = run_subprocess("gc", "--json", env=env)
+    assert r.exit_code == 0 and r.json()["removed_leftovers"] >= 3, r.output
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n] and os.listdir(tmpdir) == []
+    assert [n for n in os.listdir(home / "cache" / "merged") if n.startswith(".tmp-")] == []
+
+    cmd = ["pull", "acme/bot", "--merged", "--base", base, "--out", tmp_path / "m2"]
+    beside, temp = _kill_mid_write(cmd, str(tmp_path / "m2"), env, tmpdir)
+    assert beside and temp
+    live = tmpdir / f"adapterhub-export-{beside[0].split('.tmp-')[1].split('-')[0]}-{os.getpid()}-x"
+    live.mkdir()  # a live process's (this one's): left alone
+    r = run_subprocess(*cmd, "--json", env=env)
+    assert r.exit_code == 0 and r.json()["cached"] is False, r.output
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n] and os.listdir(tmpdir) == [live.name]
+    assert sorted(os.listdir(tmp_path / "m2")) == ["config.json", "generation_config.json", "model.safetensors"]

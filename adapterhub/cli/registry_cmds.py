@@ -419,13 +419,17 @@ def verify(app: App, ref, as_json):
 @pass_app
 def gc(app: App, grace, dry_run, as_json):
     """Remove unreferenced blobs and leftovers of interrupted writes."""
+    from ..operations.merged_cache import clean
+
     r = app.registry.gc(grace=grace, dry_run=dry_run)
+    r["removed_leftovers"] = 0 if dry_run else clean(app.home_dir)  # of merges killed mid-write
     verb = "would remove" if dry_run else "removed"
 
     def text(r):
         lines = [f"skipped {name} (not a blob)" for name in r["skipped"]]
         lines += [f"could not remove {f['blob']}: {f['error']}" for f in r["failed"]]
-        lines.append(f"{verb} {r['removed_blobs']} blobs ({human_size(r['freed_bytes'])}) and {r['removed_temp']} temp files"
+        lines.append(f"{verb} {r['removed_blobs']} blobs ({human_size(r['freed_bytes'])}) and "
+                     f"{r['removed_temp'] + r['removed_leftovers']} temp files"
                      + (f"; kept {r['kept_recent']} recent ones (--grace 0 to remove)" if r["kept_recent"] else "")
                      + (f"; skipped {len(r['skipped'])} files that are not blobs" if r["skipped"] else ""))
         return "\n".join(lines)

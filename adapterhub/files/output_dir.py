@@ -1,12 +1,19 @@
 """Output directories written atomically: refused when they exist and are not empty (unless forced),
 written as a temp dir beside them and renamed into place, removed on any error. (No database imports:
-merging, exporting and training use these without opening a registry.)"""
+merging, exporting and training use these without opening a registry.)
+
+A process killed mid-write (SIGKILL, OOM) cannot remove its temp dir, so temp names carry the host and the
+pid (``.OUT.tmp-<host>-<pid>-<random>``): the next write of the same ``OUT`` removes those of dead
+processes of this host (:func:`sweep`), and ``gc`` those it was told about (``merged_cache.clean``)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
+import socket
 import uuid
 from typing import Iterator
 
@@ -55,6 +62,52 @@ def check_out_base(out: str, base: str) -> None:
         here = parent
 
 
+#: this host, in temp names (a dead pid means nothing on another host sharing the file system)
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_TAG = re.compile(r"([0-9a-f]{6})-([0-9]+)-[0-9A-Za-z_]+(\.old)?")
+
+
+def temp_tag() -> str:
+    """``<host>-<pid>-<random>``: what :func:`sweep` recognises."""
+    return f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # (another user's process, or a pid that cannot be ours: left alone)
+    return True
+
+
+def sweep(parent: str, prefix: str) -> int:
+    """Remove the entries of ``parent`` named ``prefix + temp_tag()`` (or ``... .old``) whose process, on
+    this host, is gone; returns how many. Entries of live processes and other hosts are left alone."""
+    removed = 0
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return 0
+    for name in names:
+        m = _TAG.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
+        if m is None or m.group(1) != HOST or alive(int(m.group(2))):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass  # best effort: the next run or gc tries again
+    return removed
+
+
 def prepare_out(out: str, force: bool) -> str:
     """Refuse an ``out`` that exists and is not empty (unless ``force``); return a fresh temp dir
     beside it, on the same file system, so the final rename is atomic."""
@@ -63,7 +116,9 @@ def prepare_out(out: str, force: bool) -> str:
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
+        prefix = f".{os.path.basename(out)}.tmp-"
+        sweep(parent, prefix)  # what killed writes of this OUT left behind
+        tmp = os.path.join(parent, prefix + temp_tag())
         os.mkdir(tmp)
     except OSError as exc:
         raise AdapterhubError(f"cannot write to {parent}: {exc.strerror}") from None

@@ -28,6 +28,7 @@ from ..plugins import Plugins, get_plugins
 from ..files.output_dir import check_out, check_out_base
 
 WEIGHTS = "adapter_model.safetensors"
+EXPORT_PREFIX = "adapterhub-export-"
 
 
 @contextmanager
@@ -62,8 +63,12 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         if digest != f["digest"][7:] or size != f["size"]:
             raise IntegrityError(f"{what} is corrupt: expected {f['digest']} ({f['size']} bytes), "
                                  f"got sha256:{digest} ({size} bytes)")
-    else:
-        tmp = tempfile.mkdtemp(prefix=f"adapterhub-export-{os.getpid()}-")
+    else:  # downloaded to a temp dir; a killed run's is removed by the next one and by gc
+        from ..files.output_dir import sweep, temp_tag
+
+        sweep(tempfile.gettempdir(), EXPORT_PREFIX)
+        tmp = os.path.join(tempfile.gettempdir(), EXPORT_PREFIX + temp_tag())
+        os.mkdir(tmp, 0o700)
     try:
         if tmp:
             path = os.path.join(tmp, WEIGHTS)
@@ -100,7 +105,7 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
     check_out(out, force)
     target = parse_dtype(dtype)
     shard_bytes = parse_shard_size(shard_size)
-    with open_adapter(reg, ref, plugins) as (adapter, info):
+    with merged_cache.Journal(home_dir(home), out), open_adapter(reg, ref, plugins) as (adapter, info):
         from ..merge.plan import _check_mergeable
 
         _check_mergeable(adapter, info["ref"] if info["digest"] else ref)

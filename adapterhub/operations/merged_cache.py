@@ -35,6 +35,8 @@ from ..config import cache_dir
 from ..errors import AdapterhubError, InvalidInput
 
 MODES = ("auto", "link", "off")
+TMP_PREFIX = ".tmp-"
+JOURNAL = ".outputs"
 FORMAT = 1
 KEY_FILE = "merged.key"
 
@@ -168,8 +170,10 @@ SUMMARY = ("dtype", "shard_size", "architectures", "tensors_merged", "tensors_un
 def store(home: str, key: tuple, result: dict[str, Any]) -> str | None:
     """Make ``result`` (a merge written to ``result["out"]``) the cache entry of ``key``: its files become
     read-only and are hard-linked into the entry. Best effort: returns a one-line reason when it could not."""
+    from ..files.output_dir import temp_tag
+
     root = cache_dir(home, "merged")
-    tmp = os.path.join(root, f".tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    tmp = os.path.join(root, TMP_PREFIX + temp_tag())
     try:
         secret = _key(home, create=True)
         if secret is None:
@@ -206,3 +210,57 @@ def store(home: str, key: tuple, result: dict[str, Any]) -> str | None:
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}"
+
+
+# -- leftovers of killed runs ---------------------------------------------------------------------------------
+class Journal:
+    """Names the temp dirs a merge writes beside ``out`` in ``HOME/cache/merged/.outputs/<tag>`` while it
+    runs, so that ``gc`` (:func:`clean`) finds them if the process is killed. Best effort."""
+
+    def __init__(self, home: str, out: str):
+        from ..files.output_dir import temp_tag
+
+        out = os.path.abspath(out)
+        self.path = os.path.join(cache_dir(home, "merged"), JOURNAL, temp_tag())
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path, "w") as f:
+                json.dump({"parent": os.path.dirname(out), "prefix": f".{os.path.basename(out)}.tmp-"}, f)
+        except OSError:
+            self.path = None
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.path:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+
+
+def clean(home: str) -> int:
+    """Remove what killed runs left: temp dirs beside the ``--out`` of merges named in the journal, cache
+    entries being written, and adapter downloads in the temp dir (``adapterhub-export-*``), each only when
+    its process (on this host) is gone. Returns how many were removed."""
+    import tempfile
+
+    from ..files.output_dir import sweep
+    from .export import EXPORT_PREFIX
+
+    root = cache_dir(home, "merged")
+    removed = sweep(root, TMP_PREFIX) + sweep(tempfile.gettempdir(), EXPORT_PREFIX)
+    journal = os.path.join(root, JOURNAL)
+    try:
+        names = os.listdir(journal)
+    except OSError:
+        return removed
+    for name in names:
+        try:
+            with open(os.path.join(journal, name)) as f:
+                entry = json.load(f)
+            removed += sweep(str(entry["parent"]), str(entry["prefix"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return removed + sweep(journal, "")  # the journal files of the dead processes
