@@ -38,8 +38,8 @@
       elements.push({group: "edges", data: {id: "e" + i, source: e.parent, target: e.child, label: e.label}});
     });
     var cy = cytoscape({
-      container: box, elements: elements, wheelSensitivity: 0.3,
-      layout: {name: "dagre", rankDir: "LR", nodeSep: 30, rankSep: 120, edgeSep: 10},
+      container: box, elements: elements, minZoom: 0.2, maxZoom: 1.3,
+      layout: {name: "dagre", rankDir: "LR", nodeSep: 40, rankSep: 160, edgeSep: 10, padding: 30},
       style: [
         {selector: "node", style: {"background-color": "data(color)", "label": "data(label)", "color": "#1d2330",
           "text-wrap": "wrap", "text-valign": "bottom", "text-margin-y": 4, "font-size": 11, "width": 22, "height": 22}},

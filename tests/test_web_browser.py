@@ -1,0 +1,97 @@
+"""The web UI in a real headless Chromium (Debian's, driven by Playwright) against a real ``adapterhub serve``:
+sign-in through the form, every page without console errors, the lineage graph's nodes, edges and click
+navigation, and namespace isolation. One server and one browser for the module."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from serverproc import RegistryServer
+from webhub import build
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("the web UI's browser tests need Debian's chromium: apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    home = str(tmp_path_factory.mktemp("browser-home"))
+    tokens = build(home, str(tmp_path_factory.mktemp("browser-work")))
+    with RegistryServer(env={"ADAPTERHUB_HOME": home}) as srv, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield {"url": srv.url, "tokens": tokens, "browser": browser, "server": srv}
+        finally:
+            browser.close()
+
+
+def open_session(site, role: str):
+    """A fresh browser context signed in through the form as ``role``; returns (page, console errors)."""
+    context = site["browser"].new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(site["url"] + "/models/acme/chat")
+    assert "/login" in page.url
+    page.fill("input[name=token]", site["tokens"][role])
+    page.click("button[type=submit]")
+    page.wait_for_url(site["url"] + "/models/acme/chat")
+    return page, errors
+
+
+def test_every_page_loads_without_console_errors(site):
+    page, errors = open_session(site, "admin")
+    for path in ("/", "/?q=canary", "/models/acme/chat", "/models/acme/chat/2", "/models/acme/mix/1",
+                 "/models/acme/cross/1", "/aliases/acme/chat/production", "/compare?a=acme/chat:1&b=acme/chat:2",
+                 "/audit"):
+        response = page.goto(site["url"] + path)
+        page.wait_for_load_state("load")
+        assert response.status == 200, path
+        assert page.locator("h1").first.inner_text().strip(), path
+    assert errors == []
+    assert page.context.cookies()[0]["httpOnly"] is True
+    session = next(c for c in page.context.cookies() if c["name"] == "ahub_session")
+    assert session["sameSite"] == "Strict" and site["tokens"]["admin"].split("_", 2)[2] not in session["value"]
+
+
+def test_lineage_graph_has_the_edges_and_a_click_opens_the_parent(site):
+    page, errors = open_session(site, "read")
+    page.goto(site["url"] + "/models/acme/mix/1")
+    page.wait_for_function("window.adapterhubLineage && window.adapterhubLineage.nodes().length > 0")
+    graph = page.evaluate("""() => { const cy = window.adapterhubLineage; return {
+        nodes: cy.nodes().map(n => n.id()).sort(),
+        edges: cy.edges().map(e => [e.source().id(), e.target().id(), e.data('label')]).sort()}; }""")
+    assert graph["nodes"] == ["acme/chat:1", "acme/chat:2", "acme/mix:1"]
+    assert graph["edges"] == [["acme/chat:1", "acme/mix:1", "combined_from w=0.7"],
+                              ["acme/chat:2", "acme/mix:1", "combined_from w=0.3"]]
+    box = page.locator("#lineage canvas").first.bounding_box()
+    assert box and box["width"] > 100 and box["height"] > 100
+    page.locator("#lineage").scroll_into_view_if_needed()
+    x, y = page.evaluate("""() => { const p = window.adapterhubLineage.getElementById('acme/chat:2').renderedPosition();
+        return [p.x, p.y]; }""")
+    origin = page.locator("#lineage").bounding_box()
+    page.mouse.click(origin["x"] + x, origin["y"] + y)
+    page.wait_for_url(site["url"] + "/models/acme/chat/2")
+    assert re.search(r"acme/chat\s*:2", page.locator("h1").inner_text())
+    assert errors == []
+
+
+def test_a_namespace_bound_session_sees_only_its_namespace(site):
+    page, errors = open_session(site, "acme")
+    page.goto(site["url"] + "/")
+    names = page.locator("#models tbody td:first-child").all_inner_texts()
+    assert names == ["acme/chat", "acme/cross", "acme/mix"]
+    assert page.goto(site["url"] + "/models/other/secret/1").status == 404
+    assert "other/secret" not in page.content()
+    page.goto(site["url"] + "/models/acme/cross/1")
+    page.wait_for_function("window.adapterhubLineage && window.adapterhubLineage.nodes().length > 0")
+    labels = page.evaluate("() => window.adapterhubLineage.nodes().map(n => n.data('label'))")
+    assert "outside your namespace" in labels and not any("other" in label for label in labels)
+    assert not [e for e in errors if "404" not in e]  # the 404 page itself is the only error logged
