@@ -1,11 +1,13 @@
 """A Hugging Face Hub over HTTP on 127.0.0.1, as small as ``huggingface_hub.snapshot_download`` needs: repo info
 (``/api/models/ORG/NAME/revision/REV``), the file tree (``/api/models/ORG/NAME/tree/SHA``) and file downloads
 (``HEAD``/``GET /ORG/NAME/resolve/SHA/PATH`` with ``X-Repo-Commit`` and ``ETag``), and the Hub's error codes
-(``X-Error-Code: RepoNotFound`` / ``RevisionNotFound``). Pointed at by ``HF_ENDPOINT``, it tests the online
+(``X-Error-Code: RepoNotFound`` / ``RevisionNotFound``); and uploads (create repo, pre-upload with every file
+inline, commit). Pointed at by ``HF_ENDPOINT``, it tests the online
 path with huggingface_hub's own client; it records the requests (path and Authorization header)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -20,6 +22,7 @@ class FakeHub:
         self.repos: dict[str, dict[str, dict[str, bytes]]] = {}   # repo -> commit -> path -> bytes
         self.refs: dict[str, dict[str, str]] = {}                 # repo -> branch/tag -> commit
         self.requests: list[tuple[str, str, str | None]] = []    # (method, path, Authorization)
+        self.private: dict[str, bool] = {}                        # repos created private
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -104,5 +107,42 @@ class FakeHub:
                     return self._send(200, data, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                                                   "Content-Type": "application/octet-stream"})
                 self._send(404, b"{}")
+
+            def do_POST(self):
+                """Uploads: create a repo, validate a model card, pre-upload (every file inline), commit."""
+                path = unquote(urlsplit(self.path).path)
+                auth = self.headers.get("Authorization")
+                hub.requests.append(("POST", path, auth))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not auth:
+                    return self._send(401, b"{}", {"X-Error-Message": "Invalid username or password."})
+                if path == "/api/validate-yaml":
+                    return self._send(200, b'{"errors": [], "warnings": []}')
+                if path == "/api/repos/create":
+                    d = json.loads(body)
+                    repo = f"{d['organization']}/{d['name']}"
+                    if repo in hub.repos:
+                        return self._send(409, b'{"error": "You already created this model repo"}')
+                    hub.repos[repo], hub.refs[repo] = {}, {}
+                    hub.private[repo] = d.get("visibility") == "private"
+                    return self._send(200, json.dumps({"url": f"{hub.url}/{repo}"}).encode())
+                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", path)
+                if not m or m[1] not in hub.repos:
+                    return self._error("RepoNotFound")
+                if m[2] == "preupload":
+                    files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                             for f in json.loads(body)["files"]]
+                    return self._send(200, json.dumps({"files": files}).encode())
+                repo, branch = m[1], m[3]
+                files = dict(hub.repos[repo].get(hub.refs[repo].get(branch, ""), {}))
+                for line in body.splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "file":
+                        files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                commit = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
+                hub.repos[repo][commit] = files
+                hub.refs[repo][branch] = commit
+                self._send(200, json.dumps({"commitUrl": f"{hub.url}/{repo}/commit/{commit}",
+                                            "commitOid": commit}).encode())
 
         return Handler

@@ -148,49 +148,95 @@ def test_every_base_option_goes_through_the_resolver():
     assert all(t is BASE for t in found.values()), {n: t for n, t in found.items() if t is not BASE}
 
 
-def test_online_the_same_call_downloads_only_weights_config_and_tokenizer(cli, hub, tmp_path, monkeypatch):
-    """HF_ENDPOINT at a Hub on 127.0.0.1 (tests/fakehub.py), HF_HUB_OFFLINE=0: huggingface_hub's own client
-    downloads into HF_HUB_CACHE with HF_TOKEN, no pickle; Hub errors are one line each."""
+@pytest.fixture
+def online(tmp_path, monkeypatch):
+    """A Hub on 127.0.0.1 (tests/fakehub.py) as HF_ENDPOINT, an empty HF_HUB_CACHE, HF_HUB_OFFLINE=0 and an
+    HF_TOKEN: in the environment (subprocesses) and in huggingface_hub's constants (this process)."""
     from huggingface_hub import constants
 
     from fakehub import FakeHub
 
-    src, lora = tmp_path / "base", tmp_path / "lora"
-    shutil.copytree(hub["base"], src)
-    (src / "pytorch_model.bin").write_bytes(b"a pickle: never downloaded")
-    shutil.copytree(os.path.join(hub["cache"], "models--acme-org--tiny-lora", "snapshots", hub["lora_sha"]), lora,
-                    symlinks=False)
-    (lora / "training_args.bin").write_bytes(b"a pickle: never downloaded")
-    cache = str(tmp_path / "cache")
+    cache = str(tmp_path / "online-cache")
     with FakeHub() as fake:
-        sha, lora_sha = fake.add(BASE_ID, str(src)), fake.add(LORA_ID, str(lora))
         env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
                "HF_TOKEN": "hf_test_secret_token"}
-        r = run_subprocess("fingerprint", BASE_ID, "--json", env=env)
-        assert r.exit_code == 0, r.output
-        assert r.json()["fingerprint"] == fp(cli, hub["base"]) and r.json()["revision"] == sha
-        assert "hf_test_secret_token" not in r.output
-        assert ("GET", f"/api/models/{BASE_ID}/revision/main", "Bearer hf_test_secret_token") in fake.requests
-        snap = os.path.join(cache, "models--acme-org--tiny-llama", "snapshots", sha)
-        assert "pytorch_model.bin" not in os.listdir(snap) and "model.safetensors" in os.listdir(snap)
-
-        # in this process: huggingface_hub read its settings at import, so set them in place
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         monkeypatch.setattr(constants, "ENDPOINT", fake.url)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        r = cli("push", f"hf://{LORA_ID}", "acme/online", "--base", BASE_ID, "--json")
-        assert r.exit_code == 0, r.output
-        info = cli("show", "acme/online:1", "--json").json()
-        assert info["parents"][0]["ref"] == f"hf://{LORA_ID}@{lora_sha}"
-        assert "training_args.bin" not in {f["path"] for f in info["files"]}
-        assert_clean_error(cli("fingerprint", "acme-org/missing"), "no Hugging Face model acme-org/missing",
-                           "HF_TOKEN", code=1)
-        assert_clean_error(cli("fingerprint", f"{BASE_ID}@nope"), f"{BASE_ID} has no revision 'nope'", code=1)
-        assert_clean_error(cli("push", "hf://acme-org/missing", "acme/x"), "hf://acme-org/missing",
-                           "no Hugging Face adapter repo", code=1)
-    # the Hub gone (the server above is shut down) and nothing cached: one line naming the endpoint
-    assert_clean_error(cli("fingerprint", "acme-org/other"), "acme-org/other", f"Hugging Face Hub ({fake.url}) "
+        fake.cache = cache
+        yield fake
+
+
+def test_online_the_same_call_downloads_only_weights_config_and_tokenizer(cli, hub, online, tmp_path):
+    """huggingface_hub's own client downloads into HF_HUB_CACHE from HF_ENDPOINT with HF_TOKEN, no pickle;
+    Hub errors are one line each."""
+    src, lora = tmp_path / "base", tmp_path / "lora"
+    shutil.copytree(hub["base"], src)
+    (src / "pytorch_model.bin").write_bytes(b"a pickle: never downloaded")
+    shutil.copytree(os.path.join(hub["cache"], "models--acme-org--tiny-lora", "snapshots", hub["lora_sha"]), lora)
+    (lora / "training_args.bin").write_bytes(b"a pickle: never downloaded")
+    sha, lora_sha = online.add(BASE_ID, str(src)), online.add(LORA_ID, str(lora))
+    r = run_subprocess("fingerprint", BASE_ID, "--json")
+    assert r.exit_code == 0, r.output
+    assert r.json()["fingerprint"] == fp(cli, hub["base"]) and r.json()["revision"] == sha
+    assert "hf_test_secret_token" not in r.output
+    assert ("GET", f"/api/models/{BASE_ID}/revision/main", "Bearer hf_test_secret_token") in online.requests
+    snap = os.path.join(online.cache, "models--acme-org--tiny-llama", "snapshots", sha)
+    assert "pytorch_model.bin" not in os.listdir(snap) and "model.safetensors" in os.listdir(snap)
+
+    r = cli("push", f"hf://{LORA_ID}", "acme/online", "--base", BASE_ID, "--json")
+    assert r.exit_code == 0, r.output
+    info = cli("show", "acme/online:1", "--json").json()
+    assert info["parents"][0]["ref"] == f"hf://{LORA_ID}@{lora_sha}"
+    assert "training_args.bin" not in {f["path"] for f in info["files"]}
+    assert_clean_error(cli("fingerprint", "acme-org/missing"), "no Hugging Face model acme-org/missing",
+                       "HF_TOKEN", code=1)
+    assert_clean_error(cli("fingerprint", f"{BASE_ID}@nope"), f"{BASE_ID} has no revision 'nope'", code=1)
+    assert_clean_error(cli("push", "hf://acme-org/missing", "acme/x"), "hf://acme-org/missing",
+                       "no Hugging Face adapter repo", code=1)
+
+
+def test_the_hub_gone_and_nothing_cached_is_one_line(cli, online, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert_clean_error(cli("fingerprint", "acme-org/other"), "acme-org/other", "Hugging Face Hub (http://127.0.0.1:9) "
                        "could not be reached", code=1)
+
+
+def test_export_to_the_hub_uploads_peft_with_a_model_card_and_imports_back(cli, hub, online, monkeypatch):
+    # a version of a Hub base (imported from the Hub: quicker than training), exported to another repo
+    base_sha = online.add(BASE_ID, hub["base"])
+    lora_sha = online.add(LORA_ID, os.path.join(hub["cache"], "models--acme-org--tiny-lora", "snapshots", hub["lora_sha"]))
+    r = cli("push", f"hf://{LORA_ID}", "acme/chat", "--base", BASE_ID)
+    assert r.exit_code == 0, r.output
+    r = cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/chat-export", "--private", "--json")
+    assert r.exit_code == 0, r.output
+    d = r.json()
+    files = online.repos["acme-org/chat-export"][d["commit"]]
+    assert d["to"] == f"hf://acme-org/chat-export@{d['commit']}" and online.private["acme-org/chat-export"]
+    assert set(files) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+    cfg = json.loads(files["adapter_config.json"])
+    assert (cfg["base_model_name_or_path"], cfg["revision"]) == (BASE_ID, base_sha)  # what AutoPeftModel loads
+    card = files["README.md"].decode()
+    fp_main = fp(cli, hub["base"])
+    for needle in ("library_name: peft", f'base_model: "{BASE_ID}"', fp_main, d["digest"],
+                   f"imported_from hf://{LORA_ID}@{lora_sha}"):
+        assert needle in card, (needle, card)
+    # and back: the export imports as the same adapter, with the export's commit in its lineage
+    r = cli("push", "hf://acme-org/chat-export", "acme/roundtrip", "--base", BASE_ID, "--json")
+    assert r.exit_code == 0, r.output
+    back = cli("show", "acme/roundtrip:1", "--json").json()
+    assert back["parents"][0]["ref"] == d["to"] and back["base_fingerprint"] == fp_main
+    # without a token, or offline: one line each
+    monkeypatch.delenv("HF_TOKEN")
+    assert_clean_error(cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/other"),
+                       "hf://acme-org/other", "HF_TOKEN", code=1)
+    monkeypatch.setattr(__import__("huggingface_hub").constants, "HF_HUB_OFFLINE", True)
+    assert_clean_error(cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/other"),
+                       "HF_HUB_OFFLINE", code=1)
+    assert_clean_error(cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/x@dev"),
+                       "expected hf://ORG/NAME", code=1)

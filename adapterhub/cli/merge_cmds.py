@@ -173,19 +173,36 @@ def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, forc
 @cli.command(name="export")
 @click.argument("ref")
 @click.option("--format", "fmt", required=True, help="Export format: peft, merged, adapters (or one a plugin adds).")
-@click.option("--out", required=True, type=click.Path(), help="Directory to write to.")
+@click.option("--out", type=click.Path(), help="Directory to write to.")
+@click.option("--to", "to", metavar="hf://ORG/NAME", help="--format peft: upload to this Hugging Face model repo "
+              "(created if missing) with a model card carrying the base fingerprint and lineage, instead of --out.")
+@click.option("--private", is_flag=True, help="--to: create the Hub repo private.")
 @click.option("--base", type=BASE, help="Base model directory (--format merged).")
 @merge_options
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @json_option
 @pass_app
-def export_cmd(app: App, ref, fmt, out, base, dtype, shard_size, allow_base_mismatch, force, as_json):
+def export_cmd(app: App, ref, fmt, out, to, private, base, dtype, shard_size, allow_base_mismatch, force, as_json):
     """Export adapter REF: --format peft writes a PEFT adapter directory (adapter_config.json +
-    adapter_model.safetensors); --format merged writes the merged model (as merge / pull --merged);
-    --format adapters writes what AdapterHub's adapters library loads (load_adapter(DIR, use_safetensors=True))."""
+    adapter_model.safetensors), or uploads it to the Hugging Face Hub with --to hf://ORG/NAME (HF_TOKEN);
+    --format merged writes the merged model (as merge / pull --merged); --format adapters writes what
+    AdapterHub's adapters library loads (load_adapter(DIR, use_safetensors=True))."""
     from click.core import ParameterSource
 
     from ..operations.export import export
+
+    if bool(out) == bool(to):
+        raise click.UsageError("give one of --out DIR and --to hf://ORG/NAME")
+    if to:
+        if fmt != "peft" or force or base or dtype or allow_base_mismatch:
+            raise click.UsageError("--to uploads --format peft (without --force, --base, --dtype, --allow-base-mismatch)")
+        from ..operations.hub_export import export_to_hub
+
+        d = export_to_hub(app.registry, ref, to, plugins=app.plugins, private=private)
+        emit(as_json, d, lambda d: f"{d['ref']} -> {d['to']} (peft: {', '.join(d['files'])})")
+        return
+    if private:
+        raise click.UsageError("--private goes with --to")
 
     options = {"force": force}
     merge_opts = dict(base=base, dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch)

@@ -27,6 +27,7 @@ BIN_PATTERNS = ["adapter_model.bin"]
 
 _ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^@\s]+))?")
 _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})/?$")
+_HINT = re.compile(r"([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)@([0-9a-f]{40})")  # a Hub base's name hint
 HF_SCHEME = "hf://"
 
 
@@ -63,10 +64,13 @@ def base_name(path: str) -> str:
     return from_path(path).name
 
 
-def peft_base_name(path: str) -> str:
-    """``base_model_name_or_path`` for a PEFT config: the Hub id (what peft loads) or the absolute path."""
-    r = from_path(path)
-    return r.hub_id or os.path.abspath(path)
+def peft_base_fields(hint: str | None) -> dict[str, str]:
+    """``base_model_name_or_path`` (and ``revision``) for a PEFT config from a base's name hint: a Hub base
+    (``ORG/NAME@<commit>``) gives its id and commit, what peft's ``AutoPeftModel`` loads; else the hint."""
+    if not hint:
+        return {}
+    m = _HINT.fullmatch(hint)
+    return {"base_model_name_or_path": m[1], "revision": m[2]} if m else {"base_model_name_or_path": hint}
 
 
 def resolve_base(spec: str) -> ResolvedBase:
@@ -155,3 +159,40 @@ def _snapshot(spec: str, patterns: list[str], what: str, lead: str, label: str |
                            f"{text[0] if text else type(exc).__name__}") from None
     resolved = from_path(path)
     return ResolvedBase(path, repo, resolved.revision_sha or os.path.basename(path.rstrip("/")))
+
+
+def parse_hf_url(url: str) -> str:
+    """The repo id of ``hf://ORG/NAME`` (an upload target: no revision, it becomes a new commit on main)."""
+    spec = url[len(HF_SCHEME):] if url.startswith(HF_SCHEME) else ""
+    if not looks_like_id(spec) or "@" in spec:
+        raise InvalidInput(f"{url}: expected hf://ORG/NAME (uploads commit to the repo's main branch)")
+    return spec
+
+
+def upload_folder(folder: str, url: str, message: str, private: bool = False) -> tuple[str, str]:
+    """Upload ``folder`` to the Hub model repo of ``url`` (created if missing) as one commit, with
+    huggingface_hub's own settings (``HF_TOKEN``, ``HF_ENDPOINT``); returns ``(commit sha, commit url)``."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+
+    repo = parse_hf_url(url)
+    if constants.HF_HUB_OFFLINE:
+        raise InvalidInput(f"{url}: uploading to the Hugging Face Hub needs the network, but HF_HUB_OFFLINE is set")
+    api = HfApi()
+    try:
+        api.create_repo(repo, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo, folder_path=folder, commit_message=message)
+    except HFValidationError as exc:
+        raise InvalidInput(f"{url}: not a valid Hugging Face repo id ({str(exc).splitlines()[0]})") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise InvalidInput(f"{url}: the Hugging Face Hub refused the upload (HTTP {status}): set HF_TOKEN to a "
+                               "token with write access to the repo") from None
+        raise InvalidInput(f"{url}: the upload failed: {str(exc).strip().splitlines()[0]}") from None
+    except Exception as exc:  # connection refused, DNS, timeouts: OSError or the HTTP client's TransportError
+        if not (isinstance(exc, OSError) or any(c.__name__ == "TransportError" for c in type(exc).__mro__)):
+            raise
+        raise InvalidInput(f"{url}: the Hugging Face Hub ({constants.ENDPOINT}) could not be reached "
+                           f"({type(exc).__name__})") from None
+    return info.oid, info.commit_url

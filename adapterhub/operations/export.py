@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..files.checkpoint import LoadedAdapter, method_and_config, write_json
+from ..files.hub import peft_base_fields
 from ..errors import AdapterhubError, InvalidInput
 from ..merge.plan import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
                     parse_shard_size, plan_merge)
@@ -171,11 +172,13 @@ def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: P
                            "is written as it is; they go with --format merged)")
     check_out(out, force)
     with open_adapter(reg, ref, plugins) as (adapter, info):
-        base = (adapter.manifest.get("base") or {}).get("name")
-        peft_cfg = adapter.method.to_peft_config(adapter.config, base_model_name_or_path=base)
+        base = peft_base_fields((adapter.manifest.get("base") or {}).get("name"))  # a Hub base: id and commit
+        peft_cfg = adapter.method.to_peft_config(adapter.config, base_model_name_or_path=base.get(
+            "base_model_name_or_path"))
         if peft_cfg is None:
             raise AdapterhubError(f"method '{adapter.method.name}' has no PEFT equivalent, so it cannot be "
                                   f"exported as a PEFT adapter; use `adapterhub pull {ref} --out DIR`")
+        peft_cfg.update(base)
         with atomic_out(out, force) as tmp:
             save_file({k: adapter.tensors[k].contiguous() for k in adapter.tensors}, os.path.join(tmp, WEIGHTS),
                       metadata={"format": "pt"})

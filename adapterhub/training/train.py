@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AdapterhubError, InvalidInput, ReportedElsewhere, describe
-from ..files.hub import base_name, peft_base_name
+from ..files.hub import base_name, from_path, peft_base_fields
 from .trainer import CHECKPOINT_TENSORS, global_batch, resume_point
 
 __all__ = ["TrainOptions", "train", "resume_point", "CHECKPOINT_TENSORS"]
@@ -372,7 +372,11 @@ def _publish(opts: TrainOptions, plugins: Any, registry: Any, method: Any, effec
     if tracker:
         manifest["tracking"] = tracker.run_info() or {}
     fp, quantization = run.fingerprint, manifest["base"].get("quantization")
-    peft_config = method.to_peft_config(effective, peft_base_name(opts.base))
+    hub = from_path(opts.base)  # a Hub base: its id and commit, what AutoPeftModel loads
+    peft_base = peft_base_fields(hub.name) if hub.hub_id else {"base_model_name_or_path": os.path.abspath(opts.base)}
+    peft_config = method.to_peft_config(effective, peft_base["base_model_name_or_path"])
+    if peft_config is not None:
+        peft_config.update(peft_base)
     out = save_adapter(opts.out, manifest, tensors, peft_config=peft_config, force=True)
     shutil.rmtree(_checkpoint_dir(opts), ignore_errors=True)
     result: dict[str, Any] = {"out": out, "method": method.name, "task": opts.task, "metrics": manifest["metrics"],
