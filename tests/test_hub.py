@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import assert_clean_error, run_subprocess
+from conftest import assert_clean_error, make_base_dir, run_subprocess
 from hfcache import add_snapshot, use_offline_cache
 from tinymodels import save_tiny_llama_base
 
@@ -186,6 +186,19 @@ def test_online_the_same_call_downloads_only_weights_config_and_tokenizer(cli, h
     assert ("GET", f"/api/models/{BASE_ID}/revision/main", "Bearer hf_test_secret_token") in online.requests
     snap = os.path.join(online.cache, "models--acme-org--tiny-llama", "snapshots", sha)
     assert "pytorch_model.bin" not in os.listdir(snap) and "model.safetensors" in os.listdir(snap)
+    # sharded: only the shards the index names (not a second copy beside them, nor subfolders)
+    sharded = make_base_dir(tmp_path / "sharded", shards=2)
+    shutil.copyfile(os.path.join(sharded, "model-00001-of-00002.safetensors"),
+                    os.path.join(sharded, "consolidated.safetensors"))
+    os.makedirs(os.path.join(sharded, "original"))
+    shutil.copyfile(os.path.join(sharded, "model-00002-of-00002.safetensors"),
+                    os.path.join(sharded, "original", "model.safetensors"))
+    sha = online.add("acme-org/sharded", sharded)
+    r = cli("fingerprint", "acme-org/sharded", "--json")
+    assert r.exit_code == 0, r.output
+    assert r.json()["fingerprint"] == fp(cli, sharded)
+    assert sorted(os.listdir(r.json()["path"])) == ["config.json", "model-00001-of-00002.safetensors",
+                                                    "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
 
     r = cli("push", f"hf://{LORA_ID}", "acme/online", "--base", BASE_ID, "--json")
     assert r.exit_code == 0, r.output

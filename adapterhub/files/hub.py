@@ -7,6 +7,7 @@ keeps working on a plain directory; the id and commit are recovered from the sna
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -16,10 +17,14 @@ from typing import Iterator
 
 from ..errors import InvalidInput, NotFound
 
-#: what a base needs: weights as safetensors (single or sharded), config and tokenizer; never pickles
-BASE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                 "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
-                 "*.model", "chat_template.*"]
+#: what a base needs besides its weights: config, tokenizer and the shard index (top level only, as
+#: transformers reads it); then the weights: the shards the index names, else every top-level
+#: ``*.safetensors`` (what the fingerprint hashes), so a repo's second copy (``consolidated.safetensors``,
+#: ``original/``) and its pickles are never downloaded
+BASE_META_PATTERNS = ["model.safetensors.index.json", "config.json", "generation_config.json", "tokenizer*",
+                      "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "*.model",
+                      "chat_template.*"]
+INDEX = "model.safetensors.index.json"
 #: what a PEFT adapter repo needs (``import_bin`` adds the pickle weights that ``push --import-bin`` converts;
 #: not ``*.bin``: that would pull in ``training_args.bin``, a pickle of arguments, not tensors)
 ADAPTER_PATTERNS = ["adapter_config.json", "*.safetensors", "adapterhub.json", "README.md"]
@@ -79,7 +84,17 @@ def resolve_base(spec: str) -> ResolvedBase:
     unchanged for the caller's own "no such directory" error."""
     if os.path.exists(spec) or not looks_like_id(spec):
         return from_path(spec)
-    return _snapshot(spec, BASE_PATTERNS, "model", "no such directory, and ")
+    meta = _snapshot(spec, BASE_META_PATTERNS, "model", "no such directory, and ")
+    weights = ["*.safetensors"]
+    if os.path.isfile(os.path.join(meta.path, INDEX)):
+        try:
+            with open(os.path.join(meta.path, INDEX), encoding="utf-8") as fh:
+                weights = sorted(set(json.load(fh)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # a broken index: fetch every shard; the fingerprint names what is wrong with it
+    # the same commit for the weights, whatever the branch does meanwhile
+    pinned = f"{meta.hub_id}@{meta.revision_sha}"
+    return _snapshot(pinned, BASE_META_PATTERNS + weights, "model", "no such directory, and ", spec)
 
 
 def resolve_adapter(url: str, import_bin: bool = False) -> ResolvedBase:
@@ -132,7 +147,8 @@ def _snapshot(spec: str, patterns: list[str], what: str, lead: str, label: str |
     repo, _, revision = spec.partition("@")
     label = label or spec
     try:
-        path = huggingface_hub.snapshot_download(repo, revision=revision or None, allow_patterns=patterns)
+        path = huggingface_hub.snapshot_download(repo, revision=revision or None, allow_patterns=patterns,
+                                                 ignore_patterns=["*/*"])  # top level only
     except HFValidationError as exc:
         raise InvalidInput(f"{label}: {lead}not a valid Hugging Face {what} id "
                            f"({str(exc).splitlines()[0]})") from None
