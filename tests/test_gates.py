@@ -171,7 +171,7 @@ def test_noisy_labels_drop_accuracy_and_the_gate_refuses(cli, home, tmp_path):
     for kind, rows in (("clean", clean), ("noisy", noisy)):
         path = write_jsonl(tmp_path / f"{kind}.jsonl", rows)
         report = check_data(path, ev, task="seq-cls")
-        assert report["problems"] == [], report["problems"]  # label noise is invisible to the data check
+        assert report["problems"] == [], report["problems"]  # without --base, label noise is invisible to the data check
         reasons = gate_data(report)
         extra = {"data": [{"role": "train", "path": f"{kind}.jsonl", "digest": report["train"]["digest"],
                            "rows": len(rows)}],
