@@ -101,10 +101,12 @@ def _only_own_refs(reg: Registry, home: str, remote: str | None) -> Registry:
 
 
 def fingerprint(base_dir: str, home: str | None = None, progress: Progress | None = None):
-    """The fingerprint of the base model in ``base_dir``, cached under the registry home."""
+    """The fingerprint of the base model in ``base_dir`` (or of a Hugging Face id ``ORG/NAME[@REVISION]``,
+    see :func:`files.hub.resolve_base`), cached under the registry home."""
     from .files.fingerprint import fingerprint as _fp
+    from .files.hub import resolve_base
 
-    return _fp(base_dir, cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"), progress=progress)
+    return _fp(resolve_base(base_dir).path, cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"), progress=progress)
 
 
 def check_base(expected: str | None, actual: str, base_dir: str, hint: str | None = None) -> None:
@@ -137,7 +139,7 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
                         import_bin=import_bin, home=home, plugins=plugins, progress=progress,
                         hash_progress=hash_progress)
     from .files.checkpoint import check_base_fit, read_adapter_dir
-    from .files.hub import from_path
+    from .files.hub import from_path, resolve_base
     from .registry.refs import validate_name
 
     validate_name(name)
@@ -148,6 +150,7 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
         base_info: dict[str, Any] = {}
         m_base = dict(manifest.get("base") or {})
         if base:
+            base = resolve_base(base).path  # a Hugging Face id: its snapshot in the cache
             fp = fingerprint(base, home)
             check_base(m_base.get("fingerprint"), fp.digest, base, m_base.get("name"))
             check_base_fit(source, base)  # every targeted module exists in the base and fits it

@@ -68,6 +68,14 @@ def test_fingerprint_of_an_id_is_the_directory_s_and_revision_picks_the_snapshot
     assert fp(cli, BASE_ID) == v2
 
 
+def test_the_python_api_takes_ids_too(hf, home):
+    from adapterhub import api
+
+    assert api.fingerprint(f"{BASE_ID}@v2", str(home)).digest == api.fingerprint(hf["v2"], str(home)).digest
+    pub = api.push(api.open_registry(str(home)), f"hf://{LORA_ID}", "acme/api", base=BASE_ID, home=str(home))
+    assert api.open_registry(str(home)).show(pub.ref)["base"]["name"] == f"{BASE_ID}@{hf['main']}"
+
+
 def test_the_environment_is_honoured_by_the_real_command(hf):
     r = run_subprocess("fingerprint", f"{BASE_ID}@v2", "--json")
     assert r.exit_code == 0, r.output
