@@ -1,20 +1,28 @@
-"""Benchmark: streaming merge (``adapterhub merge``) vs peft's ``merge_and_unload`` + ``save_pretrained``.
+"""Benchmark: ``adapterhub merge`` on the path users run (a registry ref, the cache on), vs ``--no-cache``,
+peft's ``merge_and_unload`` + ``save_pretrained`` and a plain copy of the base.
 
 A Llama-shaped model of about 1.1B parameters (TinyLlama's shape) in bf16 with random weights is written
 tensor by tensor (never the whole model in memory), plus a LoRA r=16 on every linear layer with random
-non-zero A and B. Then, each in its own subprocess (peak RSS from ``os.wait4``'s rusage of that child):
+non-zero A and B, pushed to a registry under the work dir (``push ADAPTER acme/bench --base BASE``, as the
+README does). Then, each in its own subprocess (peak RSS from ``os.wait4``'s rusage of that child):
 
-* ``copy``:  a plain copy of the base files (the floor for any tool that rewrites the weights);
-* ``ours``:  ``adapterhub merge ADAPTER --base BASE --out OUT --no-cache``;
-* ``peft``:  ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE, dtype=bf16), ADAPTER)
+* ``copy``:     a plain copy of the base files (the floor for any tool that rewrites the weights);
+* ``dir``:      ``adapterhub merge ADAPTER_DIR --base BASE --out OUT --no-cache`` (what this bench measured before);
+* ``nocache``:  ``adapterhub merge acme/bench --base BASE --out OUT --no-cache``;
+* ``default``:  ``adapterhub merge acme/bench --base BASE --out OUT`` as this user (as root: no cache, see
+  operations/merged_cache.py);
+* ``first``:    the same with the cache on (``ADAPTERHUB_MERGE_CACHE=link``, a non-root user's default) and
+  the cache emptied first: merges and fills the cache;
+* ``hit``:      the same again into another OUT: served from the cache;
+* ``peft``:     ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE, dtype=bf16), ADAPTER)
   .merge_and_unload().save_pretrained(OUT)``.
 
-The two outputs are compared tensor by tensor (streaming, ``torch.equal``). Prints ratios; targets: peak
-RSS ≤ 0.15× peft's, wall ≤ 0.5× peft's, and within 3× of the plain copy.
+The cache hit's output and peft's are compared tensor by tensor (streaming, ``torch.equal``). Prints ratios;
+targets: first ≤ 1.15× nocache, hit ≤ 0.25× nocache; peak RSS ≤ 0.15× peft's, wall ≤ 0.5× peft's, and
+within 3× of the plain copy.
 
-With ``--repeat N`` the three contenders run N rounds, interleaved (copy, ours, peft, copy, ...); each
-reports its best wall time and its largest peak RSS. The load average is printed before and after: other
-jobs on the machine slow any of them down.
+With ``--repeat N`` the contenders run N rounds, interleaved; each reports its best wall time and its largest
+peak RSS. The load average is printed before and after: other jobs on the machine slow any of them down.
 
     python bench/merge.py [--workdir DIR] [--layers 22] [--repeat 2] [--keep]
 """
@@ -25,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,6 +188,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of the three contenders, interleaved (best wall)")
     ap.add_argument("--step", choices=["build", "compare"], help=argparse.SUPPRESS)  # internal: run in a child
+    ap.add_argument("--pair", nargs=2, default=["hit", "peft"], help=argparse.SUPPRESS)  # --step compare: these
     args = ap.parse_args()
     if args.step == "build":
         index = os.path.join(args.workdir, "base", "model.safetensors.index.json")
@@ -192,14 +200,14 @@ def main() -> None:
         print(params)
         return
     if args.step == "compare":
-        n, bad = compare(os.path.join(args.workdir, "ours"), os.path.join(args.workdir, "peft"))
+        n, bad = compare(*(os.path.join(args.workdir, k) for k in args.pair))
         print(json.dumps({"n": n, "bad": bad}))
         return
     # this process imports no torch: a child's peak RSS (ru_maxrss) starts from this small parent
     workdir = args.workdir or tempfile.mkdtemp(prefix="adapterhub-bench-merge-")
     os.makedirs(workdir, exist_ok=True)
     me = [sys.executable, os.path.abspath(__file__), "--workdir", workdir]
-    for old in ("copy", "ours", "peft"):
+    for old in ("copy", "ours", "dir", "nocache", "default", "first", "hit", "peft"):
         shutil.rmtree(os.path.join(workdir, old), ignore_errors=True)
     try:
         t0 = time.perf_counter()
@@ -208,13 +216,28 @@ def main() -> None:
         base, adapter = os.path.join(workdir, "base"), os.path.join(workdir, "adapter")
         size = sum(os.path.getsize(os.path.join(base, n)) for n in os.listdir(base))
         print(f"built {params / 1e9:.2f}B parameters ({size / 1e9:.2f} GB bf16) in {time.perf_counter() - t0:.0f}s")
-        env = {**os.environ, "ADAPTERHUB_HOME": os.path.join(workdir, "home"), "TOKENIZERS_PARALLELISM": "false"}
+        home = os.path.join(workdir, "home")
+        env = {**os.environ, "ADAPTERHUB_HOME": home, "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("ADAPTERHUB_MERGE_CACHE", None)
+        linked = {**env, "ADAPTERHUB_MERGE_CACHE": "link"}
+        if subprocess.run([sys.executable, "-m", "adapterhub", "show", "acme/bench"], env=env,
+                          capture_output=True).returncode != 0:  # (a reused --workdir has it already)
+            subprocess.run([sys.executable, "-m", "adapterhub", "push", adapter, "acme/bench", "--base", base],
+                           env=env, check=True, capture_output=True)
+        merge = [sys.executable, "-m", "adapterhub", "merge"]
+
+        def out(k):
+            return os.path.join(workdir, k)
+
         cmds = {
             "copy": ([sys.executable, "-c", "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])",
-                      base, os.path.join(workdir, "copy")], None),
-            "ours": ([sys.executable, "-m", "adapterhub", "merge", adapter, "--base", base, "--out",
-                      os.path.join(workdir, "ours"), "--no-cache", "--json"], env),
-            "peft": ([sys.executable, "-c", PEFT_SCRIPT, base, adapter, os.path.join(workdir, "peft")], env),
+                      base, out("copy")], None),
+            "dir": (merge + [adapter, "--base", base, "--out", out("dir"), "--no-cache", "--json"], env),
+            "nocache": (merge + ["acme/bench", "--base", base, "--out", out("nocache"), "--no-cache", "--json"], env),
+            "default": (merge + ["acme/bench", "--base", base, "--out", out("default"), "--json"], env),
+            "first": (merge + ["acme/bench", "--base", base, "--out", out("first"), "--json"], linked),
+            "hit": (merge + ["acme/bench", "--base", base, "--out", out("hit"), "--json"], linked),
+            "peft": ([sys.executable, "-c", PEFT_SCRIPT, base, adapter, out("peft")], env),
         }
         print(f"byte-compiled adapterhub and {compile_ours() - 1} plugin packages (as pip install does)")
         runs: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
@@ -223,10 +246,12 @@ def main() -> None:
             last = rnd == max(1, args.repeat) - 1
             for k, (cmd, cenv) in cmds.items():
                 # each contender starts with the same free memory: the others' outputs (2.2 GB of page cache
-                # each) removed, except ours for the comparison after the last round (peft runs last)
+                # each) removed, except the cache hit's for the comparison after the last round (peft runs last)
                 for other in cmds:
-                    if not (last and other == "ours" and k == "peft"):
-                        shutil.rmtree(os.path.join(workdir, other), ignore_errors=True)
+                    if not (last and other == "hit" and k == "peft"):
+                        shutil.rmtree(out(other), ignore_errors=True)
+                if k == "first":  # a cold cache
+                    shutil.rmtree(os.path.join(home, "cache", "merged"), ignore_errors=True)
                 settle(base)
                 runs[k].append(measure(cmd, cenv))
             print(f"round {rnd + 1}: " + ", ".join(f"{k} {w:.2f}s {r / 2**20:.0f} MiB" for k, v in runs.items()
@@ -238,16 +263,19 @@ def main() -> None:
                                         text=True).stdout.splitlines()[-1])
         n, bad = cmp["n"], cmp["bad"]
         for k, (wall, rss) in results.items():
-            print(f"{k:5s} wall {wall:7.2f}s  peak RSS {rss / 2**20:8.0f} MiB")
-        (wo, ro), (wp, rp), (wc, _) = results["ours"], results["peft"], results["copy"]
-        print(f"bit-identical: {not bad} ({n} tensors compared{'; differ: ' + ', '.join(bad[:5]) if bad else ''})")
-        print(f"peak RSS ours/peft: {ro / rp:.3f}  (target <= 0.15)")
-        print(f"wall ours/peft:     {wo / wp:.3f}  (target <= 0.5)")
-        print(f"wall ours/copy:     {wo / wc:.3f}  (target <= 3)")
-        if len(runs["copy"]) > 1:  # each round's pair ran back to back, under the same conditions
-            per_round = sorted(o[0] / c[0] for o, c in zip(runs["ours"], runs["copy"]))
-            print(f"wall ours/copy per round: {', '.join(f'{x:.2f}' for x in per_round)} "
-                  f"(median {statistics.median(per_round):.2f})")
+            print(f"{k:8s} wall {wall:7.2f}s  peak RSS {rss / 2**20:8.0f} MiB")
+        wall = {k: w for k, (w, _) in results.items()}
+        (wo, ro), (wp, rp), wc = results["first"], results["peft"], wall["copy"]
+        print(f"bit-identical (cache hit vs peft): {not bad} ({n} tensors compared"
+              f"{'; differ: ' + ', '.join(bad[:5]) if bad else ''})")
+        print(f"wall first/nocache:   {wall['first'] / wall['nocache']:.3f}  (target <= 1.15)")
+        print(f"wall hit/nocache:     {wall['hit'] / wall['nocache']:.3f}  (target <= 0.25)")
+        print(f"wall default/nocache: {wall['default'] / wall['nocache']:.3f}  (as uid {os.geteuid()})")
+        print(f"wall nocache/dir:     {wall['nocache'] / wall['dir']:.3f}")
+        print(f"peak RSS first/peft:  {ro / rp:.3f}  (target <= 0.15)")
+        print(f"wall first/peft:      {wo / wp:.3f}  (target <= 0.5)")
+        print(f"wall hit/peft:        {wall['hit'] / wp:.3f}")
+        print(f"wall first/copy:      {wo / wc:.3f}  (target <= 3)")
         if bad:
             raise SystemExit(1)
     finally:
