@@ -232,15 +232,22 @@ def test_gate_compares_generation_evaluations_on_their_primary_metric(cli, home,
     gen = ("--base", qa["base"], "--data", qa["eval"], "--generate", "--max-new-tokens", "6", "--samples", "0")
     for v in ("1", "2"):
         assert cli("eval", f"acme/qa:{v}", *gen).exit_code == 0
-    # a loss evaluation of the same file is kept apart: it hides neither kind from the gate
-    assert cli("eval", "acme/qa:1", "--base", qa["base"], "--data", qa["eval"]).exit_code == 0
+    # a later loss evaluation of the same file (as `eval` without --generate stores it) is kept apart: it
+    # hides neither kind from the gate
+    from adapterhub import api
+
+    reg = api.open_registry(str(home))
+    digest = cli("show", "acme/qa:1", "--json").json()["evaluations"][0]["data_digest"]
+    reg.add_evaluation("acme/qa:1", digest, {"loss": 0.1, "base_loss": 3.0},
+                       {"task": "causal-lm", "primary_metric": "loss", "higher_is_better": False, "rows": 4})
     assert cli("alias", "set", "acme/qa", "production", "1").exit_code == 0
     r = cli("alias", "set", "acme/qa", "production", "2", "--json")
     assert r.exit_code == 0 and r.json()["gated"], r.output  # higher rouge_l passes
     assert_clean_error(cli("alias", "set", "acme/qa", "production", "1"),
                        "acme/qa:1 scores worse than the current production acme/qa:2 on sha256:", "(generation): rouge_l")
-    # both sides must name the same primary metric
-    assert cli("eval", "acme/qa:1", *gen, "--metric", "chrf").exit_code == 0
+    # both sides must name the same primary metric (as `eval --generate --metric chrf` stores it)
+    reg.add_evaluation("acme/qa:1", digest, {"chrf": 99.0}, {"task": "causal-lm", "kind": "generation",
+                                                            "primary_metric": "chrf", "higher_is_better": True})
     assert_clean_error(cli("alias", "set", "acme/qa", "production", "1"),
                        "compare different metrics (chrf vs rouge_l); evaluate acme/qa:1 with --metric rouge_l first")
 

@@ -128,7 +128,7 @@ def samples_text(samples, rows, indent: str = "  ") -> list[str]:
 
     def one(text: str) -> str:
         text = " ".join(text.split())
-        return text if len(text) <= 100 else text[:99] + "…"
+        return "(empty)" if not text else text if len(text) <= 100 else text[:99] + "…"
 
     lines = [f"{indent}samples ({len(samples)} of {rows} rows):"]
     for s in samples:
