@@ -169,7 +169,7 @@ def test_unsafe_paths_in_a_registry_are_refused_on_pull(cli, home, tmp_path):
     reg = open_registry(str(home))
     with reg.write() as conn:
         conn.execute(sa.text("UPDATE files SET path = '../../escape.txt' WHERE path = 'adapter_config.json'"))
-    assert_clean_error(cli("pull", "acme/bot", "--out", tmp_path / "deep" / "out"), "unsafe file path")
+    assert_clean_error(cli("pull", "acme/bot", "--out", tmp_path / "deep" / "out"), "../../escape.txt")  # edited behind its back: refused
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "deep" / "out").exists()
 
 

@@ -113,6 +113,10 @@ def _as_click_error(exc: BaseException) -> click.ClickException:
 class AdapterhubGroup(click.Group):
     """A group that turns every error into one ``Error: ...`` line and exit code 1."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["adapterhub.argv"] = list(args)  # the URLs in them are scrubbed from error text
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -125,7 +129,11 @@ class AdapterhubGroup(click.Group):
         except Exception as exc:
             if os.environ.get("ADAPTERHUB_DEBUG"):
                 raise
-            raise _as_click_error(exc) from None
+            from ..registry.remotes import known_urls, scrub
+
+            error = _as_click_error(exc)
+            error.message = scrub(error.message, known_urls(ctx.params.get("home"), ctx.meta.get("adapterhub.argv", ())))
+            raise error from None
 
 
 @click.group(cls=AdapterhubGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -116,6 +116,7 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
         if WEIGHTS in headers:
             source.tensors = headers[WEIGHTS].tensors
             source.method, source.config = check_adapter(src, source.manifest, source.tensors, plugins)
+        check_finite(headers)
         from ..registry.registry import LocalFile
 
         for rel, full in entries:
@@ -125,6 +126,20 @@ def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
         source.cleanup()
         raise
     return source
+
+
+def check_finite(headers: dict[str, Any]) -> None:
+    """Refuse safetensors files (``{relative path: Header}``) whose floating-point tensors hold NaN or inf,
+    naming the first such tensor (merged, they would make the base's weights inf/nan)."""
+    from .finite import non_finite
+
+    for rel, header in sorted(headers.items()):
+        bad = non_finite(header)
+        if bad:
+            name, count = bad[0]
+            more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+            raise InvalidInput(f"{rel}: tensor {name!r} holds {count} NaN/inf values{more}: an adapter must be "
+                               "finite (merged, it would make the base's weights NaN/inf)")
 
 
 def check_adapter(src: str, manifest: dict[str, Any], tensors: dict[str, Any], plugins: Any,

@@ -69,11 +69,10 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for messages and listings)."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
+    """The URL with its credentials replaced by ``***`` (for messages and listings)."""
+    from .remotes import mask
+
+    return mask(url)
 
 
 @contextlib.contextmanager

@@ -184,31 +184,103 @@ def env_registry() -> dict[str, str] | None:
     return None
 
 
-_SECRET_KEY = re.compile(r"secret|password|token|key", re.I)
+_SECRET_KEY = re.compile(r"secret|passw|pwd|token|key|signature|sig$|credential|auth", re.I)
+#: a password piece shorter than this is not scrubbed from error text (it would mangle ordinary words)
+_MIN_SECRET = 4
+_MIN_PIECE = 6
+
+
+def _split(url: str) -> tuple[str, str | None, str, str, str] | None:
+    """``(scheme, userinfo, host, path, query+fragment)`` of ``url`` without parsing it strictly: a raw
+    ``@``, ``:`` or ``/`` in a password still leaves the userinfo whole (None: no userinfo)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    q = min((i for i in (rest.find("?"), rest.find("#")) if i != -1), default=len(rest))
+    head, tail = rest[:q], rest[q:]
+    at = head.rfind("@")
+    userinfo: str | None = None
+    if at != -1 and "/" not in head[:at].split(":", 1)[0]:
+        userinfo, head = head[:at], head[at + 1:]
+    slash = head.find("/")
+    host, path = (head, "") if slash == -1 else (head[:slash], head[slash:])
+    return scheme, userinfo, host, path, tail
+
+
+def _secret_user(scheme: str, userinfo: str) -> bool:
+    """A user name alone is a credential in http(s) URLs (``https://TOKEN@host``), not in database ones."""
+    return ":" in userinfo or scheme.lower() in ("http", "https")
 
 
 def mask(url: str) -> str:
-    """``url`` with passwords and secret-looking query values replaced by ``***``; everything else is
-    kept character for character (``sqlite:////abs/path`` stays a four-slash URL)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    """``url`` with its credentials replaced by ``***``: the password (or an http(s) user name alone),
+    secret-looking query values, and URLs inside query values (``endpoint_url=http://key:secret@host``),
+    recursively; everything else is kept character for character (``sqlite:////abs/path`` stays a
+    four-slash URL). Never raises, whatever the text."""
+    parts = _split(url)
+    if parts is None:
         return url
-    end = len(rest)
-    for ch in "/?#":
-        i = rest.find(ch)
-        if i != -1:
-            end = min(end, i)
-    netloc, tail = rest[:end], rest[end:]
-    if "@" in netloc:
-        cred, host = netloc.rsplit("@", 1)
-        if ":" in cred:
-            netloc = f"{cred.split(':', 1)[0]}:***@{host}"
-    before_q, qsep, query = tail.partition("?")
-    if qsep:
-        query, hsep, frag = query.partition("#")
-        pairs = [(k, "***" if _SECRET_KEY.search(k) else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        tail = before_q + "?" + urlencode(pairs, safe=":/*") + hsep + frag
-    return f"{scheme}://{netloc}{tail}"
+    scheme, userinfo, host, path, tail = parts
+    if userinfo is not None:
+        if ":" in userinfo:
+            host = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        else:
+            host = f"***@{host}" if _secret_user(scheme, userinfo) else f"{userinfo}@{host}"
+    if tail.startswith("?"):
+        query, hsep, frag = tail[1:].partition("#")
+        pairs = [(k, "***" if _SECRET_KEY.search(k) else mask(v) if "://" in v else v)
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        tail = "?" + urlencode(pairs, safe=":/*@") + hsep + frag
+    return f"{scheme}://{host}{path}{tail}"
+
+
+def secrets_of(url: str) -> set[str]:
+    """The credentials in ``url`` as they may appear in error text: whole, percent-decoded, and (for a
+    password holding a raw ``@``, which drivers split differently) each long ``@``/``:``/``/`` piece."""
+    from urllib.parse import unquote
+
+    parts = _split(url)
+    if parts is None:
+        return set()
+    scheme, userinfo, _host, _path, tail = parts
+    found: set[str] = set()
+    pieces: set[str] = set()  # of a password a driver may split differently: only the long ones
+    if userinfo is not None and _secret_user(scheme, userinfo):
+        secret = userinfo.split(":", 1)[1] if ":" in userinfo else userinfo
+        found.update({secret, unquote(secret)})
+        pieces.update(re.split(r"[@:/]", secret), re.split(r"[@:/]", unquote(secret)))
+    if tail.startswith("?"):
+        for k, v in parse_qsl(tail[1:].partition("#")[0], keep_blank_values=True):
+            if _SECRET_KEY.search(k):
+                found.add(v)
+            elif "://" in v:
+                found |= secrets_of(v)
+    return {s for s in found if len(s) >= _MIN_SECRET} | {p for p in pieces if len(p) >= _MIN_PIECE}
+
+
+def scrub(text: str, urls: Any) -> str:
+    """``text`` (an error message) with every credential of ``urls`` replaced by ``***``, longest first."""
+    secrets: set[str] = set()
+    for u in urls:
+        if isinstance(u, str) and "://" in u:
+            secrets |= secrets_of(u)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def known_urls(home: str | None, args: Any = ()) -> list[str]:
+    """Every URL a command may have used: its arguments (``--opt=URL`` too), the remotes of ``config.json``
+    and the environment's registry and endpoint variables; what :func:`scrub` is given."""
+    urls = [a.partition("=")[2] if a.startswith("--") else a for a in args if isinstance(a, str) and "://" in a]
+    urls += [os.environ.get(v, "") for v in ("ADAPTERHUB_REGISTRY_DB", "ADAPTERHUB_REGISTRY_STORE",
+                                             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")]
+    try:
+        for spec in load_config(config.home_dir(home))["remotes"].values():
+            urls += [spec.get("db", ""), spec.get("store", ""), spec.get("url", "")]
+    except Exception:  # an unreadable config: scrub what we have
+        pass
+    return [u for u in urls if u]
 
 
 def describe(name: str, remote: dict[str, str]) -> dict[str, str]:

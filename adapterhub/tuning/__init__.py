@@ -77,11 +77,66 @@ def task_type_field(help: str = TASK_TYPE_HELP) -> Any:
 
 
 # -- config validation (raise ValueError; Method.make_config turns it into InvalidInput) -------------------
+#: the longest regex a config may hold, and the most unbounded repeats (``*``, ``+``, ``{2,}``) in one
+MAX_REGEX_LENGTH = 256
+MAX_REGEX_REPEATS = 4
+
+
 def check_regex(pattern: str, what: str) -> None:
+    """Refuse a regex that is invalid, or whose matching cost is not bounded: configs come from registries
+    and are matched against every module path (``([a-z_.0-9]+)*z`` took 1.1 s on a 24-character path, doubling
+    per character). Python's engine backtracks, so a repeat inside a repeat (or over alternatives) is
+    exponential, and k repeats in a row cost n**k: both are refused, and the length is capped."""
+    if not isinstance(pattern, str) or len(pattern) > MAX_REGEX_LENGTH:
+        raise ValueError(f"{what}: a regular expression of at most {MAX_REGEX_LENGTH} characters is expected, "
+                         f"got {str(pattern)[:40]!r}{'...' if len(str(pattern)) > 40 else ''}")
     try:
+        from re import _parser
+
+        parsed = _parser.parse(pattern)
         re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"{what}: {pattern!r} is not a valid regular expression ({exc})") from None
+    repeats = _unbounded_repeats(list(parsed), False)
+    if repeats < 0:
+        raise ValueError(f"{what}: {pattern!r} repeats a group that itself repeats or has alternatives (like "
+                         "(a+)* or (a|ab)*); matching it can take exponential time: write it without the nesting")
+    if repeats > MAX_REGEX_REPEATS:
+        raise ValueError(f"{what}: {pattern!r} has {repeats} unbounded repeats (at most {MAX_REGEX_REPEATS}): "
+                         "matching it can take polynomial time of that degree")
+
+
+def _unbounded_repeats(items: list, inside: bool) -> int:
+    """How many repeats of more than one item ``items`` (a parsed regex) holds; -1 for one nested in a
+    repeat (``inside``), or alternatives inside one."""
+    from re import _constants as c
+
+    total = 0
+    for op, av in items:
+        subs: list = []
+        here = inside
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", c.MAX_REPEAT)):
+            if av[1] > 1:
+                if inside:
+                    return -1
+                total, here = total + 1, True
+            subs = [av[2]]
+        elif op == c.SUBPATTERN:
+            subs = [av[-1]]
+        elif op == c.BRANCH:
+            if inside:
+                return -1
+            subs = av[1]
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            subs = [av[1]]
+        elif op == c.GROUPREF_EXISTS:
+            subs = [s for s in av[1:] if s is not None]
+        for sub in subs:
+            n = _unbounded_repeats(list(sub), here)
+            if n < 0:
+                return -1
+            total += n
+    return total
 
 
 def check_module_names(value: Any, name: str) -> Any:

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlparse
 import adapterhub
 from adapterhub.errors import AdapterhubError, IntegrityError, InvalidInput
 from adapterhub.registry.blobs import BlobStore, Progress, check_digest
+from adapterhub.registry.remotes import mask, scrub
 
 from . import _errors
 from adapterhub.registry.ranges import RangeReader
@@ -146,7 +147,7 @@ class S3Store(BlobStore):
         return cls(parsed.netloc, parsed.path, **query)
 
     def describe(self) -> str:
-        return self.url + (f" at {self._endpoint()}" if self._endpoint() != "AWS" else "")
+        return self.url + (f" at {mask(self._endpoint())}" if self._endpoint() != "AWS" else "")
 
     @property
     def _client(self) -> Any:
@@ -216,10 +217,10 @@ class S3Store(BlobStore):
         for secret in self._secrets:
             if len(secret) >= 4:
                 text = text.replace(secret, "***")
-        return text
+        return scrub(text, [self._endpoint()])
 
     def _translate(self, exc: BaseException, op: str, where: str, attempts: int | None = None) -> AdapterhubError:
-        return _errors.translate(exc, op=op, where=where, bucket=self.bucket, endpoint=self._endpoint(),
+        return _errors.translate(exc, op=op, where=where, bucket=self.bucket, endpoint=mask(self._endpoint()),
                                  attempts=attempts or self.max_attempts, scrub=self._scrub)
 
     def _call(self, op: str, where: str, **params: Any) -> Any:
