@@ -240,6 +240,13 @@ def test_gate_compares_generation_evaluations_on_their_primary_metric(cli, home,
     digest = cli("show", "acme/qa:1", "--json").json()["evaluations"][0]["data_digest"]
     reg.add_evaluation("acme/qa:1", digest, {"loss": 0.1, "base_loss": 3.0},
                        {"task": "causal-lm", "primary_metric": "loss", "higher_is_better": False, "rows": 4})
+    # compare keeps the two kinds of the same file apart too
+    d = cli("compare", "acme/qa:1", "acme/qa:2", "--json").json()
+    by_kind = {e["kind"]: e for e in d["evaluations"]}
+    assert set(by_kind) == {"generation", "loss"} and by_kind["generation"]["shared"] and not by_kind["loss"]["shared"]
+    rouge = next(m for m in by_kind["generation"]["metrics"] if m["key"] == "rouge_l")
+    assert rouge["delta"] == pytest.approx(rouge["b"] - rouge["a"]) and rouge["b"] == 0.875
+    assert "(generation)" in cli("compare", "acme/qa:1", "acme/qa:2").stdout
     assert cli("alias", "set", "acme/qa", "production", "1").exit_code == 0
     r = cli("alias", "set", "acme/qa", "production", "2", "--json")
     assert r.exit_code == 0 and r.json()["gated"], r.output  # higher rouge_l passes

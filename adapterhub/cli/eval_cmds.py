@@ -220,6 +220,7 @@ def _compare_text(r, show_all: bool) -> str:
                                 [(m["key"], cell(m["a"]), cell(m["b"]), cell(m["delta"])) for m in r["metrics"]]))
     for e in r["evaluations"]:
         out.append("")
-        out.append(format_table((f"EVAL {e['data_digest'][:19]}", r["a"], r["b"], "DELTA"),
+        kind = " (generation)" if e.get("kind") == "generation" else ""
+        out.append(format_table((f"EVAL {e['data_digest'][:19]}{kind}", r["a"], r["b"], "DELTA"),
                                 [(m["key"], cell(m["a"]), cell(m["b"]), cell(m["delta"])) for m in e["metrics"]]))
     return "\n".join(out)

@@ -483,7 +483,8 @@ def _merged_state_dict(model: Any, loaded: Any) -> dict[str, Any]:
 # -- comparing two versions ---------------------------------------------------------------------
 def compare(reg: Any, ref_a: str, ref_b: str) -> dict[str, Any]:
     """Two versions side by side: method/task/base, config differences, data digests, training metrics
-    and evaluations on shared data digests (with ``delta`` = b − a). No torch."""
+    and evaluations on shared data digests (with ``delta`` = b − a; a generation evaluation beside a loss or
+    accuracy one of the same data, ``kind`` says which). No torch."""
     a, b = reg.show(ref_a), reg.show(ref_b)
 
     def flat(cfg: Any) -> dict[str, Any]:
@@ -515,18 +516,18 @@ def compare(reg: Any, ref_a: str, ref_b: str) -> dict[str, Any]:
     metrics = [{"key": k, "a": ma.get(k), "b": mb.get(k), "delta": _delta(ma.get(k), mb.get(k))}
                for k in sorted(set(ma) | set(mb))]
 
-    def latest(v: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for e in v["evaluations"]:
-            out[e["data_digest"]] = e  # ordered by id: the last one wins
+    def latest(v: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for e in v["evaluations"]:  # ordered by id: the last one of each data digest and kind wins
+            out[(e["data_digest"], (e.get("details") or {}).get("kind") or "loss")] = e
         return out
 
     ea, eb = latest(a), latest(b)
     evaluations = []
-    for digest in sorted(set(ea) | set(eb)):
-        xa, xb = (ea.get(digest) or {}).get("metrics") or {}, (eb.get(digest) or {}).get("metrics") or {}
+    for key in sorted(set(ea) | set(eb)):
+        xa, xb = (ea.get(key) or {}).get("metrics") or {}, (eb.get(key) or {}).get("metrics") or {}
         evaluations.append({
-            "data_digest": digest, "shared": digest in ea and digest in eb,
+            "data_digest": key[0], "kind": key[1], "shared": key in ea and key in eb,
             "metrics": [{"key": k, "a": xa.get(k), "b": xb.get(k), "delta": _delta(xa.get(k), xb.get(k))}
                         for k in sorted(set(xa) | set(xb))]})
     return {"a": a["ref"], "b": b["ref"], "summary": summary, "config": config, "data": data, "metrics": metrics,
