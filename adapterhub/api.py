@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import urlparse
 
 from . import config
-from .errors import BaseMismatch, InvalidInput
+from .errors import AdapterhubError, BaseMismatch, InvalidInput
 from .plugins import Plugins, get_plugins
 from .registry.blobs import Progress
 
@@ -135,9 +135,13 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
             # the commit, not the branch or tag asked for: the same upstream files give the same version
             edge = ParentSpec("imported_from", ref=f"{HF_SCHEME}{hub.hub_id}@{hub.revision_sha}",
                               details={"repo": hub.hub_id, "revision": hub.revision_sha})
-            return push(reg, staged, name, base=base, aliases=aliases, tags=tags, parents=[edge, *parents],
-                        import_bin=import_bin, home=home, plugins=plugins, progress=progress,
-                        hash_progress=hash_progress)
+            try:
+                return push(reg, staged, name, base=base, aliases=aliases, tags=tags, parents=[edge, *parents],
+                            import_bin=import_bin, home=home, plugins=plugins, progress=progress,
+                            hash_progress=hash_progress)
+            except AdapterhubError as exc:  # name the repo, not the scratch copy
+                text = str(exc).replace(staged, src)
+                raise type(exc)(text if src in text else f"{src}: {text}") from None
     from .files.checkpoint import check_base_fit, read_adapter_dir
     from .files.hub import from_path, resolve_base
     from .registry.refs import validate_name

@@ -23,6 +23,7 @@ class FakeHub:
         self.refs: dict[str, dict[str, str]] = {}                 # repo -> branch/tag -> commit
         self.requests: list[tuple[str, str, str | None]] = []    # (method, path, Authorization)
         self.private: dict[str, bool] = {}                        # repos created private
+        self.gated: set[str] = set()                              # repos whose terms were not accepted
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -75,6 +76,8 @@ class FakeHub:
             def _commit(self, repo, rev):
                 if repo not in hub.repos:
                     return self._error("RepoNotFound")
+                if repo in hub.gated:
+                    return self._error("GatedRepo")
                 commit = hub.refs[repo].get(rev, rev if rev in hub.repos[repo] else None)
                 return commit if commit else self._error("RevisionNotFound")
 

@@ -121,6 +121,33 @@ def test_push_hf_imports_a_peft_repo_with_its_commit_in_lineage(cli, hf):
     assert r.exit_code == 0 and r.json()["ref"] == "acme/imported:1", r.output
 
 
+def test_push_hf_takes_pickle_weights_only_with_import_bin(cli, hf, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    snap = os.path.join(hf["cache"], "models--acme-org--tiny-lora", "snapshots", hf["lora_sha"])
+    src = tmp_path / "bin-lora"
+    src.mkdir()
+    shutil.copyfile(os.path.join(snap, "adapter_config.json"), src / "adapter_config.json")
+    torch.save(load_file(os.path.join(snap, "adapter_model.safetensors")), src / "adapter_model.bin")
+    (src / "training_args.bin").write_bytes(b"a pickle of arguments: never fetched")
+    sha = add_snapshot(hf["cache"], "acme-org/bin-lora", str(src))
+    r = cli("push", "hf://acme-org/bin-lora", "acme/bin")
+    assert_clean_error(r, "hf://acme-org/bin-lora", "no safetensors weights", "--import-bin", code=1)
+    r = cli("push", "hf://acme-org/bin-lora", "acme/bin", "--import-bin", "--base", BASE_ID, "--json")
+    assert r.exit_code == 0, r.output
+    info = cli("show", "acme/bin:1", "--json").json()
+    assert "adapter_model.safetensors" in {f["path"] for f in info["files"]}
+    assert not any(f["path"].endswith(".bin") for f in info["files"])
+    assert info["parents"][0]["ref"] == f"hf://acme-org/bin-lora@{sha}"
+    # a broken repo: the push's own check, naming the repo (not the scratch copy)
+    (src / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    add_snapshot(hf["cache"], "acme-org/broken-lora", str(src))
+    r = cli("push", "hf://acme-org/broken-lora", "acme/broken")
+    assert_clean_error(r, "hf://acme-org/broken-lora", "adapter_model.safetensors", code=1)
+    assert "adapterhub-hf-" not in r.output
+
+
 def test_unknown_ids_and_revisions_give_one_clear_line(cli, hf):
     r = cli("fingerprint", "acme-org/not-cached")
     assert_clean_error(r, "acme-org/not-cached", "HF_HUB_OFFLINE", code=1)
@@ -218,6 +245,9 @@ def test_online_the_same_call_downloads_only_weights_config_and_tokenizer(cli, h
     assert_clean_error(cli("fingerprint", f"{BASE_ID}@nope"), f"{BASE_ID} has no revision 'nope'", code=1)
     assert_clean_error(cli("push", "hf://acme-org/missing", "acme/x"), "hf://acme-org/missing",
                        "no Hugging Face adapter repo", code=1)
+    online.add("acme-org/gated", hub["base"])
+    online.gated.add("acme-org/gated")
+    assert_clean_error(cli("fingerprint", "acme-org/gated"), "acme-org/gated is gated", "HF_TOKEN", code=1)
 
 
 def test_the_hub_gone_and_nothing_cached_is_one_line(cli, online, monkeypatch):

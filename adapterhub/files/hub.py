@@ -107,30 +107,33 @@ def resolve_adapter(url: str, import_bin: bool = False) -> ResolvedBase:
 
 @contextlib.contextmanager
 def staged_adapter(url: str, import_bin: bool = False) -> Iterator[tuple[str, ResolvedBase]]:
-    """``(directory, resolved)`` for ``hf://ORG/NAME[@REVISION]``: the snapshot's files copied (hard-linked where
-    possible) out of the cache into a scratch directory, since adapter directories refuse symbolic links;
-    a link is followed only into its own repo's ``blobs/`` folder."""
+    """``(directory, resolved)`` for ``hf://ORG/NAME[@REVISION]``: the snapshot's top-level adapter files
+    copied (hard-linked where possible) out of the cache into a scratch directory, since adapter directories
+    refuse symbolic links; a link is followed only into its own repo's ``blobs/`` folder. Filtered here too:
+    offline, huggingface_hub returns the cached snapshot as it is (whatever other tools downloaded into it)."""
+    from huggingface_hub.utils import filter_repo_objects
+
     resolved = resolve_adapter(url, import_bin)
+    patterns = ADAPTER_PATTERNS + (BIN_PATTERNS if import_bin else [])
     blobs = os.path.realpath(os.path.join(resolved.path, "..", "..", "blobs"))
+    names = sorted(n for n in os.listdir(resolved.path) if os.path.isfile(os.path.join(resolved.path, n)))
+    names = list(filter_repo_objects(names, allow_patterns=patterns))
+    if not any(n.endswith(".safetensors") or (import_bin and n in BIN_PATTERNS) for n in names):
+        raise InvalidInput(f"{url}: the Hugging Face snapshot {resolved.revision_sha} has no safetensors weights"
+                           + ("" if import_bin else " (for adapter_model.bin, add --import-bin)"))
     tmp = tempfile.mkdtemp(prefix="adapterhub-hf-")
     try:
         out = os.path.join(tmp, "adapter")
-        for root, _dirs, names in os.walk(resolved.path):
-            for n in names:
-                full = os.path.join(root, n)
-                rel = os.path.relpath(full, resolved.path)
-                real = os.path.realpath(full)
-                if os.path.islink(full) and os.path.commonpath([real, blobs]) != blobs:
-                    raise InvalidInput(f"{url}: {rel} in the Hugging Face cache links outside its repo ({real})")
-                dest = os.path.join(out, rel)
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                try:
-                    os.link(real, dest)
-                except OSError:
-                    shutil.copyfile(real, dest)
-        if not os.path.isdir(out):
-            raise InvalidInput(f"{url}: the Hugging Face snapshot {resolved.revision_sha} has no adapter files "
-                               f"({', '.join(ADAPTER_PATTERNS)})")
+        os.makedirs(out)
+        for n in names:
+            full = os.path.join(resolved.path, n)
+            real = os.path.realpath(full)
+            if os.path.islink(full) and os.path.commonpath([real, blobs]) != blobs:
+                raise InvalidInput(f"{url}: {n} in the Hugging Face cache links outside its repo ({real})")
+            try:
+                os.link(real, os.path.join(out, n))
+            except OSError:
+                shutil.copyfile(real, os.path.join(out, n))
         yield out, resolved
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
