@@ -3,6 +3,8 @@ check the manifest and the database rows before anything is written)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -154,3 +156,58 @@ def test_a_server_commit_whose_blob_gc_removed_is_one_clear_error(tmp_path):
         reg.publish("acme/chat", {}, [remote], progress=lambda n: reg.gc(grace=0))
     assert reg.list() == []
     reg.close()
+
+
+# -- transient database errors: the commit is retried ---------------------------------------------------
+def _registry_through(proxy, pg_url, tmp_path):
+    from adapterhub.registry.registry import Registry
+    from adapterhub_file import FileStore
+
+    db = pg_url.replace("127.0.0.1:5432", proxy.address)
+    return Registry(db, FileStore(str(tmp_path / "store"))).ready()
+
+
+def _cut_on(reg, proxy, statement: str, times: int):
+    """Reset every connection through ``proxy`` when the commit transaction reaches ``statement``."""
+    from sqlalchemy import event
+
+    cuts = []
+
+    @event.listens_for(reg.engine, "before_cursor_execute")
+    def cut(conn, cursor, sql, *args):
+        if sql.lstrip().upper().startswith(statement) and len(cuts) < times:
+            cuts.append(sql)
+            proxy.cut()
+
+    return cuts
+
+
+def test_a_connection_dropped_inside_the_commit_is_retried(pg_url, tmp_path):
+    from tcpproxy import TcpProxy
+
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        reg = _registry_through(proxy, pg_url, tmp_path)
+        f = _leftover(reg, tmp_path, b"uploaded before the connection dropped" * 50)
+        cuts = _cut_on(reg, proxy, "INSERT INTO VERSIONS", times=2)
+        pub = reg.publish("acme/chat", {"method": "lora"}, [f])
+        assert len(cuts) == 2 and pub.created and pub.version == 1
+        assert [v["ref"] for v in reg.list()] == ["acme/chat:1"] and reg.verify()["ok"]
+        reg.close()
+
+
+def test_a_database_gone_for_good_is_one_line_after_bounded_tries(pg_url, tmp_path):
+    from adapterhub.errors import AdapterhubError
+    from tcpproxy import TcpProxy
+
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        reg = _registry_through(proxy, pg_url, tmp_path)
+        f = _leftover(reg, tmp_path, b"blobs stay uploaded" * 50)
+        cuts = _cut_on(reg, proxy, "INSERT INTO VERSIONS", times=100)
+        start = time.monotonic()
+        with pytest.raises(AdapterhubError) as info:
+            reg.publish("acme/chat", {"method": "lora"}, [f])
+        assert time.monotonic() - start < 15 and len(cuts) == 5
+        msg = str(info.value)
+        assert "\n" not in msg and "after 5 tries" in msg and "run the command again" in msg, msg
+        assert "Can't reconnect" not in msg
+        reg.close()

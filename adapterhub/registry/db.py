@@ -99,6 +99,33 @@ def blob_lock(conn: sa.Connection, exclusive: bool) -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock{'' if exclusive else '_shared'}({_BLOB_LOCK})")
 
 
+#: tries of a commit transaction that meets a transient error (a dropped connection, a serialization
+#: failure or deadlock, a server restarting); backoff 0.25, 0.5, 1, 2 s between them
+DB_ATTEMPTS = 5
+_TRANSIENT_STATES = ("40001", "40P01", "57P01", "57P02", "57P03")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether running the whole transaction again may succeed: the connection was lost (SQLAlchemy
+    invalidated it, or SQLSTATE class 08), or PostgreSQL aborted it for serialization, a deadlock or a
+    shutdown. Not a constraint violation or a syntax error: those fail the same way again."""
+    if not isinstance(exc, sa.exc.DBAPIError) or isinstance(exc, sa.exc.IntegrityError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or ""
+    return state in _TRANSIENT_STATES or state.startswith("08")
+
+
+def commit_failed(exc: BaseException, url: str, what: str, tries: int) -> AdapterhubError:
+    """One line for a transaction that failed for good (``tries`` times, or once and not transiently)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    again = f" after {tries} tries" if tries > 1 else ""
+    return AdapterhubError(f"the registry database {mask_url(url)} failed {what}{again}: {text}; nothing was "
+                           "committed (uploaded blobs are kept): run the command again")
+
+
 def current_revision(conn: sa.Connection) -> str | None:
     try:
         with conn.begin_nested():

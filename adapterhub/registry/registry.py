@@ -23,7 +23,7 @@ from . import schema as t
 from .aliases import AliasOps
 from .blobs import BlobStore, Progress, copy_verified
 from .bundle import BundleEdge, BundleFile, VersionBundle
-from .db import blob_lock, ensure_schema, make_engine, read_tx, write_tx
+from .db import DB_ATTEMPTS, blob_lock, commit_failed, ensure_schema, make_engine, read_tx, transient, write_tx
 from .maintenance import MaintenanceOps
 from .records import (LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
                       check_relpath, finite, is_external_ref, iso, kind_conflict, now, validate_tag_key)
@@ -134,8 +134,9 @@ class Registry(AliasOps, MaintenanceOps):
             if progress:
                 progress(f.size)
 
-        # phase 2: one transaction
+        # phase 2: one transaction, retried on a transient database error (the blobs are uploaded already)
         who = created_by or actor()
+        failures = 0
         for attempt in range(MAX_PUBLISH_RETRIES):
             try:
                 with self.write() as conn:
@@ -196,6 +197,11 @@ class Registry(AliasOps, MaintenanceOps):
                 time.sleep(0.01 * (attempt + 1))
             except _BlobsGone as exc:
                 uploaded += self._upload_again(name, exc.files)
+            except sa.exc.DBAPIError as exc:
+                failures += 1
+                if not transient(exc) or failures >= DB_ATTEMPTS:
+                    raise commit_failed(exc, self.db_url, f"committing {name}", failures) from None
+                time.sleep(min(4.0, 0.25 * 2 ** (failures - 1)))
         raise AdapterhubError(f"could not allocate a version number for {name} after {MAX_PUBLISH_RETRIES} tries")
 
     def _blobs_gone(self, conn: sa.Connection, files: list[LocalFile]) -> list[LocalFile]:
