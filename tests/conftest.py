@@ -44,6 +44,19 @@ def pg_url():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def web_hub(tmp_path_factory):
+    """The web UI's registry (tests/webhub.py, built with the real CLI) behind one real ``adapterhub serve``,
+    shared by its HTTP and browser tests."""
+    from serverproc import RegistryServer
+    from webhub import build
+
+    home = str(tmp_path_factory.mktemp("web-home"))
+    tokens = build(home, str(tmp_path_factory.mktemp("web-work")))
+    with RegistryServer(env={"ADAPTERHUB_HOME": home}) as srv:
+        yield {"url": srv.url, "home": home, "tokens": tokens}
+
+
 @pytest.fixture
 def aws_env(monkeypatch):
     """Dummy AWS credentials and region; a developer's own AWS setup never leaks into a test."""

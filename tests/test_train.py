@@ -93,6 +93,9 @@ def test_causal_lm_training_lowers_loss_and_loads_in_peft(cli, tmp_path, llama_b
     assert manifest["base"]["fingerprint"] == d["base_fingerprint"]
     assert manifest["data"][0]["digest"].startswith("sha256:") and manifest["data"][0]["rows"] == 24
     assert manifest["config"]["r"] == 4 and manifest["metrics"]["train_loss"] == d["metrics"]["train_loss"]
+    # the loss at each logging step (every 3rd of 30), for the web UI's chart; it went down
+    history = manifest["training"]["loss_history"]
+    assert [p["step"] for p in history] == list(range(3, 31, 3)) and history[-1]["loss"] < 0.7 * history[0]["loss"]
     assert set(os.listdir(d["out"])) == {"adapterhub.json", "adapter_config.json", "adapter_model.safetensors"}
     assert not os.path.exists(d["out"] + ".checkpoints")  # only the delta checkpoint is left
 
@@ -143,6 +146,18 @@ def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):
     (ckpt / "checkpoint-30").mkdir()  # tensors not written yet
     (ckpt / "checkpoint-30" / "trainer_state.json").write_text("{}")
     assert resume_point(str(ckpt)) == str(ckpt / "checkpoint-10")
+
+
+def test_loss_history_is_thinned_to_a_bounded_curve_keeping_the_last_step():
+    from adapterhub.training.trainer import loss_history
+
+    log = [{"step": i, "loss": 10.0 / i, "learning_rate": 1e-3} for i in range(1, 2502)]
+    log += [{"step": 2501, "eval_loss": 1.0}, {"step": 2501, "train_loss": 0.1}, {"step": 7, "loss": float("nan")}]
+    points = loss_history(log, limit=1000)
+    assert 500 < len(points) <= 1000 and points[0] == {"step": 1, "loss": 10.0} and points[-1]["step"] == 2501
+    steps = [p["step"] for p in points]
+    assert steps == sorted(set(steps)) and max(b - a for a, b in zip(steps, steps[1:])) <= 3
+    assert loss_history(log[:5]) == [{"step": i, "loss": round(10.0 / i, 6)} for i in range(1, 6)]
 
 
 @pytest.mark.slow

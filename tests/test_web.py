@@ -14,15 +14,12 @@ import urllib.request
 import pytest
 
 from serverproc import RegistryServer
-from webhub import build, cli_in, token
+from webhub import cli_in, token
 
 
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    home = str(tmp_path_factory.mktemp("web-home"))
-    tokens = build(home, str(tmp_path_factory.mktemp("web-work")))
-    with RegistryServer(env={"ADAPTERHUB_HOME": home}) as srv:
-        yield {"url": srv.url, "home": home, "tokens": tokens}
+@pytest.fixture
+def ui(web_hub):
+    return web_hub
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -154,6 +151,12 @@ def test_pages_show_the_version_its_evaluations_aliases_and_lineage(ui):
         assert text in v2, text
     assert "sha256:" in re.search(r'<table id="files">.*?</table>', v2, re.S).group(0)
     assert c.get("/models/acme/chat/production")[2].count("acme/chat:1") >= 1  # an alias opens its version
+    status, _, stack = c.get("/models/acme/stack/1")
+    assert "composed_of #1" in stack and "composed_of #2" in stack
+    status, _, tuned = c.get("/models/acme/tuned/1")
+    loss = json.loads(re.search(r'<script type="application/json" id="loss-data">(.*?)</script>', tuned, re.S).group(1))
+    assert [p["step"] for p in loss] == [1, 2, 3, 4, 5, 6] and 'id="loss-chart"' in tuned
+    assert "No per-step loss recorded" in v2
     status, _, hist = c.get("/aliases/acme/chat/production")
     assert status == 200 and '<tr class="forced">' in hist and "hotfix INC-7" in hist
     status, _, cmp = c.get("/compare?a=acme/chat:1&b=acme/chat:2")

@@ -1,6 +1,7 @@
 """The web UI in a real headless Chromium (Debian's, driven by Playwright) against a real ``adapterhub serve``:
 sign-in through the form, every page without console errors, the lineage graph's nodes, edges and click
-navigation, and namespace isolation. One server and one browser for the module."""
+navigation, the loss chart, and namespace isolation. One browser for the module; the server and registry
+(``web_hub``, tests/webhub.py) are shared with tests/test_web.py."""
 
 from __future__ import annotations
 
@@ -9,24 +10,19 @@ import re
 
 import pytest
 
-from serverproc import RegistryServer
-from webhub import build
-
 CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(web_hub):
     if not os.path.exists(CHROMIUM):
         pytest.fail("the web UI's browser tests need Debian's chromium: apt-get install chromium (.ci/run does)")
     from playwright.sync_api import sync_playwright
 
-    home = str(tmp_path_factory.mktemp("browser-home"))
-    tokens = build(home, str(tmp_path_factory.mktemp("browser-work")))
-    with RegistryServer(env={"ADAPTERHUB_HOME": home}) as srv, sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            yield {"url": srv.url, "tokens": tokens, "browser": browser, "server": srv}
+            yield {**web_hub, "browser": browser}
         finally:
             browser.close()
 
@@ -49,7 +45,7 @@ def open_session(site, role: str):
 def test_every_page_loads_without_console_errors(site):
     page, errors = open_session(site, "admin")
     for path in ("/", "/?q=canary", "/models/acme/chat", "/models/acme/chat/2", "/models/acme/mix/1",
-                 "/models/acme/cross/1", "/aliases/acme/chat/production", "/compare?a=acme/chat:1&b=acme/chat:2",
+                 "/models/acme/cross/1", "/models/acme/stack/1", "/models/acme/tuned/1", "/aliases/acme/chat/production", "/compare?a=acme/chat:1&b=acme/chat:2",
                  "/audit"):
         response = page.goto(site["url"] + path)
         page.wait_for_load_state("load")
@@ -64,7 +60,7 @@ def test_every_page_loads_without_console_errors(site):
 def test_lineage_graph_has_the_edges_and_a_click_opens_the_parent(site):
     page, errors = open_session(site, "read")
     page.goto(site["url"] + "/models/acme/mix/1")
-    page.wait_for_function("window.adapterhubLineage && window.adapterhubLineage.nodes().length > 0")
+    page.wait_for_selector("#lineage[data-ready='1']")
     graph = page.evaluate("""() => { const cy = window.adapterhubLineage; return {
         nodes: cy.nodes().map(n => n.id()).sort(),
         edges: cy.edges().map(e => [e.source().id(), e.target().id(), e.data('label')]).sort()}; }""")
@@ -77,9 +73,25 @@ def test_lineage_graph_has_the_edges_and_a_click_opens_the_parent(site):
     x, y = page.evaluate("""() => { const p = window.adapterhubLineage.getElementById('acme/chat:2').renderedPosition();
         return [p.x, p.y]; }""")
     origin = page.locator("#lineage").bounding_box()
-    page.mouse.click(origin["x"] + x, origin["y"] + y)
-    page.wait_for_url(site["url"] + "/models/acme/chat/2")
+    with page.expect_navigation(url=site["url"] + "/models/acme/chat/2", timeout=10_000):
+        page.mouse.click(origin["x"] + x, origin["y"] + y)
     assert re.search(r"acme/chat\s*:2", page.locator("h1").inner_text())
+    assert errors == []
+
+
+def test_the_loss_chart_is_drawn(site):
+    page, errors = open_session(site, "read")
+    page.goto(site["url"] + "/models/acme/tuned/1")
+    canvas = page.locator("#loss-chart canvas")
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    assert box["width"] > 200 and box["height"] > 100
+    # uPlot drew the series: the canvas holds non-background pixels
+    drawn = page.evaluate("""() => { const c = document.querySelector('#loss-chart canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert drawn > 500
+    assert page.locator("#loss-chart").inner_text().count("loss") >= 1  # the legend names the series
     assert errors == []
 
 
@@ -87,7 +99,7 @@ def test_a_namespace_bound_session_sees_only_its_namespace(site):
     page, errors = open_session(site, "acme")
     page.goto(site["url"] + "/")
     names = page.locator("#models tbody td:first-child").all_inner_texts()
-    assert names == ["acme/chat", "acme/cross", "acme/mix"]
+    assert names == ["acme/chat", "acme/cross", "acme/mix", "acme/stack", "acme/tuned"]
     assert page.goto(site["url"] + "/models/other/secret/1").status == 404
     assert "other/secret" not in page.content()
     page.goto(site["url"] + "/models/acme/cross/1")

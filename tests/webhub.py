@@ -3,6 +3,8 @@
 - ``acme/chat`` 1, 2 (pushed LoRAs); 2 has a tag, an evaluation (gain over the base), ``staging`` and a
   ``production`` alias forced past the promotion gate;
 - ``acme/mix`` 1: ``combine`` of acme/chat:1 (w 0.7) and acme/chat:2 (w 0.3);
+- ``acme/stack`` 1: ``compose`` of acme/chat:2 then acme/chat:1;
+- ``acme/tuned`` 1: trained (6 steps on a tiny llama: per-step losses in its manifest), trained_from nothing;
 - ``other/secret`` 1 and ``acme/cross`` 1 = combine of acme/chat:1 and other/secret:1 (a lineage edge into
   another namespace);
 - tokens: ``admin``, ``read`` (every namespace), ``acme`` (read, bound to acme), ``write``.
@@ -40,6 +42,19 @@ def token(home: str, name: str, scope: str, namespace: str | None = None) -> str
                                    *(["--namespace", namespace] if namespace else [])))["token"]
 
 
+def train(run, work: str) -> None:
+    from tinymodels import save_tiny_llama_base
+
+    base = save_tiny_llama_base(os.path.join(work, "tiny-llama"))
+    data = os.path.join(work, "train.jsonl")
+    with open(data, "w") as f:
+        for i in range(12):
+            f.write(json.dumps({"text": f"the cat number {i % 4} sat on the mat and it was very happy"}) + "\n")
+    run("train", "--base", base, "--method", "lora", "--task", "causal-lm", "--data", data, "--out",
+        os.path.join(work, "tuned"), "--set", "target_modules=q_proj,v_proj", "--max-steps", "6", "--lr", "2e-2",
+        "--batch-size", "4", "--push", "acme/tuned")
+
+
 def build(home: str, work: str) -> dict[str, str]:
     """Fill registry ``home`` (scratch files under ``work``); returns the tokens by role."""
     from adapterhub.api import local_registry
@@ -50,7 +65,9 @@ def build(home: str, work: str) -> dict[str, str]:
     run("push", make_lora_dir(os.path.join(work, "s1"), seed=3), "other/secret")
     run("combine", "acme/chat:1", "acme/chat:2", "--weights", "0.7,0.3", "--name", "acme/mix")
     run("combine", "acme/chat:1", "other/secret:1", "--name", "acme/cross")
+    run("compose", "acme/chat:2", "acme/chat:1", "--name", "acme/stack")
     run("tag", "acme/chat:2", "stage=canary")
+    train(run, work)
     reg = local_registry(home)
     try:
         reg.add_evaluation("acme/chat:2", EVAL_DIGEST,

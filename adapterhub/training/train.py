@@ -212,12 +212,14 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
         if failed:
             raise ReportedElsewhere(failed)
         return None
+    history = metrics.pop("loss_history", [])
     try:
         training = {**{k: getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
                                                       "max_length", "seed", "mixed_precision", "gradient_checkpointing",
                                                       "optim")},
                     "world_size": world, "global_batch_size": batch,
-                    **({"resized_from_world_size": run.resized_from} if resume and run.resized_from else {})}
+                    **({"resized_from_world_size": run.resized_from} if resume and run.resized_from else {}),
+                    "loss_history": history}
         manifest = {
             "method": method.name,
             "config": _jsonable(dataclasses.asdict(effective)),

@@ -6,6 +6,7 @@ the number of processes)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -151,7 +152,8 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
             out = trainer.train(resume_from_checkpoint=resume)
         # the Trainer's loss is the global mean at logging steps plus this process's own since the last one
         train_loss = procs.mean(float(out.training_loss), "averaging the training loss")
-        metrics = {"train_loss": train_loss, "steps": int(out.global_step), "epochs": float(trainer.state.epoch or 0)}
+        metrics = {"train_loss": train_loss, "steps": int(out.global_step), "epochs": float(trainer.state.epoch or 0),
+                   "loss_history": loss_history(trainer.state.log_history)}
         if resume:
             metrics["resumed_from_step"] = int(os.path.basename(resume).split("-")[-1])
         if eval_ex:
@@ -180,6 +182,21 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
         raise
     model.eval()
     return metrics
+
+
+#: most points of a run's loss curve kept in its manifest (a long run's log is thinned evenly)
+MAX_LOSS_POINTS = 1000
+
+
+def loss_history(log_history: list[dict[str, Any]], limit: int = MAX_LOSS_POINTS) -> list[dict[str, Any]]:
+    """The training loss at each logging step (the Trainer's ``log_history``), for the manifest's
+    ``training.loss_history`` and the web UI's loss chart; at most ``limit`` points, the last one kept."""
+    points = [{"step": int(e["step"]), "loss": round(float(e["loss"]), 6)} for e in log_history
+              if "loss" in e and "step" in e and math.isfinite(float(e["loss"]))]
+    if len(points) <= limit:
+        return points
+    stride = math.ceil(len(points) / limit)
+    return points[:-1][::stride][:limit - 1] + points[-1:]
 
 
 class LauncherStopped(RuntimeError):

@@ -46,7 +46,6 @@
         {selector: "node[root = 1]", style: {"border-width": 4, "border-color": "#111827", "width": 28, "height": 28}},
         {selector: "node[external = 1]", style: {"shape": "round-rectangle", "border-style": "dashed",
           "border-width": 2, "border-color": "#9aa3b2", "background-opacity": 0.3}},
-        {selector: "node[ref]", style: {"cursor": "pointer"}},
         {selector: "edge", style: {"curve-style": "bezier", "target-arrow-shape": "triangle", "width": 1.5,
           "line-color": "#9aa3b2", "target-arrow-color": "#9aa3b2", "label": "data(label)", "font-size": 10,
           "text-rotation": "autorotate", "text-background-color": "#fbfcfe", "text-background-opacity": 1,
@@ -57,6 +56,9 @@
       var ref = evt.target.data("ref");
       if (ref && evt.target.data("root") !== 1) window.location.href = href(ref);
     });
+    cy.on("mouseover", "node", function (evt) { box.style.cursor = evt.target.data("ref") ? "pointer" : ""; });
+    cy.on("mouseout", "node", function () { box.style.cursor = ""; });
+    cy.ready(function () { box.dataset.ready = "1"; });
     window.adapterhubLineage = cy;  // tests read the drawn graph through this
   }
 
