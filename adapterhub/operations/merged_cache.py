@@ -137,7 +137,10 @@ def restore(home: str, key: tuple, out: str, force: bool) -> tuple[dict | None, 
             for f in files:
                 rel = check_relpath(f["path"])
                 src = os.path.join(folder, "files", *rel.split("/"))
-                st = os.lstat(src)
+                try:
+                    st = os.lstat(src)
+                except OSError as exc:
+                    raise _Changed(f"{rel}: {exc.strerror}") from None
                 if (not stat.S_ISREG(st.st_mode) or st.st_mode & 0o222 or st.st_size != f["size"]
                         or st.st_mtime_ns != f["mtime_ns"] or st.st_ino != f["ino"]):
                     raise _Changed(f"{rel} changed since it was cached (size, mtime, inode or mode)")
