@@ -106,7 +106,8 @@ def fingerprint(base_dir: str, home: str | None = None, progress: Progress | Non
     from .files.fingerprint import fingerprint as _fp
     from .files.hub import resolve_base
 
-    return _fp(resolve_base(base_dir).path, cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"), progress=progress)
+    return _fp(resolve_base(base_dir).path, cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"),
+               progress=progress)
 
 
 def check_base(expected: str | None, actual: str, base_dir: str, hint: str | None = None) -> None:

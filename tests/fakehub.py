@@ -107,7 +107,8 @@ class FakeHub:
                     data = hub.repos[m[1]][commit].get(m[3])
                     if data is None:
                         return self._error("EntryNotFound")
-                    return self._send(200, data, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    etag = f'"{hashlib.sha256(data).hexdigest()}"'
+                    return self._send(200, data, {"X-Repo-Commit": commit, "ETag": etag,
                                                   "Content-Type": "application/octet-stream"})
                 self._send(404, b"{}")
 

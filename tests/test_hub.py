@@ -198,7 +198,8 @@ def online(tmp_path, monkeypatch):
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            fake.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         fake.cache = cache
@@ -261,7 +262,8 @@ def test_the_hub_gone_and_nothing_cached_is_one_line(cli, online, monkeypatch):
 def test_export_to_the_hub_uploads_peft_with_a_model_card_and_imports_back(cli, hub, online, monkeypatch):
     # a version of a Hub base (imported from the Hub: quicker than training), exported to another repo
     base_sha = online.add(BASE_ID, hub["base"])
-    lora_sha = online.add(LORA_ID, os.path.join(hub["cache"], "models--acme-org--tiny-lora", "snapshots", hub["lora_sha"]))
+    lora_dir = os.path.join(hub["cache"], "models--acme-org--tiny-lora", "snapshots", hub["lora_sha"])
+    lora_sha = online.add(LORA_ID, lora_dir)
     r = cli("push", f"hf://{LORA_ID}", "acme/chat", "--base", BASE_ID)
     assert r.exit_code == 0, r.output
     r = cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/chat-export", "--private", "--json")

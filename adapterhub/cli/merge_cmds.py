@@ -195,7 +195,8 @@ def export_cmd(app: App, ref, fmt, out, to, private, base, dtype, shard_size, al
         raise click.UsageError("give one of --out DIR and --to hf://ORG/NAME")
     if to:
         if fmt != "peft" or force or base or dtype or allow_base_mismatch:
-            raise click.UsageError("--to uploads --format peft (without --force, --base, --dtype, --allow-base-mismatch)")
+            raise click.UsageError("--to uploads --format peft (without --force, --base, --dtype, "
+                                   "--allow-base-mismatch)")
         from ..operations.hub_export import export_to_hub
 
         d = export_to_hub(app.registry, ref, to, plugins=app.plugins, private=private)
