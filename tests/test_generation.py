@@ -218,11 +218,27 @@ def test_eval_generate_scores_known_outputs(cli, home, qa):
     assert "line 3: the dog ran to the" in text and "reference: park is good" in text and "adapter:   park" in text
 
     t = cli("eval", ref, "--base", qa["base"], "--data", qa["eval"], "--generate", "--max-new-tokens", "6",
-            "--metric", "exact_match", "--samples", "1", "--no-store")
+            "--metric", "exact_match", "--samples", "1", "--no-store", "--max-length", "9")
     assert t.exit_code == 0, t.output
     assert "exact_match" in t.stdout and "rouge_l" not in t.stdout and "samples (1 of 4 rows)" in t.stdout
+    assert "2 prompts cut to their last 3 tokens" in t.stdout  # 9 - 6 new tokens; prompts of 3, 5, 5, 1 words
     assert "primary metric (for the promotion gate): exact_match" in t.stdout and "not stored" in t.stdout
     assert len(cli("show", ref, "--json").json()["evaluations"]) == 1
+
+
+def test_generation_rows_formats(tmp_path):
+    from adapterhub.training.data import read_jsonl
+    from adapterhub.training.generation import generation_rows
+    from tinymodels import word_tokenizer
+
+    tok = word_tokenizer()
+    chat = [{"role": "user", "content": "what color sky"}, {"role": "assistant", "content": " blue "}]
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hello", "completion": " world"},
+                                                 {"prompt": "hi", "reference": "there"}, {"messages": chat}])
+    rows = generation_rows(read_jsonl(path), tok)
+    assert [(r["line"], r["reference"]) for r in rows] == [(1, "world"), (2, "there"), (3, "blue")]
+    assert rows[2]["prompt"] == tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+    assert rows[2]["prompt"] == "<user> what color sky </s> <assistant> "
 
 
 def test_gate_compares_generation_evaluations_on_their_primary_metric(cli, home, qa):
