@@ -66,13 +66,15 @@ def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task
         from ..training.generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES, evaluate_generation
 
         r = evaluate_generation(
-            app.registry, ref, base, data_path, max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
+            app.registry, ref, base, data_path,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
             metrics=list(metric_names) or None, samples=DEFAULT_SAMPLES if samples is None else samples,
             batch_size=batch_size, max_length=max_length, task=task, allow_base_mismatch=allow_base_mismatch,
             store=not no_store, home=app.home, plugins=app.plugins, progress=batch_bar("generate"))
         emit(as_json, r, _eval_text)
         return
-    for opt, value in (("--max-new-tokens", max_new_tokens), ("--metric", metric_names or None), ("--samples", samples)):
+    for opt, value in (("--max-new-tokens", max_new_tokens), ("--metric", metric_names or None),
+                       ("--samples", samples)):
         if value is not None:
             raise InvalidInput(f"{opt} needs --generate")
     from ..training.evaluate import evaluate
@@ -86,7 +88,8 @@ def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task
 def _eval_text(r) -> str:
     gen = r.get("generation")
     how = f", greedy, {gen['max_new_tokens']} new tokens at most" if gen else ""
-    lines = [f"{r['ref']} on {r['details']['data']['file']} ({r['data_digest'][:19]}, {r['rows']} rows, {r['task']}{how})"]
+    lines = [f"{r['ref']} on {r['details']['data']['file']} ({r['data_digest'][:19]}, {r['rows']} rows, "
+             f"{r['task']}{how})"]
     keys = r.get("metric_names") or (("accuracy", "macro_f1") if r["task"] == "seq-cls" else ("loss", "perplexity"))
     lines.append(f"  {'':<12}" + "".join(f"{k:>12}" for k in keys))
     lines.append(f"  {'adapter':<12}" + "".join(f"{_f(r['adapter'][k]):>12}" for k in keys))
@@ -109,8 +112,8 @@ def _eval_text(r) -> str:
         lines.append(f"  probe ({p['rows']} rows): {text}")
     if gen:
         lines.append(f"  primary metric (for the promotion gate): {r['primary_metric']}"
-                     + (f"; {gen['truncated_prompts']} prompts cut to their last {gen['max_length'] - gen['max_new_tokens']} "
-                        "tokens" if gen["truncated_prompts"] else ""))
+                     + (f"; {gen['truncated_prompts']} prompts cut to their last "
+                        f"{gen['max_length'] - gen['max_new_tokens']} tokens" if gen["truncated_prompts"] else ""))
         lines.extend(samples_text(r["samples"], r["rows"]))
     if r["stored"]:
         lines.append(f"  stored as an evaluation of {r['ref']}")

@@ -42,7 +42,8 @@ def generation_rows(rows: Any, tokenizer: Any) -> list[dict[str, Any]]:
     for n, obj in rows.rows:
         if "messages" in obj:
             msgs = obj["messages"]
-            if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+            last = msgs[-1] if isinstance(msgs, list) and msgs else None
+            if not isinstance(last, dict) or last.get("role") != "assistant":
                 raise InvalidInput(f"{name}:{n}: 'messages' must end with an assistant message (the reference)")
             prompt, _ = _chat_parts(msgs, tokenizer, name, n)
             reference = msgs[-1]["content"]
