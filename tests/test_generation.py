@@ -87,7 +87,7 @@ def test_metric_plugins_are_checked():
             return 1.0
 
     dup = Plugins(load_entrypoints=False, plugins={"file": adapterhub_file, "mine": _metric_plugin(Imposter())})
-    with pytest.raises(PluginError, match="'rouge_l' is registered by both plugin '(file|mine)' and plugin '(file|m"):
+    with pytest.raises(PluginError, match="'rouge_l' is registered by both plugin '(file|mine)' and plugin '(fi|mi)"):
         resolve(dup, None)
 
     class NoDirection:
