@@ -432,7 +432,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         url = registry.store.presigned_url(digest, settings.presign_seconds)
         if url:
             return RedirectResponse(url, status_code=307)
-        stream = registry.store.open(digest)
+        stream = registry.store.open(digest, size)  # never more than the row declares
 
         def chunks():
             with stream:

@@ -66,6 +66,25 @@ def _bool(value: Any) -> bool:
     raise InvalidInput(f"invalid boolean '{value}' (use true or false)")
 
 
+#: seconds an S3 operation may go without progress before it fails (attempts and retries included)
+STALL_ENV = "ADAPTERHUB_S3_STALL_TIMEOUT"
+DEFAULT_STALL = 120.0
+
+
+def stall_timeout() -> float:
+    """``$ADAPTERHUB_S3_STALL_TIMEOUT`` (seconds, > 0), else 2 minutes."""
+    text = os.environ.get(STALL_ENV, "").strip()
+    if not text:
+        return DEFAULT_STALL
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InvalidInput(f"{STALL_ENV} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 #: the options :meth:`S3Store.from_url` accepts as keywords or URL query parameters
 OPTIONS = ("endpoint_url", "region", "profile", "part_size", "multipart_threshold", "max_workers",
            "max_attempts", "part_retries", "connect_timeout", "read_timeout", "addressing_style",
@@ -113,8 +132,11 @@ class S3Store(BlobStore):
         self.max_workers = max(1, int(max_workers))
         self.max_attempts = max(1, int(max_attempts))
         self.part_retries = max(0, int(part_retries))
-        self.connect_timeout = float(connect_timeout)
-        self.read_timeout = float(read_timeout)
+        # a stalled endpoint fails within the stall deadline: each wait is at most half of it, and no
+        # attempt starts once half of it has passed without progress (_check_deadline, _retrying)
+        self.stall = stall_timeout()
+        self.connect_timeout = min(float(connect_timeout), self.stall / 2)
+        self.read_timeout = min(float(read_timeout), self.stall / 2)
         self.addressing_style = addressing_style
         self.conditional_writes = _bool(conditional_writes)
         if self.part_size < _MIN_PART:
@@ -190,6 +212,8 @@ class S3Store(BlobStore):
             client = session.client("s3", endpoint_url=self.endpoint_url, region_name=region, config=config)
         except Exception as exc:
             raise self._translate(exc, "connect", self.url) from None
+        client.meta.events.register("before-call.s3", _start_clock)
+        client.meta.events.register_first("needs-retry.s3", self._check_deadline)
         try:
             creds = session.get_credentials()
             if creds is not None:
@@ -198,6 +222,25 @@ class S3Store(BlobStore):
         except Exception:
             pass
         return client
+
+    def _stalled(self, op: str, where: str, waited: float, attempts: int) -> AdapterhubError:
+        err = AdapterhubError(f"S3 endpoint {mask(self._endpoint())} made no progress for {waited:.0f} s on {op} "
+                              f"of {where} ({attempts} attempts); giving up ({STALL_ENV}={self.stall:g} s)")
+        err.unreachable = True  # type: ignore[attr-defined]
+        return err
+
+    def _check_deadline(self, request_dict: Any = None, caught_exception: Any = None, attempts: int = 1,
+                        operation: Any = None, **_: Any) -> None:
+        """botocore's ``needs-retry`` hook, before its own retry handler: no further attempt after a timeout
+        or dropped connection once half the stall deadline has passed since the call began."""
+        if caught_exception is None or not _errors.is_connection_error(caught_exception):
+            return None
+        start = ((request_dict or {}).get("context") or {}).get("adapterhub_start")
+        waited = time.monotonic() - start if start else 0.0
+        if waited >= self.stall / 2:
+            params = (request_dict or {}).get("url_path", "")
+            raise self._stalled(getattr(operation, "name", "a request"), f"s3://{self.bucket}{params}", waited, attempts)
+        return None
 
     # -- helpers -------------------------------------------------------------------------------
     def _key(self, digest: str) -> str:
@@ -235,13 +278,15 @@ class S3Store(BlobStore):
         """Run ``fn`` (botocore already retries each request) and retry the whole of it
         ``part_retries`` more times with jittered backoff on throttling and dropped connections,
         including a body that breaks off while it is read. Errors come out translated."""
-        attempt = 0
+        attempt, start = 0, time.monotonic()
         while True:
             try:
                 return fn()
             except Exception as exc:
                 if isinstance(exc, AdapterhubError) or attempt >= self.part_retries or not _errors.is_retryable(exc):
                     raise self._translate(exc, op, where, self.max_attempts * (attempt + 1)) from None
+                if _errors.is_connection_error(exc) and time.monotonic() - start >= self.stall / 2:
+                    raise self._stalled(op, where, time.monotonic() - start, attempt + 1) from None
                 attempt += 1
                 time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
 
@@ -413,14 +458,15 @@ class S3Store(BlobStore):
         except Exception:
             pass  # best effort: cleanup_temp removes what is left
 
-    def open(self, digest: str) -> BinaryIO:
+    def open(self, digest: str, limit: int | None = None) -> BinaryIO:
         key = self._key(digest)
+        first_end = min(self.part_size, limit if limit is not None else self.part_size) - 1
         where = f"s3://{self.bucket}/{key}"
         missing = IntegrityError(f"blob sha256:{digest} is missing from {self.url}")
 
         def first() -> tuple[bytes, int, str | None]:
             try:
-                resp = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{self.part_size - 1}")
+                resp = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max(first_end, 0)}")
             except Exception as exc:
                 code = _errors.error_code(exc)
                 if code in ("NoSuchKey", "404", "NotFound"):
@@ -434,6 +480,9 @@ class S3Store(BlobStore):
             return data, total, resp.get("ETag")
 
         data, total, etag = self._retrying("GetObject", where, first)
+        if limit is not None:  # never fetch past what the caller will read
+            total = min(total, limit)
+            data = data[:limit]
 
         def fetch(start: int, end: int) -> bytes:
             def once() -> bytes:
@@ -511,6 +560,12 @@ class S3Store(BlobStore):
                     continue  # finished or aborted meanwhile
                 raise self._translate(exc, "AbortMultipartUpload", f"s3://{self.bucket}/{key}") from None
         return removed
+
+
+def _start_clock(context: Any = None, **_: Any) -> None:
+    """botocore's ``before-call`` hook: when the call began (its attempts share ``context``)."""
+    if context is not None:
+        context["adapterhub_start"] = time.monotonic()
 
 
 @adapterhub.hookimpl
