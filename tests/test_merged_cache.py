@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import uuid
 
@@ -151,8 +152,24 @@ def test_modes_and_best_effort_writes(cli, home, llama, monkeypatch, tmp_path):
     r = cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "a", "--json")
     assert r.exit_code == 0 and r.json()["cached"] is False and entries(home) == []
     assert os.stat(tmp_path / "a" / "model.safetensors").st_mode & 0o777 == 0o644  # nothing linked
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # another user: auto means linked ...
     assert merged_cache.mode(str(home), str(tmp_path / "x")) == "link"
+    r = cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "u1", "--json")
+    assert r.exit_code == 0 and r.json()["cached"] is False and len(entries(home)) == 1
+    # ... except for a deployment: pull --merged from a remote keeps no cache (but uses one that is there)
+    teamdir = tmp_path / "team"
+    teamdir.mkdir()
+    assert cli("remote", "add", "team", "--db", f"sqlite:///{teamdir}/t.db", "--store", f"file://{teamdir}").exit_code == 0
+    assert cli("push", "acme/l1:1", "--to", "team").exit_code == 0
+    shutil.rmtree(home / "cache" / "merged")
+    r = cli("pull", "acme/l1", "--from", "team", "--merged", "--base", base, "--out", tmp_path / "u2", "--json")
+    assert r.exit_code == 0 and r.json()["cached"] is False and entries(home) == [], r.output
+    monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")
+    r = cli("pull", "acme/l1", "--from", "team", "--merged", "--base", base, "--out", tmp_path / "u3", "--json")
+    assert r.exit_code == 0 and r.json()["cached"] is False and len(entries(home)) == 1, r.output
+    monkeypatch.delenv("ADAPTERHUB_MERGE_CACHE")
+    r = cli("pull", "acme/l1", "--from", "team", "--merged", "--base", base, "--out", tmp_path / "u4", "--json")
+    assert r.exit_code == 0 and r.json()["cached"] is True
     if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
         assert merged_cache.mode(str(home), "/dev/shm/x") == "off"  # another file system: a link cannot be made
     monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "off")
@@ -162,9 +179,7 @@ def test_modes_and_best_effort_writes(cli, home, llama, monkeypatch, tmp_path):
     assert not (tmp_path / "b").exists()
     # a cache that cannot be written: the merge succeeds with one warning on stderr
     monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")
-    import shutil
-
-    shutil.rmtree(home / "cache" / "merged")  # (holding only the journal of runs in flight: none now)
+    shutil.rmtree(home / "cache" / "merged")
     (home / "cache" / "merged").write_text("not a directory")
     r = cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "c")
     assert r.exit_code == 0, r.output

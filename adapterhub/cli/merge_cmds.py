@@ -44,10 +44,11 @@ class TensorBar:
 
 
 def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, allow_base_mismatch, force,
-              no_cache: bool = False, registry=None, onto: str = "dequantized", quantize: str | None = None,
-              quant_opts=(), checked: bool = False, probe=None) -> dict:
+              no_cache: bool = False, deploy: bool = False, registry=None, onto: str = "dequantized",
+              quantize: str | None = None, quant_opts=(), checked: bool = False, probe=None) -> dict:
     """Merge (``export.merge_ref``); with ``checked`` or ``quantize``, ``qmerge.merge_checked``: re-quantize,
-    and compare logits for adapters trained on a quantized base (``probe``: None auto, False skip, a file)."""
+    and compare logits for adapters trained on a quantized base (``probe``: None auto, False skip, a file).
+    ``deploy``: a ``pull --merged`` from a remote, which keeps no cache unless ADAPTERHUB_MERGE_CACHE asks."""
     from . import PROCESS
 
     if PROCESS["main"]:  # the adapterhub process itself (not the CLI run inside another program, or tests):
@@ -60,7 +61,7 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
     bar = TensorBar("merge")
     registry = registry if registry is not None else _OnUse(lambda: app.registry)
     kwargs = dict(dtype=dtype, shard_size=shard_size, allow_base_mismatch=allow_base_mismatch, force=force,
-                  use_cache=not no_cache, home=app.home, plugins=app.plugins, progress=bar.update,
+                  use_cache=False if no_cache else "unless-auto" if deploy else True, home=app.home, plugins=app.plugins, progress=bar.update,
                   on_plan=bar.start, onto=onto)
     try:
         if quantize or checked:

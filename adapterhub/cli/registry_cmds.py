@@ -129,7 +129,8 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
         from .merge_cmds import merge_text, run_merge
 
         result.update(run_merge(app, bare, base, out, dtype=dtype, shard_size=shard_size,
-                                allow_base_mismatch=allow_base_mismatch, force=force, registry=source))
+                                allow_base_mismatch=allow_base_mismatch, force=force, registry=source,
+                                deploy=bool(remote)))  # (a deployment keeps no cache unless asked)
         emit(as_json, result, merge_text)
         return
     if out:

@@ -92,10 +92,11 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
 
 def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None = None,
               shard_size: str | int | None = None, allow_base_mismatch: bool = False, force: bool = False,
-              use_cache: bool = True, home: str | None = None, plugins: Plugins | None = None,
+              use_cache: bool | str = True, home: str | None = None, plugins: Plugins | None = None,
               progress: Any = None, on_plan: Any = None, onto: str = "dequantized") -> dict[str, Any]:
     """Merge version ``ref`` (or an adapter directory) into ``base_dir`` and write a transformers model
     directory to ``out``; from the cache when this exact merge was done before (``"cached": true``).
+    ``use_cache``: False never, ``"unless-auto"`` read it, but fill it only when ADAPTERHUB_MERGE_CACHE asks (a deployment).
     ``onto``: an adapter trained on a quantized base merges onto the dequantized (default) or original base."""
     from ..api import check_base, fingerprint
     from ..config import home_dir
@@ -111,7 +112,8 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
 
         _check_mergeable(adapter, info["ref"] if info["digest"] else ref)
         base_meta = adapter.manifest.get("base") or {}
-        cache = use_cache and bool(info["digest"]) and merged_cache.mode(home_dir(home), out) == "link"
+        cache = use_cache is not False and bool(info["digest"]) and merged_cache.mode(home_dir(home), out) == "link"
+        fill = cache and (use_cache is True or merged_cache.mode(home_dir(home), out, auto="off") == "link")
         fp = None  # only hashed when needed: to check the base, or as part of the cache key
         if cache or base_meta.get("fingerprint"):  # (reported with --allow-base-mismatch too)
             fp = fingerprint(base_dir, home).digest
@@ -134,7 +136,7 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
               "base_fingerprint": fp, **result}
     if problem:
         result["cache_problem"] = problem
-    if cache:
+    if fill:
         error = merged_cache.store(home_dir(home), key, result)
         if error:  # the merge itself succeeded: report, do not fail
             result["cache_error"] = error

@@ -15,7 +15,8 @@ never deletes anything). Not detected: a byte flipped on disk with its mtime res
 
 ``ADAPTERHUB_MERGE_CACHE``: ``auto`` (default) links when ``--out`` is on the cache's file system and the
 process is not root (root writes through 0444, so ``--out`` would share writable inodes with the cache); else
-no cache (a copy would not pay). ``link`` links even as root; ``off`` never caches. Writing the cache is best
+no cache (a copy would not pay). ``pull --merged`` from a remote (a deployment) adds no entry under ``auto``:
+it would keep the model on disk after the next deployment replaced its ``--out``. ``link`` links even as root; ``off`` never caches. Writing the cache is best
 effort: a failure is a warning and the merge still succeeds.
 """
 
@@ -41,12 +42,13 @@ FORMAT = 1
 KEY_FILE = "merged.key"
 
 
-def mode(home: str, out: str) -> str:
-    """``link`` or ``off`` for a merge into ``out`` (see the module docstring)."""
+def mode(home: str, out: str, auto: str = "link") -> str:
+    """``link`` or ``off`` for a merge into ``out`` (see the module docstring); ``auto``: what ``auto`` means
+    where linking is possible (``pull --merged`` from a remote says ``off``: a deployment keeps no cache)."""
     want = os.environ.get("ADAPTERHUB_MERGE_CACHE", "auto").strip().lower() or "auto"
     if want not in MODES:
         raise InvalidInput(f"ADAPTERHUB_MERGE_CACHE={want!r}: expected one of {', '.join(MODES)}")
-    if want == "off" or (want == "auto" and os.geteuid() == 0):
+    if want == "off" or (want == "auto" and (auto == "off" or os.geteuid() == 0)):
         return "off"
     return "link" if _device(cache_dir(home, "merged")) == _device(os.path.dirname(os.path.abspath(out))) else "off"
 
