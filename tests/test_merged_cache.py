@@ -127,10 +127,15 @@ def test_forged_or_edited_entries_are_never_served(cli, home, llama, linked, tmp
     # 3. a good entry of another merge moved under this key's name: its recorded key says so
     reseal(home, entry, lambda b: b["key"].__setitem__(2, "bfloat16"))
     merged_again("written for another merge")
-    # 4. a cached file removed
+    # 4. sealed, but not what this version writes
+    reseal(home, entry, lambda b: b.__setitem__("files", {"path": "config.json"}))
+    merged_again("malformed")
+    reseal(home, entry, lambda b: b["files"][0].pop("mtime_ns"))
+    merged_again("malformed")
+    # 5. a cached file removed
     os.remove(home / "cache" / "merged" / entry / "files" / "config.json")
     merged_again("config.json: No such file or directory")
-    # 5. a row of the old database cache naming other blobs and a path outside --out: never read
+    # 6. a row of the old database cache naming other blobs and a path outside --out: never read
     with open_registry(str(home)).write() as conn:
         digest = cli("show", "acme/l1", "--json").json()["digest"].removeprefix("sha256:")
         conn.execute(t.merged_models.insert().values(

@@ -133,7 +133,9 @@ def restore(home: str, key: tuple, out: str, force: bool) -> tuple[dict | None, 
     if body.get("key") != list(key) or body.get("format") != FORMAT:
         return None, "the cached merge was written for another merge; recomputed"
     start = time.monotonic()
-    files = body["files"]
+    files, summary = body.get("files"), body.get("summary") or {}
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files) or not isinstance(summary, dict):
+        return None, "cached merge not used: its entry.json is malformed; recomputed"
     try:
         with atomic_out(out, force) as tmp:
             for f in files:
@@ -155,11 +157,13 @@ def restore(home: str, key: tuple, out: str, force: bool) -> tuple[dict | None, 
                 raise _Changed("the cached merge has no usable config.json") from None
     except (_Changed, InvalidInput) as exc:
         return None, f"cached merge not used: {exc}; recomputed"
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None, "cached merge not used: its entry.json is malformed; recomputed"
     except AdapterhubError as exc:  # atomic_out's one line for an OSError (a cached file gone, EXDEV ...)
         return None, f"cached merge not used: {exc}; recomputed"
-    summary = dict(body.get("summary") or {})
-    summary.update({"out": os.path.abspath(out), "files": [{k: f.get(k) for k in ("path", "sha256", "size")} for f in files],
-                    "bytes": sum(f["size"] for f in files), "cached": True,
+    summary = dict(summary)
+    summary.update({"out": os.path.abspath(out), "bytes": sum(f["size"] for f in files), "cached": True,
+                    "files": [{k: f.get(k) for k in ("path", "sha256", "size")} for f in files],
                     "seconds": round(time.monotonic() - start, 3)})
     return summary, None
 
