@@ -42,17 +42,20 @@ def token(home: str, name: str, scope: str, namespace: str | None = None) -> str
                                    *(["--namespace", namespace] if namespace else [])))["token"]
 
 
-def train(run, work: str) -> None:
+def train(run, work: str, steps: int = 6, *extra: str) -> None:
+    """``adapterhub train`` a LoRA on a tiny llama (saved under ``work``) and push it to ``acme/tuned``."""
     from tinymodels import save_tiny_llama_base
 
-    base = save_tiny_llama_base(os.path.join(work, "tiny-llama"))
+    base = os.path.join(work, "tiny-llama")
+    if not os.path.isdir(base):
+        save_tiny_llama_base(base)
     data = os.path.join(work, "train.jsonl")
     with open(data, "w") as f:
         for i in range(12):
             f.write(json.dumps({"text": f"the cat number {i % 4} sat on the mat and it was very happy"}) + "\n")
     run("train", "--base", base, "--method", "lora", "--task", "causal-lm", "--data", data, "--out",
-        os.path.join(work, "tuned"), "--set", "target_modules=q_proj,v_proj", "--max-steps", "6", "--lr", "2e-2",
-        "--batch-size", "4", "--push", "acme/tuned")
+        os.path.join(work, f"tuned-{steps}"), "--set", "target_modules=q_proj,v_proj", "--max-steps", str(steps),
+        "--lr", "2e-2", "--batch-size", "4", "--push", "acme/tuned", *extra)
 
 
 def build(home: str, work: str) -> dict[str, str]:
