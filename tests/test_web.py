@@ -167,6 +167,36 @@ def test_pages_show_the_version_its_evaluations_aliases_and_lineage(ui):
     assert c.get("/models/acme/nothing")[0] == 404 and c.get("/models/acme/chat/99")[0] == 404
 
 
+def test_the_tracking_link_is_a_link_only_for_http_urls(ui):
+    """A manifest's MLflow run URL becomes a link; anything else (``javascript:``) stays text."""
+    from adapterhub.api import local_registry
+    from adapterhub.registry.tokens import Principal
+    from adapterhub.server.web import templates, version_context
+
+    reg = local_registry(ui["home"])
+    try:
+        info = reg.show("acme/tuned:1")
+        who = Principal("x", "read")
+        for url, linked in (("http://mlflow:5000/#/experiments/1/runs/abc", True), ("javascript:alert(1)", False)):
+            info["manifest"]["tracking"] = {"tracker": "mlflow", "run_id": "abc", "url": url}
+            html = templates().get_template("version.html").render(who=who, csrf="c", path="/",
+                                                                   **version_context(reg, who, info))
+            assert ("mlflow run abc" in html) and ((f'href="{url}"' in html) == linked), url
+    finally:
+        reg.close()
+
+
+def test_sessions_hold_across_workers(ui):
+    """Two worker processes over one home: a session made by one is accepted by the other (the signing
+    secret is shared through HOME/server-secret), and the token's revocation ends it on both."""
+    with RegistryServer(env={"ADAPTERHUB_HOME": ui["home"]}, workers=2) as srv:
+        c = Client(srv.url)
+        assert c.login(token(ui["home"], "two-workers", "read"))[0] == 303
+        assert {c.get("/models/acme/chat")[0] for _ in range(12)} == {200}
+        cli_in(ui["home"])("token", "revoke", "two-workers")
+        assert {c.get("/models/acme/chat")[0] for _ in range(6)} == {303}
+
+
 def test_a_name_with_10000_versions_reads_one_page(tmp_path):
     """Bulk-inserted versions (rows as ``publish`` writes them); the name page issues a few statements,
     each bounded by LIMIT, and the real server pages through them."""

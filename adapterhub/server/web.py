@@ -84,6 +84,18 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def version_context(registry: Any, who: Principal, info: dict[str, Any]) -> dict[str, Any]:
+    """What version.html shows of ``info`` (a ``Registry.show`` dict of a version ``who`` may see)."""
+    graph = webdata.visible_lineage(registry, who, info["ref"])
+    for e in graph["edges"]:
+        e["label"] = webdata.edge_label(e)
+    training = info["manifest"].get("training") or {}
+    return {"v": info, "graph": graph, "loss": training.get("loss_history") or [],
+            "alias_events": webdata.alias_events_of(registry, info),
+            "evaluations": [{**e, "key": webdata.key_metric(e["metrics"], e["details"])} for e in info["evaluations"]],
+            "tracking": info["manifest"].get("tracking") or {}, "data_check": info["manifest"].get("data_check")}
+
+
 def mount(app: FastAPI, registry: Any) -> None:
     """Add the UI's pages to ``app`` (the API's app, serving ``registry``)."""
     env = templates()
@@ -199,16 +211,7 @@ def mount(app: FastAPI, registry: Any) -> None:
     @app.get("/models/{ns}/{name}/{version}", include_in_schema=False)
     @page
     def version_page(who: Principal, ns: str, name: str, version: str):
-        info = version_of(who, f"{ns}/{name}", version)
-        graph = webdata.visible_lineage(registry, who, info["ref"])
-        for e in graph["edges"]:
-            e["label"] = webdata.edge_label(e)
-        training = info["manifest"].get("training") or {}
-        return "version.html", {
-            "v": info, "graph": graph, "loss": training.get("loss_history") or [],
-            "alias_events": webdata.alias_events_of(registry, info),
-            "evaluations": [{**e, "key": webdata.key_metric(e["metrics"], e["details"])} for e in info["evaluations"]],
-            "tracking": info["manifest"].get("tracking") or {}, "data_check": info["manifest"].get("data_check")}
+        return "version.html", version_context(registry, who, version_of(who, f"{ns}/{name}", version))
 
     @app.get("/compare", include_in_schema=False)
     @page
