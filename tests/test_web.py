@@ -159,6 +159,7 @@ def test_pages_show_the_version_its_evaluations_aliases_and_lineage(ui):
     assert "No per-step loss recorded" in v2
     status, _, hist = c.get("/aliases/acme/chat/production")
     assert status == 200 and '<tr class="forced">' in hist and "hotfix INC-7" in hist
+    assert '<a href="/compare?a=acme%2Fchat%3A1&amp;b=acme%2Fchat%3A2">vs 1</a>' in page
     status, _, cmp = c.get("/compare?a=acme/chat:1&b=acme/chat:2")
     assert status == 200 and 'id="compare-config"' in cmp and "acme/chat:2" in cmp
     status, _, log = c.get("/audit?action=login")
@@ -235,3 +236,39 @@ def test_a_name_with_10000_versions_reads_one_page(tmp_path):
         status, _, last = c.get("/models/bulk/many?page=200")
         assert status == 200 and "page 200 of 200" in last and '<a href="/models/bulk/many/1">1</a>' in last
         assert '<a href="/models/bulk/many/51">' not in last
+
+
+def test_the_pages_queries_on_postgresql(pg_url, tmp_path, monkeypatch, cli):
+    """The same pages' SQL on PostgreSQL: search (names, tags, LIKE escapes), filters, a name's page,
+    alias events and lineage, for a token bound to acme."""
+    from adapterhub.api import open_registry
+    from adapterhub.registry.tokens import Principal
+    from adapterhub.server import webdata
+    from webhub import make_lora_dir
+
+    monkeypatch.setenv("ADAPTERHUB_REGISTRY_DB", pg_url)
+    monkeypatch.setenv("ADAPTERHUB_REGISTRY_STORE", "file://" + str(tmp_path / "store"))
+    for i, name in enumerate(("acme/chat", "acme/chat", "acme/x_y", "other/chat")):
+        assert cli("push", make_lora_dir(tmp_path / str(i), seed=i), name).exit_code == 0
+    assert cli("combine", "acme/chat:1", "other/chat:1", "--name", "acme/mix").exit_code == 0
+    assert cli("tag", "acme/chat:1", "team=Search_Quality").exit_code == 0
+    assert cli("alias", "set", "acme/chat", "staging", "1").exit_code == 0
+    reg = open_registry()
+    try:
+        acme = Principal("a", "read", "acme")
+        assert [r["name"] for r in webdata.search(reg, acme)["rows"]] == ["acme/chat", "acme/mix", "acme/x_y"]
+        assert [r["name"] for r in webdata.search(reg, acme, q="search_q")["rows"]] == ["acme/chat"]
+        assert [r["name"] for r in webdata.search(reg, acme, q="x_")["rows"]] == ["acme/x_y"]
+        assert [r["name"] for r in webdata.search(reg, acme, q="%")["rows"]] == []
+        assert webdata.search(reg, acme, method="lora")["total"] == 3 and webdata.search(reg, acme, base="ff")["total"] == 0
+        assert webdata.search(reg, acme)["namespaces"] == [("acme", 3)]
+        page = webdata.name_versions(reg, acme, "acme/chat")
+        assert [(r["version"], r["aliases"]) for r in page["rows"]] == [(2, []), (1, ["staging"])]
+        events = webdata.alias_events_of(reg, reg.show("acme/chat:1"))
+        assert [(e["alias"], e["from"], e["to"]) for e in events] == [("staging", None, 1)]
+        graph = webdata.visible_lineage(reg, acme, "acme/mix:1")
+        assert sorted(n["id"] for n in graph["nodes"]) == ["acme/chat:1", "acme/mix:1", "hidden-1"]
+        with pytest.raises(Exception, match="no adapter named"):
+            webdata.name_versions(reg, acme, "other/chat")
+    finally:
+        reg.close()
