@@ -401,8 +401,10 @@ def verify(app: App, ref, as_json):
     report = app.registry.verify(ref)
 
     def text(r):
-        lines = [f"{p['version']}: {p['status']}" if "version" in p else
-                 f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})" for p in r["problems"]]
+        lines = [f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})" if "blob" in p else
+                 f"{p.get('version') or p.get('history')}: {p['status']}" for p in r["problems"]]
+        if r.get("history_head"):
+            lines.append(f"history head: sha256:{r['history_head']} (record it elsewhere to detect a rewrite)")
         lines.append(f"checked {r['blobs']} blobs ({human_size(r['bytes'])}) of {r['versions']} versions: "
                      + ("ok" if r["ok"] else f"{len(r['problems'])} problems"))
         return "\n".join(lines)

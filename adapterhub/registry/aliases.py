@@ -1,7 +1,8 @@
 """Aliases, tags and evaluations of versions: the mutable annotations of an immutable version.
 
 A mixin of :class:`~adapterhub.registry.registry.Registry` (it uses ``self.read()``, ``self.write()``
-and ``self.resolve()``). Every alias move is recorded in ``alias_events`` with its actor and reason.
+and ``self.resolve()``). Every alias move is recorded in ``alias_events`` with its actor and reason, and
+every change in the hash-chained ``history`` (:mod:`.history`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 
 from ..errors import InvalidInput, NotFound
 from .refs import validate_alias, validate_name
-from . import schema as t
+from . import history, schema as t
 from .records import _non_finite, actor, iso, now, validate_tag_key
 
 
@@ -48,6 +49,7 @@ class AliasOps:
     def _move_alias(self, conn, adapter_id: int, alias: str, version_id: int | None, who: str,
                     reason: str | None) -> int | None:
         al = t.aliases
+        history.lock(conn)  # before any row lock (see history.lock)
         cur = conn.execute(sa.select(al.c.version_id).where(al.c.adapter_id == adapter_id, al.c.alias == alias)).scalar()
         if cur == version_id:
             return self._number(conn, cur)
@@ -58,8 +60,9 @@ class AliasOps:
         else:
             conn.execute(al.update().where(al.c.adapter_id == adapter_id, al.c.alias == alias)
                          .values(version_id=version_id, updated_at=now()))
-        conn.execute(t.alias_events.insert().values(adapter_id=adapter_id, alias=alias, old_version_id=cur,
-                                                    new_version_id=version_id, actor=who, reason=reason, at=now()))
+        history.append_row(conn, "alias", conn.execute(t.alias_events.insert().values(
+            adapter_id=adapter_id, alias=alias, old_version_id=cur, new_version_id=version_id, actor=who,
+            reason=reason, at=now())).inserted_primary_key[0])
         return self._number(conn, cur)
 
     @staticmethod
@@ -94,11 +97,13 @@ class AliasOps:
 
     def set_tags(self, ref: str, set_: dict[str, str], remove: Iterable[str] = ()) -> dict[str, str]:
         with self.write() as conn:
+            history.lock(conn)
             v = self.resolve(ref, conn)
             for k, val in set_.items():
                 self._set_tag(conn, v["id"], validate_tag_key(k), str(val))
             for k in remove:
-                conn.execute(t.tags.delete().where(t.tags.c.version_id == v["id"], t.tags.c.key == k))
+                if conn.execute(t.tags.delete().where(t.tags.c.version_id == v["id"], t.tags.c.key == k)).rowcount:
+                    history.append(conn, "tag", {"version_id": v["id"], "key": k, "value": None})
             return {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
                 t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
 
@@ -106,6 +111,7 @@ class AliasOps:
     def _set_tag(conn, version_id: int, key: str, value: str) -> None:
         conn.execute(t.tags.delete().where(t.tags.c.version_id == version_id, t.tags.c.key == key))
         conn.execute(t.tags.insert().values(version_id=version_id, key=key, value=value))
+        history.append(conn, "tag", {"version_id": version_id, "key": key, "value": value})
 
     def add_evaluation(self, ref: str, data_digest: str, metrics: dict[str, Any],
                        details: dict[str, Any] | None = None) -> None:
@@ -114,6 +120,8 @@ class AliasOps:
             raise InvalidInput(f"refusing to store an evaluation of {ref} with non-finite values ({', '.join(bad[:5])}): "
                                "the adapter produces NaN/inf")
         with self.write() as conn:
+            history.lock(conn)
             v = self.resolve(ref, conn)
-            conn.execute(t.evaluations.insert().values(version_id=v["id"], data_digest=data_digest.removeprefix("sha256:"),
-                                                       metrics=metrics, details=details, created_at=now()))
+            history.append_row(conn, "evaluation", conn.execute(t.evaluations.insert().values(
+                version_id=v["id"], data_digest=data_digest.removeprefix("sha256:"), metrics=metrics,
+                details=details, created_at=now())).inserted_primary_key[0])

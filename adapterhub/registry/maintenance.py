@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..errors import AdapterhubError, IntegrityError, InvalidInput
-from . import schema as t
+from . import history, schema as t
 from .blobs import Progress, copy_verified, verify_blob
 from .db import blob_lock
 from .bundle import BundleFile, VersionBundle
@@ -47,8 +47,9 @@ def materialize(reg: Registry, ref: str, out: str, force: bool = False,
 
 def verify(reg: Registry, ref: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Check ``ref`` (or every version): its manifest hashes to its digest and lists exactly the files the
-    database serves, and every blob it references re-hashes to its address. Problems name the version
-    (``{"version", "status"}``) or the blob and the versions and paths using it (``{"blob", ...}``)."""
+    database serves, and every blob it references re-hashes to its address; without ``ref``, the hash-chained
+    history too (:func:`.history.check`). Problems name the version (``{"version", "status"}``), the blob and
+    the versions and paths using it (``{"blob", ...}``), or the history row (``{"history", "status"}``)."""
     f, v, a = t.files, t.versions, t.adapters
     problems: list[dict[str, Any]] = []
     used: dict[str, list[str]] = {}
@@ -63,6 +64,7 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
         for r in conn.execute(fq):
             served.setdefault(r.version_id, []).append(BundleFile(r.path, r.blob_digest, r.size))
         versions = conn.execute(vq).all()
+        chain, head = history.check(conn) if not ref else ([], None)
     for row in versions:
         ref_ = f"{row.name}:{row.number}"
         try:
@@ -78,7 +80,8 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
             progress(sizes[digest])
         if status:
             problems.append({"blob": "sha256:" + digest, "status": status, "used_by": used[digest]})
-    return {"versions": len(versions), "blobs": len(used), "bytes": sum(sizes.values()),
+    problems += chain
+    return {"versions": len(versions), "blobs": len(used), "history_head": head, "bytes": sum(sizes.values()),
             "problems": problems, "ok": not problems}
 
 

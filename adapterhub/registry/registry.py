@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from .refs import Ref, parse_ref, validate_alias, validate_name
-from . import schema as t
+from . import history, schema as t
 from .aliases import AliasOps
 from .blobs import BlobStore, Progress, copy_verified
 from .bundle import BundleEdge, BundleFile, VersionBundle
@@ -143,6 +143,7 @@ class Registry(AliasOps, MaintenanceOps):
                     gone = self._blobs_gone(conn, files)
                     if gone:
                         raise _BlobsGone(gone)
+                    history.lock(conn)  # first: every appending transaction takes the same locks in one order
                     adapter_id = self._adapter_id(conn, name, create=True, lock=True)
                     row = conn.execute(sa.select(t.versions.c.id, t.versions.c.number).where(
                         t.versions.c.adapter_id == adapter_id, t.versions.c.digest == digest)).first()
@@ -165,6 +166,7 @@ class Registry(AliasOps, MaintenanceOps):
                             method=manifest.get("method"), base_fingerprint=base_fp, manifest=blob.decode("utf-8"),
                             size=sum(f.size for f in files), created_at=now(), created_by=who,
                         )).inserted_primary_key[0]
+                        history.append_row(conn, "version", version_id)
                         for f in files:
                             _insert_ignore(conn, t.blobs, {"digest": f.sha256, "size": f.size, "created_at": now()})
                         if files:
@@ -182,9 +184,9 @@ class Registry(AliasOps, MaintenanceOps):
                     for ev in evaluations:
                         key = (ev["data_digest"].removeprefix("sha256:"), json.dumps(ev["metrics"], sort_keys=True))
                         if key not in existing:
-                            conn.execute(t.evaluations.insert().values(
+                            history.append_row(conn, "evaluation", conn.execute(t.evaluations.insert().values(
                                 version_id=version_id, data_digest=key[0], metrics=ev["metrics"],
-                                details=ev.get("details"), created_at=now()))
+                                details=ev.get("details"), created_at=now())).inserted_primary_key[0])
                     for k, v in tags.items():
                         self._set_tag(conn, version_id, k, v)
                     for a in aliases:

@@ -182,3 +182,14 @@ audit_events = sa.Table(
     sa.Column("client", sa.String(128)),                        # the client's address
     sa.Index("ix_audit_events_at", "at"),
 )
+
+#: the tamper-evident history (:mod:`adapterhub.registry.history`): one row per change to versions, alias
+#: events, aliases, tags and evaluations, each committing to the one before by hash. Append-only.
+history = sa.Table(
+    "history", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),            # genesis | version | alias | alias.state | tag | evaluation
+    sa.Column("content", sa.Text, nullable=False),               # canonical JSON of the change
+    sa.Column("prev", sa.String(64), nullable=False),            # hash of the entry before (64 zeros: the first)
+    sa.Column("hash", sa.String(64), nullable=False),            # sha256(prev, kind, content)
+)
