@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import adapterhub
-from adapterhub.tuning import TunerMethod
+from adapterhub.errors import InvalidInput
+from adapterhub.tuning import PEFT_PREFIX, TunerMethod
 
 from .config import BitFitConfig
 
@@ -33,6 +34,22 @@ class BitFitMethod(TunerMethod):
     config_class = BitFitConfig
     peft_type = None
     model_module = "adapterhub_bitfit.model"
+
+    def check_tensors(self, tensors: Any, config: Any, base: Any = None) -> None:
+        """Every tensor floating point, named ``base_model.model.<parameter path>``; with ``base``, each one
+        replaces a base tensor of that name and shape (a BitFit tensor is a full value, so the base decides)."""
+        super().check_tensors(tensors, config, base)
+        for key in sorted(tensors):
+            if not key.startswith(PEFT_PREFIX):
+                raise InvalidInput(f"adapter tensor '{key}' is not named {PEFT_PREFIX}<parameter path>")
+            if base is None:
+                continue
+            path, shape = key[len(PEFT_PREFIX):], tuple(tensors[key].shape)
+            if path not in base:
+                raise InvalidInput(f"adapter tensor '{key}' replaces '{path}', which the base does not have")
+            if tuple(base[path].shape) != shape:
+                raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but base '{path}' is "
+                                   f"{tuple(base[path].shape)}")
 
     def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
         """The adapter's value for ``name`` (a trained bias or head tensor) in the base dtype; ``None`` if the

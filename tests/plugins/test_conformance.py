@@ -1,0 +1,36 @@
+"""The installed conformance suite (``adapterhub.testing.conformance``) run over built-in method plugins, as a
+plugin author runs it over theirs: it is the kit's own test as much as the plugins'."""
+
+from __future__ import annotations
+
+import peft
+
+from adapterhub.testing.conformance import MethodConformance, PeftMergeParity
+from adapterhub_bitfit import BitFitMethod
+from adapterhub_bottleneck import BottleneckMethod
+from adapterhub_ia3 import IA3Method
+from adapterhub_lora import LoraMethod
+
+
+class TestLoraOnLlama(PeftMergeParity):
+    method = LoraMethod()
+    options = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    peft_config = staticmethod(lambda options: peft.LoraConfig(**options))
+
+
+class TestIA3OnGpt2(PeftMergeParity):
+    method = IA3Method()
+    model = "gpt2"
+    options = {"target_modules": ["c_attn", "c_fc"], "feedforward_modules": ["c_fc"]}
+    peft_config = staticmethod(lambda options: peft.IA3Config(**options))
+
+
+class TestBitFitOnBert(MethodConformance):  # peft has no BitFit
+    method = BitFitMethod()
+    model = "bert"
+    options = {}
+
+
+class TestBottleneckOnLlama(MethodConformance):  # peft has no bottleneck adapters (the adapters oracle tests them)
+    method = BottleneckMethod()
+    options = {}
