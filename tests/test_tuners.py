@@ -245,8 +245,12 @@ def test_candidates_all_linear_and_select_targets():
     with pytest.raises(InvalidInput, match=r"matched 'layers.0.norm', a LayerNorm; foo wraps only Linear and "
                                            r"Conv1D layers \(candidates: classifier"):
         tuners.select_targets(model, ["norm"], exclude=[], **kw)
-    with pytest.raises(InvalidInput, match="target_modules 'all-linear' matched no module"):
+    with pytest.raises(InvalidInput, match="target_modules 'all-linear' matched no module of the model; cand"):
         tuners.select_targets(nn.Sequential(nn.ReLU()), "all-linear", exclude=[], **kw)
+    # one string is a regex over the full path (peft's rule): 'q_proj' alone matches nothing, and says why
+    with pytest.raises(InvalidInput, match=r"target_modules 'q_proj' matched no module of the model \(one string "
+                                           r"is a regular expression over the full module path.*'\.\*q_proj'\)"):
+        tuners.select_targets(model, "q_proj", exclude=[], **kw)
 
 
 def test_match_modules_names_the_field_and_what_the_method_adapts():

@@ -417,7 +417,12 @@ def select_targets(
 
 
 def _nothing_matched(field: str, pattern: Any, candidates: Callable[[], list[str]]) -> InvalidInput:
-    return InvalidInput(f"{field} {pattern!r} matched no module of the model; candidates: {', '.join(candidates())}")
+    # as in peft, one string is a regex over the whole module path; a list matches name suffixes
+    hint = (f" (one string is a regular expression over the full module path, as in peft: for names use a list, "
+            f"e.g. {pattern},{pattern} on the command line, or '.*{pattern}')"
+            if isinstance(pattern, str) and pattern.lower() != ALL_LINEAR else "")
+    return InvalidInput(f"{field} {pattern!r} matched no module of the model{hint}; "
+                        f"candidates: {', '.join(candidates())}")
 
 
 def with_seq_cls_heads(
