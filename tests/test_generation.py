@@ -187,6 +187,21 @@ def _greedy_one_by_one(base_dir, prompts, max_new_tokens):
     return out
 
 
+def _version_page(home, ref):
+    """The web UI's version page of ``ref`` as the server renders it."""
+    from adapterhub.api import local_registry
+    from adapterhub.registry.tokens import Principal
+    from adapterhub.server.web import templates, version_context
+
+    reg = local_registry(str(home))
+    try:
+        who = Principal("x", "read")
+        return templates().get_template("version.html").render(who=who, csrf="c", path="/",
+                                                               **version_context(reg, who, reg.show(ref)))
+    finally:
+        reg.close()
+
+
 def test_eval_generate_scores_known_outputs(cli, home, qa):
     import sacrebleu
 
@@ -216,6 +231,11 @@ def test_eval_generate_scores_known_outputs(cli, home, qa):
     text = cli("show", ref).stdout
     assert "(4 rows, generation) exact_match=0.75" in text and "samples (4 of 4 rows):" in text, text
     assert "line 3: the dog ran to the" in text and "reference: park is good" in text and "adapter:   park" in text
+    html = _version_page(home, ref)
+    table = html[html.index('<table id="generation-samples">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr><td>") == 4 and "<td class=\"small\">park is good</td><td class=\"small\">" in table
+    assert "rouge_l" in html[html.index('<table id="evaluations">'):]  # the web UI's key metric
 
     t = cli("eval", ref, "--base", qa["base"], "--data", qa["eval"], "--generate", "--max-new-tokens", "6",
             "--metric", "exact_match", "--samples", "1", "--no-store", "--max-length", "9")
