@@ -224,7 +224,7 @@ class S3Store(BlobStore):
         return client
 
     def _stalled(self, op: str, where: str, waited: float, attempts: int) -> AdapterhubError:
-        err = AdapterhubError(f"S3 endpoint {mask(self._endpoint())} made no progress for {waited:.0f} s on {op} "
+        err = AdapterhubError(f"S3 endpoint {mask(self._endpoint())} made no progress for {waited:.1f} s on {op} "
                               f"of {where} ({attempts} attempts); giving up ({STALL_ENV}={self.stall:g} s)")
         err.unreachable = True  # type: ignore[attr-defined]
         return err
