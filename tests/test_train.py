@@ -95,7 +95,11 @@ def test_causal_lm_training_lowers_loss_and_loads_in_peft(cli, tmp_path, llama_b
     assert manifest["config"]["r"] == 4 and manifest["metrics"]["train_loss"] == d["metrics"]["train_loss"]
     # the loss at each logging step (every 3rd of 30), for the web UI's chart; it went down
     history = manifest["training"]["loss_history"]
-    assert [p["step"] for p in history] == list(range(3, 31, 3)) and history[-1]["loss"] < 0.7 * history[0]["loss"]
+    train = [p for p in history if "loss" in p]
+    assert [p["step"] for p in train] == list(range(3, 31, 3)) and train[-1]["loss"] < 0.7 * train[0]["loss"]
+    evals = [p for p in history if "eval_loss" in p]  # every epoch (6 steps of 4 rows)
+    assert [p["step"] for p in evals] == [6, 12, 18, 24, 30] and evals[-1]["eval_loss"] == pytest.approx(
+        d["metrics"]["eval_loss"], abs=1e-5)
     assert set(os.listdir(d["out"])) == {"adapterhub.json", "adapter_config.json", "adapter_model.safetensors"}
     assert not os.path.exists(d["out"] + ".checkpoints")  # only the delta checkpoint is left
 
@@ -154,6 +158,8 @@ def test_loss_history_is_thinned_to_a_bounded_curve_keeping_the_last_step():
     log = [{"step": i, "loss": 10.0 / i, "learning_rate": 1e-3} for i in range(1, 2502)]
     log += [{"step": 2501, "eval_loss": 1.0}, {"step": 2501, "train_loss": 0.1}, {"step": 7, "loss": float("nan")}]
     points = loss_history(log, limit=1000)
+    assert points[-1] == {"step": 2501, "eval_loss": 1.0}
+    points = points[:-1]
     assert 500 < len(points) <= 1000 and points[0] == {"step": 1, "loss": 10.0} and points[-1]["step"] == 2501
     steps = [p["step"] for p in points]
     assert steps == sorted(set(steps)) and max(b - a for a, b in zip(steps, steps[1:])) <= 3

@@ -155,7 +155,8 @@ def test_pages_show_the_version_its_evaluations_aliases_and_lineage(ui):
     assert "composed_of #1" in stack and "composed_of #2" in stack
     status, _, tuned = c.get("/models/acme/tuned/1")
     loss = json.loads(re.search(r'<script type="application/json" id="loss-data">(.*?)</script>', tuned, re.S).group(1))
-    assert [p["step"] for p in loss] == [1, 2, 3, 4, 5, 6] and 'id="loss-chart"' in tuned
+    assert [p["step"] for p in loss if "loss" in p] == [1, 2, 3, 4, 5, 6] and 'id="loss-chart"' in tuned
+    assert [p["step"] for p in loss if "eval_loss" in p] == [2, 4, 6]
     assert "No per-step loss recorded" in v2
     status, _, hist = c.get("/aliases/acme/chat/production")
     assert status == 200 and '<tr class="forced">' in hist and "hotfix INC-7" in hist

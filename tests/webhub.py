@@ -4,7 +4,7 @@
   ``production`` alias forced past the promotion gate;
 - ``acme/mix`` 1: ``combine`` of acme/chat:1 (w 0.7) and acme/chat:2 (w 0.3);
 - ``acme/stack`` 1: ``compose`` of acme/chat:2 then acme/chat:1;
-- ``acme/tuned`` 1: trained (6 steps on a tiny llama: per-step losses in its manifest), trained_from nothing;
+- ``acme/tuned`` 1: trained (6 steps on a tiny llama: per-step training and eval losses in its manifest);
 - ``other/secret`` 1 and ``acme/cross`` 1 = combine of acme/chat:1 and other/secret:1 (a lineage edge into
   another namespace);
 - tokens: ``admin``, ``read`` (every namespace), ``acme`` (read, bound to acme), ``write``.
@@ -53,7 +53,12 @@ def train(run, work: str, steps: int = 6, *extra: str) -> None:
     with open(data, "w") as f:
         for i in range(12):
             f.write(json.dumps({"text": f"the cat number {i % 4} sat on the mat and it was very happy"}) + "\n")
-    run("train", "--base", base, "--method", "lora", "--task", "causal-lm", "--data", data, "--out",
+    evals = os.path.join(work, "eval.jsonl")
+    with open(evals, "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"text": f"the dog number {i} ran to the park and it was happy"}) + "\n")
+    run("train", "--base", base, "--method", "lora", "--task", "causal-lm", "--data", data, "--eval", evals,
+        "--eval-steps", "2", "--out",
         os.path.join(work, f"tuned-{steps}"), "--set", "target_modules=q_proj,v_proj", "--max-steps", str(steps),
         "--lr", "2e-2", "--batch-size", "4", "--push", "acme/tuned", *extra)
 

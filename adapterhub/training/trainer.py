@@ -189,14 +189,18 @@ MAX_LOSS_POINTS = 1000
 
 
 def loss_history(log_history: list[dict[str, Any]], limit: int = MAX_LOSS_POINTS) -> list[dict[str, Any]]:
-    """The training loss at each logging step (the Trainer's ``log_history``), for the manifest's
-    ``training.loss_history`` and the web UI's loss chart; at most ``limit`` points, the last one kept."""
-    points = [{"step": int(e["step"]), "loss": round(float(e["loss"]), 6)} for e in log_history
-              if "loss" in e and "step" in e and math.isfinite(float(e["loss"]))]
-    if len(points) <= limit:
-        return points
-    stride = math.ceil(len(points) / limit)
-    return points[:-1][::stride][:limit - 1] + points[-1:]
+    """The training loss at each logging step and the eval loss at each evaluation (the Trainer's
+    ``log_history``), ordered by step, for the manifest's ``training.loss_history`` and the web UI's chart;
+    each kind thinned evenly to at most ``limit`` points, its last one kept."""
+    def points(key: str) -> list[dict[str, Any]]:
+        kept = [{"step": int(e["step"]), key: round(float(e[key]), 6)} for e in log_history
+                if key in e and "step" in e and math.isfinite(float(e[key]))]
+        if len(kept) <= limit:
+            return kept
+        stride = math.ceil(len(kept) / limit)
+        return kept[:-1][::stride][:limit - 1] + kept[-1:]
+
+    return sorted(points("loss") + points("eval_loss"), key=lambda p: (p["step"], "eval_loss" in p))
 
 
 class LauncherStopped(RuntimeError):

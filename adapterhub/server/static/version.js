@@ -65,15 +65,24 @@
   function lossChart() {
     var box = document.getElementById("loss-chart"), points = data("loss-data");
     if (!box || !points || !points.length || typeof uPlot === "undefined") return;
-    var train = points.filter(function (p) { return p.loss !== undefined && p.loss !== null; });
-    var steps = train.map(function (p) { return p.step; }), loss = train.map(function (p) { return p.loss; });
-    var opts = {
-      width: Math.max(300, box.clientWidth || 800), height: 260,
-      scales: {x: {time: false}},
-      axes: [{label: "step"}, {label: "training loss"}],
-      series: [{label: "step"}, {label: "loss", stroke: "#2f6fd0", width: 2, points: {show: steps.length < 60}}]
-    };
-    new uPlot(opts, [steps, loss], box);
+    var steps = [], train = {}, evals = {};
+    points.forEach(function (p) {
+      if (steps.indexOf(p.step) < 0) steps.push(p.step);
+      if (typeof p.loss === "number") train[p.step] = p.loss;
+      if (typeof p.eval_loss === "number") evals[p.step] = p.eval_loss;
+    });
+    steps.sort(function (a, b) { return a - b; });
+    var column = function (m) { return steps.map(function (s) { return s in m ? m[s] : null; }); };
+    var series = [{label: "step"}, {label: "training loss", stroke: "#2f6fd0", width: 2, spanGaps: true,
+                                    points: {show: steps.length < 60}}];
+    var columns = [steps, column(train)];
+    if (Object.keys(evals).length) {
+      series.push({label: "eval loss", stroke: "#c2410c", width: 2, dash: [6, 4], spanGaps: true, points: {show: true}});
+      columns.push(column(evals));
+    }
+    var opts = {width: Math.max(300, box.clientWidth || 800), height: 260, scales: {x: {time: false}},
+                axes: [{label: "step"}, {label: "loss"}], series: series};
+    new uPlot(opts, columns, box);
   }
 
   function start() { lineage(); lossChart(); }
