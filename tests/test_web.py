@@ -199,6 +199,27 @@ def test_sessions_hold_across_workers(ui):
         assert {c.get("/models/acme/chat")[0] for _ in range(6)} == {303}
 
 
+def test_alias_events_are_those_of_the_versions_name(tmp_path):
+    """The same files pushed to two names are one digest, two versions: the page of one never lists the
+    other's alias moves (which may be in another namespace)."""
+    from adapterhub.api import local_registry
+    from adapterhub.server import webdata
+    from webhub import make_lora_dir
+
+    home, src = str(tmp_path / "home"), make_lora_dir(tmp_path / "a")
+    run = cli_in(home)
+    run("push", src, "acme/one")
+    run("push", src, "other/one")
+    run("alias", "set", "other/one", "staging", "1", "--reason", "other namespace's move")
+    reg = local_registry(home)
+    try:
+        assert reg.show("acme/one:1")["digest"] == reg.show("other/one:1")["digest"]
+        assert webdata.alias_events_of(reg, reg.show("acme/one:1")) == []
+        assert [e["reason"] for e in webdata.alias_events_of(reg, reg.show("other/one:1"))] == ["other namespace's move"]
+    finally:
+        reg.close()
+
+
 def test_a_name_with_10000_versions_reads_one_page(tmp_path):
     """Bulk-inserted versions (rows as ``publish`` writes them); the name page issues a few statements,
     each bounded by LIMIT, and the real server pages through them."""

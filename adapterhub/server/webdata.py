@@ -149,11 +149,11 @@ def name_versions(reg: Any, who: Principal, name: str, page: int = 1) -> dict[st
 
 def alias_events_of(reg: Any, version: dict[str, Any]) -> list[dict[str, Any]]:
     """Every move of an alias of this version's name to or from it, oldest first."""
-    e, v = t.alias_events, t.versions
+    e, v, a = t.alias_events, t.versions, t.adapters
     old, new = v.alias("old"), v.alias("new")
-    with reg.read() as conn:
-        vid = conn.execute(sa.select(v.c.id, v.c.adapter_id).where(v.c.digest == version["digest"].removeprefix(
-            "sha256:"), v.c.number == version["version"])).first()
+    with reg.read() as conn:  # by name and number: one digest may be a version of several names
+        vid = conn.execute(sa.select(v.c.id, v.c.adapter_id).join(a, a.c.id == v.c.adapter_id).where(
+            a.c.name == version["name"], v.c.number == version["version"])).first()
         rows = conn.execute(
             sa.select(e, old.c.number.label("old_number"), new.c.number.label("new_number"))
             .outerjoin(old, old.c.id == e.c.old_version_id).outerjoin(new, new.c.id == e.c.new_version_id)
