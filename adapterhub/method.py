@@ -52,6 +52,15 @@ class Method:
     config_class: ClassVar[type] = object
     #: PEFT's ``peft_type`` for methods PEFT also implements (the directory is then a PEFT adapter)
     peft_type: ClassVar[str | None] = None
+    #: the family whose adapters stack or route together in one model (DoRA and QLoRA with LoRA: ``"lora"``);
+    #: ``None``: the method's own name
+    multi_family: ClassVar[str | None] = None
+    #: the learning rate ``train`` uses without ``--lr``
+    default_learning_rate: ClassVar[float] = 2e-4
+    #: whether ``train --quantize`` may load the base through a quantizer for this method (QLoRA)
+    supports_quantized_base: ClassVar[bool] = False
+    #: the quantizer ``train`` loads the base through without ``--quantize`` (QLoRA: ``"nf4"``); ``None``: none
+    base_quantizer: ClassVar[str | None] = None
 
     # -- config --------------------------------------------------------------------------------
     def make_config(self, values: dict[str, Any] | None = None) -> Any:
@@ -88,12 +97,15 @@ class Method:
         return out
 
     def capabilities(self) -> list[str]:
-        """The optional capabilities this method implements (``merge``, ``combine`` ...)."""
-        caps = []
-        for cap, attr in (("merge", "merge_tensor"), ("combine", "combine")):
-            if getattr(type(self), attr) is not getattr(Method, attr):
-                caps.append(cap)
-        return caps
+        """The optional capabilities this method implements: ``merge``, ``row-merge``, ``combine``, ``stack``,
+        ``route`` (each an overridden method below) and ``quantized-base`` (:attr:`supports_quantized_base`)."""
+        caps = [cap for cap, attr in _CAPABILITIES if getattr(type(self), attr) is not getattr(Method, attr)]
+        return caps + (["quantized-base"] if self.supports_quantized_base else [])
+
+    @property
+    def family(self) -> str:
+        """:attr:`multi_family`, else the method's name."""
+        return self.multi_family or self.name
 
     # -- PEFT interoperability (methods PEFT also implements) -----------------------------------
     def matches_peft_config(self, peft_config: dict[str, Any]) -> bool:
@@ -164,3 +176,23 @@ class Method:
     def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
         """Combine several adapters of this method into a new ``(config, tensors)``."""
         raise AdapterhubError(f"method '{self.name}' cannot combine adapters")
+
+    def attach_stack(self, model: Any, adapters: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
+        """Attach several adapters of this family (``(config, tensors)`` each) so that their effects add up in
+        one forward pass (``compose``); inference only. Returns each adapter's effective config; undone by
+        :meth:`detach_multi`."""
+        raise AdapterhubError(f"method '{self.name}' cannot stack several adapters; stack at most one adapter of it")
+
+    def attach_routed(self, model: Any, adapters: list[tuple[Any, dict[str, Any]]], route: Any) -> list[Any]:
+        """Attach several adapters so that each batch row goes through the one ``route.ids`` names (``0``: none,
+        ``i + 1``: ``adapters[i]``): mixed-adapter batches; inference only. Undone by :meth:`detach_multi`."""
+        raise AdapterhubError(f"method '{self.name}' does not support per-row routing; serve it on its own model")
+
+    def detach_multi(self, model: Any) -> None:
+        """Undo :meth:`attach_stack` or :meth:`attach_routed`."""
+        raise AdapterhubError(f"method '{self.name}' attaches no stacked or routed adapters")
+
+
+#: (capability, the Method hook that provides it): a method has it when its class overrides the hook
+_CAPABILITIES = (("merge", "merge_tensor"), ("row-merge", "row_merger"), ("combine", "combine"),
+                 ("stack", "attach_stack"), ("route", "attach_routed"))

@@ -141,3 +141,24 @@ def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, home):
     rows = {r["name"]: r for r in json.loads(p.stdout)}
     assert "ModuleNotFoundError" in rows["broken"]["error"] and rows["file"]["stores"] == ["file"]
     assert p.stderr.count("Warning: plugin 'broken'") == 1 and "Traceback" not in p.stderr
+
+
+def test_every_method_hook_and_attribute_is_declared_and_documented():
+    """The Method contract is declared once (each public hook has a docstring) and the README's plugin guide
+    names every one, so a plugin author never has to read a built-in plugin to find a capability."""
+    import inspect
+    import pathlib
+
+    from adapterhub.method import Method
+
+    readme = pathlib.Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    guide = readme[readme.index("## Writing a plugin"):readme.index("## Layout")]
+    public = [n for n in vars(Method) if not n.startswith("_") and n not in ("config_fields", "family")]
+    assert {"attach_stack", "attach_routed", "detach_multi", "multi_family", "default_learning_rate",
+            "supports_quantized_base", "base_quantizer"} <= set(public)
+    for name in public:
+        mentions = (f"`{name}", f"    {name} = ", f"def {name}(")  # in the text, or in the example class
+        assert any(m in guide for m in mentions), f"README's plugin guide does not mention Method.{name}"
+        member = vars(Method)[name]
+        if inspect.isfunction(member):
+            assert member.__doc__, f"Method.{name} has no docstring"

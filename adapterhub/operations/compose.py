@@ -40,15 +40,11 @@ from ..errors import AdapterhubError, InvalidInput, NotFound
 BASE = "__base__"  # the adapter name of rows that get no adapter
 
 
-def _family(method: Any) -> str:
-    return getattr(method, "multi_family", None) or method.name
-
-
 def _groups(adapters: Sequence[Any]) -> list[tuple[Any, list[int]]]:
     """``(method, indices)`` per method family, in order of first appearance."""
     out: dict[str, tuple[Any, list[int]]] = {}
     for i, a in enumerate(adapters):
-        out.setdefault(_family(a.method), (a.method, []))[1].append(i)
+        out.setdefault(a.method.family, (a.method, []))[1].append(i)
     return list(out.values())
 
 
@@ -95,7 +91,7 @@ def attach_stack(model: Any, adapters: Sequence[Any]) -> Stack:
                 stack.undo.append(lambda m=method: m.detach(model))
                 method.load_state_dict(model, items[0][1])
                 effs = [eff]
-            elif callable(getattr(method, "attach_stack", None)):
+            elif "stack" in method.capabilities():
                 effs = method.attach_stack(model, items)
                 stack.undo.append(lambda m=method: m.detach_multi(model))
             else:
@@ -197,7 +193,7 @@ def attach_routed(model: Any, adapters: dict[str, Any]) -> Router:
     router = Router(model, names)
     try:
         for g, (method, idx) in enumerate(_groups(loaded)):
-            if not callable(getattr(method, "attach_routed", None)):
+            if "route" not in method.capabilities():
                 raise AdapterhubError(f"method '{method.name}' does not support per-row routing "
                                       f"(adapter {names[idx[0]]!r}); serve it on its own model")
             route = _Route()
@@ -256,10 +252,10 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
     families: dict[str, tuple[Any, int]] = {}
     for mname in flat:
         method = plugins.get("methods", mname)
-        fam = families.setdefault(_family(method), (method, 0))
-        families[_family(method)] = (fam[0], fam[1] + 1)
+        fam = families.setdefault(method.family, (method, 0))
+        families[method.family] = (fam[0], fam[1] + 1)
     for method, count in families.values():
-        if count > 1 and not callable(getattr(method, "attach_stack", None)):
+        if count > 1 and "stack" not in method.capabilities():
             raise InvalidInput(f"method '{method.name}' cannot stack several adapters ({count} in this composition)")
     unique = list(dict.fromkeys(flat))
     manifest: dict[str, Any] = {

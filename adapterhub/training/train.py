@@ -41,7 +41,7 @@ class TrainOptions:
     settings: dict[str, str] = field(default_factory=dict)  # --set key=value for the method config
     epochs: float = 3.0
     max_steps: int = -1                         # overrides epochs when > 0
-    lr: float | None = None                     # default: the method's default_learning_rate or 2e-4
+    lr: float | None = None                     # default: the method's default_learning_rate
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 256
@@ -412,14 +412,14 @@ def _quantizer(opts: TrainOptions, method: Any, plugins: Any) -> tuple[Any, dict
     """The quantizer the base is loaded through (``--quantize``, else the method's ``base_quantizer``)
     and its options; ``(None, {})`` for a full-precision base. Refuses a method that cannot train on a
     quantized base (it must say ``supports_quantized_base = True``)."""
-    name = opts.quantize if opts.quantize is not None else getattr(method, "base_quantizer", None)
+    name = opts.quantize if opts.quantize is not None else method.base_quantizer
     if not name or name == "none":
         if opts.quantize_options:
             raise InvalidInput("--quant-opt needs --quantize NAME")
         return None, {}
     quantizer = plugins.get("quantizers", name)  # NotFound lists the available quantizers
-    if not getattr(method, "supports_quantized_base", False):
-        able = [n for n, _, m in plugins.items("methods") if getattr(m, "supports_quantized_base", False)]
+    if not method.supports_quantized_base:
+        able = [n for n, _, m in plugins.items("methods") if m.supports_quantized_base]
         raise InvalidInput(f"method '{method.name}' cannot train on a quantized base (--quantize {name}); "
                            f"methods that can: {', '.join(able) or 'none installed'}")
     return quantizer, quantizer.make_options(dict(opts.quantize_options))

@@ -63,7 +63,7 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
     steps_per_epoch = max(1, -(-len(train_ex) // global_batch(opts, procs.world_size)))
     total_steps = opts.max_steps if opts.max_steps > 0 else int(steps_per_epoch * opts.epochs)
     eval_steps = opts.eval_steps or max(1, min(total_steps, steps_per_epoch))
-    lr = opts.lr if opts.lr is not None else getattr(method, "default_learning_rate", 2e-4)
+    lr = opts.lr if opts.lr is not None else method.default_learning_rate
     args = TrainingArguments(
         output_dir=ckpt, per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum, learning_rate=lr, num_train_epochs=opts.epochs,
