@@ -211,3 +211,27 @@ def test_a_database_gone_for_good_is_one_line_after_bounded_tries(pg_url, tmp_pa
         assert "\n" not in msg and "after 5 tries" in msg and "run the command again" in msg, msg
         assert "Can't reconnect" not in msg
         reg.close()
+
+
+def test_a_push_through_the_server_uploads_again_what_gc_removed_meanwhile(tmp_path):
+    from adapterhub.api import local_registry
+    from adapterhub.registry.client import HttpRegistry
+    from conftest import run_subprocess
+    from serverproc import RegistryServer
+
+    server_home = str(tmp_path / "server")
+    r = run_subprocess("--home", server_home, "token", "create", "--name", "ci", "--scope", "write", "--json")
+    on_server = local_registry(server_home)
+    f = _leftover(on_server, tmp_path, b"a killed push left this on the server" * 20)
+    with RegistryServer(env={"ADAPTERHUB_HOME": server_home}) as srv:
+        client = HttpRegistry(srv.url, r.json()["token"], label="hub")
+        ran = []
+
+        def gc_now(_n):  # the blob was found on the server, so not uploaded; gc removes it before the commit
+            if not ran:
+                ran.append(on_server.gc(grace=0))
+
+        pub = client.publish("acme/chat", {"method": "lora"}, [f], progress=gc_now)
+        assert ran[0]["removed_blobs"] == 1 and pub.created and pub.uploaded_bytes == f.size
+    assert on_server.verify()["ok"]
+    on_server.close()

@@ -54,7 +54,7 @@ def test_a_10_byte_row_backed_by_a_big_object_is_refused_after_declared_plus_one
     assert not (tmp_path / "out").exists()
 
 
-def test_a_stalled_endpoint_fails_within_the_deadline_saying_what_it_waited_for(proxied, tmp_path):
+def test_a_stalled_endpoint_fails_within_the_deadline_saying_what_it_waited_for(proxied, tmp_path, capfd):
     from adapterhub.errors import AdapterhubError
 
     reg, proxy, _ = proxied
@@ -65,7 +65,9 @@ def test_a_stalled_endpoint_fails_within_the_deadline_saying_what_it_waited_for(
         reg.materialize("acme/chat:1", str(tmp_path / "out"))
     took = time.monotonic() - start
     msg = str(info.value)
-    assert took < 3 * 1.5 + 1, (took, msg)  # the audit saw it hang silently past 240 s (up to ~24 min)
+    assert took < 3 + 1.5, (took, msg)  # the audit saw it hang silently past 240 s (up to ~24 min)
     assert "made no progress" in msg and "GetObject" in msg and "ADAPTERHUB_S3_STALL_TIMEOUT=3 s" in msg, msg
+    notices = [line for line in capfd.readouterr().err.splitlines() if "has not answered GetObject" in line]
+    assert notices and "retrying until 3 s (ADAPTERHUB_S3_STALL_TIMEOUT)" in notices[0], notices
     proxy.resume()
     reg.materialize("acme/chat:1", str(tmp_path / "out"))  # and it works again once the endpoint answers

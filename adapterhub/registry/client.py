@@ -21,7 +21,7 @@ from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from .blobs import CHUNK, Progress, copy_stream_verified
 from .bundle import VersionBundle
 from .ranges import RangeReader
-from .records import LocalFile, ParentSpec, Published
+from .records import BLOBS_GONE, NEVER_UPLOADED, LocalFile, ParentSpec, Published
 from .tokens import AuthError, Forbidden
 
 API = "/api/v1"
@@ -265,19 +265,30 @@ class HttpRegistry:
         """Upload the blobs, then create the version on the server (which records the token's name as
         ``created_by`` and runs the promotion gate for protected aliases: ``created_by`` and
         ``alias_guard`` are the server's business and ignored here)."""
-        sent = self.upload_missing(files, progress)
         body = {"name": name, "manifest": manifest, "kind": kind, "base": base, "tags": dict(tags or {}),
                 "aliases": list(aliases),
                 "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
                 "parents": [{"relation": p.relation, "ref": p.ref, "digest": p.digest, "details": p.details}
                             for p in parents]}
-        return _published(self._json("POST", f"{API}/versions", body=body), sent)
+        return self._commit(f"{API}/versions", body, files, progress)
 
     def import_bundle(self, bundle: VersionBundle, files: list[LocalFile], progress: Progress | None = None,
                       created_by: str | None = None) -> Published:
         bundle.check()
-        sent = self.upload_missing(files, progress)
-        return _published(self._json("POST", f"{API}/versions/import", body=bundle.to_dict()), sent)
+        return self._commit(f"{API}/versions/import", bundle.to_dict(), files, progress)
+
+    def _commit(self, path: str, body: dict[str, Any], files: list[LocalFile], progress: Progress | None) -> Published:
+        """Upload the blobs the server lacks, then create the version; once more when the server's ``gc``
+        removed a blob in between (the server re-checks them when it commits, and says so)."""
+        sent = 0
+        for attempt in (1, 2):
+            sent += self.upload_missing(files, progress)
+            try:
+                return _published(self._json("POST", path, body=body), sent)
+            except (InvalidInput, IntegrityError) as exc:
+                if attempt == 2 or not any(m in str(exc) for m in (BLOBS_GONE, NEVER_UPLOADED)):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def move_alias(self, name: str, alias: str, version: str, reason: str | None = None, force: bool = False,
                    gate: bool | None = None) -> dict[str, Any]:

@@ -70,6 +70,11 @@ class Published:
                 "uploaded_bytes": self.uploaded_bytes, **self.extra}
 
 
+#: what a commit says when a blob it needs is gone (a concurrent ``gc``): the HTTP client uploads again once
+BLOBS_GONE = "(gc) while this version was being committed"
+NEVER_UPLOADED = "of this version were never uploaded"
+
+
 def canonical_json(obj: Any) -> bytes:
     """The one byte encoding a manifest is hashed in: sorted keys, no spaces, UTF-8."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -25,7 +25,7 @@ from .blobs import BlobStore, Progress, copy_verified
 from .bundle import BundleEdge, BundleFile, VersionBundle
 from .db import DB_ATTEMPTS, blob_lock, commit_failed, ensure_schema, make_engine, read_tx, transient, write_tx
 from .maintenance import MaintenanceOps
-from .records import (LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
+from .records import (BLOBS_GONE, LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
                       check_relpath, finite, is_external_ref, iso, kind_conflict, now, validate_tag_key)
 
 MAX_PUBLISH_RETRIES = 20
@@ -225,7 +225,7 @@ class Registry(AliasOps, MaintenanceOps):
         for f in files:
             if not f.source or not os.path.isfile(f.source):  # a server commit, or a copy that skipped the fetch
                 raise IntegrityError(f"blob sha256:{f.sha256} ({name} {f.path}) was removed from {self.store.describe()} "
-                                     "(gc) while this version was being committed: nothing was committed; run the command again")
+                                     f"{BLOBS_GONE}: nothing was committed; run the command again")
             if self.store.put(f.sha256, f.source, f.size):
                 sent += f.size
         return sent

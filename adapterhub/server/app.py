@@ -35,6 +35,7 @@ from ..errors import AdapterhubError, BaseMismatch, IntegrityError, InvalidInput
 from ..registry import audit, tokens
 from ..registry.blobs import CHUNK, check_digest
 from ..registry.bundle import VersionBundle
+from ..registry.records import NEVER_UPLOADED
 from ..registry.registry import LocalFile, ParentSpec, Registry, is_external_ref
 from ..registry.tokens import AuthError, Forbidden, Principal
 
@@ -491,8 +492,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     def check_blobs(files: list[FileSpec]) -> list[LocalFile]:
         absent = [f.sha256 for f in files if not registry.store.has(check_digest(f.sha256))]
         if absent:
-            raise InvalidInput(f"{len(absent)} blob(s) of this version were never uploaded "
-                               f"(e.g. sha256:{absent[0]}): upload them first")
+            raise InvalidInput(f"{len(absent)} blob(s) {NEVER_UPLOADED} (e.g. sha256:{absent[0]}): upload them first")
         return [LocalFile(f.path, "", f.sha256, f.size) for f in files]
 
     def alias_scope(who: Principal, name: str, aliases: list[str], force: bool = False) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -132,11 +133,11 @@ class S3Store(BlobStore):
         self.max_workers = max(1, int(max_workers))
         self.max_attempts = max(1, int(max_attempts))
         self.part_retries = max(0, int(part_retries))
-        # a stalled endpoint fails within the stall deadline: each wait is at most half of it, and no
-        # attempt starts once half of it has passed without progress (_check_deadline, _retrying)
+        # a stalled endpoint fails within the stall deadline: each wait is at most a third of it, and no
+        # attempt starts that could end past it (_check_deadline, _retrying); each retry is said on stderr
         self.stall = stall_timeout()
-        self.connect_timeout = min(float(connect_timeout), self.stall / 2)
-        self.read_timeout = min(float(read_timeout), self.stall / 2)
+        self.connect_timeout = min(float(connect_timeout), self.stall / 3)
+        self.read_timeout = min(float(read_timeout), self.stall / 3)
         self.addressing_style = addressing_style
         self.conditional_writes = _bool(conditional_writes)
         if self.part_size < _MIN_PART:
@@ -231,15 +232,21 @@ class S3Store(BlobStore):
 
     def _check_deadline(self, request_dict: Any = None, caught_exception: Any = None, attempts: int = 1,
                         operation: Any = None, **_: Any) -> None:
-        """botocore's ``needs-retry`` hook, before its own retry handler: no further attempt after a timeout
-        or dropped connection once half the stall deadline has passed since the call began."""
+        """botocore's ``needs-retry`` hook, before its own retry handler: after a timeout or a dropped
+        connection, no further attempt that could end past the stall deadline (counted from the call's start);
+        a retry after a wait of a second or more is said on stderr."""
         if caught_exception is None or not _errors.is_connection_error(caught_exception):
             return None
         start = ((request_dict or {}).get("context") or {}).get("adapterhub_start")
         waited = time.monotonic() - start if start else 0.0
-        if waited >= self.stall / 2:
+        op = getattr(operation, "name", "a request")
+        if waited + max(self.read_timeout, self.connect_timeout) > self.stall + 0.05:
             params = (request_dict or {}).get("url_path", "")
-            raise self._stalled(getattr(operation, "name", "a request"), f"s3://{self.bucket}{params}", waited, attempts)
+            raise self._stalled(op, f"s3://{self.bucket}{params}", waited, attempts)
+        if waited >= 1.0:  # a long wait is said on stderr, not sat through in silence
+            print(f"adapterhub: S3 endpoint {mask(self._endpoint())} has not answered {op} for {waited:.0f} s "
+                  f"({type(caught_exception).__name__}); retrying until {self.stall:g} s ({STALL_ENV})",
+                  file=sys.stderr, flush=True)
         return None
 
     # -- helpers -------------------------------------------------------------------------------
@@ -285,7 +292,7 @@ class S3Store(BlobStore):
             except Exception as exc:
                 if isinstance(exc, AdapterhubError) or attempt >= self.part_retries or not _errors.is_retryable(exc):
                     raise self._translate(exc, op, where, self.max_attempts * (attempt + 1)) from None
-                if _errors.is_connection_error(exc) and time.monotonic() - start >= self.stall / 2:
+                if _errors.is_connection_error(exc) and time.monotonic() - start + self.read_timeout > self.stall + 0.05:
                     raise self._stalled(op, where, time.monotonic() - start, attempt + 1) from None
                 attempt += 1
                 time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
