@@ -108,6 +108,9 @@ def test_a_session_ends_when_its_token_is_revoked_and_cannot_be_forged(ui):
         0, "ahub_session", f"{admin_id}.{expiry}.{mac}", None, False, "127.0.0.1", False, False, "/", True,
         False, None, False, None, None, {}))
     assert forged.get("/audit")[0] == 303
+    for junk in ("é.1.x", f"{key_id}.{expiry}", "a" * 4000):  # malformed cookies: signed out, no error
+        status, _, _ = forged._open(urllib.request.Request(ui["url"] + "/", headers={"Cookie": f"ahub_session={junk}"}))
+        assert status == 303, junk
     cli_in(home)("token", "revoke", "short-lived")
     assert c.get("/")[0] == 303
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -28,6 +29,7 @@ CSRF_COOKIE = "ahub_csrf"
 #: how long a sign-in lasts (the token's own expiry and revocation end it sooner)
 SESSION_SECONDS = 12 * 3600
 SECRET_FILE = "server-secret"
+_COOKIE_RE = re.compile(r"([0-9a-f]{16})\.([0-9]{1,12})\.([0-9a-f]{64})")
 
 
 def server_secret(home: str | None = None) -> bytes:
@@ -70,10 +72,10 @@ def make_session(secret: bytes, key_id: str, seconds: int = SESSION_SECONDS) -> 
 
 def session_principal(reg, secret: bytes, cookie: str | None) -> Principal | None:
     """Who the session cookie stands for, or None (absent, forged, expired, or its token revoked/expired)."""
-    parts = (cookie or "").split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
+    m = _COOKIE_RE.fullmatch(cookie or "")
+    if m is None:
         return None
-    key_id, expiry, mac = parts
+    key_id, expiry, mac = m.groups()
     if not hmac.compare_digest(_mac(secret, f"session.{key_id}.{expiry}"), mac) or int(expiry) <= time.time():
         return None
     with reg.read() as conn:
