@@ -192,6 +192,14 @@ def test_a_connection_dropped_inside_the_commit_is_retried(pg_url, tmp_path):
         pub = reg.publish("acme/chat", {"method": "lora"}, [f])
         assert len(cuts) == 2 and pub.created and pub.version == 1
         assert [v["ref"] for v in reg.list()] == ["acme/chat:1"] and reg.verify()["ok"]
+        # alias moves, tags and evaluations are retried the same way (and the history stays one chain)
+        cuts = [_cut_on(reg, proxy, s, times=1) for s in ("INSERT INTO ALIAS_EVENTS", "INSERT INTO TAGS",
+                                                           "INSERT INTO EVALUATIONS")]
+        assert reg.set_alias("acme/chat", "staging", "1")["ref"] == "acme/chat:1"
+        assert reg.set_tags("acme/chat:1", {"team": "nlp"}) == {"team": "nlp"}
+        reg.add_evaluation("acme/chat:1", "sha256:" + "e" * 64, {"accuracy": 0.9})
+        assert [len(c) for c in cuts] == [1, 1, 1]
+        assert len(reg.alias_history("acme/chat", "staging")) == 1 and reg.verify()["ok"]
         reg.close()
 
 

@@ -36,13 +36,16 @@ class AliasOps:
         validate_name(name)
         validate_alias(alias)
         ref = f"{name}:{version}" if str(version).isdigit() else str(version)
-        with self.write() as conn:
+
+        def move(conn):
             v = self.resolve(ref, conn)
             if v["name"] != name:
                 raise InvalidInput(f"{ref} is a version of {v['name']}, not of {name}")
             if guard:
                 guard(conn, self, name, alias, v["id"])
-            old = self._move_alias(conn, v["adapter_id"], alias, v["id"], by or actor(), reason)
+            return v, self._move_alias(conn, v["adapter_id"], alias, v["id"], by or actor(), reason)
+
+        v, old = self.write_retrying(f"moving {name}@{alias}", move)
         return {"name": name, "alias": alias, "version": v["number"], "ref": v["ref"],
                 "digest": "sha256:" + v["digest"], "previous": old}
 
@@ -74,13 +77,16 @@ class AliasOps:
     def remove_alias(self, name: str, alias: str, reason: str | None = None, by: str | None = None) -> dict[str, Any]:
         validate_name(name)
         validate_alias(alias)
-        with self.write() as conn:
+
+        def remove(conn):
             adapter_id = self._adapter_id(conn, name)
             cur = conn.execute(sa.select(t.aliases.c.version_id).where(
                 t.aliases.c.adapter_id == adapter_id, t.aliases.c.alias == alias)).scalar()
             if cur is None:
                 raise NotFound(f"{name} has no alias '{alias}'")
-            old = self._move_alias(conn, adapter_id, alias, None, by or actor(), reason)
+            return self._move_alias(conn, adapter_id, alias, None, by or actor(), reason)
+
+        old = self.write_retrying(f"removing {name}@{alias}", remove)
         return {"name": name, "alias": alias, "removed": True, "previous": old}
 
     def alias_history(self, name: str, alias: str) -> list[dict[str, Any]]:
@@ -96,7 +102,7 @@ class AliasOps:
                      "to": self._number(conn, r.new_version_id), "reason": r.reason} for r in rows]
 
     def set_tags(self, ref: str, set_: dict[str, str], remove: Iterable[str] = ()) -> dict[str, str]:
-        with self.write() as conn:
+        def tag(conn):
             history.lock(conn)
             v = self.resolve(ref, conn)
             for k, val in set_.items():
@@ -106,6 +112,8 @@ class AliasOps:
                     history.append(conn, "tag", {"version_id": v["id"], "key": k, "value": None})
             return {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
                 t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
+
+        return self.write_retrying(f"tagging {ref}", tag)
 
     @staticmethod
     def _set_tag(conn, version_id: int, key: str, value: str) -> None:
@@ -119,9 +127,11 @@ class AliasOps:
         if bad:
             raise InvalidInput(f"refusing to store an evaluation of {ref} with non-finite values ({', '.join(bad[:5])}): "
                                "the adapter produces NaN/inf")
-        with self.write() as conn:
+        def store(conn):
             history.lock(conn)
             v = self.resolve(ref, conn)
             history.append_row(conn, "evaluation", conn.execute(t.evaluations.insert().values(
                 version_id=v["id"], data_digest=data_digest.removeprefix("sha256:"), metrics=metrics,
                 details=details, created_at=now())).inserted_primary_key[0])
+
+        self.write_retrying(f"storing an evaluation of {ref}", store)

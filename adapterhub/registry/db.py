@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+import time
+from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -124,6 +125,21 @@ def commit_failed(exc: BaseException, url: str, what: str, tries: int) -> Adapte
     again = f" after {tries} tries" if tries > 1 else ""
     return AdapterhubError(f"the registry database {mask_url(url)} failed {what}{again}: {text}; nothing was "
                            "committed (uploaded blobs are kept): run the command again")
+
+
+def retrying(begin: Callable[[], Any], fn: Callable[[sa.Connection], Any], url: str, what: str) -> Any:
+    """``fn(conn)`` in a write transaction from ``begin()``, run again (a fresh transaction, after a backoff)
+    on a transient error, up to :data:`DB_ATTEMPTS` times; other errors are raised as they are."""
+    for failures in range(1, DB_ATTEMPTS + 1):
+        try:
+            with begin() as conn:
+                return fn(conn)
+        except sa.exc.DBAPIError as exc:
+            if not transient(exc):
+                raise
+            if failures == DB_ATTEMPTS:
+                raise commit_failed(exc, url, what, failures) from None
+            time.sleep(min(4.0, 0.25 * 2 ** (failures - 1)))
 
 
 def current_revision(conn: sa.Connection) -> str | None:

@@ -23,7 +23,8 @@ from . import history, schema as t
 from .aliases import AliasOps
 from .blobs import BlobStore, Progress, copy_verified
 from .bundle import BundleEdge, BundleFile, VersionBundle
-from .db import DB_ATTEMPTS, blob_lock, commit_failed, ensure_schema, make_engine, read_tx, transient, write_tx
+from .db import (DB_ATTEMPTS, blob_lock, commit_failed, ensure_schema, make_engine, read_tx, retrying, transient,
+                 write_tx)
 from .maintenance import MaintenanceOps
 from .records import (BLOBS_GONE, LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
                       check_relpath, finite, is_external_ref, iso, kind_conflict, now, validate_tag_key)
@@ -62,6 +63,11 @@ class Registry(AliasOps, MaintenanceOps):
     def write(self):
         self.ready()
         return write_tx(self.engine)
+
+    def write_retrying(self, what: str, fn: Any) -> Any:
+        """``fn(conn)`` in one write transaction, run again on a transient database error (:func:`.db.retrying`)."""
+        self.ready()
+        return retrying(lambda: write_tx(self.engine), fn, self.db_url, what)
 
     def close(self) -> None:
         self.engine.dispose()
