@@ -243,3 +243,15 @@ def test_a_push_through_the_server_uploads_again_what_gc_removed_meanwhile(tmp_p
         assert ran[0]["removed_blobs"] == 1 and pub.created and pub.uploaded_bytes == f.size
     assert on_server.verify()["ok"]
     on_server.close()
+
+
+def test_an_edited_lineage_row_is_named_by_verify_and_never_copied(cli, home, tmp_path):
+    assert cli("push", make_lora_dir(tmp_path / "p"), "acme/base").exit_code == 0
+    assert cli("push", make_lora_dir(tmp_path / "c", seed=1), "acme/chat", "--parent", "acme/base").exit_code == 0
+    assert cli("verify").exit_code == 0
+    _sql(home, "UPDATE lineage SET relation = 'combined_from'")
+    r = cli("verify", "--json")
+    assert r.exit_code == 1 and [p["version"] for p in r.json()["problems"]] == ["acme/chat:1"], r.output
+    other = tmp_path / "other"
+    assert cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code == 0
+    assert_clean_error(cli("push", "acme/chat:1", "--to", "other"), "acme/chat:1", "lineage rows")

@@ -79,6 +79,19 @@ class VersionBundle:
                                  f"lists ({', '.join(extra[:3])}): the registry was edited behind its back")
         return self
 
+    def check_lineage(self) -> "VersionBundle":
+        """Raise :class:`IntegrityError` unless the lineage edges with a digest are, in order, the parents
+        with a digest that the (checked) manifest lists: a lineage row edited behind the registry's back
+        would otherwise travel with every copy."""
+        parents = json.loads(self.manifest_text).get("parents")
+        want = [(p.get("digest"), p.get("relation")) for p in (parents if isinstance(parents, list) else [])
+                if isinstance(p, dict) and p.get("digest")]
+        have = [(e.digest, e.relation) for e in self.edges if e.digest]
+        if want != have:
+            raise IntegrityError(f"{self.ref}: its lineage rows ({', '.join(f'{r} {d[:12]}' for d, r in have) or 'none'}) "
+                                 f"differ from the parents its manifest lists: the registry was edited behind its back")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -14,7 +14,7 @@ from ..errors import AdapterhubError, IntegrityError, InvalidInput
 from . import history, schema as t
 from .blobs import Progress, copy_verified, verify_blob
 from .db import blob_lock
-from .bundle import BundleFile, VersionBundle
+from .bundle import BundleEdge, BundleFile, VersionBundle
 from ..files.output_dir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
 from .records import check_relpath
 
@@ -63,12 +63,18 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
         served: dict[int, list[BundleFile]] = {}
         for r in conn.execute(fq):
             served.setdefault(r.version_id, []).append(BundleFile(r.path, r.blob_digest, r.size))
+        edges: dict[int, list[BundleEdge]] = {}
+        for r in conn.execute(sa.select(t.lineage, t.versions.c.digest.label("vdigest"))
+                              .outerjoin(t.versions, t.versions.c.id == t.lineage.c.parent_id)
+                              .order_by(t.lineage.c.child_id, t.lineage.c.position, t.lineage.c.id)):
+            edges.setdefault(r.child_id, []).append(BundleEdge(r.vdigest or r.parent_digest, r.relation))
         versions = conn.execute(vq).all()
         chain, head = history.check(conn) if not ref else ([], None)
     for row in versions:
         ref_ = f"{row.name}:{row.number}"
         try:
-            VersionBundle(row.name, row.number, row.digest, row.manifest, served.get(row.id, [])).check()
+            VersionBundle(row.name, row.number, row.digest, row.manifest, served.get(row.id, []),
+                          edges.get(row.id, [])).check().check_lineage()
         except IntegrityError as exc:
             problems.append({"version": ref_, "status": str(exc).split(": ", 1)[-1]})
         for bf in served.get(row.id, []):

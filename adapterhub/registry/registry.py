@@ -339,7 +339,7 @@ class Registry(AliasOps, MaintenanceOps):
                     t.base_models.c.fingerprint == v["base_fingerprint"])).first()
                 base = {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
         return VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files, edges, tags, evals, base,
-                             v["created_by"]).check()
+                             v["created_by"]).check().check_lineage()
 
     def import_bundle(self, bundle: VersionBundle, files: list[LocalFile], progress: Progress | None = None,
                       created_by: str | None = None) -> Published:
