@@ -170,6 +170,8 @@ def test_pages_show_the_version_its_evaluations_aliases_and_lineage(ui):
     assert status == 200 and "admin-bot" in log
     assert signed_in(ui, "read").get("/audit")[0] == 403
     assert c.get("/models/acme/nothing")[0] == 404 and c.get("/models/acme/chat/99")[0] == 404
+    assert c.get("/models/acme/chat?page=abc")[0] == 200 and c.get("/audit?before=-1")[0] == 200
+    assert c.get("/models/acme")[1]["Location"] == "/?q=acme%2F"
 
 
 def test_the_tracking_link_is_a_link_only_for_http_urls(ui):
@@ -218,7 +220,8 @@ def test_alias_events_are_those_of_the_versions_name(tmp_path):
     try:
         assert reg.show("acme/one:1")["digest"] == reg.show("other/one:1")["digest"]
         assert webdata.alias_events_of(reg, reg.show("acme/one:1")) == []
-        assert [e["reason"] for e in webdata.alias_events_of(reg, reg.show("other/one:1"))] == ["other namespace's move"]
+        moves = webdata.alias_events_of(reg, reg.show("other/one:1"))
+        assert [e["reason"] for e in moves] == ["other namespace's move"]
     finally:
         reg.close()
 
@@ -285,7 +288,8 @@ def test_the_pages_queries_on_postgresql(pg_url, tmp_path, monkeypatch, cli):
         assert [r["name"] for r in webdata.search(reg, acme, q="search_q")["rows"]] == ["acme/chat"]
         assert [r["name"] for r in webdata.search(reg, acme, q="x_")["rows"]] == ["acme/x_y"]
         assert [r["name"] for r in webdata.search(reg, acme, q="%")["rows"]] == []
-        assert webdata.search(reg, acme, method="lora")["total"] == 3 and webdata.search(reg, acme, base="ff")["total"] == 0
+        assert webdata.search(reg, acme, method="lora")["total"] == 3
+        assert webdata.search(reg, acme, base="ff")["total"] == 0
         assert webdata.search(reg, acme)["namespaces"] == [("acme", 3)]
         page = webdata.name_versions(reg, acme, "acme/chat")
         assert [(r["version"], r["aliases"]) for r in page["rows"]] == [(2, []), (1, ["staging"])]

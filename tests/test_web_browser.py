@@ -27,9 +27,9 @@ def site(web_hub):
             browser.close()
 
 
-def open_session(site, role: str):
+def open_session(site, role: str, height: int = 900):
     """A fresh browser context signed in through the form as ``role``; returns (page, console errors)."""
-    context = site["browser"].new_context(viewport={"width": 1280, "height": 900})
+    context = site["browser"].new_context(viewport={"width": 1280, "height": height})
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -45,7 +45,8 @@ def open_session(site, role: str):
 def test_every_page_loads_without_console_errors(site):
     page, errors = open_session(site, "admin")
     for path in ("/", "/?q=canary", "/models/acme/chat", "/models/acme/chat/2", "/models/acme/mix/1",
-                 "/models/acme/cross/1", "/models/acme/stack/1", "/models/acme/tuned/1", "/aliases/acme/chat/production", "/compare?a=acme/chat:1&b=acme/chat:2",
+                 "/models/acme/cross/1", "/models/acme/stack/1", "/models/acme/tuned/1",
+                 "/aliases/acme/chat/production", "/compare?a=acme/chat:1&b=acme/chat:2",
                  "/audit"):
         response = page.goto(site["url"] + path)
         page.wait_for_load_state("load")
@@ -58,7 +59,7 @@ def test_every_page_loads_without_console_errors(site):
 
 
 def test_lineage_graph_has_the_edges_and_a_click_opens_the_parent(site):
-    page, errors = open_session(site, "read")
+    page, errors = open_session(site, "read", height=2000)  # the graph in view: no scrolling before the click
     page.goto(site["url"] + "/models/acme/mix/1")
     page.wait_for_selector("#lineage[data-ready='1']")
     graph = page.evaluate("""() => { const cy = window.adapterhubLineage; return {
@@ -70,6 +71,8 @@ def test_lineage_graph_has_the_edges_and_a_click_opens_the_parent(site):
     box = page.locator("#lineage canvas").first.bounding_box()
     assert box and box["width"] > 100 and box["height"] > 100
     page.locator("#lineage").scroll_into_view_if_needed()
+    # the scroll event (which makes cytoscape re-read where its box is) fires on the next frame: wait for it
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
     x, y = page.evaluate("""() => { const p = window.adapterhubLineage.getElementById('acme/chat:2').renderedPosition();
         return [p.x, p.y]; }""")
     origin = page.locator("#lineage").bounding_box()

@@ -77,6 +77,11 @@ def templates() -> Environment:
     return env
 
 
+def number(text: str, default: int = 1) -> int:
+    """A page number from the query string; anything else is ``default`` (a page, never an error)."""
+    return int(text) if text.isdigit() and len(text) < 10 else default
+
+
 def safe_next(target: str | None) -> str:
     """Only a path of this site (``/x``, not ``//host`` or ``http://``) is followed after sign-in."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -193,15 +198,19 @@ def mount(app: FastAPI, registry: Any) -> None:
     # -- pages ------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     @page
-    def home(who: Principal, q: str = "", method: str = "", base: str = "", page: int = 1):
-        data = webdata.search(registry, who, q[:200], method[:64], base[:71], page)
+    def home(who: Principal, q: str = "", method: str = "", base: str = "", page: str = "1"):
+        data = webdata.search(registry, who, q[:200], method[:64], base[:71], number(page))
         query = {k: v for k, v in (("q", q), ("method", method), ("base", base)) if v}
         return "home.html", {"data": data, "q": q, "method": method, "base": base, "query": urlencode(query)}
 
     @app.get("/models/{ns}/{name}", include_in_schema=False)
     @page
-    def name_page(who: Principal, ns: str, name: str, page: int = 1):
-        return "name.html", {"data": webdata.name_versions(registry, who, f"{ns}/{name}", page)}
+    def name_page(who: Principal, ns: str, name: str, page: str = "1"):
+        return "name.html", {"data": webdata.name_versions(registry, who, f"{ns}/{name}", number(page))}
+
+    @app.get("/models/{ns}", include_in_schema=False)
+    def namespace_page(ns: str) -> Response:
+        return RedirectResponse("/?" + urlencode({"q": ns + "/"}), status_code=303)
 
     def version_of(who: Principal, name: str, version: str) -> dict[str, Any]:
         if not who.sees(name):
@@ -238,10 +247,11 @@ def mount(app: FastAPI, registry: Any) -> None:
 
     @app.get("/audit", include_in_schema=False)
     @page
-    def audit_page(who: Principal, actor: str = "", action: str = "", before: int | None = None):
+    def audit_page(who: Principal, actor: str = "", action: str = "", before: str = ""):
         who.require("admin", "reading the audit log")
         with registry.read() as conn:
-            events = audit.list_events(conn, 100, actor[:256] or None, action[:64] or None, before)
-        older = urlencode({k: v for k, v in (("actor", actor), ("action", action)) if v} | {"before": events[-1]["id"]}) \
-            if len(events) == 100 else None
+            events = audit.list_events(conn, 100, actor[:256] or None, action[:64] or None,
+                                       number(before, 0) or None)
+        kept = {k: v for k, v in (("actor", actor), ("action", action)) if v}
+        older = urlencode({**kept, "before": events[-1]["id"]}) if len(events) == 100 else None
         return "audit.html", {"events": events, "actor": actor, "action": action, "older": older}

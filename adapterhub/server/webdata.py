@@ -193,7 +193,8 @@ def edge_label(e: dict[str, Any]) -> str:
     details = e.get("details") or {}
     label = e["relation"]
     if details.get("weight") is not None:
-        label += f" w={details['weight']:g}" if isinstance(details["weight"], (int, float)) else f" w={details['weight']}"
+        weight = details["weight"]
+        label += f" w={weight:g}" if isinstance(weight, (int, float)) else f" w={weight}"
     if e["relation"] == "composed_of":
         label += f" #{int(details.get('position', e.get('position') or 0)) + 1}"
     return label
