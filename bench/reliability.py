@@ -1,6 +1,6 @@
 """Reliability figures for the README: load held, faults survived, tampering detected, bad inputs refused.
 
-    python bench/reliability.py [--procs 16 --pushes 5]
+    python bench/reliability.py [--procs 16 --pushes 5]     # the README's figures: --procs 32 --pushes 10
 
 Real parts only: PostgreSQL (``ADAPTERHUB_TEST_PG``, default ``postgresql://postgres@127.0.0.1:5432/test``;
 a scratch database is created and dropped), moto's S3 server over HTTP, SQLite + the file store, and the
@@ -181,8 +181,10 @@ TAMPER = [
     ("move an alias and erase its history", "UPDATE aliases SET version_id = (SELECT id FROM versions WHERE number = 1); "
      "DELETE FROM alias_events"),
     ("edit a tag", "UPDATE tags SET value = 'forged'"),
+    ("edit a lineage row", "UPDATE lineage SET relation = 'combined_from'"),
     ("delete an evaluation", "DELETE FROM evaluations"),
     ("edit who created a version", "UPDATE versions SET created_by = 'mallory'"),
+    ("rename an adapter (moves its versions)", "UPDATE adapters SET name = 'acme/other'"),
     ("edit a history entry", "UPDATE history SET content = replace(content, '\"number\":1', '\"number\":9')"),
     ("delete a history entry", "DELETE FROM history WHERE id = 3"),
     ("swap two history entries", "UPDATE history SET id = -id WHERE id IN (2, 3); UPDATE history SET id = 5 - (-id) "
@@ -191,14 +193,15 @@ TAMPER = [
 
 
 def tampering(work: str) -> None:
-    from adapterhub.registry.registry import Registry
+    from adapterhub.registry.registry import ParentSpec, Registry
     from adapterhub_file import FileStore
 
     caught = 0
     for i, (what, sql) in enumerate(TAMPER):
         reg = Registry(f"sqlite:///{work}/t{i}.db", FileStore(f"{work}/t{i}")).ready()
         for k in (1, 2):
-            reg.publish("acme/t", {"method": "lora"}, [stored(reg, work, os.urandom(512))], tags={"team": "nlp"})
+            reg.publish("acme/t", {"method": "lora"}, [stored(reg, work, os.urandom(512))], tags={"team": "nlp"},
+                        parents=[ParentSpec("trained_from", ref="acme/t:1")] if k == 2 else [])
         reg.add_evaluation("acme/t:2", "sha256:" + "e" * 64, {"accuracy": 0.9})
         reg.set_alias("acme/t", "staging", "2")
         assert reg.verify()["ok"]

@@ -57,15 +57,17 @@ def test_moving_an_alias_and_erasing_its_history_is_named(cli, home, promoted):
 
 def test_edited_deleted_and_inserted_rows_are_named(cli, home, promoted):
     _sql(home, "UPDATE versions SET created_by = 'mallory' WHERE number = 1")
+    _sql(home, "UPDATE adapters SET name = 'acme/other'")  # would move every version to another name
     _sql(home, "UPDATE tags SET value = 'prod' WHERE key = 'stage'")
     _sql(home, "DELETE FROM evaluations")
     _sql(home, "INSERT INTO tags (version_id, key, value) SELECT id, 'approved', 'yes' FROM versions WHERE number = 2")
     found = _problems(cli)
-    assert found["version acme/chat:1"] == "was edited: created_by"
-    assert found["tag stage of acme/chat:1"] == "is 'prod' but its history says 'old'"
-    assert found["evaluation #1 of acme/chat:2"] == "was deleted"
-    assert found["tag approved of acme/chat:2"] == "is 'yes' but its history says None"
-    assert "tag team of acme/chat:1" not in found  # removed through the registry: recorded, not a problem
+    assert found["name acme/other (adapter #1)"] == "was edited: name"
+    assert found["version acme/other:1"] == "was edited: created_by"
+    assert found["tag stage of acme/other:1"] == "is 'prod' but its history says 'old'"
+    assert found["evaluation #1 of acme/other:2"] == "was deleted"
+    assert found["tag approved of acme/other:2"] == "is 'yes' but its history says None"
+    assert "tag team of acme/other:1" not in found  # removed through the registry: recorded, not a problem
 
 
 def test_edited_deleted_and_reordered_history_entries_are_named(cli, home, promoted):
@@ -96,7 +98,7 @@ def test_an_existing_registry_is_migrated_and_the_chain_says_where_it_starts(cli
     kind, content = _sql(home, "SELECT kind, content FROM history ORDER BY id LIMIT 1")[0]
     assert kind == "genesis" and "the history starts here (schema 0004" in content
     assert [k for (k,) in _sql(home, "SELECT kind FROM history ORDER BY id")] == [
-        "genesis", "version", "alias", "alias.state"]
+        "genesis", "version", "alias", "alias.state", "adapter"]  # 0004, then 0005 (names)
     _sql(home, "DELETE FROM alias_events")
     assert "alias event #1 (acme/chat@staging)" in _problems(cli)
 

@@ -19,7 +19,7 @@ from sqlalchemy import event
 from ..errors import AdapterhubError
 
 #: the newest migration; checked with one cheap query so that ordinary commands never import alembic
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 BUSY_TIMEOUT_MS = 120_000
 _ADVISORY_LOCK = 0x6164617074  # "adapt"
 _BLOB_LOCK = 0x626c6f6273  # "blobs"

@@ -8,7 +8,7 @@ finds a version, alias event, alias, tag or evaluation edited, deleted or insert
 back, naming each. Appends are serialized (:func:`lock`) so the chain never forks.
 
 The chain starts at migration 0004, whose first row (kind ``genesis``) says so; that migration recorded
-the rows it found as they were then. What it cannot do without an outside anchor: detect a rewrite of the
+the rows it found as they were then (0005 the adapter names, kind ``adapter``). What it cannot do without an outside anchor: detect a rewrite of the
 whole chain by someone with write access to the database. ``verify`` prints the head hash to record elsewhere.
 """
 
@@ -54,6 +54,10 @@ def ts(value: Any) -> str | None:
 
 
 # -- what each kind records (from a row of its table) --------------------------------------------------
+def adapter(r: Any) -> dict[str, Any]:
+    return {"id": r.id, "name": r.name}
+
+
 def version(r: Any) -> dict[str, Any]:
     return {"id": r.id, "adapter_id": r.adapter_id, "number": r.number, "digest": r.digest, "kind": r.kind,
             "created_by": r.created_by}
@@ -79,7 +83,7 @@ def append(conn: sa.Connection, kind: str, content: dict[str, Any]) -> str:
     return h
 
 
-_KINDS = {"version": (t.versions, version), "alias": (t.alias_events, alias_event),
+_KINDS = {"adapter": (t.adapters, adapter), "version": (t.versions, version), "alias": (t.alias_events, alias_event),
           "evaluation": (t.evaluations, evaluation)}
 
 
@@ -118,7 +122,7 @@ def check(conn: sa.Connection) -> tuple[list[dict[str, Any]], str | None]:
     def bad(what: str, status: str) -> None:
         problems.append({"history": what, "status": status})
 
-    want: dict[str, dict[Any, Any]] = {"version": {}, "alias": {}, "evaluation": {}}
+    want: dict[str, dict[Any, Any]] = {"adapter": {}, "version": {}, "alias": {}, "evaluation": {}}
     aliases: dict[tuple[int, str], int | None] = {}
     tags: dict[tuple[int, str], str | None] = {}
     prev = GENESIS
@@ -154,6 +158,8 @@ def check(conn: sa.Connection) -> tuple[list[dict[str, Any]], str | None]:
                               k for k in sorted(set(have) | set(should)) if have.get(k) != should.get(k)))
                 bad(what(have or should), status)
 
+    compare("adapter", {r.id: adapter(r) for r in conn.execute(sa.select(t.adapters))},
+            lambda c: f"name {c['name']} (adapter #{c['id']})")
     compare("version", {r.id: version(r) for r in conn.execute(sa.select(t.versions))},
             lambda c: f"version {refs.get(c['id']) or names.get(c['adapter_id'], '?') + ':' + str(c['number'])}")
     compare("alias", {r.id: alias_event(r) for r in conn.execute(sa.select(t.alias_events))},

@@ -125,12 +125,13 @@ def validate_tag_key(key: str) -> str:
     return key
 
 
-def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> None:
+def _insert_ignore(conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> int:
+    """Insert unless the key exists; returns how many rows were inserted (0 or 1)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    conn.execute(insert(table).values(**values).on_conflict_do_nothing())
+    return conn.execute(insert(table).values(**values).on_conflict_do_nothing()).rowcount
 
 
 def _non_finite(obj: Any, path: str) -> list[str]:

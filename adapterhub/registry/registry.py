@@ -263,11 +263,12 @@ class Registry(AliasOps, MaintenanceOps):
 
     def _adapter_id(self, conn: sa.Connection, name: str, create: bool = False, lock: bool = False) -> int:
         q = sa.select(t.adapters.c.id).where(t.adapters.c.name == name)
-        if create:
-            _insert_ignore(conn, t.adapters, {"name": name, "created_at": now()})
+        created = create and _insert_ignore(conn, t.adapters, {"name": name, "created_at": now()})
         if lock and conn.dialect.name == "postgresql":
             q = q.with_for_update()  # serialises version allocation for this name
         row = conn.execute(q).first()
+        if created and row is not None:
+            history.append_row(conn, "adapter", row[0])  # its name: renaming it moves every version
         if row is None:
             raise NotFound(f"no adapter named '{name}' in the {self.label} registry")
         return row[0]

@@ -1,0 +1,26 @@
+"""The history chain records adapter names too (renaming a name would move all its versions)
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-07 06:10:00.000000
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0005'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    from adapterhub.registry import history, schema as t
+
+    conn = op.get_bind()
+    for r in conn.execute(sa.select(t.adapters).order_by(t.adapters.c.id)):
+        history.append(conn, "adapter", history.adapter(r))
+
+
+def downgrade() -> None:
+    pass  # the entries stay: the chain is append-only
