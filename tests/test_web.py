@@ -154,6 +154,11 @@ def test_pages_show_the_version_its_evaluations_aliases_and_lineage(ui):
         assert text in v2, text
     assert "sha256:" in re.search(r'<table id="files">.*?</table>', v2, re.S).group(0)
     assert c.get("/models/acme/chat/production")[2].count("acme/chat:1") >= 1  # an alias opens its version
+    gate = re.search(r'<table id="gate">.*?</table>', v2, re.S).group(0)
+    assert "production" in gate and "would pass" in gate  # evaluated; production's holder (1) never was
+    assert "points here" in c.get("/models/acme/chat/1")[2]
+    gate = re.search(r'<table id="gate">.*?</table>', c.get("/models/acme/mix/1")[2], re.S).group(0)
+    assert "would refuse" in gate and "acme/mix:1 has no evaluation" in gate
     status, _, stack = c.get("/models/acme/stack/1")
     assert "composed_of #1" in stack and "composed_of #2" in stack
     status, _, tuned = c.get("/models/acme/tuned/1")

@@ -96,7 +96,7 @@ def version_context(registry: Any, who: Principal, info: dict[str, Any]) -> dict
         e["label"] = webdata.edge_label(e)
     training = info["manifest"].get("training") or {}
     return {"v": info, "graph": graph, "loss": training.get("loss_history") or [],
-            "alias_events": webdata.alias_events_of(registry, info),
+            "alias_events": webdata.alias_events_of(registry, info), "gate": webdata.gate_status(registry, info),
             "evaluations": [{**e, "key": webdata.key_metric(e["metrics"], e["details"])} for e in info["evaluations"]],
             "tracking": info["manifest"].get("tracking") or {}, "data_check": info["manifest"].get("data_check")}
 

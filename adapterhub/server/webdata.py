@@ -149,11 +149,10 @@ def name_versions(reg: Any, who: Principal, name: str, page: int = 1) -> dict[st
 
 def alias_events_of(reg: Any, version: dict[str, Any]) -> list[dict[str, Any]]:
     """Every move of an alias of this version's name to or from it, oldest first."""
-    e, v, a = t.alias_events, t.versions, t.adapters
+    e, v = t.alias_events, t.versions
     old, new = v.alias("old"), v.alias("new")
-    with reg.read() as conn:  # by name and number: one digest may be a version of several names
-        vid = conn.execute(sa.select(v.c.id, v.c.adapter_id).join(a, a.c.id == v.c.adapter_id).where(
-            a.c.name == version["name"], v.c.number == version["version"])).first()
+    with reg.read() as conn:
+        vid = _row(conn, version)
         rows = conn.execute(
             sa.select(e, old.c.number.label("old_number"), new.c.number.label("new_number"))
             .outerjoin(old, old.c.id == e.c.old_version_id).outerjoin(new, new.c.id == e.c.new_version_id)
@@ -161,6 +160,26 @@ def alias_events_of(reg: Any, version: dict[str, Any]) -> list[dict[str, Any]]:
                    sa.or_(e.c.old_version_id == vid.id, e.c.new_version_id == vid.id)).order_by(e.c.id)).all()
     return [{"alias": r.alias, "at": iso(r.at), "actor": r.actor, "from": r.old_number, "to": r.new_number,
              "reason": r.reason, "forced": is_forced(r.reason)} for r in rows]
+
+
+def _row(conn: sa.Connection, version: dict[str, Any]) -> Any:
+    """The versions row (id, adapter_id) of a ``show`` dict, by name and number: one digest may be a version
+    of several names."""
+    v, a = t.versions, t.adapters
+    return conn.execute(sa.select(v.c.id, v.c.adapter_id).join(a, a.c.id == v.c.adapter_id).where(
+        a.c.name == version["name"], v.c.number == version["version"])).one()
+
+
+def gate_status(reg: Any, version: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each protected alias: whether it points here, else why the promotion gate would refuse to move it
+    here (empty: it would pass) — the gate's own check, read-only."""
+    from ..registry.gates import check_promotion, protected_aliases
+
+    with reg.read() as conn:
+        vid = _row(conn, version).id
+        return [{"alias": alias, "holds": alias in version["aliases"],
+                 "reasons": [] if alias in version["aliases"] else check_promotion(conn, version["name"], alias, vid)}
+                for alias in sorted(protected_aliases())]
 
 
 def is_forced(reason: str | None) -> bool:
