@@ -86,7 +86,8 @@ def test_sign_in_sets_a_strict_httponly_session_cookie_without_the_token(ui):
     assert status == 200 and "acme/chat" in body
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     # an off-site "next" is not followed
-    assert Client(ui["url"]).login(token, next="//evil.example/")[1]["Location"] == "/"
+    for off_site in ("//evil.example/", "/\t/evil.example/", "/\\evil.example", "https://evil.example/"):
+        assert Client(ui["url"]).login(token, next=off_site)[1]["Location"] == "/", off_site
     # sign-out needs the page's CSRF value and ends the session
     assert c.post("/logout", {"csrf": "forged"})[0] == 400
     assert c.post("/logout", {"csrf": c.csrf("/")})[0] == 303

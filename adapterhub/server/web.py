@@ -84,7 +84,8 @@ def number(text: str, default: int = 1) -> int:
 
 def safe_next(target: str | None) -> str:
     """Only a path of this site (``/x``, not ``//host`` or ``http://``) is followed after sign-in."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(c) < 33 or ord(c) == 127 for c in target)):  # browsers drop tabs: "/\t/host" is "//host"
         return "/"
     return target
 
