@@ -215,7 +215,9 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-from . import combine_cmds, data_cmds, demo_cmds, eval_cmds, merge_cmds, registry_cmds, server_cmds, train_cmds  # noqa: E402,F401  (register the commands)
+from . import (  # noqa: E402,F401  (register the commands)
+    combine_cmds, data_cmds, demo_cmds, eval_cmds, merge_cmds, plugin_cmds, registry_cmds, server_cmds, train_cmds,
+)
 
 _commands_from: set[str] = set()  # plugins whose register_commands already ran on this CLI
 
