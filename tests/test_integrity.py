@@ -255,3 +255,20 @@ def test_an_edited_lineage_row_is_named_by_verify_and_never_copied(cli, home, tm
     other = tmp_path / "other"
     assert cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code == 0
     assert_clean_error(cli("push", "acme/chat:1", "--to", "other"), "acme/chat:1", "lineage rows")
+
+
+def test_a_manifest_edited_into_non_json_is_one_line_in_every_command(cli, home, tmp_path):
+    assert cli("push", make_lora_dir(tmp_path / "a"), "acme/chat").exit_code == 0
+    from adapterhub.api import local_registry
+
+    reg = local_registry(str(home))
+    reg.add_evaluation("acme/chat:1", "sha256:" + "e" * 64, {"accuracy": 0.9})
+    reg.close()
+    for text in ("[1, 2]", "not json {"):
+        _sql(home, "UPDATE versions SET manifest = :m", m=text)
+        for args in (("alias", "set", "acme/chat", "production", "1"), ("show", "acme/chat:1"),
+                     ("pull", "acme/chat:1", "--out", tmp_path / "o")):
+            assert_clean_error(cli(*args), "acme/chat:1", "edited behind its back")
+        assert cli("lineage", "acme/chat:1").exit_code == 0
+        r = cli("verify")
+        assert r.exit_code == 1 and "internal error" not in r.output

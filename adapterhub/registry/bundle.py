@@ -17,6 +17,18 @@ from typing import Any
 from ..errors import IntegrityError
 
 
+def parse_manifest(text: str, ref: str) -> dict[str, Any]:
+    """A stored manifest as a dict; :class:`IntegrityError` naming ``ref`` if it is not a JSON object
+    (only a database edited behind the registry's back holds one)."""
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise IntegrityError(f"{ref}: its stored manifest is not a JSON object: the registry was edited behind its back")
+    return manifest
+
+
 @dataclass
 class BundleFile:
     """One file of a version: its path inside the version, blob digest (hex) and size."""
@@ -65,10 +77,7 @@ class VersionBundle:
         if got != self.digest:
             raise IntegrityError(f"{self.ref}: its stored manifest hashes to sha256:{got[:12]}, not to the "
                                  f"version's digest sha256:{self.digest[:12]}: the registry was edited behind its back")
-        try:
-            listed = json.loads(self.manifest_text).get("files")
-        except (ValueError, AttributeError):
-            raise IntegrityError(f"{self.ref}: its stored manifest is not a JSON object") from None
+        listed = parse_manifest(self.manifest_text, self.ref).get("files")
         want = sorted((str(f.get("path")), str(f.get("sha256")), f.get("size")) for f in
                       (listed if isinstance(listed, list) else []) if isinstance(f, dict))
         have = sorted((f.path, f.digest, f.size) for f in self.files)

@@ -30,7 +30,6 @@ This module does not import torch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Iterable
@@ -39,6 +38,7 @@ import sqlalchemy as sa
 
 from ..errors import AdapterhubError, InvalidInput
 from . import schema as t
+from .bundle import parse_manifest
 
 PROTECTED_ENV = "ADAPTERHUB_PROTECTED_ALIASES"
 DEFAULT_PROTECTED = ("production",)
@@ -76,8 +76,8 @@ def _version(conn: sa.Connection, version_id: int) -> dict[str, Any]:
     row = conn.execute(sa.select(v.c.id, v.c.number, v.c.manifest, v.c.adapter_id, a.c.name)
                        .join(a, a.c.id == v.c.adapter_id).where(v.c.id == version_id)).first()
     d = dict(row._mapping)
-    d["manifest"] = json.loads(d["manifest"])
     d["ref"] = f"{d['name']}:{d['number']}"
+    d["manifest"] = parse_manifest(d["manifest"], d["ref"])
     return d
 
 

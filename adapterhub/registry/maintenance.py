@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -14,7 +13,7 @@ from ..errors import AdapterhubError, IntegrityError, InvalidInput
 from . import history, schema as t
 from .blobs import Progress, copy_verified, verify_blob
 from .db import blob_lock
-from .bundle import BundleEdge, BundleFile, VersionBundle
+from .bundle import BundleEdge, BundleFile, VersionBundle, parse_manifest
 from ..files.output_dir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
 from .records import check_relpath
 
@@ -227,7 +226,10 @@ def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
                              .join(a, a.c.id == v.c.adapter_id).where(v.c.id == vid)).first()
             key = f"{r.name}:{r.number}"
             if key not in nodes:
-                base = json.loads(r.manifest).get("base") or {}
+                try:  # a manifest edited into something else: verify names it; the graph still draws
+                    base = parse_manifest(r.manifest, key).get("base") or {}
+                except IntegrityError:
+                    base = {}
                 nodes[key] = {"id": key, "ref": key, "digest": "sha256:" + r.digest, "method": r.method,
                               "kind": r.kind, "external": False, "base_fingerprint": base.get("fingerprint"),
                               "base_quantization": base.get("quantization")}
