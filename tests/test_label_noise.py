@@ -164,3 +164,4 @@ def test_train_fail_on_noise_refuses_before_training(cli, tmp_path):
     manifest = json.loads((out / "adapterhub.json").read_text())
     assert manifest["data"][0]["digest"] == cleaned["output"]["digest"]
     assert manifest["data_check"]["summary"]["label_issues"]["estimated_noise_rate"] <= 0.1
+    assert manifest["data_check"]["fail_on_noise"] == 0.1 and manifest["data_check"]["status"] == "passed"

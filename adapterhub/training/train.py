@@ -371,6 +371,8 @@ def _publish(opts: TrainOptions, plugins: Any, registry: Any, method: Any, effec
         manifest["labels"] = run.labels
     if run.report is not None:
         manifest["data_check"] = _report_summary(run.report, opts.allow_dirty_data)
+        if opts.fail_on_noise is not None:  # the gate the data passed, beside the noise it was estimated to have
+            manifest["data_check"]["fail_on_noise"] = opts.fail_on_noise
     if tracker:
         manifest["tracking"] = tracker.run_info() or {}
     fp, quantization = run.fingerprint, manifest["base"].get("quantization")
