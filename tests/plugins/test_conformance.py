@@ -10,6 +10,7 @@ from adapterhub_bitfit import BitFitMethod
 from adapterhub_bottleneck import BottleneckMethod
 from adapterhub_ia3 import IA3Method
 from adapterhub_lora import LoraMethod
+from adapterhub_loha import LoHaMethod
 
 
 class TestLoraOnLlama(PeftMergeParity):
@@ -34,3 +35,9 @@ class TestBitFitOnBert(MethodConformance):  # peft has no BitFit
 class TestBottleneckOnLlama(MethodConformance):  # peft has no bottleneck adapters (the adapters oracle tests them)
     method = BottleneckMethod()
     options = {}
+
+
+class TestLoHaOnLlama(PeftMergeParity):  # a plugin written only against the public toolkit
+    method = LoHaMethod()
+    options = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    peft_config = staticmethod(lambda options: peft.LoHaConfig(**options))
