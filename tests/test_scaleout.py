@@ -237,6 +237,10 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
     assert d["world_size"] == 2 and d["ref"] == "demo/sentiment:1"
     assert [v["ref"] for v in cli("list", "--json").json()] == ["demo/sentiment:1"]
     assert not os.path.exists(ckpt)
+    # the loss curve in the manifest covers the whole run, the steps before the kill included
+    history = cli("show", "demo/sentiment:1", "--json").json()["training"]["loss_history"]
+    assert [p["step"] for p in history if "loss" in p] == list(range(1, 17))
+    assert [p["step"] for p in history if "eval_loss" in p] == [4, 8, 12, 16]
 
 
 def test_processes_agree_gather_fsdp_shards_and_time_out(tmp_path):
