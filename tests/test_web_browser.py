@@ -1,6 +1,6 @@
 """The web UI in a real headless Chromium (Debian's, driven by Playwright) against a real ``adapterhub serve``:
 sign-in through the form, every page without console errors, the lineage graph's nodes, edges and click
-navigation, the loss chart, and namespace isolation. One browser for the module; the server and registry
+navigation, the loss chart, the same data as tables with JavaScript off, and namespace isolation. One browser for the module; the server and registry
 (``web_hub``, tests/webhub.py) are shared with tests/test_web.py."""
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ def site(web_hub):
             browser.close()
 
 
-def open_session(site, role: str, height: int = 900):
+def open_session(site, role: str, height: int = 900, javascript: bool = True):
     """A fresh browser context signed in through the form as ``role``; returns (page, console errors)."""
-    context = site["browser"].new_context(viewport={"width": 1280, "height": height})
+    context = site["browser"].new_context(viewport={"width": 1280, "height": height}, java_script_enabled=javascript)
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -96,6 +96,20 @@ def test_the_loss_chart_is_drawn(site):
     assert drawn > 500
     legend = page.locator("#loss-chart").inner_text()
     assert "training loss" in legend and "eval loss" in legend
+    assert errors == []
+
+
+def test_without_javascript_the_tables_carry_the_same_data(site):
+    page, errors = open_session(site, "read", javascript=False)  # the sign-in form is a plain POST
+    page.goto(site["url"] + "/models/acme/tuned/1")
+    assert page.locator("#loss-chart canvas").count() == 0  # no chart drawn: the losses are a table
+    assert page.locator("noscript table tr").count() == 1 + 9  # 6 training losses and 3 eval losses
+    page.goto(site["url"] + "/models/acme/mix/1")
+    assert page.locator("#lineage canvas").count() == 0  # no graph drawn ...
+    edges = page.locator("#lineage-edges tbody tr").all_inner_texts()  # ... the table has its edges
+    assert edges == ["acme/mix:1\tcombined_from w=0.7\tacme/chat:1", "acme/mix:1\tcombined_from w=0.3\tacme/chat:2"]
+    page.locator("#lineage-edges a", has_text="acme/chat:2").click()
+    page.wait_for_url(site["url"] + "/models/acme/chat/2")
     assert errors == []
 
 
