@@ -11,6 +11,7 @@ from adapterhub_bottleneck import BottleneckMethod
 from adapterhub_ia3 import IA3Method
 from adapterhub_lora import LoraMethod
 from adapterhub_loha import LoHaMethod
+from adapterhub_lokr import LoKrMethod
 
 
 class TestLoraOnLlama(PeftMergeParity):
@@ -41,3 +42,16 @@ class TestLoHaOnLlama(PeftMergeParity):  # a plugin written only against the pub
     method = LoHaMethod()
     options = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
     peft_config = staticmethod(lambda options: peft.LoHaConfig(**options))
+
+
+class TestLoKrOnLlama(PeftMergeParity):  # full factors (r large enough for both)
+    method = LoKrMethod()
+    options = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    peft_config = staticmethod(lambda options: peft.LoKrConfig(**options))
+
+
+class TestLoKrDecomposedOnBert(PeftMergeParity):  # both factors low-rank
+    method = LoKrMethod()
+    model = "bert"
+    options = {"r": 1, "alpha": 3, "decompose_both": True, "target_modules": ["query", "value"]}
+    peft_config = staticmethod(lambda options: peft.LoKrConfig(**options))
