@@ -272,3 +272,15 @@ def test_a_manifest_edited_into_non_json_is_one_line_in_every_command(cli, home,
         assert cli("lineage", "acme/chat:1").exit_code == 0
         r = cli("verify")
         assert r.exit_code == 1 and "internal error" not in r.output
+
+
+def test_a_version_rows_kind_method_or_base_edited_apart_from_its_manifest_is_refused(cli, home, tmp_path):
+    from conftest import make_base_dir
+
+    base = make_base_dir(tmp_path / "base")
+    assert cli("push", make_lora_dir(tmp_path / "a"), "acme/chat", "--base", base).exit_code == 0
+    _sql(home, "UPDATE versions SET base_fingerprint = :f", f="sha256:" + "0" * 64)  # another base would be accepted
+    assert_clean_error(cli("merge", "acme/chat:1", "--base", base, "--out", tmp_path / "m"), "acme/chat:1",
+                       "base_fingerprint")
+    r = cli("verify", "--json")
+    assert r.exit_code == 1 and "base_fingerprint" in r.json()["problems"][0]["status"]

@@ -88,6 +88,21 @@ class VersionBundle:
                                  f"lists ({', '.join(extra[:3])}): the registry was edited behind its back")
         return self
 
+    def check_row(self, kind: str | None, method: str | None, base_fingerprint: str | None) -> "VersionBundle":
+        """Raise :class:`IntegrityError` unless the version row's kind, method and base fingerprint (what
+        ``list``, ``merge`` and the base check read) are the (checked) manifest's."""
+        m = parse_manifest(self.manifest_text, self.ref)
+        want = {"kind": m.get("kind", "adapter"), "method": m.get("method")}
+        base = m.get("base")
+        if isinstance(base, dict) and base.get("fingerprint"):
+            want["base_fingerprint"] = base["fingerprint"]
+        have = {"kind": kind, "method": method, "base_fingerprint": base_fingerprint}
+        bad = [k for k in want if want[k] != have[k]]
+        if bad:
+            raise IntegrityError(f"{self.ref}: its {', '.join(bad)} in the database differ from its manifest: "
+                                 "the registry was edited behind its back")
+        return self
+
     def check_lineage(self) -> "VersionBundle":
         """Raise :class:`IntegrityError` unless the lineage edges with a digest are, in order, the parents
         with a digest that the (checked) manifest lists: a lineage row edited behind the registry's back

@@ -73,7 +73,8 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
         ref_ = f"{row.name}:{row.number}"
         try:
             VersionBundle(row.name, row.number, row.digest, row.manifest, served.get(row.id, []),
-                          edges.get(row.id, [])).check().check_lineage()
+                          edges.get(row.id, [])).check().check_lineage().check_row(row.kind, row.method,
+                                                                                    row.base_fingerprint)
         except IntegrityError as exc:
             problems.append({"version": ref_, "status": str(exc).split(": ", 1)[-1]})
         for bf in served.get(row.id, []):

@@ -312,12 +312,14 @@ class Registry(AliasOps, MaintenanceOps):
 
     def checked_files(self, conn: sa.Connection, v: dict[str, Any]) -> list[BundleFile]:
         """The files the database serves for version ``v`` (a :meth:`resolve` row), after checking that its
-        stored manifest hashes to its digest and lists exactly these files (:meth:`VersionBundle.check`):
+        stored manifest hashes to its digest, lists exactly these files and agrees with the row's kind, method
+        and base fingerprint (:meth:`VersionBundle.check`, :meth:`VersionBundle.check_row`):
         every read of a version's content goes through here, so an edited row fails before anything is
         written, with one error naming the version."""
         files = [BundleFile(r.path, r.blob_digest, r.size) for r in conn.execute(
             sa.select(t.files).where(t.files.c.version_id == v["id"]).order_by(t.files.c.path))]
-        VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files).check()
+        VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files).check().check_row(
+            v["kind"], v["method"], v["base_fingerprint"])
         return files
 
     def export_version(self, ref: str | Ref) -> VersionBundle:
