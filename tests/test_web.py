@@ -232,6 +232,30 @@ def test_alias_events_are_those_of_the_versions_name(tmp_path):
         reg.close()
 
 
+def test_a_tampered_manifest_is_named_on_its_row_and_the_rest_still_list(tmp_path):
+    import sqlalchemy as sa
+
+    from adapterhub.api import local_registry
+    from adapterhub.registry import schema as t
+    from adapterhub.registry.tokens import Principal
+    from adapterhub.server import webdata
+    from webhub import make_lora_dir
+
+    home = str(tmp_path / "home")
+    run = cli_in(home)
+    run("push", make_lora_dir(tmp_path / "a"), "acme/one")
+    run("push", make_lora_dir(tmp_path / "b", seed=1), "acme/one")
+    reg = local_registry(home)
+    try:
+        with reg.write() as conn:
+            conn.execute(sa.update(t.versions).where(t.versions.c.number == 1).values(manifest="not json"))
+        rows = webdata.name_versions(reg, Principal("x", "read"), "acme/one")["rows"]
+    finally:
+        reg.close()
+    assert [(r["version"], r["data_check"]) for r in rows][1] == (1, "manifest unreadable: verify this version")
+    assert rows[0]["version"] == 2 and rows[0]["data_check"] != rows[1]["data_check"]
+
+
 def test_a_name_with_10000_versions_reads_one_page(tmp_path):
     """Bulk-inserted versions (rows as ``publish`` writes them); the name page issues a few statements,
     each bounded by LIMIT, and the real server pages through them."""
