@@ -319,3 +319,23 @@ def test_runs_killed_with_sigkill_leave_nothing_behind(home, llama, pg_url, s3_s
     assert r.exit_code == 0 and r.json()["cached"] is False, r.output
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n] and os.listdir(tmpdir) == [live.name]
     assert sorted(os.listdir(tmp_path / "m2")) == ["config.json", "generation_config.json", "model.safetensors"]
+
+
+def test_concurrent_merges_of_the_same_key_both_succeed(cli, home, llama, linked, tmp_path):
+    """Two processes fill the same entry at once: both merges succeed without a warning, one entry stays, and
+    it serves the next merge."""
+    import subprocess
+
+    base, ad = llama
+    assert cli("push", ad, "acme/l1", "--base", base).exit_code == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "adapterhub", "merge", "acme/l1", "--base", base, "--out",
+                               str(tmp_path / f"c{i}"), "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "warning" not in err, err
+        assert json.loads(out)["cached"] in (False, True)
+    assert len(entries(home)) == 1 and tree(tmp_path / "c0") == tree(tmp_path / "c1")
+    assert [n for n in os.listdir(home / "cache" / "merged") if n.startswith(".tmp-")] == []
+    r = cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "c2", "--json")
+    assert r.json()["cached"] is True and tree(tmp_path / "c2") == tree(tmp_path / "c0"), r.output
