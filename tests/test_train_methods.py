@@ -18,6 +18,8 @@ CAUSAL = [
     ("lora", ["r=4", "target_modules=q_proj,v_proj"]),
     ("dora", ["r=4", "target_modules=q_proj,v_proj"]),
     ("ia3", []),
+    ("loha", ["r=4", "target_modules=q_proj,v_proj"]),
+    ("lokr", ["r=4", "target_modules=q_proj,v_proj"]),
     ("prompt_tuning", ["num_virtual_tokens=4"]),
     ("prefix_tuning", ["num_virtual_tokens=4"]),
     ("bottleneck", ["bottleneck_size=8"]),
