@@ -117,8 +117,6 @@ Keys follow PEFT's layout: ``base_model.model.<module path>.scale`` (one vector 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -144,22 +142,14 @@ class ScaledLinear(nn.Module):
         return self.base_layer(x) * (1 + self.scale)
 
 
-def _resolve(model: nn.Module, config: ${Class}Config) -> tuple[${Class}Config, list[str], list[str]]:
-    """``(effective config, target paths, modules_to_save paths)`` by PEFT's selection rules."""
-    mts = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type)
-    targets = tuners.select_targets(model, config.target_modules or "all-linear", types=(nn.Linear,),
-                                    method=_FAMILY, exclude=mts, task_type=config.task_type)
-    effective = dataclasses.replace(config, target_modules=sorted({p.rsplit(".", 1)[-1] for p in targets}),
-                                    modules_to_save=mts)
-    return effective, targets, tuners.modules_to_save_paths(model, mts)
-
-
 def attached(model: nn.Module, method: str | None = None) -> tuners.Attached:
     return tuners.attached(model, _SLOT, method, family=_FAMILY)
 
 
 def attach(model: nn.Module, config: ${Class}Config, method: str = _FAMILY) -> ${Class}Config:
-    return tuners.attach_wrappers(model, _SLOT, method, lambda m: _resolve(m, config),
+    # target_modules selects Linear layers by peft's rules; modules_to_save become trainable copies
+    return tuners.attach_wrappers(model, _SLOT, method,
+                                  lambda m: tuners.resolve_targets(m, config, _FAMILY, required=True),
                                   lambda cfg, path, module: ScaledLinear(module))
 
 

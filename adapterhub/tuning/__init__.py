@@ -416,6 +416,25 @@ def select_targets(
     )
 
 
+def resolve_targets(model: "nn.Module", config: Any, method: str, *, types: tuple[type, ...] | None = None,
+                    required: bool = False) -> tuple[Any, list[str], list[str]]:
+    """The usual ``resolve`` of a method that wraps layers (for :func:`attach_wrappers`): ``(effective config,
+    the paths ``config.target_modules`` selects among ``types`` (default: ``nn.Linear``), the
+    ``modules_to_save`` paths)``, with PEFT's SEQ_CLS heads added to ``modules_to_save``. ``required``: refuse
+    an empty ``target_modules`` (a method PEFT gives no default targets)."""
+    if types is None:
+        from torch import nn
+
+        types = (nn.Linear,)
+    if config.target_modules is None and required:
+        raise InvalidInput(f"{method} needs target_modules (peft has no default for it), e.g. "
+                           "target_modules=q_proj,v_proj or all-linear")
+    mts = with_seq_cls_heads(config.modules_to_save, config.task_type)
+    targets = select_targets(model, config.target_modules, types=types, method=method, exclude=mts,
+                             task_type=config.task_type)
+    return dataclasses.replace(config, modules_to_save=mts), targets, modules_to_save_paths(model, mts)
+
+
 def _nothing_matched(field: str, pattern: Any, candidates: Callable[[], list[str]]) -> InvalidInput:
     # as in peft, one string is a regex over the whole module path; a list matches name suffixes
     hint = (f" (one string is a regular expression over the full module path, as in peft: for names use a list, "

@@ -6,7 +6,6 @@ Keys follow peft's layout, ``base_model.model.<module path>.hada_w{1,2}_{a,b}``;
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -51,23 +50,13 @@ class LoHaLinear(nn.Module):
         return (result + F.linear(x.to(delta.dtype), delta)).to(x.dtype)
 
 
-def _resolve(model: nn.Module, config: LoHaConfig) -> tuple[LoHaConfig, list[str], list[str]]:
-    if config.target_modules is None:
-        raise tuners.InvalidInput("loha needs target_modules (peft has no default for it), e.g. "
-                                  "target_modules=q_proj,v_proj or all-linear")
-    mts = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type)
-    targets = tuners.select_targets(model, config.target_modules, types=(nn.Linear,), method="loha", exclude=mts,
-                                    task_type=config.task_type)
-    return dataclasses.replace(config, modules_to_save=mts), targets, tuners.modules_to_save_paths(model, mts)
-
-
 def attached(model: nn.Module, method: str | None = None) -> tuners.Attached:
     return tuners.attached(model, _SLOT, method, family="loha")
 
 
 def attach(model: nn.Module, config: LoHaConfig, method: str = "loha") -> LoHaConfig:
     return tuners.attach_wrappers(
-        model, _SLOT, method, lambda m: _resolve(m, config),
+        model, _SLOT, method, lambda m: tuners.resolve_targets(m, config, "loha", required=True),
         lambda cfg, path, module: LoHaLinear(module, cfg.r, cfg.scaling, cfg.init_weights))
 
 

@@ -6,7 +6,6 @@ Keys follow peft's layout, ``base_model.model.<module path>.lokr_w1`` (or ``lokr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -14,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterhub import tuning as tuners
-from adapterhub.errors import InvalidInput
 from adapterhub.tuning import PEFT_PREFIX
 
 from .config import LoKrConfig, factor_shapes
@@ -54,22 +52,13 @@ class LoKrLinear(nn.Module):
         return (result + F.linear(x.to(delta.dtype), delta)).to(x.dtype)
 
 
-def _resolve(model: nn.Module, config: LoKrConfig) -> tuple[LoKrConfig, list[str], list[str]]:
-    if config.target_modules is None:
-        raise InvalidInput("lokr needs target_modules (peft has no default for it), e.g. "
-                           "target_modules=q_proj,v_proj or all-linear")
-    mts = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type)
-    targets = tuners.select_targets(model, config.target_modules, types=(nn.Linear,), method="lokr", exclude=mts,
-                                    task_type=config.task_type)
-    return dataclasses.replace(config, modules_to_save=mts), targets, tuners.modules_to_save_paths(model, mts)
-
-
 def attached(model: nn.Module, method: str | None = None) -> tuners.Attached:
     return tuners.attached(model, _SLOT, method, family="lokr")
 
 
 def attach(model: nn.Module, config: LoKrConfig, method: str = "lokr") -> LoKrConfig:
-    return tuners.attach_wrappers(model, _SLOT, method, lambda m: _resolve(m, config),
+    return tuners.attach_wrappers(model, _SLOT, method,
+                                  lambda m: tuners.resolve_targets(m, config, "lokr", required=True),
                                   lambda cfg, path, module: LoKrLinear(module, cfg))
 
 
