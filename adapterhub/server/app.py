@@ -38,8 +38,7 @@ from ..registry.records import NEVER_UPLOADED
 from ..registry.registry import LocalFile, ParentSpec, Registry, is_external_ref
 from ..registry.tokens import AuthError, Forbidden, Principal
 from .bodies import (
-    AliasBody, AliasRemoveBody, DigestsBody, EvaluationBody, FileSpec, GcBody, ParentBody, PublishBody, TagBody,
-    TokenBody,
+    AliasBody, AliasRemoveBody, DigestsBody, EvaluationBody, FileSpec, GcBody, PublishBody, TagBody, TokenBody,
 )
 
 log = logging.getLogger("adapterhub.server")
