@@ -209,34 +209,6 @@ def _pad_rank(a, b, rank: int):
 
 
 # -- the registry operation ----------------------------------------------------------------------------------
-def load_version(reg: Any, ref: str, plugins: Any, tmp: str):
-    """``(version info, LoadedAdapter)`` for ``ref``: materialized (blobs verified) under ``tmp``."""
-    from ..files.checkpoint import load_adapter_dir
-    from ..registry.maintenance import materialize
-
-    info = reg.show(ref)
-    if info["kind"] != "adapter":
-        raise InvalidInput(f"{info['ref']} is a {info['kind']}, not an adapter")
-    out = os.path.join(tmp, f"{len(os.listdir(tmp)):03d}")
-    materialize(reg, info["ref"], out)
-    loaded = load_adapter_dir(out, plugins)
-    loaded.manifest = info["manifest"]  # the registry's (a PEFT-format version has no adapterhub.json)
-    return info, loaded
-
-
-def common_base(infos: Sequence[dict[str, Any]], what: str = "combine") -> dict[str, Any] | None:
-    """The base the versions share, as a manifest ``base`` entry; refuses versions of different bases."""
-    fps = {i["base_fingerprint"] for i in infos}
-    if len(fps) > 1:
-        desc = ", ".join(f"{i['ref']} ({i['base_fingerprint'] or 'unknown base'})" for i in infos)
-        raise InvalidInput(f"cannot {what} adapters of different base models: {desc}")
-    fp = fps.pop()
-    if fp is None:
-        return None
-    names = [((i.get("base") or {}).get("name") or (i["manifest"].get("base") or {}).get("name")) for i in infos]
-    return {"fingerprint": fp, "name": next((n for n in names if n), None)}
-
-
 def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequence[float] | None = None,
             density: float | None = None, rank: int | None = None, seed: int | None = None,
             aliases: Iterable[str] = (), plugins: Any = None, home: str | None = None):
@@ -248,10 +220,10 @@ def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequ
     """
     from ..api import push
     from ..files.checkpoint import save_adapter
-    from .compose import check_name_kind
     from ..plugins import get_plugins
     from ..registry.refs import validate_alias, validate_name
     from ..registry.registry import ParentSpec
+    from .stored import check_name_kind, common_base, load_version
 
     validate_name(name)
     aliases = [validate_alias(a) for a in aliases]

@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from ..errors import AdapterhubError, InvalidInput, NotFound
+from ..errors import AdapterhubError, InvalidInput
 
 BASE = "__base__"  # the adapter name of rows that get no adapter
 
@@ -232,7 +232,7 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
     in ``aliases`` passes the promotion gate first (as with push and combine); a name holding adapter
     versions takes no composition."""
     from ..files.checkpoint import MANIFEST, write_json
-    from .combine import common_base
+    from .stored import check_name_kind, common_base
     from ..registry.gates import alias_guard
     from ..plugins import get_plugins
     from ..registry.refs import validate_alias, validate_name
@@ -280,21 +280,6 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_name_kind(reg: Any, name: str, kind: str) -> None:
-    """Refuse, before any work, to add a version of ``kind`` (``adapter`` or ``composition``) to ``name`` when
-    ``name`` already holds versions of another kind (the registry refuses it again when it stores the version)."""
-    try:
-        versions = reg.list(name)
-    except NotFound:
-        return  # a new name
-    other = sorted({v["kind"] for v in versions} - {kind})
-    if other:
-        from ..registry.registry import kind_conflict
-
-        held = next(v["ref"] for v in reversed(versions) if v["kind"] == other[0])
-        raise kind_conflict(name, kind, other[0], held)
-
-
 def _member_methods(reg: Any, info: dict[str, Any], depth: int = 0) -> list[str]:
     if info["kind"] != "composition":
         return [info["method"]]
@@ -310,7 +295,7 @@ def _members(info: dict[str, Any]) -> list[dict[str, Any]]:
 def load_stack(reg: Any, ref: str, plugins: Any = None) -> list[Any]:
     """The adapters (``LoadedAdapter``) a ref stands for, in order: a composition's members (nested
     compositions flattened), or the one adapter. Every blob is verified as it is read."""
-    from .combine import load_version
+    from .stored import load_version
     from ..plugins import get_plugins
 
     plugins = plugins or get_plugins()

@@ -86,7 +86,7 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
     from ..api import fingerprint, push
     from ..files.checkpoint import save_adapter
     from .combine import unit_scaling_ranks
-    from .compose import check_name_kind
+    from .stored import check_name_kind
     from ..plugins import get_plugins
     from ..registry.refs import validate_alias, validate_name
     from ..registry.registry import ParentSpec

@@ -178,7 +178,7 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
                 warnings.warn(note, UserWarning, stacklevel=1)
         run = _prepare(opts, plugins, registry, procs)
     opts, registry = run.opts, run.registry
-    method, config = run.method, run.config
+    method = run.method
     ckpt = _checkpoint_dir(opts)
     resume = procs.share(resume_point(ckpt) if procs.main and opts.resume else None,
                          "finding the checkpoint to resume from")
