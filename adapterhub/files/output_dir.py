@@ -82,6 +82,10 @@ def alive(pid: int) -> bool:
     return True
 
 
+#: the temp-dir prefix of adapters downloaded for a merge or export (``sweep`` finds a killed run's ones)
+EXPORT_PREFIX = "adapterhub-export-"
+
+
 def sweep(parent: str, prefix: str) -> int:
     """Remove the entries of ``parent`` named ``prefix + temp_tag()`` (or ``... .old``) whose process, on
     this host, is gone; returns how many. Entries of live processes and other hosts are left alone."""

@@ -26,10 +26,9 @@ from ..errors import AdapterhubError, InvalidInput
 from ..merge.plan import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
                     parse_shard_size, plan_merge)
 from ..plugins import Plugins, get_plugins
-from ..files.output_dir import check_out, check_out_base
+from ..files.output_dir import EXPORT_PREFIX, check_out, check_out_base
 
 WEIGHTS = "adapter_model.safetensors"
-EXPORT_PREFIX = "adapterhub-export-"
 
 
 @contextmanager

@@ -255,8 +255,7 @@ def clean(home: str) -> int:
     its process (on this host) is gone. Returns how many were removed."""
     import tempfile
 
-    from ..files.output_dir import sweep
-    from .export import EXPORT_PREFIX
+    from ..files.output_dir import EXPORT_PREFIX, sweep
 
     root = cache_dir(home, "merged")
     removed = sweep(root, TMP_PREFIX) + sweep(tempfile.gettempdir(), EXPORT_PREFIX)
