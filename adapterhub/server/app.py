@@ -30,16 +30,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import AdapterhubError, BaseMismatch, IntegrityError, InvalidInput, NotFound
+from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from ..registry import audit, tokens
 from ..registry.blobs import CHUNK, check_digest
 from ..registry.bundle import VersionBundle
 from ..registry.records import NEVER_UPLOADED
 from ..registry.registry import LocalFile, ParentSpec, Registry, is_external_ref
-from ..registry.tokens import AuthError, Forbidden, Principal
+from ..registry.tokens import AuthError, Principal
 from .bodies import (
     AliasBody, AliasRemoveBody, DigestsBody, EvaluationBody, FileSpec, GcBody, PublishBody, TagBody, TokenBody,
 )
+from .statuses import LengthRequired, PayloadTooLarge, status_of
 
 log = logging.getLogger("adapterhub.server")
 
@@ -53,30 +54,6 @@ MAX_JSON_BODY = 16 * 1024**2
 class Settings:
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
     presign_seconds: int = PRESIGN_SECONDS
-
-
-class PayloadTooLarge(InvalidInput):
-    """An upload over ``max_blob_size`` (HTTP 413)."""
-
-
-class LengthRequired(InvalidInput):
-    """An upload without ``Content-Length`` (HTTP 411)."""
-
-
-_STATUS: list[tuple[type[BaseException], int]] = [
-    (AuthError, 401), (Forbidden, 403), (NotFound, 404), (PayloadTooLarge, 413), (LengthRequired, 411),
-    (IntegrityError, 409), (BaseMismatch, 400), (InvalidInput, 400)]
-
-
-def status_of(exc: BaseException) -> int:
-    from ..registry.gates import GateRefused
-
-    if isinstance(exc, GateRefused):
-        return 409
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 400 if isinstance(exc, AdapterhubError) else 500
 
 
 class BodyLimit:

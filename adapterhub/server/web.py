@@ -148,7 +148,7 @@ def mount(app: FastAPI, registry: Any) -> None:
                 return render(request, "error.html", 404, who=who, title="Not found",
                               message="Nothing here, or nothing this token may see.")
             except AdapterhubError as exc:
-                from .app import status_of
+                from .statuses import status_of
 
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 return render(request, "error.html", status_of(exc), who=who, title="Error", message=msg)
