@@ -25,8 +25,8 @@ import torch
 
 from adapterhub.errors import AdapterhubError, InvalidInput
 
-from .quantizers import CONFIG_KEY
-
+#: config.json key of a directory written by ``quantize`` (the record; transformers ignores it)
+CONFIG_KEY = "adapterhub_quantization"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
 

@@ -19,8 +19,6 @@ from adapterhub.errors import InvalidInput
 
 BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-#: config.json key of a directory written by ``quantize`` (the record; transformers ignores it)
-CONFIG_KEY = "adapterhub_quantization"
 
 
 def _bool(key: str, value: Any) -> bool:
