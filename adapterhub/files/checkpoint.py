@@ -206,13 +206,13 @@ def check_base_fit(source: AdapterSource, base_dir: str) -> None:
     if source.method is None or source.tensors is None:
         return
     from .fingerprint import find_weight_files
-    from ..merge.plan import PEFT_PREFIX, _choose_prefix
+    from .peft_keys import PEFT_PREFIX, base_prefix
 
     base: dict[str, Any] = {}
     for path in find_weight_files(base_dir):
         base.update(read_header(path).tensors)
     paths = [k[len(PEFT_PREFIX):] for k in source.tensors if k.startswith(PEFT_PREFIX)]
-    prefix = _choose_prefix(sorted(base), paths)
+    prefix = base_prefix(sorted(base), paths)
     source.method.check_tensors(source.tensors, source.config, {prefix + n: t for n, t in base.items()})
 
 

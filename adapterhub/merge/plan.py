@@ -44,10 +44,10 @@ from typing import Any, Callable
 from ..files.checkpoint import LoadedAdapter, load_json, write_json
 from ..errors import AdapterhubError, InvalidInput
 from ..files.fingerprint import INDEX, find_weight_files
+from ..files.peft_keys import PEFT_PREFIX, base_prefix, module_prefixes, parent_paths
 from ..files.safetensors_header import DTYPE_SIZES, read_header
 from ..files.safetensors_io import _TORCH_NAMES, _BaseReader, _header, st_dtype  # noqa: F401  (re-exported)
 
-PEFT_PREFIX = "base_model.model."
 DEFAULT_SHARD_SIZE = 5 * 10**9
 DTYPE_CHOICES = {"bf16": "BF16", "bfloat16": "BF16", "fp16": "F16", "float16": "F16", "fp32": "F32", "float32": "F32"}
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -130,35 +130,6 @@ class Plan:
     prefix: str  # added in front of every base tensor name ("" or e.g. "bert.")
     untied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def _modules(names) -> set[str]:
-    """Every dotted prefix of every name ("a.b.c" -> "a", "a.b")."""
-    out = set()
-    for n in names:
-        parts = n.split(".")
-        for i in range(1, len(parts)):
-            out.add(".".join(parts[:i]))
-    return out
-
-
-def _choose_prefix(base_names: list[str], paths: list[str]) -> str:
-    """The prefix that maps the base's tensor names onto the adapter's model paths: "" when they already
-    match, "bert." for a headless encoder under a BertForSequenceClassification adapter ..."""
-    candidates = [""] + sorted({p.split(".", 1)[0] + "." for p in paths if "." in p})
-    best, best_score = "", -1
-    for cand in candidates:
-        mapped = {cand + n for n in base_names}
-        mods = _modules(mapped) | mapped
-        score = sum(1 for p in paths if p in mapped or any(m in mods for m in _prefixes(p)))
-        if score > best_score:
-            best, best_score = cand, score
-    return best
-
-
-def _prefixes(path: str) -> list[str]:
-    parts = path.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
 def _seq_cls_arch(cfg: dict[str, Any]) -> str:
@@ -266,7 +237,7 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
     names = [b[0] for b in base]
     tensors = adapter.tensors
     paths = [k[len(PEFT_PREFIX):] for k in tensors if k.startswith(PEFT_PREFIX)]
-    prefix = _choose_prefix(names, paths)
+    prefix = base_prefix(names, paths)
     plan = Plan([], dict(cfg), prefix)
 
     task = adapter.manifest.get("task") or getattr(adapter.config, "task_type", None)
@@ -316,14 +287,14 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
 
     # head tensors (modules_to_save) the base does not have: e.g. the classifier of a seq-cls adapter
     mts = [m for m in (getattr(adapter.config, "modules_to_save", None) or []) if isinstance(m, str)]
-    mods = _modules(mapped) | set(mapped)
+    mods = module_prefixes(mapped) | set(mapped)
     have = {e.name for e in plan.entries}
     float_dtypes = [e.dtype for e in plan.entries if e.dtype in FLOAT_DTYPES]
     default_float = target or (max(set(float_dtypes), key=float_dtypes.count) if float_dtypes else "F32")
     for p in sorted(paths):
-        if p in have or any(m in mods for m in _prefixes(p)):
+        if p in have or any(m in mods for m in parent_paths(p)):
             continue
-        if not any(q.endswith(m) for q in _prefixes(p) for m in mts):
+        if not any(q.endswith(m) for q in parent_paths(p) for m in mts):
             continue
         src, shape = _dtype(tensors, PEFT_PREFIX + p), _shape(tensors, PEFT_PREFIX + p)
         plan.entries.append(Entry(p, default_float if src in FLOAT_DTYPES else src, shape,

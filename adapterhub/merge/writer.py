@@ -33,7 +33,7 @@ from ..errors import AdapterhubError
 from ..files.fingerprint import INDEX
 from ..files.safetensors_header import DTYPE_SIZES
 from ..files.safetensors_io import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
-from ..tuning import PEFT_PREFIX
+from ..files.peft_keys import PEFT_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..files.checkpoint import LoadedAdapter
@@ -356,7 +356,8 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     ``hash_files``), tensor counts and ``unread``: the adapter tensors the merge never read (so never merged:
     the caller refuses the result). ``base_transform`` (see :func:`merge.base_transform_for`) rewrites
     the base tensors it ``applies`` to before they are merged (or written untouched)."""
-    from .plan import _modules, _write_small
+    from ..files.peft_keys import module_prefixes
+    from .plan import _write_small
 
     _fixed_mmap_threshold()
     groups = shard(plan.entries, shard_bytes)
@@ -364,7 +365,7 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     tensors = adapter.tensors
     owners = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
-    modules = owners | _modules(owners)  # every module the adapter holds tensors of, and their parents
+    modules = owners | module_prefixes(owners)  # every module the adapter holds tensors of, and their parents
     files: list[dict[str, Any]] = []
     hasher: RegionHasher | None = None
     run: _Run | None = None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 from ..errors import InvalidInput
+from ..files.peft_keys import PEFT_PREFIX  # noqa: F401  (plugins import it from here)
 from ..method import Method
 
 # the config half of the toolkit lives in .config; plugins import both halves from here
@@ -42,8 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-#: the key prefix of PEFT's checkpoints for ``LoraModel``-style tuners (``base_model.model.<module path>...``)
-PEFT_PREFIX = "base_model.model."
 
 
 # -- the Method glue ---------------------------------------------------------------------------------------
