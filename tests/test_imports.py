@@ -12,7 +12,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: circles still to be taken apart (issue 18)
 KNOWN = {
-    frozenset({"adapterhub.merge.plan", "adapterhub.merge.writer"}),
     frozenset({"adapterhub.cli", "adapterhub.cli.combine_cmds", "adapterhub.cli.data_cmds", "adapterhub.cli.demo_cmds",
                "adapterhub.cli.eval_cmds", "adapterhub.cli.merge_cmds", "adapterhub.cli.plugin_cmds",
                "adapterhub.cli.registry_cmds", "adapterhub.cli.server_cmds", "adapterhub.cli.train_cmds"}),

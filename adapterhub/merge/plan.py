@@ -32,7 +32,6 @@ quantize→dequantize round trip training saw (:func:`base_transform_for`, ``ont
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from ..files.checkpoint import LoadedAdapter, load_json, write_json
+from ..files.checkpoint import LoadedAdapter, load_json
 from ..errors import AdapterhubError, InvalidInput
 from ..files.fingerprint import INDEX, find_weight_files
 from ..files.peft_keys import PEFT_PREFIX, base_prefix, module_prefixes, parent_paths
@@ -365,19 +364,12 @@ def open_adapter_dir(path: str, plugins: Any) -> LoadedAdapter:
 
 
 # -- writing (adapterhub.merge.writer) ------------------------------------------------------------------
-def _write_small(out_dir: str, name: str, obj: Any) -> dict[str, Any]:
-    path = os.path.join(out_dir, name)
-    write_json(path, obj)
-    with open(path, "rb") as f:
-        data = f.read()
-    return {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-
-
 def _copy_side_files(base_dir: str, out_dir: str, config: dict[str, Any]) -> list[dict[str, Any]]:
     """config.json (updated) plus the base's other top-level files: generation config, tokenizer ..."""
     from ..registry.blobs import hash_file
+    from .writer import write_small_json
 
-    files = [_write_small(out_dir, "config.json", config)]
+    files = [write_small_json(out_dir, "config.json", config)]
     for n in sorted(os.listdir(base_dir)):
         src = os.path.join(base_dir, n)
         if (n == "config.json" or n in _SKIP_NAMES or n.startswith(".") or n.lower().endswith(_SKIP_FILES)

@@ -23,6 +23,7 @@ The first error stops every thread and is raised; the caller removes the partial
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import threading
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import AdapterhubError
 from ..files.fingerprint import INDEX
 from ..files.safetensors_header import DTYPE_SIZES
+from ..files.checkpoint import write_json
 from ..files.safetensors_io import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
 from ..files.peft_keys import PEFT_PREFIX
 
@@ -357,7 +359,6 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     the caller refuses the result). ``base_transform`` (see :func:`merge.base_transform_for`) rewrites
     the base tensors it ``applies`` to before they are merged (or written untouched)."""
     from ..files.peft_keys import module_prefixes
-    from .plan import _write_small
 
     _fixed_mmap_threshold()
     groups = shard(plan.entries, shard_bytes)
@@ -429,8 +430,17 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     if n > 1:
         index = {"metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
                  "weight_map": {e.name: fname for fname, g in zip(names, groups) for e in g}}
-        out.append(_write_small(out_dir, INDEX, index))
+        out.append(write_small_json(out_dir, INDEX, index))
     # (PEFT saves the base layer of a targeted tied or embedding layer, ``<module>.base_layer.weight``: a copy
     # of the base's own weight, which the fingerprint check vouches for; the merge has no use for it)
     unread = [k for k in tensors if k not in run.tensors.read and ".base_layer." not in k]
     return {"files": out, "counts": run.counts if run is not None else {}, "unread": unread}
+
+
+def write_small_json(out_dir: str, name: str, obj: Any) -> dict[str, Any]:
+    """Write ``obj`` as JSON file ``name`` in ``out_dir``; its file entry (path, sha256, size)."""
+    path = os.path.join(out_dir, name)
+    write_json(path, obj)
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
