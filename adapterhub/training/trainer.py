@@ -150,17 +150,18 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
             write_run_file(ckpt, signature)  # a later resume checks it is the same run
         with _stopped_by_launcher(procs):
             out = trainer.train(resume_from_checkpoint=resume)
-        # the Trainer's loss is the global mean at logging steps plus this process's own since the last one
-        train_loss = procs.mean(float(out.training_loss), "averaging the training loss")
-        metrics = {"train_loss": train_loss, "steps": int(out.global_step), "epochs": float(trainer.state.epoch or 0),
-                   "loss_history": loss_history(trainer.state.log_history)}
-        if resume:
-            metrics["resumed_from_step"] = int(os.path.basename(resume).split("-")[-1])
-        if eval_ex:
-            ev = trainer.evaluate()
-            metrics.update({k: float(v) for k, v in ev.items() if k in ("eval_loss", "eval_accuracy")})
-            if tracker:
-                tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("eval_")}, int(out.global_step))
+            # the Trainer's loss is the global mean at logging steps plus this process's own since the last one
+            train_loss = procs.mean(float(out.training_loss), "averaging the training loss")
+            metrics = {"train_loss": train_loss, "steps": int(out.global_step),
+                       "epochs": float(trainer.state.epoch or 0), "loss_history": loss_history(trainer.state.log_history)}
+            if resume:
+                metrics["resumed_from_step"] = int(os.path.basename(resume).split("-")[-1])
+            if eval_ex:
+                ev = trainer.evaluate()
+                metrics.update({k: float(v) for k, v in ev.items() if k in ("eval_loss", "eval_accuracy")})
+                if tracker:
+                    tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("eval_")},
+                                        int(out.global_step))
     except BaseException as exc:
         if procs.main and resume_point(ckpt) is None:  # nothing to resume from: leave nothing behind
             shutil.rmtree(ckpt, ignore_errors=True)
@@ -217,10 +218,16 @@ def _stopped_by_launcher(procs: Any) -> Iterator[None]:
         return
 
     def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: the report below must not be cut short
         raise LauncherStopped("stopped by the launcher (SIGTERM)")
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except BaseException:
+        # this process is on its way out with an error: process 0 still has to print it. A peer's failure
+        # brings the launcher's SIGTERM any moment now, and the default action would end the process
+        # before its one line is written (the launcher follows up with SIGKILL if it lingers).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
+    signal.signal(signal.SIGTERM, previous)
