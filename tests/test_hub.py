@@ -169,7 +169,8 @@ def test_every_base_option_goes_through_the_resolver():
     check: every --base / BASE_DIR has the one type that resolves Hub ids (a new command cannot forget it)."""
     import click
 
-    from adapterhub.cli import BASE, add_plugin_commands, cli as group
+    from adapterhub.cli import add_plugin_commands, cli as group
+    from adapterhub.cli.app import BASE
 
     add_plugin_commands()
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from . import App, cli, emit, json_option
+from .app import App, cli, emit, json_option, pass_app
 
-pass_app = click.make_pass_decorator(App)
 HOWS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # adapterhub.operations.combine.HOWS
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import click
 
-from . import BASE, cli, emit, json_option
-
-TASK_CHOICE = click.Choice(["causal-lm", "seq-cls"])
+from .app import BASE, TASK_CHOICE, cli, emit, json_option
 
 
 def check_rate(ctx, param, value):

@@ -7,9 +7,7 @@ import time
 
 import click
 
-from . import App, cli, emit, json_option
-
-pass_app = click.make_pass_decorator(App)
+from .app import App, cli, emit, json_option, pass_app
 
 
 def _minilm() -> str:

@@ -6,10 +6,7 @@ import sys
 
 import click
 
-from . import BASE, App, cli, emit, json_option
-
-pass_app = click.make_pass_decorator(App)
-TASK_CHOICE = click.Choice(["causal-lm", "seq-cls"])
+from .app import BASE, TASK_CHOICE, App, cli, emit, format_table, json_option, pass_app
 
 
 def batch_bar(desc: str):
@@ -195,8 +192,6 @@ def compare(app: App, ref_a, ref_b, show_all, as_json):
 
 
 def _compare_text(r, show_all: bool) -> str:
-    from .registry_cmds import format_table
-
     def cell(x) -> str:
         if x is None or x == [] or x == {}:
             return "-"

@@ -7,9 +7,8 @@ import sys
 
 import click
 
-from . import BASE, App, cli, emit, human_size, json_option
+from .app import BASE, PROCESS, App, cli, emit, human_size, json_option, pass_app
 
-pass_app = click.make_pass_decorator(App)
 DTYPES = ("bf16", "fp16", "fp32")
 
 
@@ -49,7 +48,6 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
     """Merge (``export.merge_ref``); with ``checked`` or ``quantize``, ``qmerge.merge_checked``: re-quantize,
     and compare logits for adapters trained on a quantized base (``probe``: None auto, False skip, a file).
     ``deploy``: a ``pull --merged`` from a remote, which keeps no cache unless ADAPTERHUB_MERGE_CACHE asks."""
-    from . import PROCESS
 
     if PROCESS["main"]:  # the adapterhub process itself (not the CLI run inside another program, or tests):
         import gc  # it ends after the merge and makes no garbage cycles worth collecting; with the collector
@@ -168,7 +166,6 @@ def merge(app: App, ref, base, out, dtype, shard_size, allow_base_mismatch, forc
                             allow_base_mismatch=allow_base_mismatch, force=force, no_cache=no_cache, onto=onto,
                             quantize=quantize, quant_opts=quant_opts,
                             checked=True, probe=False if no_probe else probe), merge_text)
-
 
 
 @cli.command(name="export")

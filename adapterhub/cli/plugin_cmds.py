@@ -6,7 +6,7 @@ import os
 
 import click
 
-from . import cli, emit, json_option
+from .app import cli, emit, json_option
 
 
 @cli.group()

@@ -6,10 +6,10 @@ import os
 
 import click
 
-from . import BASE, App, batch_text, cli, emit, human_size, json_option, progress_bar
+from .app import (BASE, App, batch_text, cli, emit, format_table, human_size, json_option, pass_app,
+                  progress_bar)
 
 RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
-pass_app = click.make_pass_decorator(App)
 
 
 @cli.command()
@@ -244,11 +244,6 @@ def _eval_cell(metrics) -> str:
         if isinstance(metrics.get(key), (int, float)):
             return f"{short}={metrics[key]:.3f}"
     return "yes"
-
-
-def format_table(head, body) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *body])
 
 
 @cli.command()

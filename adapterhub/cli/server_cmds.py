@@ -6,9 +6,8 @@ import sys
 
 import click
 
-from . import App, cli, emit, json_option
+from .app import App, cli, emit, format_table, json_option, pass_app
 
-pass_app = click.make_pass_decorator(App)
 SCOPES = ("read", "write", "promote", "admin")
 
 
@@ -85,7 +84,6 @@ def token_create(app: App, name, scope, namespace, expires, remote, as_json):
 @pass_app
 def token_list(app: App, include_revoked, remote, as_json):
     """List tokens (never their secrets)."""
-    from .registry_cmds import format_table
 
     reg = _admin_target(app, remote)
     if remote:
@@ -170,7 +168,6 @@ def logout(app: App, remote):
 @pass_app
 def audit(app: App, limit, actor, action, remote, as_json):
     """Who did what to the registry, and when (refused requests included), newest first."""
-    from .registry_cmds import format_table
 
     reg = _admin_target(app, remote)
     if remote:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 
-from . import BASE, App, batch_text, emit, json_option
-from . import cli
+from .app import BASE, App, batch_text, cli, emit, json_option, pass_app
 from .data_cmds import check_rate
-
-pass_app = click.make_pass_decorator(App)
 
 
 def _parse_sets(items, hint: str = "--set") -> dict[str, str]:

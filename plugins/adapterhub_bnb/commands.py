@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from adapterhub.cli import BASE, App, emit, human_size, json_option
-
-pass_app = click.make_pass_decorator(App)
+from adapterhub.cli.app import BASE, App, emit, human_size, json_option, pass_app
 
 
 @click.command()

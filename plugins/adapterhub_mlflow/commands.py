@@ -10,9 +10,7 @@ from typing import Any
 
 import click
 
-from adapterhub.cli import App, emit, json_option
-
-pass_app = click.make_pass_decorator(App)
+from adapterhub.cli.app import App, emit, json_option, pass_app
 
 _RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$")
 
