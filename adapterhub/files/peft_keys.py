@@ -10,6 +10,12 @@ from typing import Iterable
 PEFT_PREFIX = "base_model.model."
 
 
+def is_tuner_wide(key: str) -> bool:
+    """Whether ``key`` is state a PEFT tuner holds once for all its layers rather than per module (``base_model.``
+    but not ``base_model.model.``: VeRA's shared projections ``base_model.vera_A`` / ``vera_B``)."""
+    return key.startswith("base_model.") and not key.startswith(PEFT_PREFIX)
+
+
 def module_prefixes(names: Iterable[str]) -> set[str]:
     """Every dotted prefix of every name ("a.b.c" -> "a", "a.b")."""
     out = set()

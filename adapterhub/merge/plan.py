@@ -43,7 +43,7 @@ from typing import Any, Callable
 from ..files.checkpoint import LoadedAdapter, load_json
 from ..errors import AdapterhubError, InvalidInput
 from ..files.fingerprint import INDEX, find_weight_files
-from ..files.peft_keys import PEFT_PREFIX, base_prefix, module_prefixes, parent_paths
+from ..files.peft_keys import PEFT_PREFIX, base_prefix, is_tuner_wide, module_prefixes, parent_paths
 from ..files.safetensors_header import DTYPE_SIZES, read_header
 from ..files.safetensors_io import _TORCH_NAMES, _BaseReader, _header, st_dtype  # noqa: F401  (re-exported)
 
@@ -182,13 +182,14 @@ def base_config(base_dir: str) -> dict[str, Any]:
 def unmatched_tensors(entries: list[Entry], keys) -> list[str]:
     """The adapter tensors (``keys``) a merge into ``entries`` would not use: neither an output tensor itself
     (a saved copy, a head, a resized embedding) nor the method's tensors of a module holding base weights
-    (``<module>.lora_A.weight``, ``<module>.ia3_l`` ...: at most two name parts after that module)."""
+    (``<module>.lora_A.weight``, ``<module>.ia3_l`` ...: at most two name parts after that module), nor state the
+    tuner shares across its layers (VeRA's projections: the writer refuses the merge if the method never read it)."""
     names = {e.name for e in entries}
     provided = {e.adapter_key for e in entries if e.adapter_key}
     modules = {e.name.rsplit(".", 1)[0] for e in entries if e.base_path is not None and "." in e.name}
     out = []
     for k in keys:
-        if k in provided:
+        if k in provided or is_tuner_wide(k):
             continue
         if k.startswith(PEFT_PREFIX):
             parts = k[len(PEFT_PREFIX):].split(".")
