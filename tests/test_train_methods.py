@@ -20,6 +20,7 @@ CAUSAL = [
     ("ia3", []),
     ("loha", ["r=4", "target_modules=q_proj,v_proj"]),
     ("lokr", ["r=4", "target_modules=q_proj,v_proj"]),
+    ("vera", ["r=4", "target_modules=q_proj,v_proj,down_proj"]),
     ("prompt_tuning", ["num_virtual_tokens=4"]),
     ("prefix_tuning", ["num_virtual_tokens=4"]),
     ("bottleneck", ["bottleneck_size=8"]),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import peft
 
-from adapterhub.testing.conformance import MethodConformance, PeftMergeParity
+from adapterhub.testing.conformance import MethodConformance, PeftMergeParity, PeftParity
 from adapterhub_bitfit import BitFitMethod
 from adapterhub_bottleneck import BottleneckMethod
 from adapterhub_ia3 import IA3Method
 from adapterhub_lora import LoraMethod
 from adapterhub_loha import LoHaMethod
 from adapterhub_lokr import LoKrMethod
+from adapterhub_vera import VeraMethod
 
 
 class TestLoraOnLlama(PeftMergeParity):
@@ -55,3 +56,23 @@ class TestLoKrDecomposedOnBert(PeftMergeParity):  # both factors low-rank
     model = "bert"
     options = {"r": 1, "alpha": 3, "decompose_both": True, "target_modules": ["query", "value"]}
     peft_config = staticmethod(lambda options: peft.LoKrConfig(**options))
+
+
+class TestVeraOnLlama(PeftMergeParity):  # layers of three shapes share one A and B, sliced per layer
+    method = VeraMethod()
+    options = {"r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    peft_config = staticmethod(lambda options: peft.VeraConfig(**options))
+
+
+class TestVeraOnGpt2(PeftMergeParity):  # Conv1D (fan_in_fan_out), another PRNG key
+    method = VeraMethod()
+    model = "gpt2"
+    options = {"r": 8, "projection_prng_key": 7, "d_initial": 0.5, "target_modules": ["c_attn", "c_fc"]}
+    peft_config = staticmethod(lambda options: peft.VeraConfig(**options))
+
+
+class TestVeraWithoutProjectionsOnBert(PeftParity):  # save_projection=false: A and B drawn again on load
+    method = VeraMethod()
+    model = "bert"
+    options = {"r": 2, "save_projection": False, "target_modules": ["query", "value", "intermediate.dense"]}
+    peft_config = staticmethod(lambda options: peft.VeraConfig(**options))
