@@ -33,30 +33,37 @@ def open_store(url: str, plugins: Plugins | None = None):
 def open_registry(home: str | None = None, plugins: Plugins | None = None, remote: str | None = None) -> Registry:
     """A registry: the named ``remote`` (a registry server's client for an ``http(s)://`` remote); else the one
     ``ADAPTERHUB_REGISTRY_DB`` + ``ADAPTERHUB_REGISTRY_STORE`` name; else the local one (SQLite + the ``file``
-    store) under ``home``."""
+    store) under ``home``. Its refs may name ``remote`` (``team:acme/bot:3``), never another registry."""
+    from functools import partial
+
     from .registry import remotes
 
     home = config.home_dir(home)
     spec = remotes.get_remote(home, remote) if remote else remotes.env_registry()
+    names = partial(remotes.remote_names, home)
     if spec and "url" in spec:
         from .registry.client import HttpRegistry
 
-        return HttpRegistry(spec["url"], remotes.token_for(home, remote or "", spec), label=remote or "server")
+        return HttpRegistry(spec["url"], remotes.token_for(home, remote or "", spec), label=remote or "server",
+                            remote=remote, remotes=names)
     if spec:
         from .registry.registry import Registry
 
-        reg = Registry(spec["db"], open_store(spec["store"], plugins), label=remote or "team")
-        return _only_own_refs(reg, home, remote)
+        return Registry(spec["db"], open_store(spec["store"], plugins), label=remote or "team", remote=remote,
+                        remotes=names)
     return local_registry(home, plugins)
 
 
 def local_registry(home: str | None = None, plugins: Plugins | None = None) -> Registry:
     """The local registry under ``home``, whatever remotes or environment variables say."""
-    home = config.home_dir(home)
+    from functools import partial
+
+    from .registry import remotes
     from .registry.registry import Registry
 
-    reg = Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local")
-    return _only_own_refs(reg, home, None)
+    home = config.home_dir(home)
+    return Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local",
+                    remotes=partial(remotes.remote_names, home))
 
 
 def check_remote(spec: dict[str, str], plugins: Plugins | None = None) -> None:
@@ -75,29 +82,6 @@ def check_remote(spec: dict[str, str], plugins: Plugins | None = None) -> None:
         reg.store.has("0" * 64)
     finally:
         reg.close()
-
-
-def _only_own_refs(reg: Registry, home: str, remote: str | None) -> Registry:
-    """Make ``reg`` refuse a ref that names another registry (``team:acme/bot`` on the local one, or an
-    unknown remote) instead of silently resolving its name in ``reg``."""
-    from .registry import remotes
-    from .errors import NotFound
-    from .registry.refs import parse_ref
-
-    resolve = reg.resolve
-    reg.remote_name = remote
-
-    def guarded(ref, conn=None):
-        r = parse_ref(ref) if isinstance(ref, str) else ref
-        if r.remote is not None and r.remote != remote:
-            if r.remote not in remotes.load_config(home)["remotes"]:
-                raise NotFound(f"ref '{r}' names remote {r.remote!r}, but there is no remote named {r.remote!r}")
-            raise InvalidInput(f"ref '{r}' names remote {r.remote!r}, but this command uses the {reg.label} "
-                               f"registry (copy it first: adapterhub pull {r})")
-        return resolve(ref, conn)
-
-    reg.resolve = guarded  # type: ignore[method-assign]
-    return reg
 
 
 def fingerprint(base_dir: str, home: str | None = None, progress: Progress | None = None):
@@ -238,10 +222,8 @@ def attach(model: Any, source: str, *, base: str | None = None, allow_base_misma
     else:
         from .registry.refs import parse_ref
 
-        parsed = parse_ref(source)
-        reg = open_registry(home, plugins, remote=parsed.remote)
-        bare = str(parsed.__class__(**{**parsed.__dict__, "remote": None}))
-        info = reg.show(bare)
+        reg = open_registry(home, plugins, remote=parse_ref(source).remote)
+        info = reg.show(source)
         ref = info["ref"]
         tmp = tempfile.mkdtemp(prefix="adapterhub-attach-")
         try:

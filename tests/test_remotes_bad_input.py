@@ -53,6 +53,48 @@ def test_the_api_refuses_a_ref_of_another_registry(home, team):
     assert open_registry(str(home), remote="team").resolve("team:t/a:1")["number"] == 1
 
 
+def test_a_registry_built_directly_enforces_its_refs_like_an_opened_one(home, team):
+    """Which refs a registry accepts is a constructor argument that ``Registry.resolve`` enforces itself (no
+    method replaced on the instance): one built by hand behaves as the one ``open_registry`` returns."""
+    from functools import partial
+
+    from adapterhub.api import open_registry, open_store
+    from adapterhub.errors import InvalidInput, NotFound
+    from adapterhub.registry import remotes
+    from adapterhub.registry.registry import Registry
+
+    spec = remotes.get_remote(str(home), "team")
+    names = partial(remotes.remote_names, str(home))
+    by_hand = Registry(spec["db"], open_store(spec["store"]), label="team", remote="team", remotes=names)
+    opened = open_registry(str(home), remote="team")
+    for reg in (by_hand, opened):
+        assert "resolve" not in vars(reg)
+        assert reg.resolve("team:t/a:1")["ref"] == reg.resolve("t/a:1")["ref"] == "t/a:1"
+        assert reg.show("team:t/a:1")["ref"] == "t/a:1"
+        with pytest.raises(InvalidInput, match=r"names remote 'local2'.*uses the team registry"):
+            Registry(spec["db"], open_store(spec["store"]), label="team", remote="team",
+                     remotes=lambda: ["team", "local2"]).resolve("local2:t/a:1")
+        with pytest.raises(NotFound, match="there is no remote named 'nosuch'"):
+            reg.resolve("nosuch:t/a:1")
+    # a plain registry (no remote) refuses every remote ref; without the remote names it cannot say which exist
+    plain = Registry(spec["db"], open_store(spec["store"]), label="team")
+    with pytest.raises(InvalidInput, match=r"ref 'team:t/a:1' names remote 'team', but this command uses the team "
+                                           r"registry \(copy it first: adapterhub pull team:t/a:1\)"):
+        plain.resolve("team:t/a:1")
+    assert plain.resolve("t/a:1")["number"] == 1
+
+
+def test_only_commands_declared_for_remote_refs_follow_them(cli, home, team):
+    """A command reads a remote's version only where it is declared with ``pass_app_for_refs`` (show, tag,
+    lineage, verify, compare, eval); the others (export ...) work on the default registry and refuse the ref."""
+    assert cli("lineage", "team:t/a:1", "--format", "json").json()["root"] == cli(
+        "lineage", "t/a:1", "--format", "json").json()["root"]
+    assert cli("verify", "team:t/a:1", "--json").json()["versions"] == 1
+    assert_clean_error(cli("export", "team:t/a:1", "--format", "peft", "--out", str(team / "x")),
+                       "names remote 'team', but this command uses the local registry")
+    assert not (team / "x").exists()
+
+
 def test_failed_replace_keeps_the_working_remote(cli, home, tmp_path):
     from adapterhub import api
     from adapterhub.registry import remotes

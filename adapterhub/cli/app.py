@@ -9,10 +9,11 @@ module imports the package that lists it. Importing it is cheap (click only): co
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import click
 
@@ -20,10 +21,12 @@ from ..errors import AdapterhubError, ReportedElsewhere, describe, first_line
 
 
 class App:
-    """Per-invocation state: the home directory and lazily opened plugins and registry."""
+    """Per-invocation state: the home directory, lazily opened plugins and registry, and ``refs_remote``: the
+    remote whose registry the command works on (set by :func:`pass_app_for_refs`; None: the default one)."""
 
-    def __init__(self, home: str | None):
+    def __init__(self, home: str | None, refs_remote: str | None = None):
         self.home = home
+        self.refs_remote = refs_remote
         self._registry = None
 
     @property
@@ -40,13 +43,12 @@ class App:
 
     @property
     def registry(self):
-        """The registry a command works on: the remote its refs name (``show team:acme/bot:3``; only
-        for the commands in :data:`REMOTE_REF_COMMANDS`), else the environment's team registry if set,
-        else the local one. Other commands refuse a ref naming a remote (see ``api._only_own_refs``)."""
+        """The registry the command works on: remote :attr:`refs_remote` if set, else the environment's team
+        registry if set, else the local one. Its refs may name no other registry (``Registry.resolve``)."""
         if self._registry is None:
             from ..api import open_registry
 
-            self._registry = open_registry(self.home, self.plugins, remote=_remote_of_refs())
+            self._registry = open_registry(self.home, self.plugins, remote=self.refs_remote)
         return self._registry
 
     @property
@@ -71,36 +73,42 @@ class App:
             return self.remote(head), rest
         return self.registry, name
 
+    def for_refs(self, command: str, refs: Iterable[str | None]) -> "App":
+        """This run's App for a command on ``refs``: on the registry they name (``team:acme/bot:3``: remote
+        ``team``), or this one when they name no remote. Refs naming different registries are refused."""
+        from ..errors import InvalidInput
+        from ..registry.refs import parse_ref
+
+        wheres = {parse_ref(ref).remote for ref in refs if ref is not None}
+        if len(wheres) > 1:
+            shown = ", ".join(sorted(w or "the default registry" for w in wheres))
+            raise InvalidInput(f"{command}: the refs name different registries ({shown}); "
+                               "copy them into one first (adapterhub pull REMOTE:REF)")
+        remote = wheres.pop() if wheres else None
+        return self if remote is None else App(self.home, refs_remote=remote)
+
 
 #: the decorator that passes a command its :class:`App` as the first argument
 pass_app = click.make_pass_decorator(App)
 
 
-#: commands that read or annotate one registry and may name a remote in their refs, with the parameters
-#: holding refs: ``show team:acme/bot:3`` shows version 3 in remote ``team``
-REMOTE_REF_COMMANDS = {"show": ("ref",), "tag": ("ref",), "lineage": ("ref",), "verify": ("ref",),
-                       "compare": ("ref_a", "ref_b"), "eval": ("ref",)}
+def pass_app_for_refs(*params: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """:data:`pass_app` for a command that reads or annotates the version its refs (the parameters named)
+    name, in whichever registry: ``show team:acme/bot:3`` shows version 3 of remote ``team``. The App passed
+    works on that registry (:meth:`App.for_refs`). A command declared with plain :data:`pass_app` works on
+    the default registry and refuses a ref naming a remote."""
 
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            app = ctx.find_object(App)
+            if app is None:
+                raise RuntimeError(f"{f.__name__} runs under the adapterhub group (it makes the App)")
+            return ctx.invoke(f, app.for_refs(ctx.command.name or "", (kwargs[p] for p in params)), *args, **kwargs)
 
-def _remote_of_refs() -> str | None:
-    """The remote the running command's refs name (None: the default registry). Refs naming different
-    registries in one command are refused."""
-    from ..errors import InvalidInput
-    from ..registry.refs import parse_ref
+        return functools.update_wrapper(run, f)
 
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or ctx.command is None:
-        return None
-    params = REMOTE_REF_COMMANDS.get(ctx.command.name or "", ())
-    refs = [ctx.params[p] for p in params if isinstance(ctx.params.get(p), str)]
-    if not refs:
-        return None
-    wheres = {parse_ref(ref).remote for ref in refs}
-    if len(wheres) > 1:
-        shown = ", ".join(sorted(w or "the default registry" for w in wheres))
-        raise InvalidInput(f"{ctx.command.name}: the refs name different registries ({shown}); "
-                           "copy them into one first (adapterhub pull REMOTE:REF)")
-    return wheres.pop()
+    return decorate
 
 
 def _as_click_error(exc: BaseException) -> click.ClickException:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .app import BASE, TASK_CHOICE, App, cli, emit, format_table, json_option, pass_app
+from .app import BASE, TASK_CHOICE, App, cli, emit, format_table, json_option, pass_app, pass_app_for_refs
 
 
 def batch_bar(desc: str):
@@ -45,7 +45,7 @@ def _f(x) -> str:
               help="With --generate: a registered metric (repeatable; default exact_match, rouge_l, chrf).")
 @click.option("--samples", type=int, help="With --generate: rows whose outputs are stored side by side (default 5).")
 @json_option
-@pass_app
+@pass_app_for_refs("ref")
 def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task, no_store, allow_base_mismatch,
              generate, max_new_tokens, metric_names, samples, as_json):
     """Evaluate version REF and its bare base on --data; store the metrics on the version.
@@ -182,7 +182,7 @@ def bench_latency_cmd(app: App, ref, base, runs, warmup, batch_size, seq_len, ta
 @click.argument("ref_b", metavar="REF")
 @click.option("--all", "show_all", is_flag=True, help="Show config keys that are the same too.")
 @json_option
-@pass_app
+@pass_app_for_refs("ref_a", "ref_b")
 def compare(app: App, ref_a, ref_b, show_all, as_json):
     """Two versions side by side: config differences, data digests, metrics and evaluations."""
     from ..training.evaluate import compare as do_compare

@@ -7,7 +7,7 @@ import os
 import click
 
 from .app import (BASE, App, batch_text, cli, emit, format_table, human_size, json_option, pass_app,
-                  progress_bar)
+                  pass_app_for_refs, progress_bar)
 
 RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
 
@@ -249,7 +249,7 @@ def _eval_cell(metrics) -> str:
 @cli.command()
 @click.argument("ref")
 @json_option
-@pass_app
+@pass_app_for_refs("ref")
 def show(app: App, ref, as_json):
     """Show one version: method, config, base, files, aliases, tags, lineage and metrics."""
     info = app.registry.show(ref)
@@ -365,7 +365,7 @@ def alias_history(app: App, name, alias_name, as_json):
 @click.argument("pairs", nargs=-1, metavar="[K=V]...")
 @click.option("--rm", "remove", multiple=True, metavar="KEY", help="Remove a tag (repeatable).")
 @json_option
-@pass_app
+@pass_app_for_refs("ref")
 def tag(app: App, ref, pairs, remove, as_json):
     """Set (K=V) or remove (--rm K) tags on version REF; prints the tags."""
     from ..api import parse_tags
@@ -377,7 +377,7 @@ def tag(app: App, ref, pairs, remove, as_json):
 @cli.command()
 @click.argument("ref")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "mermaid"]), default="text", show_default=True)
-@pass_app
+@pass_app_for_refs("ref")
 def lineage(app: App, ref, fmt):
     """Show where REF came from (ancestors) and what was made from it."""
     from ..registry.maintenance import render_lineage
@@ -389,7 +389,7 @@ def lineage(app: App, ref, fmt):
 @cli.command()
 @click.argument("ref", required=False)
 @json_option
-@pass_app
+@pass_app_for_refs("ref")
 def verify(app: App, ref, as_json):
     """Check REF (or every version): its manifest matches its digest and the files served, and its blobs
     re-hash to their addresses; exit 1 on any problem."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any, Iterable
 from urllib.parse import quote, urlencode, urlparse
 
@@ -22,6 +23,7 @@ from .blobs import CHUNK, Progress, copy_stream_verified
 from .bundle import VersionBundle
 from .ranges import RangeReader
 from .records import BLOBS_GONE, NEVER_UPLOADED, LocalFile, ParentSpec, Published
+from .refs import RemoteNames, check_registry_of, parse_ref
 from .tokens import AuthError, Forbidden
 
 API = "/api/v1"
@@ -51,9 +53,11 @@ def _error_class(status: int) -> type[AdapterhubError]:
 
 
 class HttpRegistry:
-    """A registry served by ``adapterhub serve`` at ``url``, used with ``token``."""
+    """A registry served by ``adapterhub serve`` at ``url``, used with ``token``; ``label``, ``remote`` and
+    ``remotes`` as for :class:`.registry.Registry` (refs naming another registry are refused)."""
 
-    def __init__(self, url: str, token: str | None, label: str = "remote"):
+    def __init__(self, url: str, token: str | None, label: str = "remote", *, remote: str | None = None,
+                 remotes: RemoteNames | None = None):
         import urllib3
 
         parts = urlparse(url)
@@ -61,6 +65,8 @@ class HttpRegistry:
             raise InvalidInput(f"invalid server URL {url!r}: expected http(s)://HOST[:PORT]")
         self.url = url.rstrip("/")
         self.label = label
+        self.remote = remote
+        self._remotes = remotes
         self._token = token
         self._http = urllib3.PoolManager(
             num_pools=4, maxsize=RANGE_WORKERS + 2, timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
@@ -118,13 +124,9 @@ class HttpRegistry:
 
     def _bare(self, ref: Any) -> str:
         """``ref`` without this remote's prefix (``hub:acme/x:3`` -> ``acme/x:3``); a ref naming another
-        remote is refused."""
-        from .refs import parse_ref
-
-        r = parse_ref(str(ref))
-        if r.remote is not None and r.remote != self.label:
-            raise InvalidInput(f"ref '{r}' names remote {r.remote!r}, but this command uses the {self.label} registry")
-        return str(type(r)(name=r.name, version=r.version, alias=r.alias, digest=r.digest))
+        registry is refused."""
+        r = check_registry_of(parse_ref(str(ref)), self.remote, self.label, self._remotes)
+        return str(replace(r, remote=None))
 
     def close(self) -> None:
         self._http.clear()

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable, Collection
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 
 _SEGMENT = r"[a-z0-9][a-z0-9._-]{0,63}"
 NAME_RE = re.compile(rf"^{_SEGMENT}/{_SEGMENT}$")
@@ -49,6 +50,23 @@ class Ref:
         if self.alias:
             return f"{prefix}{self.name}@{self.alias}"
         return f"{prefix}{self.name}"
+
+
+#: the names of the configured remotes, read only when a ref names a remote that is not the registry's own
+RemoteNames = Callable[[], Collection[str]]
+
+
+def check_registry_of(r: Ref, remote: str | None, label: str, remotes: RemoteNames | None = None) -> Ref:
+    """``r`` if it names no remote or ``remote`` (the name this registry has among the remotes; None for the
+    local or the environment's registry), else an error: a ref naming another registry must never resolve
+    its name here. ``remotes`` tells a remote that is not configured (:class:`NotFound`) from another
+    registry (:class:`InvalidInput`); without it every other remote is the latter."""
+    if r.remote is None or r.remote == remote:
+        return r
+    if remotes is not None and r.remote not in remotes():
+        raise NotFound(f"ref '{r}' names remote {r.remote!r}, but there is no remote named {r.remote!r}")
+    raise InvalidInput(f"ref '{r}' names remote {r.remote!r}, but this command uses the {label} registry "
+                       f"(copy it first: adapterhub pull {r})")
 
 
 def validate_name(name: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
-from .refs import Ref, parse_ref, validate_alias, validate_name
+from .refs import Ref, RemoteNames, check_registry_of, parse_ref, validate_alias, validate_name
 from . import history, schema as t
 from .aliases import AliasOps
 from .blobs import BlobStore, Progress, copy_verified
@@ -41,13 +41,20 @@ class _BlobsGone(Exception):
 
 
 class Registry(AliasOps, MaintenanceOps):
-    """A registry: a SQL database (SQLite or PostgreSQL) plus a blob store."""
+    """A registry: a SQL database (SQLite or PostgreSQL) plus a blob store.
 
-    def __init__(self, db_url: str, store: BlobStore, label: str = "local"):
+    ``label`` names it in messages. ``remote`` is its name among the remotes (``team``), if it is one: refs
+    may then carry that prefix (``team:acme/bot:3``); a ref naming any other remote is refused by
+    :meth:`resolve` (``remotes``, the configured names, tells an unknown remote from another registry)."""
+
+    def __init__(self, db_url: str, store: BlobStore, label: str = "local", *, remote: str | None = None,
+                 remotes: RemoteNames | None = None):
         self.db_url = db_url
         self.engine = make_engine(db_url)
         self.store = store
         self.label = label
+        self.remote = remote
+        self._remotes = remotes
         self._ready = False
 
     def ready(self) -> "Registry":
@@ -276,11 +283,11 @@ class Registry(AliasOps, MaintenanceOps):
     # -- resolving and reading -----------------------------------------------------------------
     def resolve(self, ref: str | Ref, conn: sa.Connection | None = None) -> dict[str, Any]:
         """The version a ref names, as a dict with ``id``, ``name``, ``number``, ``digest``, ``ref`` ...
-        Raises :class:`NotFound` naming what is missing."""
+        Raises :class:`NotFound` naming what is missing, and refuses a ref naming another registry."""
+        r = check_registry_of(parse_ref(ref) if isinstance(ref, str) else ref, self.remote, self.label, self._remotes)
         if conn is None:
             with self.read() as c:
-                return self.resolve(ref, c)
-        r = parse_ref(ref) if isinstance(ref, str) else ref
+                return self.resolve(r, c)
         v, a = t.versions, t.adapters
         q = sa.select(v, a.c.name).join(a, a.c.id == v.c.adapter_id)
         if r.digest:

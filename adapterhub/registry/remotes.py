@@ -175,6 +175,11 @@ def get_remote(home: str, name: str) -> dict[str, str]:
     return remotes[name]
 
 
+def remote_names(home: str) -> list[str]:
+    """The names of the remotes ``config.json`` holds."""
+    return sorted(load_config(home)["remotes"])
+
+
 def env_registry() -> dict[str, str] | None:
     db, store = os.environ.get("ADAPTERHUB_REGISTRY_DB"), os.environ.get("ADAPTERHUB_REGISTRY_STORE")
     if db and store:
