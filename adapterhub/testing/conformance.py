@@ -13,8 +13,8 @@ Subclass it in a pytest module (the class name must start with ``Test``) and say
         peft_config = staticmethod(lambda options: peft.LoraConfig(**options))
 
 What it checks, on a tiny model of :mod:`adapterhub.testing.models` (``model``, default ``"llama"``):
-attaching keeps the outputs (with default init) and makes only the adapter trainable; ``detach`` restores the
-model exactly; the state dict round-trips exactly, also through an adapter directory on disk; tensor checks
+attaching keeps the outputs bit for bit (with default init) and makes only the adapter trainable; ``detach``
+restores the model exactly (modules, tensors, flags, hooks) and leaves it attachable again; the state dict round-trips exactly, also through an adapter directory on disk; tensor checks
 (given safetensors header entries or tensors) refuse a wrong shape and a non-floating dtype; and, with
 ``peft_config`` (:class:`PeftParity`), peft's own adapter loads into ours with the same outputs (within
 ``tolerance``) and ``merge_tensor`` reproduces peft's ``merge_and_unload`` bit for bit in float32 and bfloat16
@@ -52,6 +52,11 @@ def randomise(model: torch.nn.Module, seed: int = 1, scale: float = 0.5) -> None
     for _, p in model.named_parameters():
         if p.requires_grad:
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype))
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    """How many forward and forward-pre hooks the model's modules hold (an attach may add some; detach removes them)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 class MethodConformance:
@@ -100,14 +105,15 @@ class MethodConformance:
         self.method.attach(model, self.method.make_config(dict(self.options)))
         # (that every trainable tensor is saved is what the state-dict round trip proves)
         assert any(p.requires_grad for p in model.parameters()), "attach made nothing trainable"
-        if self.identity_at_init:
-            torch.testing.assert_close(self.output(model), before, rtol=0, atol=1e-6)
+        if self.identity_at_init:  # the Method contract: the outputs do not change, bit for bit
+            assert torch.equal(self.output(model), before), "a freshly attached adapter changed the outputs"
 
     def test_detach_restores_the_model_exactly(self):
         model = self.build()
         types = {n: type(m) for n, m in model.named_modules()}
         state = {k: v.clone() for k, v in model.state_dict().items()}
         grads = {n: p.requires_grad for n, p in model.named_parameters()}
+        hooks = _hooks(model)
         before = self.output(model)
         self.method.attach(model, self.method.make_config(dict(self.options)))
         randomise(model)
@@ -115,9 +121,11 @@ class MethodConformance:
         self.method.detach(model)
         assert {n: type(m) for n, m in model.named_modules()} == types
         after = model.state_dict()
-        assert set(after) == set(state) and all(torch.equal(after[k], state[k]) for k in state)
+        assert list(after) == list(state) and all(torch.equal(after[k], state[k]) for k in state)
         assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+        assert _hooks(model) == hooks, "detach left forward hooks behind"
         assert torch.equal(self.output(model), before)
+        self.method.attach(model, self.method.make_config(dict(self.options)))  # attachable again
 
     # -- state dicts ---------------------------------------------------------------------------------------
     def test_state_dict_round_trips_exactly(self):
