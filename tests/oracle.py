@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -44,6 +45,20 @@ def quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+# -- the conformance suite over a case table ------------------------------------------------------------------
+def conformance_classes(base, cases, attributes):
+    """One subclass of the conformance suite's class ``base`` (``adapterhub.testing.conformance``) per row of a
+    ``{id: (..., slow?)}`` case table, its class attributes (method, model, options, peft_config ...) given by
+    ``attributes(row)``; returned as ``{"Test_<id>": class}`` for a test module's ``globals()``, where pytest
+    collects them. A slow row's class is marked ``slow``."""
+    classes = {}
+    for cid, row in cases.items():
+        name = "Test_" + re.sub(r"\W", "_", cid)
+        cls = type(name, (base,), dict(attributes(row)))
+        classes[name] = pytest.mark.slow(cls) if row[-1] else cls
+    return classes
 
 
 # -- randomising an adapter -----------------------------------------------------------------------------------

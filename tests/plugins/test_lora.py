@@ -1,8 +1,11 @@
 """The ``lora`` / ``dora`` methods against the real ``peft`` library (the oracle).
 
-Table-driven over tiny Llama (GQA), GPT-2 (Conv1D), BERT (sequence classification) and the real MiniLM.
-Every parity case randomises lora_B (and DoRA magnitudes, modules_to_save copies) so that it cannot pass
-trivially; each parity test also checks the adapter actually changes the output.
+Table-driven over tiny Llama (GQA), GPT-2 (Conv1D), BERT (sequence classification) and the real MiniLM. Each
+case runs the conformance suite (``adapterhub.testing.conformance``: default init, detach, state-dict and
+directory round trips, tensor checks, peft's adapter loading into ours, merge = ``merge_and_unload``); the tests
+here add what it does not check: our directory loading in peft, gradients, the optimizer step, LoRA's options
+and bad input. Every parity case randomises lora_B (and DoRA magnitudes, modules_to_save copies) so that it
+cannot pass trivially; each parity test also checks the adapter actually changes the output.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
+from adapterhub.testing.conformance import PeftMergeParity  # noqa: E402
 from adapterhub_lora import DoraMethod, LoraConfig, LoraMethod  # noqa: E402
 
 LORA, DORA = LoraMethod(), DoraMethod()
@@ -88,18 +92,9 @@ def _build_peft(case):
 #: PEFT adapter directories made by peft itself, with non-zero B; cached per case
 _peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
-
-# -- (a) PEFT -> ours -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
-    name, opts, _ = CASES[case]
-    path, peft_logits = _peft_dir(case, tmp_path_factory)
-    peft_cfg, tensors = _read_peft_dir(path)
-    method = LORA if LORA.matches_peft_config(peft_cfg) else DORA
-    assert method is _method(opts) and not (LORA.matches_peft_config(peft_cfg) and DORA.matches_peft_config(peft_cfg))
-    base_logits, ours = oracle.attach_from_peft(method, tm.MODELS[name](), peft_cfg, tensors, name)
-    assert (peft_logits - base_logits).abs().max() > 1e-3, "adapter must change the output"
-    assert (ours - peft_logits).abs().max() <= TOL
+# -- the conformance suite per case (default init, detach, round trips, tensor checks, peft -> ours, merge) ----
+globals().update(oracle.conformance_classes(PeftMergeParity, CASES, lambda row: dict(
+    method=_method(row[1]), model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.LoraConfig(**o)))))
 
 
 # -- (b) ours -> PEFT -------------------------------------------------------------------------------------
@@ -128,7 +123,8 @@ def test_gradients_match_peft(case, tmp_path_factory):
     name, opts, _ = CASES[case]
     path, _ = _peft_dir(case, tmp_path_factory)
     peft_cfg, tensors = _read_peft_dir(path)
-    method = _method(opts)
+    method = LORA if LORA.matches_peft_config(peft_cfg) else DORA  # peft's directory says which, as loading does
+    assert method is _method(opts) and not (LORA.matches_peft_config(peft_cfg) and DORA.matches_peft_config(peft_cfg))
     ours = tm.MODELS[name]()
     method.attach(ours, method.from_peft_config(peft_cfg))
     method.load_state_dict(ours, tensors)
@@ -138,22 +134,6 @@ def test_gradients_match_peft(case, tmp_path_factory):
     theirs_g = {_peft_key(n): g for n, g in grads[1].items()}
     assert set(ours_g) == set(theirs_g) == set(tensors)
     oracle.assert_grads_match(ours_g, theirs_g, allow_none=True)  # MiniLM's pooler: no gradient
-
-
-# -- (c) default init, detach -----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_default_init_keeps_outputs_and_detach_restores(case):
-    name, opts, _ = CASES[case]
-    method = _method(opts)
-    model = tm.MODELS[name]()
-    before_types, before_grad = oracle.module_types(model), oracle.grad_flags(model)
-    base_logits = _out(model, name)
-    method.attach(model, method.make_config({k: v for k, v in opts.items() if k != "modules_to_save"}))
-    assert torch.equal(_out(model, name), base_logits)
-    method.detach(model)
-    assert oracle.module_types(model) == before_types
-    assert oracle.grad_flags(model) == before_grad
-    assert torch.equal(_out(model, name), base_logits)
 
 
 # -- (d) one optimizer step -------------------------------------------------------------------------------
@@ -172,27 +152,6 @@ def test_training_step_changes_only_adapter_parameters(case):
     # every trainable parameter is saved in the adapter's state dict, and every LoRA factor moved
     assert {"base_model.model." + n for n in trainable} <= adapter_keys
     assert all(n in changed for n in trainable if "lora_" in n)
-
-
-# -- (e) state_dict round trip ----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_state_dict_round_trip_is_exact(case):
-    name, opts, _ = CASES[case]
-    oracle.assert_state_dict_round_trip(_method(opts), tm.MODELS[name], opts, _randomise, name)
-
-
-# -- merge ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("case", _params())
-def test_merge_tensor_equals_peft_merge_and_unload(case, dtype, tmp_path_factory):
-    name, opts, _ = CASES[case]
-    path, _ = _peft_dir(case, tmp_path_factory)
-    peft_cfg, tensors = _read_peft_dir(path)
-    method = LORA if LORA.matches_peft_config(peft_cfg) else DORA
-    config = method.from_peft_config(peft_cfg)
-    merged = peft.PeftModel.from_pretrained(tm.MODELS[name](dtype=dtype), path).merge_and_unload()
-    base = tm.MODELS[name](dtype=dtype).state_dict()
-    oracle.assert_merge_matches(method, base, merged.state_dict(), tensors, config)
 
 
 # -- plugin, config, effective config ---------------------------------------------------------------------
