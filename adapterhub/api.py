@@ -173,16 +173,6 @@ def copy(src: Registry, dst: Registry, ref: str, progress: Progress | None = Non
     return copy_version(src, dst, ref, progress=progress)
 
 
-def parse_tags(items: Iterable[str]) -> dict[str, str]:
-    tags = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"invalid tag {item!r}: expected key=value")
-        tags[key] = value
-    return tags
-
-
 @dataclass
 class AttachedAdapter:
     """An adapter attached to a live model by :func:`attach`; ``detach()`` restores the base model."""

@@ -12,8 +12,7 @@ from typing import Any, ClassVar, Mapping
 
 from .errors import AdapterhubError, InvalidInput
 
-#: the safetensors dtypes adapter tensors may have (PEFT computes with them; an integer factor breaks the merge)
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+from .files.safetensors_header import FLOAT_DTYPES
 
 
 def check_floating(tensors: Mapping[str, Any], keys: Any = None) -> None:

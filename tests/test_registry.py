@@ -140,6 +140,20 @@ def test_tags(cli, tmp_path):
     assert_clean_error(cli("tag", "acme/bot", "novalue"), "key=value")
 
 
+@pytest.mark.parametrize("args", [("tag", "acme/bot", "=1"), ("push", "SRC", "acme/bot", "--tag", "novalue"),
+                                  ("train", "--base", "B", "--method", "lora", "--task", "causal-lm", "--data", "D",
+                                   "--out", "O", "--set", "r"),
+                                  ("merge", "acme/bot", "--base", "B", "--out", "O", "--quantize", "nf4",
+                                   "--quant-opt", " =4")])
+def test_every_key_value_option_refuses_a_pair_without_a_key_or_an_equals_sign(cli, tmp_path, args):
+    """--set, --quant-opt, --tag and tag's pairs are parsed by one type, before the command does anything."""
+    (tmp_path / "B").mkdir()
+    args = [str(tmp_path / a) if a in ("SRC", "B", "D", "O") else a for a in args]
+    r = cli(*args)
+    assert_clean_error(r, "expected key=value, got")
+    assert not (tmp_path / "O").exists() and cli("list", "--json").json() == []
+
+
 def test_lineage_formats(cli, tmp_path):
     cli("push", make_lora_dir(tmp_path / "a", seed=1), "acme/base-adapter")
     cli("push", make_lora_dir(tmp_path / "b", seed=2), "acme/other")

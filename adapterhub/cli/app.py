@@ -177,6 +177,26 @@ class BaseParam(click.ParamType):
 BASE = BaseParam()
 
 
+class KeyValueParam(click.ParamType):
+    """``KEY=VALUE`` (``--set r=16``, ``--tag team=nlp``, ``--quant-opt blocksize=128``), as a ``(key, value)``
+    pair (``dict(...)`` of a repeated option is its mapping); spaces around the key are dropped. The one place
+    such options are parsed."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, val = str(value).partition("=")
+        if not sep or not key.strip():
+            self.fail(f"expected key=value, got {value!r}", param, ctx)
+        return key.strip(), val
+
+
+#: the type of every ``KEY=VALUE`` option and argument
+KEY_VALUE = KeyValueParam()
+
+
 def emit(as_json: bool, data: Any, text: Callable[[Any], str] | str | None = None) -> None:
     """Print ``data`` as JSON, or as text made by ``text``."""
     if as_json:

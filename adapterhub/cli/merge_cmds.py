@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .app import BASE, PROCESS, App, cli, emit, human_size, json_option, pass_app
+from .app import BASE, KEY_VALUE, PROCESS, App, cli, emit, human_size, json_option, pass_app
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -66,7 +66,7 @@ def run_merge(app: App, ref: str, base: str, out: str, *, dtype, shard_size, all
             from ..merge.quantized import merge_checked
 
             return cache_warnings(merge_checked(registry, ref, base, out, quantize=quantize,
-                                                quantize_options=_parse_opts(quant_opts), probe=probe, **kwargs))
+                                                quantize_options=dict(quant_opts), probe=probe, **kwargs))
         from ..operations.export import merge_ref
 
         return cache_warnings(merge_ref(registry, ref, base, out, **kwargs))
@@ -83,16 +83,6 @@ class _OnUse:
 
     def __getattr__(self, name: str):
         return getattr(self._get(), name)
-
-
-def _parse_opts(items) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--quant-opt")
-        out[key.strip()] = value
-    return out
 
 
 def merge_text(d: dict) -> str:
@@ -140,7 +130,7 @@ def cache_warnings(d: dict) -> dict:
                    "held them (quantized and dequantized exactly as in training), or onto the original weights.")
 @click.option("--quantize", metavar="QUANTIZER", help="Re-quantize the merged model (nf4, fp4, int8 ...): OUT "
                                                       "loads as a quantized model.")
-@click.option("--quant-opt", "quant_opts", multiple=True, metavar="KEY=VALUE", help="--quantize option (repeatable).")
+@click.option("--quant-opt", "quant_opts", multiple=True, type=KEY_VALUE, help="--quantize option (repeatable).")
 @click.option("--probe", type=click.Path(), help="JSONL rows to compare unmerged and merged logits on (default: a "
                                                  "fixed batch of token ids).")
 @click.option("--no-probe", is_flag=True, help="Skip comparing the unmerged (quantized) and merged logits.")

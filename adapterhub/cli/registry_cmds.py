@@ -6,10 +6,9 @@ import os
 
 import click
 
-from .app import (BASE, App, batch_text, cli, emit, format_table, human_size, json_option, pass_app,
+from ..registry.refs import RELATIONS
+from .app import (BASE, KEY_VALUE, App, batch_text, cli, emit, format_table, human_size, json_option, pass_app,
                   pass_app_for_refs, progress_bar)
-
-RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
 
 
 @cli.command()
@@ -17,7 +16,7 @@ RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "
 @click.argument("name", required=False)
 @click.option("--base", type=BASE, help="Base model directory; its fingerprint is recorded and checked.")
 @click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version (repeatable).")
-@click.option("--tag", "tags", multiple=True, metavar="K=V", help="Tag the version (repeatable).")
+@click.option("--tag", "tags", multiple=True, type=KEY_VALUE, metavar="K=V", help="Tag the version (repeatable).")
 @click.option("--parent", "parents", multiple=True, metavar="REF", help="A version this one derives from (repeatable).")
 @click.option("--relation", type=click.Choice(RELATIONS), default="trained_from", show_default=True,
               help="How the version relates to --parent.")
@@ -33,7 +32,7 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
 
     With --to REMOTE and SRC a ref (acme/bot:3), copy that version with its blobs, lineage, tags and
     evaluations to the remote; its digest stays the same."""
-    from ..api import copy, parse_tags, push as do_push
+    from ..api import copy, push as do_push
     from ..files.checkpoint import list_files
     from ..registry.registry import ParentSpec
 
@@ -46,7 +45,7 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
         try:
             pub = copy(app.registry, target, src, progress=update)
             if aliases or tags:
-                pub = _apply(target, pub, aliases, parse_tags(tags))
+                pub = _apply(target, pub, aliases, dict(tags))
         finally:
             close()
         d = {**pub.to_dict(), "remote": to}
@@ -57,7 +56,7 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
     total = sum(os.path.getsize(f) for _, f in list_files(src)) if os.path.isdir(src) else 0
     update, close = progress_bar(total, "upload")
     try:
-        pub = do_push(target, src, name, base=base, aliases=aliases, tags=parse_tags(tags),
+        pub = do_push(target, src, name, base=base, aliases=aliases, tags=dict(tags),
                       parents=[ParentSpec(relation, ref=p) for p in parents], import_bin=import_bin,
                       home=app.home, plugins=app.plugins, progress=update)
     finally:
@@ -362,15 +361,13 @@ def alias_history(app: App, name, alias_name, as_json):
 
 @cli.command()
 @click.argument("ref")
-@click.argument("pairs", nargs=-1, metavar="[K=V]...")
+@click.argument("pairs", nargs=-1, type=KEY_VALUE, metavar="[K=V]...")
 @click.option("--rm", "remove", multiple=True, metavar="KEY", help="Remove a tag (repeatable).")
 @json_option
 @pass_app_for_refs("ref")
 def tag(app: App, ref, pairs, remove, as_json):
     """Set (K=V) or remove (--rm K) tags on version REF; prints the tags."""
-    from ..api import parse_tags
-
-    tags = app.registry.set_tags(ref, parse_tags(pairs), remove)
+    tags = app.registry.set_tags(ref, dict(pairs), remove)
     emit(as_json, tags, lambda t: "\n".join(f"{k}={v}" for k, v in t.items()) or "(no tags)")
 
 

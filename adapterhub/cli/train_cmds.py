@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .app import BASE, App, batch_text, cli, emit, json_option, pass_app
+from .app import BASE, KEY_VALUE, App, batch_text, cli, emit, json_option, pass_app
 from .data_cmds import check_rate
-
-
-def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint=hint)
-        out[key.strip()] = value
-    return out
 
 
 @cli.command()
@@ -26,7 +16,7 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 @click.option("--eval", "eval_", type=click.Path(), help="Evaluation data (JSONL).")
 @click.option("--out", required=True, type=click.Path(), help="Adapter directory to write.")
 @click.option("--push", metavar="NAME", help="Push the result to the registry as NAME.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method config (repeatable), e.g. r=16.")
+@click.option("--set", "sets", multiple=True, type=KEY_VALUE, help="Method config (repeatable), e.g. r=16.")
 @click.option("--epochs", type=float, default=3.0, show_default=True)
 @click.option("--max-steps", type=int, default=-1, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option("--lr", type=float, help="Learning rate (default: the method's, 2e-4 for LoRA).")
@@ -56,7 +46,7 @@ def _parse_sets(items, hint: str = "--set") -> dict[str, str]:
 @click.option("--quantize", metavar="QUANTIZER",
               help="Load the base through this quantizer plugin (nf4, fp4, int8 ...) and train on it; 'none' "
                    "turns off a method's default (qlora: nf4). The fingerprint stays the original weights'.")
-@click.option("--quant-opt", "quant_opts", multiple=True, metavar="KEY=VALUE",
+@click.option("--quant-opt", "quant_opts", multiple=True, type=KEY_VALUE,
               help="Quantizer option (repeatable), e.g. blocksize=128, double_quant=false, compute_dtype=bfloat16.")
 @click.option("--optim", metavar="NAME", help="transformers optimizer (default adamw_torch; paged_adamw_8bit ... "
                                                 "need a CUDA GPU).")
@@ -76,14 +66,14 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
     from ..training.train import TrainOptions, train as do_train
 
     opts = TrainOptions(base=base, method=method, task=task, data=data, out=out, eval=eval_, push=push,
-                        settings=_parse_sets(sets), epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                        settings=dict(sets), epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
                         grad_accum=grad_accum, max_length=max_length, seed=seed, eval_steps=eval_steps,
                         early_stopping=early_stopping, gradient_checkpointing=gradient_checkpointing,
                         mixed_precision=mixed_precision, init_from=init_from, resume=resume, track=track,
                         experiment=experiment, allow_dirty_data=allow_dirty_data, fail_on_noise=fail_on_noise,
                         allow_base_mismatch=allow_base_mismatch, force=force, progress=sys.stderr.isatty(),
                         home=app.home, quantize=quantize, optim=optim,
-                        quantize_options=_parse_sets(quant_opts, "--quant-opt"), allow_resize=allow_resize,
+                        quantize_options=dict(quant_opts), allow_resize=allow_resize,
                         dist_timeout=dist_timeout)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

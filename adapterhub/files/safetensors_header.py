@@ -22,6 +22,9 @@ DTYPE_SIZES = {
     "I64": 8, "U64": 8, "F64": 8,
     "C64": 8,
 }
+#: the floating-point dtypes: what adapter tensors may have (PEFT computes with them; an integer factor breaks
+#: the merge), and what a merge may convert to another dtype
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 

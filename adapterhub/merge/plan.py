@@ -44,12 +44,11 @@ from ..files.checkpoint import LoadedAdapter, load_json
 from ..errors import AdapterhubError, InvalidInput
 from ..files.fingerprint import INDEX, find_weight_files
 from ..files.peft_keys import PEFT_PREFIX, base_prefix, is_tuner_wide, module_prefixes, parent_paths
-from ..files.safetensors_header import DTYPE_SIZES, read_header
+from ..files.safetensors_header import DTYPE_SIZES, FLOAT_DTYPES, read_header
 from ..files.safetensors_io import _TORCH_NAMES, _BaseReader, _header, st_dtype  # noqa: F401  (re-exported)
 
 DEFAULT_SHARD_SIZE = 5 * 10**9
 DTYPE_CHOICES = {"bf16": "BF16", "bfloat16": "BF16", "fp16": "F16", "float16": "F16", "fp32": "F32", "float32": "F32"}
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 #: base-directory files never copied to the output (the weights are rewritten; pickles are never copied)
 _SKIP_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".pickle")
 _SKIP_NAMES = {INDEX, "pytorch_model.bin.index.json", "adapter_config.json", "adapterhub.json"}

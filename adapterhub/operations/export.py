@@ -20,15 +20,13 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..files.checkpoint import LoadedAdapter, method_and_config, write_json
+from ..files.checkpoint import WEIGHTS, LoadedAdapter, method_and_config, write_json
 from ..files.hub import peft_base_fields
 from ..errors import AdapterhubError, InvalidInput
 from ..merge.plan import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
                     parse_shard_size, plan_merge)
 from ..plugins import Plugins, get_plugins
 from ..files.output_dir import EXPORT_PREFIX, check_out, check_out_base
-
-WEIGHTS = "adapter_model.safetensors"
 
 
 @contextmanager

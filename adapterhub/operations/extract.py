@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterable, Iterator
 from ..errors import InvalidInput
 from ..files.fingerprint import find_weight_files
 from ..files.hub import base_name as hub_base_name
-from ..merge.plan import FLOAT_DTYPES, PEFT_PREFIX, _BaseReader
+from ..merge.plan import PEFT_PREFIX, _BaseReader
 from ..files.output_dir import atomic_out
-from ..files.safetensors_header import read_header
+from ..files.safetensors_header import FLOAT_DTYPES, read_header
 
 #: module names never extracted by default (embeddings and output heads are not Linear layers LoRA wraps)
 _DEFAULT_EXCLUDE = re.compile(r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|position_embeddings|"

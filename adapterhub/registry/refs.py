@@ -52,6 +52,9 @@ class Ref:
         return f"{prefix}{self.name}"
 
 
+#: how a version relates to a parent it names (the ``relation`` of a lineage edge)
+RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
+
 #: the names of the configured remotes, read only when a ref names a remote that is not the registry's own
 RemoteNames = Callable[[], Collection[str]]
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
-from .refs import Ref, RemoteNames, check_registry_of, parse_ref, validate_alias, validate_name
+from .refs import RELATIONS, Ref, RemoteNames, check_registry_of, parse_ref, validate_alias, validate_name
 from . import history, schema as t
 from .aliases import AliasOps
 from .blobs import BlobStore, Progress, copy_verified
@@ -244,8 +244,6 @@ class Registry(AliasOps, MaintenanceOps):
         return sent
 
     def _resolve_parents(self, parents: list[ParentSpec]) -> list[dict[str, Any]]:
-        from .schema import RELATIONS
-
         out = []
         if not parents:
             return out

@@ -130,8 +130,6 @@ evaluations = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
 )
 
-RELATIONS = ("trained_from", "combined_from", "composed_of", "quantized_from", "extracted_from", "imported_from")
-
 #: no longer used (kept so old databases migrate): merged models were cached here as blobs; the cache now
 #: lives under the home (``operations/merged_cache``), and ``gc`` empties this table.
 merged_models = sa.Table(
