@@ -1,8 +1,13 @@
 """The ``ia3`` method against the real ``peft`` library (the oracle).
 
-Table-driven over tiny Llama (GQA), GPT-2 (Conv1D), BERT (sequence classification) and the real MiniLM.
-Every parity case moves the (IA)³ vectors away from ones (and perturbs modules_to_save copies) so that it
-cannot pass trivially; each parity test also checks the adapter actually changes the output.
+Table-driven over tiny Llama (GQA), GPT-2 (Conv1D), BERT (sequence classification) and the real MiniLM. Each
+case runs the conformance suite (``adapterhub.testing.conformance``: default init, detach, state-dict and
+directory round trips, tensor checks, peft's adapter loading into ours, merge = ``merge_and_unload``) on the
+models with non-zero biases; the tests here add what it does not check: our directory loading in peft and the
+effective config peft resolves, gradients, the optimizer step, our merge against our attached model, combine,
+(IA)³'s options and bad input. Every parity case moves the (IA)³ vectors away from ones (and perturbs
+modules_to_save copies) so that it cannot pass trivially; each parity test also checks the adapter actually
+changes the output.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
+from adapterhub.testing.conformance import PeftMergeParity  # noqa: E402
 from adapterhub_ia3 import IA3Config, IA3Method  # noqa: E402
 
 IA3 = IA3Method()
@@ -85,21 +91,15 @@ def _build_peft(case):
 _peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
 
+# -- the conformance suite per case (default init, detach, round trips, tensor checks, peft -> ours, merge) ----
+globals().update(oracle.conformance_classes(PeftMergeParity, CASES, lambda row: dict(
+    method=IA3, model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.IA3Config(**o)),
+    build=lambda self, dtype=torch.float32: _model(self.model, dtype))))
+
+
 def _names(value):
     """PEFT keeps name lists as sets; a regex stays a string."""
     return set(value) if isinstance(value, (list, set)) else value
-
-
-# -- (a) PEFT -> ours -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
-    name, _, _ = CASES[case]
-    path, peft_logits = _peft_dir(case, tmp_path_factory)
-    peft_cfg, tensors = _read_peft_dir(path)
-    assert IA3.matches_peft_config(peft_cfg)
-    base_logits, ours = oracle.attach_from_peft(IA3, _model(name), peft_cfg, tensors, name)
-    assert (peft_logits - base_logits).abs().max() > 1e-3, "adapter must change the output"
-    assert (ours - peft_logits).abs().max() <= TOL
 
 
 # -- (b) ours -> PEFT -------------------------------------------------------------------------------------
@@ -136,23 +136,6 @@ def test_gradients_match_peft(tmp_path_factory):
     oracle.assert_grads_match(ours_g, theirs_g)
 
 
-# -- (c) default init, detach -----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_default_init_keeps_outputs_and_detach_restores(case):
-    name, opts, _ = CASES[case]
-    model = _model(name)
-    before_types, before_grad = oracle.module_types(model), oracle.grad_flags(model)
-    base_logits = _out(model, name)
-    IA3.attach(model, IA3.make_config(opts))
-    assert torch.equal(_out(model, name), base_logits)
-    _randomise(model)
-    assert not torch.equal(_out(model, name), base_logits)
-    IA3.detach(model)
-    assert oracle.module_types(model) == before_types
-    assert oracle.grad_flags(model) == before_grad
-    assert torch.equal(_out(model, name), base_logits)
-
-
 # -- (d) one optimizer step -------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", _params())
 def test_training_step_changes_only_adapter_parameters(case):
@@ -171,26 +154,7 @@ def test_training_step_changes_only_adapter_parameters(case):
         assert {"classifier.weight", "classifier.bias"} <= changed
 
 
-# -- (e) state_dict round trip ----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_state_dict_round_trip_is_exact(case):
-    name, opts, _ = CASES[case]
-    oracle.assert_state_dict_round_trip(IA3, lambda: _model(name), opts, _randomise, name)
-
-
-# -- merge ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("case", _params())
-def test_merge_tensor_equals_peft_merge_and_unload(case, dtype, tmp_path_factory):
-    name, _, _ = CASES[case]
-    path, _ = _peft_dir(case, tmp_path_factory)
-    peft_cfg, tensors = _read_peft_dir(path)
-    config = IA3.from_peft_config(peft_cfg)
-    merged = peft.PeftModel.from_pretrained(_model(name, dtype), path).merge_and_unload()
-    base = _model(name, dtype).state_dict()
-    oracle.assert_merge_matches(IA3, base, merged.state_dict(), tensors, config)
-
-
+# -- merge (against peft: the conformance suite) ----------------------------------------------------------
 def test_merged_model_matches_attached_model():
     """Our own merge reproduces our attached model (a feed-forward and an attention layer with biases)."""
     opts = dict(target_modules=["c_attn", "c_fc", "c_proj"], feedforward_modules=["c_fc"])
