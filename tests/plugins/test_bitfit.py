@@ -2,8 +2,11 @@
 
 PEFT has no BitFit, so the oracle is the model itself: merging the adapter's tensors into a fresh base must
 give exactly the attached model's logits. Table-driven over tiny GPT-2 (Conv1D), BERT (sequence
-classification) and the real MiniLM; Llama (no biases) is refused. Every parity case moves the trained
-tensors away from their initial values so that it cannot pass trivially.
+classification) and the real MiniLM; Llama (no biases) is refused. Each case runs the conformance suite
+(``adapterhub.testing.conformance``: default init, detach, state-dict and directory round trips, tensor checks)
+on a model whose input embedding starts frozen (a flag detach must restore); the tests here add what it does
+not check. Every parity case moves the trained tensors away from their initial values so that it cannot pass
+trivially.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
+from adapterhub.testing.conformance import MethodConformance  # noqa: E402
 from adapterhub_bitfit import BitFitConfig, BitFitMethod  # noqa: E402
 
 BITFIT = BitFitMethod()
@@ -57,23 +61,17 @@ def _biases(model):
     return {n for n, _ in model.named_parameters() if n.endswith(".bias")}
 
 
-# -- (c) default init, detach -----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_attach_keeps_outputs_and_detach_restores_values_and_flags(case):
-    name, opts, _ = CASES[case]
-    model = tm.MODELS[name]()
-    model.get_input_embeddings().weight.requires_grad_(False)  # a pre-existing flag detach must restore
-    before_grad = oracle.grad_flags(model)
-    before_values = {n: p.detach().clone() for n, p in model.named_parameters()}
-    base_logits = _out(model, name)
-    BITFIT.attach(model, BITFIT.make_config(opts))
-    assert torch.equal(_out(model, name), base_logits)
-    _randomise(model)
-    assert not torch.equal(_out(model, name), base_logits)
-    BITFIT.detach(model)
-    assert oracle.grad_flags(model) == before_grad
-    assert all(torch.equal(p, before_values[n]) for n, p in model.named_parameters())
-    assert torch.equal(_out(model, name), base_logits)
+def _frozen_embedding(name, dtype=torch.float32):
+    """The tiny model with its input embedding frozen: a pre-existing flag that detach must restore."""
+    model = tm.MODELS[name](dtype)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    return model
+
+
+# -- the conformance suite per case (default init, detach, round trips, tensor checks) --------------------
+globals().update(oracle.conformance_classes(MethodConformance, CASES, lambda row: dict(
+    method=BITFIT, model=row[0], options=row[1],
+    build=lambda self, dtype=torch.float32: _frozen_embedding(self.model, dtype))))
 
 
 # -- (d) one optimizer step -------------------------------------------------------------------------------
@@ -97,13 +95,6 @@ def test_training_step_changes_only_chosen_biases_and_head(case):
     assert moved and moved <= changed
     if name == "bert":
         assert {"classifier.weight", "classifier.bias"} <= changed
-
-
-# -- (e) state_dict round trip ----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_state_dict_round_trip_is_exact(case):
-    name, opts, _ = CASES[case]
-    oracle.assert_state_dict_round_trip(BITFIT, tm.MODELS[name], opts, _randomise, name)
 
 
 # -- merge ------------------------------------------------------------------------------------------------
