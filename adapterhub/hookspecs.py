@@ -1,24 +1,30 @@
 """Every hook a plugin can implement.
 
-Registration hooks receive a ``register`` callback. Call it once per object you provide; the object must
-have a ``name`` attribute (lowercase ``[a-z0-9_]``). The core validates names and refuses a name that
-another plugin already registered, with an error naming both plugins; it never renames silently.
-All hooks are called once per plugin manager, lazily, the first time the registry of that kind is used.
+Registration hooks receive a ``register`` callback. Call it once per object you provide: an instance of the
+contract of its kind (a subclass, for stores and trackers, which register the class) with a ``name``
+(lowercase ``[a-z0-9_]``). The contracts are declared, with a docstring per operation, in
+:mod:`adapterhub.method` (methods) and :mod:`adapterhub.interfaces` (the rest). The core refuses an object that
+does not subclass its contract and a name that another plugin already registered, with an error naming the
+plugins; it never renames silently. All hooks are called once per plugin manager, lazily, the first time the
+registry of that kind is used.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
-hookspec = pluggy.HookspecMarker("adapterhub")
+from .interfaces import BlobStore, Format, Method, Metric, Quantizer, Tracker
 
-Register = Callable[[Any], None]
+if TYPE_CHECKING:  # pragma: no cover - click is imported by the CLI, not by plugin loading
+    import click
+
+hookspec = pluggy.HookspecMarker("adapterhub")
 
 
 @hookspec
-def register_methods(register: Register) -> None:
+def register_methods(register: Callable[[Method], None]) -> None:
     """Register PEFT methods.
 
     Called when a method is first looked up (``adapterhub methods``, ``train``, ``merge`` ...).
@@ -30,66 +36,59 @@ def register_methods(register: Register) -> None:
 
 
 @hookspec
-def register_quantizers(register: Register) -> None:
+def register_quantizers(register: Callable[[Quantizer], None]) -> None:
     """Register base-model quantizers (``nf4``, ``fp4``, ``int8`` ...).
 
-    Called when a quantizer is first looked up (``adapterhub quantize``, ``train --quantize``).
+    Called when a quantizer is first looked up (``adapterhub quantize``, ``train --quantize``, merging an
+    adapter trained on a quantized base).
 
-    :param register: call ``register(quantizer)``; a quantizer has ``name``,
-        ``quantize(model_dir, out_dir, **options)`` (write a quantized transformers directory),
-        ``make_options(values)`` (validated options), ``load_model(base_dir, task, labels, options)``
-        (a base loaded quantized, for training), ``base_transform(record)`` (the exact quantize ->
-        dequantize round trip of one tensor, for merging onto what the adapter was trained against),
-        ``options_from_record(record)``, ``prepare_training(model)`` and ``prepare(model)``.
+    :param register: call ``register(quantizer)`` with an instance of :class:`adapterhub.interfaces.Quantizer`;
+        ``quantizer.name`` is what users pass to ``--quantize``.
     :returns: nothing.
     """
 
 
 @hookspec
-def register_formats(register: Register) -> None:
+def register_formats(register: Callable[[Format], None]) -> None:
     """Register adapter import/export formats (a PEFT directory, a merged transformers model ...).
 
     Called when ``push`` reads a directory that has no ``adapterhub.json`` (to detect what it is), and
     by ``export``.
 
-    :param register: call ``register(fmt)``; a format has ``name``, ``detect(path) -> bool`` and
-        ``read(path, plugins) -> dict`` (returns a manifest: ``method``, ``config``, ``base`` ...), and may
-        have ``export(reg, ref, out, **options) -> dict`` and ``convert(path, files, out, plugins)``: for a
-        foreign layout (other key names, pickles), write an adapter directory (``adapterhub.json`` +
-        ``adapter_model.safetensors``) into the empty directory ``out``; ``files`` maps each file of ``path``
-        (relative posix path) to where to read it (``.bin`` files already converted to ``.safetensors`` when
-        ``push --import-bin`` was given). ``push`` then stores ``out``, not ``path``.
+    :param register: call ``register(fmt)`` with an instance of :class:`adapterhub.interfaces.Format`;
+        ``fmt.name`` is what users pass to ``export --format``.
     :returns: nothing.
     """
 
 
 @hookspec
-def register_stores(register: Register) -> None:
+def register_stores(register: Callable[[type[BlobStore]], None]) -> None:
     """Register blob stores by URL scheme.
 
     Called when a registry opens its blob store.
 
-    :param register: call ``register(store_class)``; ``store_class.name`` is the URL scheme
-        (``"file"``, ``"s3"``) and ``store_class.from_url(url)`` returns a
-        :class:`adapterhub.registry.blobs.BlobStore`.
+    :param register: call ``register(store_class)`` with a subclass of :class:`adapterhub.interfaces.BlobStore`
+        (the class: ``store_class.from_url(url)`` makes a store); ``store_class.name`` is the URL scheme
+        (``"file"``, ``"s3"``).
     :returns: nothing.
     """
 
 
 @hookspec
-def register_trackers(register: Register) -> None:
+def register_trackers(register: Callable[[type[Tracker]], None]) -> None:
     """Register experiment trackers (MLflow ...).
 
     Called when ``train --track NAME`` (or ``ADAPTERHUB_TRACKER``) asks for a tracker.
 
-    :param register: call ``register(tracker_class)``; ``tracker_class.name`` is what users pass to
+    :param register: call ``register(tracker_class)`` with a subclass of :class:`adapterhub.interfaces.Tracker`
+        (the class: ``train`` makes one instance per run); ``tracker_class.name`` is what users pass to
         ``--track``.
     :returns: nothing.
     """
 
 
 @hookspec
-def register_metrics(register: Register) -> None:
+def register_metrics(register: Callable[[Metric], None]) -> None:
     """Register generation metrics (exact match, ROUGE-L, chrF, an LLM-as-judge ...).
 
     Called when ``adapterhub eval --generate`` (or ``adapterhub plugins``) first looks up a metric.
@@ -104,7 +103,7 @@ def register_metrics(register: Register) -> None:
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
+def register_commands(cli: click.Group) -> None:
     """Add CLI commands.
 
     Called once when the ``adapterhub`` CLI starts, before arguments are parsed. Keep the plugin module

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-from .errors import AdapterhubError, InvalidInput
+from .errors import AdapterhubError, InvalidInput, PluginError
 
 from .files.safetensors_header import FLOAT_DTYPES
 
@@ -98,7 +98,7 @@ class Method:
     def capabilities(self) -> list[str]:
         """The optional capabilities this method implements: ``merge``, ``row-merge``, ``combine``, ``stack``,
         ``route`` (each an overridden method below) and ``quantized-base`` (:attr:`supports_quantized_base`)."""
-        caps = [cap for cap, attr in _CAPABILITIES if getattr(type(self), attr) is not getattr(Method, attr)]
+        caps = [cap for cap, attr in _CAPABILITIES if overridden(self, Method, attr)]
         return caps + (["quantized-base"] if self.supports_quantized_base else [])
 
     @property
@@ -136,19 +136,19 @@ class Method:
     def attach(self, model: Any, config: Any) -> Any:
         """Add this method's trainable modules to ``model`` in place and freeze everything else; with
         default init the model's outputs must not change. Returns the effective config."""
-        raise NotImplementedError
+        raise PluginError(f"method '{self.name}' ({type(self).__name__}) does not implement attach")
 
     def state_dict(self, model: Any) -> dict[str, Any]:
         """The adapter's tensors, under PEFT's key names when PEFT implements the method."""
-        raise NotImplementedError
+        raise PluginError(f"method '{self.name}' ({type(self).__name__}) does not implement state_dict")
 
     def load_state_dict(self, model: Any, tensors: dict[str, Any]) -> None:
         """Load tensors produced by :meth:`state_dict` into an attached model."""
-        raise NotImplementedError
+        raise PluginError(f"method '{self.name}' ({type(self).__name__}) does not implement load_state_dict")
 
     def detach(self, model: Any) -> None:
         """Remove this method's modules, restoring the base model."""
-        raise NotImplementedError
+        raise PluginError(f"method '{self.name}' ({type(self).__name__}) does not implement detach")
 
     # -- optional ------------------------------------------------------------------------------
     def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
@@ -156,8 +156,8 @@ class Method:
         """Return ``base_tensor`` with the adapter merged in, or ``None`` if the adapter does not touch
         it. Used by the streaming merge, one base tensor at a time. With ``inplace=True`` the caller owns
         ``base_tensor`` (a scratch buffer) and the method may merge into it and return it, sparing a
-        full-size allocation per tensor; without it, ``base_tensor`` must be left unchanged. (The merge
-        passes ``inplace`` only to methods whose ``merge_tensor`` has that parameter.)"""
+        full-size allocation per tensor; without it, ``base_tensor`` must be left unchanged. (The streaming merge
+        always passes ``inplace=True``; a method may ignore it and return a new tensor.)"""
         raise AdapterhubError(
             f"method '{self.name}' cannot merge into base weights; export it and load it at run time instead"
         )
@@ -172,7 +172,8 @@ class Method:
         stay in cache from read to write."""
         return None
 
-    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
+    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str,
+                **options: Any) -> tuple[Any, dict[str, Any]]:
         """Combine several adapters of this method into a new ``(config, tensors)``."""
         raise AdapterhubError(f"method '{self.name}' cannot combine adapters")
 
@@ -190,6 +191,11 @@ class Method:
     def detach_multi(self, model: Any) -> None:
         """Undo :meth:`attach_stack` or :meth:`attach_routed`."""
         raise AdapterhubError(f"method '{self.name}' attaches no stacked or routed adapters")
+
+
+def overridden(obj: Any, base: type, attr: str) -> bool:
+    """Whether ``obj``'s class overrides ``base``'s ``attr``: how a contract's optional hooks become capabilities."""
+    return getattr(type(obj), attr) is not getattr(base, attr)
 
 
 #: (capability, the Method hook that provides it): a method has it when its class overrides the hook

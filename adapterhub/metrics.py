@@ -36,7 +36,9 @@ class Metric(Protocol):
     name: str
     higher_is_better: bool
 
-    def compute(self, predictions: Sequence[str], references: Sequence[str]) -> float: ...
+    def compute(self, predictions: Sequence[str], references: Sequence[str]) -> float:
+        """One finite number for the whole set of ``(prediction, reference)`` pairs (equally long lists)."""
+        ...
 
 
 def check_metric(obj: Any, plugin: str = "?") -> Metric:

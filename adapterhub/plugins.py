@@ -9,20 +9,48 @@ an empty value loads none.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import warnings
 from importlib import metadata
-from typing import Any
+from typing import Any, Literal, overload
 
 import pluggy
 
 from . import hookspecs
 from .errors import NotFound, PluginError
+from .interfaces import BlobStore, Format, Method, Metric, Quantizer, Tracker
 
 GROUP = "adapterhub"
 KINDS = ("methods", "quantizers", "formats", "stores", "trackers", "metrics")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: kind -> (its contract, whether plugins register the class rather than an instance); metrics are checked where
+#: they are scored (:func:`adapterhub.metrics.check_metric`), a structural contract with its own messages
+CONTRACTS: dict[str, tuple[type, bool]] = {"methods": (Method, False), "quantizers": (Quantizer, False),
+                                            "formats": (Format, False), "stores": (BlobStore, True),
+                                            "trackers": (Tracker, True)}
+
+
+def check_contract(kind: str, obj: Any, plugin: str) -> str:
+    """The name ``obj`` registers under, after checking that it keeps the contract of ``kind`` (an instance of
+    it, or a subclass for the kinds registered as classes) and has a valid name; :class:`PluginError` otherwise."""
+    what = kind[:-1]
+    if kind in CONTRACTS:
+        contract, as_class = CONTRACTS[kind]
+        ok = isinstance(obj, type) and issubclass(obj, contract) if as_class else isinstance(obj, contract)
+        if not ok:
+            expected = f"a subclass of {contract.__module__}.{contract.__name__}" if as_class else \
+                f"an instance of {contract.__module__}.{contract.__name__}"
+            raise PluginError(f"plugin '{plugin}' registered a {what} ({obj!r}) that is not {expected}")
+        if kind == "methods" and not dataclasses.is_dataclass(obj.config_class):
+            raise PluginError(f"plugin '{plugin}' registered method {obj.name!r} whose config_class is not a dataclass")
+        name = obj.name
+    else:
+        name = getattr(obj, "name", None)  # a metric: its own check comes when it is scored
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise PluginError(f"plugin '{plugin}' registered a {what} with an invalid name {name!r}")
+    return name
 
 
 class Plugins:
@@ -79,11 +107,7 @@ class Plugins:
             for impl in reversed(hook.get_hookimpls()):
 
                 def register(obj: Any, _plugin: str = impl.plugin_name) -> None:
-                    name = getattr(obj, "name", None)
-                    if not isinstance(name, str) or not _NAME_RE.match(name):
-                        raise PluginError(
-                            f"plugin '{_plugin}' registered a {kind[:-1]} with an invalid name {name!r}"
-                        )
+                    name = check_contract(kind, obj, _plugin)
                     if name in found:
                         raise PluginError(
                             f"{kind[:-1]} '{name}' is registered by both plugin '{found[name][0]}' "
@@ -99,7 +123,24 @@ class Plugins:
     def names(self, kind: str) -> list[str]:
         return sorted(self._registry(kind))
 
+    @overload
+    def get(self, kind: Literal["methods"], name: str) -> Method: ...
+    @overload
+    def get(self, kind: Literal["quantizers"], name: str) -> Quantizer: ...
+    @overload
+    def get(self, kind: Literal["formats"], name: str) -> Format: ...
+    @overload
+    def get(self, kind: Literal["stores"], name: str) -> type[BlobStore]: ...
+    @overload
+    def get(self, kind: Literal["trackers"], name: str) -> type[Tracker]: ...
+    @overload
+    def get(self, kind: Literal["metrics"], name: str) -> Metric: ...
+    @overload
+    def get(self, kind: str, name: str) -> Any: ...
+
     def get(self, kind: str, name: str) -> Any:
+        """The object of ``kind`` registered as ``name`` (typed by its contract); :class:`NotFound` naming the
+        installed ones otherwise."""
         reg = self._registry(kind)
         if name not in reg:
             known = ", ".join(sorted(reg)) or "none installed"

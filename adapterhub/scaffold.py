@@ -77,7 +77,8 @@ class ${Class}Method(TunerMethod):
                 raise InvalidInput(f"adapter tensor '{key}' has shape {shape}; expected one entry per output "
                                    "of the layer it scales")
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         return self._model().merge_tensor(name, base_tensor, adapter_tensors)
 
 

@@ -1,15 +1,23 @@
-"""The plugin system: entry points, allowlist, duplicates, docs of every hook, lazy loading."""
+"""The plugin system: entry points, allowlist, duplicates, contracts checked at registration, lazy loading, and the
+README's plugin guide checked against every hook and contract."""
 
+import ast
+import dataclasses
 import inspect
 import json
+import os
+import re
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 import adapterhub
 from adapterhub import hookspecs
 from adapterhub.errors import NotFound, PluginError
+from adapterhub.interfaces import BaseTransform, BlobStore, Format, Method, Metric, Quantizer, Tracker
 from adapterhub.plugins import Plugins
 
 HOOKS = [name for name, f in vars(hookspecs).items() if name.startswith("register_") and callable(f)]
@@ -23,9 +31,22 @@ def test_every_hook_is_documented():
         assert doc and ":param" in doc and ":returns:" in doc and "Called" in doc, name
 
 
-class _Thing:
-    def __init__(self, name):
-        self.name = name
+@dataclasses.dataclass
+class _Config:
+    r: int = 1
+
+
+def _thing(kind, name):
+    """The least object that keeps the contract of ``kind``, registered as ``name``."""
+    if kind == "methods":
+        return type("M", (Method,), {"name": name, "config_class": _Config})()
+    if kind in ("stores", "trackers"):
+        return type("C", (BlobStore if kind == "stores" else Tracker,), {"name": name})
+    if kind == "metrics":
+        return type("Metric", (), {"name": name, "higher_is_better": True, "compute": lambda self, p, r: 1.0})()
+    obj = (Quantizer if kind == "quantizers" else Format)()
+    obj.name = name
+    return obj
 
 
 def _plugin(hook, *names):
@@ -36,7 +57,7 @@ def _plugin(hook, *names):
 
     def impl(register):
         for n in names:
-            register(_Thing(n))
+            register(_thing(hook[len("register_"):], n))
 
     impl.__name__ = hook
     setattr(P, hook, staticmethod(adapterhub.hookimpl(impl)))
@@ -77,6 +98,35 @@ def test_invalid_name_refused():
     pl = Plugins(load_entrypoints=False, plugins={"bad": _plugin("register_methods", "Bad Name")})
     with pytest.raises(PluginError, match="invalid name"):
         pl.names("methods")
+
+
+@pytest.mark.parametrize("kind", ["methods", "quantizers", "formats", "stores", "trackers"])
+def test_an_object_that_does_not_keep_its_contract_is_refused(kind):
+    """The contract is checked once, when the plugin registers: the core never probes a plugin's attributes."""
+    duck = type("Duck", (), {"name": "duck"})
+
+    class P:
+        pass
+
+    def impl(register):
+        register(duck if kind in ("stores", "trackers") else duck())
+
+    impl.__name__ = f"register_{kind}"
+    setattr(P, impl.__name__, staticmethod(adapterhub.hookimpl(impl)))
+    with pytest.raises(PluginError, match=f"plugin 'quack' registered a {kind[:-1]} .*Duck.* that is not (an instance "
+                                          "of|a subclass of) adapterhub"):
+        Plugins(load_entrypoints=False, plugins={"quack": P}).names(kind)
+
+
+def test_a_method_whose_config_class_is_not_a_dataclass_is_refused():
+    class P:
+        @staticmethod
+        @adapterhub.hookimpl
+        def register_methods(register):
+            register(type("M", (Method,), {"name": "plain", "config_class": dict})())
+
+    with pytest.raises(PluginError, match="method 'plain' whose config_class is not a dataclass"):
+        Plugins(load_entrypoints=False, plugins={"p": P}).names("methods")
 
 
 def test_builtins_load_through_entry_points_and_allowlist(monkeypatch):
@@ -135,7 +185,7 @@ def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, home):
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: adapterhub-broken\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[adapterhub]\nbroken = adapterhub_no_such_module\n")
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, "-m", "adapterhub", "plugins", "--json"], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json.loads(p.stdout)}
@@ -143,22 +193,65 @@ def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, home):
     assert p.stderr.count("Warning: plugin 'broken'") == 1 and "Traceback" not in p.stderr
 
 
-def test_every_method_hook_and_attribute_is_declared_and_documented():
-    """The Method contract is declared once (each public hook has a docstring) and the README's plugin guide
-    names every one, so a plugin author never has to read a built-in plugin to find a capability."""
-    import inspect
-    import pathlib
+# -- the plugin guide documents every hook and every contract, with the code's signatures ------------------
+def _guide() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    return readme[readme.index("## Writing a plugin"):readme.index("## Layout")]
 
-    from adapterhub.method import Method
 
-    readme = pathlib.Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
-    guide = readme[readme.index("## Writing a plugin"):readme.index("## Layout")]
-    public = [n for n in vars(Method) if not n.startswith("_") and n not in ("config_fields", "family")]
-    assert {"attach_stack", "attach_routed", "detach_multi", "multi_family", "default_learning_rate",
-            "supports_quantized_base", "base_quantizer"} <= set(public)
-    for name in public:
-        mentions = (f"`{name}", f"    {name} = ", f"def {name}(")  # in the text, or in the example class
-        assert any(m in guide for m in mentions), f"README's plugin guide does not mention Method.{name}"
-        member = vars(Method)[name]
-        if inspect.isfunction(member):
-            assert member.__doc__, f"Method.{name} has no docstring"
+def _documented_classes() -> dict[str, ast.ClassDef]:
+    """The classes of the guide's ``python`` blocks, by name (the contract reference is valid Python)."""
+    found = {}
+    for block in re.findall(r"```python\n(.*?)```", _guide(), re.S):
+        for node in ast.parse(block).body:
+            if isinstance(node, ast.ClassDef):
+                found[node.name] = node
+    return found
+
+
+def _members(cls: ast.ClassDef) -> dict[str, str]:
+    """Each attribute (``name: annotation``) and function (``def name(args) -> returns``) of ``cls``, normalised."""
+    out = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign):
+            out[node.target.id] = f"{node.target.id}: {ast.unparse(node.annotation)}"
+        elif isinstance(node, ast.FunctionDef) and (not node.name.startswith("_") or node.name == "__call__"):
+            returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
+            decorators = "".join(f"@{ast.unparse(d)} " for d in node.decorator_list)
+            out[node.name] = f"{decorators}def {node.name}({ast.unparse(node.args)}){returns}"
+    return out
+
+
+CONTRACTS = [Method, Quantizer, BaseTransform, Format, BlobStore, Tracker, Metric]
+
+
+def test_every_hook_is_documented_in_the_plugin_guide_with_its_parameters():
+    guide = _guide()
+    for name in HOOKS:
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert f"`{name}({params})`" in guide, f"README's plugin guide does not document `{name}({params})`"
+
+
+@pytest.mark.parametrize("contract", CONTRACTS, ids=lambda c: c.__name__)
+def test_every_contract_member_is_declared_documented_and_its_signature_matches_the_guide(contract):
+    """As datasette tests its plugin docs: the guide's reference lists every attribute and operation of each
+    contract, with the signature the code has, and each operation has a docstring in the code."""
+    code = _members(ast.parse(textwrap.dedent(inspect.getsource(contract))).body[0])
+    documented = _documented_classes().get(contract.__name__)
+    assert documented is not None, f"README's plugin guide has no `class {contract.__name__}` in its reference"
+    docs = _members(documented)
+    assert sorted(docs) == sorted(code), f"{contract.__name__}: documented {sorted(docs)}, declared {sorted(code)}"
+    for name, signature in code.items():
+        assert docs[name] == signature, f"README documents {docs[name]!r}; the code says {signature!r}"
+        if signature.split("def ", 1)[0] != signature:  # an operation, not an attribute
+            assert inspect.getdoc(getattr(contract, name)), f"{contract.__name__}.{name} has no docstring"
+
+
+def test_the_guide_check_sees_a_changed_signature():
+    class Changed(Quantizer):
+        def quantize(self, model_dir: str, out_dir: str) -> dict:
+            """Changed."""
+            return {}
+
+    mine = _members(ast.parse(textwrap.dedent(inspect.getsource(Changed))).body[0])
+    assert mine["quantize"] != _members(_documented_classes()["Quantizer"])["quantize"]

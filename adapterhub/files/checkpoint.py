@@ -258,8 +258,8 @@ def _converter(src: str, plugins: Any) -> tuple[str, Any] | None:
     if os.path.isfile(os.path.join(src, MANIFEST)):
         return None
     for name, _plugin, fmt in plugins.items("formats"):
-        if hasattr(fmt, "detect") and fmt.detect(src):
-            return (name, fmt) if callable(getattr(fmt, "convert", None)) else None
+        if fmt.detect(src):
+            return (name, fmt) if "convert" in fmt.capabilities() else None
     return None
 
 
@@ -286,7 +286,7 @@ def _read_manifest(src: str, plugins: Any) -> tuple[dict[str, Any], str]:
             manifest.pop(key, None)  # the registry computes these
         return manifest, "adapterhub"
     for name, _plugin, fmt in plugins.items("formats"):
-        if hasattr(fmt, "detect") and fmt.detect(src):
+        if fmt.detect(src):
             return fmt.read(src, plugins), name
     raise InvalidInput(f"{src} is not an adapter directory: no {MANIFEST} or adapter_config.json")
 
@@ -346,7 +346,7 @@ def method_and_config(manifest: dict[str, Any], plugins: Any) -> tuple[Any, Any]
     method = plugins.get("methods", manifest["method"])
     cfg = manifest.get("config") or {}
     if manifest.get("format") == "peft" or ("peft_type" in cfg and "peft_type" not in
-                                             {f for f in getattr(method.config_class, "__dataclass_fields__", {})}):
+                                             {f.name for f in dataclasses.fields(method.config_class)}):
         return method, method.from_peft_config(cfg)
     return method, method.config_from_manifest(cfg)
 

@@ -124,9 +124,8 @@ def probe_difference(adapter: LoadedAdapter, base_dir: str, merged_dir: str, *, 
     cfg = getattr(merged.config, "quantization_config", None)
     if cfg is not None:  # a re-quantized output: let its quantizer make it runnable here (e.g. CPU kernels)
         name = (getattr(merged.config, "adapterhub_quantization", None) or {}).get("quantizer")
-        prepare = getattr(plugins.get("quantizers", name), "prepare", None) if name else None
-        if prepare:
-            prepare(merged)
+        if name:
+            plugins.get("quantizers", name).prepare(merged)
     merged.eval()
     new_logits = logits(merged)
     del merged

@@ -115,15 +115,6 @@ def merging_threads(largest: int, base_transform: Any = None) -> int:
     return max(1, min(cpus + 1, 8, SCRATCH_BUDGET // max(1, largest)))
 
 
-def _accepts_inplace(method: Any) -> bool:
-    import inspect
-
-    try:
-        return "inplace" in inspect.signature(method.merge_tensor).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
-
-
 class _Reads(Mapping):
     """The adapter's tensors, remembering which ones were read: one the merge never read was not merged."""
 
@@ -154,7 +145,6 @@ class _Run:
         self.jobs = jobs
         self.method, self.config, self.tensors = method, adapter.config, _Reads(adapter.tensors)
         self.modules, self.base_transform, self.hasher, self.progress = modules, base_transform, hasher, progress
-        self.inplace = _accepts_inplace(method)
         for job in jobs:
             e = job.entry
             from_base = e.base_path is not None and not e.adapter_key and e.dtype == e.base_info.dtype
@@ -294,8 +284,7 @@ class _Run:
                 base = base.to(want)
             # ``base`` is this thread's scratch buffer (or a new tensor made from it): the method may merge
             # into it
-            result = (method.merge_tensor(e.name, base, tensors, config, inplace=True) if self.inplace
-                      else method.merge_tensor(e.name, base, tensors, config))
+            result = method.merge_tensor(e.name, base, tensors, config, inplace=True)
             kind = "merged" if result is not None else "untouched"
             result = base if result is None else result
             del base

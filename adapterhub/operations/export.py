@@ -50,7 +50,7 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         raise InvalidInput(f"{info['ref']} has no {WEIGHTS} (kind {info['kind']}); only adapters can be exported")
     f = weights[0]
     what = f"blob {f['digest']} ({info['ref']} {WEIGHTS})"
-    local = getattr(reg.store, "local_path", lambda d: None)(f["digest"][7:])
+    local = reg.store.local_path(f["digest"][7:])
     tmp = None
     if local:  # read in place (no copy to leave behind), verified first
         from ..errors import IntegrityError
@@ -75,9 +75,7 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         method, config = method_and_config(info["manifest"], plugins)
         tensors = LazyTensors(path)
         try:
-            check = getattr(method, "check_tensors", None)
-            if check is not None:  # (versions stored before push checked them)
-                check(tensors.header.tensors, config)
+            method.check_tensors(tensors.header.tensors, config)  # (versions stored before push checked them)
             yield (LoadedAdapter(method, config, tensors, info["manifest"]),
                    {"ref": info["ref"], "digest": info["digest"].removeprefix("sha256:"), "manifest": info["manifest"]})
         finally:
@@ -144,10 +142,7 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
 def export(reg: Any, ref: str, fmt: str, out: str, *, plugins: Plugins | None = None, **options: Any) -> dict[str, Any]:
     """Export ``ref`` with the format plugin ``fmt`` (``peft``, ``merged`` ...)."""
     plugins = plugins or get_plugins()
-    formatter = plugins.get("formats", fmt)
-    if not callable(getattr(formatter, "export", None)):
-        raise InvalidInput(f"format '{fmt}' cannot export (it only imports)")
-    return formatter.export(reg, ref, out, plugins=plugins, **options)
+    return plugins.get("formats", fmt).export(reg, ref, out, plugins=plugins, **options)  # refuses if it only imports
 
 
 #: options of ``export --format merged`` that a PEFT export has no use for (refused, never silently ignored)

@@ -1,4 +1,5 @@
-"""The blob-store interface and the helpers every store shares.
+"""The helpers every blob store shares (the interface itself, :class:`~adapterhub.interfaces.BlobStore`, is
+declared with the other plugin contracts).
 
 A blob is addressed by the lowercase hex sha256 of its bytes. Stores are plugins
 (``register_stores``) keyed by URL scheme; the local one is ``adapterhub_file``.
@@ -8,74 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import BinaryIO, Callable, ClassVar, Iterator
+from typing import BinaryIO
 
 from ..errors import IntegrityError, InvalidInput
+from ..interfaces import BlobStore, Progress  # noqa: F401  (declared there; the registry imports them from here)
 
 CHUNK = 1 << 20  # bytes per read: memory stays bounded whatever the blob size
-Progress = Callable[[int], None]  # called with the number of bytes just moved
-
-
-class BlobStore:
-    """What a blob store provides. Implementations must make ``put`` atomic (a reader never sees a
-    partial blob) and must never overwrite an existing blob with other bytes."""
-
-    #: URL scheme (``file``, ``s3``)
-    name: ClassVar[str] = ""
-    url: str = ""
-
-    @classmethod
-    def from_url(cls, url: str) -> "BlobStore":
-        raise NotImplementedError
-
-    def has(self, digest: str) -> bool:
-        raise NotImplementedError
-
-    def put(self, digest: str, path: str, size: int, progress: Progress | None = None) -> bool:
-        """Store the file at ``path`` under ``digest``; verify while copying that its bytes hash to
-        ``digest`` (raise :class:`IntegrityError` otherwise). Returns False if the blob already
-        existed and nothing was written."""
-        raise NotImplementedError
-
-    def open(self, digest: str, limit: int | None = None) -> BinaryIO:
-        """A binary stream of the blob's stored bytes (unverified: use :func:`copy_verified`); with ``limit``,
-        the store need not fetch more than that many bytes (a row declaring 10 bytes never pulls a 300 MB
-        object over the network). Raise :class:`IntegrityError` if the blob is missing."""
-        raise NotImplementedError
-
-    def delete(self, digest: str) -> None:
-        raise NotImplementedError
-
-    def iter_blobs(self) -> Iterator[tuple[str, float]]:
-        """Every stored blob as ``(digest, mtime as a unix time)``."""
-        raise NotImplementedError
-
-    def cleanup_temp(self, older_than: float) -> int:
-        """Remove temporary leftovers of interrupted writes older than ``older_than`` seconds;
-        return how many were removed."""
-        return 0
-
-    def size(self, digest: str) -> int | None:
-        """The stored blob's size in bytes (``None``: missing); what ``gc`` reports as freed."""
-        path = self.local_path(digest)
-        try:
-            return os.path.getsize(path) if path else None
-        except OSError:
-            return None
-
-    def describe(self) -> str:
-        return self.url
-
-    def local_path(self, digest: str) -> str | None:
-        """The path of the blob on this machine's disk, if the store keeps blobs as files (the registry
-        server then streams it with HTTP Range support); ``None`` otherwise."""
-        return None
-
-    def presigned_url(self, digest: str, expires: int) -> str | None:
-        """A URL that serves the blob's bytes for ``expires`` seconds without other credentials (the
-        registry server hands it to clients, so bytes go straight from the store to them); ``None`` if
-        the store cannot make one."""
-        return None
 
 
 def check_digest(digest: str) -> str:

@@ -163,7 +163,7 @@ def _is_digest(name: str) -> bool:
 def registry_paths(reg: Registry) -> list[tuple[str, str]]:
     """``(what, path)`` of the local paths that hold ``reg``: its blob store's root and its SQLite file."""
     paths = []
-    root = getattr(reg.store, "root", None)
+    root = reg.store.local_root()
     if isinstance(root, str) and root and "://" not in root:
         paths.append(("blob store", root))
     url = getattr(getattr(reg, "engine", None), "url", None)

@@ -346,7 +346,7 @@ def _build_model(opts: TrainOptions, run: "Prepared", resume: str | None):
     else:
         model = load_base_model(opts.base, opts.task, run.labels)
     effective = method.attach(model, run.config) or run.config
-    if quantizer is not None and hasattr(quantizer, "prepare_training"):
+    if quantizer is not None:
         quantizer.prepare_training(model)
     if run.loaded is not None:
         method.load_state_dict(model, run.loaded.tensors)

@@ -19,6 +19,7 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
+from adapterhub.interfaces import Format
 
 from . import layout
 
@@ -40,7 +41,7 @@ def is_adapters_dir(path: str) -> bool:
     return isinstance(cfg, dict) and "peft_type" not in cfg and isinstance(cfg.get("config"), dict)
 
 
-class AdaptersFormat:
+class AdaptersFormat(Format):
     """Import (``convert``) and export of the ``adapters`` library's ``save_adapter`` directories."""
 
     name = "adapters"
@@ -58,7 +59,7 @@ class AdaptersFormat:
 
         convert(path, files, out)
 
-    def export(self, reg: Any, ref: str, out: str, *, force: bool = False, plugins: Any = None,
+    def export(self, reg: Any, ref: str, out: str, *, plugins: Any, force: bool = False,
                **options: Any) -> dict[str, Any]:
         """Write ``ref`` as an adapters library directory (see :mod:`adapterhub_adapters.exports`)."""
         from adapterhub.files.output_dir import atomic_out, check_out

@@ -51,7 +51,8 @@ class BitFitMethod(TunerMethod):
                 raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but base '{path}' is "
                                    f"{tuple(base[path].shape)}")
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         """The adapter's value for ``name`` (a trained bias or head tensor) in the base dtype; ``None`` if the
         adapter does not hold it."""
         return self._model().merge_tensor(name, base_tensor, adapter_tensors)

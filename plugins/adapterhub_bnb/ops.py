@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import AdapterhubError, InvalidInput
+from adapterhub.interfaces import BaseTransform
 
 #: config.json key of a directory written by ``quantize`` (the record; transformers ignores it)
 CONFIG_KEY = "adapterhub_quantization"
@@ -255,7 +256,7 @@ def describe(quantizer: Any, model: Any, opts: dict[str, Any], mods: dict[str, A
 
 
 # -- the merge-side round trip ----------------------------------------------------------------------------
-class RoundTrip:
+class RoundTrip(BaseTransform):
     """``(name, tensor) -> tensor``: the weight as the quantized base held it during training (quantized
     with the recorded quant type / blocksize / double quant from the recorded weight dtype, then
     dequantized; float32). ``applies(name)`` says which base tensors training quantized."""

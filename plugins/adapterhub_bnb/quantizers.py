@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
 from adapterhub.errors import InvalidInput
+from adapterhub.interfaces import BaseTransform, Quantizer
 
 BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -47,25 +48,19 @@ def _number(key: str, value: Any, kind: type) -> Any:
         raise InvalidInput(f"invalid {key} {value!r}: expected {'an integer' if kind is int else 'a number'}") from None
 
 
-class _Quantizer:
-    name = ""
+class _Quantizer(Quantizer):
+    """What the bitsandbytes quantizers share: options from :attr:`fields`, the work in :mod:`adapterhub_bnb.ops`."""
+
     bits = 0
+    quant_type = ""
     #: option name -> (default, help)
     fields: dict[str, tuple[Any, str]] = {}
 
     def option_fields(self) -> list[dict[str, Any]]:
         return [{"name": k, "default": d, "help": h} for k, (d, h) in self.fields.items()]
 
-    def make_options(self, values: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Validated options with defaults; refuses unknown keys with the list of valid ones."""
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(self.fields))
-        if unknown:
-            raise InvalidInput(f"unknown {self.name} option(s) {', '.join(unknown)}; "
-                               f"valid keys: {', '.join(sorted(self.fields))}")
-        out = {k: d for k, (d, _) in self.fields.items()}
-        out.update(values)
-        return self._validate(out)
+    def make_options(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return self._validate(super().make_options(values))
 
     def _validate(self, opts: dict[str, Any]) -> dict[str, Any]:
         return opts
@@ -79,39 +74,32 @@ class _Quantizer:
 
         return ops.quantize_dir(self, model_dir, out_dir, self.make_options(options), force=force, home=home)
 
-    def load_model(self, base_dir: str, task: str, labels: list[str] | None = None,
-                   options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def load_model(self, base_dir: str, task: str | None, labels: list[str] | None = None,
+                   options: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """The base model for ``task``, quantized as it loads; ``(model, record)``."""
         from . import ops
 
         return ops.load_quantized(self, base_dir, task, labels, self.make_options(options or {}))
 
-    def base_transform(self, record: dict[str, Any]) -> Any:
-        """A callable ``(name, tensor) -> tensor`` with ``applies(name)``: the quantize→dequantize round
-        trip of the weights ``record`` says were quantized (for merging onto the dequantized base)."""
+    def base_transform(self, record: Mapping[str, Any]) -> BaseTransform:
+        """The quantize→dequantize round trip of the weights ``record`` says were quantized."""
         from . import ops
 
-        return ops.RoundTrip(self, record)
+        return ops.RoundTrip(self, dict(record))
 
     def prepare_training(self, model: Any) -> None:
-        """Called by ``train`` after the method attached its adapter to a base this quantizer loaded: tell
-        transformers an adapter is attached (its Trainer refuses a "purely quantized" model otherwise) and
-        keep 4-bit layers off bitsandbytes' packed CPU kernel, which has no backward."""
+        """Tell transformers an adapter is attached (its Trainer refuses a "purely quantized" model otherwise)
+        and keep 4-bit layers off bitsandbytes' packed CPU kernel, which has no backward."""
         from . import ops
 
         model._hf_peft_config_loaded = True
         ops.no_cpu_packing(model)
 
     def prepare(self, model: Any) -> None:
-        """Make a model ``from_pretrained`` loaded from a directory this quantizer wrote runnable here
-        (bitsandbytes' packed CPU kernel refuses small layers; those keep the plain path)."""
+        """bitsandbytes' packed CPU kernel refuses small layers; those keep the plain path."""
         from . import ops
 
         ops.cpu_safe(model)
-
-    def options_from_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The options that reproduce ``record`` (to load a base exactly as training did)."""
-        return self.make_options({k: record[k] for k in self.fields if k in record})
 
 
 class Bnb4bitQuantizer(_Quantizer):

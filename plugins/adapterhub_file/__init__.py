@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlparse
 
 import adapterhub
 from adapterhub.errors import AdapterhubError, IntegrityError
-from adapterhub.registry.blobs import BlobStore, Progress, check_digest, copy_stream_verified
+from adapterhub.interfaces import BlobStore, Progress
+from adapterhub.registry.blobs import check_digest, copy_stream_verified
 
 
 class FileStore(BlobStore):
@@ -78,6 +79,9 @@ class FileStore(BlobStore):
     def local_path(self, digest: str) -> str | None:
         path = self._path(digest)
         return path if os.path.isfile(path) else None
+
+    def local_root(self) -> str | None:
+        return self.root
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
         base = os.path.join(self.root, "blobs", "sha256")

@@ -56,7 +56,8 @@ class LoHaMethod(TunerMethod):
             if base is not None and w is None:
                 raise InvalidInput(f"loha adapter targets '{path}', but the base has no '{path}.weight'")
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
 

@@ -57,7 +57,8 @@ class LoKrMethod(TunerMethod):
                 raise InvalidInput(f"lokr adapter for '{path}' has {sorted(got.items())}, but a {out_dim}x{in_dim} "
                                    f"layer with r={config.r} needs {sorted(want.items())}")
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
 

@@ -8,24 +8,22 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
+from adapterhub.interfaces import Format
 
 
-class MergedFormat:
+class MergedFormat(Format):
+    """Export only (``detect`` and ``read`` keep the contract's defaults: a merged model is not an adapter)."""
+
     name = "merged"
 
-    def detect(self, path: str) -> bool:
-        return False
-
-    def read(self, path: str, plugins: Any) -> dict[str, Any]:
-        raise InvalidInput(f"{path}: a merged model cannot be imported as an adapter")
-
-    def export(self, reg: Any, ref: str, out: str, *, base: str | None = None, **options: Any) -> dict[str, Any]:
+    def export(self, reg: Any, ref: str, out: str, *, plugins: Any, base: str | None = None,
+               **options: Any) -> dict[str, Any]:
         """Merge ``ref`` into ``base`` (see :func:`adapterhub.operations.export.merge_ref` for ``options``)."""
         from adapterhub.operations.export import merge_ref
 
         if not base:
             raise InvalidInput("--format merged needs --base DIR (the base model to merge into)")
-        return merge_ref(reg, ref, base, out, **options)
+        return merge_ref(reg, ref, base, out, plugins=plugins, **options)
 
 
 @adapterhub.hookimpl

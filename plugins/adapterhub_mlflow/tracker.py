@@ -1,4 +1,4 @@
-"""``MlflowTracker``: the :class:`adapterhub.training.tracking.Tracker` for MLflow, on ``MlflowClient``.
+"""``MlflowTracker``: the :class:`adapterhub.interfaces.Tracker` for MLflow, on ``MlflowClient``.
 
 Only the explicit client is used (never ``mlflow.start_run`` and the fluent module state), so nothing
 leaks between runs, threads or tests. mlflow is imported inside the methods, never at module import.
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import adapterhub
-from adapterhub.training.tracking import Tracker
+from adapterhub.interfaces import Tracker
 
 DEFAULT_EXPERIMENT = "adapterhub"
 MAX_PARAM_VALUE = 6000        # MLflow's limit on a param value

@@ -9,6 +9,7 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
+from adapterhub.interfaces import Format
 
 #: PEFT types we know the name of even when no plugin for the method is installed
 _FALLBACK = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning",
@@ -16,16 +17,16 @@ _FALLBACK = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PR
              "OFT": "oft", "VERA": "vera"}
 
 
-class PeftFormat:
+class PeftFormat(Format):
     """Import: a directory with ``adapter_config.json``. Export: ``adapterhub export REF --format peft``."""
 
     name = "peft"
 
-    def export(self, reg: Any, ref: str, out: str, **options: Any) -> dict[str, Any]:
+    def export(self, reg: Any, ref: str, out: str, *, plugins: Any, **options: Any) -> dict[str, Any]:
         """Write ``ref`` as a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)."""
         from adapterhub.operations.export import export_peft
 
-        return export_peft(reg, ref, out, **options)
+        return export_peft(reg, ref, out, plugins=plugins, **options)
 
     def detect(self, path: str) -> bool:
         return os.path.isfile(os.path.join(path, "adapter_config.json"))
@@ -68,7 +69,7 @@ def installed(plugins: Any) -> str:
     """``"IA3 (ia3), LORA (lora, dora, qlora), ..."``: the PEFT types the installed methods read and write."""
     by_type: dict[str, list[str]] = {}
     for name, _plugin, m in plugins.items("methods"):
-        if getattr(m, "peft_type", None):
+        if m.peft_type:
             by_type.setdefault(m.peft_type, []).append(name)
     return ", ".join(f"{t} ({', '.join(names)})" for t, names in sorted(by_type.items())) or "none"
 

@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl, urlparse
 
 import adapterhub
 from adapterhub.errors import AdapterhubError, IntegrityError, InvalidInput
-from adapterhub.registry.blobs import BlobStore, Progress, check_digest
+from adapterhub.interfaces import BlobStore, Progress
+from adapterhub.registry.blobs import check_digest
 from adapterhub.registry.remotes import mask, scrub
 
 from . import _errors
