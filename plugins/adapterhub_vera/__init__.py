@@ -84,7 +84,8 @@ class VeraMethod(TunerMethod):
                 raise InvalidInput(f"adapter tensor '{key}' has shape {got}, expected {want} (r={r}, sized by the "
                                    "largest targeted layer)")
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any) -> Any:
+    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
+                     inplace: bool = False) -> Any:
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
 
