@@ -25,6 +25,7 @@ from .blobs import BlobStore, Progress, copy_verified
 from .bundle import BundleEdge, BundleFile, VersionBundle
 from .db import (DB_ATTEMPTS, blob_lock, commit_failed, ensure_schema, make_engine, read_tx, retrying, transient,
                  write_tx)
+from .entities import BaseModel, Edge, Evaluation, FileInfo, VersionInfo
 from .maintenance import MaintenanceOps
 from .records import (BLOBS_GONE, LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
                       check_relpath, finite, is_external_ref, iso, kind_conflict, now, validate_tag_key)
@@ -333,19 +334,15 @@ class Registry(AliasOps, MaintenanceOps):
         with self.read() as conn:
             v = self.resolve(ref, conn)
             files = self.checked_files(conn, v)
-            edges = [BundleEdge(p["digest"][7:] if p["digest"] else None, p["relation"], p["details"],
-                                p["ref"] if not p["external"] or is_external_ref(p["ref"]) else None)
+            edges = [BundleEdge(p.digest[7:] if p.digest else None, p.relation, p.details,
+                                p.ref if not p.external or is_external_ref(p.ref) else None)
                      for p in self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)]
             tags = {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
                 t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
             evals = [{"data_digest": r.data_digest, "metrics": r.metrics, "details": r.details}
                      for r in conn.execute(sa.select(t.evaluations).where(
                          t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
-            base = None
-            if v["base_fingerprint"]:
-                b = conn.execute(sa.select(t.base_models).where(
-                    t.base_models.c.fingerprint == v["base_fingerprint"])).first()
-                base = {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
+            base = self._base_row(conn, v["base_fingerprint"])
         return VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files, edges, tags, evals, base,
                              v["created_by"]).check().check_lineage()
 
@@ -382,34 +379,35 @@ class Registry(AliasOps, MaintenanceOps):
         (``merge``, ``combine`` and ``export`` read versions through here)."""
         with self.read() as conn:
             v = self.resolve(ref, conn)
-            files = self.files_of(conn, v)
+            files = tuple(FileInfo(f.path, "sha256:" + f.digest, f.size) for f in self.checked_files(conn, v))
             manifest = json.loads(v["manifest"])
-            aliases = [r[0] for r in conn.execute(sa.select(t.aliases.c.alias).where(
-                t.aliases.c.version_id == v["id"]).order_by(t.aliases.c.alias))]
-            tag_rows = conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
-                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))
+            aliases = tuple(r[0] for r in conn.execute(sa.select(t.aliases.c.alias).where(
+                t.aliases.c.version_id == v["id"]).order_by(t.aliases.c.alias)))
+            tags = {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
+                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
             parents = self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)
             children = self._edges(conn, t.lineage.c.parent_id == v["id"], parent_side=False)
-            evals = [{"data_digest": "sha256:" + r.data_digest, "metrics": finite(r.metrics), "details": finite(r.details),
-                      "created_at": iso(r.created_at)}
-                     for r in conn.execute(sa.select(t.evaluations).where(
-                         t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
-            base = None
-            if v["base_fingerprint"]:
-                b = conn.execute(sa.select(t.base_models).where(
-                    t.base_models.c.fingerprint == v["base_fingerprint"])).first()
-                base = {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
-        return {
-            "name": v["name"], "version": v["number"], "ref": v["ref"], "digest": "sha256:" + v["digest"],
-            "kind": v["kind"], "method": v["method"], "config": manifest.get("config"),
-            "base_fingerprint": v["base_fingerprint"], "base": base, "task": manifest.get("task"),
-            "files": files, "size": v["size"], "aliases": aliases, "tags": {k: val for k, val in tag_rows},
-            "parents": parents, "children": children, "metrics": manifest.get("metrics") or {},
-            "evaluations": evals, "data": manifest.get("data") or [],
-            "created_at": iso(v["created_at"]), "created_by": v["created_by"], "manifest": manifest,
-        }
+            evals = tuple(Evaluation("sha256:" + r.data_digest, finite(r.metrics), finite(r.details), iso(r.created_at))
+                          for r in conn.execute(sa.select(t.evaluations).where(
+                              t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id)))
+            base = self._base_row(conn, v["base_fingerprint"])
+        return VersionInfo(
+            name=v["name"], version=v["number"], ref=v["ref"], digest="sha256:" + v["digest"], kind=v["kind"],
+            method=v["method"], config=manifest.get("config"), base_fingerprint=v["base_fingerprint"],
+            base=BaseModel(**base) if base else None, task=manifest.get("task"), files=files, size=v["size"],
+            aliases=aliases, tags=tags, parents=parents, children=children, metrics=manifest.get("metrics") or {},
+            evaluations=evals, data=tuple(manifest.get("data") or ()), created_at=iso(v["created_at"]),
+            created_by=v["created_by"], manifest=manifest).to_dict()
 
-    def _edges(self, conn: sa.Connection, where: Any, parent_side: bool) -> list[dict[str, Any]]:
+    @staticmethod
+    def _base_row(conn: sa.Connection, fingerprint: str | None) -> dict[str, Any] | None:
+        """The ``base_models`` row of ``fingerprint`` (without its ``created_at``), if there is one."""
+        if not fingerprint:
+            return None
+        b = conn.execute(sa.select(t.base_models).where(t.base_models.c.fingerprint == fingerprint)).first()
+        return {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
+
+    def _edges(self, conn: sa.Connection, where: Any, parent_side: bool) -> tuple[Edge, ...]:
         l, v, a = t.lineage, t.versions, t.adapters
         other = l.c.parent_id if parent_side else l.c.child_id
         q = (sa.select(l, v.c.number, v.c.digest.label("vdigest"), a.c.name)
@@ -417,11 +415,10 @@ class Registry(AliasOps, MaintenanceOps):
              .where(where).order_by(l.c.position, l.c.id))
         out = []
         for r in conn.execute(q):
-            ref = f"{r.name}:{r.number}" if r.name else r.parent_ref
             digest = r.vdigest or r.parent_digest
-            out.append({"ref": ref, "digest": "sha256:" + digest if digest else None, "relation": r.relation,
-                        "details": r.details, "external": r.name is None})
-        return out
+            out.append(Edge(f"{r.name}:{r.number}" if r.name else r.parent_ref, "sha256:" + digest if digest else None,
+                            r.relation, r.details, r.name is None))
+        return tuple(out)
 
     def list(self, name: str | None = None) -> list[dict[str, Any]]:
         """Every version (of ``name``, if given), newest number last within each name."""
