@@ -41,9 +41,11 @@ from __future__ import annotations
 from typing import Any
 
 import adapterhub
+from adapterhub.errors import InvalidInput
 from adapterhub.tuning import TunerMethod
 
-from .config import PrefixTuningConfig, PromptTuningConfig, from_peft_dict, to_peft_dict
+from .config import (EMBEDDING_KEY, SAVED_PREFIX, PrefixTuningConfig, PromptTuningConfig, from_peft_dict,
+                     prompt_shape, to_peft_dict)
 
 __all__ = ["PromptTuningConfig", "PrefixTuningConfig", "PromptTuningMethod", "PrefixTuningMethod", "register_methods"]
 
@@ -60,6 +62,25 @@ class _PromptLearningMethod(TunerMethod):
 
     def from_peft_config(self, peft_config: dict[str, Any]) -> Any:
         return from_peft_dict(peft_config, self.config_class)
+
+    def check_tensors(self, tensors: Any, config: Any, base: Any = None) -> None:
+        """``prompt_embeddings`` present, of the config's shape (its width where the config states the dimensions,
+        as the effective config does); with ``base``, each saved head copy (``base_model.<name>``) of the shape of
+        the base's ``<name>`` where the base has it."""
+        super().check_tensors(tensors, config, base)
+        if EMBEDDING_KEY not in tensors:
+            raise InvalidInput(f"the {self.name} adapter lacks '{EMBEDDING_KEY}'")
+        got = tuple(tensors[EMBEDDING_KEY].shape)
+        rows, width = prompt_shape(self._config(config))
+        if len(got) != 2 or got[0] != rows or width not in (None, got[1]):
+            want = f"({rows}, {width})" if width is not None else f"({rows}, width)"
+            raise InvalidInput(f"adapter tensor '{EMBEDDING_KEY}' has shape {got}, expected {want} (num_virtual_tokens="
+                               f"{rows})")
+        for key in sorted(k for k in tensors if k.startswith(SAVED_PREFIX)):
+            original = None if base is None else base.get(key[len(SAVED_PREFIX):])
+            if original is not None and tuple(original.shape) != tuple(tensors[key].shape):
+                raise InvalidInput(f"adapter tensor '{key}' has shape {tuple(tensors[key].shape)}, but the base's "
+                                   f"'{key[len(SAVED_PREFIX):]}' has {tuple(original.shape)}")
 
 
 class PromptTuningMethod(_PromptLearningMethod):

@@ -137,6 +137,22 @@ class PrefixTuningConfig:
             raise ValueError(f"init_weights must be empty or 'zero', got {self.init_weights!r}")
 
 
+#: PEFT's key of the trained prompt, and the prefix of the saved head copies' keys (PEFT's prompt-learning models
+#: keep the base model at ``base_model``: no ``LoraModel`` layer)
+EMBEDDING_KEY = "prompt_embeddings"
+SAVED_PREFIX = "base_model."
+
+
+def prompt_shape(config: Any) -> tuple[int, Any]:
+    """The shape of ``prompt_embeddings``: ``(num_virtual_tokens, token_dim)`` for prompt tuning, ``(...,
+    num_layers * 2 * token_dim)`` for prefix tuning; the width is ``None`` while the dimensions are unknown (a
+    user's config before ``attach`` infers them)."""
+    if config.token_dim is None or (isinstance(config, PrefixTuningConfig) and config.num_layers is None):
+        return config.num_virtual_tokens, None
+    width = config.num_layers * 2 * config.token_dim if isinstance(config, PrefixTuningConfig) else config.token_dim
+    return config.num_virtual_tokens, width
+
+
 # -- PEFT adapter_config.json ------------------------------------------------------------------------
 #: PEFT keys that carry no meaning for the adapter's numbers (bookkeeping); ignored on import
 _PEFT_BOOKKEEPING = tuners.PEFT_BOOKKEEPING | {"num_transformer_submodules"}

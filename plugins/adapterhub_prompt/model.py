@@ -46,10 +46,9 @@ from torch import nn
 from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 
-from .config import PrefixTuningConfig, PromptTuningConfig
+from .config import EMBEDDING_KEY, PrefixTuningConfig, PromptTuningConfig, prompt_shape
+from .config import SAVED_PREFIX as PREFIX
 
-PREFIX = "base_model."  # PEFT's prompt-learning models keep the base model at `base_model` (no LoraModel layer)
-EMBEDDING_KEY = "prompt_embeddings"
 ENCODER_NAME = "prompt_encoder"
 _STATE_ATTR = "_adapterhub_prompt"
 
@@ -480,9 +479,7 @@ class _PrefixHook:
 
 # -- state dicts -----------------------------------------------------------------------------------------
 def _expected_shapes(model: nn.Module, state: Attached) -> dict[str, tuple[int, ...]]:
-    cfg = state.config
-    width = cfg.num_layers * 2 * cfg.token_dim if isinstance(cfg, PrefixTuningConfig) else cfg.token_dim
-    shapes = {EMBEDDING_KEY: (cfg.num_virtual_tokens, width)}
+    shapes = {EMBEDDING_KEY: prompt_shape(state.config)}
     shapes.update({k: tuple(v.shape) for k, v in tuners.saved_tensors(model, state.saved, PREFIX).items()})
     return shapes
 

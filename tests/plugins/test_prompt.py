@@ -562,3 +562,26 @@ def test_unsupported_peft_configs_are_refused():
         PX.from_peft_config(dict(cfg, cartridge=3))
     with pytest.raises(InvalidInput, match="not a PEFT PROMPT_TUNING config"):
         PT.from_peft_config(cfg)
+
+
+def test_check_tensors_refuses_what_does_not_fit_the_config_or_the_base():
+    """What ``push`` checks (the conformance suite tries one wrong shape): the prompt's rows and width, a missing
+    prompt, a head copy unlike the base's; a config whose dimensions are not inferred yet leaves the width open."""
+    from adapterhub.testing.conformance import header_entries
+
+    model = tm.tiny_bert_seq_cls()
+    config = PX.attach(model, PX.make_config(SEQ_CLS))
+    sd = header_entries(PX.state_dict(model))
+    base = header_entries(tm.tiny_bert_seq_cls().state_dict())
+    PX.check_tensors(sd, config, base)
+    wide = dict(sd, prompt_embeddings=header_entries({"p": torch.zeros(NVT, 32)})["p"])
+    with pytest.raises(InvalidInput, match=rf"'prompt_embeddings' has shape \({NVT}, 32\), expected \({NVT}, 128\)"):
+        PX.check_tensors(wide, config)
+    PX.check_tensors(wide, PX.make_config(SEQ_CLS))  # no token_dim / num_layers: the width is not known
+    with pytest.raises(InvalidInput, match="lacks 'prompt_embeddings'"):
+        PX.check_tensors({k: v for k, v in sd.items() if k != "prompt_embeddings"}, config)
+    head = dict(sd, **header_entries({"base_model.classifier.weight": torch.zeros(2, 32)}))
+    PX.check_tensors(head, config)  # without the base, a head's size is the adapter's own
+    with pytest.raises(InvalidInput, match=r"'base_model.classifier.weight' has shape \(2, 32\), but the base's "
+                                           r"'classifier.weight' has \(3, 32\)"):
+        PX.check_tensors(head, config, base)
