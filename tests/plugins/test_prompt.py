@@ -5,6 +5,9 @@ classification head. Every parity case overwrites the prompt weights (and the SE
 values, so that it cannot pass on a shared default init; each parity test also checks the adapter changes the
 output. Prompt tuning outputs carry ``num_virtual_tokens`` leading positions in PEFT and in ours alike: logits
 are compared whole (like with like), and the real tokens' part is checked to differ from the base model.
+Each case runs the conformance suite (``adapterhub.testing.conformance``: detach, state-dict and directory
+round trips, tensor checks, peft's adapter loading into ours); a prompt cannot start as a no-op, so the suite
+does not expect the outputs unchanged at init. The tests here add what it does not check.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import AdapterhubError, InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
+from adapterhub.testing.conformance import PeftParity  # noqa: E402
 from adapterhub_prompt import PrefixTuningMethod, PromptTuningMethod  # noqa: E402
 
 PT, PX = PromptTuningMethod(), PrefixTuningMethod()
@@ -118,26 +122,22 @@ _peft_dir = oracle.PeftDirs(_build_peft, _randomise, _reloaded_out)
 _read_peft_dir = oracle.read_peft_dir
 
 
+# -- the conformance suite per case (detach, round trips, tensor checks, peft -> ours) ---------------------
+# (with prefix_projection, peft's in-memory prefix goes through its MLP at every forward while the saved prefix,
+# which ours loads, is that output once: 3e-5 apart on MiniLM, as peft's own reload is; ours -> peft below compares
+# with peft's reload at 1e-5)
+globals().update(oracle.conformance_classes(PeftParity, CASES, lambda row: dict(
+    method=METHODS[row[1]], model=row[0], options=row[2], identity_at_init=False,
+    tolerance=1e-4 if row[2].get("prefix_projection") else TOL,
+    peft_config=staticmethod(lambda o, kind=row[1]: PEFT_CONFIGS[kind](**o)),
+    build=lambda self, dtype=torch.float32: MODELS[self.model](dtype))))
+
+
 def _with_labels(name, opts):
     """The inputs for ``name`` with labels for the task (class ids, or the input ids for a causal LM)."""
     inputs = _inputs(name)
     inputs["labels"] = torch.tensor([0, 2]) if opts["task_type"] == "SEQ_CLS" else inputs["input_ids"]
     return inputs
-
-
-# -- (a) PEFT -> ours -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_peft_adapter_loads_into_ours_with_same_logits(case, tmp_path_factory):
-    name, kind, opts, _ = CASES[case]
-    method = METHODS[kind]
-    path, peft_logits = _peft_dir(case, tmp_path_factory)
-    peft_cfg, tensors = _read_peft_dir(path)
-    other = METHODS["prefix" if kind == "prompt" else "prompt"]
-    assert method.matches_peft_config(peft_cfg) and not other.matches_peft_config(peft_cfg)
-    base_logits, ours = oracle.attach_from_peft(method, MODELS[name](), peft_cfg, tensors, name, output=_out)
-    assert ours.shape == peft_logits.shape
-    assert (_real(peft_logits, case) - base_logits).abs().max() > 1e-3, "adapter must change the output"
-    assert (ours - peft_logits).abs().max() <= TOL
 
 
 # -- (b) ours -> PEFT -------------------------------------------------------------------------------------
@@ -162,6 +162,8 @@ def test_loss_and_gradients_match_peft(case, tmp_path_factory):
     method = METHODS[kind]
     path, _ = _peft_dir(case, tmp_path_factory)
     peft_cfg, tensors = _read_peft_dir(path)
+    other = METHODS["prefix" if kind == "prompt" else "prompt"]
+    assert method.matches_peft_config(peft_cfg) and not other.matches_peft_config(peft_cfg)
     ours = MODELS[name]()
     method.attach(ours, method.from_peft_config(peft_cfg))
     method.load_state_dict(ours, tensors)
@@ -182,25 +184,6 @@ def test_loss_and_gradients_match_peft(case, tmp_path_factory):
     oracle.assert_grads_match(ours_g, theirs_g)
 
 
-# -- detach restores the base exactly (no prompt can start as a no-op: see the plugin docstring) ------------
-@pytest.mark.parametrize("case", _params())
-def test_detach_restores_base_outputs(case):
-    name, kind, opts, _ = CASES[case]
-    method = METHODS[kind]
-    model = MODELS[name]()
-    before_types, before_grad = oracle.module_types(model), oracle.grad_flags(model)
-    base_logits = _out(model, name)
-    method.attach(model, method.make_config(opts))
-    _randomise(model)
-    assert not torch.equal(_real(_out(model, name), case), base_logits)
-    method.detach(model)
-    assert not hasattr(model, "prompt_encoder") and not model._forward_pre_hooks
-    assert oracle.module_types(model) == before_types
-    assert oracle.grad_flags(model) == before_grad
-    assert torch.equal(_out(model, name), base_logits)
-    method.attach(model, method.make_config(opts))  # attachable again after detach
-
-
 # -- (d) one optimizer step -------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", _params())
 def test_training_step_changes_only_prompt_and_head(case):
@@ -216,13 +199,6 @@ def test_training_step_changes_only_prompt_and_head(case):
     inputs = _with_labels(name, opts)
     changed = oracle.optimizer_step(model, lambda m: m(**inputs).loss, torch.optim.SGD, lr=0.1)
     assert changed == trainable
-
-
-# -- (e) state_dict round trip ----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", _params())
-def test_state_dict_round_trip_is_exact(case):
-    name, kind, opts, _ = CASES[case]
-    oracle.assert_state_dict_round_trip(METHODS[kind], MODELS[name], opts, _randomise, name, output=_out)
 
 
 # -- init modes -------------------------------------------------------------------------------------------
