@@ -3,13 +3,13 @@
 No PEFT oracle exists for these, so the reference is the formula itself, written out in the tests:
 ``h + scaling * W_up f(W_down h + b_down) + b_up`` after the adapted projection, and for Compacter the PHM
 weight ``sum_i kron(A_i, B_i)``. Table-driven over tiny BERT (seq-cls), tiny Llama (GQA), GPT-2 (Conv1D)
-and the real MiniLM. Every reference case randomises the adapter so that it cannot pass trivially.
+and the real MiniLM. Each case runs the conformance suite (``adapterhub.testing.conformance``: default init,
+detach, state-dict and directory round trips, tensor checks); the tests here add what it does not check. Every
+reference case randomises the adapter so that it cannot pass trivially.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
 import sys
@@ -17,7 +17,6 @@ import sys
 import pytest
 
 import torch as torch
-from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import tinymodels as tm  # noqa: E402
@@ -25,6 +24,7 @@ import oracle  # noqa: E402
 
 from adapterhub.errors import AdapterhubError, InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
+from adapterhub.testing.conformance import MethodConformance  # noqa: E402
 from adapterhub_bottleneck import BottleneckConfig, BottleneckMethod, CompacterConfig, CompacterMethod  # noqa: E402
 from adapterhub_bottleneck import model as bm  # noqa: E402
 
@@ -64,22 +64,9 @@ def _hooks(model):
     return sum(len(m._forward_hooks) for m in model.modules())
 
 
-# -- (c) default init, detach -----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", PARAMS)
-def test_default_init_keeps_outputs_and_detach_restores(case):
-    name, method, opts, _ = CASES[case]
-    model = tm.MODELS[name]()
-    before_types, before_grad = oracle.module_types(model), oracle.grad_flags(model)
-    before_keys, hooks = list(model.state_dict()), _hooks(model)
-    base_logits = _out(model, name)
-    method.attach(model, method.make_config(opts))
-    assert _hooks(model) > hooks
-    assert torch.equal(_out(model, name), base_logits)  # up projection zero-initialised: exactly the identity
-    method.detach(model)
-    assert oracle.module_types(model) == before_types
-    assert oracle.grad_flags(model) == before_grad
-    assert list(model.state_dict()) == before_keys and _hooks(model) == hooks
-    assert torch.equal(_out(model, name), base_logits)
+# -- the conformance suite per case (default init, detach, round trips, tensor checks) -----------------------
+globals().update(oracle.conformance_classes(MethodConformance, CASES, lambda row: dict(
+    method=row[1], model=row[0], options=row[2])))
 
 
 # -- (d) one optimizer step -------------------------------------------------------------------------------
@@ -98,25 +85,6 @@ def test_training_step_changes_only_adapter_parameters(case):
     assert {P + n for n in trainable} == set(method.state_dict(model))  # and each is saved, under its name
     if opts.get("task_type") == "SEQ_CLS":
         assert {"classifier.weight", "classifier.bias"} <= trainable
-
-
-# -- (e) state_dict round trip ----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", PARAMS)
-def test_state_dict_round_trip_is_exact(case, tmp_path):
-    name, method, opts, _ = CASES[case]
-    a, b = tm.MODELS[name](), tm.MODELS[name]()
-    base = _out(a, name)
-    effective = method.attach(a, method.make_config(opts))
-    _randomise(a, seed=3)
-    save_file({k: v.contiguous() for k, v in method.state_dict(a).items()}, str(tmp_path / "a.safetensors"))
-    saved_config = json.loads(json.dumps(dataclasses.asdict(effective)))  # what adapterhub.json stores
-    method.attach(b, method.make_config(saved_config))
-    method.load_state_dict(b, load_file(str(tmp_path / "a.safetensors")))
-    sd_a, sd_b = method.state_dict(a), method.state_dict(b)
-    assert set(sd_a) == set(sd_b) and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
-    out = _out(a, name)
-    assert (out - base).abs().max() > 1e-4, "the adapter must change the output"
-    assert torch.equal(out, _out(b, name))
 
 
 # -- reference formulas -----------------------------------------------------------------------------------
