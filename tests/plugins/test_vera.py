@@ -5,7 +5,6 @@ save_projection rules, and bad input (configs, tensors, PEFT configs) as one-lin
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
