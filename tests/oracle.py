@@ -2,9 +2,10 @@
 
 Import it like ``tinymodels`` (``sys.path`` holds ``tests/``). Each helper is the one piece of logic that the
 LoRA, (IA)³, BitFit, prompt / prefix tuning, bottleneck and merge tests used to repeat: the case table's pytest
-parameters, randomising an adapter's trainable tensors, PEFT directories (made by peft, read back, written by
-us), output comparisons, the state-dict round trip, the optimizer step, gradient parity and merge parity.
-The assertions inside are exactly the ones the tests made; a helper named ``assert_…`` makes them.
+parameters and its conformance-suite classes (the suite, ``adapterhub.testing.conformance``, checks default init,
+detach, the round trips, tensor checks, peft -> ours and merge parity), randomising an adapter's trainable
+tensors, PEFT directories (made by peft, read back, written by us), output comparisons, the optimizer step and
+gradient parity. The assertions inside are exactly the ones the tests made; a helper named ``assert_…`` makes them.
 """
 
 from __future__ import annotations
@@ -48,17 +49,15 @@ def quiet():
 
 
 # -- the conformance suite over a case table ------------------------------------------------------------------
-def conformance_classes(base, cases, attributes):
-    """One subclass of the conformance suite's class ``base`` (``adapterhub.testing.conformance``) per row of a
-    ``{id: (..., slow?)}`` case table, its class attributes (method, model, options, peft_config ...) given by
-    ``attributes(row)``; returned as ``{"Test_<id>": class}`` for a test module's ``globals()``, where pytest
-    collects them. A slow row's class is marked ``slow``."""
-    classes = {}
+def add_conformance_classes(module_globals, base, cases, attributes):
+    """Add to a test module (its ``globals()``, where pytest collects them) one subclass ``Test_<case id>`` of the
+    conformance suite's class ``base`` (``adapterhub.testing.conformance``) per row of a ``{id: (..., slow?)}``
+    case table, its class attributes (method, model, options, peft_config ...) given by ``attributes(row)``; a
+    slow row's class is marked ``slow``."""
     for cid, row in cases.items():
         name = "Test_" + re.sub(r"\W", "_", cid)
-        cls = type(name, (base,), dict(attributes(row)))
-        classes[name] = pytest.mark.slow(cls) if row[-1] else cls
-    return classes
+        cls = type(name, (base,), dict(attributes(row), __module__=module_globals["__name__"]))
+        module_globals[name] = pytest.mark.slow(cls) if row[-1] else cls
 
 
 # -- randomising an adapter -----------------------------------------------------------------------------------
@@ -149,16 +148,6 @@ def write_peft_dir(path, method, config, tensors):
     return tensors
 
 
-def attach_from_peft(method, model, peft_cfg, tensors, name, output=out):
-    """Attach ``method`` to ``model`` from a PEFT config, check it expects exactly the keys of ``tensors`` and
-    load them; returns ``(output before attaching, output after loading)`` on ``name``'s inputs."""
-    base = output(model, name)
-    method.attach(model, method.from_peft_config(peft_cfg))
-    assert set(method.state_dict(model)) == set(tensors)
-    method.load_state_dict(model, tensors)
-    return base, output(model, name)
-
-
 def attach_and_write_peft_dir(method, model, opts, randomise, path, name, output=out):
     """Attach ``method`` with the options ``opts``, randomise the adapter (seed 1) and write it as a PEFT
     directory at ``path``; returns ``(effective config, output before attaching, output after randomising,
@@ -171,11 +160,6 @@ def attach_and_write_peft_dir(method, model, opts, randomise, path, name, output
 
 
 # -- snapshots -------------------------------------------------------------------------------------------------
-def module_types(model):
-    """``{module name: type}``: what attach may wrap and detach must restore."""
-    return {n: type(m) for n, m in model.named_modules()}
-
-
 def grad_flags(model):
     """``{parameter name: requires_grad}``."""
     return {n: p.requires_grad for n, p in model.named_parameters()}
@@ -198,20 +182,6 @@ def optimizer_step(model, loss_fn, optimizer=torch.optim.SGD, lr=0.1):
 
 
 # -- shared checks ---------------------------------------------------------------------------------------------
-def assert_state_dict_round_trip(method, make_model, opts, randomise, name, output=out):
-    """Two fresh models with the same adapter: the randomised (seed 3) state dict of one, loaded into the
-    other, reads back equal tensor for tensor and gives identical outputs."""
-    a, b = make_model(), make_model()
-    method.attach(a, method.make_config(opts))
-    method.attach(b, method.make_config(opts))
-    randomise(a, seed=3)
-    sd = {k: v.clone() for k, v in method.state_dict(a).items()}
-    method.load_state_dict(b, sd)
-    sd_b = method.state_dict(b)
-    assert set(sd_b) == set(sd) and all(torch.equal(sd[k], sd_b[k]) for k in sd)
-    assert torch.equal(output(a, name), output(b, name))
-
-
 def grads_of(models, loss_fn):
     """For each model: backward of ``loss_fn(model)``, then ``{name: grad}`` of its trainable parameters."""
     grads = []
@@ -229,22 +199,6 @@ def assert_grads_match(ours_g, theirs_g, allow_none=False):
             assert ours_g[key] is None, key
             continue
         assert (ours_g[key] - g).abs().max() <= 1e-5 * max(1.0, g.abs().max().item()), key
-
-
-def assert_merge_matches(method, base, expected, tensors, config):
-    """``method.merge_tensor`` over every tensor of the ``base`` state dict reproduces ``expected`` (peft's
-    merge_and_unload) bit for bit and keeps each dtype; at least 4 tensors are merged, and each one changes."""
-    assert set(expected) == set(base)
-    touched = changed = 0
-    for key, tensor in base.items():
-        merged = method.merge_tensor(key, tensor, tensors, config)
-        if merged is None:
-            assert torch.equal(tensor, expected[key]), key
-            continue
-        touched += 1
-        changed += not torch.equal(merged, tensor)
-        assert merged.dtype == tensor.dtype and torch.equal(merged, expected[key]), key
-    assert touched >= 4 and changed == touched
 
 
 def assert_load_refuses_missing_and_extra(method, model, sd, key):

@@ -14,11 +14,12 @@ Subclass it in a pytest module (the class name must start with ``Test``) and say
 
 What it checks, on a tiny model of :mod:`adapterhub.testing.models` (``model``, default ``"llama"``):
 attaching keeps the outputs bit for bit (with default init) and makes only the adapter trainable; ``detach``
-restores the model exactly (modules, tensors, flags, hooks) and leaves it attachable again; the state dict round-trips exactly, also through an adapter directory on disk; tensor checks
-(given safetensors header entries or tensors) refuse a wrong shape and a non-floating dtype; and, with
-``peft_config`` (:class:`PeftParity`), peft's own adapter loads into ours with the same outputs (within
-``tolerance``) and ``merge_tensor`` reproduces peft's ``merge_and_unload`` bit for bit in float32 and bfloat16
-(:class:`PeftMergeParity`).
+restores the model exactly (modules, tensors, flags, hooks) and leaves it attachable again; the state dict
+round-trips exactly, also through an adapter directory on disk; tensor checks (given safetensors header entries
+or tensors) refuse a wrong shape and a non-floating dtype; and, with ``peft_config`` (:class:`PeftParity`),
+peft's own adapter loads into ours with the same outputs (within ``tolerance``) and ``merge_tensor`` reproduces
+peft's ``merge_and_unload`` bit for bit in float32 and bfloat16 (:class:`PeftMergeParity`). ``build`` (the
+model) and ``output`` may be overridden, e.g. for a model the tiny set lacks.
 """
 
 from __future__ import annotations

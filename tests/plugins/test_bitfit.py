@@ -69,9 +69,9 @@ def _frozen_embedding(name, dtype=torch.float32):
 
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks) --------------------
-globals().update(oracle.conformance_classes(MethodConformance, CASES, lambda row: dict(
+oracle.add_conformance_classes(globals(), MethodConformance, CASES, lambda row: dict(
     method=BITFIT, model=row[0], options=row[1],
-    build=lambda self, dtype=torch.float32: _frozen_embedding(self.model, dtype))))
+    build=lambda self, dtype=torch.float32: _frozen_embedding(self.model, dtype)))
 
 
 # -- (d) one optimizer step -------------------------------------------------------------------------------

@@ -65,8 +65,8 @@ def _hooks(model):
 
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks) -----------------------
-globals().update(oracle.conformance_classes(MethodConformance, CASES, lambda row: dict(
-    method=row[1], model=row[0], options=row[2])))
+oracle.add_conformance_classes(globals(), MethodConformance, CASES, lambda row: dict(
+    method=row[1], model=row[0], options=row[2]))
 
 
 # -- (d) one optimizer step -------------------------------------------------------------------------------

@@ -92,9 +92,9 @@ _peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks, peft -> ours, merge) ----
-globals().update(oracle.conformance_classes(PeftMergeParity, CASES, lambda row: dict(
+oracle.add_conformance_classes(globals(), PeftMergeParity, CASES, lambda row: dict(
     method=IA3, model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.IA3Config(**o)),
-    build=lambda self, dtype=torch.float32: _model(self.model, dtype))))
+    build=lambda self, dtype=torch.float32: _model(self.model, dtype)))
 
 
 def _names(value):

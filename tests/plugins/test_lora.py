@@ -93,8 +93,8 @@ def _build_peft(case):
 _peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks, peft -> ours, merge) ----
-globals().update(oracle.conformance_classes(PeftMergeParity, CASES, lambda row: dict(
-    method=_method(row[1]), model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.LoraConfig(**o)))))
+oracle.add_conformance_classes(globals(), PeftMergeParity, CASES, lambda row: dict(
+    method=_method(row[1]), model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.LoraConfig(**o))))
 
 
 # -- (b) ours -> PEFT -------------------------------------------------------------------------------------

@@ -126,11 +126,11 @@ _read_peft_dir = oracle.read_peft_dir
 # (with prefix_projection, peft's in-memory prefix goes through its MLP at every forward while the saved prefix,
 # which ours loads, is that output once: 3e-5 apart on MiniLM, as peft's own reload is; ours -> peft below compares
 # with peft's reload at 1e-5)
-globals().update(oracle.conformance_classes(PeftParity, CASES, lambda row: dict(
+oracle.add_conformance_classes(globals(), PeftParity, CASES, lambda row: dict(
     method=METHODS[row[1]], model=row[0], options=row[2], identity_at_init=False,
     tolerance=1e-4 if row[2].get("prefix_projection") else TOL,
     peft_config=staticmethod(lambda o, kind=row[1]: PEFT_CONFIGS[kind](**o)),
-    build=lambda self, dtype=torch.float32: MODELS[self.model](dtype))))
+    build=lambda self, dtype=torch.float32: MODELS[self.model](dtype)))
 
 
 def _with_labels(name, opts):
