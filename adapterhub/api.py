@@ -214,14 +214,14 @@ def attach(model: Any, source: str, *, base: str | None = None, allow_base_misma
 
         reg = open_registry(home, plugins, remote=parse_ref(source).remote)
         info = reg.show(source)
-        ref = info["ref"]
+        ref = info.ref
         tmp = tempfile.mkdtemp(prefix="adapterhub-attach-")
         try:
             pull(reg, ref, os.path.join(tmp, "a"))
             loaded = load_adapter_dir(os.path.join(tmp, "a"), plugins)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        loaded.manifest = info["manifest"]  # the registry's (a PEFT-format version has no adapterhub.json)
+        loaded.manifest = info.manifest  # the registry's (a PEFT-format version has no adapterhub.json)
     expected = (loaded.manifest.get("base") or {}).get("fingerprint")
     checked = None
     if expected and not allow_base_mismatch:

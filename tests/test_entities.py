@@ -21,14 +21,14 @@ def test_a_version_with_lineage_evaluations_tags_and_a_base_round_trips(cli, hom
     reg = local_registry(str(home))
     reg.add_evaluation("acme/b:1", "sha256:" + "ab" * 32, {"loss": 1.5}, {"rows": 3})
     shown = cli("show", "acme/b:1", "--json").json()
-    d = reg.show("acme/b:1")
-    d = d if isinstance(d, dict) else d.to_dict()
+    typed = reg.show("acme/b:1")
+    d = typed.to_dict()
     assert {k: v for k, v in d.items() if k != "manifest"} == {k: shown[k] for k in d if k != "manifest"}
     assert list(d) == ["name", "version", "ref", "digest", "kind", "method", "config", "base_fingerprint", "base",
                        "task", "files", "size", "aliases", "tags", "parents", "children", "metrics", "evaluations",
                        "data", "created_at", "created_by", "manifest"]
     info = VersionInfo.from_dict(d)
-    assert info.to_dict() == d
+    assert info == typed and info.to_dict() == d
     assert (info.parents[0].ref, info.parents[0].relation, info.parents[0].external) == ("acme/a:1", "trained_from", False)
     assert info.evaluations[0].metrics == {"loss": 1.5} and info.tags == {"team": "nlp"}
     assert info.base is not None and (info.base.name, info.base.tensors) == ("tiny-llama", 9)

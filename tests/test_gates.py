@@ -130,7 +130,7 @@ def test_publish_alias_guard(home, tmp_path):
     with pytest.raises(GateRefused, match="has no evaluation"):
         reg.publish("acme/pub", src.manifest, src.files, aliases=["production"], alias_guard=alias_guard())
     pub = reg.publish("acme/pub", src.manifest, src.files, aliases=["staging"], alias_guard=alias_guard())
-    assert reg.show(pub.ref)["aliases"] == ["staging"]
+    assert reg.show(pub.ref).aliases == ("staging",)
 
 
 # -- the real thing: MiniLM trained on clean vs noisy labels ------------------------------------

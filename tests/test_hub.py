@@ -73,7 +73,7 @@ def test_the_python_api_takes_ids_too(hf, home):
 
     assert api.fingerprint(f"{BASE_ID}@v2", str(home)).digest == api.fingerprint(hf["v2"], str(home)).digest
     pub = api.push(api.open_registry(str(home)), f"hf://{LORA_ID}", "acme/api", base=BASE_ID, home=str(home))
-    assert api.open_registry(str(home)).show(pub.ref)["base"]["name"] == f"{BASE_ID}@{hf['main']}"
+    assert api.open_registry(str(home)).show(pub.ref).base.name == f"{BASE_ID}@{hf['main']}"
 
 
 def test_the_environment_is_honoured_by_the_real_command(hf):

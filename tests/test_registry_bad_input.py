@@ -151,9 +151,9 @@ def test_nan_evaluation_refused_on_postgresql(tmp_path):
         ref = api.push(reg, make_lora_dir(tmp_path / "a"), "t/a").ref
         with pytest.raises(InvalidInput, match="non-finite.*NaN/inf"):
             reg.add_evaluation(ref, DIGEST_A, {"loss": float("nan"), "perplexity": float("nan")}, {"task": "causal-lm"})
-        assert reg.show(ref)["evaluations"] == []
+        assert reg.show(ref).evaluations == ()
         reg.add_evaluation(ref, DIGEST_A, {"loss": 1.5}, {"task": "causal-lm"})
-        assert reg.show(ref)["evaluations"][0]["metrics"] == {"loss": 1.5}
+        assert reg.show(ref).evaluations[0].metrics == {"loss": 1.5}
         # a SQLite registry written before the fix holds a NaN evaluation: copying it to PostgreSQL works
         # (the NaN evaluation is left behind, the finite one comes along)
         import sqlalchemy as sa
@@ -166,8 +166,8 @@ def test_nan_evaluation_refused_on_postgresql(tmp_path):
                                  "select version_id, :d, :m, '{}', created_at from evaluations"),
                          {"d": "b" * 64, "m": json.dumps({"loss": float("nan")})})
         copied = api.copy(local, reg, old)
-        evals = reg.show(copied.ref)["evaluations"]
-        assert [e["metrics"] for e in evals] == [{"loss": 2.5}]
+        evals = reg.show(copied.ref).evaluations
+        assert [e.metrics for e in evals] == [{"loss": 2.5}]
         local.engine.dispose()
         reg.engine.dispose()
     finally:

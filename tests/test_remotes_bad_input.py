@@ -70,7 +70,7 @@ def test_a_registry_built_directly_enforces_its_refs_like_an_opened_one(home, te
     for reg in (by_hand, opened):
         assert "resolve" not in vars(reg)
         assert reg.resolve("team:t/a:1")["ref"] == reg.resolve("t/a:1")["ref"] == "t/a:1"
-        assert reg.show("team:t/a:1")["ref"] == "t/a:1"
+        assert reg.show("team:t/a:1").ref == "t/a:1"
         with pytest.raises(InvalidInput, match=r"names remote 'local2'.*uses the team registry"):
             Registry(spec["db"], open_store(spec["store"]), label="team", remote="team",
                      remotes=lambda: ["team", "local2"]).resolve("local2:t/a:1")

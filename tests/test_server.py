@@ -167,6 +167,25 @@ def test_evaluation_over_the_server_opens_the_gate(as_, hub, tmp_path):
     assert events[0]["actor"] == "write-bot" and events[0]["target"] == "acme/gated:1"
 
 
+def test_the_server_client_shows_the_same_typed_version_as_the_registry_it_serves(as_, hub, tmp_path):
+    """``HttpRegistry.show`` reads the server's JSON back into the :class:`VersionInfo` that the server's own
+    ``Registry.show`` built: the same value, typed."""
+    from adapterhub.api import local_registry
+    from adapterhub.registry.client import HttpRegistry
+
+    cli = as_("write")
+    assert cli("push", make_lora_dir(tmp_path / "t", seed=12), "acme/typed", "--to", "hub").exit_code == 0
+    client = HttpRegistry(hub["url"], hub["tokens"]["admin"], "hub", remote="hub")
+    client.set_tags("hub:acme/typed:1", {"k": "v"})
+    server_side = local_registry(hub["home"])
+    try:
+        assert client.show("hub:acme/typed:1") == server_side.show("acme/typed:1")
+    finally:
+        server_side.close()
+    shown = client.show("acme/typed:1")
+    assert shown.tags == {"k": "v"} and shown.files[0].digest.startswith("sha256:") and shown.parents == ()
+
+
 def test_read_token_bound_to_a_namespace_sees_only_it(as_, hub, tmp_path):
     writer = as_("write")
     assert writer("push", make_lora_dir(tmp_path / "x", seed=7), "acme/seen", "--to", "hub").exit_code == 0

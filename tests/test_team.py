@@ -193,7 +193,7 @@ def test_sigkill_during_push_leaves_nothing_half_visible(home, team, tmp_path):
     try:
         reg = open_registry(str(home))
         stored = {d for d, _ in reg.store.iter_blobs()}
-        referenced = {f["digest"][7:] for v in listed for f in reg.show(v["ref"])["files"]}
+        referenced = {f.digest[7:] for v in listed for f in reg.show(v["ref"]).files}
     finally:
         for k in team_env(team):
             os.environ.pop(k, None)

@@ -191,7 +191,7 @@ def test_the_tracking_link_is_a_link_only_for_http_urls(ui):
         info = reg.show("acme/tuned:1")
         who = Principal("x", "read")
         for url, linked in (("http://mlflow:5000/#/experiments/1/runs/abc", True), ("javascript:alert(1)", False)):
-            info["manifest"]["tracking"] = {"tracker": "mlflow", "run_id": "abc", "url": url}
+            info.manifest["tracking"] = {"tracker": "mlflow", "run_id": "abc", "url": url}
             html = templates().get_template("version.html").render(who=who, csrf="c", path="/",
                                                                    **version_context(reg, who, info))
             assert ("mlflow run abc" in html) and ((f'href="{url}"' in html) == linked), url
@@ -224,7 +224,7 @@ def test_alias_events_are_those_of_the_versions_name(tmp_path):
     run("alias", "set", "other/one", "staging", "1", "--reason", "other namespace's move")
     reg = local_registry(home)
     try:
-        assert reg.show("acme/one:1")["digest"] == reg.show("other/one:1")["digest"]
+        assert reg.show("acme/one:1").digest == reg.show("other/one:1").digest
         assert webdata.alias_events_of(reg, reg.show("acme/one:1")) == []
         moves = webdata.alias_events_of(reg, reg.show("other/one:1"))
         assert [e["reason"] for e in moves] == ["other namespace's move"]

@@ -64,10 +64,10 @@ def demo(app: App, name, epochs, as_json):
     show = app.registry.show(result["ref"])
 
     def text(s):
-        data = ", ".join(f"{d['role']} {d['path']} {d['digest'][:19]} ({d['rows']} rows)" for d in show["data"])
+        data = ", ".join(f"{d['role']} {d['path']} {d['digest'][:19]} ({d['rows']} rows)" for d in show.data)
         return "\n".join([
-            render_lineage(graph, "text") + f" [{show['task']}]",
-            f"  base: all-MiniLM-L6-v2 {show['base_fingerprint'][:19]}",
+            render_lineage(graph, "text") + f" [{show.task}]",
+            f"  base: all-MiniLM-L6-v2 {(show.base_fingerprint or '')[:19]}",
             f"  data: {data}",
             "",
             f"eval accuracy: adapter {s['accuracy']:.3f} vs untrained base {s['base_accuracy']:.3f} "

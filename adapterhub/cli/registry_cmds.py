@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ..registry.entities import VersionInfo
 from ..registry.refs import RELATIONS
 from .app import (BASE, KEY_VALUE, App, batch_text, cli, emit, format_table, human_size, json_option, pass_app,
                   pass_app_for_refs, progress_bar)
@@ -41,7 +42,7 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
         if name is not None or base or parents or import_bin:
             raise click.UsageError("copying a version with --to takes only SRC (a ref), --alias, --tag and --json")
         info = app.registry.show(src)
-        update, close = progress_bar(info["size"], f"push {to}")
+        update, close = progress_bar(info.size, f"push {to}")
         try:
             pub = copy(app.registry, target, src, progress=update)
             if aliases or tags:
@@ -115,7 +116,7 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
     if remote:
         src = app.remote(remote)
         info = src.show(bare)
-        update, close = progress_bar(info["size"], f"pull {remote}")
+        update, close = progress_bar(info.size, f"pull {remote}")
         try:
             pub = copy(src, app.local, bare, progress=update)
         finally:
@@ -134,7 +135,7 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
         return
     if out:
         info = source.show(bare)
-        update, close = progress_bar(info["size"], "download")
+        update, close = progress_bar(info.size, "download")
         try:
             result.update(do_pull(source, bare, out, force=force, progress=update))
         finally:
@@ -252,55 +253,54 @@ def _eval_cell(metrics) -> str:
 def show(app: App, ref, as_json):
     """Show one version: method, config, base, files, aliases, tags, lineage and metrics."""
     info = app.registry.show(ref)
-    if as_json:
-        manifest = info.get("manifest") or {}
-        info = {**{k: v for k, v in info.items() if k != "manifest"}, "tracking": manifest.get("tracking"),
-                "training": manifest.get("training")}
-    emit(as_json, info, _show_text)
+    shown = {k: v for k, v in info.to_dict().items() if k != "manifest"}
+    emit(as_json, {**shown, "tracking": info.manifest.get("tracking"), "training": info.manifest.get("training")},
+         lambda _: _show_text(info))
 
 
-def _show_text(d) -> str:
-    lines = [f"{d['ref']}  {d['digest']}", f"  kind:    {d['kind']}", f"  method:  {d['method']}"]
-    base = d.get("base") or {}
-    lines.append(f"  base:    {d['base_fingerprint'] or 'unknown'}" + (f" ({base.get('name')})" if base.get("name") else ""))
-    quant = (base.get("properties") or {}).get("quantization") or ((d.get("manifest") or {}).get("base") or {}).get("quantization")
+def _show_text(d: VersionInfo) -> str:
+    lines = [f"{d.ref}  {d.digest}", f"  kind:    {d.kind}", f"  method:  {d.method}"]
+    hint = d.base.name if d.base else None
+    lines.append(f"  base:    {d.base_fingerprint or 'unknown'}" + (f" ({hint})" if hint else ""))
+    quant = ((d.base.properties if d.base else None) or {}).get("quantization") \
+        or (d.manifest.get("base") or {}).get("quantization")
     if quant:
         lines.append(f"  quantized base: {quant.get('quant_type') or quant.get('quantizer')} "
                      + ", ".join(f"{k}={quant[k]}" for k in ("double_quant", "blocksize", "compute_dtype") if k in quant))
-    if d.get("task"):
-        lines.append(f"  task:    {d['task']}")
-    lines.append(f"  created: {d['created_at']} by {d['created_by']}")
-    lines.append(f"  aliases: {', '.join(d['aliases']) or '-'}")
-    if d["tags"]:
-        lines.append("  tags:    " + ", ".join(f"{k}={v}" for k, v in d["tags"].items()))
-    for p in d["parents"]:
-        lines.append(f"  parent:  {p['relation']} {p['ref'] or p['digest']}" + (" (external)" if p["external"] else ""))
-    for c in d["children"]:
-        lines.append(f"  child:   {c['ref']} ({c['relation']})")
-    if (tr := (d.get("manifest") or {}).get("tracking")) and tr.get("run_id"):
+    if d.task:
+        lines.append(f"  task:    {d.task}")
+    lines.append(f"  created: {d.created_at} by {d.created_by}")
+    lines.append(f"  aliases: {', '.join(d.aliases) or '-'}")
+    if d.tags:
+        lines.append("  tags:    " + ", ".join(f"{k}={v}" for k, v in d.tags.items()))
+    for p in d.parents:
+        lines.append(f"  parent:  {p.relation} {p.ref or p.digest}" + (" (external)" if p.external else ""))
+    for c in d.children:
+        lines.append(f"  child:   {c.ref} ({c.relation})")
+    if (tr := d.manifest.get("tracking")) and tr.get("run_id"):
         lines.append(f"  tracked: {tr.get('tracker')} run {tr['run_id']}  {tr.get('url') or tr.get('tracking_uri') or ''}".rstrip())
-    if (tr := (d.get("manifest") or {}).get("training")) and tr.get("global_batch_size"):
+    if (tr := d.manifest.get("training")) and tr.get("global_batch_size"):
         lines.append(f"  batch:   {tr['global_batch_size']} ({batch_text(tr['world_size'], tr['batch_size'], tr['grad_accum'])})")
-    if d["metrics"]:
-        lines.append("  metrics: " + ", ".join(f"{k}={v}" for k, v in d["metrics"].items()))
+    if d.metrics:
+        lines.append("  metrics: " + ", ".join(f"{k}={v}" for k, v in d.metrics.items()))
     generated = None
-    for e in d["evaluations"]:
-        det = e["details"] if isinstance(e.get("details"), dict) else {}
+    for e in d.evaluations:
+        det = e.details if isinstance(e.details, dict) else {}
         gen = det.get("kind") == "generation"
         rows = f" ({det['rows']} rows{', generation' if gen else ''})" if det.get("rows") else ""
-        lines.append(f"  eval:    {e['data_digest'][:19]}{rows} " + ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e["metrics"].items()))
+        lines.append(f"  eval:    {e.data_digest[:19]}{rows} " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.metrics.items()))
         generated = det if gen else generated
     if generated and generated.get("samples"):  # the newest generation evaluation's outputs
         from .eval_cmds import samples_text
 
         lines.extend(samples_text(generated["samples"], generated.get("rows"), indent="    "))
-    if d["config"]:
-        cfg = ", ".join(f"{k}={v}" for k, v in sorted(d["config"].items()) if v not in (None, [], {}, ""))
+    if d.config:
+        cfg = ", ".join(f"{k}={v}" for k, v in sorted(d.config.items()) if v not in (None, [], {}, ""))
         lines.append(f"  config:  {cfg[:400]}")
-    lines.append(f"  files:   {len(d['files'])} ({human_size(d['size'])})")
-    for f in d["files"]:
-        lines.append(f"    {f['path']}  {human_size(f['size'])}  {f['digest'][:19]}")
+    lines.append(f"  files:   {len(d.files)} ({human_size(d.size)})")
+    for f in d.files:
+        lines.append(f"    {f.path}  {human_size(f.size)}  {f.digest[:19]}")
     return "\n".join(lines)
 
 

@@ -236,7 +236,7 @@ def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequ
         infos = [i for i, _ in loaded]
         methods = {la.method.name for _, la in loaded}
         if len(methods) > 1:
-            desc = ", ".join(f"{i['ref']} ({la.method.name})" for i, la in loaded)
+            desc = ", ".join(f"{i.ref} ({la.method.name})" for i, la in loaded)
             raise InvalidInput(f"cannot combine adapters of different methods: {desc}")
         base = common_base(infos)
         method = loaded[0][1].method
@@ -248,16 +248,16 @@ def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequ
 
         details = [{"weight": w, "how": how, "density": opts["density"], "rank": opts["rank"], "seed": opts["seed"]}
                    for w in opts["weights"]]
-        record = {**opts, "inputs": [{"ref": i["ref"], "digest": i["digest"], **d} for i, d in zip(infos, details)]}
+        record = {**opts, "inputs": [{"ref": i.ref, "digest": i.digest, **d} for i, d in zip(infos, details)]}
         manifest: dict[str, Any] = {"method": method.name, "config": dataclasses.asdict(config), "combine": record}
         if base:
             manifest["base"] = base
-        task = {i["task"] for i in infos if i.get("task")}
+        task = {i.task for i in infos if i.task}
         if len(task) == 1:
             manifest["task"] = task.pop()
         out = os.path.join(tmp, "combined")
         save_adapter(out, manifest, tensors, peft_config=method.to_peft_config(config, (base or {}).get("name")))
-        parents = [ParentSpec("combined_from", ref=i["ref"], details=d) for i, d in zip(infos, details)]
+        parents = [ParentSpec("combined_from", ref=i.ref, details=d) for i, d in zip(infos, details)]
         pub = push(reg, out, name, parents=parents, aliases=aliases, plugins=plugins, home=home)
         pub.extra["combine"] = record
         return pub

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import AdapterhubError, InvalidInput
+from ..registry.entities import Edge, VersionInfo
 
 BASE = "__base__"  # the adapter name of rows that get no adapter
 
@@ -260,7 +261,7 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
     unique = list(dict.fromkeys(flat))
     manifest: dict[str, Any] = {
         "method": unique[0] if len(unique) == 1 else None,
-        "stack": [{"position": p, "ref": i["ref"], "digest": i["digest"], "kind": i["kind"], "method": i["method"]}
+        "stack": [{"position": p, "ref": i.ref, "digest": i.digest, "kind": i.kind, "method": i.method}
                   for p, i in enumerate(infos)],
     }
     if base:
@@ -270,7 +271,7 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
         path = os.path.join(tmp, MANIFEST)
         write_json(path, {**manifest, "kind": "composition"})
         digest, size = hash_file(path)
-        parents = [ParentSpec("composed_of", ref=i["ref"], details={"position": p}) for p, i in enumerate(infos)]
+        parents = [ParentSpec("composed_of", ref=i.ref, details={"position": p}) for p, i in enumerate(infos)]
         # a protected alias (production) goes through the same promotion gate as push and combine
         pub = reg.publish(name, manifest, [LocalFile(MANIFEST, path, digest, size)], parents=parents,
                           aliases=aliases, kind="composition", alias_guard=alias_guard() if aliases else None)
@@ -280,16 +281,16 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _member_methods(reg: Any, info: dict[str, Any], depth: int = 0) -> list[str]:
-    if info["kind"] != "composition":
-        return [info["method"]]
+def _member_methods(reg: Any, info: VersionInfo, depth: int = 0) -> list[str | None]:
+    if info.kind != "composition":
+        return [info.method]
     if depth > 32:
-        raise InvalidInput(f"{info['ref']}: compositions nested too deeply")
-    return [m for p in _members(info) for m in _member_methods(reg, reg.show(p["ref"] or p["digest"]), depth + 1)]
+        raise InvalidInput(f"{info.ref}: compositions nested too deeply")
+    return [m for p in _members(info) for m in _member_methods(reg, reg.show(p.ref or p.digest), depth + 1)]
 
 
-def _members(info: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in info["parents"] if p["relation"] == "composed_of"]  # in position order
+def _members(info: VersionInfo) -> list[Edge]:
+    return [p for p in info.parents if p.relation == "composed_of"]  # in position order
 
 
 def load_stack(reg: Any, ref: str, plugins: Any = None) -> list[Any]:
@@ -305,15 +306,15 @@ def load_stack(reg: Any, ref: str, plugins: Any = None) -> list[Any]:
 
         def walk(r: str, depth: int) -> None:
             info = reg.show(r)
-            if info["kind"] == "composition":
+            if info.kind == "composition":
                 if depth > 32:
-                    raise InvalidInput(f"{info['ref']}: compositions nested too deeply")
+                    raise InvalidInput(f"{info.ref}: compositions nested too deeply")
                 for p in _members(info):
-                    if p["external"]:
-                        raise InvalidInput(f"{info['ref']} member {p['digest']} is not in this registry")
-                    walk(p["ref"], depth + 1)
+                    if p.external or p.ref is None:
+                        raise InvalidInput(f"{info.ref} member {p.digest} is not in this registry")
+                    walk(p.ref, depth + 1)
             else:
-                out.append(load_version(reg, info["ref"], plugins, tmp)[1])
+                out.append(load_version(reg, info.ref, plugins, tmp)[1])
 
         walk(ref, 0)
         return out

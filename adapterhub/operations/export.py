@@ -45,12 +45,12 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
     from ..files.safetensors_header import read_header
 
     info = reg.show(ref)
-    weights = [f for f in info["files"] if f["path"] == WEIGHTS]
+    weights = [f for f in info.files if f.path == WEIGHTS]
     if not weights:
-        raise InvalidInput(f"{info['ref']} has no {WEIGHTS} (kind {info['kind']}); only adapters can be exported")
+        raise InvalidInput(f"{info.ref} has no {WEIGHTS} (kind {info.kind}); only adapters can be exported")
     f = weights[0]
-    what = f"blob {f['digest']} ({info['ref']} {WEIGHTS})"
-    local = reg.store.local_path(f["digest"][7:])
+    what = f"blob {f.digest} ({info.ref} {WEIGHTS})"
+    local = reg.store.local_path(f.digest[7:])
     tmp = None
     if local:  # read in place (no copy to leave behind), verified first
         from ..errors import IntegrityError
@@ -58,8 +58,8 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
 
         path = local
         digest, size = hash_file(path)
-        if digest != f["digest"][7:] or size != f["size"]:
-            raise IntegrityError(f"{what} is corrupt: expected {f['digest']} ({f['size']} bytes), "
+        if digest != f.digest[7:] or size != f.size:
+            raise IntegrityError(f"{what} is corrupt: expected {f.digest} ({f.size} bytes), "
                                  f"got sha256:{digest} ({size} bytes)")
     else:  # downloaded to a temp dir; a killed run's is removed by the next one and by gc
         from ..files.output_dir import sweep, temp_tag
@@ -70,14 +70,14 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
     try:
         if tmp:
             path = os.path.join(tmp, WEIGHTS)
-            copy_verified(reg.store, f["digest"][7:], path, f["size"], what=what)
+            copy_verified(reg.store, f.digest[7:], path, f.size, what=what)
         read_header(path)
-        method, config = method_and_config(info["manifest"], plugins)
+        method, config = method_and_config(info.manifest, plugins)
         tensors = LazyTensors(path)
         try:
             method.check_tensors(tensors.header.tensors, config)  # (versions stored before push checked them)
-            yield (LoadedAdapter(method, config, tensors, info["manifest"]),
-                   {"ref": info["ref"], "digest": info["digest"].removeprefix("sha256:"), "manifest": info["manifest"]})
+            yield (LoadedAdapter(method, config, tensors, info.manifest),
+                   {"ref": info.ref, "digest": info.digest.removeprefix("sha256:"), "manifest": info.manifest})
         finally:
             tensors.close()
     finally:

@@ -7,6 +7,7 @@ import os
 from typing import Any, Sequence
 
 from ..errors import InvalidInput, NotFound
+from ..registry.entities import VersionInfo
 
 
 def load_version(reg: Any, ref: str, plugins: Any, tmp: str):
@@ -15,25 +16,25 @@ def load_version(reg: Any, ref: str, plugins: Any, tmp: str):
     from ..registry.maintenance import materialize
 
     info = reg.show(ref)
-    if info["kind"] != "adapter":
-        raise InvalidInput(f"{info['ref']} is a {info['kind']}, not an adapter")
+    if info.kind != "adapter":
+        raise InvalidInput(f"{info.ref} is a {info.kind}, not an adapter")
     out = os.path.join(tmp, f"{len(os.listdir(tmp)):03d}")
-    materialize(reg, info["ref"], out)
+    materialize(reg, info.ref, out)
     loaded = load_adapter_dir(out, plugins)
-    loaded.manifest = info["manifest"]  # the registry's (a PEFT-format version has no adapterhub.json)
+    loaded.manifest = info.manifest  # the registry's (a PEFT-format version has no adapterhub.json)
     return info, loaded
 
 
-def common_base(infos: Sequence[dict[str, Any]], what: str = "combine") -> dict[str, Any] | None:
+def common_base(infos: Sequence[VersionInfo], what: str = "combine") -> dict[str, Any] | None:
     """The base the versions share, as a manifest ``base`` entry; refuses versions of different bases."""
-    fps = {i["base_fingerprint"] for i in infos}
+    fps = {i.base_fingerprint for i in infos}
     if len(fps) > 1:
-        desc = ", ".join(f"{i['ref']} ({i['base_fingerprint'] or 'unknown base'})" for i in infos)
+        desc = ", ".join(f"{i.ref} ({i.base_fingerprint or 'unknown base'})" for i in infos)
         raise InvalidInput(f"cannot {what} adapters of different base models: {desc}")
     fp = fps.pop()
     if fp is None:
         return None
-    names = [((i.get("base") or {}).get("name") or (i["manifest"].get("base") or {}).get("name")) for i in infos]
+    names = [(i.base.name if i.base else None) or (i.manifest.get("base") or {}).get("name") for i in infos]
     return {"fingerprint": fp, "name": next((n for n in names if n), None)}
 
 

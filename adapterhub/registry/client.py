@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode, urlparse
 from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from .blobs import CHUNK, Progress, copy_stream_verified
 from .bundle import VersionBundle
+from .entities import VersionInfo
 from .ranges import RangeReader
 from .records import BLOBS_GONE, NEVER_UPLOADED, LocalFile, ParentSpec, Published
 from .refs import RemoteNames, check_registry_of, parse_ref
@@ -149,8 +150,11 @@ class HttpRegistry:
         r = self._json("GET", f"{API}/resolve", query={"ref": self._bare(ref)})
         return {**r, "number": r["version"], "digest": r["digest"].removeprefix("sha256:")}
 
-    def show(self, ref: Any) -> dict[str, Any]:
-        return self._json("GET", f"{API}/show", query={"ref": self._bare(ref)})
+    def show(self, ref: Any) -> VersionInfo:
+        try:
+            return VersionInfo.from_dict(self._json("GET", f"{API}/show", query={"ref": self._bare(ref)}))
+        except (KeyError, TypeError, AttributeError):
+            raise ServerError(f"the registry server {self.label} sent a malformed version of {ref}") from None
 
     def lineage(self, ref: Any, depth: int = 50) -> dict[str, Any]:
         return self._json("GET", f"{API}/lineage", query={"ref": self._bare(ref), "depth": depth})

@@ -374,7 +374,7 @@ class Registry(AliasOps, MaintenanceOps):
         """The files of version ``v`` (a :meth:`resolve` row), checked against its manifest and digest."""
         return [{"path": f.path, "digest": "sha256:" + f.digest, "size": f.size} for f in self.checked_files(conn, v)]
 
-    def show(self, ref: str | Ref) -> dict[str, Any]:
+    def show(self, ref: str | Ref) -> VersionInfo:
         """Everything about version ``ref``; its manifest and files are checked against its digest first
         (``merge``, ``combine`` and ``export`` read versions through here)."""
         with self.read() as conn:
@@ -397,7 +397,7 @@ class Registry(AliasOps, MaintenanceOps):
             base=BaseModel(**base) if base else None, task=manifest.get("task"), files=files, size=v["size"],
             aliases=aliases, tags=tags, parents=parents, children=children, metrics=manifest.get("metrics") or {},
             evaluations=evals, data=tuple(manifest.get("data") or ()), created_at=iso(v["created_at"]),
-            created_by=v["created_by"], manifest=manifest).to_dict()
+            created_by=v["created_by"], manifest=manifest)
 
     @staticmethod
     def _base_row(conn: sa.Connection, fingerprint: str | None) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -34,6 +34,7 @@ from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from ..registry import audit, tokens
 from ..registry.blobs import CHUNK, check_digest
 from ..registry.bundle import VersionBundle
+from ..registry.entities import Edge
 from ..registry.records import NEVER_UPLOADED
 from ..registry.registry import LocalFile, ParentSpec, Registry, is_external_ref
 from ..registry.tokens import AuthError, Principal
@@ -195,15 +196,10 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         seen(who, r, v["name"])
         return v
 
-    def hide(who: Principal, edges: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def hide(who: Principal, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
         """Lineage edges as ``who`` may see them: refs outside its namespace become external."""
-        out = []
-        for e in edges:
-            ref = e.get("ref")
-            if ref and not e.get("external") and not who.sees(ref.split(":", 1)[0]):
-                e = {**e, "ref": None, "external": True}
-            out.append(e)
-        return out
+        return tuple(replace(e, ref=None, external=True)
+                     if e.ref and not e.external and not who.sees(e.ref.split(":", 1)[0]) else e for e in edges)
 
     # -- probes and identity ----------------------------------------------------------------------
     @app.get("/healthz", tags=["probes"])
@@ -252,10 +248,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         """One version: manifest, files, aliases, tags, lineage, evaluations."""
         r = allowed(who, ref)
         info = registry.show(r)
-        seen(who, r, info["name"])
-        info["parents"] = hide(who, info["parents"])
-        info["children"] = [c for c in info["children"] if who.sees(c["ref"].split(":", 1)[0])]
-        return info
+        seen(who, r, info.name)
+        return replace(info, parents=hide(who, info.parents),
+                       children=tuple(c for c in info.children if c.ref and who.sees(c.ref.split(":", 1)[0]))).to_dict()
 
     @app.get("/api/v1/export", tags=["read"])
     def export(request: Request, ref: str = Query(..., max_length=300),

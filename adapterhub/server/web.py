@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import AdapterhubError, NotFound
 from ..registry import audit, tokens
+from ..registry.entities import VersionInfo
 from ..registry.tokens import AuthError, Forbidden, Principal
 from . import webdata, websession
 
@@ -90,16 +91,16 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def version_context(registry: Any, who: Principal, info: dict[str, Any]) -> dict[str, Any]:
-    """What version.html shows of ``info`` (a ``Registry.show`` dict of a version ``who`` may see)."""
-    graph = webdata.visible_lineage(registry, who, info["ref"])
+def version_context(registry: Any, who: Principal, info: VersionInfo) -> dict[str, Any]:
+    """What version.html shows of ``info`` (a version ``who`` may see)."""
+    graph = webdata.visible_lineage(registry, who, info.ref)
     for e in graph["edges"]:
         e["label"] = webdata.edge_label(e)
-    training = info["manifest"].get("training") or {}
+    training = info.manifest.get("training") or {}
     return {"v": info, "graph": graph, "loss": training.get("loss_history") or [],
             "alias_events": webdata.alias_events_of(registry, info), "gate": webdata.gate_status(registry, info),
-            "evaluations": [{**e, "key": webdata.key_metric(e["metrics"], e["details"])} for e in info["evaluations"]],
-            "tracking": info["manifest"].get("tracking") or {}, "data_check": info["manifest"].get("data_check")}
+            "evaluations": [{**e.to_dict(), "key": webdata.key_metric(e.metrics, e.details)} for e in info.evaluations],
+            "tracking": info.manifest.get("tracking") or {}, "data_check": info.manifest.get("data_check")}
 
 
 def mount(app: FastAPI, registry: Any) -> None:
@@ -213,7 +214,7 @@ def mount(app: FastAPI, registry: Any) -> None:
     def namespace_page(ns: str) -> Response:
         return RedirectResponse("/?" + urlencode({"q": ns + "/"}), status_code=303)
 
-    def version_of(who: Principal, name: str, version: str) -> dict[str, Any]:
+    def version_of(who: Principal, name: str, version: str) -> VersionInfo:
         if not who.sees(name):
             raise NotFound(name)
         return registry.show(f"{name}:{version}" if version.isdigit() else f"{name}@{version}")

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from ..errors import IntegrityError, NotFound
 from ..registry import schema as t
 from ..registry.bundle import parse_manifest
+from ..registry.entities import VersionInfo
 from ..registry.records import finite, iso
 from ..registry.tokens import Principal
 
@@ -150,7 +151,7 @@ def name_versions(reg: Any, who: Principal, name: str, page: int = 1) -> dict[st
     return {"name": name, "rows": out, "aliases": sorted({al for names in aliases.values() for al in names}), **nav}
 
 
-def alias_events_of(reg: Any, version: dict[str, Any]) -> list[dict[str, Any]]:
+def alias_events_of(reg: Any, version: VersionInfo) -> list[dict[str, Any]]:
     """Every move of an alias of this version's name to or from it, oldest first."""
     e, v = t.alias_events, t.versions
     old, new = v.alias("old"), v.alias("new")
@@ -165,23 +166,23 @@ def alias_events_of(reg: Any, version: dict[str, Any]) -> list[dict[str, Any]]:
              "reason": r.reason, "forced": is_forced(r.reason)} for r in rows]
 
 
-def _row(conn: sa.Connection, version: dict[str, Any]) -> Any:
-    """The versions row (id, adapter_id) of a ``show`` dict, by name and number: one digest may be a version
+def _row(conn: sa.Connection, version: VersionInfo) -> Any:
+    """The versions row (id, adapter_id) of a shown version, by name and number: one digest may be a version
     of several names."""
     v, a = t.versions, t.adapters
     return conn.execute(sa.select(v.c.id, v.c.adapter_id).join(a, a.c.id == v.c.adapter_id).where(
-        a.c.name == version["name"], v.c.number == version["version"])).one()
+        a.c.name == version.name, v.c.number == version.version)).one()
 
 
-def gate_status(reg: Any, version: dict[str, Any]) -> list[dict[str, Any]]:
+def gate_status(reg: Any, version: VersionInfo) -> list[dict[str, Any]]:
     """For each protected alias: whether it points here, else why the promotion gate would refuse to move it
     here (empty: it would pass) — the gate's own check, read-only."""
     from ..registry.gates import check_promotion, protected_aliases
 
     with reg.read() as conn:
         vid = _row(conn, version).id
-        return [{"alias": alias, "holds": alias in version["aliases"],
-                 "reasons": [] if alias in version["aliases"] else check_promotion(conn, version["name"], alias, vid)}
+        return [{"alias": alias, "holds": alias in version.aliases,
+                 "reasons": [] if alias in version.aliases else check_promotion(conn, version.name, alias, vid)}
                 for alias in sorted(protected_aliases())]
 
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from ..errors import AdapterhubError, InvalidInput
+from ..registry.entities import Evaluation, VersionInfo
 
 BASE_HEAD_SEED = 0
 DEFAULT_MAX_LENGTH = 512
@@ -56,7 +57,7 @@ def _bar(progress: ProgressFactory | None, total: int):
     return cm()
 
 
-def load_version(reg: Any, ref: str, plugins: Any) -> tuple[dict[str, Any], Any]:
+def load_version(reg: Any, ref: str, plugins: Any) -> tuple[VersionInfo, Any]:
     """``(show(ref), LoadedAdapter)``: the version's files are materialized (verified) to a temporary
     directory and read back into memory."""
     from .. import api
@@ -65,7 +66,7 @@ def load_version(reg: Any, ref: str, plugins: Any) -> tuple[dict[str, Any], Any]
     info = reg.show(ref)
     tmp = tempfile.mkdtemp(prefix="adapterhub-eval-")
     try:
-        api.pull(reg, info["ref"], os.path.join(tmp, "a"))
+        api.pull(reg, info.ref, os.path.join(tmp, "a"))
         loaded = load_adapter_dir(os.path.join(tmp, "a"), plugins)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,15 +98,15 @@ def non_finite(metrics: dict[str, Any]) -> list[str]:
     return sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
 
 
-def _check_base(info: dict[str, Any], base_dir: str, home: str | None, allow_mismatch: bool) -> tuple[str, bool]:
+def _check_base(info: VersionInfo, base_dir: str, home: str | None, allow_mismatch: bool) -> tuple[str, bool]:
     """The base's fingerprint, checked against the version's; ``(fingerprint, mismatched)``."""
     from .. import api
     from .modeling import check_base_dir
 
     check_base_dir(base_dir)
     fp = api.fingerprint(base_dir, home).digest
-    expected = info.get("base_fingerprint")
-    hint = (info.get("base") or {}).get("name")
+    expected = info.base_fingerprint
+    hint = info.base.name if info.base else None
     if allow_mismatch:
         return fp, bool(expected and expected != fp)
     api.check_base(expected, fp, base_dir, hint)
@@ -230,12 +231,12 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
         raise InvalidInput(f"--max-length must be positive, got {max_length}")
     plugins = plugins or get_plugins()
     info = reg.show(ref)
-    manifest = info["manifest"]
+    manifest = info.manifest
     task = task_of(manifest, task)
     rows = D.read_jsonl(data_path)
     probe = D.read_jsonl(probe_path) if probe_path else None
     fp, mismatched = _check_base(info, base_dir, home, allow_base_mismatch)
-    _, loaded = load_version(reg, info["ref"], plugins)
+    _, loaded = load_version(reg, info.ref, plugins)
 
     tokenizer = load_tokenizer(base_dir)
     labels = manifest.get("labels")
@@ -307,7 +308,7 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
     primary, higher = PRIMARY[task]
     details: dict[str, Any] = {
         "task": task, "primary_metric": primary, "higher_is_better": higher,
-        "base_fingerprint": fp, "expected_base_fingerprint": info.get("base_fingerprint"),
+        "base_fingerprint": fp, "expected_base_fingerprint": info.base_fingerprint,
         "data": {"file": os.path.basename(data_path), "digest": rows.digest, "rows": len(examples)},
         "rows": len(examples),
         "probe_digest": probe.digest if probe else None, "probe_rows": len(probe_ex) if probe_ex else 0,
@@ -320,15 +321,15 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
         details["tokens"] = adapter_m["tokens"]
     stored = store and not mismatched
     if stored and (bad := non_finite(metrics)):
-        raise InvalidInput(f"{info['ref']} produces non-finite results on {os.path.basename(data_path)} "
+        raise InvalidInput(f"{info.ref} produces non-finite results on {os.path.basename(data_path)} "
                            f"({', '.join(f'{k}={metrics[k]}' for k in bad)}): "
                            + ("the base model" if all(k.startswith(("base_", "probe_base_")) for k in bad)
                               else "the adapter") + " produces NaN/inf outputs; not stored "
                            "(use --no-store to see the full result)")
     if stored:
-        reg.add_evaluation(info["ref"], rows.digest, metrics, details)
+        reg.add_evaluation(info.ref, rows.digest, metrics, details)
     return {
-        "ref": info["ref"], "digest": info["digest"], "task": task, "data_digest": rows.digest,
+        "ref": info.ref, "digest": info.digest, "task": task, "data_digest": rows.digest,
         "rows": len(examples), "adapter": adapter_m, "base": base_m, "gain": gain, "probe": probe_m,
         "metrics": metrics, "details": details, "base_head": base_head, "base_fingerprint": fp,
         "base_mismatch": mismatched, "stored": stored, "seconds": round(time.time() - started, 2),
@@ -411,10 +412,10 @@ def bench_latency(reg: Any, ref: str, base_dir: str, *, runs: int = 20, batch_si
         raise InvalidInput(f"--warmup must be >= 0, got {warmup}")
     plugins = plugins or get_plugins()
     info = reg.show(ref)
-    manifest = info["manifest"]
+    manifest = info.manifest
     task = task_of(manifest, task)
     fp, mismatched = _check_base(info, base_dir, home, allow_base_mismatch)
-    _, loaded = load_version(reg, info["ref"], plugins)
+    _, loaded = load_version(reg, info.ref, plugins)
     labels = manifest.get("labels") or (["0", "1"] if task == "seq-cls" else None)
     model = load_base(base_dir, task, labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -452,7 +453,7 @@ def bench_latency(reg: Any, ref: str, base_dir: str, *, runs: int = 20, batch_si
             with torch.inference_mode():
                 diff = (_out(model(**inputs)).float() - ref_out.float()).abs().max().item()
             merged["max_abs_diff_vs_adapter"] = _r(diff)
-    return {"ref": info["ref"], "digest": info["digest"], "task": task, "method": loaded.method.name,
+    return {"ref": info.ref, "digest": info.digest, "task": task, "method": loaded.method.name,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": torch.get_num_threads(), "batch_size": batch_size, "seq_len": seq, "runs": runs,
             "warmup": warmup, "base_fingerprint": fp, "base_mismatch": mismatched,
@@ -490,19 +491,20 @@ def compare(reg: Any, ref_a: str, ref_b: str) -> dict[str, Any]:
     def flat(cfg: Any) -> dict[str, Any]:
         return {k: v for k, v in (cfg or {}).items()}
 
-    ca, cb = flat(a["config"]), flat(b["config"])
+    ca, cb = flat(a.config), flat(b.config)
     config = [{"key": k, "a": ca.get(k), "b": cb.get(k), "same": ca.get(k) == cb.get(k)}
               for k in sorted(set(ca) | set(cb))]
     summary = []
-    for key, getter in (("method", lambda v: v["method"]), ("task", lambda v: v["task"]),
-                        ("base_fingerprint", lambda v: v["base_fingerprint"]), ("digest", lambda v: v["digest"]),
-                        ("created_at", lambda v: v["created_at"]), ("aliases", lambda v: v["aliases"]),
-                        ("data_check", lambda v: (v["manifest"].get("data_check") or {}).get("status"))):
+    getters: tuple[tuple[str, Callable[[VersionInfo], Any]], ...] = (
+        ("method", lambda v: v.method), ("task", lambda v: v.task), ("base_fingerprint", lambda v: v.base_fingerprint),
+        ("digest", lambda v: v.digest), ("created_at", lambda v: v.created_at), ("aliases", lambda v: list(v.aliases)),
+        ("data_check", lambda v: (v.manifest.get("data_check") or {}).get("status")))
+    for key, getter in getters:
         summary.append({"key": key, "a": getter(a), "b": getter(b), "same": getter(a) == getter(b)})
 
-    def by_role(v: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def by_role(v: VersionInfo) -> dict[str, dict[str, Any]]:
         out = {}
-        for d in v["data"]:
+        for d in v.data:
             role = d.get("role") or "data"
             out[role if role not in out else f"{role}{len(out)}"] = d
         return out
@@ -512,25 +514,25 @@ def compare(reg: Any, ref_a: str, ref_b: str) -> dict[str, Any]:
              "a_rows": (da.get(r) or {}).get("rows"), "b_rows": (db.get(r) or {}).get("rows"),
              "same": (da.get(r) or {}).get("digest") == (db.get(r) or {}).get("digest")}
             for r in sorted(set(da) | set(db))]
-    ma, mb = a["metrics"], b["metrics"]
+    ma, mb = a.metrics, b.metrics
     metrics = [{"key": k, "a": ma.get(k), "b": mb.get(k), "delta": _delta(ma.get(k), mb.get(k))}
                for k in sorted(set(ma) | set(mb))]
 
-    def latest(v: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-        out: dict[tuple[str, str], dict[str, Any]] = {}
-        for e in v["evaluations"]:  # ordered by id: the last one of each data digest and kind wins
-            out[(e["data_digest"], (e.get("details") or {}).get("kind") or "loss")] = e
+    def latest(v: VersionInfo) -> dict[tuple[str, str], Evaluation]:
+        out: dict[tuple[str, str], Evaluation] = {}
+        for e in v.evaluations:  # ordered by id: the last one of each data digest and kind wins
+            out[(e.data_digest, (e.details or {}).get("kind") or "loss")] = e
         return out
 
     ea, eb = latest(a), latest(b)
     evaluations = []
     for key in sorted(set(ea) | set(eb)):
-        xa, xb = (ea.get(key) or {}).get("metrics") or {}, (eb.get(key) or {}).get("metrics") or {}
+        xa, xb = ea[key].metrics if key in ea else {}, eb[key].metrics if key in eb else {}
         evaluations.append({
             "data_digest": key[0], "kind": key[1], "shared": key in ea and key in eb,
             "metrics": [{"key": k, "a": xa.get(k), "b": xb.get(k), "delta": _delta(xa.get(k), xb.get(k))}
                         for k in sorted(set(xa) | set(xb))]})
-    return {"a": a["ref"], "b": b["ref"], "summary": summary, "config": config, "data": data, "metrics": metrics,
+    return {"a": a.ref, "b": b.ref, "summary": summary, "config": config, "data": data, "metrics": metrics,
             "evaluations": evaluations}
 
 

@@ -126,18 +126,18 @@ def evaluate_generation(reg: Any, ref: str, base_dir: str, data_path: str, *,
     chosen = resolve(plugins, metrics)
     primary = primary_of(chosen)
     info = reg.show(ref)
-    task = task_of(info["manifest"], task)
+    task = task_of(info.manifest, task)
     if task != "causal-lm":
-        raise InvalidInput(f"--generate is for causal-lm adapters; {info['ref']} is {task} "
+        raise InvalidInput(f"--generate is for causal-lm adapters; {info.ref} is {task} "
                            "(evaluate it without --generate)")
     rows = D.read_jsonl(data_path)
     tokenizer = load_tokenizer(base_dir)
     items = generation_rows(rows, tokenizer)
     fp, mismatched = _check_base(info, base_dir, home, allow_base_mismatch)
-    _, loaded = load_version(reg, info["ref"], plugins)
+    _, loaded = load_version(reg, info.ref, plugins)
 
     model = load_base(base_dir, task, None)
-    limit = max_length or (info["manifest"].get("training") or {}).get("max_length") or DEFAULT_MAX_LENGTH
+    limit = max_length or (info.manifest.get("training") or {}).get("max_length") or DEFAULT_MAX_LENGTH
     for cap in (getattr(tokenizer, "model_max_length", None), max_positions(model.config)):
         if isinstance(cap, int) and 0 < cap < limit:
             limit = cap
@@ -177,15 +177,15 @@ def evaluate_generation(reg: Any, ref: str, base_dir: str, data_path: str, *,
         "task": task, "kind": "generation", "primary_metric": primary.name,
         "higher_is_better": primary.higher_is_better,
         "metric_info": {m.name: {"plugin": p, "higher_is_better": m.higher_is_better} for p, m in chosen},
-        "base_fingerprint": fp, "expected_base_fingerprint": info.get("base_fingerprint"),
+        "base_fingerprint": fp, "expected_base_fingerprint": info.base_fingerprint,
         "data": {"file": os.path.basename(data_path), "digest": rows.digest, "rows": len(items)},
         "rows": len(items), "generation": generation, "samples": shown,
     }
     stored = store and not mismatched
     if stored:
-        reg.add_evaluation(info["ref"], rows.digest, flat, details)
+        reg.add_evaluation(info.ref, rows.digest, flat, details)
     return {
-        "ref": info["ref"], "digest": info["digest"], "task": task, "kind": "generation",
+        "ref": info.ref, "digest": info.digest, "task": task, "kind": "generation",
         "data_digest": rows.digest, "rows": len(items), "metric_names": [m.name for _, m in chosen],
         "primary_metric": primary.name, "adapter": adapter_m, "base": base_m, "gain": gain, "metrics": flat,
         "samples": shown, "generation": generation, "details": details, "base_fingerprint": fp,

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from adapterhub.cli.app import App, emit, json_option, pass_app
+from adapterhub.registry.entities import VersionInfo
 
 _RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$")
 
@@ -38,9 +39,9 @@ def register(app: App, ref, model_name, tracking_uri, experiment, as_json):
     reuses its model version (and moves the aliases)."""
     info = app.registry.show(ref)
     _check_alias_clash(app.registry, info)
-    tracking = (info.get("manifest") or {}).get("tracking") or {}
+    tracking = info.manifest.get("tracking") or {}
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("tracking_uri") or None
-    model = model_name or info["name"].replace("/", "-")
+    model = model_name or info.name.replace("/", "-")
     if not model.strip() or "'" in model or '"' in model:
         raise click.BadParameter(f"invalid model name {model!r}", param_hint="--model-name")
     from .tracker import fail_fast, mask_uri, tracking_uri as default_uri
@@ -61,22 +62,22 @@ def register(app: App, ref, model_name, tracking_uri, experiment, as_json):
     emit(as_json, result, _text)
 
 
-def _register(app: App, info: dict[str, Any], tracking: dict[str, Any], uri: str, model: str,
+def _register(app: App, info: VersionInfo, tracking: dict[str, Any], uri: str, model: str,
               experiment: str | None) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     from .tracker import make_client, mask_uri, ui_url
 
     client = make_client(uri)
-    digest, ref = info["digest"], info["ref"]
+    digest, ref = info.digest, info.ref
     try:
         client.get_registered_model(model)
     except MlflowException as exc:
         if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
             raise
         try:
-            client.create_registered_model(model, tags={"adapterhub.name": info["name"]},
-                                           description=f"adapterhub adapter {info['name']}")
+            client.create_registered_model(model, tags={"adapterhub.name": info.name},
+                                           description=f"adapterhub adapter {info.name}")
         except MlflowException as exc2:  # another process created it just now
             if getattr(exc2, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -91,15 +92,15 @@ def _register(app: App, info: dict[str, Any], tracking: dict[str, Any], uri: str
         run_created = run_id != tracking.get("run_id")
         run = client.get_run(run_id)
         source = run.info.artifact_uri.rstrip("/") + "/adapter"
-        tags = {"adapterhub.ref": ref, "adapterhub.digest": digest, "adapterhub.method": str(info.get("method")),
-                "adapterhub.base_fingerprint": str(info.get("base_fingerprint"))}
+        tags = {"adapterhub.ref": ref, "adapterhub.digest": digest, "adapterhub.method": str(info.method),
+                "adapterhub.base_fingerprint": str(info.base_fingerprint)}
         mv = client.create_model_version(model, source, run_id=run_id, tags=tags,
                                          description=f"adapterhub {ref} ({digest})")
         created = True
 
     aliases: dict[str, str] = {}
     skipped: list[str] = []
-    for alias in info.get("aliases") or []:
+    for alias in info.aliases:
         name = mlflow_alias(alias)
         if _RESERVED_ALIAS.match(name):
             skipped.append(alias)  # MLflow reserves these alias names
@@ -122,22 +123,22 @@ def mlflow_alias(alias: str) -> str:
     return re.sub(r"[^\w-]", "_", alias)
 
 
-def _check_alias_clash(registry: Any, info: dict[str, Any]) -> None:
+def _check_alias_clash(registry: Any, info: VersionInfo) -> None:
     """Refuse to register when one of the version's aliases becomes the same MLflow alias as another alias
     of the adapter on a different version (``rc.1`` and ``rc_1`` are both ``rc_1`` in MLflow): setting it
     would silently move the other alias's MLflow alias to this version."""
-    mine = set(info.get("aliases") or [])
+    mine = set(info.aliases)
     if not mine:
         return
     by_mlflow = {mlflow_alias(a): a for a in mine}
-    for row in registry.list(info["name"]):
-        if row["version"] == info["version"]:
+    for row in registry.list(info.name):
+        if row["version"] == info.version:
             continue
         for other in row.get("aliases") or []:
             ours = by_mlflow.get(mlflow_alias(other))
             if ours is not None and other not in mine:
                 raise click.ClickException(
-                    f"aliases '{ours}' ({info['ref']}) and '{other}' ({row['ref']}) would both be MLflow alias "
+                    f"aliases '{ours}' ({info.ref}) and '{other}' ({row['ref']}) would both be MLflow alias "
                     f"'{mlflow_alias(other)}'; rename one of them (adapterhub alias set/rm) and register again")
 
 
@@ -151,7 +152,7 @@ def _versions(client: Any, model: str) -> list[Any]:
             return out
 
 
-def _run_with_adapter(client: Any, app: App, info: dict[str, Any], tracking: dict[str, Any], uri: str,
+def _run_with_adapter(client: Any, app: App, info: VersionInfo, tracking: dict[str, Any], uri: str,
                       experiment: str | None) -> str:
     """The run whose ``adapter`` artifact holds this version: the training run if it has one, else the
     training run after logging the adapter to it, else a new run."""
@@ -159,7 +160,7 @@ def _run_with_adapter(client: Any, app: App, info: dict[str, Any], tracking: dic
 
     from .tracker import get_or_create_experiment, upload_dir
 
-    digest, ref = info["digest"], info["ref"]
+    digest, ref = info.digest, info.ref
     run = None
     if tracking.get("tracker") == "mlflow" and tracking.get("run_id"):
         try:
@@ -183,11 +184,11 @@ def _run_with_adapter(client: Any, app: App, info: dict[str, Any], tracking: dic
         local = os.path.join(tmp, "adapter")
         pull(app.registry, ref, local)
         if run is None:
-            name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or info["name"]
+            name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or info.name
             exp_id = get_or_create_experiment(client, name, uri)
             run = client.create_run(exp_id, run_name=f"register {ref}",
-                                    tags={"adapterhub.method": str(info.get("method")),
-                                          "adapterhub.base_fingerprint": str(info.get("base_fingerprint"))})
+                                    tags={"adapterhub.method": str(info.method),
+                                          "adapterhub.base_fingerprint": str(info.base_fingerprint)})
             new = True
         else:
             new = False
