@@ -125,7 +125,7 @@ class Format:
         ``plugins``), ``config``, ``base`` (``{"fingerprint", "name"}``), ``task``, ``format``."""
         raise InvalidInput(f"{src}: format '{self.name}' cannot import adapters")
 
-    def convert(self, src: str, files: Mapping[str, str], out: str, plugins: Plugins) -> None:
+    def convert(self, src: str, files: dict[str, str], out: str, plugins: Plugins) -> None:
         """Write an adapter directory (``adapterhub.json`` + ``adapter_model.safetensors``) for the directory
         ``src`` (which :meth:`detect` claimed) into the empty directory ``out``; ``files`` maps each file of
         ``src`` (relative posix path) to where to read it (``.bin`` files already converted to

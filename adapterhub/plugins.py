@@ -23,6 +23,26 @@ from .errors import NotFound, PluginError
 from .interfaces import BlobStore, Format, Method, Metric, Quantizer, Tracker
 
 GROUP = "adapterhub"
+#: The public surface: what a plugin (a built-in one too) may import from adapterhub, and why. Everything else
+#: is internal and may change without notice. A plugin never imports another plugin (what two plugins share
+#: belongs in one of these) nor a ``_private`` name; ``tests/test_imports.py`` holds every plugin module to it.
+PUBLIC_MODULES: dict[str, str] = {
+    "adapterhub": "hookimpl, __version__ and the user API (attach, fingerprint, open_registry ...)",
+    "adapterhub.errors": "the errors, each one 'Error:' line on the command line",
+    "adapterhub.method": "Method, the contract of a PEFT method",
+    "adapterhub.interfaces": "the other contracts: Quantizer, Format, BlobStore, Tracker (and Method, Metric)",
+    "adapterhub.tuning": "the toolkit of method plugins: targets, attach bookkeeping, combine maths, placements, "
+                         "quantized layers",
+    "adapterhub.tuning.combine": "the combine maths on ΔW (cat, linear, svd, TIES, DARE): a method's combine",
+    "adapterhub.infra": "the helpers of store, format and quantizer plugins: digests, output directories, "
+                        "base-model checks, exporting stored versions",
+    "adapterhub.api": "the Python API (registries, push, pull, fingerprints)",
+    "adapterhub.testing": "tiny models and the conformance suite, for a plugin's tests",
+    "adapterhub.testing.models": "tiny models, for a plugin's tests",
+    "adapterhub.testing.conformance": "the conformance suite, for a plugin's tests",
+}
+#: what a plugin's ``commands`` module (its ``register_commands``) may import besides :data:`PUBLIC_MODULES`
+COMMAND_MODULES: dict[str, str] = {"adapterhub.cli.app": "App, pass_app, emit, json_option, BASE, format_table"}
 KINDS = ("methods", "quantizers", "formats", "stores", "trackers", "metrics")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 #: kind -> (its contract, whether plugins register the class rather than an instance); metrics are checked where

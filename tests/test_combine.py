@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import assert_clean_error, make_base_dir, make_lora_dir  # noqa: E402
 
-from adapterhub.operations import combine as cmb  # noqa: E402
+from adapterhub.tuning import combine as cmb  # noqa: E402
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402
 

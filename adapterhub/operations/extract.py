@@ -8,7 +8,7 @@ the rank-``r`` LoRA is ``B = U_r · S_r`` (out, r), ``A = V_rᵀ`` (r, in) with 
 so ``B A`` is the best rank-``r`` approximation of ``ΔW`` (Eckart–Young). Each module reports the energy
 it keeps, ``Σ_{i≤r} σ_i² / Σ σ_i²`` (1.0 when the fine-tune's update had rank ≤ r). A module smaller
 than the rank gets ``r = min(rank, in, out)`` (exact); the config keeps the scaling 1 there through
-``rank_pattern`` and ``alpha_pattern`` (:func:`adapterhub.operations.combine.unit_scaling_ranks`, shared with combine).
+``rank_pattern`` and ``alpha_pattern`` (:func:`adapterhub.tuning.combine.unit_scaling_ranks`, shared with combine).
 
 The result is a PEFT-layout LoRA directory (``checkpoint.save_adapter``) pushed with the base fingerprint
 and an ``extracted_from`` lineage edge whose parent is external: the fine-tune, known by its fingerprint.
@@ -85,7 +85,7 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
 
     from ..api import fingerprint, push
     from ..files.checkpoint import save_adapter
-    from .combine import unit_scaling_ranks
+    from ..tuning.combine import unit_scaling_ranks
     from .stored import check_name_kind
     from ..plugins import get_plugins
     from ..registry.refs import validate_alias, validate_name

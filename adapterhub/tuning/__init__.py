@@ -9,6 +9,16 @@
 * **Attach bookkeeping**: :class:`Attached`, the record of what an attach changed, kept on the model under a
   plugin-chosen attribute; freezing and restoring ``requires_grad``; the trainable ``modules_to_save`` copies;
   wrapping modules; the ``base_model.model.`` key layout; strict state-dict loading; the merge of a saved copy.
+* **Combining adapters** (:mod:`.combine`): ``cat`` / ``linear`` / ``svd`` / TIES / DARE on ΔW, as peft's
+  ``merge_utils``.
+* The streaming merge's :func:`row_blocks`, for a method's own merge to work in the same blocks.
+* **Where residual adapters go** (:mod:`.placements`): the attention / feed-forward sites of BERT, Llama and
+  GPT-2 layers, and the width a bottleneck adapter's tensors imply.
+* **A quantized base** (:mod:`.quantized`): bitsandbytes' layers, for a quantizer and for a method that trains
+  on them.
+
+This is the only module of adapterhub a method plugin needs besides :mod:`adapterhub.method` and
+:mod:`adapterhub.errors` (:data:`adapterhub.plugins.PUBLIC_MODULES` lists what a plugin may import).
 
 This module does not import torch when imported (plugin ``__init__`` modules import it, and ``adapterhub
 --help`` must stay torch-free): the few functions that need torch import it when called.
@@ -30,13 +40,20 @@ from ..errors import InvalidInput
 from ..files.peft_keys import PEFT_PREFIX  # noqa: F401  (plugins import it from here)
 from ..method import Method
 
-# the config half of the toolkit lives in .config; plugins import both halves from here
+from ..merge.writer import row_blocks  # noqa: F401  (the streaming merge's row blocks, for a method's own merge)
+
+# the rest of the toolkit lives in submodules, by job; plugins import all of it from here
+from . import combine  # noqa: F401  (combine maths: ``from adapterhub.tuning import combine``)
 from .config import (  # noqa: F401
     ALL_LINEAR, FAN_IN_FAN_OUT_HELP, MAX_REGEX_LENGTH, MAX_REGEX_REPEATS, MODULES_TO_SAVE_HELP, NEUTRAL_VALUES,
     PEFT_BOOKKEEPING, SEQ_CLS_HEADS, TARGET_MODULES_HELP, TASK_TYPES, TASK_TYPE_HELP, check_flags,
     check_module_names, check_modules_to_save, check_positive_int, check_regex, check_task_type,
     fan_in_fan_out_field, modules_to_save_field, peft_config, peft_values, target_modules_field,
     task_type_field,
+)
+from .placements import PLACEMENTS, Placement, Site, adapter_width  # noqa: F401
+from .quantized import (  # noqa: F401
+    bitsandbytes, from_conv1d, has_quantized_layers, no_cpu_packing, quantized_layer_types,
 )
 
 if TYPE_CHECKING:  # pragma: no cover

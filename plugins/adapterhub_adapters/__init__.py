@@ -62,9 +62,7 @@ class AdaptersFormat(Format):
     def export(self, reg: Any, ref: str, out: str, *, plugins: Any, force: bool = False,
                **options: Any) -> dict[str, Any]:
         """Write ``ref`` as an adapters library directory (see :mod:`adapterhub_adapters.exports`)."""
-        from adapterhub.files.output_dir import atomic_out, check_out
-        from adapterhub.operations.export import MERGE_ONLY, open_adapter
-        from adapterhub.registry.blobs import hash_file
+        from adapterhub.infra import MERGE_ONLY, atomic_out, check_out, hash_file, open_adapter
 
         from .exports import export
 

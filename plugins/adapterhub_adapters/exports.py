@@ -17,8 +17,7 @@ from typing import Any
 
 from adapterhub.errors import AdapterhubError, InvalidInput
 from adapterhub.tuning import PEFT_PREFIX as PREFIX
-
-from adapterhub_bottleneck.checks import adapter_width
+from adapterhub.tuning import adapter_width
 
 from . import layout as L
 
@@ -140,7 +139,8 @@ def _bottleneck(config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, 
             head[key[len(PREFIX):]] = value
     _check_every_layer(config, family, where)
     first = f"{PREFIX}{paths[0]}{marker}"
-    hidden = adapter_width(config, {k[len(first):]: v for k, v in tensors.items() if k.startswith(first)})
+    hidden = adapter_width({k[len(first):]: v for k, v in tensors.items() if k.startswith(first)},
+                           config.phm_dim if phm else 1)
     return ours, bn_config(config, hidden, {loc for _, loc in where.values()}, family), family, hidden, head
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from adapterhub_bottleneck.config import PLACEMENTS, Placement
+from adapterhub.tuning import PLACEMENTS, Placement
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter.safetensors", "pytorch_adapter.safetensors")  # the second: pytorch_adapter.bin converted

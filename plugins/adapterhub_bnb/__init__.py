@@ -1,12 +1,12 @@
-"""Built-in plugin: bitsandbytes quantizers (``nf4``, ``fp4``, ``int8``), the ``qlora`` method and the
-``adapterhub quantize`` command.
+"""Built-in plugin: bitsandbytes quantizers (``nf4``, ``fp4``, ``int8``) and the ``adapterhub quantize`` command.
+(The ``qlora`` method, LoRA trained on a base these quantizers load, is the lora plugin's.)
 
 Importing this package does not import torch or bitsandbytes (``adapterhub --help`` loads it); the
 torch-side code lives in :mod:`adapterhub_bnb.ops` and is imported on first use.
 
 * **Quantizers** (``register_quantizers``): ``nf4`` and ``fp4`` (4-bit, per-block absmax, optional double
   quantization of the absmax constants, compute dtype, blocksize) and ``int8`` (LLM.int8(): per-row
-  absmax int8 weights, outlier threshold on activations). A quantizer offers
+  absmax int8 weights, outlier threshold on activations), each an :class:`adapterhub.interfaces.Quantizer`:
 
   - ``make_options(values) -> dict``: validated options with defaults (``--quant-opt key=value``);
   - ``quantize(model_dir, out_dir, **options) -> record``: a transformers model directory that
@@ -20,8 +20,6 @@ torch-side code lives in :mod:`adapterhub_bnb.ops` and is imported on first use.
   quantized model's ``config.json`` (``adapterhub_quantization``): quantizer, quant type, double quant,
   blocksize, compute dtype, the dtype the weights were quantized from, the quantized modules (as
   layer-index patterns) and the fingerprint of the source (original) weights.
-* **Method** ``qlora`` (``register_methods``): LoRA (PEFT-compatible checkpoints, ``peft_type="LORA"``) that
-  trains on a base quantized with ``nf4`` by default (``train --quantize`` picks another quantizer).
 * **Command** ``adapterhub quantize BASE_DIR --to nf4 --out DIR``.
 """
 
@@ -31,21 +29,15 @@ from typing import Any
 
 import adapterhub
 
-from .method import QLoraMethod
 from .quantizers import QUANTIZERS, Bnb4bitQuantizer, Int8Quantizer
 
-__all__ = ["QLoraMethod", "Bnb4bitQuantizer", "Int8Quantizer", "QUANTIZERS"]
+__all__ = ["Bnb4bitQuantizer", "Int8Quantizer", "QUANTIZERS"]
 
 
 @adapterhub.hookimpl
 def register_quantizers(register) -> None:
     for q in QUANTIZERS:
         register(q)
-
-
-@adapterhub.hookimpl
-def register_methods(register) -> None:
-    register(QLoraMethod())
 
 
 @adapterhub.hookimpl

@@ -1,5 +1,5 @@
-"""The torch / bitsandbytes side: loading a base quantized, writing a quantized model directory, the
-exact quantize→dequantize round trip used by merges, and fitting LoRA onto quantized layers.
+"""The torch / bitsandbytes side: loading a base quantized, writing a quantized model directory, and the
+exact quantize→dequantize round trip used by merges. (LoRA on these layers is the lora plugin's, QLoRA.)
 
 Shapes: a ``Linear4bit`` weight is packed (``(out * in / 2, 1)`` uint8, two 4-bit codes per byte) with a
 ``QuantState`` holding one absmax per ``blocksize`` weights (itself 8-bit quantized in blocks of 256 with
@@ -10,12 +10,11 @@ so the full-precision model is never in memory.
 bitsandbytes runs on the CPU (slowly: 4-bit matmuls dequantize, it saves memory, not time). On CPUs with
 AVX512-BF16 its eval-mode no-grad forward repacks 4-bit weights for a fused (bf16) kernel; that kernel needs
 ``out % 32 == 0`` and ``in % blocksize == 0`` (layers that do not fit keep the plain path, :func:`cpu_safe`)
-and has no backward, so a model with an adapter attached never uses it (:func:`no_cpu_packing`).
+and has no backward, so a model with an adapter attached never uses it (:func:`adapterhub.tuning.no_cpu_packing`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -25,21 +24,12 @@ import torch
 
 from adapterhub.errors import AdapterhubError, InvalidInput
 from adapterhub.interfaces import BaseTransform
+from adapterhub.tuning import bitsandbytes, from_conv1d, quantized_layer_types
 
 #: config.json key of a directory written by ``quantize`` (the record; transformers ignores it)
 CONFIG_KEY = "adapterhub_quantization"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
-
-
-def bnb():
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # an optional-kernel notice on CPU import
-    try:
-        import bitsandbytes
-    except ImportError:
-        raise AdapterhubError("the bitsandbytes quantizers need the bitsandbytes package: "
-                              "pip install 'adapterhub[bnb]'") from None
-    return bitsandbytes
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -70,9 +60,8 @@ def bnb_config(quantizer: Any, opts: dict[str, Any]):
                               bnb_4bit_quant_storage=torch.uint8)
 
 
-def quantized_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    b = bnb()
-    kinds = (b.nn.Linear4bit, b.nn.Linear8bitLt)
+def quantized_modules(model: torch.nn.Module) -> dict[str, Any]:
+    kinds = quantized_layer_types()
     return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
 
 
@@ -96,9 +85,9 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
     """Load ``base_dir`` for ``task`` (None: the checkpoint's own class) quantized as it loads."""
     from transformers import AutoConfig
 
-    from adapterhub.training.modeling import check_base_dir, quiet_transformers
+    from adapterhub.infra import check_base_dir, quiet_transformers
 
-    bnb()
+    bitsandbytes()
     quiet_transformers()
     check_base_dir(base_dir)
     try:
@@ -138,10 +127,10 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
 
 
 def check_shapes(base_dir: str, config: Any, cls: Any, what: str = "config.json") -> None:
-    """Refuse a base whose ``config.json`` does not describe its weights (``modeling.weight_shape_mismatch``):
-    transformers does not check the weights it quantizes as they load, and would write layers whose shape is
-    not their weight's."""
-    from adapterhub.training.modeling import weight_shape_mismatch
+    """Refuse a base whose ``config.json`` does not describe its weights
+    (:func:`adapterhub.infra.weight_shape_mismatch`): transformers does not check the weights it quantizes as they
+    load, and would write layers whose shape is not their weight's."""
+    from adapterhub.infra import weight_shape_mismatch
 
     try:
         found = weight_shape_mismatch(base_dir, config, cls)
@@ -172,9 +161,9 @@ def _requantize(base_dir: str, mods: dict[str, Any], blocksize: int) -> None:
     from the checkpoint's tensor with ``blocksize`` (one tensor in memory at a time)."""
     from safetensors import safe_open
 
-    from adapterhub.files.fingerprint import find_weight_files
+    from adapterhub.infra import find_weight_files
 
-    b = bnb()
+    b = bitsandbytes()
     where: dict[str, str] = {}
     for path in find_weight_files(base_dir):
         with safe_open(path, framework="pt") as f:
@@ -189,7 +178,7 @@ def _requantize(base_dir: str, mods: dict[str, Any], blocksize: int) -> None:
             key = cands[0]
         with safe_open(where[key], framework="pt") as f:
             w = f.get_tensor(key)
-        if _from_conv1d(m):
+        if from_conv1d(m):
             w = w.T
         old = m.weight
         dev = old.device
@@ -201,33 +190,9 @@ def _requantize(base_dir: str, mods: dict[str, Any], blocksize: int) -> None:
         del w, old
 
 
-def _from_conv1d(module: Any) -> bool:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        return False
-    src = getattr(module, "source_cls", None)
-    return isinstance(src, type) and issubclass(src, Conv1D)
-
-
-def no_cpu_packing(model: torch.nn.Module) -> None:
-    """Keep every 4-bit layer on bitsandbytes' plain (dequantize + matmul) CPU path. Its packed kernel,
-    switched on by the first eval-mode no-grad forward, has no autograd: after an evaluation, training
-    would silently get zero gradients through the base layers. Weights already packed are unpacked."""
-    b = bnb()
-    for m in model.modules():
-        if isinstance(m, b.nn.Linear4bit):
-            m.support_avx512bf16_for_cpu = False
-            qs = getattr(m.weight, "quant_state", None)
-            if qs is not None and getattr(qs, "packing_format_for_cpu", False):
-                from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-                m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, qs)
-
-
 def cpu_safe(model: torch.nn.Module) -> None:
     """Keep 4-bit layers whose shape does not fit bitsandbytes' packed CPU kernel on the plain path."""
-    b = bnb()
+    b = bitsandbytes()
     for m in model.modules():
         if isinstance(m, b.nn.Linear4bit) and getattr(m, "support_avx512bf16_for_cpu", False):
             bs = m.weight.blocksize
@@ -237,7 +202,7 @@ def cpu_safe(model: torch.nn.Module) -> None:
 
 def describe(quantizer: Any, model: Any, opts: dict[str, Any], mods: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of how ``model``'s base was quantized (JSON-able)."""
-    b = bnb()
+    b = bitsandbytes()
     mods = quantized_modules(model) if mods is None else mods
     first = next(iter(mods.values()))
     weight_dtype = dtype_name(first.weight.quant_state.dtype) if quantizer.bits == 4 else "float16"
@@ -251,7 +216,7 @@ def describe(quantizer: Any, model: Any, opts: dict[str, Any], mods: dict[str, A
     else:
         rec.update(threshold=float(opts["threshold"]))
     rec.update(weight_dtype=weight_dtype, modules=sorted({pattern(n) for n in mods}), quantized_layers=len(mods),
-               transposed=sorted({pattern(n) for n, m in mods.items() if _from_conv1d(m)}), skipped=skipped)
+               transposed=sorted({pattern(n) for n, m in mods.items() if from_conv1d(m)}), skipped=skipped)
     return rec
 
 
@@ -279,7 +244,7 @@ class RoundTrip(BaseTransform):
         return self._module(name) in self.modules
 
     def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        F = bnb().functional
+        F = bitsandbytes().functional
         r = self.record
         transposed = self._module(name) in self.transposed
         w = tensor.T if transposed else tensor
@@ -295,45 +260,6 @@ class RoundTrip(BaseTransform):
         return out.T.contiguous() if transposed else out
 
 
-# -- LoRA on quantized layers ------------------------------------------------------------------------------
-def fit_lora_to_quantized(model: torch.nn.Module, init: Any = True) -> int:
-    """LoRA reads ``(in, out)`` from ``weight.shape``, which is packed for 4-bit layers: give every LoRA
-    branch around a quantized layer A (r, in) / B (out, r) of the layer's real ``in_features`` /
-    ``out_features``, initialised as LoRA does (``init``: the config's ``init_lora_weights``). Returns the number of branches fixed."""
-    import math
-
-    from adapterhub_lora.layer import ADAPTER_DTYPE, LoraLinear
-
-    b = bnb()
-    fixed = 0
-    for path, m in model.named_modules():
-        if not isinstance(m, LoraLinear) or not isinstance(m.base_layer, (b.nn.Linear4bit, b.nn.Linear8bitLt)):
-            continue
-        if _from_conv1d(m.base_layer):
-            raise InvalidInput(f"'{path}' is a quantized Conv1D (GPT-2 style) layer; LoRA on a quantized base "
-                               "supports Linear layers only")
-        if m.lora_magnitude_vector is not None:
-            raise InvalidInput("DoRA cannot train on a quantized base here (its weight norm needs the dequantized "
-                               "weight at every step); use qlora without use_dora, or lora/dora on the "
-                               "full-precision base")
-        fin, fout = m.base_layer.in_features, m.base_layer.out_features
-        if (m.lora_A.in_features, m.lora_B.out_features) == (fin, fout):
-            continue
-        r, dev = m.r, m.lora_A.weight.device
-        m.lora_A = torch.nn.Linear(fin, r, bias=False, device=dev, dtype=ADAPTER_DTYPE)
-        m.lora_B = torch.nn.Linear(r, fout, bias=False, device=dev, dtype=ADAPTER_DTYPE)
-        if init is True:
-            torch.nn.init.kaiming_uniform_(m.lora_A.weight, a=math.sqrt(5))
-            torch.nn.init.zeros_(m.lora_B.weight)
-        elif init == "gaussian":
-            torch.nn.init.normal_(m.lora_A.weight, std=1 / r)
-            torch.nn.init.zeros_(m.lora_B.weight)
-        m.in_features, m.out_features = fin, fout
-        m.train(m.base_layer.training)
-        fixed += 1
-    return fixed
-
-
 # -- writing a quantized model directory -----------------------------------------------------------------
 _SIDE_SKIP = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".pickle")
 
@@ -342,11 +268,7 @@ def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, A
                  home: str | None = None) -> dict[str, Any]:
     """``model_dir`` -> ``out_dir`` quantized (written beside it, renamed into place at the end)."""
     from adapterhub import api
-    from adapterhub.training.modeling import check_base_dir
-    from adapterhub.registry.blobs import hash_file
-    from adapterhub.files.output_dir import atomic_out
-
-    from adapterhub.files.output_dir import check_out_base
+    from adapterhub.infra import atomic_out, check_base_dir, check_out_base, hash_file
 
     check_base_dir(model_dir)
     check_out_base(out_dir, model_dir)  # is or contains the base: refused even with --force

@@ -90,10 +90,10 @@ class _Quantizer(Quantizer):
     def prepare_training(self, model: Any) -> None:
         """Tell transformers an adapter is attached (its Trainer refuses a "purely quantized" model otherwise)
         and keep 4-bit layers off bitsandbytes' packed CPU kernel, which has no backward."""
-        from . import ops
+        from adapterhub.tuning import no_cpu_packing
 
         model._hf_peft_config_loaded = True
-        ops.no_cpu_packing(model)
+        no_cpu_packing(model)
 
     def prepare(self, model: Any) -> None:
         """bitsandbytes' packed CPU kernel refuses small layers; those keep the plain path."""

@@ -13,7 +13,9 @@ from typing import Any, Mapping
 from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 
-from .config import PLACEMENTS, AdapterConfig, CompacterConfig
+from adapterhub.tuning import PLACEMENTS, adapter_width
+
+from .config import AdapterConfig, CompacterConfig
 
 PREFIX = tuners.PEFT_PREFIX
 ADAPTER = ".adapter."
@@ -43,15 +45,6 @@ def expected_shapes(config: AdapterConfig, d: int) -> dict[str, tuple[int, ...]]
         if flag:
             shapes.update({f"{name}.weight": (d,), f"{name}.bias": (d,)})
     return shapes
-
-
-def adapter_width(config: AdapterConfig, params: Mapping[str, Any]) -> int | None:
-    """The hidden width ``d`` an adapter's tensors imply (from its up projection's output), if they say."""
-    for name, axis in (("up.weight", 0), ("up.bias", 0), ("up.W_right", 2), ("up.W", 2)):
-        if name in params and len(params[name].shape) > axis:
-            d = params[name].shape[axis]
-            return d * config.phm_dim if isinstance(config, CompacterConfig) and name in ("up.W_right", "up.W") else d
-    return None
 
 
 def check_adapter_tensors(method: str, config: AdapterConfig, tensors: Mapping[str, Any],
@@ -92,7 +85,8 @@ def check_adapter_tensors(method: str, config: AdapterConfig, tensors: Mapping[s
         m = _LAYER_RE.search(path)
         if m and int(m.group(1)) in config.leave_out:
             raise InvalidInput(f"{method}: '{key}...' is in layer {m.group(1)}, which leave_out excludes")
-        d = _base_width(method, path, base) if base is not None else adapter_width(config, params)
+        phm_dim = config.phm_dim if isinstance(config, CompacterConfig) else 1
+        d = _base_width(method, path, base) if base is not None else adapter_width(params, phm_dim)
         if d is None:
             raise InvalidInput(f"{method}: '{key}up...' is missing (the up projection gives the adapter's width)")
         shapes = expected_shapes(config, d)

@@ -4,7 +4,7 @@ The adapter for the module at ``<path>`` is registered as its submodule ``adapte
 hook to the module's output (``y -> adapter(y)``); the base modules are not replaced, so base parameter names
 do not change, and :func:`detach` removes the hooks and the submodule. The placement options that read the
 residual stream (``original_ln_before``, ``is_parallel``, ``original_ln_after=False``) add a forward pre-hook
-on the module that receives the sub-block's input (its :class:`~adapterhub_bottleneck.config.Site`), and, on a
+on the module that receives the sub-block's input (its :class:`~adapterhub.tuning.Site`), and, on a
 post-LN block without ``original_ln_after``, a forward hook that makes the adapter's output the block's. Compacter's shared PHM rule is a
 parameter of the root model named ``phm_rule`` (and also registered, as the same tensor object, in every PHM
 layer, so ``model.parameters()`` yields it once).
@@ -41,7 +41,9 @@ from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 from adapterhub.tuning import PEFT_PREFIX as PREFIX
 
-from .config import DEFAULT_NON_LINEARITY, PLACEMENTS, AdapterConfig, CompacterConfig, Placement, Site
+from adapterhub.tuning import PLACEMENTS, Placement, Site
+
+from .config import DEFAULT_NON_LINEARITY, AdapterConfig, CompacterConfig
 from .layer import ADAPTER_DTYPE, PHMLinear, init_phm_rule, linear_bottleneck, phm_bottleneck
 
 SHARED_RULE = "phm_rule"  # attribute of the root model holding compacter's shared PHM rule
@@ -158,7 +160,7 @@ def _default_pattern(model: nn.Module, style: str, method: str) -> str:
 
 @dataclass(frozen=True)
 class Binding:
-    """A :class:`~adapterhub_bottleneck.config.Site` resolved to module paths for one adapted projection."""
+    """A :class:`~adapterhub.tuning.Site` resolved to module paths for one adapted projection."""
 
     residual_from: str
     residual_arg: int

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import adapterhub
 from adapterhub.errors import AdapterhubError, IntegrityError
 from adapterhub.interfaces import BlobStore, Progress
-from adapterhub.registry.blobs import check_digest, copy_stream_verified
+from adapterhub.infra import check_digest, copy_stream_verified
 
 
 class FileStore(BlobStore):

@@ -80,7 +80,8 @@ class IA3Method(TunerMethod):
         layers, biases are scaled); ``None`` if untouched. ``config`` must be the effective config."""
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
-    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
+    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str,
+                **options: Any) -> tuple[Any, dict[str, Any]]:
         """``how="linear"``: each vector becomes ``sum_i weights[i] * l_i`` (PEFT's IA3
         ``add_weighted_adapter``). Returns ``(config, tensors)``."""
         if how not in COMBINE_HOW:

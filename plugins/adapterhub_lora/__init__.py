@@ -1,4 +1,5 @@
-"""Built-in plugin: the ``lora`` and ``dora`` methods (LoRA, rsLoRA, DoRA), numerically identical to PEFT.
+"""Built-in plugin: the ``lora``, ``dora`` and ``qlora`` methods (LoRA, rsLoRA, DoRA; LoRA on a quantized base),
+numerically identical to PEFT.
 
 Importing this package does not import torch (the plugin manager may load it for ``adapterhub plugins``);
 the torch-side code lives in :mod:`adapterhub_lora.layer` and :mod:`adapterhub_lora.model` and is imported on
@@ -6,6 +7,10 @@ first use.
 
 * ``lora``: PEFT ``peft_type="LORA"``; ``use_dora=True`` is allowed and means DoRA.
 * ``dora``: the same config with ``use_dora`` always on; it claims PEFT LoRA configs with ``use_dora``.
+* ``qlora``: LoRA trained on a base a quantizer plugin loads quantized (``nf4`` by default; bitsandbytes layers,
+  :mod:`adapterhub_lora.bnb`, as PEFT keeps its quantized LoRA layers beside LoRA's). The adapter is a plain LoRA
+  adapter; ``train`` records where it was trained (``manifest["base"]["quantization"]``) and a merge lands on the
+  dequantized base by default (``adapterhub merge --onto``).
 
 Checkpoints use PEFT's key names (``base_model.model.<path>.lora_A.weight`` ...), so an adapter directory is a
 PEFT adapter directory. ``attach`` returns and records the *effective* config (``fan_in_fan_out`` set for
@@ -18,11 +23,11 @@ from typing import Any
 
 import adapterhub
 from adapterhub.errors import InvalidInput
-from adapterhub.tuning import TunerMethod
+from adapterhub.tuning import TunerMethod, has_quantized_layers
 
 from .config import LoraConfig, check_factors, factor_paths, from_peft_dict, to_peft_dict
 
-__all__ = ["LoraConfig", "LoraMethod", "DoraMethod", "register_methods"]
+__all__ = ["LoraConfig", "LoraMethod", "DoraMethod", "QLoraMethod", "register_methods"]
 
 
 class LoraMethod(TunerMethod):
@@ -81,7 +86,8 @@ class LoraMethod(TunerMethod):
         return self._model().row_merger(name, tuple(shape), dtype, adapter_tensors, self._config(config), blocks)
 
     # -- several adapters ------------------------------------------------------------------------------
-    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any):
+    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str,
+                **options: Any) -> tuple[LoraConfig, dict[str, Any]]:
         """A new ``(LoraConfig, tensors)`` from several LoRA adapters, combined in ΔW space
         (``how``: linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune; see
         :mod:`adapterhub_lora.combine`). Options: ``density``, ``rank``, ``seed``."""
@@ -138,7 +144,43 @@ class DoraMethod(LoraMethod):
         return from_peft_dict(peft_config, force_dora=True)
 
 
+class QLoraMethod(LoraMethod):
+    """QLoRA: LoRA on a 4-bit NF4 base (double quantization; paged optimizers on CUDA)."""
+
+    name = "qlora"
+    #: train loads the base through this quantizer unless ``--quantize`` names another one
+    base_quantizer = "nf4"
+    #: this method's attach works on bitsandbytes-quantized layers
+    supports_quantized_base = True
+
+    def matches_peft_config(self, peft_config: dict[str, Any]) -> bool:
+        return False  # a PEFT LoRA directory is imported as 'lora'; qlora is LoRA + where it was trained
+
+    def attach(self, model: Any, config: Any) -> LoraConfig:
+        """LoRA's attach; on a quantized base, each branch sized from the layer's real in/out features (not its
+        packed weight) and the 4-bit layers kept off bitsandbytes' packed CPU kernel, which has no backward.
+        DoRA and GPT-2 style Conv1D layers on a quantized base are refused."""
+        if not has_quantized_layers(model):
+            return super().attach(model, config)
+        from adapterhub.tuning import no_cpu_packing
+
+        from . import bnb
+
+        if self._config(config).use_dora:
+            raise InvalidInput("DoRA cannot train on a quantized base here (its weight norm needs the dequantized "
+                               "weight at every step); use qlora without use_dora, or dora on the full-precision base")
+        effective = super().attach(model, config)
+        try:
+            bnb.fit_to_quantized(model, effective.init_lora_weights)  # checks; refits where LoRA sized it wrong
+            no_cpu_packing(model)
+        except Exception:
+            super().detach(model)
+            raise
+        return effective
+
+
 @adapterhub.hookimpl
 def register_methods(register) -> None:
     register(LoraMethod())
     register(DoraMethod())
+    register(QLoraMethod())

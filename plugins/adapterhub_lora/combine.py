@@ -3,7 +3,8 @@
 Per module the task tensor of adapter i is ``ΔW_i = s_i · B_i @ A_i`` (out, in) with ``s_i`` its scaling
 (``alpha/r``, rsLoRA ``alpha/sqrt(r)``, rank/alpha patterns honoured). A module only some adapters target
 counts as ``ΔW = 0`` for the others (for TIES/DARE that is the same as leaving them out: a zero never
-agrees with the elected sign). The maths is :mod:`adapterhub.operations.combine`'s; see its table for each ``how``.
+agrees with the elected sign). The maths is the toolkit's (:mod:`adapterhub.tuning.combine`); see its table for
+each ``how``.
 
 The result is a plain LoRA with scaling 1 in every module (``lora_alpha = r`` and matching
 ``alpha_pattern``), ``use_rslora`` off, and per-module ranks in ``rank_pattern`` where they differ from
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from adapterhub.operations import combine as cmb
+from adapterhub.tuning import combine as cmb
 from adapterhub.errors import InvalidInput
 
 from .config import LoraConfig

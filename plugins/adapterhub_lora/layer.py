@@ -208,7 +208,7 @@ def merge_weight(
     """
     if magnitude is None and base.dim() == 2 and base.device.type == "cpu":
         # row blocks of W (see row_kernel): no full-size fp32 delta or copy of W is ever made
-        from adapterhub.merge.writer import row_blocks
+        from adapterhub.tuning import row_blocks
 
         w = base.detach()
         out = torch.empty(w.shape, dtype=w.dtype) if out is None else out

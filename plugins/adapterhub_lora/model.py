@@ -24,8 +24,7 @@ from adapterhub.tuning import Attached  # what attach changed, kept on the model
 from .config import DEFAULT_TARGETS, LoraConfig, check_factors
 from .layer import LoraLinear, merge_weight, row_kernel
 
-_STATE_ATTR = "_adapterhub_lora"  # lora, dora (and methods built on them) share one slot
-_set_submodule = tuners.set_submodule  # used by .multi
+STATE_ATTR = "_adapterhub_lora"  # lora, dora (and methods built on them) share one slot
 
 
 def candidate_names(model: nn.Module) -> list[str]:
@@ -56,12 +55,12 @@ def resolve(model: nn.Module, config: LoraConfig) -> tuple[LoraConfig, list[str]
 
 # -- attach / detach -------------------------------------------------------------------------------------
 def attached(model: nn.Module, method: str | None = None) -> Attached:
-    return tuners.attached(model, _STATE_ATTR, method, family="lora")
+    return tuners.attached(model, STATE_ATTR, method, family="lora")
 
 
 def attach(model: nn.Module, config: LoraConfig, method: str = "lora") -> LoraConfig:
     """Wrap the targeted layers in place, freeze everything else, and return the effective config."""
-    return tuners.attach_wrappers(model, _STATE_ATTR, method, lambda m: resolve(m, config), _wrapper)
+    return tuners.attach_wrappers(model, STATE_ATTR, method, lambda m: resolve(m, config), _wrapper)
 
 
 def _wrapper(config: LoraConfig, path: str, base: nn.Module) -> LoraLinear:
@@ -78,7 +77,7 @@ def _wrapper(config: LoraConfig, path: str, base: nn.Module) -> LoraLinear:
 
 def detach(model: nn.Module, method: str | None = None) -> None:
     """Put back the original modules and ``requires_grad`` flags."""
-    tuners.detach_wrappers(model, _STATE_ATTR, method, family="lora")
+    tuners.detach_wrappers(model, STATE_ATTR, method, family="lora")
 
 
 # -- state dicts -----------------------------------------------------------------------------------------

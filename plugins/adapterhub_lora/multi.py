@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from adapterhub.errors import InvalidInput
+from adapterhub import tuning as tuners
 from adapterhub.tuning import check_fit
 
 from .config import LoraConfig
 from .layer import ADAPTER_DTYPE, LoraLinear, in_out_features, is_conv1d, weight_norm
-from .model import _STATE_ATTR, PREFIX, _set_submodule, resolve
+from .model import PREFIX, STATE_ATTR, resolve
 
 _MULTI_ATTR = "_adapterhub_lora_multi"
 
@@ -47,7 +48,7 @@ class Multi:
 
 
 def _check_free(model: nn.Module) -> None:
-    if _STATE_ATTR in model.__dict__ or _MULTI_ATTR in model.__dict__:
+    if STATE_ATTR in model.__dict__ or _MULTI_ATTR in model.__dict__:
         raise InvalidInput("lora adapters are already attached to this model; detach them first")
 
 
@@ -82,7 +83,7 @@ def detach(model: nn.Module) -> None:
     if state is None:
         raise InvalidInput("no lora stack or routed adapters are attached to this model")
     for path in state.wrapped:
-        _set_submodule(model, path, model.get_submodule(path).base_layer)
+        tuners.set_submodule(model, path, model.get_submodule(path).base_layer)
     for name, p in model.named_parameters():
         if name in state.requires_grad:
             p.requires_grad_(state.requires_grad[name])
@@ -149,7 +150,7 @@ def attach_stack(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, to
     for path, layer in layers.items():
         layer.requires_grad_(False)
         layer.train(layer.base_layer.training)
-        _set_submodule(model, path, layer)
+        tuners.set_submodule(model, path, layer)
     model.__dict__[_MULTI_ATTR] = Multi("stack", [e for e, _ in resolved], paths, flags)
     return [e for e, _ in resolved]
 
@@ -431,7 +432,7 @@ def attach_routed(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, t
         layers[path] = RoutedLoraLinear(base, route, plan, _routed_factors(base, path, members), len(adapters))
     flags = _freeze(model)
     for path, layer in layers.items():
-        _set_submodule(model, path, layer)
+        tuners.set_submodule(model, path, layer)
     model.__dict__[_MULTI_ATTR] = Multi("routed", [e for e, _ in resolved], paths, flags)
     return [e for e, _ in resolved]
 

@@ -18,8 +18,8 @@ class MergedFormat(Format):
 
     def export(self, reg: Any, ref: str, out: str, *, plugins: Any, base: str | None = None,
                **options: Any) -> dict[str, Any]:
-        """Merge ``ref`` into ``base`` (see :func:`adapterhub.operations.export.merge_ref` for ``options``)."""
-        from adapterhub.operations.export import merge_ref
+        """Merge ``ref`` into ``base`` (see :func:`adapterhub.infra.merge_ref` for ``options``)."""
+        from adapterhub.infra import merge_ref
 
         if not base:
             raise InvalidInput("--format merged needs --base DIR (the base model to merge into)")

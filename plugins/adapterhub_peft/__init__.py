@@ -24,7 +24,7 @@ class PeftFormat(Format):
 
     def export(self, reg: Any, ref: str, out: str, *, plugins: Any, **options: Any) -> dict[str, Any]:
         """Write ``ref`` as a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)."""
-        from adapterhub.operations.export import export_peft
+        from adapterhub.infra import export_peft
 
         return export_peft(reg, ref, out, plugins=plugins, **options)
 
@@ -32,7 +32,7 @@ class PeftFormat(Format):
         return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
     def read(self, path: str, plugins: Any) -> dict[str, Any]:
-        from adapterhub.files.checkpoint import load_json
+        from adapterhub.infra import load_json
 
         cfg = load_json(os.path.join(path, "adapter_config.json"))
         if not isinstance(cfg, dict) or not isinstance(cfg.get("peft_type"), str):

@@ -28,12 +28,10 @@ from urllib.parse import parse_qsl, urlparse
 
 import adapterhub
 from adapterhub.errors import AdapterhubError, IntegrityError, InvalidInput
+from adapterhub.infra import RangeReader, check_digest, mask, scrub
 from adapterhub.interfaces import BlobStore, Progress
-from adapterhub.registry.blobs import check_digest
-from adapterhub.registry.remotes import mask, scrub
 
 from . import _errors
-from adapterhub.registry.ranges import RangeReader
 
 MiB = 1 << 20
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": MiB, "mb": 1000**2, "mib": MiB,

@@ -155,10 +155,10 @@ def test_training_step_changes_only_adapter_parameters(case):
 
 
 # -- plugin, config, effective config ---------------------------------------------------------------------
-def test_plugin_registers_lora_and_dora(monkeypatch):
+def test_plugin_registers_lora_dora_and_qlora(monkeypatch):
     monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", "lora")  # the entry point alone, whatever else is installed
     plugins = Plugins()
-    assert set(plugins.names("methods")) == {"lora", "dora"}
+    assert set(plugins.names("methods")) == {"lora", "dora", "qlora"}  # QLoRA lives with LoRA, as in peft
     lora, dora = plugins.get("methods", "lora"), plugins.get("methods", "dora")
     assert lora.peft_type == dora.peft_type == "LORA" and "merge" in lora.capabilities()
     assert lora.matches_peft_config({"peft_type": "LORA"}) and not dora.matches_peft_config({"peft_type": "LORA"})
