@@ -37,6 +37,7 @@ PUBLIC_MODULES: dict[str, str] = {
     "adapterhub.infra": "the helpers of store, format and quantizer plugins: digests, output directories, "
                         "base-model checks, exporting stored versions",
     "adapterhub.api": "the Python API (registries, push, pull, fingerprints)",
+    "adapterhub.registry.entities": "the registry's typed results (VersionInfo ...), what show and the API return",
     "adapterhub.testing": "tiny models and the conformance suite, for a plugin's tests",
     "adapterhub.testing.models": "tiny models, for a plugin's tests",
     "adapterhub.testing.conformance": "the conformance suite, for a plugin's tests",
