@@ -3,6 +3,8 @@
 Importing this package is cheap: no torch, no SQLAlchemy, no plugin loading.
 """
 
+from typing import Any
+
 import pluggy
 
 __version__ = "0.1.0"
@@ -19,7 +21,7 @@ _API = ("attach", "open_registry", "push", "pull", "copy", "fingerprint")
 __all__ = ["hookimpl", "AdapterhubError", "__version__", *_API]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _API:
         from . import api
 

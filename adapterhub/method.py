@@ -88,8 +88,8 @@ class Method:
         for f in dataclasses.fields(self.config_class):
             if f.default is not dataclasses.MISSING:
                 default = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
             else:
                 default = None
             out.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})

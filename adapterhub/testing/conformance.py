@@ -29,7 +29,9 @@ import json
 import os
 import warnings
 from types import SimpleNamespace
-from typing import Any, Callable, ClassVar
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, ClassVar, cast
 
 import pytest
 import torch
@@ -77,7 +79,7 @@ class MethodConformance:
     tolerance: ClassVar[float] = 1e-5
 
     @pytest.fixture(autouse=True)
-    def _quiet(self):
+    def _quiet(self) -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
@@ -100,7 +102,7 @@ class MethodConformance:
         return model, config
 
     # -- attach / detach ---------------------------------------------------------------------------------
-    def test_attach_trains_only_the_adapter_and_keeps_outputs_at_init(self):
+    def test_attach_trains_only_the_adapter_and_keeps_outputs_at_init(self) -> None:
         model = self.build()
         before = self.output(model)
         self.method.attach(model, self.method.make_config(dict(self.options)))
@@ -109,7 +111,7 @@ class MethodConformance:
         if self.identity_at_init:  # the Method contract: the outputs do not change, bit for bit
             assert torch.equal(self.output(model), before), "a freshly attached adapter changed the outputs"
 
-    def test_detach_restores_the_model_exactly(self):
+    def test_detach_restores_the_model_exactly(self) -> None:
         model = self.build()
         types = {n: type(m) for n, m in model.named_modules()}
         state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -129,7 +131,7 @@ class MethodConformance:
         self.method.attach(model, self.method.make_config(dict(self.options)))  # attachable again
 
     # -- state dicts ---------------------------------------------------------------------------------------
-    def test_state_dict_round_trips_exactly(self):
+    def test_state_dict_round_trips_exactly(self) -> None:
         a, _ = self.attached(seed=3)
         b, _ = self.attached(seed=None)
         sd = {k: v.clone() for k, v in self.method.state_dict(a).items()}
@@ -138,7 +140,7 @@ class MethodConformance:
         assert set(back) == set(sd) and all(torch.equal(sd[k], back[k]) for k in sd)
         assert torch.equal(self.output(a), self.output(b))
 
-    def test_adapter_directory_round_trips(self, tmp_path):
+    def test_adapter_directory_round_trips(self, tmp_path: Path) -> None:
         from ..files.checkpoint import LoadedAdapter, save_adapter
         from ..training.modeling import attach_loaded
 
@@ -156,7 +158,7 @@ class MethodConformance:
         attach_loaded(fresh, LoadedAdapter(self.method, read_back, tensors, manifest))
         assert torch.equal(self.output(fresh), self.output(model))
 
-    def test_load_state_dict_refuses_a_wrong_shape(self):
+    def test_load_state_dict_refuses_a_wrong_shape(self) -> None:
         model, _ = self.attached()
         sd = self.method.state_dict(model)
         key = sorted(sd)[0]
@@ -164,7 +166,7 @@ class MethodConformance:
         with pytest.raises((InvalidInput, RuntimeError, ValueError)):
             self.method.load_state_dict(model, bad)
 
-    def test_check_tensors_refuses_wrong_shapes_and_dtypes(self):
+    def test_check_tensors_refuses_wrong_shapes_and_dtypes(self) -> None:
         """As ``push --base`` checks: with the base's header entries, in the model's own naming."""
         model, config = self.attached()
         sd = self.method.state_dict(model)
@@ -182,18 +184,19 @@ class PeftParity(MethodConformance):
     """Add to a method that peft implements: peft's own adapter (its ``adapter_config.json`` and tensors)
     loads into ours with the same outputs. Set ``peft_config``."""
 
-    def _peft_pair(self, dtype: torch.dtype = torch.float32):
+    def _peft_pair(self, dtype: torch.dtype = torch.float32) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor]]:
         """peft's model with a randomised adapter, its config as a dict and its tensors."""
         import peft
 
-        assert self.peft_config is not None, "set peft_config to the peft config class of the method"
-        theirs = peft.get_peft_model(self.build(dtype), type(self).peft_config(dict(self.options)))
+        assert type(self).peft_config is not None, "set peft_config to the peft config class of the method"
+        # through the class: a plain function set in a subclass body is not bound to self
+        theirs = peft.get_peft_model(self.build(dtype), cast(Any, type(self)).peft_config(dict(self.options)))
         randomise(theirs, seed=2)
         cfg = theirs.peft_config["default"].to_dict()
         tensors = peft.get_peft_model_state_dict(theirs)
         return theirs, cfg, tensors
 
-    def test_peft_adapter_loads_with_the_same_outputs(self):
+    def test_peft_adapter_loads_with_the_same_outputs(self) -> None:
         theirs, cfg, tensors = self._peft_pair()
         ours = self.build()
         config = self.method.from_peft_config({k: v for k, v in cfg.items() if v is not None})
@@ -211,7 +214,7 @@ class PeftMergeParity(PeftParity):
     bit for bit, in float32 and bfloat16."""
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-    def test_merge_equals_peft_merge_and_unload(self, dtype):
+    def test_merge_equals_peft_merge_and_unload(self, dtype: torch.dtype) -> None:
         assert "merge" in self.method.capabilities(), f"method {self.method.name} does not merge"
         theirs, cfg, tensors = self._peft_pair(dtype)
         base = {k: v.clone() for k, v in self.build(dtype).state_dict().items()}

