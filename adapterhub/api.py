@@ -2,6 +2,7 @@
 
     from adapterhub import api
     reg = api.open_registry()                       # ~/.adapterhub, or $ADAPTERHUB_HOME
+    info = reg.show("acme/bot@production")          # a VersionInfo (registry.entities): info.ref, info.files ...
     pub = api.push(reg, "./my-adapter", "acme/bot", base="./base-model")
     api.pull(reg, "acme/bot@production", "./out")
     handle = api.attach(model, "acme/bot@production")   # any method, base fingerprint checked

@@ -40,6 +40,19 @@ def test_a_version_with_lineage_evaluations_tags_and_a_base_round_trips(cli, hom
     assert parent.aliases == ("staging",) and parent.children[0].ref == "acme/b:1"
 
 
+def test_scripts_get_typed_versions_from_the_package_root(cli, home, tmp_path):
+    """``adapterhub.open_registry()`` (what the README's Python API shows) hands scripts the typed result."""
+    import adapterhub
+    from adapterhub.registry.entities import Edge, VersionInfo
+
+    cli("push", make_lora_dir(tmp_path / "a", seed=0), "acme/a")
+    cli("push", make_lora_dir(tmp_path / "b", seed=1), "acme/b", "--parent", "acme/a")
+    info = adapterhub.open_registry(str(home)).show("acme/b")
+    assert isinstance(info, VersionInfo) and info.ref == "acme/b:1" and info.method == "lora"
+    assert info.parents == (Edge("acme/a:1", adapterhub.open_registry(str(home)).show("acme/a").digest, "trained_from",
+                                 None, False),)
+
+
 def test_from_dict_refuses_what_is_not_a_version():
     from adapterhub.registry.entities import VersionInfo
 
