@@ -1,6 +1,7 @@
 """What every command module builds on, the built-in ones and plugins' (``register_commands``) alike: the
-root group :data:`cli`, the per-invocation :class:`App` and :data:`pass_app`, the ``--base`` type
-:data:`BASE`, and the output helpers (:func:`emit`, :func:`json_option`, :func:`format_table` ...).
+root group :data:`cli`, the per-invocation :class:`App` with :data:`pass_app` and :func:`pass_app_for_refs`, the
+parameter types :data:`BASE` and :data:`KEY_VALUE`, and the output helpers (:func:`emit`, :func:`json_option`,
+:func:`format_table` ...).
 
 Command modules import this module; :mod:`adapterhub.cli` imports them to assemble the CLI, so no command
 module imports the package that lists it. Importing it is cheap (click only): commands import the API
