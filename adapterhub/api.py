@@ -21,17 +21,22 @@ from .plugins import Plugins, get_plugins
 from .registry.blobs import Progress
 
 if TYPE_CHECKING:  # pragma: no cover - the registry module imports SQLAlchemy: loaded on use
+    from .files.fingerprint import Fingerprint
+    from .interfaces import BlobStore
+    from .registry.client import HttpRegistry
     from .registry.registry import ParentSpec, Published, Registry
 
 
-def open_store(url: str, plugins: Plugins | None = None):
+def open_store(url: str, plugins: Plugins | None = None) -> BlobStore:
     """A blob store for ``url`` from the store plugin registered for its scheme."""
     plugins = plugins or get_plugins()
     scheme = urlparse(url).scheme or "file"
     return plugins.get("stores", scheme).from_url(url)
 
 
-def open_registry(home: str | None = None, plugins: Plugins | None = None, remote: str | None = None) -> Registry:
+def open_registry(
+    home: str | None = None, plugins: Plugins | None = None, remote: str | None = None
+) -> Registry | HttpRegistry:
     """A registry: the named ``remote`` (a registry server's client for an ``http(s)://`` remote); else the one
     ``ADAPTERHUB_REGISTRY_DB`` + ``ADAPTERHUB_REGISTRY_STORE`` name; else the local one (SQLite + the ``file``
     store) under ``home``. Its refs may name ``remote`` (``team:acme/bot:3``), never another registry."""
@@ -85,7 +90,7 @@ def check_remote(spec: dict[str, str], plugins: Plugins | None = None) -> None:
         reg.close()
 
 
-def fingerprint(base_dir: str, home: str | None = None, progress: Progress | None = None):
+def fingerprint(base_dir: str, home: str | None = None, progress: Progress | None = None) -> Fingerprint:
     """The fingerprint of the base model in ``base_dir`` (or of a Hugging Face id ``ORG/NAME[@REVISION]``,
     see :func:`files.hub.resolve_base`), cached under the registry home."""
     from .files.fingerprint import fingerprint as _fp
@@ -162,7 +167,7 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
         source.cleanup()
 
 
-def pull(reg: Registry, ref: str, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def pull(reg: Registry | HttpRegistry, ref: str, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Write the files of version ``ref`` to ``out``, each verified by sha256 as it is read."""
     return reg.materialize(ref, out, force=force, progress=progress)
 

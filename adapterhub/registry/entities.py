@@ -112,7 +112,7 @@ class VersionInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VersionInfo:
         """Read :meth:`to_dict`'s form back (a ``KeyError`` or ``TypeError`` when it is not that)."""
-        nested = {"base": BaseModel.from_dict(d["base"]) if d["base"] else None,
+        nested: dict[str, Any] = {"base": BaseModel.from_dict(d["base"]) if d["base"] else None,
                   "files": tuple(FileInfo.from_dict(f) for f in d["files"]),
                   "parents": tuple(Edge.from_dict(e) for e in d["parents"]),
                   "children": tuple(Edge.from_dict(e) for e in d["children"]),
