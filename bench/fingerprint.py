@@ -68,7 +68,7 @@ def build(d: str, size_gb: float, shards: int) -> None:
         blob += b" " * (-len(blob) % 8)
         with open(os.path.join(d, fname), "wb") as f:
             f.write(struct.pack("<Q", len(blob)) + blob)
-            for name, shape in group:  # random bytes in 16 MiB pieces: the build stays small in memory
+            for _name, shape in group:  # random bytes in 16 MiB pieces: the build stays small in memory
                 left = nbytes(shape)
                 while left:
                     f.write(rng.bytes(min(left, 16 << 20)))

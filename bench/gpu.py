@@ -51,7 +51,7 @@ def cuda_or_exit() -> None:
         import torch
     except ImportError:
         print("bench/gpu.py: torch is not installed; nothing measured", file=sys.stderr)
-        raise SystemExit(NO_CUDA)
+        raise SystemExit(NO_CUDA) from None
     if not torch.cuda.is_available():
         build = "a CPU build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
         print(f"bench/gpu.py needs a CUDA GPU: torch {torch.__version__} ({build}) sees none here; nothing "

@@ -132,7 +132,7 @@ def bench_metadata(root: str, seconds: float, workers: int, versions: int) -> No
         client = MlflowClient(url)
         client.create_registered_model("bench")
         paths = []
-        for i, d in enumerate(dirs):
+        for d in dirs:
             with mlflow.start_run() as run:
                 mlflow.log_artifacts(d, artifact_path="adapter")
             mv = client.create_model_version("bench", f"runs:/{run.info.run_id}/adapter", run.info.run_id)

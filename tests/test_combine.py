@@ -255,7 +255,7 @@ def test_combined_adapter_output_equals_merged_sum_and_peft_loads_it(tmp_path):
 
     warnings.simplefilter("ignore")
     ins = []
-    for seed, opts in ((1, dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])),
+    for _seed, opts in ((1, dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])),
                        (2, dict(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj"], use_rslora=True))):
         m = tm.tiny_llama()
         eff = LORA.attach(m, LORA.make_config(dict(init_lora_weights=False, **opts)))

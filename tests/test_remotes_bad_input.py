@@ -8,6 +8,7 @@ import json
 import sqlite3
 
 import pytest
+import sqlalchemy.exc
 
 from conftest import assert_clean_error, make_lora_dir
 
@@ -102,7 +103,7 @@ def test_failed_replace_keeps_the_working_remote(cli, home, tmp_path):
     good = {"db": f"sqlite:///{tmp_path / 'team.db'}", "store": f"file://{tmp_path / 'store'}"}
     remotes.add_remote(str(home), "team", good["db"], good["store"], check=api.check_remote)
     before = (home / "config.json").read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # nothing listens on port 1
         remotes.add_remote(str(home), "team", "postgresql://postgres@127.0.0.1:1/test", "file:///x",
                            replace=True, check=api.check_remote)
     assert (home / "config.json").read_bytes() == before

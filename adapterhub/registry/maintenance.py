@@ -211,7 +211,7 @@ def check_out_registry(out: str, protected: list[tuple[str, str]]) -> None:
 
 def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
     """The ancestors and descendants of ``ref`` as ``{"root", "nodes", "edges"}``."""
-    l, v, a = t.lineage, t.versions, t.adapters
+    ln, v, a = t.lineage, t.versions, t.adapters
     with reg.read() as conn:
         root = reg.resolve(ref, conn)
         nodes: dict[str, dict[str, Any]] = {}
@@ -242,8 +242,8 @@ def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
             for _ in range(depth):
                 nxt = []
                 for vid in frontier:
-                    cond = l.c.child_id == vid if direction == "up" else l.c.parent_id == vid
-                    for e in conn.execute(sa.select(l).where(cond).order_by(l.c.position, l.c.id)):
+                    cond = ln.c.child_id == vid if direction == "up" else ln.c.parent_id == vid
+                    for e in conn.execute(sa.select(ln).where(cond).order_by(ln.c.position, ln.c.id)):
                         child = node(e.child_id, None, None)
                         parent = node(e.parent_id, e.parent_digest, e.parent_ref)
                         edges.append({"child": child, "parent": parent, "relation": e.relation,

@@ -408,11 +408,11 @@ class Registry(AliasOps, MaintenanceOps):
         return {k: val for k, val in b._mapping.items() if k != "created_at"} if b else None
 
     def _edges(self, conn: sa.Connection, where: Any, parent_side: bool) -> tuple[Edge, ...]:
-        l, v, a = t.lineage, t.versions, t.adapters
-        other = l.c.parent_id if parent_side else l.c.child_id
-        q = (sa.select(l, v.c.number, v.c.digest.label("vdigest"), a.c.name)
-             .select_from(l.outerjoin(v, v.c.id == other).outerjoin(a, a.c.id == v.c.adapter_id))
-             .where(where).order_by(l.c.position, l.c.id))
+        ln, v, a = t.lineage, t.versions, t.adapters
+        other = ln.c.parent_id if parent_side else ln.c.child_id
+        q = (sa.select(ln, v.c.number, v.c.digest.label("vdigest"), a.c.name)
+             .select_from(ln.outerjoin(v, v.c.id == other).outerjoin(a, a.c.id == v.c.adapter_id))
+             .where(where).order_by(ln.c.position, ln.c.id))
         out = []
         for r in conn.execute(q):
             digest = r.vdigest or r.parent_digest

@@ -208,7 +208,7 @@ def test_combine_linear_is_the_weighted_sum():
 def test_combine_linear_equals_peft_add_weighted_adapter(tmp_path):
     adapters = _two_llama_adapters()
     pm = None
-    for i, (opts, cfg, tensors) in enumerate(adapters):
+    for i, (_opts, cfg, tensors) in enumerate(adapters):
         d = tmp_path / f"a{i}"
         d.mkdir()
         oracle.write_peft_dir(d, IA3, cfg, tensors)

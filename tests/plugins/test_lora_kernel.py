@@ -121,10 +121,10 @@ def test_row_blocks_with_any_remainder_are_peft_bit_for_bit(ffo, min_rows, monke
         w = (torch.randn(rows, 48, generator=torch.Generator().manual_seed(rows)) * 0.02).to(torch.bfloat16)
         # fp32 zeros: the merged weight is the delta itself, so a sum rounded another way shows (in bf16 one
         # in ~65000 would)
-        for w in (w, torch.zeros(rows, 48)):
+        for base in (w, torch.zeros(rows, 48)):
             for s in (2.0, 0.75):
-                got = layer.merge_weight(w, a, b, s, ffo)
-                assert torch.equal(got, reference(w, a, b, s, ffo)), (rows, s, w.dtype)
+                got = layer.merge_weight(base, a, b, s, ffo)
+                assert torch.equal(got, reference(base, a, b, s, ffo)), (rows, s, base.dtype)
 
 
 def test_block_check_agrees_with_every_block_position():
