@@ -255,3 +255,20 @@ def test_the_guide_check_sees_a_changed_signature():
 
     mine = _members(ast.parse(textwrap.dedent(inspect.getsource(Changed))).body[0])
     assert mine["quantize"] != _members(_documented_classes()["Quantizer"])["quantize"]
+
+
+def test_the_guide_documents_the_toolkit_s_peft_rules_with_their_parameters():
+    """Each toolkit helper the guide's "PEFT's rules" section names exists in adapterhub.tuning with the
+    parameters the guide gives, and the section names every one of them and the default-target tables."""
+    from adapterhub import tuning
+
+    guide = _guide()
+    section = guide[guide.index("### PEFT's rules in the toolkit"):]
+    documented = dict(re.findall(r"`([a-z_]+)\(([a-z_, ]*)\)`", section))
+    for name in ("resolve_targets", "peft_default", "select_targets", "layer_kinds", "check_pattern",
+                 "pattern_value", "pattern_key", "exact_pattern_key", "adapter_dtype", "upcast_adapter"):
+        assert name in documented, f"the guide's toolkit section does not document `{name}(...)`"
+    for name, params in documented.items():
+        assert params == ", ".join(inspect.signature(getattr(tuning, name)).parameters), name
+    for table in ("LORA_TARGETS", "VERA_TARGETS", "IA3_TARGETS", "IA3_FEEDFORWARD"):
+        assert f"`{table}`" in section and isinstance(getattr(tuning, table), dict)

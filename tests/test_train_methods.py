@@ -92,3 +92,28 @@ def test_methods_train_seq_cls_on_minilm(cli, tmp_path, method, sets):
     labels = json.load(open(os.path.join(d["out"], "adapterhub.json")))["labels"]
     got = _reloaded_eval_loss(minilm_path(), "seq-cls", d["out"], ev, labels)
     assert abs(got - d["metrics"]["eval_loss"]) < 1e-4
+
+
+@pytest.mark.parametrize("method,peft_config", [("vera", "VeraConfig"), ("loha", "LoHaConfig"),
+                                                ("lokr", "LoKrConfig")])
+def test_unset_target_modules_take_peft_s_default_for_the_model_type(cli, tmp_path, llama_base, method,
+                                                                      peft_config):
+    """`--method vera|loha|lokr` without target_modules on a Llama adapts what peft adapts without one (its
+    TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING: q_proj, v_proj), and records it in the saved config."""
+    import peft
+    from safetensors.torch import load_file
+
+    from adapterhub.training.modeling import load_base_model
+
+    data = write_jsonl(tmp_path / "t.jsonl", causal_rows(4))
+    r = cli("train", "--base", llama_base, "--method", method, "--task", "causal-lm", "--data", data,
+            "--out", tmp_path / "a", "--max-steps", "1", "--set", "r=4", "--json")
+    assert r.exit_code == 0, r.output
+    out = r.json()["out"]
+    assert json.load(open(os.path.join(out, "adapter_config.json")))["target_modules"] == ["q_proj", "v_proj"]
+    theirs = peft.get_peft_model(load_base_model(llama_base, "causal-lm"), getattr(peft, peft_config)(r=4))
+    wrapped = {n for n, m in theirs.base_model.model.named_modules() if hasattr(m, "base_layer")}
+    assert wrapped == {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")}
+    keys = [k for k in load_file(os.path.join(out, "adapter_model.safetensors")) if k.startswith("base_model.model.")]
+    owners = [{p for p in wrapped if k.startswith(f"base_model.model.{p}.")} for k in keys]
+    assert all(len(o) == 1 for o in owners) and set().union(*owners) == wrapped, keys

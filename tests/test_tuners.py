@@ -242,8 +242,8 @@ def test_candidates_all_linear_and_select_targets():
     with pytest.raises(InvalidInput, match=r"target_modules \['nope'\] matched no module of the model; "
                                            r"candidates: classifier, lm_head, q_proj, v_proj"):
         tuners.select_targets(model, ["nope"], exclude=[], **kw)
-    with pytest.raises(InvalidInput, match=r"matched 'layers.0.norm', a LayerNorm; foo wraps only Linear and "
-                                           r"Conv1D layers \(candidates: classifier"):
+    with pytest.raises(InvalidInput, match=r"matched 'layers.0.norm', a LayerNorm; foo wraps only Linear layers "
+                                           r"\(candidates: classifier"):
         tuners.select_targets(model, ["norm"], exclude=[], **kw)
     with pytest.raises(InvalidInput, match="target_modules 'all-linear' matched no module of the model; cand"):
         tuners.select_targets(nn.Sequential(nn.ReLU()), "all-linear", exclude=[], **kw)
@@ -251,6 +251,18 @@ def test_candidates_all_linear_and_select_targets():
     with pytest.raises(InvalidInput, match=r"target_modules 'q_proj' matched no module of the model \(one string "
                                            r"is a regular expression over the full module path.*'\.\*q_proj'\)"):
         tuners.select_targets(model, "q_proj", exclude=[], **kw)
+
+
+def test_select_targets_says_what_the_method_wraps_from_its_types_or_wraps():
+    model = Tiny()
+    kw = dict(method="foo", exclude=[], task_type=None)
+    with pytest.raises(InvalidInput, match=r"a LayerNorm; foo wraps only Linear and Conv1D layers \(cand"):
+        tuners.select_targets(model, ["norm"], types=tuners.linear_types(), **kw)
+    with pytest.raises(InvalidInput, match=r"a LayerNorm; foo wraps only Linear, Conv1D and Embedding layers"):
+        tuners.select_targets(model, ["norm"], types=tuners.linear_types() + (nn.Embedding,), **kw)
+    with pytest.raises(InvalidInput, match=r"a LayerNorm; foo adapts attention projections \(candidates: "):
+        tuners.select_targets(model, ["norm"], types=LINEAR, wraps="foo adapts attention projections", **kw)
+    assert tuners.layer_kinds((nn.Linear,)) == "Linear layers"
 
 
 def test_match_modules_names_the_field_and_what_the_method_adapts():
@@ -416,3 +428,58 @@ def test_saved_copy_for_the_streaming_merge():
     with pytest.raises(InvalidInput, match=r"'base_model.model.head.weight' has shape \(2, 3\), base 'head.weight' "
                                            r"has \(3, 2\)"):
         tuners.saved_copy("head.weight", torch.zeros(3, 2), tensors)
+
+
+# -- peft's tables, pattern rule and adapter dtype -----------------------------------------------------------
+def test_default_target_tables_are_peft_s():
+    from peft.utils import constants as pc
+
+    for ours, theirs in ((tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING),
+                         (tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING),
+                         (tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING),
+                         (tuners.VERA_TARGETS, pc.TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING),
+                         (tuners.IA3_TARGETS, pc.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING),
+                         (tuners.IA3_FEEDFORWARD, pc.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING)):
+        assert ours and all(theirs[kind] == names for kind, names in ours.items())
+    assert tuners.VERA_TARGETS["phi"] != tuners.LORA_TARGETS["phi"]
+
+
+def test_pattern_value_is_peft_s_get_pattern_key_and_exact_keys_match_one_module():
+    from peft.utils.other import get_pattern_key
+
+    pattern = {"q_proj": 4, r"layers\.1\.v_proj": 2, "v_proj": 6}
+    for path in ("layers.0.q_proj", "layers.1.v_proj", "layers.0.v_proj", "layers.0.k_proj", "xq_proj"):
+        assert tuners.pattern_key(pattern, path) == get_pattern_key(pattern.keys(), path)
+        assert tuners.pattern_value(pattern, path, 8) == pattern.get(get_pattern_key(pattern.keys(), path), 8)
+    assert tuners.pattern_value(pattern, "layers.1.v_proj", 8) == 2 and tuners.pattern_value({}, "a", 8) == 8
+    key = tuners.exact_pattern_key("layers.1.q_proj")
+    assert tuners.pattern_value({key: 3}, "layers.1.q_proj", 8) == 3
+    assert tuners.pattern_value({key: 3}, "layers.1xq_proj", 8) == 8  # the dots are literal
+
+
+@pytest.mark.parametrize("pattern,integer,message", [
+    ([("a", 1)], True, "rank_pattern must be a mapping {regex: value}, got list"),
+    ({"a": 0}, True, "rank_pattern['a'] must be a positive integer, got 0"),
+    ({"a": 1.5}, True, "rank_pattern['a'] must be a positive integer, got 1.5"),
+    ({"a": True}, False, "rank_pattern['a'] must be a positive number, got True"),
+    ({"(a": 1}, False, "rank_pattern: '(a' is not a valid regular expression"),
+    ({"(a+)*": 1}, True, "rank_pattern: '(a+)*' repeats a group"),
+])
+def test_check_pattern_refuses_bad_keys_and_values_in_one_line(pattern, integer, message):
+    with pytest.raises(ValueError) as err:
+        tuners.check_pattern(pattern, "rank_pattern", integer=integer)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_check_pattern_keeps_a_good_pattern_and_reads_none_as_empty():
+    assert tuners.check_pattern({"q_proj": 2.5}, "alpha_pattern") == {"q_proj": 2.5}
+    assert tuners.check_pattern(None, "alpha_pattern") == {}
+
+
+def test_adapter_dtype_is_peft_s_autocast_rule():
+    assert [tuners.adapter_dtype(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                              torch.int8)] == [torch.float32, torch.float32, torch.float32,
+                                                               torch.float64, torch.float32]
+    assert tuners.adapter_dtype() == torch.float32
+    assert tuners.upcast_adapter(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert tuners.upcast_adapter(torch.ones(2, dtype=torch.float64)).dtype == torch.float64

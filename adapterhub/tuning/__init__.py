@@ -5,7 +5,12 @@
 * :class:`TunerMethod`: a :class:`~adapterhub.method.Method` whose torch side lives in one module of its
   plugin, imported on first use; it also turns a dict into the method's config.
 * **Selecting modules** with PEFT's rules (target names / regex / ``all-linear``, ``modules_to_save`` suffixes,
-  PEFT's per-model-type defaults, ``fan_in_fan_out`` for Conv1D) and the "effective config differs" warning.
+  PEFT's per-model-type defaults, ``fan_in_fan_out`` for Conv1D) and the "effective config differs" warning;
+  PEFT's default-target tables (:mod:`.targets`: ``LORA_TARGETS``, ``VERA_TARGETS``, ``IA3_TARGETS``,
+  ``IA3_FEEDFORWARD``).
+* **Adapter dtypes**: PEFT's ``autocast_adapter_dtype`` rule (:func:`adapter_dtype`, :func:`upcast_adapter`).
+* **Per-module value patterns** (:mod:`.patterns`): PEFT's ``rank_pattern`` / ``alpha_pattern`` key rule, its
+  lookup and validation.
 * **Attach bookkeeping**: :class:`Attached`, the record of what an attach changed, kept on the model under a
   plugin-chosen attribute; freezing and restoring ``requires_grad``; the trainable ``modules_to_save`` copies;
   wrapping modules; the ``base_model.model.`` key layout; strict state-dict loading; the merge of a saved copy.
@@ -52,6 +57,8 @@ from .config import (  # noqa: F401
     task_type_field,
 )
 from .placements import PLACEMENTS, Placement, Site, adapter_width  # noqa: F401
+from .patterns import check_pattern, exact_pattern_key, pattern_key, pattern_value  # noqa: F401
+from .targets import IA3_FEEDFORWARD, IA3_TARGETS, LORA_TARGETS, VERA_TARGETS  # noqa: F401
 from .quantized import (  # noqa: F401
     bitsandbytes, from_conv1d, has_quantized_layers, no_cpu_packing, quantized_layer_types,
 )
@@ -138,6 +145,25 @@ def _conv1d() -> type | None:
     except Exception:  # pragma: no cover - transformers is part of the torch extra
         return None
     return Conv1D
+
+
+# -- adapter dtypes (PEFT's ``autocast_adapter_dtype=True``, its default; torch imported on call) -------------
+def adapter_dtype(base_dtype: "torch.dtype | None" = None) -> "torch.dtype":
+    """The dtype of an adapter's parameters: PEFT creates them in the base layer's dtype, then upcasts
+    float16/bfloat16 to float32 (half-precision adapters train badly). ``None`` (a method that keeps its
+    adapters in float32 whatever the base, as LoRA's module does here) and a non-float base give float32."""
+    import torch
+
+    if base_dtype is None or base_dtype in (torch.float16, torch.bfloat16) or not base_dtype.is_floating_point:
+        return torch.float32
+    return base_dtype
+
+
+def upcast_adapter(tensor: "torch.Tensor") -> "torch.Tensor":
+    """A stored adapter tensor as PEFT holds it after loading: float16/bfloat16 become float32, the rest stay."""
+    import torch
+
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 # -- selecting modules (PEFT's rules) ----------------------------------------------------------------------
@@ -228,10 +254,11 @@ def match_modules(
 
 def select_targets(
     model: "nn.Module", target_modules: Any, *, types: tuple[type, ...], method: str, exclude: list[str],
-    task_type: str | None,
+    task_type: str | None, wraps: str | None = None,
 ) -> list[str]:
-    """PEFT's ``target_modules`` selection for a method that wraps Linear/Conv1D layers (``types``):
-    ``all-linear`` or :func:`match_modules`, minus the ``modules_to_save`` in ``exclude``."""
+    """PEFT's ``target_modules`` selection for a method that wraps layers of ``types``: ``all-linear`` or
+    :func:`match_modules`, minus the ``modules_to_save`` in ``exclude``. ``wraps`` says what the method adapts
+    when a target is of another type (default: "<method> wraps only <types' names> layers")."""
     def candidates() -> list[str]:
         return candidate_names(model, types)
 
@@ -242,27 +269,42 @@ def select_targets(
         return matched
     return match_modules(
         model, target_modules, types=types, field="target_modules", exclude=exclude, candidates=candidates,
-        wraps=f"{method} wraps only Linear and Conv1D layers",
+        wraps=wraps if wraps is not None else f"{method} wraps only {layer_kinds(types)}",
     )
 
 
+def layer_kinds(types: tuple[type, ...]) -> str:
+    """``types`` in words, for messages: ``"Linear layers"``, ``"Linear and Conv1D layers"``."""
+    names = [t.__name__ for t in types]
+    return (f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]) + " layers"
+
+
 def resolve_targets(model: "nn.Module", config: Any, method: str, *, types: tuple[type, ...] | None = None,
-                    required: bool = False) -> tuple[Any, list[str], list[str]]:
+                    required: bool = False, defaults: Mapping[str, list[str]] | None = None,
+                    changes: list[str] | None = None) -> tuple[Any, list[str], list[str]]:
     """The usual ``resolve`` of a method that wraps layers (for :func:`attach_wrappers`): ``(effective config,
     the paths ``config.target_modules`` selects among ``types`` (default: ``nn.Linear``), the
-    ``modules_to_save`` paths)``, with PEFT's SEQ_CLS heads added to ``modules_to_save``. ``required``: refuse
-    an empty ``target_modules`` (a method PEFT gives no default targets)."""
+    ``modules_to_save`` paths)``, with PEFT's SEQ_CLS heads added to ``modules_to_save``. An unset
+    ``target_modules`` takes PEFT's default for the model type from ``defaults`` (a table of :mod:`.targets`;
+    recorded in ``changes``, for :func:`warn_changes`) or, with ``required``, is refused (a method PEFT gives no
+    default targets)."""
     if types is None:
         from torch import nn
 
         types = (nn.Linear,)
-    if config.target_modules is None and required:
+    target_modules = config.target_modules
+    if target_modules is None and defaults is not None:
+        target_modules = peft_default(model, defaults, field="target_modules", method=method,
+                                      changes=[] if changes is None else changes,
+                                      hint=lambda: f"candidates: {', '.join(candidate_names(model, types))}")
+    elif target_modules is None and required:
         raise InvalidInput(f"{method} needs target_modules (peft has no default for it), e.g. "
                            "target_modules=q_proj,v_proj or all-linear")
     mts = with_seq_cls_heads(config.modules_to_save, config.task_type)
-    targets = select_targets(model, config.target_modules, types=types, method=method, exclude=mts,
+    targets = select_targets(model, target_modules, types=types, method=method, exclude=mts,
                              task_type=config.task_type)
-    return dataclasses.replace(config, modules_to_save=mts), targets, modules_to_save_paths(model, mts)
+    return (dataclasses.replace(config, target_modules=target_modules, modules_to_save=mts), targets,
+            modules_to_save_paths(model, mts))
 
 
 def _nothing_matched(field: str, pattern: Any, candidates: Callable[[], list[str]]) -> InvalidInput:

@@ -29,11 +29,11 @@ CLI can import it for ``--help``.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidInput
+from .patterns import exact_pattern_key
 
 HOWS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 #: ``how``s that sparsify and so need ``density``
@@ -182,7 +182,7 @@ def low_rank_factored(As: Sequence[Any], Bs: Sequence[Any], rank: int):
     return _pad_rank(new_a.to(dtype), new_b.to(dtype), rank)
 
 
-def unit_scaling_ranks(ranks: dict[str, Any], key: Callable[[str], str] = re.escape) -> dict[str, Any]:
+def unit_scaling_ranks(ranks: dict[str, Any], key: Callable[[str], str] = exact_pattern_key) -> dict[str, Any]:
     """LoRA config fields for factors whose product is the update itself (scaling 1 in every module), given
     each module's actual rank ``{module path: rank}``: ``r`` is the most common rank, ``lora_alpha = r``, and
     the modules of another rank get it in ``rank_pattern`` *and* ``alpha_pattern`` (keys ``key(path)``, an

@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterhub import tuning as tuners
+
 #: adapter parameter dtype (as PEFT's default ``autocast_adapter_dtype`` does for LoRA)
-ADAPTER_DTYPE = torch.float32
+ADAPTER_DTYPE = tuners.adapter_dtype()
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "swish": F.silu,
                "tanh": torch.tanh, "leakyrelu": F.leaky_relu}

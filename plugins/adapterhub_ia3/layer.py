@@ -16,22 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adapterhub import tuning as tuners
 from adapterhub.tuning import in_out_features, is_conv1d  # noqa: F401  (re-exported)
-
-_UPCAST = (torch.float16, torch.bfloat16)
-
-
-def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    """PEFT moves the vector to the base dtype, then upcasts float16/bfloat16 to float32."""
-    if base_dtype in _UPCAST or not base_dtype.is_floating_point:
-        return torch.float32
-    return base_dtype
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """A stored vector as PEFT holds it after loading (float16/bfloat16 become float32)."""
-    return t.float() if t.dtype in _UPCAST else t
-
 
 # -- merge maths (shared by the module and the streaming merge) -----------------------------------------
 def merge_weight(weight: torch.Tensor, ia3_l: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
@@ -66,7 +52,7 @@ class IA3Linear(nn.Module):
         value = torch.randn(shape)  # PEFT draws first, then overwrites with ones for the default init
         if init_ia3_weights:
             nn.init.constant_(value, 1.0)
-        self.ia3_l = nn.Parameter(value.to(device=weight.device, dtype=adapter_dtype(weight.dtype)))
+        self.ia3_l = nn.Parameter(value.to(device=weight.device, dtype=tuners.adapter_dtype(weight.dtype)))
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads `.weight` of its projections

@@ -19,8 +19,8 @@ from adapterhub.errors import InvalidInput
 from adapterhub.tuning import PEFT_PREFIX as PREFIX
 from adapterhub.tuning import Attached  # what attach changed, kept on the model
 
-from .config import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, IA3Config
-from .layer import IA3Linear, merge_bias, merge_weight, upcast
+from .config import IA3Config
+from .layer import IA3Linear, merge_bias, merge_weight
 
 SUFFIX = ".ia3_l"
 _STATE_ATTR = "_adapterhub_ia3"
@@ -39,13 +39,13 @@ def resolve(model: nn.Module, config: IA3Config) -> tuple[IA3Config, list[str], 
     target_modules = config.target_modules
     if target_modules is None or target_modules == []:
         target_modules = tuners.peft_default(
-            model, DEFAULT_TARGETS, field="target_modules", method="ia3", changes=changes,
+            model, tuners.IA3_TARGETS, field="target_modules", method="ia3", changes=changes,
             hint=lambda: f"candidates: {', '.join(candidate_names(model))}",
         )
     feedforward = config.feedforward_modules
     if feedforward is None:
         feedforward = tuners.peft_default(
-            model, DEFAULT_FEEDFORWARD, field="feedforward_modules", method="ia3", changes=changes,
+            model, tuners.IA3_FEEDFORWARD, field="feedforward_modules", method="ia3", changes=changes,
             hint="a subset of target_modules, or [] for none",
         )
     matched = tuners.select_targets(
@@ -112,7 +112,7 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
     key = f"{PREFIX}{path}{SUFFIX}"
     if param not in ("weight", "bias") or key not in tensors:
         return None
-    ia3_l = upcast(tensors[key].to(base.device))  # as PEFT holds it after loading
+    ia3_l = tuners.upcast_adapter(tensors[key].to(base.device))  # as PEFT holds it after loading
     feedforward = config.is_feedforward(path)
     ffo = config.fan_in_fan_out
     if param == "bias":
@@ -186,7 +186,7 @@ def combine(
                 saved_from[key] = i
                 out[key] = value.detach().clone()
                 continue
-            value = upcast(value.detach())
+            value = tuners.upcast_adapter(value.detach())
             if key not in out:
                 out[key] = torch.zeros_like(value)
             elif out[key].shape != value.shape:

@@ -17,7 +17,7 @@ class LoHaConfig:
     alpha: float = field(default=8, metadata={"help": "scaling numerator: ΔW is multiplied by alpha / r"})
     target_modules: Any = tuners.target_modules_field(
         "Linear layers to adapt: a list of names (exact path or suffix), a regex over the full path, or "
-        "'all-linear'; required (peft has no default for LoHa)")
+        "'all-linear'; unset: peft's default for the model type")
     modules_to_save: list = tuners.modules_to_save_field()
     task_type: Any = tuners.task_type_field()
     init_weights: bool = field(default=True, metadata={

@@ -56,8 +56,16 @@ def attached(model: nn.Module, method: str | None = None) -> tuners.Attached:
 
 def attach(model: nn.Module, config: LoHaConfig, method: str = "loha") -> LoHaConfig:
     return tuners.attach_wrappers(
-        model, _SLOT, method, lambda m: tuners.resolve_targets(m, config, "loha", required=True),
+        model, _SLOT, method, lambda m: resolve(m, config),
         lambda cfg, path, module: LoHaLinear(module, cfg.r, cfg.scaling, cfg.init_weights))
+
+
+def resolve(model: nn.Module, config: LoHaConfig) -> tuple[LoHaConfig, list[str], list[str]]:
+    """``(effective config, target paths, modules_to_save paths)``; unset targets: peft's LoHa table (LoRA's)."""
+    changes: list[str] = []
+    resolved = tuners.resolve_targets(model, config, "loha", defaults=tuners.LORA_TARGETS, changes=changes)
+    tuners.warn_changes("loha", changes)
+    return resolved
 
 
 def detach(model: nn.Module, method: str | None = None) -> None:

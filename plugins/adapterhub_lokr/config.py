@@ -21,7 +21,7 @@ class LoKrConfig:
         "help": "split each dimension into two factors, one as close to this as possible; -1: near its square root"})
     target_modules: Any = tuners.target_modules_field(
         "Linear layers to adapt: a list of names (exact path or suffix), a regex over the full path, or "
-        "'all-linear'; required (peft has no default for LoKr)")
+        "'all-linear'; unset: peft's default for the model type")
     modules_to_save: list = tuners.modules_to_save_field()
     task_type: Any = tuners.task_type_field()
     init_weights: bool = field(default=True, metadata={

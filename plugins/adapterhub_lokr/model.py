@@ -57,9 +57,16 @@ def attached(model: nn.Module, method: str | None = None) -> tuners.Attached:
 
 
 def attach(model: nn.Module, config: LoKrConfig, method: str = "lokr") -> LoKrConfig:
-    return tuners.attach_wrappers(model, _SLOT, method,
-                                  lambda m: tuners.resolve_targets(m, config, "lokr", required=True),
+    return tuners.attach_wrappers(model, _SLOT, method, lambda m: resolve(m, config),
                                   lambda cfg, path, module: LoKrLinear(module, cfg))
+
+
+def resolve(model: nn.Module, config: LoKrConfig) -> tuple[LoKrConfig, list[str], list[str]]:
+    """``(effective config, target paths, modules_to_save paths)``; unset targets: peft's LoKr table (LoRA's)."""
+    changes: list[str] = []
+    resolved = tuners.resolve_targets(model, config, "lokr", defaults=tuners.LORA_TARGETS, changes=changes)
+    tuners.warn_changes("lokr", changes)
+    return resolved
 
 
 def detach(model: nn.Module, method: str | None = None) -> None:

@@ -27,7 +27,6 @@ from adapterhub.errors import InvalidInput
 
 from .config import LoraConfig
 from .model import PREFIX
-from .multi import rank_pattern_key
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
@@ -100,7 +99,7 @@ def combine(adapters: list[tuple[LoraConfig, dict[str, torch.Tensor]]], weights:
 
 
 def _result_config(configs: list[LoraConfig], paths: list[str], ranks: dict[str, int]) -> LoraConfig:
-    unit = cmb.unit_scaling_ranks(ranks, key=rank_pattern_key)  # scaling 1 everywhere
+    unit = cmb.unit_scaling_ranks(ranks)  # scaling 1 everywhere
     first = configs[0]
     same_targets = all(c.target_modules == first.target_modules for c in configs) and all(
         not c.rank_pattern and not c.alpha_pattern for c in configs)

@@ -7,42 +7,11 @@ This module does not import torch.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
-
-#: PEFT's default ``target_modules`` per ``model_type`` (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``),
-#: used when ``target_modules`` is left empty; the common subset.
-DEFAULT_TARGETS: dict[str, list[str]] = {
-    "t5": ["q", "v"],
-    "mt5": ["q", "v"],
-    "bart": ["q_proj", "v_proj"],
-    "gpt2": ["c_attn"],
-    "bloom": ["query_key_value"],
-    "opt": ["q_proj", "v_proj"],
-    "gptj": ["q_proj", "v_proj"],
-    "gpt_neox": ["query_key_value"],
-    "gpt_neo": ["q_proj", "v_proj"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "llama": ["q_proj", "v_proj"],
-    "gpt_bigcode": ["c_attn"],
-    "falcon": ["query_key_value"],
-    "mistral": ["q_proj", "v_proj"],
-    "mixtral": ["q_proj", "v_proj"],
-    "stablelm": ["q_proj", "v_proj"],
-    "phi": ["q_proj", "v_proj", "fc1", "fc2"],
-    "gemma": ["q_proj", "v_proj"],
-    "gemma2": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
-}
 
 INIT_CHOICES = (True, False, "gaussian")
 
@@ -89,17 +58,8 @@ class LoraConfig:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         self.target_modules = tuners.check_module_names(self.target_modules, "target_modules")
         tuners.check_flags(self, "use_rslora", "use_dora", "fan_in_fan_out")
-        for name, kind in (("rank_pattern", int), ("alpha_pattern", (int, float))):
-            pattern = getattr(self, name)
-            if pattern is None:
-                setattr(self, name, {})
-                continue
-            if not isinstance(pattern, dict):
-                raise ValueError(f"{name} must be a mapping {{regex: value}}, got {type(pattern).__name__}")
-            for key, value in pattern.items():
-                tuners.check_regex(key, name)
-                if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-                    raise ValueError(f"{name}[{key!r}] must be a positive {'integer' if kind is int else 'number'}")
+        self.rank_pattern = tuners.check_pattern(self.rank_pattern, "rank_pattern", integer=True)
+        self.alpha_pattern = tuners.check_pattern(self.alpha_pattern, "alpha_pattern")
         self.modules_to_save = tuners.check_modules_to_save(self.modules_to_save)
         if self.bias != "none":
             raise ValueError(f"bias={self.bias!r} is not supported; only 'none' (biases stay frozen)")
@@ -111,12 +71,10 @@ class LoraConfig:
 
     # -- per-module values (PEFT's rank_pattern / alpha_pattern semantics) -----------------------------
     def rank_for(self, module_path: str) -> int:
-        key = _pattern_key(self.rank_pattern, module_path)
-        return self.rank_pattern.get(key, self.r)
+        return tuners.pattern_value(self.rank_pattern, module_path, self.r)
 
     def alpha_for(self, module_path: str) -> float:
-        key = _pattern_key(self.alpha_pattern, module_path)
-        return self.alpha_pattern.get(key, self.lora_alpha)
+        return tuners.pattern_value(self.alpha_pattern, module_path, self.lora_alpha)
 
     def scaling_for(self, module_path: str) -> float:
         """``alpha / r`` (or ``alpha / sqrt(r)`` with rsLoRA), computed exactly as PEFT does."""
@@ -124,14 +82,6 @@ class LoraConfig:
 
         r, alpha = self.rank_for(module_path), self.alpha_for(module_path)
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
-
-
-def _pattern_key(patterns: dict, module_path: str) -> str:
-    """PEFT's ``get_pattern_key``: the first key ``k`` with ``re.match(rf"(.*\\.)?({k})$", path)``."""
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module_path):
-            return key
-    return module_path
 
 
 # -- PEFT adapter_config.json ------------------------------------------------------------------------

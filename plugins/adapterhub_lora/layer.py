@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterhub import tuning as tuners
 from adapterhub.tuning import in_out_features, is_conv1d  # noqa: F401  (re-exported)
 
-#: adapter parameter dtype (PEFT upcasts fp16/bf16 adapters to fp32 by default)
-ADAPTER_DTYPE = torch.float32
+#: adapter parameter dtype: float32 whatever the base (PEFT upcasts fp16/bf16 adapters to fp32 by default)
+ADAPTER_DTYPE = tuners.adapter_dtype()
 
 
 def transpose(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:

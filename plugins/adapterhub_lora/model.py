@@ -21,7 +21,7 @@ from adapterhub.errors import InvalidInput
 from adapterhub.tuning import PEFT_PREFIX as PREFIX
 from adapterhub.tuning import Attached  # what attach changed, kept on the model
 
-from .config import DEFAULT_TARGETS, LoraConfig, check_factors
+from .config import LoraConfig, check_factors
 from .layer import LoraLinear, merge_weight, row_kernel
 
 STATE_ATTR = "_adapterhub_lora"  # lora, dora (and methods built on them) share one slot
@@ -40,7 +40,7 @@ def resolve(model: nn.Module, config: LoraConfig) -> tuple[LoraConfig, list[str]
     target_modules = config.target_modules
     if target_modules is None or target_modules == []:
         target_modules = tuners.peft_default(
-            model, DEFAULT_TARGETS, field="target_modules", method="lora", changes=changes,
+            model, tuners.LORA_TARGETS, field="target_modules", method="lora", changes=changes,
             hint=lambda: f"candidates: {', '.join(candidate_names(model))}",
         )
     matched = tuners.select_targets(

@@ -19,7 +19,6 @@ are buffers (no gradients), dropout is off, DoRA gains are computed once at atta
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -436,7 +435,3 @@ def attach_routed(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, t
     model.__dict__[_MULTI_ATTR] = Multi("routed", [e for e, _ in resolved], paths, flags)
     return [e for e, _ in resolved]
 
-
-def rank_pattern_key(path: str) -> str:
-    """A ``rank_pattern``/``alpha_pattern`` key that matches exactly the module ``path``."""
-    return re.escape(path)

@@ -23,7 +23,7 @@ class VeraConfig:
                 "so it uses higher ranks than LoRA)"})
     target_modules: Any = tuners.target_modules_field(
         "Linear/Conv1D layers to adapt: a list of names (exact path or suffix), a regex over the full path, or "
-        "'all-linear'; required")
+        "'all-linear'; unset: peft's default for the model type")
     projection_prng_key: int = field(default=0, metadata={
         "help": "seed of the generator that draws the shared projections A and B (kaiming-uniform, on the CPU)"})
     save_projection: bool = field(default=True, metadata={

@@ -97,10 +97,9 @@ def delta_weight(lambda_b: torch.Tensor, lambda_d: torch.Tensor, vera_a: torch.T
 
 def resolve(model: nn.Module, config: VeraConfig) -> tuple[VeraConfig, list[str], list[str]]:
     """``(effective config, target paths, modules_to_save paths)``; ``fan_in_fan_out`` follows the targets."""
-    if config.target_modules is None:
-        raise InvalidInput("vera needs target_modules, e.g. target_modules=q_proj,v_proj or all-linear")
-    effective, targets, saved = tuners.resolve_targets(model, config, "vera", types=tuners.linear_types())
     changes: list[str] = []
+    effective, targets, saved = tuners.resolve_targets(model, config, "vera", types=tuners.linear_types(),
+                                                       defaults=tuners.VERA_TARGETS, changes=changes)
     ffo = tuners.fan_in_fan_out(model, targets, config.fan_in_fan_out, method="vera", changes=changes)
     tuners.warn_changes("vera", changes)
     return dataclasses.replace(effective, fan_in_fan_out=ffo), targets, saved

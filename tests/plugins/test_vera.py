@@ -147,7 +147,6 @@ def test_a_tuner_wide_tensor_the_merge_never_reads_is_refused(cli, tmp_path, pef
 
 @pytest.mark.parametrize("sets,needle", [
     (["r=0"], "r must be a positive integer, got 0"),
-    ([], "vera needs target_modules"),
     (["vera_dropout=1"], "vera_dropout must be a number in [0, 1)"),
     (["projection_prng_key=x"], "projection_prng_key must be an integer seed"),
     (["target_modules=embed_tokens,q_proj"], "matched 'model.embed_tokens', a Embedding; vera wraps only Linear"),
@@ -220,3 +219,12 @@ def test_merge_refuses_tensors_that_do_not_fit_the_base():
     assert not torch.equal(VERA.merge_tensor(name, weight, sd, config), weight)
     with pytest.raises(InvalidInput, match="do not fit base 'model.layers.0.mlp.down_proj.weight'"):
         VERA.merge_tensor(name, weight, dict(sd, **{VERA_A: torch.zeros(4, 32)}), config)
+
+
+def test_unset_target_modules_on_an_unknown_model_type_is_one_line_with_candidates():
+    model = tm.tiny_llama()
+    model.config.model_type = "mystery"
+    with pytest.raises(InvalidInput, match=r"no default vera target_modules for model type 'mystery'; set "
+                                           r"target_modules \(candidates: .*q_proj"):
+        VERA.attach(model, VERA.make_config({"r": 2}))
+    assert "_adapterhub_vera" not in model.__dict__
