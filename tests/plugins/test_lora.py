@@ -273,7 +273,11 @@ def test_unknown_config_key_is_refused():
         ({"lora_dropout": 1.5}, "lora_dropout"),
         ({"target_modules": "("}, "not a valid regular expression"),
         ({"bias": "all"}, "bias='all' is not supported"),
-        ({"rank_pattern": {"q": -1}}, "rank_pattern"),
+        ({"rank_pattern": {"q": -1}}, r"^invalid lora config: rank_pattern\['q'\] must be a positive integer, got -1$"),
+        ({"rank_pattern": {"q": 2.0}}, r"rank_pattern\['q'\] must be a positive integer, got 2.0$"),
+        ({"alpha_pattern": {"q": "8"}}, r"alpha_pattern\['q'\] must be a positive number, got '8'$"),
+        ({"alpha_pattern": ["q"]}, r"alpha_pattern must be a mapping \{regex: value\}, got list$"),
+        ({"alpha_pattern": {"q(": 8}}, r"alpha_pattern: 'q\(' is not a valid regular expression"),
     ],
 )
 def test_invalid_config_values_are_refused(values, match):
@@ -332,3 +336,20 @@ def test_merge_with_wrong_fan_in_fan_out_is_refused():
         LORA.merge_tensor("transformer.h.0.mlp.c_fc.weight", base, tensors, wrong)
     assert LORA.merge_tensor("transformer.h.0.mlp.c_fc.weight", base, tensors, effective).shape == base.shape
     assert LORA.merge_tensor("transformer.h.0.mlp.c_fc.bias", base, tensors, effective) is None
+
+
+def test_rank_and_alpha_patterns_pick_peft_s_values_per_module():
+    """The toolkit's pattern rule as the LoRA module uses it: the first matching key wins, the rest take r /
+    lora_alpha; the ranks and scalings attached are peft's for the same config."""
+    opts = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+            "rank_pattern": {r"layers\.1\.self_attn\.q_proj": 2, "q_proj": 6}, "alpha_pattern": {"v_proj": 3}}
+    ours, theirs = tm.tiny_llama(), peft.get_peft_model(tm.tiny_llama(), peft.LoraConfig(**opts))
+    LORA.attach(ours, LORA.make_config(opts))
+    for i in range(2):
+        for name in ("q_proj", "v_proj"):
+            path = f"model.layers.{i}.self_attn.{name}"
+            mine, peft_layer = ours.get_submodule(path), theirs.base_model.model.get_submodule(path)
+            assert mine.lora_A.weight.shape == peft_layer.lora_A["default"].weight.shape
+            assert mine.scaling == peft_layer.scaling["default"]
+    assert ours.get_submodule("model.layers.1.self_attn.q_proj").lora_A.weight.shape[0] == 2
+    assert ours.get_submodule("model.layers.0.self_attn.q_proj").lora_A.weight.shape[0] == 6
