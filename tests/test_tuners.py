@@ -288,14 +288,15 @@ def test_peft_default_and_seq_cls_heads_record_their_changes():
 
     changes = []
     assert tuners.with_seq_cls_heads(["x", "x"], None, changes) == ["x"] and changes == []
-    assert tuners.with_seq_cls_heads(["score"], "SEQ_CLS", changes) == ["score", "classifier"]
-    assert changes == ["modules_to_save += ['classifier'] (task_type SEQ_CLS trains the head, as PEFT does)"]
-    assert tuners.with_seq_cls_heads([], "SEQ_CLS") == ["classifier", "score"]  # no record asked for
+    assert tuners.with_seq_cls_heads(["score"], "SEQ_CLS", changes) == ["score", "classifier", "pre_classifier"]
+    assert changes == [
+        "modules_to_save += ['classifier', 'pre_classifier'] (task_type SEQ_CLS trains the head, as PEFT does)"]
+    assert tuners.with_seq_cls_heads([], "SEQ_CLS") == ["classifier", "score", "pre_classifier"]  # no record asked for
 
 
 def test_modules_to_save_paths():
     model = Tiny()
-    assert tuners.modules_to_save_paths(model, ["classifier", "score"]) == ["classifier"]  # heads may be absent
+    assert tuners.modules_to_save_paths(model, ["classifier", "score", "pre_classifier"]) == ["classifier"]  # heads may be absent
     assert tuners.modules_to_save_paths(model, ["layers.0", "q_proj"]) == ["layers.0", "layers.1.q_proj"]
     assert tuners.modules_to_save_paths(model, ["norm"]) == ["layers.0.norm", "layers.1.norm"]
     with pytest.raises(InvalidInput, match=r"modules_to_save \['pooler'\] matched no module of the model"):

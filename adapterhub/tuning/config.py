@@ -12,8 +12,10 @@ from ..errors import InvalidInput
 
 #: ``target_modules`` shorthand for every Linear/Conv1D layer except the output head (PEFT's)
 ALL_LINEAR = "all-linear"
-#: PEFT adds these heads to ``modules_to_save`` for ``task_type="SEQ_CLS"`` (``PeftModelForSequenceClassification``)
-SEQ_CLS_HEADS = ["classifier", "score"]
+#: PEFT adds these heads to ``modules_to_save`` for ``task_type="SEQ_CLS"`` (``PeftModelForSequenceClassification``;
+#: ``CLASSIFIER_MODULE_NAMES`` since peft 0.22, which added DistilBERT's randomly initialised ``pre_classifier`` — a
+#: name ``classifier`` already matched as a suffix; peft 0.21 and before wrote only the first two). Any may be absent.
+SEQ_CLS_HEADS = ["classifier", "score", "pre_classifier"]
 #: PEFT's task types
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from adapterhub.errors import InvalidInput
 from adapterhub.tuning import PEFT_PREFIX as PREFIX
+from adapterhub.tuning import SEQ_CLS_HEADS
 
 from . import layout as L
 
@@ -217,7 +218,7 @@ def _lora(cfg: dict, name: str, tensors: dict) -> tuple[str, dict, dict]:
 
 
 #: a sequence-classification head: trained and saved as PEFT's SEQ_CLS does (the effective config's names)
-SEQ_CLS = {"task_type": "SEQ_CLS", "modules_to_save": ["classifier", "score"]}
+SEQ_CLS = {"task_type": "SEQ_CLS", "modules_to_save": list(SEQ_CLS_HEADS)}
 
 
 # -- the prediction head ---------------------------------------------------------------------------------------

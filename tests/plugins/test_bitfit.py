@@ -137,9 +137,9 @@ def test_merge_tensor_leaves_other_tensors_and_checks_shape():
 def test_seq_cls_head_is_trained_and_saved():
     model = tm.tiny_bert_seq_cls()
     cfg = BITFIT.make_config({"task_type": "SEQ_CLS"})
-    with pytest.warns(UserWarning, match=r"modules_to_save \+= \['classifier', 'score'\]"):
+    with pytest.warns(UserWarning, match=r"modules_to_save \+= \['classifier', 'score', 'pre_classifier'\]"):
         effective = BITFIT.attach(model, cfg)
-    assert cfg.modules_to_save == [] and effective.modules_to_save == ["classifier", "score"]
+    assert cfg.modules_to_save == [] and effective.modules_to_save == ["classifier", "score", "pre_classifier"]
     assert BITFIT.effective_config(model) == effective
     original_head = model.classifier.weight.detach().clone()
     _randomise(model)

@@ -301,7 +301,7 @@ def test_effective_config_and_user_config_untouched():
     model = tm.tiny_bert_seq_cls()
     eff = BN.attach(model, cfg)
     assert cfg.target_layers is None and cfg.non_linearity is None and cfg.modules_to_save == []
-    assert eff.non_linearity == "relu" and eff.modules_to_save == ["classifier", "score"]  # SeqBnConfig's relu
+    assert eff.non_linearity == "relu" and eff.modules_to_save == ["classifier", "score", "pre_classifier"]  # SeqBnConfig's relu
     assert eff.target_layers == r"(?:.*\.)?\d+\.(?:output\.dense)"
     assert BN.effective_config(model) == eff
     assert BN.make_config({}).non_linearity is None and BN.attach(tm.tiny_llama(), {}).non_linearity == "swish"

@@ -446,8 +446,8 @@ def test_effective_config_is_reported_and_user_config_untouched():
     cfg = PT.make_config(SEQ_CLS)
     effective = PT.attach(tm.tiny_bert_seq_cls(), cfg)
     assert cfg.token_dim is None and cfg.modules_to_save == []
-    assert effective.modules_to_save == ["classifier", "score"] and effective.token_dim == 32
-    assert PT.to_peft_config(effective)["modules_to_save"] == ["classifier", "score"]
+    assert effective.modules_to_save == ["classifier", "score", "pre_classifier"] and effective.token_dim == 32
+    assert PT.to_peft_config(effective)["modules_to_save"] == ["classifier", "score", "pre_classifier"]
 
 
 def test_importing_the_plugin_does_not_import_torch():
