@@ -39,7 +39,7 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, cast
 
 from ..errors import InvalidInput
 from ..files.peft_keys import PEFT_PREFIX  # noqa: F401  (plugins import it from here)
@@ -215,7 +215,7 @@ def peft_default(
     """PEFT's default ``field`` for the model's type from ``table``, recorded in ``changes``; refused (with
     ``hint``, a string or a callable giving one) for a model type the table does not know."""
     kind = model_type(model)
-    if kind not in table:
+    if kind is None or kind not in table:
         raise InvalidInput(
             f"no default {method} {field} for model type {kind!r}; set {field} ({hint() if callable(hint) else hint})"
         )
@@ -450,8 +450,9 @@ def attach_wrappers(
     effective, targets, saved_paths = resolve(model)
     flags = freeze(model)
     for path in targets:
-        wrapper = make(effective, path, model.get_submodule(path))  # keeps the module as `base_layer`
-        wrapper.train(wrapper.base_layer.training)  # new modules start in train mode; follow the model's
+        base = model.get_submodule(path)
+        wrapper = make(effective, path, base)  # keeps the module as `base_layer`
+        wrapper.train(base.training)  # new modules start in train mode; follow the model's
         set_submodule(model, path, wrapper)
     saved = train_copies(model, saved_paths)
     model.__dict__[slot] = Attached(method, effective, saved, flags, targets)
@@ -462,7 +463,7 @@ def detach_wrappers(model: "nn.Module", slot: str, method: str | None, *, family
     """Undo :func:`attach_wrappers`: the original modules, ``modules_to_save`` and ``requires_grad`` flags."""
     state = attached(model, slot, method, family=family)
     for path in state.targets:
-        set_submodule(model, path, model.get_submodule(path).base_layer)
+        set_submodule(model, path, cast("nn.Module", model.get_submodule(path).base_layer))
     release(model, slot, state)
 
 

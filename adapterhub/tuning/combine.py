@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import InvalidInput
 from .patterns import exact_pattern_key
+
+if TYPE_CHECKING:  # torch is imported where the maths runs
+    import torch
 
 HOWS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 #: ``how``s that sparsify and so need ``density``
@@ -86,7 +89,7 @@ def check_options(how: str, n: int, weights: Sequence[float] | None = None, dens
 
 
 # -- tensor maths (PEFT's merge_utils semantics) -------------------------------------------------------------
-def module_generator(seed: int, key: str):
+def module_generator(seed: int, key: str) -> torch.Generator:
     """A CPU ``torch.Generator`` for one module: seeded from sha256(f"{seed}:{key}") (63 bits)."""
     import torch
 
@@ -94,7 +97,7 @@ def module_generator(seed: int, key: str):
     return torch.Generator().manual_seed(value)
 
 
-def magnitude_trim(t, density: float):
+def magnitude_trim(t: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the ``int(density · numel)`` entries of largest magnitude, zero the rest (PEFT's
     ``magnitude_based_pruning``; ``density >= 1`` keeps everything)."""
     import torch
@@ -107,7 +110,7 @@ def magnitude_trim(t, density: float):
     return t * mask.reshape(t.shape)
 
 
-def dare_drop(t, density: float, generator):
+def dare_drop(t: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
     """Drop each entry with probability ``1 - density`` and rescale the survivors by ``1/density``
     (PEFT's ``random_pruning(rescale=True)``; ``density >= 1`` keeps everything). The mask is
     ``torch.bernoulli(full(density), generator=generator)`` drawn on the CPU."""
@@ -119,7 +122,7 @@ def dare_drop(t, density: float, generator):
     return t * mask / density
 
 
-def elect_sign_mask(stacked):
+def elect_sign_mask(stacked: torch.Tensor) -> torch.Tensor:
     """Stacked task tensors (n, ...) -> bool mask of the entries whose sign equals the elected sign,
     ``+1`` where the sum over tasks is >= 0 else ``-1`` (PEFT's ``calculate_majority_sign_mask``, "total")."""
     import torch
@@ -128,7 +131,7 @@ def elect_sign_mask(stacked):
     return stacked.sign() == elected
 
 
-def disjoint_mean(weighted, mask):
+def disjoint_mean(weighted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over tasks of the entries kept by ``mask`` (PEFT's ``disjoint_merge``; 0 where none is kept)."""
     import torch
 
@@ -136,14 +139,16 @@ def disjoint_mean(weighted, mask):
 
 
 def combine_dense(tasks: Sequence[Any], weights: Sequence[float], how: str, density: float | None = None,
-                  generator: Any = None):
+                  generator: Any = None) -> torch.Tensor:
     """Combine dense task tensors of one shape into one tensor (``linear``/``svd``/``cat``: ``Σ w_i t_i``)."""
     import torch
 
     w = torch.tensor(list(weights), dtype=tasks[0].dtype, device=tasks[0].device)
     if how in ("ties", "magnitude_prune"):
+        assert density is not None, f"{how} needs a density (check_options gives one)"
         tasks = [magnitude_trim(t, density) for t in tasks]
     elif how in RANDOM:
+        assert density is not None, f"{how} needs a density (check_options gives one)"
         tasks = [dare_drop(t, density, generator) for t in tasks]
     stacked = torch.stack(list(tasks), dim=0)
     weighted = stacked * w.view((-1,) + (1,) * (stacked.dim() - 1))
@@ -152,7 +157,7 @@ def combine_dense(tasks: Sequence[Any], weights: Sequence[float], how: str, dens
     return weighted.sum(dim=0)
 
 
-def low_rank(delta, rank: int):
+def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The best rank-``rank`` approximation of ``delta`` (out, in) as LoRA factors ``(A (k, in), B (out, k))``
     with ``B @ A ≈ delta``, ``B = U_k · S_k``, ``A = Vh_k``; computed in float64, returned in ``delta``'s
     dtype; padded with zero rows/columns when ``rank`` exceeds ``min(out, in)``."""
@@ -164,7 +169,7 @@ def low_rank(delta, rank: int):
     return _pad_rank(a.to(delta.dtype), b.to(delta.dtype), rank)
 
 
-def low_rank_factored(As: Sequence[Any], Bs: Sequence[Any], rank: int):
+def low_rank_factored(As: Sequence[Any], Bs: Sequence[Any], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`low_rank` for ``delta = Σ B_i @ A_i`` given as factors (A_i (r_i, in), B_i (out, r_i)),
     without forming ``delta``: QR of the concatenated factors, then an SVD of the small (R, R) core.
     Exact (to rounding) when ``rank >= Σ r_i``."""
@@ -196,7 +201,7 @@ def unit_scaling_ranks(ranks: dict[str, Any], key: Callable[[str], str] = exact_
     return {"r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern)}
 
 
-def _pad_rank(a, b, rank: int):
+def _pad_rank(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     k = a.shape[0]

@@ -68,7 +68,7 @@ def check_regex(pattern: str, what: str) -> None:
         raise ValueError(f"{what}: a regular expression of at most {MAX_REGEX_LENGTH} characters is expected, "
                          f"got {str(pattern)[:40]!r}{'...' if len(str(pattern)) > 40 else ''}")
     try:
-        from re import _parser
+        from re import _parser  # type: ignore[attr-defined]  # (the parser re itself uses)
 
         parsed = _parser.parse(pattern)
         re.compile(pattern)
@@ -86,7 +86,7 @@ def check_regex(pattern: str, what: str) -> None:
 def _unbounded_repeats(items: list, inside: bool) -> int:
     """How many repeats of more than one item ``items`` (a parsed regex) holds; -1 for one nested in a
     repeat (``inside``), or alternatives inside one."""
-    from re import _constants as c
+    from re import _constants as c  # type: ignore[attr-defined]
 
     total = 0
     for op, av in items:
