@@ -1,12 +1,12 @@
 """The Python API: what the CLI calls. Opening registries, push, pull, fingerprints.
 
-    from adapterhub import api
-    reg = api.open_registry()                       # ~/.adapterhub, or $ADAPTERHUB_HOME
-    info = reg.show("acme/bot@production")          # a VersionInfo (registry.entities): info.ref, info.files ...
-    pub = api.push(reg, "./my-adapter", "acme/bot", base="./base-model")
-    api.pull(reg, "acme/bot@production", "./out")
-    handle = api.attach(model, "acme/bot@production")   # any method, base fingerprint checked
-    handle.detach()
+from adapterhub import api
+reg = api.open_registry()                       # ~/.adapterhub, or $ADAPTERHUB_HOME
+info = reg.show("acme/bot@production")          # a VersionInfo (registry.entities): info.ref, info.files ...
+pub = api.push(reg, "./my-adapter", "acme/bot", base="./base-model")
+api.pull(reg, "acme/bot@production", "./out")
+handle = api.attach(model, "acme/bot@production")   # any method, base fingerprint checked
+handle.detach()
 """
 
 from __future__ import annotations
@@ -50,13 +50,19 @@ def open_registry(
     if spec and "url" in spec:
         from .registry.client import HttpRegistry
 
-        return HttpRegistry(spec["url"], remotes.token_for(home, remote or "", spec), label=remote or "server",
-                            remote=remote, remotes=names)
+        return HttpRegistry(
+            spec["url"],
+            remotes.token_for(home, remote or "", spec),
+            label=remote or "server",
+            remote=remote,
+            remotes=names,
+        )
     if spec:
         from .registry.registry import Registry
 
-        return Registry(spec["db"], open_store(spec["store"], plugins), label=remote or "team", remote=remote,
-                        remotes=names)
+        return Registry(
+            spec["db"], open_store(spec["store"], plugins), label=remote or "team", remote=remote, remotes=names
+        )
     return local_registry(home, plugins)
 
 
@@ -68,8 +74,12 @@ def local_registry(home: str | None = None, plugins: Plugins | None = None) -> R
     from .registry.registry import Registry
 
     home = config.home_dir(home)
-    return Registry(config.local_db_url(home), open_store("file://" + home, plugins), label="local",
-                    remotes=partial(remotes.remote_names, home))
+    return Registry(
+        config.local_db_url(home),
+        open_store("file://" + home, plugins),
+        label="local",
+        remotes=partial(remotes.remote_names, home),
+    )
 
 
 def check_remote(spec: dict[str, str], plugins: Plugins | None = None) -> None:
@@ -96,8 +106,11 @@ def fingerprint(base_dir: str, home: str | None = None, progress: Progress | Non
     from .files.fingerprint import fingerprint as _fp
     from .files.hub import resolve_base
 
-    return _fp(resolve_base(base_dir).path, cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"),
-               progress=progress)
+    return _fp(
+        resolve_base(base_dir).path,
+        cache_dir=config.cache_dir(config.home_dir(home), "fingerprints"),
+        progress=progress,
+    )
 
 
 def check_base(expected: str | None, actual: str, base_dir: str, hint: str | None = None) -> None:
@@ -110,10 +123,21 @@ def check_base(expected: str | None, actual: str, base_dir: str, hint: str | Non
         )
 
 
-def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases: Iterable[str] = (),
-         tags: dict[str, str] | None = None, parents: Iterable[ParentSpec] = (), import_bin: bool = False,
-         home: str | None = None, plugins: Plugins | None = None, progress: Progress | None = None,
-         hash_progress: Progress | None = None) -> Published:
+def push(
+    reg: Registry,
+    src: str,
+    name: str,
+    *,
+    base: str | None = None,
+    aliases: Iterable[str] = (),
+    tags: dict[str, str] | None = None,
+    parents: Iterable[ParentSpec] = (),
+    import_bin: bool = False,
+    home: str | None = None,
+    plugins: Plugins | None = None,
+    progress: Progress | None = None,
+    hash_progress: Progress | None = None,
+) -> Published:
     """Register the adapter directory ``src`` (or the PEFT adapter repo ``hf://ORG/NAME[@REVISION]``, with an
     ``imported_from`` edge naming its commit) as a version of ``name``."""
     from .files.hub import HF_SCHEME
@@ -124,12 +148,26 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
 
         with staged_adapter(src, import_bin) as (staged, hub):
             # the commit, not the branch or tag asked for: the same upstream files give the same version
-            edge = ParentSpec("imported_from", ref=f"{HF_SCHEME}{hub.hub_id}@{hub.revision_sha}",
-                              details={"repo": hub.hub_id, "revision": hub.revision_sha})
+            edge = ParentSpec(
+                "imported_from",
+                ref=f"{HF_SCHEME}{hub.hub_id}@{hub.revision_sha}",
+                details={"repo": hub.hub_id, "revision": hub.revision_sha},
+            )
             try:
-                return push(reg, staged, name, base=base, aliases=aliases, tags=tags, parents=[edge, *parents],
-                            import_bin=import_bin, home=home, plugins=plugins, progress=progress,
-                            hash_progress=hash_progress)
+                return push(
+                    reg,
+                    staged,
+                    name,
+                    base=base,
+                    aliases=aliases,
+                    tags=tags,
+                    parents=[edge, *parents],
+                    import_bin=import_bin,
+                    home=home,
+                    plugins=plugins,
+                    progress=progress,
+                    hash_progress=hash_progress,
+                )
             except AdapterhubError as exc:  # name the repo, not the scratch copy
                 text = str(exc).replace(staged, src)
                 raise type(exc)(text if src in text else f"{src}: {text}") from None
@@ -161,13 +199,24 @@ def push(reg: Registry, src: str, name: str, *, base: str | None = None, aliases
             manifest.setdefault("format", source.format)
         from .registry.gates import alias_guard
 
-        return reg.publish(name, manifest, source.files, parents=parents, aliases=aliases, tags=tags,
-                           base=base_info or None, progress=progress, alias_guard=alias_guard() if aliases else None)
+        return reg.publish(
+            name,
+            manifest,
+            source.files,
+            parents=parents,
+            aliases=aliases,
+            tags=tags,
+            base=base_info or None,
+            progress=progress,
+            alias_guard=alias_guard() if aliases else None,
+        )
     finally:
         source.cleanup()
 
 
-def pull(reg: Registry | HttpRegistry, ref: str, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def pull(
+    reg: Registry | HttpRegistry, ref: str, out: str, force: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
     """Write the files of version ``ref`` to ``out``, each verified by sha256 as it is read."""
     return reg.materialize(ref, out, force=force, progress=progress)
 
@@ -194,8 +243,15 @@ class AttachedAdapter:
         self.method.detach(self.model)
 
 
-def attach(model: Any, source: str, *, base: str | None = None, allow_base_mismatch: bool = False,
-           home: str | None = None, plugins: Plugins | None = None) -> AttachedAdapter:
+def attach(
+    model: Any,
+    source: str,
+    *,
+    base: str | None = None,
+    allow_base_mismatch: bool = False,
+    home: str | None = None,
+    plugins: Plugins | None = None,
+) -> AttachedAdapter:
     """Attach a stored adapter to ``model`` in place, for any method, as peft's ``PeftModel.from_pretrained``
     does for its own: ``source`` is an adapter directory (native or PEFT) or a registry ref
     (``acme/chat@production``, ``team:acme/chat:3``; pulled and verified first).
@@ -233,8 +289,10 @@ def attach(model: Any, source: str, *, base: str | None = None, allow_base_misma
     if expected and not allow_base_mismatch:
         base = base or _loaded_from(model)
         if base is None:
-            raise InvalidInput(f"cannot check the base of {ref or source}: the model was not loaded from a directory; "
-                               "pass base=DIR (its weights) or allow_base_mismatch=True")
+            raise InvalidInput(
+                f"cannot check the base of {ref or source}: the model was not loaded from a directory; "
+                "pass base=DIR (its weights) or allow_base_mismatch=True"
+            )
         from .files.hub import resolve_base
 
         resolved = resolve_base(base)

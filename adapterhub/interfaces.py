@@ -66,8 +66,9 @@ class Quantizer:
         values = dict(values or {})
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise InvalidInput(f"unknown {self.name} option(s) {', '.join(unknown)}; "
-                               f"valid keys: {', '.join(sorted(fields)) or 'none'}")
+            raise InvalidInput(
+                f"unknown {self.name} option(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields)) or 'none'}"
+            )
         return {**fields, **values}
 
     def options_from_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,24 +76,28 @@ class Quantizer:
         record's values of the :meth:`option_fields`, through :meth:`make_options`."""
         return self.make_options({f["name"]: record[f["name"]] for f in self.option_fields() if f["name"] in record})
 
-    def quantize(self, model_dir: str, out_dir: str, *, force: bool = False, home: str | None = None,
-                 **options: Any) -> dict[str, Any]:
+    def quantize(
+        self, model_dir: str, out_dir: str, *, force: bool = False, home: str | None = None, **options: Any
+    ) -> dict[str, Any]:
         """Write the transformers model in ``model_dir`` quantized to ``out_dir`` (a directory that
         ``from_pretrained`` loads quantized; ``force``: replace an existing ``out_dir``; ``home``: the registry
         home, for its fingerprint cache). Returns ``{"out", "quantization": record, "files", "bytes",
         "source_bytes"}``."""
         raise InvalidInput(f"quantizer '{self.name}' cannot write a quantized model directory")
 
-    def load_model(self, base_dir: str, task: str | None, labels: list[str] | None = None,
-                   options: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def load_model(
+        self, base_dir: str, task: str | None, labels: list[str] | None = None, options: Mapping[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         """The base model in ``base_dir`` for ``task`` (``"causal-lm"``, ``"seq-cls"`` with ``labels``; ``None``:
         the checkpoint's own class), quantized as it loads; returns ``(model, record)``."""
         raise InvalidInput(f"quantizer '{self.name}' cannot load a base model quantized (for training)")
 
     def base_transform(self, record: Mapping[str, Any]) -> BaseTransform:
         """The round trip of the weights ``record`` says were quantized (merging onto the dequantized base)."""
-        raise InvalidInput(f"quantizer '{self.name}' cannot reproduce its quantization, so an adapter trained on "
-                           "its base merges only with --onto original")
+        raise InvalidInput(
+            f"quantizer '{self.name}' cannot reproduce its quantization, so an adapter trained on "
+            "its base merges only with --onto original"
+        )
 
     def prepare_training(self, model: Any) -> None:
         """Called by ``train`` after the method attached its adapter to a base :meth:`load_model` loaded, before

@@ -11,7 +11,6 @@ import dataclasses
 from typing import Any, ClassVar, Mapping
 
 from .errors import AdapterhubError, InvalidInput, PluginError
-
 from .files.safetensors_header import FLOAT_DTYPES
 
 
@@ -151,8 +150,9 @@ class Method:
         raise PluginError(f"method '{self.name}' ({type(self).__name__}) does not implement detach")
 
     # -- optional ------------------------------------------------------------------------------
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
-                     inplace: bool = False) -> Any:
+    def merge_tensor(
+        self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *, inplace: bool = False
+    ) -> Any:
         """Return ``base_tensor`` with the adapter merged in, or ``None`` if the adapter does not touch
         it. Used by the streaming merge, one base tensor at a time. With ``inplace=True`` the caller owns
         ``base_tensor`` (a scratch buffer) and the method may merge into it and return it, sparing a
@@ -162,8 +162,15 @@ class Method:
             f"method '{self.name}' cannot merge into base weights; export it and load it at run time instead"
         )
 
-    def row_merger(self, name: str, shape: tuple[int, ...], dtype: Any, adapter_tensors: dict[str, Any], config: Any,
-                   blocks: list[tuple[int, int]]) -> Any:
+    def row_merger(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        adapter_tensors: dict[str, Any],
+        config: Any,
+        blocks: list[tuple[int, int]],
+    ) -> Any:
         """Optional fast path of the streaming merge: a function ``merge(block, i, j)`` that merges rows
         ``i:j`` of base tensor ``name`` (``shape``; ``block`` is a ``(j - i, ...)`` CPU tensor of ``dtype``;
         ``(i, j)`` is one of ``blocks``, the row ranges the writer will pass, in any order) in place, bit for
@@ -172,8 +179,9 @@ class Method:
         stay in cache from read to write."""
         return None
 
-    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str,
-                **options: Any) -> tuple[Any, dict[str, Any]]:
+    def combine(
+        self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any
+    ) -> tuple[Any, dict[str, Any]]:
         """Combine several adapters of this method into a new ``(config, tensors)``."""
         raise AdapterhubError(f"method '{self.name}' cannot combine adapters")
 
@@ -199,5 +207,10 @@ def overridden(obj: Any, base: type, attr: str) -> bool:
 
 
 #: (capability, the Method hook that provides it): a method has it when its class overrides the hook
-_CAPABILITIES = (("merge", "merge_tensor"), ("row-merge", "row_merger"), ("combine", "combine"),
-                 ("stack", "attach_stack"), ("route", "attach_routed"))
+_CAPABILITIES = (
+    ("merge", "merge_tensor"),
+    ("row-merge", "row_merger"),
+    ("combine", "combine"),
+    ("stack", "attach_stack"),
+    ("route", "attach_routed"),
+)

@@ -44,8 +44,10 @@ class Metric(Protocol):
 def check_metric(obj: Any, plugin: str = "?") -> Metric:
     """``obj`` if it keeps the contract, else a :class:`PluginError` naming the plugin."""
     if not isinstance(obj, Metric) or not callable(getattr(obj, "compute", None)):
-        raise PluginError(f"plugin '{plugin}' registered metric {getattr(obj, 'name', obj)!r} without "
-                          "name, higher_is_better and compute(predictions, references)")
+        raise PluginError(
+            f"plugin '{plugin}' registered metric {getattr(obj, 'name', obj)!r} without "
+            "name, higher_is_better and compute(predictions, references)"
+        )
     if not isinstance(obj.higher_is_better, bool):
         raise PluginError(f"metric '{obj.name}' (plugin '{plugin}'): higher_is_better must be True or False")
     return obj
@@ -73,8 +75,9 @@ def primary_of(metrics: Sequence[tuple[str, Metric]]) -> Metric:
     return metrics[0][1]
 
 
-def score(metrics: Sequence[tuple[str, Metric]], predictions: Sequence[str],
-          references: Sequence[str]) -> dict[str, float]:
+def score(
+    metrics: Sequence[tuple[str, Metric]], predictions: Sequence[str], references: Sequence[str]
+) -> dict[str, float]:
     """``{name: value}`` of every metric on the pairs; a metric that returns no finite number is a
     :class:`PluginError` naming its plugin (a NaN would poison the stored evaluation and the gate)."""
     if len(predictions) != len(references):

@@ -32,10 +32,10 @@ PUBLIC_MODULES: dict[str, str] = {
     "adapterhub.method": "Method, the contract of a PEFT method",
     "adapterhub.interfaces": "the other contracts: Quantizer, Format, BlobStore, Tracker (and Method, Metric)",
     "adapterhub.tuning": "the toolkit of method plugins: targets, attach bookkeeping, combine maths, placements, "
-                         "quantized layers",
+    "quantized layers",
     "adapterhub.tuning.combine": "the combine maths on ΔW (cat, linear, svd, TIES, DARE): a method's combine",
     "adapterhub.infra": "the helpers of store, format and quantizer plugins: digests, output directories, "
-                        "base-model checks, exporting stored versions",
+    "base-model checks, exporting stored versions",
     "adapterhub.api": "the Python API (registries, push, pull, fingerprints)",
     "adapterhub.registry.entities": "the registry's typed results (VersionInfo ...), what show and the API return",
     "adapterhub.testing": "tiny models and the conformance suite, for a plugin's tests",
@@ -48,9 +48,13 @@ KINDS = ("methods", "quantizers", "formats", "stores", "trackers", "metrics")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 #: kind -> (its contract, whether plugins register the class rather than an instance); metrics are checked where
 #: they are scored (:func:`adapterhub.metrics.check_metric`), a structural contract with its own messages
-CONTRACTS: dict[str, tuple[type, bool]] = {"methods": (Method, False), "quantizers": (Quantizer, False),
-                                            "formats": (Format, False), "stores": (BlobStore, True),
-                                            "trackers": (Tracker, True)}
+CONTRACTS: dict[str, tuple[type, bool]] = {
+    "methods": (Method, False),
+    "quantizers": (Quantizer, False),
+    "formats": (Format, False),
+    "stores": (BlobStore, True),
+    "trackers": (Tracker, True),
+}
 
 
 def check_contract(kind: str, obj: Any, plugin: str) -> str:
@@ -61,8 +65,11 @@ def check_contract(kind: str, obj: Any, plugin: str) -> str:
         contract, as_class = CONTRACTS[kind]
         ok = isinstance(obj, type) and issubclass(obj, contract) if as_class else isinstance(obj, contract)
         if not ok:
-            expected = f"a subclass of {contract.__module__}.{contract.__name__}" if as_class else \
-                f"an instance of {contract.__module__}.{contract.__name__}"
+            expected = (
+                f"a subclass of {contract.__module__}.{contract.__name__}"
+                if as_class
+                else f"an instance of {contract.__module__}.{contract.__name__}"
+            )
             raise PluginError(f"plugin '{plugin}' registered a {what} ({obj!r}) that is not {expected}")
         if kind == "methods" and not dataclasses.is_dataclass(obj.config_class):
             raise PluginError(f"plugin '{plugin}' registered method {obj.name!r} whose config_class is not a dataclass")
@@ -104,8 +111,11 @@ class Plugins:
                     module = ep.load()
                 except Exception as exc:  # a broken plugin must not break the tool: warn and skip it
                     self.failed[ep.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    warnings.warn(f"plugin '{ep.name}' ({ep.value}) failed to load and is skipped: "
-                                  f"{self.failed[ep.name]}", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"plugin '{ep.name}' ({ep.value}) failed to load and is skipped: {self.failed[ep.name]}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                     continue
                 self.pm.register(module, name=ep.name)
         for name, module in self._extra.items():

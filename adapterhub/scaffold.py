@@ -16,7 +16,7 @@ from string import Template
 
 from .errors import InvalidInput
 
-_PYPROJECT = '''\
+_PYPROJECT = """\
 [build-system]
 requires = ["setuptools>=64"]
 build-backend = "setuptools.build_meta"
@@ -37,7 +37,7 @@ packages = ["$package"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
-'''
+"""
 
 _INIT = '''\
 """adapterhub plugin: the ``$method`` method, a learned scale on the outputs of the targeted Linear layers.
@@ -194,7 +194,7 @@ class Test${Class}(MethodConformance):
     model = "llama"
 '''
 
-_README = '''\
+_README = """\
 # $dist
 
 The `$method` method for [adapterhub](https://github.com/adapterhub): a learned scale on the outputs of the
@@ -207,7 +207,7 @@ adapterhub methods          # lists $method
 pytest                      # the conformance suite
 adapterhub train --method $method --base BASE --data DATA.jsonl --out OUT
 ```
-'''
+"""
 
 _FILES = {
     "pyproject.toml": _PYPROJECT,
@@ -223,16 +223,23 @@ def names_for(directory: str, method: str) -> dict[str, str]:
     """The distribution, package and class names a plugin in ``directory`` gets (from its last component)."""
     dist = os.path.basename(os.path.normpath(directory))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dist or ""):
-        raise InvalidInput(f"{directory}: the directory's name {dist!r} cannot name a Python distribution "
-                           "(letters, digits, '.', '_', '-')")
+        raise InvalidInput(
+            f"{directory}: the directory's name {dist!r} cannot name a Python distribution "
+            "(letters, digits, '.', '_', '-')"
+        )
     package = re.sub(r"[^a-z0-9]+", "_", dist.lower()).strip("_")
     if not package.startswith("adapterhub_"):
         package = "adapterhub_" + package
     if not re.fullmatch(r"[a-z][a-z0-9_]*", method or "") or keyword.iskeyword(method):
-        raise InvalidInput(f"--method {method!r}: a method name is lowercase letters, digits and '_', "
-                           "starting with a letter")
-    return {"dist": dist, "package": package, "method": method,
-            "Class": "".join(part.capitalize() for part in method.split("_"))}
+        raise InvalidInput(
+            f"--method {method!r}: a method name is lowercase letters, digits and '_', starting with a letter"
+        )
+    return {
+        "dist": dist,
+        "package": package,
+        "method": method,
+        "Class": "".join(part.capitalize() for part in method.split("_")),
+    }
 
 
 def init_plugin(directory: str, method: str) -> list[str]:

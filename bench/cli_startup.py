@@ -47,9 +47,12 @@ def populate(home: str, n: int) -> float:
         with open(src, "w") as f:
             f.write(f'{{"i": {i}}}')
         digest, size = hash_file(src)
-        reg.publish(f"bench/adapter-{i % max(1, n // 50):04d}", {"method": "lora", "config": {"r": 8}},
-                    [LocalFile("adapter_config.json", src, digest, size)],
-                    aliases=["production"] if i % 97 == 0 else ())
+        reg.publish(
+            f"bench/adapter-{i % max(1, n // 50):04d}",
+            {"method": "lora", "config": {"r": 8}},
+            [LocalFile("adapter_config.json", src, digest, size)],
+            aliases=["production"] if i % 97 == 0 else (),
+        )
     return time.perf_counter() - t
 
 
@@ -74,19 +77,31 @@ def main() -> None:
         lst = best(ah + ["list"], args.repeat, env)
         lst_json = best(ah + ["list", "--json"], args.repeat, env)
         db = os.path.join(home, "registry.db")
-        sql = best([sys.executable, "-c", f"import sqlite3; c=sqlite3.connect({db!r}); "
-                    "c.execute('select * from versions join adapters on adapters.id=versions.adapter_id').fetchall()"],
-                   args.repeat, env)
+        sql = best(
+            [
+                sys.executable,
+                "-c",
+                f"import sqlite3; c=sqlite3.connect({db!r}); "
+                "c.execute('select * from versions join adapters on adapters.id=versions.adapter_id').fetchall()",
+            ],
+            args.repeat,
+            env,
+        )
         rows.append((f"adapterhub list ({args.versions} versions)", lst, "python+sqlite3 select (floor)", sql))
         rows.append((f"adapterhub list --json ({args.versions})", lst_json, "", None))
         print(f"populated {args.versions} versions in {pop:.1f} s ({pop / args.versions * 1000:.1f} ms per publish)")
         print(f"{'ours':<40} {'s':>7}   {'peer':<32} {'s':>7}  ratio ours/peer")
         for name, t, pname, pt in rows:
             ratio = f"{t / pt:.2f}" if pt else ""
-            print(f"{name:<40} {t:7.3f}   {pname:<32} {pt if pt is not None else '':>7.3}  {ratio}"
-                  if pt is not None else f"{name:<40} {t:7.3f}")
-        print(f"targets: --help < 0.3 s: {'PASS' if ours < 0.3 else 'FAIL'}; "
-              f"list < 0.5 s: {'PASS' if lst < 0.5 else 'FAIL'}")
+            print(
+                f"{name:<40} {t:7.3f}   {pname:<32} {pt if pt is not None else '':>7.3}  {ratio}"
+                if pt is not None
+                else f"{name:<40} {t:7.3f}"
+            )
+        print(
+            f"targets: --help < 0.3 s: {'PASS' if ours < 0.3 else 'FAIL'}; "
+            f"list < 0.5 s: {'PASS' if lst < 0.5 else 'FAIL'}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

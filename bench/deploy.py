@@ -61,9 +61,15 @@ with tempfile.TemporaryDirectory() as adapter:
     merged.save_pretrained(out)
 """
 
-AWS = {"AWS_ACCESS_KEY_ID": "AKIAADAPTERHUBBENCH1", "AWS_SECRET_ACCESS_KEY": "bench-secret-not-a-real-one",
-       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-       "AWS_CONFIG_FILE": "/nonexistent/bench-aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/bench-aws-cred"}
+AWS = {
+    "AWS_ACCESS_KEY_ID": "AKIAADAPTERHUBBENCH1",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret-not-a-real-one",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent/bench-aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/bench-aws-cred",
+}
 
 
 def run(cmd: list[str], env: dict) -> str:
@@ -110,13 +116,16 @@ def main() -> None:
     me = [sys.executable, os.path.abspath(__file__)]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTERHUB_", "AWS_"))}
     env = {**clean, **AWS, "TOKENIZERS_PARALLELISM": "false"}
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         endpoint = f"http://127.0.0.1:{int(server.stdout.readline())}"
         merge_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "merge.py")
-        params = int(run([sys.executable, merge_py, "--workdir", workdir, "--step", "build", "--layers",
-                          str(args.layers)], dict(os.environ)).split()[-1])
+        params = int(
+            run(
+                [sys.executable, merge_py, "--workdir", workdir, "--step", "build", "--layers", str(args.layers)],
+                dict(os.environ),
+            ).split()[-1]
+        )
         base, adapter = os.path.join(workdir, "base"), os.path.join(workdir, "adapter")
         print(f"model: {params / 1e9:.2f}B parameters bf16; moto S3 {endpoint}; PostgreSQL database {db}")
         print(f"byte-compiled adapterhub and {compile_ours() - 1} plugin packages (as pip install does)")
@@ -129,16 +138,44 @@ def main() -> None:
         run(ah + remote, publisher)
         run(ah + ["push", adapter, "acme/bench", "--base", base], publisher)
         run(ah + ["push", "acme/bench:1", "--to", "team"], publisher)
-        run(ah + ["alias", "set", "team:acme/bench", "production", "1", "--force", "--reason",
-                  "benchmark (random weights: no evaluation)"], publisher)
+        run(
+            ah
+            + [
+                "alias",
+                "set",
+                "team:acme/bench",
+                "production",
+                "1",
+                "--force",
+                "--reason",
+                "benchmark (random weights: no evaluation)",
+            ],
+            publisher,
+        )
         deploy = {**env, "ADAPTERHUB_HOME": os.path.join(workdir, "deploy-home")}  # a clean machine's home
         shutil.rmtree(deploy["ADAPTERHUB_HOME"], ignore_errors=True)
         run(ah + remote, deploy)
         cmds = {
-            "ours": (ah + ["pull", "acme/bench@production", "--from", "team", "--merged", "--base", base, "--out",
-                           os.path.join(workdir, "ours"), "--json"], deploy),
-            "peer": ([sys.executable, "-c", PEER, endpoint, "team", "peft/acme-bench", base,
-                      os.path.join(workdir, "peer")], env),
+            "ours": (
+                ah
+                + [
+                    "pull",
+                    "acme/bench@production",
+                    "--from",
+                    "team",
+                    "--merged",
+                    "--base",
+                    base,
+                    "--out",
+                    os.path.join(workdir, "ours"),
+                    "--json",
+                ],
+                deploy,
+            ),
+            "peer": (
+                [sys.executable, "-c", PEER, endpoint, "team", "peft/acme-bench", base, os.path.join(workdir, "peer")],
+                env,
+            ),
         }
         print("load average before: %.2f %.2f %.2f" % os.getloadavg())
         results = {}
@@ -148,8 +185,12 @@ def main() -> None:
             results[k] = measure(cmd, cenv)
             print(f"{k:5s} wall {results[k][0]:7.2f}s  peak RSS {results[k][1] / 2**20:8.0f} MiB", flush=True)
         print("load average after:  %.2f %.2f %.2f" % os.getloadavg())
-        cmp = json.loads(run([sys.executable, merge_py, "--workdir", workdir, "--step", "compare", "--pair",
-                              "ours", "peer"], dict(os.environ)).splitlines()[-1])
+        cmp = json.loads(
+            run(
+                [sys.executable, merge_py, "--workdir", workdir, "--step", "compare", "--pair", "ours", "peer"],
+                dict(os.environ),
+            ).splitlines()[-1]
+        )
         n, bad = cmp["n"], cmp["bad"]
         (wo, ro), (wp, rp) = results["ours"], results["peer"]
         print(f"bit-identical: {not bad} ({n} tensors compared{'; differ: ' + ', '.join(bad[:5]) if bad else ''})")

@@ -114,17 +114,18 @@ def main() -> None:
             def run():
                 shutil.rmtree(cache, ignore_errors=True)
                 return fingerprint(d, cache_dir=cache, workers=workers)
+
             return run
 
         fp = cold(args.workers)()
         t_ours = best(cold(args.workers), args.repeat)
         t_one = best(cold(1), args.repeat)
-        t_sum = best(lambda: subprocess.run(["sha256sum", *files], check=True, stdout=subprocess.DEVNULL),
-                     args.repeat)
+        t_sum = best(lambda: subprocess.run(["sha256sum", *files], check=True, stdout=subprocess.DEVNULL), args.repeat)
         # coreutils' sha256sum may lack SHA-NI; `openssl dgst` (what hashlib uses) is the stricter bar
         t_ssl = shutil.which("openssl") and best(
             lambda: subprocess.run(["openssl", "dgst", "-sha256", *files], check=True, stdout=subprocess.DEVNULL),
-            args.repeat)
+            args.repeat,
+        )
         fingerprint(d, cache_dir=cache)  # populate the cache
         t_cached = best(lambda: fingerprint(d, cache_dir=cache), 5)
         assert fingerprint(d, cache_dir=cache) == fp
@@ -132,8 +133,10 @@ def main() -> None:
 
         gbs = lambda n, t: n / t / 1e9  # noqa: E731
         workers = args.workers or os.cpu_count()
-        print(f"model: {len(files)} shards, {fp.tensors} tensors, {fp.bytes / 1e9:.2f} GB bf16 "
-              f"({os.cpu_count()} cores, python {sys.version.split()[0]})")
+        print(
+            f"model: {len(files)} shards, {fp.tensors} tensors, {fp.bytes / 1e9:.2f} GB bf16 "
+            f"({os.cpu_count()} cores, python {sys.version.split()[0]})"
+        )
         print(f"{'measurement':<36}{'time':>10}{'GB/s':>8}")
         print(f"{f'fingerprint(), {workers} workers, no cache':<36}{t_ours:>9.3f}s{gbs(fp.bytes, t_ours):>8.2f}")
         print(f"{'fingerprint(), 1 worker, no cache':<36}{t_one:>9.3f}s{gbs(fp.bytes, t_one):>8.2f}")
@@ -143,8 +146,10 @@ def main() -> None:
         print(f"{'fingerprint(), cached':<36}{t_cached * 1e3:>8.2f}ms")
         ratio = gbs(fp.bytes, t_ours) / gbs(file_bytes, t_sum)
         ratio1 = gbs(fp.bytes, t_one) / gbs(file_bytes, t_sum)
-        print(f"throughput ours/sha256sum: {ratio:.2f} ({workers} workers), {ratio1:.2f} (1 worker); "
-              f"peak RSS {rss:.0f} MiB")
+        print(
+            f"throughput ours/sha256sum: {ratio:.2f} ({workers} workers), {ratio1:.2f} (1 worker); "
+            f"peak RSS {rss:.0f} MiB"
+        )
         print(f"fingerprint: {fp.digest}")
     finally:
         shutil.rmtree(cache, ignore_errors=True)

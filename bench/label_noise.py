@@ -44,11 +44,23 @@ def train_accuracy(base: str, data: str, eval_path: str, out: str, steps: int) -
     from adapterhub.plugins import get_plugins
     from adapterhub.training.train import TrainOptions, train
 
-    opts = TrainOptions(base=base, method="lora", task="seq-cls", data=data, eval=eval_path, out=out,
-                        settings={"r": "8", "lora_alpha": "16", "target_modules": "query,value",
-                                  "modules_to_save": "classifier,score"},
-                        max_steps=steps, lr=1e-3, batch_size=16, max_length=32, seed=42, progress=False,
-                        force=True, resume=False)
+    opts = TrainOptions(
+        base=base,
+        method="lora",
+        task="seq-cls",
+        data=data,
+        eval=eval_path,
+        out=out,
+        settings={"r": "8", "lora_alpha": "16", "target_modules": "query,value", "modules_to_save": "classifier,score"},
+        max_steps=steps,
+        lr=1e-3,
+        batch_size=16,
+        max_length=32,
+        seed=42,
+        progress=False,
+        force=True,
+        resume=False,
+    )
     return train(opts, get_plugins(), None)["metrics"]["eval_accuracy"]
 
 
@@ -70,60 +82,82 @@ def main() -> None:
     eval_path = os.path.join(DEMO, "sentiment_eval.jsonl")
     rows = [json.loads(line) for line in open(os.path.join(DEMO, "sentiment_train.jsonl"), encoding="utf-8")]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"label_noise: demo sentiment data ({len(rows)} train rows, 80 eval rows), all-MiniLM-L6-v2, "
-          f"{args.rate:.0%} of labels flipped, seeds {args.seeds}, {args.steps} training steps; {device}")
+    print(
+        f"label_noise: demo sentiment data ({len(rows)} train rows, 80 eval rows), all-MiniLM-L6-v2, "
+        f"{args.rate:.0%} of labels flipped, seeds {args.seeds}, {args.steps} training steps; {device}"
+    )
     embed = embedder(base)
     tmp = tempfile.mkdtemp(prefix="bench-label-noise-")
     clean_path = write(os.path.join(tmp, "clean.jsonl"), rows)
-    clean_acc = None if args.no_train else train_accuracy(base, clean_path, eval_path, os.path.join(tmp, "a"),
-                                                          args.steps)
+    clean_acc = (
+        None if args.no_train else train_accuracy(base, clean_path, eval_path, os.path.join(tmp, "a"), args.steps)
+    )
     results = []
     for seed in args.seeds:
         flipped = set(random.Random(seed).sample(range(len(rows)), int(args.rate * len(rows))))
-        noisy = write(os.path.join(tmp, f"noisy-{seed}.jsonl"),
-                      [{**r, "label": OTHER[r["label"]]} if i in flipped else r for i, r in enumerate(rows)])
+        noisy = write(
+            os.path.join(tmp, f"noisy-{seed}.jsonl"),
+            [{**r, "label": OTHER[r["label"]]} if i in flipped else r for i, r in enumerate(rows)],
+        )
         t0 = time.perf_counter()
         report = check_data(noisy, task="seq-cls", embed=embed)
         seconds = time.perf_counter() - t0
         li = report["label_issues"]
         found = {r["line"] - 1 for r in li["rows"]}
         hits = len(found & flipped)
-        res = {"seed": seed, "flipped": len(flipped), "flagged": len(found), "precision": hits / max(1, len(found)),
-               "recall": hits / len(flipped), "estimated_noise_rate": li["estimated_noise_rate"],
-               "check_seconds": round(seconds, 2)}
+        res = {
+            "seed": seed,
+            "flipped": len(flipped),
+            "flagged": len(found),
+            "precision": hits / max(1, len(found)),
+            "recall": hits / len(flipped),
+            "estimated_noise_rate": li["estimated_noise_rate"],
+            "check_seconds": round(seconds, 2),
+        }
         if not args.no_train:
             cleaned = clean_file(noisy, os.path.join(tmp, f"cleaned-{seed}.jsonl"), report, force=True)
-            relabelled = clean_file(noisy, os.path.join(tmp, f"relabelled-{seed}.jsonl"), report, relabel=True,
-                                    force=True)
+            relabelled = clean_file(
+                noisy, os.path.join(tmp, f"relabelled-{seed}.jsonl"), report, relabel=True, force=True
+            )
             res["noisy_acc"] = train_accuracy(base, noisy, eval_path, os.path.join(tmp, "a"), args.steps)
-            res["cleaned_acc"] = train_accuracy(base, cleaned["output"]["path"], eval_path, os.path.join(tmp, "a"),
-                                                args.steps)
-            res["relabelled_acc"] = train_accuracy(base, relabelled["output"]["path"], eval_path,
-                                                   os.path.join(tmp, "a"), args.steps)
+            res["cleaned_acc"] = train_accuracy(
+                base, cleaned["output"]["path"], eval_path, os.path.join(tmp, "a"), args.steps
+            )
+            res["relabelled_acc"] = train_accuracy(
+                base, relabelled["output"]["path"], eval_path, os.path.join(tmp, "a"), args.steps
+            )
             cost = clean_acc - res["noisy_acc"]
             res["recovered"] = (res["cleaned_acc"] - res["noisy_acc"]) / cost if cost > 0 else None
         results.append(res)
         print(json.dumps(res), file=sys.stderr)
 
-    print(f"{'seed':>4} {'flipped':>7} {'flagged':>7} {'precision':>9} {'recall':>6} {'est.rate':>8}"
-          + ("" if args.no_train else f" {'noisy':>6} {'cleaned':>7} {'relab.':>6} {'recovered':>9}"))
+    print(
+        f"{'seed':>4} {'flipped':>7} {'flagged':>7} {'precision':>9} {'recall':>6} {'est.rate':>8}"
+        + ("" if args.no_train else f" {'noisy':>6} {'cleaned':>7} {'relab.':>6} {'recovered':>9}")
+    )
     for r in results:
-        line = (f"{r['seed']:>4} {r['flipped']:>7} {r['flagged']:>7} {r['precision']:>9.3f} {r['recall']:>6.3f} "
-                f"{r['estimated_noise_rate']:>8.3f}")
+        line = (
+            f"{r['seed']:>4} {r['flipped']:>7} {r['flagged']:>7} {r['precision']:>9.3f} {r['recall']:>6.3f} "
+            f"{r['estimated_noise_rate']:>8.3f}"
+        )
         if not args.no_train:
             rec = "n/a" if r["recovered"] is None else f"{r['recovered']:.2f}"
             line += f" {r['noisy_acc']:>6.3f} {r['cleaned_acc']:>7.3f} {r['relabelled_acc']:>6.3f} {rec:>9}"
         print(line)
     mean = lambda k: statistics.mean(r[k] for r in results)  # noqa: E731
-    print(f"mean: precision {mean('precision'):.3f}, recall {mean('recall'):.3f}, "
-          f"estimated noise rate {mean('estimated_noise_rate'):.3f} (true {args.rate:.3f}); "
-          f"check {mean('check_seconds'):.2f} s per run (embeddings cached after the first)")
+    print(
+        f"mean: precision {mean('precision'):.3f}, recall {mean('recall'):.3f}, "
+        f"estimated noise rate {mean('estimated_noise_rate'):.3f} (true {args.rate:.3f}); "
+        f"check {mean('check_seconds'):.2f} s per run (embeddings cached after the first)"
+    )
     if not args.no_train:
         noisy, cleaned = mean("noisy_acc"), mean("cleaned_acc")
         cost = clean_acc - noisy
         rec = f"{(cleaned - noisy) / cost:.2f}" if cost > 0 else "n/a (the noise cost nothing)"
-        print(f"eval accuracy: clean {clean_acc:.3f}, noisy {noisy:.3f}, cleaned {cleaned:.3f}, relabelled "
-              f"{mean('relabelled_acc'):.3f}; cleaned recovers {rec} of what the noise cost")
+        print(
+            f"eval accuracy: clean {clean_acc:.3f}, noisy {noisy:.3f}, cleaned {cleaned:.3f}, relabelled "
+            f"{mean('relabelled_acc'):.3f}; cleaned recovers {rec} of what the noise cost"
+        )
 
 
 if __name__ == "__main__":

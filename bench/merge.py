@@ -65,20 +65,38 @@ def build(workdir: str, layers: int) -> tuple[str, str, int]:
     base, adapter = os.path.join(workdir, "base"), os.path.join(workdir, "adapter")
     os.makedirs(base)
     os.makedirs(adapter)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=layers,
-                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, tie_word_embeddings=False,
-                      dtype="bfloat16", architectures=["LlamaForCausalLM"])
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+        architectures=["LlamaForCausalLM"],
+    )
     cfg.save_pretrained(base)
     kv = HIDDEN // HEADS * KV_HEADS
-    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,),
-              "lm_head.weight": (VOCAB, HIDDEN)}
+    shapes = {
+        "model.embed_tokens.weight": (VOCAB, HIDDEN),
+        "model.norm.weight": (HIDDEN,),
+        "lm_head.weight": (VOCAB, HIDDEN),
+    }
     linear = {}
     for i in range(layers):
         p = f"model.layers.{i}."
-        linear.update({p + "self_attn.q_proj": (HIDDEN, HIDDEN), p + "self_attn.k_proj": (kv, HIDDEN),
-                       p + "self_attn.v_proj": (kv, HIDDEN), p + "self_attn.o_proj": (HIDDEN, HIDDEN),
-                       p + "mlp.gate_proj": (INTER, HIDDEN), p + "mlp.up_proj": (INTER, HIDDEN),
-                       p + "mlp.down_proj": (HIDDEN, INTER)})
+        linear.update(
+            {
+                p + "self_attn.q_proj": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj": (kv, HIDDEN),
+                p + "self_attn.v_proj": (kv, HIDDEN),
+                p + "self_attn.o_proj": (HIDDEN, HIDDEN),
+                p + "mlp.gate_proj": (INTER, HIDDEN),
+                p + "mlp.up_proj": (INTER, HIDDEN),
+                p + "mlp.down_proj": (HIDDEN, INTER),
+            }
+        )
         shapes[p + "input_layernorm.weight"] = (HIDDEN,)
         shapes[p + "post_attention_layernorm.weight"] = (HIDDEN,)
     shapes.update({k + ".weight": v for k, v in linear.items()})
@@ -101,13 +119,26 @@ def build(workdir: str, layers: int) -> tuple[str, str, int]:
     tensors = {}
     for path, (out_f, in_f) in linear.items():
         key = "base_model.model." + path
-        tensors[key + ".lora_A.weight"] = torch.randn((RANK, in_f), generator=g) / in_f ** 0.5
+        tensors[key + ".lora_A.weight"] = torch.randn((RANK, in_f), generator=g) / in_f**0.5
         tensors[key + ".lora_B.weight"] = torch.randn((out_f, RANK), generator=g) * 0.01
     save_file(tensors, os.path.join(adapter, "adapter_model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(adapter, "adapter_config.json"), "w") as f:
-        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": 2 * RANK,
-                   "lora_dropout": 0.0, "target_modules": TARGETS, "bias": "none", "fan_in_fan_out": False,
-                   "use_rslora": False, "use_dora": False, "base_model_name_or_path": base}, f)
+        json.dump(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": RANK,
+                "lora_alpha": 2 * RANK,
+                "lora_dropout": 0.0,
+                "target_modules": TARGETS,
+                "bias": "none",
+                "fan_in_fan_out": False,
+                "use_rslora": False,
+                "use_dora": False,
+                "base_model_name_or_path": base,
+            },
+            f,
+        )
     return base, adapter, params
 
 
@@ -134,8 +165,12 @@ def compile_ours() -> int:
     import importlib.util
 
     names = {"adapterhub"} | {ep.module.split(".")[0] for ep in importlib.metadata.entry_points(group="adapterhub")}
-    dirs = [loc for n in sorted(names) if (spec := importlib.util.find_spec(n)) and spec.submodule_search_locations
-            for loc in spec.submodule_search_locations]
+    dirs = [
+        loc
+        for n in sorted(names)
+        if (spec := importlib.util.find_spec(n)) and spec.submodule_search_locations
+        for loc in spec.submodule_search_locations
+    ]
     for d in dirs:
         compileall.compile_dir(d, quiet=1)
     return len(dirs)
@@ -211,8 +246,11 @@ def main() -> None:
         shutil.rmtree(os.path.join(workdir, old), ignore_errors=True)
     try:
         t0 = time.perf_counter()
-        params = int(subprocess.run(me + ["--step", "build", "--layers", str(args.layers)], check=True,
-                                    capture_output=True, text=True).stdout.split()[-1])
+        params = int(
+            subprocess.run(
+                me + ["--step", "build", "--layers", str(args.layers)], check=True, capture_output=True, text=True
+            ).stdout.split()[-1]
+        )
         base, adapter = os.path.join(workdir, "base"), os.path.join(workdir, "adapter")
         size = sum(os.path.getsize(os.path.join(base, n)) for n in os.listdir(base))
         print(f"built {params / 1e9:.2f}B parameters ({size / 1e9:.2f} GB bf16) in {time.perf_counter() - t0:.0f}s")
@@ -220,18 +258,34 @@ def main() -> None:
         env = {**os.environ, "ADAPTERHUB_HOME": home, "TOKENIZERS_PARALLELISM": "false"}
         env.pop("ADAPTERHUB_MERGE_CACHE", None)
         linked = {**env, "ADAPTERHUB_MERGE_CACHE": "link"}
-        if subprocess.run([sys.executable, "-m", "adapterhub", "show", "acme/bench"], env=env,
-                          capture_output=True).returncode != 0:  # (a reused --workdir has it already)
-            subprocess.run([sys.executable, "-m", "adapterhub", "push", adapter, "acme/bench", "--base", base],
-                           env=env, check=True, capture_output=True)
+        if (
+            subprocess.run(
+                [sys.executable, "-m", "adapterhub", "show", "acme/bench"], env=env, capture_output=True
+            ).returncode
+            != 0
+        ):  # (a reused --workdir has it already)
+            subprocess.run(
+                [sys.executable, "-m", "adapterhub", "push", adapter, "acme/bench", "--base", base],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
         merge = [sys.executable, "-m", "adapterhub", "merge"]
 
         def out(k):
             return os.path.join(workdir, k)
 
         cmds = {
-            "copy": ([sys.executable, "-c", "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])",
-                      base, out("copy")], None),
+            "copy": (
+                [
+                    sys.executable,
+                    "-c",
+                    "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])",
+                    base,
+                    out("copy"),
+                ],
+                None,
+            ),
             "dir": (merge + [adapter, "--base", base, "--out", out("dir"), "--no-cache", "--json"], env),
             "nocache": (merge + ["acme/bench", "--base", base, "--out", out("nocache"), "--no-cache", "--json"], env),
             "default": (merge + ["acme/bench", "--base", base, "--out", out("default"), "--json"], env),
@@ -254,20 +308,28 @@ def main() -> None:
                     shutil.rmtree(os.path.join(home, "cache", "merged"), ignore_errors=True)
                 settle(base)
                 runs[k].append(measure(cmd, cenv))
-            print(f"round {rnd + 1}: " + ", ".join(f"{k} {w:.2f}s {r / 2**20:.0f} MiB" for k, v in runs.items()
-                                                   for w, r in v[-1:]), flush=True)
+            print(
+                f"round {rnd + 1}: "
+                + ", ".join(f"{k} {w:.2f}s {r / 2**20:.0f} MiB" for k, v in runs.items() for w, r in v[-1:]),
+                flush=True,
+            )
         os.sync()
         print("load average after:  %.2f %.2f %.2f" % os.getloadavg())
         results = {k: (min(w for w, _ in v), max(r for _, r in v)) for k, v in runs.items()}
-        cmp = json.loads(subprocess.run(me + ["--step", "compare"], check=True, capture_output=True,
-                                        text=True).stdout.splitlines()[-1])
+        cmp = json.loads(
+            subprocess.run(me + ["--step", "compare"], check=True, capture_output=True, text=True).stdout.splitlines()[
+                -1
+            ]
+        )
         n, bad = cmp["n"], cmp["bad"]
         for k, (wall, rss) in results.items():
             print(f"{k:8s} wall {wall:7.2f}s  peak RSS {rss / 2**20:8.0f} MiB")
         wall = {k: w for k, (w, _) in results.items()}
         (wo, ro), (wp, rp), wc = results["first"], results["peft"], wall["copy"]
-        print(f"bit-identical (cache hit vs peft): {not bad} ({n} tensors compared"
-              f"{'; differ: ' + ', '.join(bad[:5]) if bad else ''})")
+        print(
+            f"bit-identical (cache hit vs peft): {not bad} ({n} tensors compared"
+            f"{'; differ: ' + ', '.join(bad[:5]) if bad else ''})"
+        )
         print(f"wall first/nocache:   {wall['first'] / wall['nocache']:.3f}  (target <= 1.15)")
         print(f"wall hit/nocache:     {wall['hit'] / wall['nocache']:.3f}  (target <= 0.25)")
         print(f"wall default/nocache: {wall['default'] / wall['nocache']:.3f}  (as uid {os.geteuid()})")

@@ -35,28 +35,39 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def build_base(hidden: int, layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=2048, hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=2048,
+        hidden_size=hidden,
+        intermediate_size=hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()
 
 
 def make_adapters(hidden: int, layers: int, n: int, tmp: str):
     """n adapter directories (PEFT layout, written by adapterhub) + LoadedAdapters for them."""
-    from adapterhub.files.checkpoint import LoadedAdapter, save_adapter
     from adapterhub_lora import LoraMethod
+
+    from adapterhub.files.checkpoint import LoadedAdapter, save_adapter
 
     lora = LoraMethod()
     model = build_base(hidden, layers)
     out = {}
     for i in range(n):
         r = RANKS[i % len(RANKS)]
-        eff = lora.attach(model, lora.make_config(dict(r=r, lora_alpha=2 * r, target_modules=TARGETS,
-                                                       init_lora_weights=False)))
+        eff = lora.attach(
+            model, lora.make_config(dict(r=r, lora_alpha=2 * r, target_modules=TARGETS, init_lora_weights=False))
+        )
         g = torch.Generator().manual_seed(100 + i)
-        tensors = {k: (torch.randn(v.shape, generator=g) * (0.02 if "lora_B" in k else 1 / v.shape[-1] ** 0.5))
-                   for k, v in lora.state_dict(model).items()}
+        tensors = {
+            k: (torch.randn(v.shape, generator=g) * (0.02 if "lora_B" in k else 1 / v.shape[-1] ** 0.5))
+            for k, v in lora.state_dict(model).items()
+        }
         lora.detach(model)
         path = os.path.join(tmp, f"tenant{i}")
         save_adapter(path, {"method": "lora"}, tensors, peft_config=lora.to_peft_config(eff))
@@ -100,7 +111,9 @@ def main() -> None:
     adapters = make_adapters(args.hidden, args.layers, args.adapters, tmp)
     names = list(adapters)
 
-    pm = peft.PeftModel.from_pretrained(build_base(args.hidden, args.layers), adapters[names[0]][0], adapter_name=names[0])
+    pm = peft.PeftModel.from_pretrained(
+        build_base(args.hidden, args.layers), adapters[names[0]][0], adapter_name=names[0]
+    )
     for n in names[1:]:
         pm.load_adapter(adapters[n][0], adapter_name=n)
     pm.eval()
@@ -108,12 +121,16 @@ def main() -> None:
     ours = build_base(args.hidden, args.layers)
     compose.attach_routed(ours, {n: la for n, (_, la) in adapters.items()})
 
-    print(f"llama hidden {args.hidden}, {args.layers} layers, {args.adapters} LoRA adapters (ranks "
-          f"{', '.join(map(str, RANKS[:args.adapters]))}) on {len(TARGETS)} projections; "
-          f"torch {torch.__version__}, peft {peft.__version__}, {torch.get_num_threads()} threads, "
-          f"python {platform.python_version()}")
-    print(f"{'rows x tokens':>14} {'base s/call':>12} {'peft s/call':>12} {'ours s/call':>12} {'peft rows/s':>12} "
-          f"{'ours rows/s':>12} {'ours/peft':>10} {'ceiling':>8} {'adapters only':>14} {'max |diff|':>11}")
+    print(
+        f"llama hidden {args.hidden}, {args.layers} layers, {args.adapters} LoRA adapters (ranks "
+        f"{', '.join(map(str, RANKS[: args.adapters]))}) on {len(TARGETS)} projections; "
+        f"torch {torch.__version__}, peft {peft.__version__}, {torch.get_num_threads()} threads, "
+        f"python {platform.python_version()}"
+    )
+    print(
+        f"{'rows x tokens':>14} {'base s/call':>12} {'peft s/call':>12} {'ours s/call':>12} {'peft rows/s':>12} "
+        f"{'ours rows/s':>12} {'ours/peft':>10} {'ceiling':>8} {'adapters only':>14} {'max |diff|':>11}"
+    )
     g = torch.Generator().manual_seed(1)
     for shape in args.shapes.split(","):
         rows, tokens = map(int, shape.split("x"))
@@ -124,12 +141,20 @@ def main() -> None:
         ours_out = ours(input_ids=ids, adapter_names=route).logits
         diff = (theirs_out - ours_out).abs().max().item()
         assert diff < 1e-3, f"outputs disagree: {diff}"
-        t_base, t_peft, t_ours = timed([lambda: plain(input_ids=ids), lambda: pm(input_ids=ids, adapter_names=route),
-                                        lambda: ours(input_ids=ids, adapter_names=route)], args.repeat)
+        t_base, t_peft, t_ours = timed(
+            [
+                lambda: plain(input_ids=ids),
+                lambda: pm(input_ids=ids, adapter_names=route),
+                lambda: ours(input_ids=ids, adapter_names=route),
+            ],
+            args.repeat,
+        )
         extra = (t_peft - t_base) / max(t_ours - t_base, 1e-9)  # time spent on the adapters, peft / ours
         # ceiling: the ratio a routing with free adapters would reach (both pay the base model's time)
-        print(f"{shape:>14} {t_base:12.4f} {t_peft:12.4f} {t_ours:12.4f} {rows / t_peft:12.1f} {rows / t_ours:12.1f} "
-              f"{t_peft / t_ours:10.2f} {t_peft / t_base:8.2f} {extra:14.2f} {diff:11.2e}")
+        print(
+            f"{shape:>14} {t_base:12.4f} {t_peft:12.4f} {t_ours:12.4f} {rows / t_peft:12.1f} {rows / t_ours:12.1f} "
+            f"{t_peft / t_ours:10.2f} {t_peft / t_base:8.2f} {extra:14.2f} {diff:11.2e}"
+        )
     sys.stdout.flush()
 
 

@@ -45,9 +45,19 @@ def build(workdir: str, layers: int) -> tuple[str, str, int]:
     from tinymodels import WORDS, word_tokenizer
 
     base = os.path.join(workdir, "base")
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=layers,
-                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, tie_word_embeddings=False,
-                      max_position_embeddings=512, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        tie_word_embeddings=False,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())
@@ -105,26 +115,65 @@ def worker(phase: str, method: str, workdir: str, steps: int, batch: int, seq: i
         from adapterhub.plugins import get_plugins
         from adapterhub.training.train import TrainOptions, train
 
-        opts = TrainOptions(base=base, method=method, task="causal-lm", data=os.path.join(workdir, "train.jsonl"),
-                            out=out, settings={"r": "16", "lora_alpha": "32", "target_modules": TARGETS},
-                            max_steps=steps, batch_size=batch, max_length=seq, lr=1e-4, progress=False,
-                            home=os.path.join(workdir, "home"), force=True, mixed_precision="no")
+        opts = TrainOptions(
+            base=base,
+            method=method,
+            task="causal-lm",
+            data=os.path.join(workdir, "train.jsonl"),
+            out=out,
+            settings={"r": "16", "lora_alpha": "32", "target_modules": TARGETS},
+            max_steps=steps,
+            batch_size=batch,
+            max_length=seq,
+            lr=1e-4,
+            progress=False,
+            home=os.path.join(workdir, "home"),
+            force=True,
+            mixed_precision="no",
+        )
         r = train(opts, get_plugins())
-        print(json.dumps({"train_loss": r["metrics"]["train_loss"], "trainable": r["trainable_params"],
-                          "anon_peak_mb": anon.done()}))
+        print(
+            json.dumps(
+                {
+                    "train_loss": r["metrics"]["train_loss"],
+                    "trainable": r["trainable_params"],
+                    "anon_peak_mb": anon.done(),
+                }
+            )
+        )
     else:
         from adapterhub.merge.plan import merge_adapter, open_adapter_dir
         from adapterhub.plugins import get_plugins
 
         loaded = open_adapter_dir(out, get_plugins())
         r = merge_adapter(loaded, base, os.path.join(workdir, f"merged-{method}"), force=True, hash_files=False)
-        print(json.dumps({"merged": r["tensors_merged"], "dequantized": r.get("tensors_dequantized", 0),
-                          "anon_peak_mb": anon.done()}))
+        print(
+            json.dumps(
+                {
+                    "merged": r["tensors_merged"],
+                    "dequantized": r.get("tensors_dequantized", 0),
+                    "anon_peak_mb": anon.done(),
+                }
+            )
+        )
 
 
 def measure(phase: str, method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", phase, method, "--workdir", args.workdir, "--steps", str(args.steps),
-           "--batch", str(args.batch), "--seq", str(args.seq)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        phase,
+        method,
+        "--workdir",
+        args.workdir,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:  # files: no pipe can fill up
         t = time.perf_counter()
@@ -136,8 +185,13 @@ def measure(phase: str, method: str, args: argparse.Namespace) -> dict:
         out, err = fo.read(), fe.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{phase} {method} failed:\n{err[-3000:]}")
-    return {"phase": phase, "method": method, "peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": wall,
-            **json.loads(out.strip().splitlines()[-1])}
+    return {
+        "phase": phase,
+        "method": method,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "wall_s": wall,
+        **json.loads(out.strip().splitlines()[-1]),
+    }
 
 
 def main() -> None:
@@ -159,21 +213,30 @@ def main() -> None:
         info = measure("build", "-", argparse.Namespace(**{**vars(args), "steps": args.layers}))
         base = os.path.join(args.workdir, "base")
         size = sum(os.path.getsize(os.path.join(base, f)) for f in os.listdir(base) if f.endswith(".safetensors"))
-        print(f"model: {info['params'] / 1e6:.0f}M parameters, {size / 2**20:.0f} MiB bf16 safetensors (built in "
-              f"{time.perf_counter() - t:.0f} s); train: {args.steps} steps, batch {args.batch} x {args.seq} tokens; "
-              f"torch {info['torch']}, {os.cpu_count()} CPUs, CUDA: {info['cuda']}")
+        print(
+            f"model: {info['params'] / 1e6:.0f}M parameters, {size / 2**20:.0f} MiB bf16 safetensors (built in "
+            f"{time.perf_counter() - t:.0f} s); train: {args.steps} steps, batch {args.batch} x {args.seq} tokens; "
+            f"torch {info['torch']}, {os.cpu_count()} CPUs, CUDA: {info['cuda']}"
+        )
         rows = [measure(phase, m, args) for phase in ("train", "merge") for m in ("lora", "qlora")]
         print(f"{'phase':<14}{'peak RSS MiB':>14}{'peak anon MiB':>15}{'wall s':>9}  notes")
         for r in rows:
-            note = (f"train_loss={r['train_loss']:.3f} trainable={r['trainable']:,}" if r["phase"] == "train"
-                    else f"merged={r['merged']} dequantized={r['dequantized']}")
-            print(f"{r['phase'] + ' ' + r['method']:<14}{r['peak_rss_mb']:>14.0f}{r['anon_peak_mb']:>15.0f}"
-                  f"{r['wall_s']:>9.1f}  {note}")
+            note = (
+                f"train_loss={r['train_loss']:.3f} trainable={r['trainable']:,}"
+                if r["phase"] == "train"
+                else f"merged={r['merged']} dequantized={r['dequantized']}"
+            )
+            print(
+                f"{r['phase'] + ' ' + r['method']:<14}{r['peak_rss_mb']:>14.0f}{r['anon_peak_mb']:>15.0f}"
+                f"{r['wall_s']:>9.1f}  {note}"
+            )
         by = {(r["phase"], r["method"]): r for r in rows}
         for phase in ("train", "merge"):
             q, lo = by[(phase, "qlora")], by[(phase, "lora")]
-            print(f"{phase}: qlora/lora peak RSS {q['peak_rss_mb'] / lo['peak_rss_mb']:.2f}x, peak anon "
-                  f"{q['anon_peak_mb'] / lo['anon_peak_mb']:.2f}x, wall {q['wall_s'] / lo['wall_s']:.2f}x")
+            print(
+                f"{phase}: qlora/lora peak RSS {q['peak_rss_mb'] / lo['peak_rss_mb']:.2f}x, peak anon "
+                f"{q['anon_peak_mb'] / lo['anon_peak_mb']:.2f}x, wall {q['wall_s'] / lo['wall_s']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

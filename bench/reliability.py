@@ -22,7 +22,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import sqlalchemy as sa  # noqa: E402
-
 from s3server import MotoS3Server, aws_test_env  # noqa: E402
 from tcpproxy import TcpProxy  # noqa: E402
 
@@ -81,16 +80,23 @@ def stored(reg, work: str, content: bytes, path: str = "w.bin"):
 
 
 def load(s3: MotoS3Server, work: str, procs: int, pushes: int) -> None:
-    from adapterhub.registry.registry import Registry
     from adapterhub_s3 import S3Store
+
+    from adapterhub.registry.registry import Registry
 
     db = pg_database()
     try:
         store = f"s3://{s3.new_bucket()}/a?endpoint_url={s3.endpoint_url}"
         Registry(pg_url(db), S3Store.from_url(store)).ready().close()
         start = time.monotonic()
-        ps = [subprocess.Popen([sys.executable, "-c", PUSHER, pg_url(db), store, str(i), str(pushes), work],
-                               stderr=subprocess.PIPE, text=True) for i in range(procs)]
+        ps = [
+            subprocess.Popen(
+                [sys.executable, "-c", PUSHER, pg_url(db), store, str(i), str(pushes), work],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(procs)
+        ]
         errors = sum(p.wait() != 0 for p in ps)
         took = time.monotonic() - start
         reg = Registry(pg_url(db), S3Store.from_url(store))
@@ -98,26 +104,33 @@ def load(s3: MotoS3Server, work: str, procs: int, pushes: int) -> None:
         report = reg.verify()
         reg.close()
         want = list(range(1, procs * pushes + 1))
-        row(f"{procs} processes x {pushes} pushes to one name (PostgreSQL + S3)",
+        row(
+            f"{procs} processes x {pushes} pushes to one name (PostgreSQL + S3)",
             f"{len(numbers)} versions, contiguous: {numbers == want}, {errors} errors, verify "
             f"{'ok' if report['ok'] else 'FAILED'} (history chain included), {took:.1f} s",
-            numbers == want and not errors and report["ok"])
+            numbers == want and not errors and report["ok"],
+        )
     finally:
         drop(db)
 
 
 def faults(s3: MotoS3Server, work: str) -> None:
-    from adapterhub.errors import AdapterhubError, IntegrityError
-    from adapterhub.registry.registry import Registry
     from adapterhub_file import FileStore
     from adapterhub_s3 import S3Store
+
+    from adapterhub.errors import AdapterhubError, IntegrityError
+    from adapterhub.registry.registry import Registry
 
     db = pg_database()
     try:
         # gc between a push's existence check and its commit, on both backends
-        for label, reg in (("SQLite + files", Registry(f"sqlite:///{work}/gc.db", FileStore(f"{work}/gcstore"))),
-                           ("PostgreSQL + S3", Registry(pg_url(db), S3Store.from_url(
-                               f"s3://{s3.new_bucket()}/a?endpoint_url={s3.endpoint_url}")))):
+        for label, reg in (
+            ("SQLite + files", Registry(f"sqlite:///{work}/gc.db", FileStore(f"{work}/gcstore"))),
+            (
+                "PostgreSQL + S3",
+                Registry(pg_url(db), S3Store.from_url(f"s3://{s3.new_bucket()}/a?endpoint_url={s3.endpoint_url}")),
+            ),
+        ):
             f = stored(reg.ready(), work, os.urandom(2048))
             reg.store.put(f.sha256, f.source, f.size)  # a killed push's leftover, reused by the next push
             ran = []
@@ -137,26 +150,36 @@ def faults(s3: MotoS3Server, work: str) -> None:
                     proxy.cut()
 
             pub = reg.publish("acme/cut", {}, [stored(reg, work, b"x" * 1000)])
-            row("PostgreSQL connection reset inside the commit, 2 times", f"committed {pub.ref} on try 3",
-                pub.created and len(cuts) == 2)
+            row(
+                "PostgreSQL connection reset inside the commit, 2 times",
+                f"committed {pub.ref} on try 3",
+                pub.created and len(cuts) == 2,
+            )
             reg.close()
         # S3: stalled endpoint, and a 10-byte row backed by an 8 MiB object
         os.environ["ADAPTERHUB_S3_STALL_TIMEOUT"] = "3"
         host, port = s3.endpoint_url.rsplit("/", 1)[-1].rsplit(":", 1)
         with TcpProxy(host, int(port)) as proxy:
             bucket = s3.new_bucket()
-            reg = Registry(f"sqlite:///{work}/s3.db", S3Store.from_url(f"s3://{bucket}/a?endpoint_url=http://{proxy.address}")).ready()
+            reg = Registry(
+                f"sqlite:///{work}/s3.db", S3Store.from_url(f"s3://{bucket}/a?endpoint_url=http://{proxy.address}")
+            ).ready()
             f = stored(reg, work, b"0123456789")
             reg.publish("acme/s3", {}, [f])
-            s3.client().put_object(Bucket=bucket, Key=f"a/blobs/sha256/{f.sha256[:2]}/{f.sha256[2:]}", Body=b"y" * (8 << 20))
+            s3.client().put_object(
+                Bucket=bucket, Key=f"a/blobs/sha256/{f.sha256[:2]}/{f.sha256[2:]}", Body=b"y" * (8 << 20)
+            )
             before = proxy.bytes_forwarded
             try:
                 reg.materialize("acme/s3:1", f"{work}/big")
                 got = "not refused"
             except IntegrityError:
                 got = f"refused after {proxy.bytes_forwarded - before} bytes on the wire"
-            row("10-byte row backed by an 8 MiB S3 object", got, got.startswith("refused") and
-                proxy.bytes_forwarded - before < 65536)
+            row(
+                "10-byte row backed by an 8 MiB S3 object",
+                got,
+                got.startswith("refused") and proxy.bytes_forwarded - before < 65536,
+            )
             proxy.stall()
             start = time.monotonic()
             try:
@@ -165,8 +188,11 @@ def faults(s3: MotoS3Server, work: str) -> None:
             except AdapterhubError as exc:
                 msg = str(exc)
             took = time.monotonic() - start
-            row("stalled S3 endpoint, ADAPTERHUB_S3_STALL_TIMEOUT=3", f"failed after {took:.1f} s: \"{msg[:70]}...\"",
-                "made no progress" in msg and took < 4.5)
+            row(
+                "stalled S3 endpoint, ADAPTERHUB_S3_STALL_TIMEOUT=3",
+                f'failed after {took:.1f} s: "{msg[:70]}..."',
+                "made no progress" in msg and took < 4.5,
+            )
             proxy.resume()
             reg.close()
     finally:
@@ -175,11 +201,16 @@ def faults(s3: MotoS3Server, work: str) -> None:
 
 
 TAMPER = [
-    ("point a file row at another version's blob", "UPDATE files SET blob_digest = (SELECT blob_digest FROM files f "
-     "JOIN versions v ON v.id = f.version_id WHERE v.number = 2) WHERE version_id = (SELECT id FROM versions WHERE number = 1)"),
+    (
+        "point a file row at another version's blob",
+        "UPDATE files SET blob_digest = (SELECT blob_digest FROM files f "
+        "JOIN versions v ON v.id = f.version_id WHERE v.number = 2) WHERE version_id = (SELECT id FROM versions WHERE number = 1)",
+    ),
     ("edit a stored manifest", "UPDATE versions SET manifest = replace(manifest, 'lora', 'LORA') WHERE number = 1"),
-    ("move an alias and erase its history", "UPDATE aliases SET version_id = (SELECT id FROM versions WHERE number = 1); "
-     "DELETE FROM alias_events"),
+    (
+        "move an alias and erase its history",
+        "UPDATE aliases SET version_id = (SELECT id FROM versions WHERE number = 1); DELETE FROM alias_events",
+    ),
     ("edit a tag", "UPDATE tags SET value = 'forged'"),
     ("edit a lineage row", "UPDATE lineage SET relation = 'combined_from'"),
     ("delete an evaluation", "DELETE FROM evaluations"),
@@ -187,21 +218,29 @@ TAMPER = [
     ("rename an adapter (moves its versions)", "UPDATE adapters SET name = 'acme/other'"),
     ("edit a history entry", "UPDATE history SET content = replace(content, '\"number\":1', '\"number\":9')"),
     ("delete a history entry", "DELETE FROM history WHERE id = 3"),
-    ("swap two history entries", "UPDATE history SET id = -id WHERE id IN (2, 3); UPDATE history SET id = 5 - (-id) "
-     "WHERE id IN (-2, -3)"),
+    (
+        "swap two history entries",
+        "UPDATE history SET id = -id WHERE id IN (2, 3); UPDATE history SET id = 5 - (-id) WHERE id IN (-2, -3)",
+    ),
 ]
 
 
 def tampering(work: str) -> None:
-    from adapterhub.registry.registry import ParentSpec, Registry
     from adapterhub_file import FileStore
+
+    from adapterhub.registry.registry import ParentSpec, Registry
 
     caught = 0
     for i, (what, sql) in enumerate(TAMPER):
         reg = Registry(f"sqlite:///{work}/t{i}.db", FileStore(f"{work}/t{i}")).ready()
         for k in (1, 2):
-            reg.publish("acme/t", {"method": "lora"}, [stored(reg, work, os.urandom(512))], tags={"team": "nlp"},
-                        parents=[ParentSpec("trained_from", ref="acme/t:1")] if k == 2 else [])
+            reg.publish(
+                "acme/t",
+                {"method": "lora"},
+                [stored(reg, work, os.urandom(512))],
+                tags={"team": "nlp"},
+                parents=[ParentSpec("trained_from", ref="acme/t:1")] if k == 2 else [],
+            )
         reg.add_evaluation("acme/t:2", "sha256:" + "e" * 64, {"accuracy": 0.9})
         reg.set_alias("acme/t", "staging", "2")
         assert reg.verify()["ok"]
@@ -213,21 +252,35 @@ def tampering(work: str) -> None:
         if report["ok"]:
             print(f"NOT DETECTED: {what}", file=sys.stderr)
         reg.close()
-    row("tampering with the database behind the registry's back", f"{caught} of {len(TAMPER)} kinds detected by verify, "
-        "each naming the row", caught == len(TAMPER))
+    row(
+        "tampering with the database behind the registry's back",
+        f"{caught} of {len(TAMPER)} kinds detected by verify, each naming the row",
+        caught == len(TAMPER),
+    )
 
 
 def bad_inputs() -> None:
     from adapterhub.registry.remotes import mask, scrub
     from adapterhub.tuning import check_regex
 
-    urls = ["postgresql://u:p@ssSECRET@db/x", "s3://b/p?endpoint_url=http%3A%2F%2FKEY%3AsSECRET%40h",
-            "s3://b/p?secret_access_key=sSECRETs", "https://tSECRETtoken@h/x", "postgresql://u:pw/aSECRETz@[::1/x"]
+    urls = [
+        "postgresql://u:p@ssSECRET@db/x",
+        "s3://b/p?endpoint_url=http%3A%2F%2FKEY%3AsSECRET%40h",
+        "s3://b/p?secret_access_key=sSECRETs",
+        "https://tSECRETtoken@h/x",
+        "postgresql://u:pw/aSECRETz@[::1/x",
+    ]
     # error text as drivers write it: the URL itself, and (a raw @ in a password) the host they misread
-    texts = [f"failed to resolve host 'ssSECRET@db' ({u})" if i == 0 else f"cannot connect to {u}" for i, u in enumerate(urls)]
+    texts = [
+        f"failed to resolve host 'ssSECRET@db' ({u})" if i == 0 else f"cannot connect to {u}"
+        for i, u in enumerate(urls)
+    ]
     shown = sum("SECRET" not in mask(u) and "SECRET" not in scrub(text, [u]) for u, text in zip(urls, texts))
-    row("URLs with credentials (user info, query, endpoint in query, token user, unparsable)",
-        f"{shown} of {len(urls)} masked in listings and error text", shown == len(urls))
+    row(
+        "URLs with credentials (user info, query, endpoint in query, token user, unparsable)",
+        f"{shown} of {len(urls)} masked in listings and error text",
+        shown == len(urls),
+    )
     start = time.monotonic()
     refused = 0
     for p in ("([a-z_.0-9]+)*z", "(a|ab)*c", ".*.*.*.*.*x", "x" * 300):
@@ -235,8 +288,11 @@ def bad_inputs() -> None:
             check_regex(p, "rank_pattern")
         except ValueError:
             refused += 1
-    row("registry regexes of unbounded cost (nested, alternation under *, 5 repeats, 300 chars)",
-        f"{refused} of 4 refused in {1000 * (time.monotonic() - start):.1f} ms", refused == 4)
+    row(
+        "registry regexes of unbounded cost (nested, alternation under *, 5 repeats, 300 chars)",
+        f"{refused} of 4 refused in {1000 * (time.monotonic() - start):.1f} ms",
+        refused == 4,
+    )
 
 
 def main() -> int:

@@ -79,22 +79,30 @@ def main() -> int:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
     import boto3
+    from adapterhub_s3 import S3Store
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
     from adapterhub.registry.blobs import copy_stream_verified
-    from adapterhub_s3 import S3Store
 
     proc, endpoint = start_server()
     try:
-        client = boto3.client("s3", endpoint_url=endpoint, config=Config(
-            s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
-            response_checksum_validation="when_required", max_pool_connections=32,
-            retries={"max_attempts": 8, "mode": "adaptive"}))
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            config=Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                max_pool_connections=32,
+                retries={"max_attempts": 8, "mode": "adaptive"},
+            ),
+        )
         bucket = "bench"
         client.create_bucket(Bucket=bucket)
-        store = S3Store.from_url(f"s3://{bucket}/ours", endpoint_url=endpoint,
-                                 part_size=args.part_size_mb * MiB, max_workers=args.workers)
+        store = S3Store.from_url(
+            f"s3://{bucket}/ours", endpoint_url=endpoint, part_size=args.part_size_mb * MiB, max_workers=args.workers
+        )
         size = args.size_mb * MiB
         with tempfile.TemporaryDirectory(prefix="adapterhub-bench-") as tmp:
             src = os.path.join(tmp, "src.bin")
@@ -129,10 +137,17 @@ def main() -> int:
                 os.remove(dst)
 
                 # boto3, default and matched transfer configs ---------------------------------
-                for label, cfg in (("boto3 default", TransferConfig()),
-                                   ("boto3 matched", TransferConfig(multipart_threshold=args.part_size_mb * MiB,
-                                                                    multipart_chunksize=args.part_size_mb * MiB,
-                                                                    max_concurrency=args.workers))):
+                for label, cfg in (
+                    ("boto3 default", TransferConfig()),
+                    (
+                        "boto3 matched",
+                        TransferConfig(
+                            multipart_threshold=args.part_size_mb * MiB,
+                            multipart_chunksize=args.part_size_mb * MiB,
+                            max_concurrency=args.workers,
+                        ),
+                    ),
+                ):
                     drop_cache_hint(src)
                     sec, _ = timed(lambda: client.upload_file(src, bucket, "peer/blob", Config=cfg))
                     record(f"{label} put", sec)
@@ -142,14 +157,18 @@ def main() -> int:
                     client.delete_object(Bucket=bucket, Key="peer/blob")
                     os.remove(dst)
 
-            print(f"s3_transfer: {args.size_mb} MiB blob, moto server {endpoint}, part/range {args.part_size_mb} MiB, "
-                  f"{args.workers} workers, best of {args.repeat}")
+            print(
+                f"s3_transfer: {args.size_mb} MiB blob, moto server {endpoint}, part/range {args.part_size_mb} MiB, "
+                f"{args.workers} workers, best of {args.repeat}"
+            )
             for name, sec in best.items():
                 print(f"  {name:<18} {mb / sec:8.1f} MB/s  ({sec:.2f} s)")
             for peer in ("boto3 default", "boto3 matched"):
                 for op in ("put", "get"):
                     print(f"  ratio ours/{peer} {op}: {best[f'{peer} {op}'] / best[f'ours {op}']:.2f}")
-            print(f"  re-put of identical content moved {reput_bytes} bytes (returned False), in {sec_re * 1000:.0f} ms")
+            print(
+                f"  re-put of identical content moved {reput_bytes} bytes (returned False), in {sec_re * 1000:.0f} ms"
+            )
     finally:
         proc.stdin.close()
         try:

@@ -40,8 +40,9 @@ from mlflowserver import MlflowServer  # noqa: E402
 from serverproc import RegistryServer  # noqa: E402
 
 
-def http_worker(url: str, paths: list[list[str]], headers: dict[str, str], seconds: float, threads: int,
-                out: "mp.Queue") -> None:
+def http_worker(
+    url: str, paths: list[list[str]], headers: dict[str, str], seconds: float, threads: int, out: "mp.Queue"
+) -> None:
     """``threads`` keep-alive clients, each doing one operation (a list of GETs) after another."""
     import http.client
 
@@ -78,8 +79,9 @@ def http_worker(url: str, paths: list[list[str]], headers: dict[str, str], secon
     out.put((lat, reqs[0]))
 
 
-def load(url: str, ops: list[list[str]], headers: dict[str, str], seconds: float, procs: int = 4,
-         threads: int = 8) -> dict[str, float]:
+def load(
+    url: str, ops: list[list[str]], headers: dict[str, str], seconds: float, procs: int = 4, threads: int = 8
+) -> dict[str, float]:
     http_worker(url, ops[:1], headers, 0.5, 2, mp.Queue())  # warm up
     q: mp.Queue = mp.Queue()
     ps = [mp.Process(target=http_worker, args=(url, ops, headers, seconds, threads, q)) for _ in range(procs)]
@@ -92,8 +94,13 @@ def load(url: str, ops: list[list[str]], headers: dict[str, str], seconds: float
     wall = time.perf_counter() - t0
     lat = sorted(x for r in results for x in r[0])
     reqs = sum(r[1] for r in results)
-    return {"ops_s": len(lat) / wall, "req_s": reqs / wall, "p50_ms": 1000 * statistics.median(lat),
-            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "ops": len(lat)}
+    return {
+        "ops_s": len(lat) / wall,
+        "req_s": reqs / wall,
+        "p50_ms": 1000 * statistics.median(lat),
+        "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+        "ops": len(lat),
+    }
 
 
 def make_adapters(root: str, n: int) -> list[str]:
@@ -104,8 +111,9 @@ def make_adapters(root: str, n: int) -> list[str]:
 
 
 def cli(*args: str, env: dict[str, str]) -> str:
-    p = subprocess.run([sys.executable, "-m", "adapterhub", *args], env={**os.environ, **env}, capture_output=True,
-                       text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "adapterhub", *args], env={**os.environ, **env}, capture_output=True, text=True
+    )
     if p.returncode:
         raise SystemExit(f"adapterhub {' '.join(args)}: {p.stderr}")
     return p.stdout
@@ -119,8 +127,12 @@ def bench_metadata(root: str, seconds: float, workers: int, versions: int) -> No
         cli("push", d, "acme/bench", env=env)
     token = json.loads(cli("token", "create", "--name", "bench", "--scope", "read", "--json", env=env))["token"]
     with RegistryServer(env=env, workers=workers) as srv:
-        ours = load(srv.url, [[f"/api/v1/show?ref=acme/bench:{k}"] for k in range(1, versions + 1)],
-                    {"Authorization": f"Bearer {token}"}, seconds)
+        ours = load(
+            srv.url,
+            [[f"/api/v1/show?ref=acme/bench:{k}"] for k in range(1, versions + 1)],
+            {"Authorization": f"Bearer {token}"},
+            seconds,
+        )
 
     mlflow_server = MlflowServer(pathlib.Path(root) / "mlflow", workers=workers).start(timeout=300)
     url = mlflow_server.uri
@@ -137,18 +149,26 @@ def bench_metadata(root: str, seconds: float, workers: int, versions: int) -> No
                 mlflow.log_artifacts(d, artifact_path="adapter")
             mv = client.create_model_version("bench", f"runs:/{run.info.run_id}/adapter", run.info.run_id)
             exp = run.info.experiment_id
-            paths.append([f"/api/2.0/mlflow/model-versions/get?name=bench&version={mv.version}",
-                          f"/api/2.0/mlflow-artifacts/artifacts?path={exp}/{run.info.run_id}/artifacts/adapter"])
+            paths.append(
+                [
+                    f"/api/2.0/mlflow/model-versions/get?name=bench&version={mv.version}",
+                    f"/api/2.0/mlflow-artifacts/artifacts?path={exp}/{run.info.run_id}/artifacts/adapter",
+                ]
+            )
         theirs = load(url, paths, {}, seconds)
     finally:
         mlflow_server.stop()
-    print(f"metadata: 32 clients (4 processes x 8 threads), {seconds:.0f} s each, {workers} server workers, "
-          f"{versions} versions")
+    print(
+        f"metadata: 32 clients (4 processes x 8 threads), {seconds:.0f} s each, {workers} server workers, "
+        f"{versions} versions"
+    )
     print(f"  {'':<34}{'ops/s':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for label, r in (("adapterhub serve (show)", ours), ("mlflow server (get + list)", theirs)):
         print(f"  {label:<34}{r['ops_s']:>9.0f}{r['req_s']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}")
-    print(f"  ratio ours/mlflow: {ours['ops_s'] / theirs['ops_s']:.2f}x operations/s, "
-          f"{ours['req_s'] / theirs['req_s']:.2f}x requests/s")
+    print(
+        f"  ratio ours/mlflow: {ours['ops_s'] / theirs['ops_s']:.2f}x operations/s, "
+        f"{ours['req_s'] / theirs['req_s']:.2f}x requests/s"
+    )
 
 
 def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
@@ -158,8 +178,9 @@ def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
     big = os.path.join(root, "big")
     os.makedirs(big)
     with open(os.path.join(big, "adapter_model.safetensors"), "wb") as f:  # a safetensors file of random bytes
-        header = json.dumps({"w": {"dtype": "F32", "shape": [blob_mb * (1 << 20) // 4], "data_offsets":
-                                   [0, blob_mb * (1 << 20)]}}).encode()
+        header = json.dumps(
+            {"w": {"dtype": "F32", "shape": [blob_mb * (1 << 20) // 4], "data_offsets": [0, blob_mb * (1 << 20)]}}
+        ).encode()
         header += b" " * (-len(header) % 8)
         f.write(len(header).to_bytes(8, "little") + header)
         for _ in range(blob_mb):
@@ -170,9 +191,12 @@ def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
         bucket = s3.new_bucket()
         from adapterhub.registry.remotes import with_endpoint
 
-        env = {"ADAPTERHUB_REGISTRY_DB": f"sqlite:///{root}/team.db",
-               "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{bucket}/a", s3.endpoint_url),
-               "ADAPTERHUB_HOME": os.path.join(root, "server-home"), **aws_test_env()}
+        env = {
+            "ADAPTERHUB_REGISTRY_DB": f"sqlite:///{root}/team.db",
+            "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{bucket}/a", s3.endpoint_url),
+            "ADAPTERHUB_HOME": os.path.join(root, "server-home"),
+            **aws_test_env(),
+        }
         src = f"{big}/adapter_model.safetensors"
         import hashlib
 
@@ -185,7 +209,9 @@ def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
         from adapterhub.registry.records import LocalFile
 
         reg = open_registry()
-        reg.publish("acme/big", {"method": "bitfit", "config": {}}, [LocalFile("adapter_model.safetensors", src, digest, size)])
+        reg.publish(
+            "acme/big", {"method": "bitfit", "config": {}}, [LocalFile("adapter_model.safetensors", src, digest, size)]
+        )
         reg.close()
         token = json.loads(cli("token", "create", "--name", "bench", "--scope", "read", "--json", env=env))["token"]
         client_env = {"ADAPTERHUB_HOME": os.path.join(root, "client"), "HUB_TOKEN": token}
@@ -215,9 +241,24 @@ def bench_blobs(root: str, blob_mb: int, workers: int) -> None:
         with mlflow.start_run() as run:
             mlflow.log_artifacts(big, artifact_path="adapter")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mlflow", "artifacts", "download", "--run-id", run.info.run_id,
-                        "--artifact-path", "adapter", "--dst-path", os.path.join(root, "mlflow-dl")],
-                       env={**os.environ, "MLFLOW_TRACKING_URI": url}, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "artifacts",
+                "download",
+                "--run-id",
+                run.info.run_id,
+                "--artifact-path",
+                "adapter",
+                "--dst-path",
+                os.path.join(root, "mlflow-dl"),
+            ],
+            env={**os.environ, "MLFLOW_TRACKING_URI": url},
+            check=True,
+            capture_output=True,
+        )
         theirs = time.perf_counter() - t0
     finally:
         mlflow_server.stop()

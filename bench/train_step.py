@@ -27,9 +27,15 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=8000, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
-                      num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4,
-                      max_position_embeddings=args.seq)
+    cfg = LlamaConfig(
+        vocab_size=8000,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=args.seq,
+    )
     model = LlamaForCausalLM(cfg)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     if args.side == "ours":
@@ -54,9 +60,16 @@ def worker(args: argparse.Namespace) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
-    print(json.dumps({"trainable": sum(p.numel() for p in params), "step_s": statistics.median(times[2:]),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "final_loss": loss.item()}))
+    print(
+        json.dumps(
+            {
+                "trainable": sum(p.numel() for p in params),
+                "step_s": statistics.median(times[2:]),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "final_loss": loss.item(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -76,20 +89,25 @@ def main() -> None:
     results: dict[str, list[dict]] = {"ours": [], "peft": []}
     for _ in range(args.rounds):
         for side in ("peft", "ours"):
-            cmd = [sys.executable, __file__, "--side", side] + [f"--{k}={getattr(args, k)}" for k in
-                                                               ("hidden", "layers", "seq", "batch", "steps", "rank")]
+            cmd = [sys.executable, __file__, "--side", side] + [
+                f"--{k}={getattr(args, k)}" for k in ("hidden", "layers", "seq", "batch", "steps", "rank")
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results[side].append(json.loads(out))
     best = {s: min(r, key=lambda x: x["step_s"]) for s, r in results.items()}
     mem = {s: min(x["peak_rss_mb"] for x in r) for s, r in results.items()}
     assert best["ours"]["trainable"] == best["peft"]["trainable"], best
-    print(f"model: llama hidden={args.hidden} layers={args.layers}, batch {args.batch}x{args.seq}, LoRA r={args.rank} "
-          f"on all linear layers; {best['ours']['trainable']:,} trainable parameters (identical)")
+    print(
+        f"model: llama hidden={args.hidden} layers={args.layers}, batch {args.batch}x{args.seq}, LoRA r={args.rank} "
+        f"on all linear layers; {best['ours']['trainable']:,} trainable parameters (identical)"
+    )
     print(f"{'':<6} {'step (median)':>14} {'peak RSS':>10}  final loss")
     for s in ("ours", "peft"):
         print(f"{s:<6} {best[s]['step_s'] * 1000:11.1f} ms {mem[s]:8.0f} MB  {best[s]['final_loss']:.4f}")
-    print(f"ratio ours/peft: time {best['ours']['step_s'] / best['peft']['step_s']:.3f} (target <= 1.0), "
-          f"peak memory {mem['ours'] / mem['peft']:.3f} (target <= 1.0)")
+    print(
+        f"ratio ours/peft: time {best['ours']['step_s'] / best['peft']['step_s']:.3f} (target <= 1.0), "
+        f"peak memory {mem['ours'] / mem['peft']:.3f} (target <= 1.0)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ PAGES = ("/models/bulk/many", "/models/bulk/many?page=200", "/", "/models/bulk/m
 
 def main() -> None:
     import sqlalchemy as sa
+    from serverproc import RegistryServer
+    from test_web import Client
+    from webhub import cli_in, make_lora_dir, token
 
     from adapterhub.api import local_registry
     from adapterhub.registry import schema as t
     from adapterhub.registry.records import now
-    from serverproc import RegistryServer
-    from test_web import Client
-    from webhub import cli_in, make_lora_dir, token
 
     with tempfile.TemporaryDirectory(prefix="adapterhub-web-bench-") as tmp:
         home = os.path.join(tmp, "home")
@@ -34,10 +34,23 @@ def main() -> None:
         with reg.write() as conn:
             v1 = conn.execute(sa.select(t.versions)).one()
             manifest = json.dumps({"method": "lora", "task": "causal-lm"})
-            conn.execute(t.versions.insert(), [
-                {"adapter_id": v1.adapter_id, "number": n, "digest": f"{n:064x}", "kind": "adapter",
-                 "method": "lora", "manifest": manifest, "size": 1, "created_at": now(), "created_by": "bulk"}
-                for n in range(2, 10_001)])
+            conn.execute(
+                t.versions.insert(),
+                [
+                    {
+                        "adapter_id": v1.adapter_id,
+                        "number": n,
+                        "digest": f"{n:064x}",
+                        "kind": "adapter",
+                        "method": "lora",
+                        "manifest": manifest,
+                        "size": 1,
+                        "created_at": now(),
+                        "created_by": "bulk",
+                    }
+                    for n in range(2, 10_001)
+                ],
+            )
         reg.close()
         tok = token(home, "bench-reader", "read")
         with RegistryServer(env={"ADAPTERHUB_HOME": home}) as srv:

@@ -61,7 +61,7 @@ def parse(lines: list[str]) -> list[Example]:
             raise SystemExit(f"README.md:{i + 1}: {MARKER} must stand right before a ```console block")
         end = lines.index("```", i + 2)
         steps: list[tuple[str, list[str]]] = []
-        for body in lines[i + 2:end]:
+        for body in lines[i + 2 : end]:
             if body.startswith("$ "):
                 steps.append((body[2:], []))
             elif not steps:
@@ -112,16 +112,25 @@ def prepare(work: str) -> dict[str, str]:
     os.symlink("/etc/hostname", os.path.join(good, "notes.txt"))
     weights = load_file(os.path.join(good, "adapter_model.safetensors"))
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
-    for name, change in (("bad-rank", {key.format("B"): weights[key.format("B")][:, :3].contiguous()}),
-                         ("bad-shape", {key.format("A"): weights[key.format("A")][:, :16].contiguous()})):
+    for name, change in (
+        ("bad-rank", {key.format("B"): weights[key.format("B")][:, :3].contiguous()}),
+        ("bad-shape", {key.format("A"): weights[key.format("A")][:, :16].contiguous()}),
+    ):
         os.makedirs(os.path.join(work, name))
         shutil.copy(os.path.join(good, "adapter_config.json"), os.path.join(work, name))
         save_file({**weights, **change}, os.path.join(work, name, "adapter_model.safetensors"))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTERHUB_", "MLFLOW_"))}
-    env.update(ADAPTERHUB_HOME=os.path.join(work, ".adapterhub"), ADAPTERHUB_USER="alice@laptop",
-               PATH=BIN + os.pathsep + env.get("PATH", ""), OMP_NUM_THREADS="1", COLUMNS="200",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env.update(
+        ADAPTERHUB_HOME=os.path.join(work, ".adapterhub"),
+        ADAPTERHUB_USER="alice@laptop",
+        PATH=BIN + os.pathsep + env.get("PATH", ""),
+        OMP_NUM_THREADS="1",
+        COLUMNS="200",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+    )
     return env
 
 
@@ -132,8 +141,7 @@ def run(examples: list[Example], work: str, env: dict[str, str]) -> list[list[tu
     for example in examples:
         steps = []
         for command, _ in example.steps:
-            p = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True,
-                               timeout=600)
+            p = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=600)
             printed = (p.stdout + p.stderr).replace(work + os.sep, "./").replace(work, ".").rstrip("\n")
             steps.append((command, printed.split("\n") if printed else []))
         results.append(steps)
@@ -147,8 +155,13 @@ def differences(examples: list[Example], results: list[list[tuple[str, list[str]
         expected = normalize(example.render())
         actual = normalize([line for command, output in steps for line in (f"$ {command}", *output)])
         if expected != actual:
-            diffs.append("\n".join(difflib.unified_diff(
-                expected, actual, f"README.md:{example.start + 1}", "today's output", lineterm="")))
+            diffs.append(
+                "\n".join(
+                    difflib.unified_diff(
+                        expected, actual, f"README.md:{example.start + 1}", "today's output", lineterm=""
+                    )
+                )
+            )
     return diffs
 
 
@@ -170,16 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     diffs = differences(examples, results, lines)
     if args.update:
         for example, steps in reversed(list(zip(examples, results))):
-            lines[example.start:example.end] = [line for command, output in steps
-                                                for line in (f"$ {command}", *output)]
+            lines[example.start : example.end] = [
+                line for command, output in steps for line in (f"$ {command}", *output)
+            ]
         with open(README, "w") as f:
             f.write("\n".join(lines))
         print(f"README.md: {len(diffs)} of {len(examples)} checked examples rewritten")
         return 0
     for diff in diffs:
         print(diff, end="\n\n")
-    print(f"README.md: {len(examples) - len(diffs)} of {len(examples)} checked examples match"
-          + ("" if not diffs else " (python scripts/readme_examples.py --update rewrites them)"))
+    print(
+        f"README.md: {len(examples) - len(diffs)} of {len(examples)} checked examples match"
+        + ("" if not diffs else " (python scripts/readme_examples.py --update rewrites them)")
+    )
     return 1 if diffs else 0
 
 

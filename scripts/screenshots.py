@@ -33,7 +33,6 @@ def more(home: str, work: str) -> None:
 
 def main() -> None:
     from playwright.sync_api import sync_playwright
-
     from serverproc import RegistryServer
     from webhub import build
 

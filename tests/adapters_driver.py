@@ -37,8 +37,11 @@ def load_model(job):
         from adapters import AutoAdapterModel
 
         return AutoAdapterModel.from_pretrained(job["model"], local_files_only=True, torch_dtype=torch.float32).eval()
-    auto = {"seq-cls": transformers.AutoModelForSequenceClassification,
-            "causal-lm": transformers.AutoModelForCausalLM, "base": transformers.AutoModel}[job["head"]]
+    auto = {
+        "seq-cls": transformers.AutoModelForSequenceClassification,
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "base": transformers.AutoModel,
+    }[job["head"]]
     model = auto.from_pretrained(job["model"], local_files_only=True, torch_dtype=torch.float32)
     import adapters
 

@@ -24,8 +24,11 @@ def python() -> str:
     """The oracle venv's python, or a test failure that says how to build it."""
     exe = os.environ.get("ADAPTERHUB_ADAPTERS_PYTHON") or os.path.join(ROOT, ".venv-adapters", "bin", "python")
     if not os.access(exe, os.X_OK):
-        pytest.fail(f"the adapters library oracle venv is missing ({exe}); build it with `bash .ci/adapters-venv` "
-                    "(.ci/run does) or set ADAPTERHUB_ADAPTERS_PYTHON", pytrace=False)
+        pytest.fail(
+            f"the adapters library oracle venv is missing ({exe}); build it with `bash .ci/adapters-venv` "
+            "(.ci/run does) or set ADAPTERHUB_ADAPTERS_PYTHON",
+            pytrace=False,
+        )
     return exe
 
 
@@ -36,8 +39,13 @@ def run(jobs: list[dict], workdir: str, timeout: float = 600) -> dict[str, dict]
     path = os.path.join(workdir, f"jobs-{len(os.listdir(workdir))}.json")
     with open(path, "w") as f:
         json.dump(jobs, f)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": ""}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": "",
+    }
     proc = subprocess.run([python(), DRIVER, path], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode not in (0, 1):  # 1: some job failed (reported per job below)
         pytest.fail(f"the adapters oracle crashed (exit {proc.returncode}): {proc.stderr[-2000:]}", pytrace=False)

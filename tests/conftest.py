@@ -89,7 +89,8 @@ class Result:
 @pytest.fixture
 def cli(home):
     """Run the CLI in-process: ``cli("push", src, name)`` -> Result (never raises on user errors)."""
-    from adapterhub.cli import add_plugin_commands, cli as group
+    from adapterhub.cli import add_plugin_commands
+    from adapterhub.cli import cli as group
 
     add_plugin_commands()
 
@@ -106,8 +107,9 @@ def run_subprocess(*args, env=None, timeout=120):
     """Run the real ``adapterhub`` console script in a subprocess."""
     e = dict(os.environ)
     e.update(env or {})
-    p = subprocess.run([sys.executable, "-m", "adapterhub", *map(str, args)], capture_output=True, text=True,
-                       env=e, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "adapterhub", *map(str, args)], capture_output=True, text=True, env=e, timeout=timeout
+    )
     return Result(p.returncode, p.stdout, p.stderr)
 
 
@@ -136,9 +138,19 @@ def make_lora_dir(path, seed=0, r=4, hidden=16, layers=2, extra_config=None, bas
             tensors[f"{pre}.lora_B.weight"] = rng.standard_normal((hidden, r)).astype(np.float32)
     os.makedirs(path, exist_ok=True)
     save_file(tensors, os.path.join(path, "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
-           "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": base_name, "lora_dropout": 0.0,
-           "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False}
+    cfg = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": 2 * r,
+        "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": base_name,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+    }
     cfg.update(extra_config or {})
     with open(os.path.join(path, "adapter_config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
@@ -150,8 +162,11 @@ def make_base_dir(path, seed=0, hidden=16, layers=2, shards=1):
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(seed)
-    tensors = {f"model.layers.{i}.self_attn.{p}.weight": rng.standard_normal((hidden, hidden)).astype(np.float32)
-               for i in range(layers) for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    tensors = {
+        f"model.layers.{i}.self_attn.{p}.weight": rng.standard_normal((hidden, hidden)).astype(np.float32)
+        for i in range(layers)
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+    }
     tensors["model.embed_tokens.weight"] = rng.standard_normal((32, hidden)).astype(np.float32)
     os.makedirs(path, exist_ok=True)
     names = sorted(tensors)

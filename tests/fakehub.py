@@ -19,11 +19,11 @@ from urllib.parse import unquote, urlsplit
 
 class FakeHub:
     def __init__(self) -> None:
-        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}   # repo -> commit -> path -> bytes
-        self.refs: dict[str, dict[str, str]] = {}                 # repo -> branch/tag -> commit
-        self.requests: list[tuple[str, str, str | None]] = []    # (method, path, Authorization)
-        self.private: dict[str, bool] = {}                        # repos created private
-        self.gated: set[str] = set()                              # repos whose terms were not accepted
+        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}  # repo -> commit -> path -> bytes
+        self.refs: dict[str, dict[str, str]] = {}  # repo -> branch/tag -> commit
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        self.private: dict[str, bool] = {}  # repos created private
+        self.gated: set[str] = set()  # repos whose terms were not accepted
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -39,8 +39,9 @@ class FakeHub:
                 full = os.path.join(root, n)
                 with open(full, "rb") as fh:
                     files[os.path.relpath(full, src_dir).replace(os.sep, "/")] = fh.read()
-        commit = hashlib.sha1(json.dumps({p: hashlib.sha256(b).hexdigest() for p, b in sorted(files.items())})
-                              .encode()).hexdigest()
+        commit = hashlib.sha1(
+            json.dumps({p: hashlib.sha256(b).hexdigest() for p, b in sorted(files.items())}).encode()
+        ).hexdigest()
         self.repos.setdefault(repo, {})[commit] = files
         self.refs.setdefault(repo, {})[ref] = commit
         return commit
@@ -70,8 +71,11 @@ class FakeHub:
                     self.wfile.write(body)
 
             def _error(self, code_name):
-                self._send(404, json.dumps({"error": code_name}).encode(), {"X-Error-Code": code_name,
-                                                                            "Content-Type": "application/json"})
+                self._send(
+                    404,
+                    json.dumps({"error": code_name}).encode(),
+                    {"X-Error-Code": code_name, "Content-Type": "application/json"},
+                )
 
             def _commit(self, repo, rev):
                 if repo not in hub.repos:
@@ -96,8 +100,10 @@ class FakeHub:
                     if m[2] == "revision":
                         body = {"id": m[1], "sha": commit, "siblings": [{"rfilename": p} for p in sorted(files)]}
                     else:
-                        body = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                                for p, b in sorted(files.items())]
+                        body = [
+                            {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                            for p, b in sorted(files.items())
+                        ]
                     return self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
                 m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
                 if m:
@@ -108,8 +114,9 @@ class FakeHub:
                     if data is None:
                         return self._error("EntryNotFound")
                     etag = f'"{hashlib.sha256(data).hexdigest()}"'
-                    return self._send(200, data, {"X-Repo-Commit": commit, "ETag": etag,
-                                                  "Content-Type": "application/octet-stream"})
+                    return self._send(
+                        200, data, {"X-Repo-Commit": commit, "ETag": etag, "Content-Type": "application/octet-stream"}
+                    )
                 self._send(404, b"{}")
 
             def do_POST(self):
@@ -134,8 +141,10 @@ class FakeHub:
                 if not m or m[1] not in hub.repos:
                     return self._error("RepoNotFound")
                 if m[2] == "preupload":
-                    files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                             for f in json.loads(body)["files"]]
+                    files = [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                        for f in json.loads(body)["files"]
+                    ]
                     return self._send(200, json.dumps({"files": files}).encode())
                 repo, branch = m[1], m[3]
                 files = dict(hub.repos[repo].get(hub.refs[repo].get(branch, ""), {}))
@@ -146,7 +155,8 @@ class FakeHub:
                 commit = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
                 hub.repos[repo][commit] = files
                 hub.refs[repo][branch] = commit
-                self._send(200, json.dumps({"commitUrl": f"{hub.url}/{repo}/commit/{commit}",
-                                            "commitOid": commit}).encode())
+                self._send(
+                    200, json.dumps({"commitUrl": f"{hub.url}/{repo}/commit/{commit}", "commitOid": commit}).encode()
+                )
 
         return Handler

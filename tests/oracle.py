@@ -18,10 +18,10 @@ import sys
 import warnings
 
 import pytest
+import tinymodels as tm
 import torch
 from safetensors.torch import load_file, save_file
 
-import tinymodels as tm
 from adapterhub.errors import InvalidInput
 
 #: the key prefix PEFT gives a model's own parameter names in an adapter's state dict

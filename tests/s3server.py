@@ -31,8 +31,8 @@ import threading
 import uuid
 from typing import Iterator
 
-from moto.server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 #: dummy credentials: moto accepts anything, boto3 only needs something to sign with
@@ -54,8 +54,15 @@ def aws_test_env(region: str = "us-east-1") -> dict[str, str]:
 
 
 #: variables to remove so a developer's own AWS setup never leaks into a test
-AWS_ENV_TO_CLEAR = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CA_BUNDLE")
+AWS_ENV_TO_CLEAR = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_CA_BUNDLE",
+)
 
 
 class MotoS3Server(ThreadedMotoServer):
@@ -133,12 +140,21 @@ class MotoS3Server(ThreadedMotoServer):
         from botocore.config import Config
 
         env = aws_test_env()
-        config = Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required",
-                        retries={"max_attempts": 2, "mode": "standard"})
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=env["AWS_DEFAULT_REGION"],
-                            aws_access_key_id=TEST_ACCESS_KEY, aws_secret_access_key=TEST_SECRET_KEY,
-                            config=config, **kwargs)
+        config = Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=TEST_ACCESS_KEY,
+            aws_secret_access_key=TEST_SECRET_KEY,
+            config=config,
+            **kwargs,
+        )
 
     def new_bucket(self, prefix: str = "test") -> str:
         """Create a uniquely named bucket and return its name (moto's state is shared process-wide)."""
@@ -151,9 +167,12 @@ class MotoS3Server(ThreadedMotoServer):
         through moto's own ``/moto-api/reset-auth`` endpoint. The setting is process-wide."""
         import urllib.request
 
-        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth",
-                                     data=b"0" if enabled else b"inf", method="POST",
-                                     headers={"Content-Type": "text/plain"})
+        req = urllib.request.Request(
+            f"{self.endpoint_url}/moto-api/reset-auth",
+            data=b"0" if enabled else b"inf",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
 

@@ -29,11 +29,11 @@ def main() -> None:
         seen["check"] = [type(exc).__name__, str(exc)]
 
     # 2. FSDP2 (torch's fully_shard, CPU, gloo): the adapter's sharded DTensors are gathered whole
+    from tinymodels import tiny_llama
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
     from adapterhub.plugins import get_plugins
-    from tinymodels import tiny_llama
 
     method = get_plugins().get("methods", "lora")
     model = tiny_llama()

@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 class RegistryServer:
-    def __init__(self, env: dict[str, str], workers: int = 1, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self, env: dict[str, str], workers: int = 1, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ):
         self.env = {**os.environ, **env}
         self.env.pop("ADAPTERHUB_LOAD_PLUGINS", None)
         self.workers = workers
@@ -45,15 +46,32 @@ class RegistryServer:
 
     def start(self, timeout: float = 60.0) -> "RegistryServer":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adapterhub", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), *self.extra_args],
-            env=self.env, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "adapterhub",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                *self.extra_args,
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+        )
         self.first_line = self.proc.stdout.readline().strip()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"adapterhub serve exited {self.proc.returncode}: {self.first_line} "
-                                   f"{self.stderr_text()}")
+                raise RuntimeError(
+                    f"adapterhub serve exited {self.proc.returncode}: {self.first_line} {self.stderr_text()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
                     if json.load(r).get("ok"):

@@ -32,8 +32,8 @@ from oracle import quiet  # noqa: E402,F401
 
 from adapterhub.files.checkpoint import load_adapter_dir, read_adapter_dir, save_adapter  # noqa: E402
 from adapterhub.operations.export import export  # noqa: E402
-from adapterhub.training.modeling import attach_loaded  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
+from adapterhub.training.modeling import attach_loaded  # noqa: E402
 
 TOL = 1e-6
 HEADS = {"bert": "seq-cls", "llama": "causal-lm", "gpt2": "causal-lm", "minilm": "base"}
@@ -52,29 +52,50 @@ CASES = {
     "bert-seqbn-post-add": ("bert", "SeqBnConfig", {"reduction_factor": 4, "residual_before_ln": "post_add"}),
     "bert-seqbn-ln-after-off": ("bert", "SeqBnConfig", {"reduction_factor": 4, "original_ln_after": False}),
     "llama-seqbn-ln-after-off": ("llama", "SeqBnConfig", {"reduction_factor": 4, "original_ln_after": False}),
-    "bert-double-ln-before-only": ("bert", "DoubleSeqBnConfig", {
-        "reduction_factor": 4, "original_ln_before": True, "original_ln_after": False, "residual_before_ln": False}),
-    "llama-double-ln-before-only": ("llama", "DoubleSeqBnConfig", {
-        "reduction_factor": 4, "original_ln_before": True, "original_ln_after": False, "residual_before_ln": False}),
+    "bert-double-ln-before-only": (
+        "bert",
+        "DoubleSeqBnConfig",
+        {"reduction_factor": 4, "original_ln_before": True, "original_ln_after": False, "residual_before_ln": False},
+    ),
+    "llama-double-ln-before-only": (
+        "llama",
+        "DoubleSeqBnConfig",
+        {"reduction_factor": 4, "original_ln_before": True, "original_ln_after": False, "residual_before_ln": False},
+    ),
     "bert-seqbn-new-norms": ("bert", "SeqBnConfig", {"reduction_factor": 4, "ln_before": True, "ln_after": True}),
-    "llama-seqbn-new-norms-residual-first": ("llama", "SeqBnConfig", {
-        "reduction_factor": 4, "ln_before": True, "ln_after": True, "adapter_residual_before_ln": True}),
+    "llama-seqbn-new-norms-residual-first": (
+        "llama",
+        "SeqBnConfig",
+        {"reduction_factor": 4, "ln_before": True, "ln_after": True, "adapter_residual_before_ln": True},
+    ),
     "bert-parbn": ("bert", "ParBnConfig", {"reduction_factor": 4}),
     "llama-parbn-ln-after-off": ("llama", "ParBnConfig", {"reduction_factor": 4, "original_ln_after": False}),
-    "llama-seqbn-houlsby-init-gelu-leave-out": ("llama", "SeqBnConfig", {
-        "reduction_factor": 4, "init_weights": "houlsby", "scaling": 0.5, "non_linearity": "gelu", "leave_out": [0]}),
+    "llama-seqbn-houlsby-init-gelu-leave-out": (
+        "llama",
+        "SeqBnConfig",
+        {"reduction_factor": 4, "init_weights": "houlsby", "scaling": 0.5, "non_linearity": "gelu", "leave_out": [0]},
+    ),
     "bert-compacter": ("bert", "CompacterConfig", {"reduction_factor": 4}),
-    "llama-compacter-rank2-nobias": ("llama", "CompacterConfig", {"reduction_factor": 4, "phm_rank": 2,
-                                                                  "phm_bias": False}),
+    "llama-compacter-rank2-nobias": (
+        "llama",
+        "CompacterConfig",
+        {"reduction_factor": 4, "phm_rank": 2, "phm_bias": False},
+    ),
     "bert-compacter++": ("bert", "CompacterPlusPlusConfig", {"reduction_factor": 4}),
     "llama-compacter++": ("llama", "CompacterPlusPlusConfig", {"reduction_factor": 4}),
     # (adapters saves no shared PHM rule from a headless model: test_headless_shared_rule_is_refused)
     "minilm-compacter++-unshared": ("minilm", "CompacterPlusPlusConfig", {"shared_phm_rule": False}),
-    "bert-compacter++-unshared-full": ("bert", "CompacterPlusPlusConfig", {
-        "reduction_factor": 4, "shared_phm_rule": False, "factorized_phm_W": False, "phm_dim": 2}),
+    "bert-compacter++-unshared-full": (
+        "bert",
+        "CompacterPlusPlusConfig",
+        {"reduction_factor": 4, "shared_phm_rule": False, "factorized_phm_W": False, "phm_dim": 2},
+    ),
     "bert-lora": ("bert", "LoRAConfig", {"r": 4, "alpha": 8}),
-    "llama-lora-qkv-intermediate": ("llama", "LoRAConfig", {"r": 4, "alpha": 16, "attn_matrices": ["q", "k", "v"],
-                                                             "intermediate_lora": True}),
+    "llama-lora-qkv-intermediate": (
+        "llama",
+        "LoRAConfig",
+        {"r": 4, "alpha": 16, "attn_matrices": ["q", "k", "v"], "intermediate_lora": True},
+    ),
     "bert-ia3": ("bert", "IA3Config", {}),
     "llama-ia3": ("llama", "IA3Config", {}),
 }
@@ -82,35 +103,67 @@ EXPORTED = list(CASES)
 # flexible heads (AutoAdapterModel.add_classification_head) read as BertForSequenceClassification's pooler/classifier
 FLEX = {
     "bert-seqbn-flex-head": ("bert", "SeqBnConfig", {"reduction_factor": 4}, {"num_labels": 3, "layers": 2}),
-    "bert-compacter-flex-pooler-head": ("bert", "CompacterConfig", {"reduction_factor": 4},
-                                        {"num_labels": 3, "layers": 1, "use_pooler": True}),
+    "bert-compacter-flex-pooler-head": (
+        "bert",
+        "CompacterConfig",
+        {"reduction_factor": 4},
+        {"num_labels": 3, "layers": 1, "use_pooler": True},
+    ),
 }
 # what adapterhub cannot map: refused at push, naming it
 REFUSED = {
     "invertible": ("bert", "SeqBnInvConfig", {"reduction_factor": 4}, ["inv_adapter='nice'", "invertible adapters"]),
     "gated": ("bert", "SeqBnConfig", {"reduction_factor": 4, "use_gating": True}, ["use_gating=True"]),
-    "learned-scaling": ("llama", "SeqBnConfig", {"reduction_factor": 4, "scaling": "learned"},
-                        ["scaling='learned'"]),
-    "prefix-tuning": ("bert", "PrefixTuningConfig", {"prefix_length": 4, "bottleneck_size": 8},
-                      ["architecture is prefix tuning", "does not map"]),
+    "learned-scaling": ("llama", "SeqBnConfig", {"reduction_factor": 4, "scaling": "learned"}, ["scaling='learned'"]),
+    "prefix-tuning": (
+        "bert",
+        "PrefixTuningConfig",
+        {"prefix_length": 4, "bottleneck_size": 8},
+        ["architecture is prefix tuning", "does not map"],
+    ),
     "mam-union": ("bert", "MAMConfig", {}, ["ConfigUnion"]),
-    "headless-shared-rule": ("minilm", "CompacterPlusPlusConfig", {}, ["lacks it", "shared_parameters.oracle.phm_rule"]),
-    "flex-head-3-layers": ("bert", "SeqBnConfig", {"reduction_factor": 4, "flex_head": {"num_labels": 3, "layers": 3}},
-                           ["prediction head", "layers=3"]),
+    "headless-shared-rule": (
+        "minilm",
+        "CompacterPlusPlusConfig",
+        {},
+        ["lacks it", "shared_parameters.oracle.phm_rule"],
+    ),
+    "flex-head-3-layers": (
+        "bert",
+        "SeqBnConfig",
+        {"reduction_factor": 4, "flex_head": {"num_labels": 3, "layers": 3}},
+        ["prediction head", "layers=3"],
+    ),
 }
 # id -> (model, our method, our config): made here, exported, loaded by adapters (c)
 NATIVE = {
-    "bert-pfeiffer-seqcls": ("bert", "bottleneck", {"style": "pfeiffer", "reduction_factor": 4, "task_type": "SEQ_CLS"}),
-    "llama-houlsby-ln-after-residual-first": ("llama", "bottleneck", {
-        "reduction_factor": 4, "ln_after": True, "adapter_residual_before_ln": True, "original_ln_after": False}),
+    "bert-pfeiffer-seqcls": (
+        "bert",
+        "bottleneck",
+        {"style": "pfeiffer", "reduction_factor": 4, "task_type": "SEQ_CLS"},
+    ),
+    "llama-houlsby-ln-after-residual-first": (
+        "llama",
+        "bottleneck",
+        {"reduction_factor": 4, "ln_after": True, "adapter_residual_before_ln": True, "original_ln_after": False},
+    ),
     "gpt2-parallel": ("gpt2", "bottleneck", {"style": "pfeiffer", "is_parallel": True, "bottleneck_size": 8}),
     "llama-compacter++": ("llama", "compacter", {"style": "pfeiffer", "bottleneck_size": 8}),
-    "llama-lora-qkv-up": ("llama", "lora", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj",
-                                                                                         "up_proj"]}),
-    "bert-ia3-seqcls": ("bert", "ia3", {"target_modules": ["key", "value", "intermediate.dense"],
-                                        "feedforward_modules": [], "task_type": "SEQ_CLS"}),
-    "bert-compacter-unshared-full": ("bert", "compacter", {"bottleneck_size": 8, "shared_phm_rule": False,
-                                                           "factorized_phm_W": False, "phm_dim": 2}),
+    "llama-lora-qkv-up": (
+        "llama",
+        "lora",
+        {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "up_proj"]},
+    ),
+    "bert-ia3-seqcls": (
+        "bert",
+        "ia3",
+        {"target_modules": ["key", "value", "intermediate.dense"], "feedforward_modules": [], "task_type": "SEQ_CLS"},
+    ),
+    "bert-compacter-unshared-full": (
+        "bert",
+        "compacter",
+        {"bottleneck_size": 8, "shared_phm_rule": False, "factorized_phm_W": False, "phm_dim": 2},
+    ),
 }
 # trained in adapters (b): id -> (model, config class, kwargs)
 TRAINED = {
@@ -160,19 +213,37 @@ def results(tmp_path_factory):
     bases["minilm"] = tm.minilm_path()
 
     def job(op, name, out, **kw):
-        return {"op": op, "model": bases[name], "head": HEADS[name], "out": str(work / out),
-                "inputs": _inputs(name), **kw}
+        return {
+            "op": op,
+            "model": bases[name],
+            "head": HEADS[name],
+            "out": str(work / out),
+            "inputs": _inputs(name),
+            **kw,
+        }
 
-    jobs = [job("make", m, f"made/{cid}", config={"class": cls, "kwargs": kw}, seed=i)
-            for i, (cid, (m, cls, kw)) in enumerate(CASES.items())]
-    jobs += [job("train", m, f"trained/{cid}", config={"class": cls, "kwargs": kw}, steps=3, labels=[0, 2])
-             for cid, (m, cls, kw) in TRAINED.items()]
-    jobs += [job("make", m, f"made/{cid}", config={"class": cls, "kwargs": kw}, flex_head=head, seed=1)
-             for cid, (m, cls, kw, head) in FLEX.items()]
-    jobs += [job("make", m, f"refused/{cid}", config={"class": cls, "kwargs": {k: v for k, v in kw.items()
-                                                                                if k != "flex_head"}},
-                 flex_head=kw.get("flex_head"))
-             for cid, (m, cls, kw, _) in REFUSED.items()]
+    jobs = [
+        job("make", m, f"made/{cid}", config={"class": cls, "kwargs": kw}, seed=i)
+        for i, (cid, (m, cls, kw)) in enumerate(CASES.items())
+    ]
+    jobs += [
+        job("train", m, f"trained/{cid}", config={"class": cls, "kwargs": kw}, steps=3, labels=[0, 2])
+        for cid, (m, cls, kw) in TRAINED.items()
+    ]
+    jobs += [
+        job("make", m, f"made/{cid}", config={"class": cls, "kwargs": kw}, flex_head=head, seed=1)
+        for cid, (m, cls, kw, head) in FLEX.items()
+    ]
+    jobs += [
+        job(
+            "make",
+            m,
+            f"refused/{cid}",
+            config={"class": cls, "kwargs": {k: v for k, v in kw.items() if k != "flex_head"}},
+            flex_head=kw.get("flex_head"),
+        )
+        for cid, (m, cls, kw, _) in REFUSED.items()
+    ]
     made = adapters_oracle.run(jobs, str(work / "jobs"))
     out = {"made": {}, "ours": {}, "native": {}, "trained": {}}
 
@@ -220,8 +291,15 @@ def _native(plugins, name, method_name, cfg, where):
         logits = tm.logits(model, tm.inputs_for(name))
     import dataclasses
 
-    save_adapter(str(where / "dir"), {"method": method_name, "config": json.loads(json.dumps(
-        dataclasses.asdict(effective))), "base": {"fingerprint": None, "name": name}}, method.state_dict(model))
+    save_adapter(
+        str(where / "dir"),
+        {
+            "method": method_name,
+            "config": json.loads(json.dumps(dataclasses.asdict(effective))),
+            "base": {"fingerprint": None, "name": name},
+        },
+        method.state_dict(model),
+    )
     export(None, str(where / "dir"), "adapters", str(where / "export"), plugins=plugins)
     return logits
 
@@ -230,9 +308,11 @@ def _through_cli(cid, name, work, plugins):
     """push --import-bin, pull and export --format adapters with real adapterhub processes."""
     home, d = work / f"cli/{cid}/home", work / f"cli/{cid}"
     ref = f"acme/{cid.replace('+', 'p')}"
-    for args in (("push", str(work / f"trained/{cid}/adapter"), ref, "--import-bin"),
-                 ("pull", f"{ref}:1", "--out", str(d / "pulled")),
-                 ("export", f"{ref}:1", "--format", "adapters", "--out", str(d / "export"))):
+    for args in (
+        ("push", str(work / f"trained/{cid}/adapter"), ref, "--import-bin"),
+        ("pull", f"{ref}:1", "--out", str(d / "pulled")),
+        ("export", f"{ref}:1", "--format", "adapters", "--out", str(d / "export")),
+    ):
         proc = _cli(*args, home=home)
         assert proc.returncode == 0, f"adapterhub {' '.join(args)}: {proc.stderr}"
     return _ours(name, load_adapter_dir(str(d / "pulled"), plugins))

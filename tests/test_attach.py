@@ -19,8 +19,10 @@ def stored(cli, tmp_path):
 
     base = save_tiny_llama_base(tmp_path / "base")
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     r = cli("push", tmp_path / "adapter", "acme/chat", "--base", base)
     assert r.exit_code == 0, r.output

@@ -3,14 +3,11 @@
 import json
 import os
 import pickle
-import resource
-import signal
 import struct
 import subprocess
 import sys
 
 import pytest
-
 from conftest import assert_clean_error, make_base_dir, make_lora_dir, run_subprocess
 
 
@@ -64,7 +61,7 @@ def test_corrupt_header_json_and_bad_offsets(cli, home, tmp_path):
     f = os.path.join(src, "adapter_model.safetensors")
     data = bytearray(open(f, "rb").read())
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     good = bytes(data)
     data[8] = ord("!")
     open(f, "wb").write(bytes(data))
@@ -73,7 +70,7 @@ def test_corrupt_header_json_and_bad_offsets(cli, home, tmp_path):
     name = next(k for k in header if k != "__metadata__")
     header[name]["shape"] = [999, 999]
     blob = json.dumps(header).encode()
-    open(f, "wb").write(struct.pack("<Q", len(blob)) + blob + good[8 + n:])
+    open(f, "wb").write(struct.pack("<Q", len(blob)) + blob + good[8 + n :])
     assert_clean_error(cli("push", src, "acme/bot"), name)
     assert registry_is_empty(home)
 
@@ -125,15 +122,18 @@ def test_invalid_names(cli, home, tmp_path, name):
     assert registry_is_empty(home)
 
 
-@pytest.mark.parametrize("ref,msg", [
-    ("acme/bot:7", "no version 7"),
-    ("acme/bot@staging", "no alias 'staging'"),
-    ("acme/nope", "no adapter named 'acme/nope'"),
-    ("sha256:" + "0" * 64, "no version with digest"),
-    ("acme/bot:zero", "invalid ref"),
-    ("../../etc", "invalid ref"),
-    ("sha256:12", "invalid digest"),
-])
+@pytest.mark.parametrize(
+    "ref,msg",
+    [
+        ("acme/bot:7", "no version 7"),
+        ("acme/bot@staging", "no alias 'staging'"),
+        ("acme/nope", "no adapter named 'acme/nope'"),
+        ("sha256:" + "0" * 64, "no version with digest"),
+        ("acme/bot:zero", "invalid ref"),
+        ("../../etc", "invalid ref"),
+        ("sha256:12", "invalid digest"),
+    ],
+)
 def test_unknown_and_invalid_refs(cli, tmp_path, ref, msg):
     cli("push", make_lora_dir(tmp_path / "a"), "acme/bot")
     for cmd in (("show", ref), ("pull", ref, "--out", tmp_path / "o"), ("lineage", ref)):
@@ -150,8 +150,9 @@ def test_base_mismatch_names_both_fingerprints(cli, home, tmp_path):
     # an adapterhub.json recording the base it was trained on
     native = tmp_path / "native"
     make_lora_dir(native)
-    (native / "adapterhub.json").write_text(json.dumps({"method": "lora", "config": {"r": 4},
-                                                        "base": {"fingerprint": fp, "name": "tiny"}}))
+    (native / "adapterhub.json").write_text(
+        json.dumps({"method": "lora", "config": {"r": 4}, "base": {"fingerprint": fp, "name": "tiny"}})
+    )
     other_fp = cli("fingerprint", other).stdout.strip()
     r = cli("push", native, "acme/native", "--base", other)
     assert_clean_error(r, fp, other_fp, "tiny")
@@ -169,7 +170,9 @@ def test_unsafe_paths_in_a_registry_are_refused_on_pull(cli, home, tmp_path):
     reg = open_registry(str(home))
     with reg.write() as conn:
         conn.execute(sa.text("UPDATE files SET path = '../../escape.txt' WHERE path = 'adapter_config.json'"))
-    assert_clean_error(cli("pull", "acme/bot", "--out", tmp_path / "deep" / "out"), "../../escape.txt")  # edited behind its back: refused
+    assert_clean_error(
+        cli("pull", "acme/bot", "--out", tmp_path / "deep" / "out"), "../../escape.txt"
+    )  # edited behind its back: refused
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "deep" / "out").exists()
 
 
@@ -177,8 +180,12 @@ def _mount_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     if os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _umount(path):
@@ -225,8 +232,10 @@ def test_disk_full_during_push(tmp_path):
     from safetensors.numpy import save_file
 
     src = make_lora_dir(tmp_path / "a")
-    save_file({"big": np.random.default_rng(0).standard_normal((600_000,)).astype(np.float32)},
-              os.path.join(src, "extra.safetensors"))  # 2.4 MB: does not fit
+    save_file(
+        {"big": np.random.default_rng(0).standard_normal((600_000,)).astype(np.float32)},
+        os.path.join(src, "extra.safetensors"),
+    )  # 2.4 MB: does not fit
     home = tmp_path / "small"
     mounted = _mount_tmpfs(home, "1m")
     env = {"ADAPTERHUB_HOME": str(home)}
@@ -234,12 +243,18 @@ def test_disk_full_during_push(tmp_path):
         if mounted:
             r = run_subprocess("push", src, "acme/bot", env=env)
         else:
-            code = ("import resource, signal, sys\n"
-                    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-                    "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
-                    "from adapterhub.cli import main\nmain(sys.argv[1:])\n")
-            p = subprocess.run([sys.executable, "-c", code, "push", src, "acme/bot"], capture_output=True,
-                               text=True, env={**os.environ, **env})
+            code = (
+                "import resource, signal, sys\n"
+                "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+                "from adapterhub.cli import main\nmain(sys.argv[1:])\n"
+            )
+            p = subprocess.run(
+                [sys.executable, "-c", code, "push", src, "acme/bot"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **env},
+            )
             from conftest import Result
 
             r = Result(p.returncode, p.stdout, p.stderr)

@@ -10,16 +10,15 @@ import sys
 
 import numpy as np
 import pytest
-
 import torch as torch
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402
 from conftest import assert_clean_error, make_base_dir, make_lora_dir  # noqa: E402
 
-from adapterhub.tuning import combine as cmb  # noqa: E402
 from adapterhub.errors import InvalidInput  # noqa: E402
-from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402
+from adapterhub.tuning import combine as cmb  # noqa: E402
 
 LORA = LoraMethod()
 P = "base_model.model."
@@ -92,17 +91,20 @@ def test_density_one_keeps_everything_and_linear_is_weighted_sum():
     direct = sum(w * t for w, t in zip(weights, tasks))
     assert torch.allclose(cmb.combine_dense(tasks, weights, "linear"), direct, atol=1e-6)
     assert torch.allclose(cmb.combine_dense(tasks, weights, "magnitude_prune", 1.0), direct, atol=1e-6)
-    assert torch.allclose(cmb.combine_dense(tasks, weights, "dare_linear", 1.0, cmb.module_generator(0, "x")),
-                          direct, atol=1e-6)
+    assert torch.allclose(
+        cmb.combine_dense(tasks, weights, "dare_linear", 1.0, cmb.module_generator(0, "x")), direct, atol=1e-6
+    )
 
 
 def test_matches_peft_merge_utils_on_deterministic_methods():
     import peft.utils.merge_utils as merge_utils
+
     tasks, weights = _tasks(seed=4), [0.7, 0.3, 0.5]
     w = torch.tensor(weights)
     assert torch.allclose(cmb.combine_dense(tasks, weights, "ties", 0.5), merge_utils.ties(tasks, w, 0.5), atol=1e-6)
-    assert torch.allclose(cmb.combine_dense(tasks, weights, "magnitude_prune", 0.5),
-                          merge_utils.magnitude_prune(tasks, w, 0.5), atol=1e-6)
+    assert torch.allclose(
+        cmb.combine_dense(tasks, weights, "magnitude_prune", 0.5), merge_utils.magnitude_prune(tasks, w, 0.5), atol=1e-6
+    )
 
 
 def test_low_rank_is_best_rank_k_and_factored_is_exact():
@@ -119,18 +121,21 @@ def test_low_rank_is_best_rank_k_and_factored_is_exact():
         assert torch.allclose((b @ a).double(), best2, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(how="nope"), "unknown combination"),
-    (dict(how="ties"), "--density is required"),
-    (dict(how="ties", density=0.0), "density must be in (0, 1]"),
-    (dict(how="dare_ties", density=1.01), "density must be in (0, 1]"),
-    (dict(how="linear", density=0.5), "--density applies only"),
-    (dict(how="cat", rank=4), "--rank applies only"),
-    (dict(how="svd", rank=0), "rank must be a positive integer"),
-    (dict(how="svd", seed=3), "--seed applies only"),
-    (dict(how="linear", weights=[1.0]), "1 weight(s) given for 2"),
-    (dict(how="linear", weights=[1.0, float("nan")]), "finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(how="nope"), "unknown combination"),
+        (dict(how="ties"), "--density is required"),
+        (dict(how="ties", density=0.0), "density must be in (0, 1]"),
+        (dict(how="dare_ties", density=1.01), "density must be in (0, 1]"),
+        (dict(how="linear", density=0.5), "--density applies only"),
+        (dict(how="cat", rank=4), "--rank applies only"),
+        (dict(how="svd", rank=0), "rank must be a positive integer"),
+        (dict(how="svd", seed=3), "--seed applies only"),
+        (dict(how="linear", weights=[1.0]), "1 weight(s) given for 2"),
+        (dict(how="linear", weights=[1.0, float("nan")]), "finite"),
+    ],
+)
 def test_bad_options(kwargs, needle):
     with pytest.raises(InvalidInput, match=None) as exc:
         cmb.check_options(n=2, **kwargs)
@@ -178,8 +183,8 @@ def test_linear_is_not_peft_factorwise_linear():
     same = [_adapter(3, 2, ["m"]), _adapter(4, 2, ["m"])]
     config, tensors = LORA.combine(same, [0.5, 0.5], "linear")
     exact = sum(0.5 * _delta(c, t, "m") for c, t in same)
-    naive_a = sum(0.5 ** 0.5 * t[f"{P}m.lora_A.weight"] for _, t in same)
-    naive_b = sum(0.5 ** 0.5 * t[f"{P}m.lora_B.weight"] for _, t in same)
+    naive_a = sum(0.5**0.5 * t[f"{P}m.lora_A.weight"] for _, t in same)
+    naive_b = sum(0.5**0.5 * t[f"{P}m.lora_B.weight"] for _, t in same)
     assert torch.allclose(_delta(config, tensors, "m"), exact, atol=1e-5)
     assert not torch.allclose(2.0 * naive_b @ naive_a, exact, atol=1e-2)
 
@@ -212,7 +217,9 @@ def test_sparsifying_methods_act_on_delta_w(how):
         if how in ("ties", "magnitude_prune"):
             kept = [_trim(d, density) for d in deltas]
         else:
-            kept = [d * m / density for d, m in zip(deltas, _bernoulli_masks(deltas[0].shape, density, len(deltas), 11, p))]
+            kept = [
+                d * m / density for d, m in zip(deltas, _bernoulli_masks(deltas[0].shape, density, len(deltas), 11, p))
+            ]
         direct = _ties_direct(None, ws, kept) if how.endswith("ties") else sum(w * k for w, k in zip(ws, kept))
         np.testing.assert_allclose(_delta(config, tensors, p).numpy(), direct, atol=1e-5)
     if how.startswith("dare"):
@@ -228,7 +235,9 @@ def test_patterns_and_rslora_scalings_are_honoured():
     a[1][f"{P}x.v.lora_B.weight"] = a[1][f"{P}x.v.lora_B.weight"][:, :2]
     config, tensors = LORA.combine([a], [1.0], "cat")
     for p, s in (("x.q", 3 / 4), ("x.v", 8 / 2)):
-        assert torch.allclose(_delta(config, tensors, p), s * a[1][f"{P}{p}.lora_B.weight"] @ a[1][f"{P}{p}.lora_A.weight"], atol=1e-5)
+        assert torch.allclose(
+            _delta(config, tensors, p), s * a[1][f"{P}{p}.lora_B.weight"] @ a[1][f"{P}{p}.lora_A.weight"], atol=1e-5
+        )
 
 
 def test_lora_combine_refusals():
@@ -247,16 +256,19 @@ def test_lora_combine_refusals():
 
 # -- a combined adapter runs, in ours and in PEFT -------------------------------------------------------------
 def test_combined_adapter_output_equals_merged_sum_and_peft_loads_it(tmp_path):
-    import peft as peft
     import warnings
 
+    import peft as peft
     import tinymodels as tm
+
     from adapterhub.files.checkpoint import save_adapter
 
     warnings.simplefilter("ignore")
     ins = []
-    for _seed, opts in ((1, dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])),
-                       (2, dict(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj"], use_rslora=True))):
+    for _seed, opts in (
+        (1, dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])),
+        (2, dict(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj"], use_rslora=True)),
+    ):
         m = tm.tiny_llama()
         eff = LORA.attach(m, LORA.make_config(dict(init_lora_weights=False, **opts)))
         with torch.no_grad():
@@ -314,8 +326,22 @@ def _pulled(cli, ref, out):
 
 def test_cli_combine_end_to_end_with_lineage(cli, two_pushed):
     tmp, _ = two_pushed
-    r = cli("combine", "acme/a", "acme/b:1", "--how", "ties", "--weights", "0.7,0.3", "--density", "0.5",
-            "--rank", "8", "--name", "acme/merged", "--json")
+    r = cli(
+        "combine",
+        "acme/a",
+        "acme/b:1",
+        "--how",
+        "ties",
+        "--weights",
+        "0.7,0.3",
+        "--density",
+        "0.5",
+        "--rank",
+        "8",
+        "--name",
+        "acme/merged",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     out = r.json()
     assert out["ref"] == "acme/merged:1" and out["combine"]["how"] == "ties"
@@ -338,12 +364,25 @@ def test_cli_combine_end_to_end_with_lineage(cli, two_pushed):
     # the tensors are TIES on ΔW: at full rank (16 = hidden) exactly the formula
     cfg_a, t_a = _pulled(cli, "acme/a", str(tmp / "pa"))
     cfg_b, t_b = _pulled(cli, "acme/b", str(tmp / "pb"))
-    r = cli("combine", "acme/a", "acme/b", "--how", "ties", "--weights", "0.7,0.3", "--density", "0.5",
-            "--rank", "16", "--name", "acme/full")
+    r = cli(
+        "combine",
+        "acme/a",
+        "acme/b",
+        "--how",
+        "ties",
+        "--weights",
+        "0.7,0.3",
+        "--density",
+        "0.5",
+        "--rank",
+        "16",
+        "--name",
+        "acme/full",
+    )
     assert r.exit_code == 0, r.output
     cfg_f, t_f = _pulled(cli, "acme/full", str(tmp / "f"))
     for key in [k for k in t_a if k.endswith("lora_A.weight")]:
-        path = key[len(P): -len(".lora_A.weight")]
+        path = key[len(P) : -len(".lora_A.weight")]
         deltas = [_delta_full(c, t, path).numpy() for c, t in ((cfg_a, t_a), (cfg_b, t_b))]
         direct = _ties_direct(None, [0.7, 0.3], [_trim(d, 0.5) for d in deltas])
         np.testing.assert_allclose(_delta_full(cfg_f, t_f, path).numpy(), direct, atol=1e-5)
@@ -366,7 +405,7 @@ def test_cli_cat_is_exact(cli, two_pushed):
     ins = [_pulled(cli, ref, str(tmp / ref.replace("/", "_"))) for ref in ("acme/a", "acme/b")]
     assert cfg_c.r == 6
     for key in [k for k in t_c if k.endswith("lora_A.weight")]:
-        path = key[len(P): -len(".lora_A.weight")]
+        path = key[len(P) : -len(".lora_A.weight")]
         expect = 2 * _delta_full(*ins[0], path) - _delta_full(*ins[1], path)
         assert torch.allclose(_delta_full(cfg_c, t_c, path), expect, atol=1e-5)
 
@@ -408,5 +447,7 @@ def test_cli_combine_bad_inputs(cli, two_pushed):
     for args, needles in cases:
         assert_clean_error(cli("combine", *args, "--name", "acme/out"), *needles)
     assert_clean_error(cli("combine", "acme/a", "acme/b", "--name", "Bad Name"), "Bad Name")
-    assert_clean_error(cli("combine", "acme/dora", "acme/dora", "--name", "acme/out"), "DoRA adapters cannot be combined")
+    assert_clean_error(
+        cli("combine", "acme/dora", "acme/dora", "--name", "acme/out"), "DoRA adapters cannot be combined"
+    )
     assert _count(cli) == n  # nothing written

@@ -9,19 +9,18 @@ import sys
 import warnings
 
 import pytest
-
 import torch as torch
 from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tinymodels as tm  # noqa: E402
+from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402
 from conftest import assert_clean_error, make_base_dir, make_lora_dir  # noqa: E402
 
-from adapterhub.operations import compose  # noqa: E402
-from adapterhub.files.checkpoint import LoadedAdapter, save_adapter  # noqa: E402
 from adapterhub.errors import AdapterhubError, InvalidInput  # noqa: E402
+from adapterhub.files.checkpoint import LoadedAdapter, save_adapter  # noqa: E402
 from adapterhub.method import Method  # noqa: E402
-from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402
+from adapterhub.operations import compose  # noqa: E402
 
 LORA, DORA = LoraMethod(), DoraMethod()
 TOL = 1e-5
@@ -53,8 +52,15 @@ def adapters():
     """Three LoRA adapters of different ranks and targets (one rsLoRA with patterns) and a DoRA adapter."""
     return {
         "support": _adapter(LORA, 1, r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
-        "sales": _adapter(LORA, 2, r=8, lora_alpha=8, target_modules=["k_proj", "o_proj", "down_proj"],
-                          use_rslora=True, rank_pattern={"down_proj": 4}),
+        "sales": _adapter(
+            LORA,
+            2,
+            r=8,
+            lora_alpha=8,
+            target_modules=["k_proj", "o_proj", "down_proj"],
+            use_rslora=True,
+            rank_pattern={"down_proj": 4},
+        ),
         "legal": _adapter(LORA, 3, r=4, lora_alpha=16, target_modules="all-linear"),
         "dora": _adapter(DORA, 4, r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]),
     }
@@ -70,7 +76,7 @@ def _alone(adapter, inputs, row):
         adapter.method.attach(model, adapter.config)
         adapter.method.load_state_dict(model, adapter.tensors)
     with torch.no_grad():
-        return tm.logits(model, {k: v[row: row + 1] for k, v in inputs.items()})
+        return tm.logits(model, {k: v[row : row + 1] for k, v in inputs.items()})
 
 
 def _expected(adapters, names, inputs):
@@ -133,8 +139,9 @@ class _SharedInput(torch.nn.Module):
         return torch.cat([a, b, c, self.o_proj(x)], dim=-1)
 
 
-@pytest.mark.parametrize("names", [["a", "b", "__base__", "a", "b", "b"], ["__base__", "a", "a", "b", "b", "b"]],
-                         ids=["shuffled", "sorted"])
+@pytest.mark.parametrize(
+    "names", [["a", "b", "__base__", "a", "b", "b"], ["__base__", "a", "a", "b", "b", "b"]], ids=["shuffled", "sorted"]
+)
 def test_routed_input_written_in_place_between_layers(names, monkeypatch):
     from adapterhub_lora.multi import RoutedLoraLinear
 
@@ -142,14 +149,22 @@ def test_routed_input_written_in_place_between_layers(names, monkeypatch):
     adapters = {}
     for seed, n in enumerate(["a", "b"]):
         model = _SharedInput()
-        eff = LORA.attach(model, LORA.make_config(dict(init_lora_weights=False, r=2, lora_alpha=4,
-                                                       target_modules=["q_proj", "k_proj", "o_proj"])))
+        eff = LORA.attach(
+            model,
+            LORA.make_config(
+                dict(init_lora_weights=False, r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "o_proj"])
+            ),
+        )
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in (p for p in model.parameters() if p.requires_grad):
                 p.add_(torch.randn(p.shape, generator=g))
-        adapters[n] = LoadedAdapter(LORA, eff, {k: v.clone() for k, v in LORA.state_dict(model).items()},
-                                    {"method": "lora", "base": {"fingerprint": "sha256:x"}})
+        adapters[n] = LoadedAdapter(
+            LORA,
+            eff,
+            {k: v.clone() for k, v in LORA.state_dict(model).items()},
+            {"method": "lora", "base": {"fingerprint": "sha256:x"}},
+        )
     x = torch.randn(len(names), 3, 6, generator=torch.Generator().manual_seed(9))
     expect = []
     for i, n in enumerate(names):
@@ -158,7 +173,7 @@ def test_routed_input_written_in_place_between_layers(names, monkeypatch):
             LORA.attach(alone, adapters[n].config)
             LORA.load_state_dict(alone, adapters[n].tensors)
         with torch.no_grad():
-            expect.append(alone(x[i: i + 1].clone()))
+            expect.append(alone(x[i : i + 1].clone()))
     routed = _SharedInput()
     router = compose.attach_routed(routed, adapters)
     with torch.no_grad(), router.route(names):
@@ -168,6 +183,7 @@ def test_routed_input_written_in_place_between_layers(names, monkeypatch):
 
 def test_routed_matches_peft_mixed_batch(adapters, tmp_path):
     import peft as peft
+
     lora_names = ["support", "sales", "legal"]
     for n in lora_names:
         a = adapters[n]
@@ -260,11 +276,13 @@ def test_methods_without_capabilities_give_clear_errors(adapters):
 # -- stacks ------------------------------------------------------------------------------------------------
 def test_stack_matches_peft_with_several_active_adapters(adapters, tmp_path):
     import peft as peft
+
     order = ["support", "dora", "legal", "sales"]
     for n in order:
         a = adapters[n]
-        save_adapter(str(tmp_path / n), {"method": a.method.name}, a.tensors,
-                     peft_config=a.method.to_peft_config(a.config))
+        save_adapter(
+            str(tmp_path / n), {"method": a.method.name}, a.tensors, peft_config=a.method.to_peft_config(a.config)
+        )
     pm = peft.PeftModel.from_pretrained(tm.tiny_llama(), str(tmp_path / order[0]), adapter_name=order[0])
     for n in order[1:]:
         pm.load_adapter(str(tmp_path / n), adapter_name=n)
@@ -318,12 +336,18 @@ def pushed(cli, tmp_path):
 def test_cli_compose_lineage_and_load_stack(cli, pushed, home):
     r = cli("compose", "acme/b", "acme/a:1", "acme/c", "--name", "acme/stack", "--json")
     assert r.exit_code == 0, r.output
-    assert r.json()["ref"] == "acme/stack:1" and [s["ref"] for s in r.json()["stack"]] == ["acme/b:1", "acme/a:1", "acme/c:1"]
+    assert r.json()["ref"] == "acme/stack:1" and [s["ref"] for s in r.json()["stack"]] == [
+        "acme/b:1",
+        "acme/a:1",
+        "acme/c:1",
+    ]
     show = cli("show", "acme/stack", "--json").json()
     assert show["kind"] == "composition" and show["method"] == "lora"
     assert [(p["ref"], p["relation"], p["details"]) for p in show["parents"]] == [
-        ("acme/b:1", "composed_of", {"position": 0}), ("acme/a:1", "composed_of", {"position": 1}),
-        ("acme/c:1", "composed_of", {"position": 2})]
+        ("acme/b:1", "composed_of", {"position": 0}),
+        ("acme/a:1", "composed_of", {"position": 1}),
+        ("acme/c:1", "composed_of", {"position": 2}),
+    ]
     assert show["base_fingerprint"] == cli("show", "acme/a", "--json").json()["base_fingerprint"]
     again = cli("compose", "acme/b", "acme/a", "acme/c", "--name", "acme/stack", "--json").json()
     assert again["version"] == 1 and not again["created"]  # same stack: same digest, idempotent
@@ -359,8 +383,12 @@ def test_composition_from_the_registry_runs_as_stack_and_routed(cli, adapters, t
     order = ["legal", "dora", "support"]
     for n in order:
         a = adapters[n]
-        path = save_adapter(str(tmp_path / n), {"method": a.method.name, "config": {**a.config.__dict__}},
-                            a.tensors, peft_config=a.method.to_peft_config(a.config))
+        path = save_adapter(
+            str(tmp_path / n),
+            {"method": a.method.name, "config": {**a.config.__dict__}},
+            a.tensors,
+            peft_config=a.method.to_peft_config(a.config),
+        )
         assert cli("push", path, f"acme/{n}").exit_code == 0
     assert cli("compose", *[f"acme/{n}" for n in order], "--name", "acme/tenants").exit_code == 0
     loaded = compose.load_stack(open_registry(str(home)), "acme/tenants")

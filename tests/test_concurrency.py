@@ -24,11 +24,19 @@ def run_pushers(home, tmp_path, procs, per_proc, db_env=None):
     children = []
     for p in range(procs):
         # each process pushes distinct content per round: rewrite a small file between rounds
-        code = PUSHER.replace("pub = api.push(", "open(src + '/round.txt', 'w').write(f'{sys.argv[5]}-{i}')\n    pub = api.push(")
-        children.append(subprocess.Popen(
-            [sys.executable, "-c", code, str(home), srcs[p], "acme/bot", str(per_proc), str(p)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(db_env or {})}))
+        code = PUSHER.replace(
+            "pub = api.push(", "open(src + '/round.txt', 'w').write(f'{sys.argv[5]}-{i}')\n    pub = api.push("
+        )
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(home), srcs[p], "acme/bot", str(per_proc), str(p)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **(db_env or {})},
+            )
+        )
     for c in children:
         c.stdin.write("go\n")
         c.stdin.flush()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from conftest import make_base_dir, make_lora_dir
 
 
@@ -15,8 +14,17 @@ def test_a_version_with_lineage_evaluations_tags_and_a_base_round_trips(cli, hom
     from adapterhub.registry.entities import VersionInfo
 
     assert cli("push", make_lora_dir(tmp_path / "a", seed=0), "acme/a", "--alias", "staging").exit_code == 0
-    r = cli("push", make_lora_dir(tmp_path / "b", seed=1), "acme/b", "--parent", "acme/a:1", "--tag", "team=nlp",
-            "--base", make_base_dir(tmp_path / "base"))
+    r = cli(
+        "push",
+        make_lora_dir(tmp_path / "b", seed=1),
+        "acme/b",
+        "--parent",
+        "acme/a:1",
+        "--tag",
+        "team=nlp",
+        "--base",
+        make_base_dir(tmp_path / "base"),
+    )
     assert r.exit_code == 0, r.output
     reg = local_registry(str(home))
     reg.add_evaluation("acme/b:1", "sha256:" + "ab" * 32, {"loss": 1.5}, {"rows": 3})
@@ -24,12 +32,37 @@ def test_a_version_with_lineage_evaluations_tags_and_a_base_round_trips(cli, hom
     typed = reg.show("acme/b:1")
     d = typed.to_dict()
     assert {k: v for k, v in d.items() if k != "manifest"} == {k: shown[k] for k in d if k != "manifest"}
-    assert list(d) == ["name", "version", "ref", "digest", "kind", "method", "config", "base_fingerprint", "base",
-                       "task", "files", "size", "aliases", "tags", "parents", "children", "metrics", "evaluations",
-                       "data", "created_at", "created_by", "manifest"]
+    assert list(d) == [
+        "name",
+        "version",
+        "ref",
+        "digest",
+        "kind",
+        "method",
+        "config",
+        "base_fingerprint",
+        "base",
+        "task",
+        "files",
+        "size",
+        "aliases",
+        "tags",
+        "parents",
+        "children",
+        "metrics",
+        "evaluations",
+        "data",
+        "created_at",
+        "created_by",
+        "manifest",
+    ]
     info = VersionInfo.from_dict(d)
     assert info == typed and info.to_dict() == d
-    assert (info.parents[0].ref, info.parents[0].relation, info.parents[0].external) == ("acme/a:1", "trained_from", False)
+    assert (info.parents[0].ref, info.parents[0].relation, info.parents[0].external) == (
+        "acme/a:1",
+        "trained_from",
+        False,
+    )
     assert info.evaluations[0].metrics == {"loss": 1.5} and info.tags == {"team": "nlp"}
     assert info.base is not None and (info.base.name, info.base.tensors) == ("tiny-llama", 9)
     assert info.base.fingerprint == info.base_fingerprint
@@ -49,8 +82,9 @@ def test_scripts_get_typed_versions_from_the_package_root(cli, home, tmp_path):
     cli("push", make_lora_dir(tmp_path / "b", seed=1), "acme/b", "--parent", "acme/a")
     info = adapterhub.open_registry(str(home)).show("acme/b")
     assert isinstance(info, VersionInfo) and info.ref == "acme/b:1" and info.method == "lora"
-    assert info.parents == (Edge("acme/a:1", adapterhub.open_registry(str(home)).show("acme/a").digest, "trained_from",
-                                 None, False),)
+    assert info.parents == (
+        Edge("acme/a:1", adapterhub.open_registry(str(home)).show("acme/a").digest, "trained_from", None, False),
+    )
 
 
 def test_from_dict_refuses_what_is_not_a_version():

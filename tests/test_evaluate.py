@@ -12,7 +12,6 @@ import os
 
 import pytest
 import torch
-
 from conftest import assert_clean_error
 
 # -- builders (also used by test_gates.py) ------------------------------------------------------
@@ -27,33 +26,54 @@ def write_jsonl(path, rows):
 
 def tiny_causal_base(path, seed=0):
     """A tiny Llama (hidden 32, 2 layers) with MiniLM's WordPiece tokenizer saved next to it."""
+    from tinymodels import minilm_path
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from adapterhub.training.modeling import load_tokenizer
-    from tinymodels import minilm_path
 
     if os.path.isdir(path):
         return str(path)
     tok = load_tokenizer(minilm_path())
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
 
 
-def make_adapter(base_dir, out, task, *, labels=None, rows=None, steps=0, lr=1e-2, method="lora", config=None,
-                 manifest_extra=None, seed=0, max_length=64):
+def make_adapter(
+    base_dir,
+    out,
+    task,
+    *,
+    labels=None,
+    rows=None,
+    steps=0,
+    lr=1e-2,
+    method="lora",
+    config=None,
+    manifest_extra=None,
+    seed=0,
+    max_length=64,
+):
     """Attach ``method`` to the base, optionally train ``steps`` epochs on ``rows`` (plain torch loop),
     and save an adapter directory like ``adapterhub train`` does. Returns ``out``."""
     from adapterhub import api
     from adapterhub.files.checkpoint import save_adapter
+    from adapterhub.plugins import get_plugins
     from adapterhub.training.data import IGNORE
     from adapterhub.training.evaluate import load_base
     from adapterhub.training.modeling import load_tokenizer
-    from adapterhub.plugins import get_plugins
 
     m = get_plugins().get("methods", method)
     values = dict(config or {})
@@ -71,9 +91,14 @@ def make_adapter(base_dir, out, task, *, labels=None, rows=None, steps=0, lr=1e-
         for _ in range(steps):
             order = torch.randperm(len(rows), generator=g).tolist()
             for i in range(0, len(order), 16):
-                batch = [rows[j] for j in order[i:i + 16]]
-                enc = tok([r["text"] for r in batch], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")
+                batch = [rows[j] for j in order[i : i + 16]]
+                enc = tok(
+                    [r["text"] for r in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
                 if task == "seq-cls":
                     y = torch.tensor([labels.index(str(r["label"])) for r in batch])
                 else:
@@ -84,9 +109,15 @@ def make_adapter(base_dir, out, task, *, labels=None, rows=None, steps=0, lr=1e-
                 opt.zero_grad()
         model.eval()
     fp = api.fingerprint(base_dir)
-    manifest = {"method": m.name, "config": json.loads(json.dumps(dataclasses.asdict(effective), default=str)),
-                "base": {"fingerprint": fp.digest, "name": os.path.basename(base_dir)}, "task": task,
-                "data": [], "metrics": {}, "training": {"max_length": max_length}}
+    manifest = {
+        "method": m.name,
+        "config": json.loads(json.dumps(dataclasses.asdict(effective), default=str)),
+        "base": {"fingerprint": fp.digest, "name": os.path.basename(base_dir)},
+        "task": task,
+        "data": [],
+        "metrics": {},
+        "training": {"max_length": max_length},
+    }
     if labels:
         manifest["labels"] = labels
     manifest.update(manifest_extra or {})
@@ -99,8 +130,14 @@ def push(home, src, name, base):
     return api.push(api.open_registry(str(home)), src, name, base=base).ref
 
 
-TEXTS = ["the cat sat on the mat", "the dog sat on the rug", "a cat and a dog sat together",
-         "the bird sat on the branch", "the cat slept on the mat", "the dog slept on the rug"]
+TEXTS = [
+    "the cat sat on the mat",
+    "the dog sat on the rug",
+    "a cat and a dog sat together",
+    "the bird sat on the branch",
+    "the cat slept on the mat",
+    "the dog slept on the rug",
+]
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +148,19 @@ def causal(tmp_path_factory):
     rows = [{"text": t} for t in TEXTS]
     adapter = make_adapter(base, d / "adapter", "causal-lm", rows=rows, steps=25, config={"r": 4, "lora_alpha": 8})
     untrained = make_adapter(base, d / "adapter2", "causal-lm", config={"r": 8, "init_lora_weights": False})
-    return {"base": base, "adapter": adapter, "untrained": untrained,
-            "eval": write_jsonl(d / "eval.jsonl", [{"prompt": t.rsplit(" ", 1)[0],
-                                                    "completion": " " + t.rsplit(" ", 1)[1]} for t in TEXTS]),
-            "probe": write_jsonl(d / "probe.jsonl", [{"text": "stocks fell sharply on monday"},
-                                                     {"text": "the committee approved the budget"}]),
-            "dir": d}
+    return {
+        "base": base,
+        "adapter": adapter,
+        "untrained": untrained,
+        "eval": write_jsonl(
+            d / "eval.jsonl", [{"prompt": t.rsplit(" ", 1)[0], "completion": " " + t.rsplit(" ", 1)[1]} for t in TEXTS]
+        ),
+        "probe": write_jsonl(
+            d / "probe.jsonl",
+            [{"text": "stocks fell sharply on monday"}, {"text": "the committee approved the budget"}],
+        ),
+        "dir": d,
+    }
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -130,8 +174,12 @@ def test_classification_metrics_known_numbers():
     m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(4 / 6, abs=1e-6)
     # a: p=1 r=2/3 f1=0.8; b: p=1/2 r=1/2 f1=0.5; c: p=1/2 r=1 f1=2/3
-    assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3, abs=1e-6),
-                                   "f1": pytest.approx(0.8, abs=1e-6), "support": 3}
+    assert m["per_class"]["a"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3, abs=1e-6),
+        "f1": pytest.approx(0.8, abs=1e-6),
+        "support": 3,
+    }
     assert m["per_class"]["b"]["f1"] == pytest.approx(0.5)
     assert m["per_class"]["c"]["f1"] == pytest.approx(2 / 3, abs=1e-6)
     assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3, abs=1e-6)
@@ -142,8 +190,19 @@ def test_classification_metrics_known_numbers():
 
 def test_eval_causal_lm(cli, home, causal):
     ref = push(home, causal["adapter"], "acme/lm", causal["base"])
-    r = cli("eval", ref, "--base", causal["base"], "--data", causal["eval"], "--probe", causal["probe"],
-            "--batch-size", "4", "--json")
+    r = cli(
+        "eval",
+        ref,
+        "--base",
+        causal["base"],
+        "--data",
+        causal["eval"],
+        "--probe",
+        causal["probe"],
+        "--batch-size",
+        "4",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = r.json()
     assert d["task"] == "causal-lm" and d["rows"] == len(TEXTS) and d["stored"]
@@ -189,8 +248,21 @@ def test_eval_causal_lm(cli, home, causal):
 
 def test_bench_latency(cli, home, causal):
     ref = push(home, causal["untrained"], "acme/lat", causal["base"])
-    r = cli("bench-latency", ref, "--base", causal["base"], "--runs", "3", "--warmup", "1", "--seq-len", "16",
-            "--batch-size", "2", "--json")
+    r = cli(
+        "bench-latency",
+        ref,
+        "--base",
+        causal["base"],
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = r.json()
     for k in ("base", "adapter", "merged"):
@@ -203,11 +275,13 @@ def test_bench_latency(cli, home, causal):
 
 
 def test_bench_latency_method_that_cannot_merge(cli, home, causal):
-    src = make_adapter(causal["base"], causal["dir"] / "bottleneck", "causal-lm", method="bottleneck",
-                       config={"bottleneck_size": 4})
+    src = make_adapter(
+        causal["base"], causal["dir"] / "bottleneck", "causal-lm", method="bottleneck", config={"bottleneck_size": 4}
+    )
     ref = push(home, src, "acme/bn", causal["base"])
-    d = cli("bench-latency", ref, "--base", causal["base"], "--runs", "2", "--warmup", "0", "--seq-len", "8",
-            "--json").json()
+    d = cli(
+        "bench-latency", ref, "--base", causal["base"], "--runs", "2", "--warmup", "0", "--seq-len", "8", "--json"
+    ).json()
     assert d["merged"]["status"] == "n/a" and "cannot merge" in d["merged"]["reason"]
     assert d["adapter"]["p50_ms"] > 0
 
@@ -222,10 +296,16 @@ def test_eval_seq_cls_structure_and_fixed_base_head(cli, home, tmp_path):
     labels = ["neg", "pos"]
     src = make_adapter(base, tmp_path / "a", "seq-cls", labels=labels, config={"r": 4, "init_lora_weights": False})
     ref = push(home, src, "acme/clf", base)
-    ev = write_jsonl(tmp_path / "eval.jsonl", [{"text": f"review {i} was {'great' if i % 2 else 'awful'}",
-                                                "label": "pos" if i % 2 else "neg"} for i in range(12)])
-    probe = write_jsonl(tmp_path / "probe.jsonl", [{"text": "the weather is mild today"},
-                                                   {"text": "parliament met on tuesday"}])
+    ev = write_jsonl(
+        tmp_path / "eval.jsonl",
+        [
+            {"text": f"review {i} was {'great' if i % 2 else 'awful'}", "label": "pos" if i % 2 else "neg"}
+            for i in range(12)
+        ],
+    )
+    probe = write_jsonl(
+        tmp_path / "probe.jsonl", [{"text": "the weather is mild today"}, {"text": "parliament met on tuesday"}]
+    )
     r1 = cli("eval", ref, "--base", base, "--data", ev, "--probe", probe, "--json").json()
     r2 = cli("eval", ref, "--base", base, "--data", ev, "--json", "--no-store").json()
     assert r1["base"] == r2["base"] and r1["adapter"] == r2["adapter"]  # the base head is seeded
@@ -239,8 +319,9 @@ def test_eval_seq_cls_structure_and_fixed_base_head(cli, home, tmp_path):
     (stored,) = cli("show", ref, "--json").json()["evaluations"]
     assert stored["metrics"]["accuracy"] == r1["adapter"]["accuracy"]
     assert stored["details"]["labels"] == labels and stored["details"]["primary_metric"] == "accuracy"
-    labelled = write_jsonl(tmp_path / "probe2.jsonl", [{"text": "fine", "label": "pos"},
-                                                       {"text": "bad", "label": "neg"}])
+    labelled = write_jsonl(
+        tmp_path / "probe2.jsonl", [{"text": "fine", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    )
     text = cli("eval", ref, "--base", base, "--data", ev, "--probe", labelled, "--no-store")
     assert "base head: none in the base" in text.stdout and "class pos" in text.stdout
     assert "probe (2 rows): agreement with base" in text.stdout and "accuracy" in text.stdout.split("probe")[1]

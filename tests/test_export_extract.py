@@ -7,19 +7,16 @@ import os
 import sys
 from dataclasses import asdict
 
-import pytest
-
-import torch as torch
 import peft as peft
+import pytest
+import torch as torch
 import transformers as transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
-from test_merge import (CASES, TOL, _plugins, _quiet, load_merged, out_of, peft_adapter,  # noqa: E402,F401
-                        save_base)
-
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from test_merge import CASES, TOL, _plugins, _quiet, load_merged, out_of, peft_adapter, save_base  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -36,7 +33,10 @@ def test_export_peft_loads_in_peft_model(cli, llama, tmp_path):
     r = cli("export", "acme/bot", "--format", "peft", "--out", tmp_path / "x", "--json")
     assert r.exit_code == 0, r.output
     d = r.json()
-    assert d["format"] == "peft" and {f["path"] for f in d["files"]} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert d["format"] == "peft" and {f["path"] for f in d["files"]} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
     pm = peft.PeftModel.from_pretrained(tm.tiny_llama(), str(tmp_path / "x")).eval()
     assert torch.allclose(out_of(pm, "llama"), ref_logits, atol=TOL, rtol=0)
     assert_clean_error(cli("export", "acme/bot", "--format", "peft", "--out", tmp_path / "x"), "not empty")
@@ -58,8 +58,9 @@ def test_export_merged_is_the_merge(cli, llama, tmp_path, monkeypatch):
 
 
 def test_method_without_peft_equivalent_cannot_export_peft_nor_merge(cli, tmp_path):
-    from adapterhub.files.checkpoint import save_adapter
     from adapterhub_bottleneck import BottleneckMethod
+
+    from adapterhub.files.checkpoint import save_adapter
 
     base = save_base(tm.tiny_llama(), tmp_path / "base")
     method = BottleneckMethod()
@@ -93,8 +94,20 @@ def _low_rank_fine_tune(make, path, targets, rank, seed=0, conv1d=False):
 def test_extract_recovers_an_exact_low_rank_fine_tune(cli, tmp_path):
     base = save_base(tm.tiny_llama(), tmp_path / "base")
     ft, ft_model = _low_rank_fine_tune(tm.tiny_llama, tmp_path / "ft", ["q_proj", "v_proj", "down_proj"], rank=2)
-    r = cli("extract", "--model", ft, "--base", base, "--rank", "2", "--name", "acme/extracted",
-            "--out", tmp_path / "lora", "--json")
+    r = cli(
+        "extract",
+        "--model",
+        ft,
+        "--base",
+        base,
+        "--rank",
+        "2",
+        "--name",
+        "acme/extracted",
+        "--out",
+        tmp_path / "lora",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = r.json()
     assert d["modules"] == 6 and d["energy_min"] > 1 - 1e-6 and d["not_extracted_changed"] == []
@@ -124,8 +137,22 @@ def test_extract_recovers_an_exact_low_rank_fine_tune(cli, tmp_path):
 def test_extract_gpt2_conv1d_and_targets(cli, tmp_path):
     base = save_base(tm.tiny_gpt2(), tmp_path / "base")
     ft, ft_model = _low_rank_fine_tune(tm.tiny_gpt2, tmp_path / "ft", ["c_attn"], rank=3, conv1d=True)
-    r = cli("extract", "--model", ft, "--base", base, "--rank", "4", "--name", "acme/g", "--targets", "c_attn",
-            "--out", tmp_path / "lora", "--json")
+    r = cli(
+        "extract",
+        "--model",
+        ft,
+        "--base",
+        base,
+        "--rank",
+        "4",
+        "--name",
+        "acme/g",
+        "--targets",
+        "c_attn",
+        "--out",
+        tmp_path / "lora",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert r.json()["modules"] == 2 and r.json()["energy_min"] > 1 - 1e-6
     assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
@@ -136,11 +163,15 @@ def test_extract_gpt2_conv1d_and_targets(cli, tmp_path):
 def test_extract_bad_input(cli, tmp_path):
     base = save_base(tm.tiny_llama(), tmp_path / "base")
     same = save_base(tm.tiny_llama(), tmp_path / "same")
-    assert_clean_error(cli("extract", "--model", tmp_path / "nope", "--base", base, "-r", "2", "--name", "acme/x"),
-                       "no such directory")
-    assert_clean_error(cli("extract", "--model", same, "--base", base, "-r", "2", "--name", "acme/x"),
-                       "nothing to extract")
-    assert_clean_error(cli("extract", "--model", same, "--base", base, "-r", "2", "--name", "acme/x",
-                           "--targets", "nonexistent_proj"), "matched no Linear")
+    assert_clean_error(
+        cli("extract", "--model", tmp_path / "nope", "--base", base, "-r", "2", "--name", "acme/x"), "no such directory"
+    )
+    assert_clean_error(
+        cli("extract", "--model", same, "--base", base, "-r", "2", "--name", "acme/x"), "nothing to extract"
+    )
+    assert_clean_error(
+        cli("extract", "--model", same, "--base", base, "-r", "2", "--name", "acme/x", "--targets", "nonexistent_proj"),
+        "matched no Linear",
+    )
     assert_clean_error(cli("extract", "--model", same, "--base", base, "-r", "0", "--name", "acme/x"))
     assert cli("list", "--json").json() == []

@@ -91,10 +91,17 @@ def test_same_weights_same_fingerprint_whatever_the_layout(tmp_path, model):
 
     layouts = [
         _save_sharded(tmp_path / "sharded", w, [keys[:3], keys[3:5], keys[5:]]),
-        _save_sharded(tmp_path / "renamed", w, [keys[::2], keys[1::2]], names=["b.safetensors", "a.safetensors"],
-                      index=False),
-        _save_sharded(tmp_path / "meta", w, [keys[::-1]], names=["x.safetensors"], index=False,
-                      metadata={"format": "pt", "note": "anything"}),
+        _save_sharded(
+            tmp_path / "renamed", w, [keys[::2], keys[1::2]], names=["b.safetensors", "a.safetensors"], index=False
+        ),
+        _save_sharded(
+            tmp_path / "meta",
+            w,
+            [keys[::-1]],
+            names=["x.safetensors"],
+            index=False,
+            metadata={"format": "pt", "note": "anything"},
+        ),
         _save_sharded(tmp_path / "meta-sharded", w, [keys[4:], keys[:4]], metadata={"format": "np"}),
     ]
     for d in layouts:
@@ -128,9 +135,17 @@ def test_any_change_gives_another_fingerprint(tmp_path, model):
 def test_matches_reference_on_sharded_transformers_model(tmp_path):
     import torch as torch
     import transformers as transformers
+
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
     m = transformers.LlamaForCausalLM(cfg)
     m.save_pretrained(tmp_path / "one")
     m.save_pretrained(tmp_path / "many", max_shard_size="8KB")
@@ -193,7 +208,9 @@ def test_find_weight_files(tmp_path):
     d = _save_sharded(tmp_path / "m", w, [keys[:4], keys[4:]])
     save_file({"x": np.zeros(2, np.float32)}, os.path.join(d, "stray.safetensors"))  # not in the index
     assert [os.path.basename(f) for f in find_weight_files(d)] == [
-        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
     assert all(os.path.isabs(f) for f in find_weight_files(d))
     os.remove(os.path.join(d, "model.safetensors.index.json"))
     assert len(find_weight_files(d)) == 3
@@ -237,7 +254,7 @@ def test_bad_inputs(tmp_path, case, match):
             (d / "model.safetensors").write_bytes(data[:-3])
         else:  # the header says b ends past the end of the file
             _write_raw(d / "model.safetensors", {"a": a, "b": ("F16", [1, 4], b[2] * 2)})
-            (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:len(data)])
+            (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[: len(data)])
     elif case == "tiny":
         (d / "model.safetensors").write_bytes(b"\x01\x02")
     elif case in ("missing-shard", "wrong-shard", "unlisted"):

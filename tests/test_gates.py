@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-
 from conftest import assert_clean_error, make_lora_dir
 
 DIGEST_A = "sha256:" + "a" * 64
@@ -41,8 +40,9 @@ def test_gate_refusals_and_force(cli, home, tmp_path):
     v3 = version(home, tmp_path, "acme/clf", 3)
 
     # no evaluation: refused, nothing moves
-    assert_clean_error(cli("alias", "set", "acme/clf", "production", "1"), "acme/clf:1 has no evaluation",
-                       "--force --reason")
+    assert_clean_error(
+        cli("alias", "set", "acme/clf", "production", "1"), "acme/clf:1 has no evaluation", "--force --reason"
+    )
     assert cli("show", "acme/clf:1", "--json").json()["aliases"] == []
     # other aliases move freely
     assert cli("alias", "set", "acme/clf", "staging", "1").exit_code == 0
@@ -92,8 +92,11 @@ def test_gate_dirty_training_data(cli, home, tmp_path):
     check = {"status": "failed", "reasons": ["2 input(s) with conflicting labels"], "allowed_dirty": True}
     v1 = version(home, tmp_path, "acme/dirty", 1, data_check=check)
     evaluate(home, v1, DIGEST_A, accuracy=1.0)
-    assert_clean_error(cli("alias", "set", "acme/dirty", "production", "1"),
-                       "trained on data that failed its quality check", "conflicting labels")
+    assert_clean_error(
+        cli("alias", "set", "acme/dirty", "production", "1"),
+        "trained on data that failed its quality check",
+        "conflicting labels",
+    )
     v2 = version(home, tmp_path, "acme/dirty", 2, data_check={"status": "passed", "reasons": []})
     evaluate(home, v2, DIGEST_A, accuracy=0.8)
     assert cli("alias", "set", "acme/dirty", "production", "2").exit_code == 0
@@ -122,8 +125,8 @@ def test_publish_alias_guard(home, tmp_path):
     """``push --alias production`` goes through the same gate via ``publish(alias_guard=...)``."""
     from adapterhub import api
     from adapterhub.files.checkpoint import read_adapter_dir
-    from adapterhub.registry.gates import GateRefused, alias_guard
     from adapterhub.plugins import get_plugins
+    from adapterhub.registry.gates import GateRefused, alias_guard
 
     reg = api.open_registry(str(home))
     src = read_adapter_dir(make_lora_dir(tmp_path / "p"), get_plugins())
@@ -157,9 +160,10 @@ def topic_rows(templates, noisy=False):
 
 @pytest.mark.slow
 def test_noisy_labels_drop_accuracy_and_the_gate_refuses(cli, home, tmp_path):
-    from adapterhub.training.quality import check_data, gate_data, summary
     from test_evaluate import make_adapter, push, write_jsonl
     from tinymodels import minilm_path
+
+    from adapterhub.training.quality import check_data, gate_data, summary
 
     base = minilm_path()
     labels = ["food", "sport"]
@@ -171,14 +175,33 @@ def test_noisy_labels_drop_accuracy_and_the_gate_refuses(cli, home, tmp_path):
     for kind, rows in (("clean", clean), ("noisy", noisy)):
         path = write_jsonl(tmp_path / f"{kind}.jsonl", rows)
         report = check_data(path, ev, task="seq-cls")
-        assert report["problems"] == [], report["problems"]  # without --base, label noise is invisible to the data check
+        assert report["problems"] == [], report[
+            "problems"
+        ]  # without --base, label noise is invisible to the data check
         reasons = gate_data(report)
-        extra = {"data": [{"role": "train", "path": f"{kind}.jsonl", "digest": report["train"]["digest"],
-                           "rows": len(rows)}],
-                 "data_check": {"status": "failed" if reasons else "passed", "reasons": reasons,
-                                "allowed_dirty": False, "summary": summary(report)}}
-        src = make_adapter(base, tmp_path / kind, "seq-cls", labels=labels, rows=rows, steps=4, lr=5e-3,
-                           config={"r": 8, "lora_alpha": 16}, manifest_extra=extra, max_length=32)
+        extra = {
+            "data": [
+                {"role": "train", "path": f"{kind}.jsonl", "digest": report["train"]["digest"], "rows": len(rows)}
+            ],
+            "data_check": {
+                "status": "failed" if reasons else "passed",
+                "reasons": reasons,
+                "allowed_dirty": False,
+                "summary": summary(report),
+            },
+        }
+        src = make_adapter(
+            base,
+            tmp_path / kind,
+            "seq-cls",
+            labels=labels,
+            rows=rows,
+            steps=4,
+            lr=5e-3,
+            config={"r": 8, "lora_alpha": 16},
+            manifest_extra=extra,
+            max_length=32,
+        )
         refs[kind] = push(home, src, "acme/topics", base)
     assert refs == {"clean": "acme/topics:1", "noisy": "acme/topics:2"}
 

@@ -3,10 +3,10 @@ adapter was trained to answer known prompts."""
 
 import math
 
+import adapterhub_file
 import pytest
 
 import adapterhub
-import adapterhub_file
 from adapterhub.errors import NotFound, PluginError
 from adapterhub.metrics import DEFAULT_METRICS, resolve, score
 from adapterhub.plugins import Plugins
@@ -33,8 +33,9 @@ def test_builtin_metrics_known_values():
     assert 0 < m["chrf"] < 100
     import sacrebleu
 
-    assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf(["the cat is on the mat", "dog"],
-                                                            [["the cat sat on the mat", "a dog"]]).score, abs=1e-5)
+    assert m["chrf"] == pytest.approx(
+        sacrebleu.corpus_chrf(["the cat is on the mat", "dog"], [["the cat sat on the mat", "a dog"]]).score, abs=1e-5
+    )
     assert score(metrics, ["a", "b", "c", "d"], ["a", "x", "c", "y"])["exact_match"] == 0.5
 
 
@@ -118,7 +119,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 
 import torch  # noqa: E402
-
 from conftest import assert_clean_error  # noqa: E402
 from test_evaluate import push, write_jsonl  # noqa: E402
 
@@ -149,9 +149,15 @@ def train_qa_adapter(base_dir, out, rows, steps=30, lr=3e-2):
         opt.step()
         opt.zero_grad()
     model.eval()
-    manifest = {"method": "lora", "config": json.loads(json.dumps(dataclasses.asdict(effective), default=str)),
-                "base": {"fingerprint": api.fingerprint(base_dir).digest, "name": "tiny-llama"}, "task": "causal-lm",
-                "data": [], "metrics": {}, "training": {"max_length": 64}}
+    manifest = {
+        "method": "lora",
+        "config": json.loads(json.dumps(dataclasses.asdict(effective), default=str)),
+        "base": {"fingerprint": api.fingerprint(base_dir).digest, "name": "tiny-llama"},
+        "task": "causal-lm",
+        "data": [],
+        "metrics": {},
+        "training": {"max_length": 64},
+    }
     return save_adapter(str(out), manifest, m.state_dict(model), peft_config=m.to_peft_config(effective))
 
 
@@ -179,10 +185,15 @@ def _greedy_one_by_one(base_dir, prompts, max_new_tokens):
     with torch.no_grad():
         for p in prompts:
             ids = tok(p, return_tensors="pt")["input_ids"]
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
-            gen = gen[:gen.index(tok.eos_token_id)] if tok.eos_token_id in gen else gen
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
+            gen = gen[: gen.index(tok.eos_token_id)] if tok.eos_token_id in gen else gen
             out.append(tok.decode(gen, skip_special_tokens=True).strip())
     return out
 
@@ -196,8 +207,11 @@ def _version_page(home, ref):
     reg = local_registry(str(home))
     try:
         who = Principal("x", "read")
-        return templates().get_template("version.html").render(who=who, csrf="c", path="/",
-                                                               **version_context(reg, who, reg.show(ref)))
+        return (
+            templates()
+            .get_template("version.html")
+            .render(who=who, csrf="c", path="/", **version_context(reg, who, reg.show(ref)))
+        )
     finally:
         reg.close()
 
@@ -206,8 +220,22 @@ def test_eval_generate_scores_known_outputs(cli, home, qa):
     import sacrebleu
 
     ref = push(home, qa["adapter"], "acme/qa", qa["base"])
-    r = cli("eval", ref, "--base", qa["base"], "--data", qa["eval"], "--generate", "--max-new-tokens", "6",
-            "--samples", "10", "--batch-size", "3", "--json")
+    r = cli(
+        "eval",
+        ref,
+        "--base",
+        qa["base"],
+        "--data",
+        qa["eval"],
+        "--generate",
+        "--max-new-tokens",
+        "6",
+        "--samples",
+        "10",
+        "--batch-size",
+        "3",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = r.json()
     refs = ["blue", "mat", "park is good", "world"]
@@ -216,7 +244,8 @@ def test_eval_generate_scores_known_outputs(cli, home, qa):
     assert d["adapter"]["exact_match"] == 0.75
     assert d["adapter"]["rouge_l"] == pytest.approx((3 + 0.5) / 4, abs=1e-6)  # row 3: P = 1, R = 1/3 -> F = 1/2
     assert d["adapter"]["chrf"] == pytest.approx(
-        sacrebleu.corpus_chrf(["blue", "mat", "park", "world"], [refs]).score, abs=1e-5)
+        sacrebleu.corpus_chrf(["blue", "mat", "park", "world"], [refs]).score, abs=1e-5
+    )
     base_out = _greedy_one_by_one(qa["base"], [p for p, _ in QA], 6)
     assert [s["base"] for s in d["samples"]] == base_out  # batched + left padded == one by one
     assert d["base"] == score(resolve(_builtin(), None), base_out, refs)
@@ -232,13 +261,29 @@ def test_eval_generate_scores_known_outputs(cli, home, qa):
     assert "(4 rows, generation) exact_match=0.75" in text and "samples (4 of 4 rows):" in text, text
     assert "line 3: the dog ran to the" in text and "reference: park is good" in text and "adapter:   park" in text
     html = _version_page(home, ref)
-    table = html[html.index('<table id="generation-samples">'):]
-    table = table[:table.index("</table>")]
-    assert table.count("<tr><td>") == 4 and "<td class=\"small\">park is good</td><td class=\"small\">" in table
-    assert "rouge_l" in html[html.index('<table id="evaluations">'):]  # the web UI's key metric
+    table = html[html.index('<table id="generation-samples">') :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr><td>") == 4 and '<td class="small">park is good</td><td class="small">' in table
+    assert "rouge_l" in html[html.index('<table id="evaluations">') :]  # the web UI's key metric
 
-    t = cli("eval", ref, "--base", qa["base"], "--data", qa["eval"], "--generate", "--max-new-tokens", "6",
-            "--metric", "exact_match", "--samples", "1", "--no-store", "--max-length", "9")
+    t = cli(
+        "eval",
+        ref,
+        "--base",
+        qa["base"],
+        "--data",
+        qa["eval"],
+        "--generate",
+        "--max-new-tokens",
+        "6",
+        "--metric",
+        "exact_match",
+        "--samples",
+        "1",
+        "--no-store",
+        "--max-length",
+        "9",
+    )
     assert t.exit_code == 0, t.output
     assert "exact_match" in t.stdout and "rouge_l" not in t.stdout and "samples (1 of 4 rows)" in t.stdout
     assert "2 prompts cut to their last 3 tokens" in t.stdout  # 9 - 6 new tokens; prompts of 3, 5, 5, 1 words
@@ -247,14 +292,17 @@ def test_eval_generate_scores_known_outputs(cli, home, qa):
 
 
 def test_generation_rows_formats(tmp_path):
+    from tinymodels import word_tokenizer
+
     from adapterhub.training.data import read_jsonl
     from adapterhub.training.generation import generation_rows
-    from tinymodels import word_tokenizer
 
     tok = word_tokenizer()
     chat = [{"role": "user", "content": "what color sky"}, {"role": "assistant", "content": " blue "}]
-    path = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hello", "completion": " world"},
-                                                 {"prompt": "hi", "reference": "there"}, {"messages": chat}])
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [{"prompt": "hello", "completion": " world"}, {"prompt": "hi", "reference": "there"}, {"messages": chat}],
+    )
     rows = generation_rows(read_jsonl(path), tok)
     assert [(r["line"], r["reference"]) for r in rows] == [(1, "world"), (2, "there"), (3, "blue")]
     assert rows[2]["prompt"] == tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
@@ -274,8 +322,12 @@ def test_gate_compares_generation_evaluations_on_their_primary_metric(cli, home,
 
     reg = api.open_registry(str(home))
     digest = cli("show", "acme/qa:1", "--json").json()["evaluations"][0]["data_digest"]
-    reg.add_evaluation("acme/qa:1", digest, {"loss": 0.1, "base_loss": 3.0},
-                       {"task": "causal-lm", "primary_metric": "loss", "higher_is_better": False, "rows": 4})
+    reg.add_evaluation(
+        "acme/qa:1",
+        digest,
+        {"loss": 0.1, "base_loss": 3.0},
+        {"task": "causal-lm", "primary_metric": "loss", "higher_is_better": False, "rows": 4},
+    )
     # compare keeps the two kinds of the same file apart too
     d = cli("compare", "acme/qa:1", "acme/qa:2", "--json").json()
     by_kind = {e["kind"]: e for e in d["evaluations"]}
@@ -286,14 +338,22 @@ def test_gate_compares_generation_evaluations_on_their_primary_metric(cli, home,
     assert cli("alias", "set", "acme/qa", "production", "1").exit_code == 0
     r = cli("alias", "set", "acme/qa", "production", "2", "--json")
     assert r.exit_code == 0 and r.json()["gated"], r.output  # higher rouge_l passes
-    assert_clean_error(cli("alias", "set", "acme/qa", "production", "1"),
-                       "acme/qa:1 scores worse than the current production acme/qa:2 on sha256:",
-                       "(generation): rouge_l")
+    assert_clean_error(
+        cli("alias", "set", "acme/qa", "production", "1"),
+        "acme/qa:1 scores worse than the current production acme/qa:2 on sha256:",
+        "(generation): rouge_l",
+    )
     # both sides must name the same primary metric (as `eval --generate --metric chrf` stores it)
-    reg.add_evaluation("acme/qa:1", digest, {"chrf": 99.0}, {"task": "causal-lm", "kind": "generation",
-                                                            "primary_metric": "chrf", "higher_is_better": True})
-    assert_clean_error(cli("alias", "set", "acme/qa", "production", "1"),
-                       "compare different metrics (chrf vs rouge_l); evaluate acme/qa:1 with --metric rouge_l first")
+    reg.add_evaluation(
+        "acme/qa:1",
+        digest,
+        {"chrf": 99.0},
+        {"task": "causal-lm", "kind": "generation", "primary_metric": "chrf", "higher_is_better": True},
+    )
+    assert_clean_error(
+        cli("alias", "set", "acme/qa", "production", "1"),
+        "compare different metrics (chrf vs rouge_l); evaluate acme/qa:1 with --metric rouge_l first",
+    )
 
 
 def test_eval_generate_bad_input(cli, home, qa, tmp_path):
@@ -305,29 +365,49 @@ def test_eval_generate_bad_input(cli, home, qa, tmp_path):
     def data(*rows):
         return write_jsonl(tmp_path / "bad.jsonl", rows)
 
-    assert_clean_error(cli("eval", ref, *e, "--data", data({"text": "hello world"})),
-                       "bad.jsonl:1: --generate needs 'prompt' and 'completion' (or 'reference')")
-    assert_clean_error(cli("eval", ref, *e, "--data", data({"prompt": "hello", "completion": "world"},
-                                                           {"prompt": "hello", "reference": "  "})),
-                       "bad.jsonl:2: the reference completion is empty")
-    assert_clean_error(cli("eval", ref, *e, "--data", data({"prompt": "hello", "completion": 3})),
-                       "bad.jsonl:1: field 'completion' must be a string")
-    assert_clean_error(cli("eval", ref, *e, "--data", data({"messages": [{"role": "user", "content": "hello"}]})),
-                       "bad.jsonl:1: 'messages' must end with an assistant message")
-    assert_clean_error(cli("eval", ref, *e, "--data", qa["eval"], "--metric", "bleu"),
-                       "unknown metric 'bleu' (available: chrf, exact_match, rouge_l)")
-    assert_clean_error(cli("eval", ref, *e, "--data", qa["eval"], "--max-new-tokens", "0"),
-                       "--max-new-tokens must be positive")
-    assert_clean_error(cli("eval", ref, *e, "--data", qa["eval"], "--max-new-tokens", "64"),
-                       "--max-new-tokens 64 leaves no room for the prompt within 64 tokens")
+    assert_clean_error(
+        cli("eval", ref, *e, "--data", data({"text": "hello world"})),
+        "bad.jsonl:1: --generate needs 'prompt' and 'completion' (or 'reference')",
+    )
+    assert_clean_error(
+        cli(
+            "eval",
+            ref,
+            *e,
+            "--data",
+            data({"prompt": "hello", "completion": "world"}, {"prompt": "hello", "reference": "  "}),
+        ),
+        "bad.jsonl:2: the reference completion is empty",
+    )
+    assert_clean_error(
+        cli("eval", ref, *e, "--data", data({"prompt": "hello", "completion": 3})),
+        "bad.jsonl:1: field 'completion' must be a string",
+    )
+    assert_clean_error(
+        cli("eval", ref, *e, "--data", data({"messages": [{"role": "user", "content": "hello"}]})),
+        "bad.jsonl:1: 'messages' must end with an assistant message",
+    )
+    assert_clean_error(
+        cli("eval", ref, *e, "--data", qa["eval"], "--metric", "bleu"),
+        "unknown metric 'bleu' (available: chrf, exact_match, rouge_l)",
+    )
+    assert_clean_error(
+        cli("eval", ref, *e, "--data", qa["eval"], "--max-new-tokens", "0"), "--max-new-tokens must be positive"
+    )
+    assert_clean_error(
+        cli("eval", ref, *e, "--data", qa["eval"], "--max-new-tokens", "64"),
+        "--max-new-tokens 64 leaves no room for the prompt within 64 tokens",
+    )
     assert_clean_error(cli("eval", ref, *e, "--data", qa["eval"], "--probe", qa["eval"]), "--probe measures forgetting")
-    assert_clean_error(cli("eval", ref, "--base", qa["base"], "--data", qa["eval"], "--metric", "chrf"),
-                       "--metric needs --generate")
+    assert_clean_error(
+        cli("eval", ref, "--base", qa["base"], "--data", qa["eval"], "--metric", "chrf"), "--metric needs --generate"
+    )
     seq = tmp_path / "seq"
     shutil.copytree(qa["adapter"], seq)
     manifest = json.loads((seq / "adapterhub.json").read_text())
     (seq / "adapterhub.json").write_text(json.dumps({**manifest, "task": "seq-cls", "labels": ["a", "b"]}))
     seq_ref = push(home, str(seq), "acme/clf", qa["base"])
-    assert_clean_error(cli("eval", seq_ref, *e, "--data", qa["eval"]),
-                       f"--generate is for causal-lm adapters; {seq_ref} is seq-cls")
+    assert_clean_error(
+        cli("eval", seq_ref, *e, "--data", qa["eval"]), f"--generate is for causal-lm adapters; {seq_ref} is seq-cls"
+    )
     assert cli("show", ref, "--json").json()["evaluations"] == []

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 import sqlalchemy as sa
-
 from conftest import make_lora_dir
 
 
@@ -23,7 +22,10 @@ def _sql(home, statement, **params):
 @pytest.fixture
 def promoted(cli, home, tmp_path):
     for seed in (0, 1):
-        assert cli("push", make_lora_dir(tmp_path / f"a{seed}", seed=seed), "acme/chat", "--tag", "team=nlp").exit_code == 0
+        assert (
+            cli("push", make_lora_dir(tmp_path / f"a{seed}", seed=seed), "acme/chat", "--tag", "team=nlp").exit_code
+            == 0
+        )
     from adapterhub.api import local_registry
 
     reg = local_registry(str(home))
@@ -79,10 +81,19 @@ def test_edited_deleted_and_reordered_history_entries_are_named(cli, home, promo
     _sql(home, "UPDATE history SET content = replace(content, 'worse', 'better') WHERE kind = 'alias'")
     assert cli("verify").exit_code == 0
     # swap two entries (content, prev and hash move together): the chain no longer links
-    a, b = _sql(home, "SELECT id, kind, content, prev, hash FROM history WHERE id IN (:x, :y) ORDER BY id", x=n - 1, y=n)
+    a, b = _sql(
+        home, "SELECT id, kind, content, prev, hash FROM history WHERE id IN (:x, :y) ORDER BY id", x=n - 1, y=n
+    )
     for row, other in ((a, b), (b, a)):
-        _sql(home, "UPDATE history SET kind = :k, content = :c, prev = :p, hash = :h WHERE id = :i",
-             k=other[1], c=other[2], p=other[3], h=other[4], i=row[0])
+        _sql(
+            home,
+            "UPDATE history SET kind = :k, content = :c, prev = :p, hash = :h WHERE id = :i",
+            k=other[1],
+            c=other[2],
+            p=other[3],
+            h=other[4],
+            i=row[0],
+        )
     assert "does not follow" in " ".join(_problems(cli).values())
     _sql(home, f"DELETE FROM history WHERE id IN ({n - 1}, {n})")  # deleting the tail: the head moves back
     r = cli("verify", "--json")
@@ -98,16 +109,22 @@ def test_an_existing_registry_is_migrated_and_the_chain_says_where_it_starts(cli
     kind, content = _sql(home, "SELECT kind, content FROM history ORDER BY id LIMIT 1")[0]
     assert kind == "genesis" and "the history starts here (schema 0004" in content
     assert [k for (k,) in _sql(home, "SELECT kind FROM history ORDER BY id")] == [
-        "genesis", "version", "alias", "alias.state", "adapter"]  # 0004, then 0005 (names)
+        "genesis",
+        "version",
+        "alias",
+        "alias.state",
+        "adapter",
+    ]  # 0004, then 0005 (names)
     _sql(home, "DELETE FROM alias_events")
     assert "alias event #1 (acme/chat@staging)" in _problems(cli)
 
 
 def test_concurrent_writers_on_postgres_never_fork_the_chain(pg_url, tmp_path):
+    from adapterhub_file import FileStore
+
     from adapterhub.registry.blobs import hash_file
     from adapterhub.registry.records import LocalFile
     from adapterhub.registry.registry import Registry
-    from adapterhub_file import FileStore
 
     Registry(pg_url, FileStore(str(tmp_path / "s"))).ready().close()
     errors = []
@@ -119,8 +136,13 @@ def test_concurrent_writers_on_postgres_never_fork_the_chain(pg_url, tmp_path):
                 path = tmp_path / f"w{i}-{k}"
                 path.write_bytes(f"{i}-{k}".encode() * 100)
                 digest, size = hash_file(str(path))
-                reg.publish(f"acme/m{i % 2}", {"method": "lora"}, [LocalFile("w", str(path), digest, size)],
-                            aliases=["staging"], tags={"writer": str(i)})
+                reg.publish(
+                    f"acme/m{i % 2}",
+                    {"method": "lora"},
+                    [LocalFile("w", str(path), digest, size)],
+                    aliases=["staging"],
+                    tags={"writer": str(i)},
+                )
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:

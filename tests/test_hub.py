@@ -9,7 +9,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import assert_clean_error, make_base_dir, run_subprocess
 from hfcache import add_snapshot, use_offline_cache
 from tinymodels import save_tiny_llama_base
@@ -33,13 +32,20 @@ def hub(tmp_path_factory):
     weights = load_file(os.path.join(v2, "model.safetensors"))
     weights["lm_head.weight"] = weights["lm_head.weight"] * 2
     save_file(weights, os.path.join(v2, "model.safetensors"), metadata={"format": "pt"})
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     torch.manual_seed(0)
     model.save_pretrained(str(root / "lora"))
-    return {"cache": cache, "base": base, "v2": v2,
-            "main": add_snapshot(cache, BASE_ID, base), "v2_sha": add_snapshot(cache, BASE_ID, v2, ref="v2"),
-            "lora_sha": add_snapshot(cache, LORA_ID, str(root / "lora"))}
+    return {
+        "cache": cache,
+        "base": base,
+        "v2": v2,
+        "main": add_snapshot(cache, BASE_ID, base),
+        "v2_sha": add_snapshot(cache, BASE_ID, v2, ref="v2"),
+        "lora_sha": add_snapshot(cache, LORA_ID, str(root / "lora")),
+    }
 
 
 @pytest.fixture
@@ -85,11 +91,33 @@ def test_the_environment_is_honoured_by_the_real_command(hf):
 
 def test_train_and_merge_with_an_id_record_the_id_and_commit(cli, hf, tmp_path):
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": "the cat sat on the mat and it was very happy"}) + "\n"
-                            for _ in range(8)))
-    r = cli("train", "--base", BASE_ID, "--method", "lora", "--task", "causal-lm", "--data", data,
-            "--out", tmp_path / "adapter", "--set", "r=2", "--set", "target_modules=q_proj,v_proj",
-            "--max-steps", "2", "--batch-size", "4", "--push", "acme/hubbed", "--json")
+    data.write_text(
+        "".join(json.dumps({"text": "the cat sat on the mat and it was very happy"}) + "\n" for _ in range(8))
+    )
+    r = cli(
+        "train",
+        "--base",
+        BASE_ID,
+        "--method",
+        "lora",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "adapter",
+        "--set",
+        "r=2",
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--push",
+        "acme/hubbed",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     info = cli("show", "acme/hubbed:1", "--json").json()
     assert info["base"]["name"] == f"{BASE_ID}@{hf['main']}"
@@ -153,12 +181,19 @@ def test_unknown_ids_and_revisions_give_one_clear_line(cli, hf):
     assert_clean_error(r, "acme-org/not-cached", "HF_HUB_OFFLINE", code=1)
     r = cli("train", "--base", "acme-org/not-cached", "--method", "lora", "--data", "x.jsonl", "--out", "o")
     assert_clean_error(r, "acme-org/not-cached", "HF_HUB_OFFLINE", code=1)
-    assert_clean_error(cli("merge", "acme/x:1", "--base", f"{BASE_ID}@nope", "--out", "o"),
-                       f"{BASE_ID}@nope", "revision 'nope'", "HF_HUB_OFFLINE", code=1)
-    assert_clean_error(cli("fingerprint", "acme-org/bad--name"), "acme-org/bad--name",
-                       "not a valid Hugging Face model id", code=1)
-    assert_clean_error(cli("push", "hf://acme-org/not-cached", "acme/x"), "acme-org/not-cached",
-                       "HF_HUB_OFFLINE", code=1)
+    assert_clean_error(
+        cli("merge", "acme/x:1", "--base", f"{BASE_ID}@nope", "--out", "o"),
+        f"{BASE_ID}@nope",
+        "revision 'nope'",
+        "HF_HUB_OFFLINE",
+        code=1,
+    )
+    assert_clean_error(
+        cli("fingerprint", "acme-org/bad--name"), "acme-org/bad--name", "not a valid Hugging Face model id", code=1
+    )
+    assert_clean_error(
+        cli("push", "hf://acme-org/not-cached", "acme/x"), "acme-org/not-cached", "HF_HUB_OFFLINE", code=1
+    )
     assert_clean_error(cli("push", "hf://just-a-name", "acme/x"), "expected hf://ORG/NAME", code=1)
     # not spelled as an id: the usual error of a missing directory
     assert_clean_error(cli("fingerprint", "./nowhere/base"), "nowhere", code=1)
@@ -169,7 +204,8 @@ def test_every_base_option_goes_through_the_resolver():
     check: every --base / BASE_DIR has the one type that resolves Hub ids (a new command cannot forget it)."""
     import click
 
-    from adapterhub.cli import add_plugin_commands, cli as group
+    from adapterhub.cli import add_plugin_commands
+    from adapterhub.cli import cli as group
     from adapterhub.cli.app import BASE
 
     add_plugin_commands()
@@ -179,8 +215,19 @@ def test_every_base_option_goes_through_the_resolver():
             yield from commands(c, f"{prefix}{name} ") if isinstance(c, click.Group) else [(prefix + name, c)]
 
     found = {name: p.type for name, c in commands(group) for p in c.params if p.name in ("base", "base_dir")}
-    assert {"train", "fingerprint", "push", "merge", "pull", "eval", "bench-latency", "quantize", "extract",
-            "export", "data check"} <= set(found), sorted(found)
+    assert {
+        "train",
+        "fingerprint",
+        "push",
+        "merge",
+        "pull",
+        "eval",
+        "bench-latency",
+        "quantize",
+        "extract",
+        "export",
+        "data check",
+    } <= set(found), sorted(found)
     assert all(t is BASE for t in found.values()), {n: t for n, t in found.items() if t is not BASE}
 
 
@@ -188,19 +235,24 @@ def test_every_base_option_goes_through_the_resolver():
 def online(tmp_path, monkeypatch):
     """A Hub on 127.0.0.1 (tests/fakehub.py) as HF_ENDPOINT, an empty HF_HUB_CACHE, HF_HUB_OFFLINE=0 and an
     HF_TOKEN: in the environment (subprocesses) and in huggingface_hub's constants (this process)."""
-    from huggingface_hub import constants
-
     from fakehub import FakeHub
+    from huggingface_hub import constants
 
     cache = str(tmp_path / "online-cache")
     with FakeHub() as fake:
-        env = {"HF_ENDPOINT": fake.url, "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
-               "HF_TOKEN": "hf_test_secret_token"}
+        env = {
+            "HF_ENDPOINT": fake.url,
+            "HF_HUB_CACHE": cache,
+            "HF_HUB_OFFLINE": "0",
+            "TRANSFORMERS_OFFLINE": "0",
+            "HF_TOKEN": "hf_test_secret_token",
+        }
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         fake.cache = cache
@@ -225,28 +277,37 @@ def test_online_the_same_call_downloads_only_weights_config_and_tokenizer(cli, h
     assert "pytorch_model.bin" not in os.listdir(snap) and "model.safetensors" in os.listdir(snap)
     # sharded: only the shards the index names (not a second copy beside them, nor subfolders)
     sharded = make_base_dir(tmp_path / "sharded", shards=2)
-    shutil.copyfile(os.path.join(sharded, "model-00001-of-00002.safetensors"),
-                    os.path.join(sharded, "consolidated.safetensors"))
+    shutil.copyfile(
+        os.path.join(sharded, "model-00001-of-00002.safetensors"), os.path.join(sharded, "consolidated.safetensors")
+    )
     os.makedirs(os.path.join(sharded, "original"))
-    shutil.copyfile(os.path.join(sharded, "model-00002-of-00002.safetensors"),
-                    os.path.join(sharded, "original", "model.safetensors"))
+    shutil.copyfile(
+        os.path.join(sharded, "model-00002-of-00002.safetensors"),
+        os.path.join(sharded, "original", "model.safetensors"),
+    )
     sha = online.add("acme-org/sharded", sharded)
     r = cli("fingerprint", "acme-org/sharded", "--json")
     assert r.exit_code == 0, r.output
     assert r.json()["fingerprint"] == fp(cli, sharded)
-    assert sorted(os.listdir(r.json()["path"])) == ["config.json", "model-00001-of-00002.safetensors",
-                                                    "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    assert sorted(os.listdir(r.json()["path"])) == [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
 
     r = cli("push", f"hf://{LORA_ID}", "acme/online", "--base", BASE_ID, "--json")
     assert r.exit_code == 0, r.output
     info = cli("show", "acme/online:1", "--json").json()
     assert info["parents"][0]["ref"] == f"hf://{LORA_ID}@{lora_sha}"
     assert "training_args.bin" not in {f["path"] for f in info["files"]}
-    assert_clean_error(cli("fingerprint", "acme-org/missing"), "no Hugging Face model acme-org/missing",
-                       "HF_TOKEN", code=1)
+    assert_clean_error(
+        cli("fingerprint", "acme-org/missing"), "no Hugging Face model acme-org/missing", "HF_TOKEN", code=1
+    )
     assert_clean_error(cli("fingerprint", f"{BASE_ID}@nope"), f"{BASE_ID} has no revision 'nope'", code=1)
-    assert_clean_error(cli("push", "hf://acme-org/missing", "acme/x"), "hf://acme-org/missing",
-                       "no Hugging Face adapter repo", code=1)
+    assert_clean_error(
+        cli("push", "hf://acme-org/missing", "acme/x"), "hf://acme-org/missing", "no Hugging Face adapter repo", code=1
+    )
     online.add("acme-org/gated", hub["base"])
     online.gated.add("acme-org/gated")
     assert_clean_error(cli("fingerprint", "acme-org/gated"), "acme-org/gated is gated", "HF_TOKEN", code=1)
@@ -256,8 +317,12 @@ def test_the_hub_gone_and_nothing_cached_is_one_line(cli, online, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    assert_clean_error(cli("fingerprint", "acme-org/other"), "acme-org/other", "Hugging Face Hub (http://127.0.0.1:9) "
-                       "could not be reached", code=1)
+    assert_clean_error(
+        cli("fingerprint", "acme-org/other"),
+        "acme-org/other",
+        "Hugging Face Hub (http://127.0.0.1:9) could not be reached",
+        code=1,
+    )
 
 
 def test_export_to_the_hub_uploads_peft_with_a_model_card_and_imports_back(cli, hub, online, monkeypatch):
@@ -277,8 +342,13 @@ def test_export_to_the_hub_uploads_peft_with_a_model_card_and_imports_back(cli, 
     assert (cfg["base_model_name_or_path"], cfg["revision"]) == (BASE_ID, base_sha)  # what AutoPeftModel loads
     card = files["README.md"].decode()
     fp_main = fp(cli, hub["base"])
-    for needle in ("library_name: peft", f'base_model: "{BASE_ID}"', fp_main, d["digest"],
-                   f"imported_from hf://{LORA_ID}@{lora_sha}"):
+    for needle in (
+        "library_name: peft",
+        f'base_model: "{BASE_ID}"',
+        fp_main,
+        d["digest"],
+        f"imported_from hf://{LORA_ID}@{lora_sha}",
+    ):
         assert needle in card, (needle, card)
     # and back: the export imports as the same adapter, with the export's commit in its lineage
     r = cli("push", "hf://acme-org/chat-export", "acme/roundtrip", "--base", BASE_ID, "--json")
@@ -287,10 +357,18 @@ def test_export_to_the_hub_uploads_peft_with_a_model_card_and_imports_back(cli, 
     assert back["parents"][0]["ref"] == d["to"] and back["base_fingerprint"] == fp_main
     # without a token, or offline: one line each
     monkeypatch.delenv("HF_TOKEN")
-    assert_clean_error(cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/other"),
-                       "hf://acme-org/other", "HF_TOKEN", code=1)
+    assert_clean_error(
+        cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/other"),
+        "hf://acme-org/other",
+        "HF_TOKEN",
+        code=1,
+    )
     monkeypatch.setattr(__import__("huggingface_hub").constants, "HF_HUB_OFFLINE", True)
-    assert_clean_error(cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/other"),
-                       "HF_HUB_OFFLINE", code=1)
-    assert_clean_error(cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/x@dev"),
-                       "expected hf://ORG/NAME", code=1)
+    assert_clean_error(
+        cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/other"), "HF_HUB_OFFLINE", code=1
+    )
+    assert_clean_error(
+        cli("export", "acme/chat:1", "--format", "peft", "--to", "hf://acme-org/x@dev"),
+        "expected hf://ORG/NAME",
+        code=1,
+    )

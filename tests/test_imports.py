@@ -52,7 +52,7 @@ def _graph(mods: dict[str, str]) -> dict[str, set[str]]:
                 target = node.module or ""
                 if node.level:
                     parts = package.split(".")
-                    target = ".".join(parts[:len(parts) - node.level + 1] + ([target] if target else []))
+                    target = ".".join(parts[: len(parts) - node.level + 1] + ([target] if target else []))
                 targets = [f"{target}.{a.name}" if f"{target}.{a.name}" in mods else target for a in node.names]
             else:
                 targets = [a.name for a in node.names]
@@ -147,7 +147,7 @@ def _boundary_violations(mod: str, path: str, source: str, adapterhub_modules: s
             target = node.module or ""
             if node.level:
                 parts = package.split(".")
-                target = ".".join(parts[:len(parts) - node.level + 1] + ([target] if target else []))
+                target = ".".join(parts[: len(parts) - node.level + 1] + ([target] if target else []))
             if target.split(".")[0] == plugin:
                 continue  # the plugin's own modules, private ones included
             for alias in node.names:
@@ -176,7 +176,7 @@ def test_every_public_module_exists_and_the_plugin_guide_lists_it():
 
     mods = _modules()
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    guide = readme[readme.index("## Writing a plugin"):readme.index("## Layout")]
+    guide = readme[readme.index("## Writing a plugin") : readme.index("## Layout")]
     for name in [*PUBLIC_MODULES, *COMMAND_MODULES]:
         assert name in mods, f"{name} is declared public but does not exist"
         assert f"`{name}`" in guide, f"README's plugin guide does not list the public module {name}"
@@ -184,13 +184,15 @@ def test_every_public_module_exists_and_the_plugin_guide_lists_it():
 
 def test_the_boundary_walk_sees_what_a_plugin_may_not_import():
     core = {"adapterhub", "adapterhub.api", "adapterhub.registry", "adapterhub.registry.blobs", "adapterhub.tuning"}
-    source = ("from adapterhub.tuning import TunerMethod, _private\n"
-              "from adapterhub import api, errors\n"
-              "from . import _own\n"
-              "def f():\n"
-              "    from adapterhub.registry.blobs import hash_file\n"
-              "    import adapterhub_other.layer\n"
-              "    from adapterhub.cli.app import emit\n")
+    source = (
+        "from adapterhub.tuning import TunerMethod, _private\n"
+        "from adapterhub import api, errors\n"
+        "from . import _own\n"
+        "def f():\n"
+        "    from adapterhub.registry.blobs import hash_file\n"
+        "    import adapterhub_other.layer\n"
+        "    from adapterhub.cli.app import emit\n"
+    )
     found = _boundary_violations("adapterhub_x.model", "plugins/adapterhub_x/model.py", source, core)
     assert [f.split(" ", 1)[1] for f in found] == [
         "imports the private name _private from adapterhub.tuning",
@@ -198,5 +200,9 @@ def test_the_boundary_walk_sees_what_a_plugin_may_not_import():
         "imports another plugin: adapterhub_other.layer",
         "imports adapterhub.cli.app, which is not public (adapterhub.plugins.PUBLIC_MODULES)",
     ]
-    assert _boundary_violations("adapterhub_x.commands", "plugins/adapterhub_x/commands.py",
-                                "from adapterhub.cli.app import emit\n", core) == []
+    assert (
+        _boundary_violations(
+            "adapterhub_x.commands", "plugins/adapterhub_x/commands.py", "from adapterhub.cli.app import emit\n", core
+        )
+        == []
+    )

@@ -7,7 +7,6 @@ import time
 
 import pytest
 import sqlalchemy as sa
-
 from conftest import assert_clean_error, make_base_dir, make_lora_dir
 
 
@@ -30,8 +29,13 @@ def test_a_file_row_pointed_at_other_bytes_is_refused_everywhere(cli, home, tmp_
     v1, v2 = _two_versions(cli, tmp_path)
     w2 = next(f for f in v2["files"] if f["path"] == "adapter_model.safetensors")
     # the hole: one UPDATE made acme/chat:1's digest serve acme/chat:2's weights, and verify said ok
-    _sql(home, "UPDATE files SET blob_digest = :d, size = :s WHERE path = 'adapter_model.safetensors' AND "
-               "version_id = (SELECT id FROM versions WHERE number = 1)", d=w2["digest"][7:], s=w2["size"])
+    _sql(
+        home,
+        "UPDATE files SET blob_digest = :d, size = :s WHERE path = 'adapter_model.safetensors' AND "
+        "version_id = (SELECT id FROM versions WHERE number = 1)",
+        d=w2["digest"][7:],
+        s=w2["size"],
+    )
     r = cli("pull", v1["digest"], "--out", tmp_path / "x")
     assert_clean_error(r, "acme/chat:1", "adapter_model.safetensors", "edited behind its back")
     assert not (tmp_path / "x").exists()
@@ -39,7 +43,10 @@ def test_a_file_row_pointed_at_other_bytes_is_refused_everywhere(cli, home, tmp_
     assert_clean_error(r, "acme/chat:1")
     assert not (tmp_path / "m").exists()
     other = tmp_path / "other"
-    assert cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code == 0
+    assert (
+        cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code
+        == 0
+    )
     assert_clean_error(cli("push", "acme/chat:1", "--to", "other"), "acme/chat:1")
     r = cli("verify", "--json")
     assert r.exit_code == 1
@@ -55,7 +62,10 @@ def test_an_edited_manifest_is_refused_and_copy_never_gives_it_a_new_digest(cli,
     _sql(home, "UPDATE versions SET manifest = replace(manifest, :a, :b) WHERE number = 1", a='"r":4', b='"r":8')
     assert '"r":8' in _sql(home, "SELECT manifest FROM versions WHERE number = 1")[0][0]
     other = tmp_path / "other"
-    assert cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code == 0
+    assert (
+        cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code
+        == 0
+    )
     assert_clean_error(cli("push", "acme/chat:1", "--to", "other"), "acme/chat:1", "hashes to")
     assert cli("--home", other, "list", "--json").exit_code == 0
     assert_clean_error(cli("pull", "acme/chat:1", "--out", tmp_path / "x"), "acme/chat:1", "hashes to")
@@ -73,8 +83,9 @@ def test_an_edited_manifest_is_refused_and_copy_never_gives_it_a_new_digest(cli,
 # -- gc and push: no race ------------------------------------------------------------------------------
 def _registry(request, tmp_path):
     """(Registry, label) on SQLite + files, or on PostgreSQL + moto's S3 over HTTP."""
-    from adapterhub.registry.registry import Registry
     from adapterhub_file import FileStore
+
+    from adapterhub.registry.registry import Registry
 
     if request.param == "sqlite":
         return Registry(f"sqlite:///{tmp_path}/r.db", FileStore(str(tmp_path / "store"))).ready()
@@ -122,8 +133,9 @@ def test_gc_between_a_pushs_existence_check_and_its_commit_loses_nothing(reg, tm
 
 
 def test_a_push_committed_after_gcs_scan_keeps_its_blob(tmp_path):
-    from adapterhub.registry.registry import Registry
     from adapterhub_file import FileStore
+
+    from adapterhub.registry.registry import Registry
 
     class ScanThenPush(FileStore):  # a push commits right after gc listed the store
         def iter_blobs(self):
@@ -144,10 +156,11 @@ def test_a_push_committed_after_gcs_scan_keeps_its_blob(tmp_path):
 
 
 def test_a_server_commit_whose_blob_gc_removed_is_one_clear_error(tmp_path):
+    from adapterhub_file import FileStore
+
     from adapterhub.errors import IntegrityError
     from adapterhub.registry.records import LocalFile
     from adapterhub.registry.registry import Registry
-    from adapterhub_file import FileStore
 
     reg = Registry(f"sqlite:///{tmp_path}/r.db", FileStore(str(tmp_path / "store"))).ready()
     f = _leftover(reg, tmp_path, b"uploaded by a client" * 10)
@@ -160,8 +173,9 @@ def test_a_server_commit_whose_blob_gc_removed_is_one_clear_error(tmp_path):
 
 # -- transient database errors: the commit is retried ---------------------------------------------------
 def _registry_through(proxy, pg_url, tmp_path):
-    from adapterhub.registry.registry import Registry
     from adapterhub_file import FileStore
+
+    from adapterhub.registry.registry import Registry
 
     db = pg_url.replace("127.0.0.1:5432", proxy.address)
     return Registry(db, FileStore(str(tmp_path / "store"))).ready()
@@ -193,8 +207,10 @@ def test_a_connection_dropped_inside_the_commit_is_retried(pg_url, tmp_path):
         assert len(cuts) == 2 and pub.created and pub.version == 1
         assert [v["ref"] for v in reg.list()] == ["acme/chat:1"] and reg.verify()["ok"]
         # alias moves, tags and evaluations are retried the same way (and the history stays one chain)
-        cuts = [_cut_on(reg, proxy, s, times=1) for s in ("INSERT INTO ALIAS_EVENTS", "INSERT INTO TAGS",
-                                                           "INSERT INTO EVALUATIONS")]
+        cuts = [
+            _cut_on(reg, proxy, s, times=1)
+            for s in ("INSERT INTO ALIAS_EVENTS", "INSERT INTO TAGS", "INSERT INTO EVALUATIONS")
+        ]
         assert reg.set_alias("acme/chat", "staging", "1")["ref"] == "acme/chat:1"
         assert reg.set_tags("acme/chat:1", {"team": "nlp"}) == {"team": "nlp"}
         reg.add_evaluation("acme/chat:1", "sha256:" + "e" * 64, {"accuracy": 0.9})
@@ -204,8 +220,9 @@ def test_a_connection_dropped_inside_the_commit_is_retried(pg_url, tmp_path):
 
 
 def test_a_database_gone_for_good_is_one_line_after_bounded_tries(pg_url, tmp_path):
-    from adapterhub.errors import AdapterhubError
     from tcpproxy import TcpProxy
+
+    from adapterhub.errors import AdapterhubError
 
     with TcpProxy("127.0.0.1", 5432) as proxy:
         reg = _registry_through(proxy, pg_url, tmp_path)
@@ -222,10 +239,11 @@ def test_a_database_gone_for_good_is_one_line_after_bounded_tries(pg_url, tmp_pa
 
 
 def test_a_push_through_the_server_uploads_again_what_gc_removed_meanwhile(tmp_path):
-    from adapterhub.api import local_registry
-    from adapterhub.registry.client import HttpRegistry
     from conftest import run_subprocess
     from serverproc import RegistryServer
+
+    from adapterhub.api import local_registry
+    from adapterhub.registry.client import HttpRegistry
 
     server_home = str(tmp_path / "server")
     r = run_subprocess("--home", server_home, "token", "create", "--name", "ci", "--scope", "write", "--json")
@@ -253,7 +271,10 @@ def test_an_edited_lineage_row_is_named_by_verify_and_never_copied(cli, home, tm
     r = cli("verify", "--json")
     assert r.exit_code == 1 and [p["version"] for p in r.json()["problems"]] == ["acme/chat:1"], r.output
     other = tmp_path / "other"
-    assert cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code == 0
+    assert (
+        cli("remote", "add", "other", "--db", f"sqlite:///{other}/r.db", "--store", f"file://{other}/blobs").exit_code
+        == 0
+    )
     assert_clean_error(cli("push", "acme/chat:1", "--to", "other"), "acme/chat:1", "lineage rows")
 
 
@@ -266,8 +287,11 @@ def test_a_manifest_edited_into_non_json_is_one_line_in_every_command(cli, home,
     reg.close()
     for text in ("[1, 2]", "not json {"):
         _sql(home, "UPDATE versions SET manifest = :m", m=text)
-        for args in (("alias", "set", "acme/chat", "production", "1"), ("show", "acme/chat:1"),
-                     ("pull", "acme/chat:1", "--out", tmp_path / "o")):
+        for args in (
+            ("alias", "set", "acme/chat", "production", "1"),
+            ("show", "acme/chat:1"),
+            ("pull", "acme/chat:1", "--out", tmp_path / "o"),
+        ):
             assert_clean_error(cli(*args), "acme/chat:1", "edited behind its back")
         assert cli("lineage", "acme/chat:1").exit_code == 0
         r = cli("verify")
@@ -280,7 +304,8 @@ def test_a_version_rows_kind_method_or_base_edited_apart_from_its_manifest_is_re
     base = make_base_dir(tmp_path / "base")
     assert cli("push", make_lora_dir(tmp_path / "a"), "acme/chat", "--base", base).exit_code == 0
     _sql(home, "UPDATE versions SET base_fingerprint = :f", f="sha256:" + "0" * 64)  # another base would be accepted
-    assert_clean_error(cli("merge", "acme/chat:1", "--base", base, "--out", tmp_path / "m"), "acme/chat:1",
-                       "base_fingerprint")
+    assert_clean_error(
+        cli("merge", "acme/chat:1", "--base", base, "--out", tmp_path / "m"), "acme/chat:1", "base_fingerprint"
+    )
     r = cli("verify", "--json")
     assert r.exit_code == 1 and "base_fingerprint" in r.json()["problems"][0]["status"]

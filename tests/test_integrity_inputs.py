@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import assert_clean_error, make_lora_dir
 
 
@@ -48,16 +47,22 @@ def test_a_rank_pattern_of_exponential_cost_is_refused_at_push_at_once(cli, tmp_
     assert cli("push", src, "acme/chat").exit_code == 0
 
 
-@pytest.mark.parametrize("url,hidden,shown", [
-    ("postgresql://u:p@ssSECRET@db.example/x", ["ssSECRET"], "postgresql://u:***@db.example/x"),
-    ("s3://b/p?endpoint_url=http%3A%2F%2FAKIAKEY%3As3cr3tPW%40minio%3A9000", ["s3cr3tPW"],
-     "s3://b/p?endpoint_url=http://AKIAKEY:***@minio:9000"),
-    ("s3://b/p?secret_access_key=zzSECRETzz&region=x", ["zzSECRETzz"], "s3://b/p?secret_access_key=***&region=x"),
-    ("https://ghp_TOKENTOKEN@registry.example/api", ["ghp_TOKENTOKEN"], "https://***@registry.example/api"),
-    ("postgresql://u:pw/with/slashSECRET@[::1/x", ["slashSECRET"], "postgresql://u:***@[::1/x"),  # does not parse
-    ("postgresql://postgres@127.0.0.1/x", [], "postgresql://postgres@127.0.0.1/x"),
-    ("sqlite:////abs/path.db", [], "sqlite:////abs/path.db"),
-])
+@pytest.mark.parametrize(
+    "url,hidden,shown",
+    [
+        ("postgresql://u:p@ssSECRET@db.example/x", ["ssSECRET"], "postgresql://u:***@db.example/x"),
+        (
+            "s3://b/p?endpoint_url=http%3A%2F%2FAKIAKEY%3As3cr3tPW%40minio%3A9000",
+            ["s3cr3tPW"],
+            "s3://b/p?endpoint_url=http://AKIAKEY:***@minio:9000",
+        ),
+        ("s3://b/p?secret_access_key=zzSECRETzz&region=x", ["zzSECRETzz"], "s3://b/p?secret_access_key=***&region=x"),
+        ("https://ghp_TOKENTOKEN@registry.example/api", ["ghp_TOKENTOKEN"], "https://***@registry.example/api"),
+        ("postgresql://u:pw/with/slashSECRET@[::1/x", ["slashSECRET"], "postgresql://u:***@[::1/x"),  # does not parse
+        ("postgresql://postgres@127.0.0.1/x", [], "postgresql://postgres@127.0.0.1/x"),
+        ("sqlite:////abs/path.db", [], "sqlite:////abs/path.db"),
+    ],
+)
 def test_mask_and_scrub_every_url_form(url, hidden, shown):
     from adapterhub.registry.remotes import mask, scrub
 
@@ -69,8 +74,19 @@ def test_mask_and_scrub_every_url_form(url, hidden, shown):
 
 def test_remote_add_and_list_never_print_credentials(cli, home):
     endpoint = "http://AKIAUSER:s3cr3tPW@127.0.0.1:1"
-    r = cli("remote", "add", "t", "--no-check", "--db", "postgresql://postgres:pgSECRET@127.0.0.1/x",
-            "--store", "s3://b/x?secret_access_key=zzSECRET", "--endpoint-url", endpoint, "--json")
+    r = cli(
+        "remote",
+        "add",
+        "t",
+        "--no-check",
+        "--db",
+        "postgresql://postgres:pgSECRET@127.0.0.1/x",
+        "--store",
+        "s3://b/x?secret_access_key=zzSECRET",
+        "--endpoint-url",
+        endpoint,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     for out in (r.output, cli("remote", "list").output, cli("remote", "list", "--json").output):
         assert "s3cr3tPW" not in out and "pgSECRET" not in out and "zzSECRET" not in out, out

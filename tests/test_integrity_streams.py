@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.usefixtures("aws_env")
@@ -15,8 +14,9 @@ pytestmark = pytest.mark.usefixtures("aws_env")
 @pytest.fixture
 def proxied(s3_server, tmp_path, monkeypatch):
     """(Registry on SQLite + S3 through a TcpProxy, proxy, bucket) with a 3 s stall deadline."""
-    from adapterhub.registry.registry import Registry
     from adapterhub_s3 import S3Store
+
+    from adapterhub.registry.registry import Registry
 
     monkeypatch.setenv("ADAPTERHUB_S3_STALL_TIMEOUT", "3")
     host, port = s3_server.endpoint_url.rsplit("/", 1)[-1].rsplit(":", 1)

@@ -7,7 +7,6 @@ import os
 import random
 
 import pytest
-
 from conftest import assert_clean_error
 from tinymodels import minilm_path
 
@@ -110,7 +109,10 @@ def test_data_clean_removes_or_relabels_and_names_both_digests(cli, tmp_path):
     relabelled = tmp_path / "relabelled.jsonl"
     text = cli("data", "clean", path, "--base", minilm_path(), "--out", relabelled, "--relabel")
     assert text.exit_code == 0, text.output
-    assert f"relabelled {d['count']} likely mislabeled row(s) of 240" in text.stdout and d["output"]["digest"] not in text.stdout
+    assert (
+        f"relabelled {d['count']} likely mislabeled row(s) of 240" in text.stdout
+        and d["output"]["digest"] not in text.stdout
+    )
     rows = [json.loads(line) for line in relabelled.read_text().splitlines()]
     assert len(rows) == 240
     fixed = sum(rows[n - 1]["label"] == true for n, true in truth.items())
@@ -118,8 +120,12 @@ def test_data_clean_removes_or_relabels_and_names_both_digests(cli, tmp_path):
 
     # integer labels stay integers
     ints = tmp_path / "ints.jsonl"
-    ints.write_text("".join(json.dumps({"text": json.loads(line)["text"], "label": int(json.loads(line)["label"] == "positive")}) + "\n"
-                            for line in open(path, encoding="utf-8")))
+    ints.write_text(
+        "".join(
+            json.dumps({"text": json.loads(line)["text"], "label": int(json.loads(line)["label"] == "positive")}) + "\n"
+            for line in open(path, encoding="utf-8")
+        )
+    )
     out_ints = tmp_path / "ints-clean.jsonl"
     assert cli("data", "clean", ints, "--base", minilm_path(), "--out", out_ints, "--relabel").exit_code == 0
     assert {type(json.loads(line)["label"]) for line in out_ints.read_text().splitlines()} == {int}
@@ -134,25 +140,44 @@ def test_data_clean_refuses_with_one_line(cli, tmp_path):
     assert_clean_error(cli("data", "clean", path, "--base", base, "--out", existing), "exists", "--force")
     assert existing.read_text() == "keep me\n"
     assert_clean_error(cli("data", "clean", path, "--base", base, "--out", tmp_path), "is a directory")
-    assert_clean_error(cli("data", "clean", path, "--base", base, "--out", tmp_path / "no" / "x.jsonl"),
-                       "does not exist")
+    assert_clean_error(
+        cli("data", "clean", path, "--base", base, "--out", tmp_path / "no" / "x.jsonl"), "does not exist"
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(open(path, encoding="utf-8").read() + "{not json\n")
-    assert_clean_error(cli("data", "clean", bad, "--base", base, "--out", tmp_path / "c.jsonl"), "bad.jsonl:241",
-                       "malformed")
+    assert_clean_error(
+        cli("data", "clean", bad, "--base", base, "--out", tmp_path / "c.jsonl"), "bad.jsonl:241", "malformed"
+    )
     assert not (tmp_path / "c.jsonl").exists()
-    assert_clean_error(cli("data", "clean", path, "--base", tmp_path / "nobase", "--out", tmp_path / "c.jsonl"),
-                       "does not exist")
+    assert_clean_error(
+        cli("data", "clean", path, "--base", tmp_path / "nobase", "--out", tmp_path / "c.jsonl"), "does not exist"
+    )
 
 
 def test_train_fail_on_noise_refuses_before_training(cli, tmp_path):
     path, _ = noisy_demo(tmp_path)
     out = tmp_path / "adapter"
-    args = ("train", "--base", minilm_path(), "--method", "lora", "--task", "seq-cls", "--data", path, "--out", out,
-            "--max-steps", "1", "--batch-size", "4")
+    args = (
+        "train",
+        "--base",
+        minilm_path(),
+        "--method",
+        "lora",
+        "--task",
+        "seq-cls",
+        "--data",
+        path,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+    )
     r = cli(*args, "--fail-on-noise", "0.05")
-    assert_clean_error(r, "data check failed for noisy.jsonl: estimated label noise", "above --fail-on-noise 0.05",
-                       "data clean")
+    assert_clean_error(
+        r, "data check failed for noisy.jsonl: estimated label noise", "above --fail-on-noise 0.05", "data clean"
+    )
     assert not out.exists()
     assert_clean_error(cli(*args[:6], "causal-lm", *args[7:], "--fail-on-noise", "0.05"), "needs --task seq-cls")
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
 
-import pytest
-
-import torch as torch
 import peft as peft
+import pytest
+import torch as torch
 import transformers as transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
-import tinymodels as tm  # noqa: E402
 import oracle  # noqa: E402
+import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 
 from adapterhub.files.checkpoint import load_adapter_dir  # noqa: E402
@@ -138,8 +136,9 @@ def test_merged_tensors_equal_peft_merge_and_unload(case, dtype, built, tmp_path
     assert r["tensors_merged"] >= 2 and r["tensors_untouched"] > 0 and not r["untied"]
 
 
-@pytest.mark.parametrize("schedule", ["mergers-first", "stager-first", "no-copy_file_range", "one-thread",
-                                      "row-blocks", "short-row-blocks"])
+@pytest.mark.parametrize(
+    "schedule", ["mergers-first", "stager-first", "no-copy_file_range", "one-thread", "row-blocks", "short-row-blocks"]
+)
 def test_any_thread_schedule_gives_the_same_bits(schedule, built, tmp_path, monkeypatch):
     """The writer's threads (the stager copying untouched and to-be-merged base bytes, the merging threads
     writing merged values over them) meet in any order; force the extremes and the fallbacks and compare
@@ -155,12 +154,15 @@ def test_any_thread_schedule_gives_the_same_bits(schedule, built, tmp_path, monk
     stage, merge = mw._Run.stage, mw._Run.merge
     staged = threading.Event()
     if schedule == "mergers-first":  # every tensor to merge is taken before the stager starts
+
         def late_stage(self):
             while self.next_merge < len(self.merges) and self.error is None:
                 threading.Event().wait(0.001)
             stage(self)
+
         monkeypatch.setattr(mw._Run, "stage", late_stage)
     elif schedule == "stager-first":  # the stager has copied everything before any merge
+
         def early_stage(self):
             stage(self)
             staged.set()
@@ -168,11 +170,14 @@ def test_any_thread_schedule_gives_the_same_bits(schedule, built, tmp_path, monk
         def late_merge(self):
             staged.wait()
             merge(self)
+
         monkeypatch.setattr(mw._Run, "stage", early_stage)
         monkeypatch.setattr(mw._Run, "merge", late_merge)
     elif schedule == "no-copy_file_range":  # e.g. another filesystem: reads and writes through a buffer
+
         def refuse(*a):
             raise OSError(18, "Invalid cross-device link")
+
         monkeypatch.setattr(os, "copy_file_range", refuse)
     elif schedule == "row-blocks":  # weights in several blocks of uneven sizes (20 and 24 rows of 64)
         monkeypatch.setattr(mw, "ROW_BLOCK", 20 * 32)
@@ -196,14 +201,22 @@ def test_merge_command_process_prints_all_and_exits_cleanly(built, tmp_path):
     base, ad, _ = built("llama-lora")
     env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path / "home"), "ADAPTERHUB_LOAD_PLUGINS": PLUGINS}
     out = tmp_path / "m"
-    p = subprocess.run([sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out", str(out), "--json"],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["tensors_merged"] >= 2 and doc["out"] == str(out)
     assert load_merged(out) is not None
-    again = subprocess.run([sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out", str(out)],
-                           capture_output=True, text=True, env=env)
+    again = subprocess.run(
+        [sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert again.returncode == 1 and again.stderr.startswith("Error:") and "not empty" in again.stderr
 
 
@@ -250,12 +263,14 @@ def test_headless_minilm_seq_cls_gets_head_labels_and_prefix(cli, tmp_path):
     'base_model.model.bert.…' plus the classifier (modules_to_save); labels come from the manifest."""
     from dataclasses import asdict
 
-    from adapterhub.files.checkpoint import save_adapter
     from adapterhub_lora import LoraMethod
 
+    from adapterhub.files.checkpoint import save_adapter
+
     model = transformers.AutoModelForSequenceClassification.from_pretrained(tm.minilm_path(), num_labels=3).eval()
-    ad, pm = peft_adapter(model, dict(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"),
-                          tmp_path / "peft")
+    ad, pm = peft_adapter(
+        model, dict(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"), tmp_path / "peft"
+    )
     ref_logits = out_of(pm, "minilm")
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     from safetensors.torch import load_file
@@ -263,9 +278,17 @@ def test_headless_minilm_seq_cls_gets_head_labels_and_prefix(cli, tmp_path):
     tensors = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
     assert "base_model.model.classifier.weight" in tensors
     lora = LoraMethod()
-    native = save_adapter(str(tmp_path / "native"), {
-        "method": "lora", "config": asdict(lora.from_peft_config(cfg)), "task": "SEQ_CLS",
-        "labels": ["negative", "neutral", "positive"]}, tensors, peft_config=cfg)
+    native = save_adapter(
+        str(tmp_path / "native"),
+        {
+            "method": "lora",
+            "config": asdict(lora.from_peft_config(cfg)),
+            "task": "SEQ_CLS",
+            "labels": ["negative", "neutral", "positive"],
+        },
+        tensors,
+        peft_config=cfg,
+    )
     assert cli("push", native, "acme/cls", "--base", tm.minilm_path()).exit_code == 0
     r = cli("pull", "acme/cls", "--merged", "--base", tm.minilm_path(), "--out", tmp_path / "m", "--json")
     assert r.exit_code == 0, r.output
@@ -278,9 +301,13 @@ def test_headless_minilm_seq_cls_gets_head_labels_and_prefix(cli, tmp_path):
     merged = load_merged(tmp_path / "m", seq_cls=True)
     assert merged.config.num_labels == 3
     assert torch.allclose(out_of(merged, "minilm"), ref_logits, atol=TOL, rtol=0)
-    expected = peft.PeftModel.from_pretrained(
-        transformers.AutoModelForSequenceClassification.from_pretrained(tm.minilm_path(), num_labels=3),
-        ad).merge_and_unload().state_dict()
+    expected = (
+        peft.PeftModel.from_pretrained(
+            transformers.AutoModelForSequenceClassification.from_pretrained(tm.minilm_path(), num_labels=3), ad
+        )
+        .merge_and_unload()
+        .state_dict()
+    )
     got = merged.state_dict()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     # no labels in the manifest: LABEL_i from the head's size
@@ -303,8 +330,11 @@ def test_tied_embeddings_are_untied_when_the_adapter_changes_one(kind, cli, tmp_
         make, name, opts = _tied_llama, "llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"])
         pair = ["model.embed_tokens.weight", "lm_head.weight"]
     else:
-        make, name, opts = tm.tiny_gpt2, "gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn"],
-                                                       modules_to_save=["wte"])
+        make, name, opts = (
+            tm.tiny_gpt2,
+            "gpt2",
+            dict(r=4, lora_alpha=8, target_modules=["c_attn"], modules_to_save=["wte"]),
+        )
         pair = ["transformer.wte.weight", "lm_head.weight"]
     base = save_base(make(), tmp_path / "base")
     assert json.loads((tmp_path / "base" / "config.json").read_text())["tie_word_embeddings"] is True
@@ -332,8 +362,11 @@ def test_resized_vocabulary_takes_the_adapters_embeddings(cli, tmp_path):
     base = save_base(tm.tiny_llama(), tmp_path / "base")
     model = tm.tiny_llama()
     model.resize_token_embeddings(tm.VOCAB + 8)
-    ad, pm = peft_adapter(model, dict(r=4, lora_alpha=8, target_modules=["q_proj"],
-                                      modules_to_save=["embed_tokens", "lm_head"]), tmp_path / "ad")
+    ad, pm = peft_adapter(
+        model,
+        dict(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"]),
+        tmp_path / "ad",
+    )
     r = cli("merge", ad, "--base", base, "--out", tmp_path / "m", "--json")
     assert r.exit_code == 0, r.output
     assert any("vocab_size" in n for n in r.json()["notes"])
@@ -358,7 +391,9 @@ def test_second_pull_merged_is_a_checked_cached_link(cli, home, built, tmp_path,
     second = cli("pull", "acme/dora@stable", "--out", tmp_path / "b", *args)
     assert second.exit_code == 0 and second.json()["cached"] is True
     assert second.json()["tensors_merged"] == first.json()["tensors_merged"]
-    assert {(f["path"], f["size"]) for f in first.json()["files"]} == {(f["path"], f["size"]) for f in second.json()["files"]}
+    assert {(f["path"], f["size"]) for f in first.json()["files"]} == {
+        (f["path"], f["size"]) for f in second.json()["files"]
+    }
     for f in first.json()["files"]:
         assert (tmp_path / "a" / f["path"]).read_bytes() == (tmp_path / "b" / f["path"]).read_bytes()
     assert cli("gc", "--grace", "0", "--json").json()["removed_blobs"] == 0
@@ -437,8 +472,12 @@ def _mount_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     if os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_disk_full_leaves_nothing_behind(built, tmp_path):
@@ -448,20 +487,30 @@ def test_disk_full_leaves_nothing_behind(built, tmp_path):
     small = tmp_path / "small"
     if _mount_tmpfs(small, "64k"):
         try:
-            p = subprocess.run([sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out",
-                                small / "m"], capture_output=True, text=True, env=env)
+            p = subprocess.run(
+                [sys.executable, "-m", "adapterhub", "merge", ad, "--base", base, "--out", small / "m"],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             assert p.returncode == 1 and "Traceback" not in p.stderr and "space" in p.stderr, p.stderr
             assert os.listdir(small) == []
         finally:
             subprocess.run(["umount", "-l", str(small)], capture_output=True)
-    code = ("import resource, signal, sys\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
-            "from adapterhub.cli import main\nmain(sys.argv[1:])\n")
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
+        "from adapterhub.cli import main\nmain(sys.argv[1:])\n"
+    )
     out_parent = tmp_path / "limited"
     out_parent.mkdir()
-    p = subprocess.run([sys.executable, "-c", code, "merge", ad, "--base", base, "--out", out_parent / "m",
-                        "--no-cache"], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", code, "merge", ad, "--base", base, "--out", out_parent / "m", "--no-cache"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert [line for line in p.stderr.splitlines() if line.startswith("Error:")], p.stderr
     assert os.listdir(out_parent) == []

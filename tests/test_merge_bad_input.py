@@ -11,17 +11,15 @@ import os
 import shutil
 import sys
 
-import pytest
-
 import peft as peft
+import pytest
 import torch as torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
-from test_merge import _quiet, load_merged, peft_adapter, plugins_fixture, save_base, test_plugins  # noqa: E402,F401
-
 from safetensors.torch import load_file, save_file  # noqa: E402
+from test_merge import _quiet, load_merged, peft_adapter, plugins_fixture, save_base, test_plugins  # noqa: E402,F401
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 #: the plugins these tests use ("merged" is registered directly, as in test_merge)
@@ -76,12 +74,16 @@ def _peft_dir(kind, tmp_path):
     """(model name, adapter dir, base dir) made with peft for ``kind``."""
     if kind == "gpt2-conv1d":
         base = save_base(tm.tiny_gpt2(), tmp_path / "base")
-        return "c_attn", peft_adapter(tm.tiny_gpt2(), dict(r=4, lora_alpha=8, target_modules=["c_attn"]),
-                                      tmp_path / "ad")[0], base
+        return (
+            "c_attn",
+            peft_adapter(tm.tiny_gpt2(), dict(r=4, lora_alpha=8, target_modules=["c_attn"]), tmp_path / "ad")[0],
+            base,
+        )
     base = save_base(tm.tiny_llama(), tmp_path / "base")
     if kind == "ia3":
-        pm = peft.get_peft_model(tm.tiny_llama(), peft.IA3Config(target_modules=["k_proj", "down_proj"],
-                                                                 feedforward_modules=["down_proj"]))
+        pm = peft.get_peft_model(
+            tm.tiny_llama(), peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
+        )
         pm.save_pretrained(str(tmp_path / "ad"))
         return "k_proj", str(tmp_path / "ad"), base
     opts = dict(LORA, use_dora=kind == "dora")
@@ -143,8 +145,12 @@ def test_base_without_usable_config_is_refused_and_nothing_cached(config, cli, h
         (bad / "config.json").write_text(config)
     assert cli("push", ad, "acme/l1", "--base", base).exit_code == 0
     hashed = sorted(os.listdir(home / "cache" / "fingerprints"))
-    for cmd in (["merge", "acme/l1"], ["pull", "acme/l1", "--merged"], ["export", "acme/l1", "--format", "merged"],
-                ["merge", ad]):
+    for cmd in (
+        ["merge", "acme/l1"],
+        ["pull", "acme/l1", "--merged"],
+        ["export", "acme/l1", "--format", "merged"],
+        ["merge", ad],
+    ):
         r = cli(*cmd, "--base", bad, "--out", tmp_path / "m")
         assert_clean_error(r, "not a transformers model directory", "config.json")
         assert r.exit_code == 1 and not (tmp_path / "m").exists()
@@ -157,10 +163,11 @@ def test_base_without_usable_config_is_refused_and_nothing_cached(config, cli, h
 
 
 def test_merge_adapter_api_refuses_a_base_without_config(llama, tmp_path):
-    from adapterhub.files.checkpoint import load_adapter_dir
-    from adapterhub.errors import InvalidInput
-    from adapterhub.merge.plan import merge_adapter
     from test_merge import test_plugins
+
+    from adapterhub.errors import InvalidInput
+    from adapterhub.files.checkpoint import load_adapter_dir
+    from adapterhub.merge.plan import merge_adapter
 
     base, ad = llama
     os.remove(os.path.join(base, "config.json"))
@@ -195,8 +202,11 @@ def test_out_that_is_or_contains_the_base_is_refused_even_with_force(how, cli, l
     before, entries = _tree(base), sorted(os.listdir(tmp_path))
     os.symlink(base, tmp_path / "link")
     cmd = how.split()
-    for out, what in ((base, "is the base directory"), (tmp_path / "link", "is the base directory"),
-                      (tmp_path, "contains the")):  # (pull names the registry home, also in tmp_path, first)
+    for out, what in (
+        (base, "is the base directory"),
+        (tmp_path / "link", "is the base directory"),
+        (tmp_path, "contains the"),
+    ):  # (pull names the registry home, also in tmp_path, first)
         r = cli(cmd[0], "acme/l1", *cmd[1:], "--base", base, "--out", out, "--force")
         assert_clean_error(r, what, "--force")
         assert r.exit_code == 1
@@ -210,11 +220,14 @@ def test_out_that_is_or_contains_the_base_is_refused_even_with_force(how, cli, l
 
 
 # -- 4. export --format peft with options that only a merge uses ------------------------------------------------
-@pytest.mark.parametrize("args,flags", [
-    (["--base", "OTHER"], "--base"),
-    (["--dtype", "bf16"], "--dtype"),
-    (["--shard-size", "5GB", "--allow-base-mismatch"], "--shard-size, --allow-base-mismatch"),
-])
+@pytest.mark.parametrize(
+    "args,flags",
+    [
+        (["--base", "OTHER"], "--base"),
+        (["--dtype", "bf16"], "--dtype"),
+        (["--shard-size", "5GB", "--allow-base-mismatch"], "--shard-size, --allow-base-mismatch"),
+    ],
+)
 def test_export_peft_refuses_merge_options(args, flags, cli, llama, tmp_path):
     base, ad = llama
     other = save_base(tm.tiny_gpt2(), tmp_path / "other")
@@ -232,8 +245,9 @@ def test_export_peft_refuses_merge_options(args, flags, cli, llama, tmp_path):
 def test_a_cached_merge_of_an_adapter_that_matches_nothing_is_not_served(cli, home, llama, tmp_path, monkeypatch):
     """A merge cached before such adapters were refused (here: the entry of a good merge rewritten for the
     renamed adapter's key) is refused too: the plan is checked before the cache is read."""
-    from adapterhub.operations import merged_cache
     from test_merged_cache import reseal
+
+    from adapterhub.operations import merged_cache
 
     monkeypatch.setenv("ADAPTERHUB_MERGE_CACHE", "link")
     base, ad = llama

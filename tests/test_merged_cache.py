@@ -48,8 +48,11 @@ def reseal(home, entry: str, change, new_entry: str | None = None) -> None:
 
 
 def tree(path) -> dict[str, bytes]:
-    return {os.path.relpath(os.path.join(r, n), path): open(os.path.join(r, n), "rb").read()
-            for r, _, names in os.walk(path) for n in names}
+    return {
+        os.path.relpath(os.path.join(r, n), path): open(os.path.join(r, n), "rb").read()
+        for r, _, names in os.walk(path)
+        for n in names
+    }
 
 
 def test_a_hit_is_read_only_links_checked_before_they_are_served(cli, home, llama, linked, tmp_path):
@@ -86,8 +89,10 @@ def test_a_hit_is_read_only_links_checked_before_they_are_served(cli, home, llam
     assert again.exit_code == 0 and "from cache" in again.stdout and again.stderr.strip() == ""
     assert tree(tmp_path / "m6") == want
     # another dtype is another entry
-    assert cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m7", "--dtype", "bf16",
-               "--json").json()["cached"] is False
+    assert (
+        cli("merge", "acme/l1", "--base", base, "--out", tmp_path / "m7", "--dtype", "bf16", "--json").json()["cached"]
+        is False
+    )
     assert len(entries(home)) == 2
 
 
@@ -138,9 +143,17 @@ def test_forged_or_edited_entries_are_never_served(cli, home, llama, linked, tmp
     # 6. a row of the old database cache naming other blobs and a path outside --out: never read
     with open_registry(str(home)).write() as conn:
         digest = cli("show", "acme/l1", "--json").json()["digest"].removeprefix("sha256:")
-        conn.execute(t.merged_models.insert().values(
-            adapter_digest=digest, base_fingerprint="x", dtype="auto", shard_size=1, summary={},
-            files=[{"path": "../../victim.txt", "sha256": digest, "size": 1}], created_at=sa.func.now()))
+        conn.execute(
+            t.merged_models.insert().values(
+                adapter_digest=digest,
+                base_fingerprint="x",
+                dtype="auto",
+                shard_size=1,
+                summary={},
+                files=[{"path": "../../victim.txt", "sha256": digest, "size": 1}],
+                created_at=sa.func.now(),
+            )
+        )
     r = cli("pull", "acme/l1", "--merged", "--base", base, "--out", tmp_path / "p", "--json")
     assert r.exit_code == 0 and r.json()["cached"] is True and tree(tmp_path / "p") == want
     assert not victim.exists()
@@ -164,7 +177,9 @@ def test_modes_and_best_effort_writes(cli, home, llama, monkeypatch, tmp_path):
     # ... except for a deployment: pull --merged from a remote keeps no cache (but uses one that is there)
     teamdir = tmp_path / "team"
     teamdir.mkdir()
-    assert cli("remote", "add", "team", "--db", f"sqlite:///{teamdir}/t.db", "--store", f"file://{teamdir}").exit_code == 0
+    assert (
+        cli("remote", "add", "team", "--db", f"sqlite:///{teamdir}/t.db", "--store", f"file://{teamdir}").exit_code == 0
+    )
     assert cli("push", "acme/l1:1", "--to", "team").exit_code == 0
     shutil.rmtree(home / "cache" / "merged")
     r = cli("pull", "acme/l1", "--from", "team", "--merged", "--base", base, "--out", tmp_path / "u2", "--json")
@@ -211,16 +226,23 @@ def readonly_team(home, cli, s3_server, aws_env):
     bucket = s3_server.new_bucket()
     store = with_endpoint(f"s3://{bucket}/adapters", s3_server.endpoint_url)
     try:
-        yield {"admin": f"{base_url}/{name}", "db": name, "role": role, "store": store, "bucket": bucket,
-               "ro": f"postgresql://{role}:ro-pw@127.0.0.1:{PG_ADMIN.rsplit(':', 1)[1].split('/')[0]}/{name}"}
+        yield {
+            "admin": f"{base_url}/{name}",
+            "db": name,
+            "role": role,
+            "store": store,
+            "bucket": bucket,
+            "ro": f"postgresql://{role}:ro-pw@127.0.0.1:{PG_ADMIN.rsplit(':', 1)[1].split('/')[0]}/{name}",
+        }
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
-def test_a_select_only_role_pulls_merged_models(cli, home, llama, linked, readonly_team, s3_server, monkeypatch,
-                                                tmp_path):
+def test_a_select_only_role_pulls_merged_models(
+    cli, home, llama, linked, readonly_team, s3_server, monkeypatch, tmp_path
+):
     import boto3
     import psycopg
 
@@ -267,8 +289,9 @@ def _kill_mid_write(cmd, out, env, tmpdir):
     import time
 
     parent, prefix = os.path.dirname(out), f".{os.path.basename(out)}.tmp-"
-    p = subprocess.Popen([sys.executable, "-m", "adapterhub", *map(str, cmd)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "adapterhub", *map(str, cmd)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while not any(n.startswith(prefix) for n in os.listdir(parent)):
         assert p.poll() is None, p.stderr.read().decode()
@@ -291,12 +314,18 @@ def test_runs_killed_with_sigkill_leave_nothing_behind(home, llama, pg_url, s3_s
     base, ad = llama
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    env = {**os.environ, "ADAPTERHUB_REGISTRY_DB": pg_url, "TMPDIR": str(tmpdir), "ADAPTERHUB_MERGE_CACHE": "link",
-           "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{s3_server.new_bucket()}/a", s3_server.endpoint_url)}
+    env = {
+        **os.environ,
+        "ADAPTERHUB_REGISTRY_DB": pg_url,
+        "TMPDIR": str(tmpdir),
+        "ADAPTERHUB_MERGE_CACHE": "link",
+        "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{s3_server.new_bucket()}/a", s3_server.endpoint_url),
+    }
     assert run_subprocess("push", ad, "acme/bot", "--base", base, env=env).exit_code == 0
 
-    beside, temp = _kill_mid_write(["merge", "acme/bot", "--base", base, "--out", tmp_path / "m1"],
-                                   str(tmp_path / "m1"), env, tmpdir)
+    beside, temp = _kill_mid_write(
+        ["merge", "acme/bot", "--base", base, "--out", tmp_path / "m1"], str(tmp_path / "m1"), env, tmpdir
+    )
     assert beside and [n for n in temp if n.startswith("adapterhub-export-")], (beside, temp)
     import subprocess
 
@@ -328,9 +357,26 @@ def test_concurrent_merges_of_the_same_key_both_succeed(cli, home, llama, linked
 
     base, ad = llama
     assert cli("push", ad, "acme/l1", "--base", base).exit_code == 0
-    procs = [subprocess.Popen([sys.executable, "-m", "adapterhub", "merge", "acme/l1", "--base", base, "--out",
-                               str(tmp_path / f"c{i}"), "--json"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "adapterhub",
+                "merge",
+                "acme/l1",
+                "--base",
+                base,
+                "--out",
+                str(tmp_path / f"c{i}"),
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0 and "warning" not in err, err

@@ -24,8 +24,15 @@ HOOKS = [name for name, f in vars(hookspecs).items() if name.startswith("registe
 
 
 def test_every_hook_is_documented():
-    assert set(HOOKS) == {"register_methods", "register_quantizers", "register_formats", "register_stores",
-                          "register_trackers", "register_metrics", "register_commands"}
+    assert set(HOOKS) == {
+        "register_methods",
+        "register_quantizers",
+        "register_formats",
+        "register_stores",
+        "register_trackers",
+        "register_metrics",
+        "register_commands",
+    }
     for name in HOOKS:
         doc = inspect.getdoc(getattr(hookspecs, name))
         assert doc and ":param" in doc and ":returns:" in doc and "Called" in doc, name
@@ -57,7 +64,7 @@ def _plugin(hook, *names):
 
     def impl(register):
         for n in names:
-            register(_thing(hook[len("register_"):], n))
+            register(_thing(hook[len("register_") :], n))
 
     impl.__name__ = hook
     setattr(P, hook, staticmethod(adapterhub.hookimpl(impl)))
@@ -66,7 +73,7 @@ def _plugin(hook, *names):
 
 @pytest.mark.parametrize("hook", [h for h in HOOKS if h != "register_commands"])
 def test_every_registration_hook_registers_and_refuses_duplicates(hook):
-    kind = hook[len("register_"):]
+    kind = hook[len("register_") :]
     pl = Plugins(load_entrypoints=False, plugins={"alpha": _plugin(hook, "foo"), "beta": _plugin(hook, "bar")})
     assert {"foo", "bar"} <= set(pl.names(kind))
     assert pl.get(kind, "foo").name == "foo"
@@ -113,8 +120,10 @@ def test_an_object_that_does_not_keep_its_contract_is_refused(kind):
 
     impl.__name__ = f"register_{kind}"
     setattr(P, impl.__name__, staticmethod(adapterhub.hookimpl(impl)))
-    with pytest.raises(PluginError, match=f"plugin 'quack' registered a {kind[:-1]} .*Duck.* that is not (an instance "
-                                          "of|a subclass of) adapterhub"):
+    with pytest.raises(
+        PluginError,
+        match=f"plugin 'quack' registered a {kind[:-1]} .*Duck.* that is not (an instance of|a subclass of) adapterhub",
+    ):
         Plugins(load_entrypoints=False, plugins={"quack": P}).names(kind)
 
 
@@ -186,7 +195,9 @@ def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, home):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: adapterhub-broken\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[adapterhub]\nbroken = adapterhub_no_such_module\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([sys.executable, "-m", "adapterhub", "plugins", "--json"], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "adapterhub", "plugins", "--json"], capture_output=True, text=True, env=env
+    )
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json.loads(p.stdout)}
     assert "ModuleNotFoundError" in rows["broken"]["error"] and rows["file"]["stores"] == ["file"]
@@ -196,7 +207,7 @@ def test_a_broken_plugin_is_skipped_with_a_warning(tmp_path, home):
 # -- the plugin guide documents every hook and every contract, with the code's signatures ------------------
 def _guide() -> str:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    return readme[readme.index("## Writing a plugin"):readme.index("## Layout")]
+    return readme[readme.index("## Writing a plugin") : readme.index("## Layout")]
 
 
 def _documented_classes() -> dict[str, ast.ClassDef]:
@@ -263,10 +274,20 @@ def test_the_guide_documents_the_toolkit_s_peft_rules_with_their_parameters():
     from adapterhub import tuning
 
     guide = _guide()
-    section = guide[guide.index("### PEFT's rules in the toolkit"):]
+    section = guide[guide.index("### PEFT's rules in the toolkit") :]
     documented = dict(re.findall(r"`([a-z_]+)\(([a-z_, ]*)\)`", section))
-    for name in ("resolve_targets", "peft_default", "select_targets", "layer_kinds", "check_pattern",
-                 "pattern_value", "pattern_key", "exact_pattern_key", "adapter_dtype", "upcast_adapter"):
+    for name in (
+        "resolve_targets",
+        "peft_default",
+        "select_targets",
+        "layer_kinds",
+        "check_pattern",
+        "pattern_value",
+        "pattern_key",
+        "exact_pattern_key",
+        "adapter_dtype",
+        "upcast_adapter",
+    ):
         assert name in documented, f"the guide's toolkit section does not document `{name}(...)`"
     for name, params in documented.items():
         assert params == ", ".join(inspect.signature(getattr(tuning, name)).parameters), name

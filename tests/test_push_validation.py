@@ -11,10 +11,9 @@ import shutil
 import sys
 import warnings
 
-import pytest
-
-import torch as torch
 import peft as peft
+import pytest
+import torch as torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -53,8 +52,9 @@ def made(tmp_path_factory):
         "base": base,
         "lora": adapter("lora", peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets)),
         "dora": adapter("dora", peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=True)),
-        "ia3": adapter("ia3", peft.IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
-                                             feedforward_modules=["down_proj"])),
+        "ia3": adapter(
+            "ia3", peft.IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"])
+        ),
     }
 
 
@@ -85,23 +85,55 @@ def nothing_stored(cli):
 # -- tensors that do not fit ------------------------------------------------------------------------------
 LORA_CASES = {
     # id: (tensors, config, with --base, needles in the error line)
-    "A-in-features": (replace(Q + ".lora_A.weight", lambda v: torch.randn(4, 16)), None, True,
-                      [Q + ".lora_A.weight", "(4, 16)", "needs (4, 32)"]),
-    "B-out-features": (replace(V + ".lora_B.weight", lambda v: torch.randn(32, 4)), None, True,
-                       [V + ".lora_B.weight", "(32, 4)", "needs (16, 4)"]),
-    "B-rank-3": (replace(Q + ".lora_B.weight", lambda v: v[:, :3]), None, False,
-                 [Q + ".lora_B.weight", "(32, 3), rank 3", "config give rank 4"]),
+    "A-in-features": (
+        replace(Q + ".lora_A.weight", lambda v: torch.randn(4, 16)),
+        None,
+        True,
+        [Q + ".lora_A.weight", "(4, 16)", "needs (4, 32)"],
+    ),
+    "B-out-features": (
+        replace(V + ".lora_B.weight", lambda v: torch.randn(32, 4)),
+        None,
+        True,
+        [V + ".lora_B.weight", "(32, 4)", "needs (16, 4)"],
+    ),
+    "B-rank-3": (
+        replace(Q + ".lora_B.weight", lambda v: v[:, :3]),
+        None,
+        False,
+        [Q + ".lora_B.weight", "(32, 3), rank 3", "config give rank 4"],
+    ),
     "config-r-8": (None, lambda c: c.update(r=8), False, [Q + ".lora_A.weight", "rank 4", "config gives rank 8"]),
-    "rank-pattern": (None, lambda c: c.update(rank_pattern={"v_proj": 2}), False,
-                     [V + ".lora_A.weight", "rank 4", "config gives rank 2 (rank_pattern)"]),
-    "A-1d": (replace(Q + ".lora_A.weight", lambda v: v.flatten()), None, False, [Q + ".lora_A.weight", "(128,)", "2-d"]),
-    "B-int32": (replace(Q + ".lora_B.weight", lambda v: v.to(torch.int32)), None, False,
-                [Q + ".lora_B.weight", "I32", "floating point"]),
-    "module-not-targeted": (lambda sd: {k.replace("q_proj", "zz_proj"): v for k, v in sd.items()}, None, False,
-                            ["zz_proj.lora_A.weight", "target_modules"]),
-    "module-not-in-base": (lambda sd: {k.replace("q_proj", "zz_proj"): v for k, v in sd.items()},
-                           lambda c: c.update(target_modules="all-linear"), True,
-                           ["zz_proj.lora_A.weight", "the base has no 'model.layers.0.self_attn.zz_proj.weight'"]),
+    "rank-pattern": (
+        None,
+        lambda c: c.update(rank_pattern={"v_proj": 2}),
+        False,
+        [V + ".lora_A.weight", "rank 4", "config gives rank 2 (rank_pattern)"],
+    ),
+    "A-1d": (
+        replace(Q + ".lora_A.weight", lambda v: v.flatten()),
+        None,
+        False,
+        [Q + ".lora_A.weight", "(128,)", "2-d"],
+    ),
+    "B-int32": (
+        replace(Q + ".lora_B.weight", lambda v: v.to(torch.int32)),
+        None,
+        False,
+        [Q + ".lora_B.weight", "I32", "floating point"],
+    ),
+    "module-not-targeted": (
+        lambda sd: {k.replace("q_proj", "zz_proj"): v for k, v in sd.items()},
+        None,
+        False,
+        ["zz_proj.lora_A.weight", "target_modules"],
+    ),
+    "module-not-in-base": (
+        lambda sd: {k.replace("q_proj", "zz_proj"): v for k, v in sd.items()},
+        lambda c: c.update(target_modules="all-linear"),
+        True,
+        ["zz_proj.lora_A.weight", "the base has no 'model.layers.0.self_attn.zz_proj.weight'"],
+    ),
 }
 
 
@@ -119,9 +151,10 @@ def test_rank_mismatch_names_the_tensor_that_disagrees(made, cli, tmp_path):
     """B has rank 3; A and the config 4: the message says so (not 'rank 4 but the config gives rank 4'),
     at push, at merge of the directory and at merge of a version an older registry stored unchecked."""
     src = variant(made["lora"], tmp_path / "bad", replace(Q + ".lora_B.weight", lambda v: v[:, :3]))
-    needle = f"'{Q}.lora_B.weight' has shape (32, 3), rank 3, but '{Q}.lora_A.weight' (4, 32) and the config give rank 4"
-    for r in (cli("push", src, "acme/bad"),
-              cli("merge", src, "--base", made["base"], "--out", tmp_path / "m1")):
+    needle = (
+        f"'{Q}.lora_B.weight' has shape (32, 3), rank 3, but '{Q}.lora_A.weight' (4, 32) and the config give rank 4"
+    )
+    for r in (cli("push", src, "acme/bad"), cli("merge", src, "--base", made["base"], "--out", tmp_path / "m1")):
         assert_clean_error(r, needle)
     from adapterhub.api import open_registry
     from adapterhub.registry.blobs import hash_file
@@ -154,13 +187,22 @@ def test_dora_and_ia3_are_checked_too(made, cli, tmp_path):
     n = len(cli("list", "--json").json())
     m = V + ".lora_magnitude_vector"
     bad = [
-        (variant(made["dora"], tmp_path / "d1", lambda sd: {k: v for k, v in sd.items() if k != m}), [],
-         [f"DoRA adapter has no '{m}'"]),
+        (
+            variant(made["dora"], tmp_path / "d1", lambda sd: {k: v for k, v in sd.items() if k != m}),
+            [],
+            [f"DoRA adapter has no '{m}'"],
+        ),
         (variant(made["dora"], tmp_path / "d2", replace(m, lambda v: torch.ones(32))), [], [m, "(32,)", "(16,)"]),
-        (variant(made["ia3"], tmp_path / "i1", replace(V + ".ia3_l", lambda v: torch.ones(32, 1))), ["--base", base],
-         [V + ".ia3_l", "(32, 1)", "needs (16, 1)"]),
-        (variant(made["ia3"], tmp_path / "i2", replace(V + ".ia3_l", lambda v: torch.ones(1, 32))), [],
-         [V + ".ia3_l", "attention-style", "(out, 1)"]),
+        (
+            variant(made["ia3"], tmp_path / "i1", replace(V + ".ia3_l", lambda v: torch.ones(32, 1))),
+            ["--base", base],
+            [V + ".ia3_l", "(32, 1)", "needs (16, 1)"],
+        ),
+        (
+            variant(made["ia3"], tmp_path / "i2", replace(V + ".ia3_l", lambda v: torch.ones(1, 32))),
+            [],
+            [V + ".ia3_l", "attention-style", "(out, 1)"],
+        ),
     ]
     for src, args, needles in bad:
         assert_clean_error(cli("push", src, "acme/bad", *args), *needles)
@@ -190,7 +232,9 @@ def test_symbolic_links_in_the_source_are_refused(made, cli, tmp_path):
     nothing_stored(cli)
 
 
-@pytest.mark.parametrize("name", ["evil\nline2.txt", "red\x1b[31m.txt", "tab\there.md", "cod\u202etxt.exe", "del\x7f.md"])
+@pytest.mark.parametrize(
+    "name", ["evil\nline2.txt", "red\x1b[31m.txt", "tab\there.md", "cod\u202etxt.exe", "del\x7f.md"]
+)
 def test_file_names_with_control_characters_are_refused(name, made, cli, tmp_path):
     src = variant(made["lora"], tmp_path / "a")
     with open(os.path.join(src, name), "w") as f:
@@ -220,8 +264,12 @@ def _native(src, dst, **changes):
 def test_manifest_and_peft_config_must_agree(made, cli, tmp_path):
     assert cli("push", _native(made["lora"], tmp_path / "ok"), "acme/ok").exit_code == 0
     bad = _native(made["lora"], tmp_path / "bad", lora_alpha=4, use_rslora=True)
-    needles = ["adapter_config.json and adapterhub.json", "disagree", "lora_alpha: 8 in adapter_config.json, 4 in "
-               "adapterhub.json", "use_rslora: False in adapter_config.json, True in adapterhub.json"]
+    needles = [
+        "adapter_config.json and adapterhub.json",
+        "disagree",
+        "lora_alpha: 8 in adapter_config.json, 4 in adapterhub.json",
+        "use_rslora: False in adapter_config.json, True in adapterhub.json",
+    ]
     assert_clean_error(cli("push", bad, "acme/bad"), *needles)
     assert_clean_error(cli("merge", bad, "--base", made["base"], "--out", tmp_path / "m"), *needles)
     assert [v["ref"] for v in cli("list", "--json").json()] == ["acme/ok:1"] and not (tmp_path / "m").exists()
@@ -245,8 +293,9 @@ def test_extract_output_still_pushes_and_an_edited_copy_does_not(made, cli, tmp_
         ft.model.layers[0].self_attn.q_proj.weight.add_(0.01)
     ft.save_pretrained(str(tmp_path / "ft"))
     out = tmp_path / "x"
-    r = cli("extract", "--model", tmp_path / "ft", "--base", made["base"], "--rank", "2", "--name", "acme/x",
-            "--out", out)
+    r = cli(
+        "extract", "--model", tmp_path / "ft", "--base", made["base"], "--rank", "2", "--name", "acme/x", "--out", out
+    )
     assert r.exit_code == 0, r.output
     r = cli("push", out, "acme/x", "--base", made["base"])  # what extract wrote (both files) pushes as it is
     assert r.exit_code == 0, r.output

@@ -30,13 +30,20 @@ def test_readme_console_examples_are_todays_output(capsys):
 def test_a_changed_output_is_a_difference():
     """The check compares for real: a README line that is not today's output differs, a time does not."""
     examples = load_script()
-    lines = ["<!-- example -->", "```console", "$ adapterhub alias history acme/chat production",
-             "2026-11-24T07:30:19+00:00  alice  -  1  first release", "```"]
+    lines = [
+        "<!-- example -->",
+        "```console",
+        "$ adapterhub alias history acme/chat production",
+        "2026-11-24T07:30:19+00:00  alice  -  1  first release",
+        "```",
+    ]
     [example] = examples.parse(lines)
-    same = [[("adapterhub alias history acme/chat production",
-              ["2026-12-07T10:00:00+00:00  alice  -  1  first release"])]]
-    other = [[("adapterhub alias history acme/chat production",
-               ["2026-12-07T10:00:00+00:00  mallory  -  1  first release"])]]
+    same = [
+        [("adapterhub alias history acme/chat production", ["2026-12-07T10:00:00+00:00  alice  -  1  first release"])]
+    ]
+    other = [
+        [("adapterhub alias history acme/chat production", ["2026-12-07T10:00:00+00:00  mallory  -  1  first release"])]
+    ]
     assert examples.differences([example], same, lines) == []
     [diff] = examples.differences([example], other, lines)
     assert "-<time>  alice" in diff and "+<time>  mallory" in diff

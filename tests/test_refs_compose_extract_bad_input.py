@@ -78,16 +78,19 @@ def test_compose_protected_alias_is_gated(cli, two, home):
     from adapterhub import api
 
     n = n_versions(cli)
-    assert_clean_error(cli("compose", "acme/a", "acme/b", "--name", "acme/s", "--alias", "production"),
-                       "refusing to move acme/s@production", "has no evaluation", "--force --reason")
+    assert_clean_error(
+        cli("compose", "acme/a", "acme/b", "--name", "acme/s", "--alias", "production"),
+        "refusing to move acme/s@production",
+        "has no evaluation",
+        "--force --reason",
+    )
     assert n_versions(cli) == n  # no half-made version
     assert_clean_error(cli("compose", "acme/a", "--name", "acme/s", "--alias", "Bad Alias"), "invalid alias")
     r = cli("compose", "acme/a", "acme/b", "--name", "acme/s", "--alias", "staging", "--json")
     assert r.exit_code == 0, r.output
     assert cli("show", "acme/s", "--json").json()["aliases"] == ["staging"]
     # once evaluated, the same composition passes the gate
-    api.open_registry(str(home)).add_evaluation("acme/s:1", "sha256:" + "a" * 64, {"loss": 1.0},
-                                                {"task": "causal-lm"})
+    api.open_registry(str(home)).add_evaluation("acme/s:1", "sha256:" + "a" * 64, {"loss": 1.0}, {"task": "causal-lm"})
     r = cli("compose", "acme/a", "acme/b", "--name", "acme/s", "--alias", "production", "--json")
     assert r.exit_code == 0, r.output
     assert sorted(cli("show", "acme/s", "--json").json()["aliases"]) == ["production", "staging"]
@@ -97,8 +100,11 @@ def test_compose_protected_alias_is_gated(cli, two, home):
 def test_a_name_holds_adapters_or_compositions_not_both(cli, two, tmp_path):
     _, base = two
     n = n_versions(cli)
-    assert_clean_error(cli("compose", "acme/a", "acme/b", "--name", "acme/a"),
-                       "acme/a holds versions of kind adapter", "choose another name")
+    assert_clean_error(
+        cli("compose", "acme/a", "acme/b", "--name", "acme/a"),
+        "acme/a holds versions of kind adapter",
+        "choose another name",
+    )
     assert n_versions(cli) == n
     assert cli("show", "acme/a", "--json").json()["version"] == 1
     m = cli("merge", "acme/a", "--base", base, "--out", tmp_path / "merged")  # still an adapter to merge
@@ -107,19 +113,37 @@ def test_a_name_holds_adapters_or_compositions_not_both(cli, two, tmp_path):
     assert cli("compose", "acme/a", "acme/b", "--name", "acme/s").exit_code == 0
     assert cli("compose", "acme/b", "acme/a", "--name", "acme/s").exit_code == 0  # compositions: fine
     n = n_versions(cli)
-    assert_clean_error(cli("combine", "acme/a", "acme/b", "--name", "acme/s", "--how", "cat"),
-                       "acme/s holds versions of kind composition")
+    assert_clean_error(
+        cli("combine", "acme/a", "acme/b", "--name", "acme/s", "--how", "cat"),
+        "acme/s holds versions of kind composition",
+    )
     llama = tm.tiny_llama()
     llama.save_pretrained(str(tmp_path / "lbase"))
     with torch.no_grad():
         llama.model.layers[0].self_attn.q_proj.weight.add_(0.1)
     llama.save_pretrained(str(tmp_path / "lft"))
-    assert_clean_error(cli("extract", "--model", tmp_path / "lft", "--base", tmp_path / "lbase", "-r", "2",
-                           "--name", "acme/s", "--out", tmp_path / "x"), "acme/s holds versions of kind composition")
+    assert_clean_error(
+        cli(
+            "extract",
+            "--model",
+            tmp_path / "lft",
+            "--base",
+            tmp_path / "lbase",
+            "-r",
+            "2",
+            "--name",
+            "acme/s",
+            "--out",
+            tmp_path / "x",
+        ),
+        "acme/s holds versions of kind composition",
+    )
     assert n_versions(cli) == n and not (tmp_path / "x").exists()
     # push, and the registry itself (the check in the transaction that stores a version)
-    assert_clean_error(cli("push", make_lora_dir(tmp_path / "c", seed=5, r=2), "acme/s", "--base", base),
-                       "acme/s holds versions of kind composition")
+    assert_clean_error(
+        cli("push", make_lora_dir(tmp_path / "c", seed=5, r=2), "acme/s", "--base", base),
+        "acme/s holds versions of kind composition",
+    )
     assert n_versions(cli) == n
 
 
@@ -147,8 +171,22 @@ def _peft_merged(adapter_dir):
 def test_extract_rank_above_module_size_merges_back_exactly(cli, dense_ft, tmp_path, rank):
     base, ft, w_ft = dense_ft
     out = tmp_path / "lora"
-    r = cli("extract", "--model", ft, "--base", base, "--rank", rank, "--targets", "q_proj,v_proj",
-            "--name", "acme/x", "--out", out, "--json")
+    r = cli(
+        "extract",
+        "--model",
+        ft,
+        "--base",
+        base,
+        "--rank",
+        rank,
+        "--targets",
+        "q_proj,v_proj",
+        "--name",
+        "acme/x",
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert r.json()["energy_min"] > 1 - 1e-6
     cfg = json.loads((out / "adapter_config.json").read_text())
@@ -159,7 +197,7 @@ def test_extract_rank_above_module_size_merges_back_exactly(cli, dense_ft, tmp_p
     lcfg = get_plugins().get("methods", "lora").from_peft_config(cfg)
     for key, a in tensors.items():
         if key.endswith("lora_A.weight"):
-            module = key[len("base_model.model."):-len(".lora_A.weight")]
+            module = key[len("base_model.model.") : -len(".lora_A.weight")]
             assert a.shape[0] == (16 if "v_proj" in module else 32) == lcfg.rank_for(module)
             assert lcfg.scaling_for(module) == 1.0, (module, cfg)
     merged = _peft_merged(out)  # the oracle: real peft
@@ -176,8 +214,21 @@ def test_extract_truncated_module_is_the_best_low_rank_approximation(cli, dense_
     """rank 20: v_proj (16 wide) is exact, q_proj (32) keeps its top 20 singular values."""
     base, ft, w_ft = dense_ft
     out = tmp_path / "lora"
-    r = cli("extract", "--model", ft, "--base", base, "--rank", "20", "--targets", "q_proj,v_proj",
-            "--name", "acme/x", "--out", out)
+    r = cli(
+        "extract",
+        "--model",
+        ft,
+        "--base",
+        base,
+        "--rank",
+        "20",
+        "--targets",
+        "q_proj,v_proj",
+        "--name",
+        "acme/x",
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     merged = _peft_merged(out)
     w_base = {n: p.detach() for n, p in tm.tiny_llama().named_parameters()}
@@ -197,8 +248,11 @@ def test_extract_failures_leave_no_output_and_no_version(cli, dense_ft, tmp_path
     n = n_versions(cli)
     assert_clean_error(cli(*args, "--out", tmp_path / "d1", "--alias", "BAD"), "invalid alias 'BAD'")
     assert not (tmp_path / "d1").exists()
-    assert_clean_error(cli(*args, "--out", tmp_path / "d2", "--alias", "production"),
-                       "refusing to move acme/x@production", "has no evaluation")
+    assert_clean_error(
+        cli(*args, "--out", tmp_path / "d2", "--alias", "production"),
+        "refusing to move acme/x@production",
+        "has no evaluation",
+    )
     assert not (tmp_path / "d2").exists() and n_versions(cli) == n
     os.mkdir(tmp_path / "d3")  # an empty directory given as --out stays empty
     assert_clean_error(cli(*args, "--out", tmp_path / "d3", "--alias", "production"), "has no evaluation")
@@ -206,5 +260,8 @@ def test_extract_failures_leave_no_output_and_no_version(cli, dense_ft, tmp_path
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temp dirs left beside --out
     ok = cli(*args, "--out", tmp_path / "d3", "--alias", "staging")
     assert ok.exit_code == 0, ok.output
-    assert sorted(os.listdir(tmp_path / "d3")) == ["adapter_config.json", "adapter_model.safetensors",
-                                                    "adapterhub.json"]
+    assert sorted(os.listdir(tmp_path / "d3")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "adapterhub.json",
+    ]

@@ -2,10 +2,8 @@
 
 import json
 import os
-import shutil
 
 import pytest
-
 from conftest import assert_clean_error, make_base_dir, make_lora_dir
 
 
@@ -51,8 +49,14 @@ def test_push_accepts_directory_written_by_peft(cli, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     base = LlamaForCausalLM(cfg)
     base.save_pretrained(tmp_path / "base")
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -81,8 +85,19 @@ def test_show_json_keys_and_text(cli, tmp_path):
     r = cli("push", src, "acme/bot", "--base", base, "--alias", "staging", "--tag", "team=nlp", "--tag", "ticket=42")
     assert r.exit_code == 0, r.output
     d = cli("show", "acme/bot@staging", "--json").json()
-    for key in ("name", "version", "method", "config", "base_fingerprint", "digest", "files", "aliases", "tags",
-                "parents", "metrics"):
+    for key in (
+        "name",
+        "version",
+        "method",
+        "config",
+        "base_fingerprint",
+        "digest",
+        "files",
+        "aliases",
+        "tags",
+        "parents",
+        "metrics",
+    ):
         assert key in d, key
     assert d["aliases"] == ["staging"] and d["tags"] == {"team": "nlp", "ticket": "42"}
     assert all(f["digest"].startswith("sha256:") and f["size"] > 0 for f in d["files"])
@@ -140,11 +155,15 @@ def test_tags(cli, tmp_path):
     assert_clean_error(cli("tag", "acme/bot", "novalue"), "key=value")
 
 
-@pytest.mark.parametrize("args", [("tag", "acme/bot", "=1"), ("push", "SRC", "acme/bot", "--tag", "novalue"),
-                                  ("train", "--base", "B", "--method", "lora", "--task", "causal-lm", "--data", "D",
-                                   "--out", "O", "--set", "r"),
-                                  ("merge", "acme/bot", "--base", "B", "--out", "O", "--quantize", "nf4",
-                                   "--quant-opt", " =4")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tag", "acme/bot", "=1"),
+        ("push", "SRC", "acme/bot", "--tag", "novalue"),
+        ("train", "--base", "B", "--method", "lora", "--task", "causal-lm", "--data", "D", "--out", "O", "--set", "r"),
+        ("merge", "acme/bot", "--base", "B", "--out", "O", "--quantize", "nf4", "--quant-opt", " =4"),
+    ],
+)
 def test_every_key_value_option_refuses_a_pair_without_a_key_or_an_equals_sign(cli, tmp_path, args):
     """--set, --quant-opt, --tag and tag's pairs are parsed by one type, before the command does anything."""
     (tmp_path / "B").mkdir()
@@ -157,15 +176,27 @@ def test_every_key_value_option_refuses_a_pair_without_a_key_or_an_equals_sign(c
 def test_lineage_formats(cli, tmp_path):
     cli("push", make_lora_dir(tmp_path / "a", seed=1), "acme/base-adapter")
     cli("push", make_lora_dir(tmp_path / "b", seed=2), "acme/other")
-    r = cli("push", make_lora_dir(tmp_path / "c", seed=3), "acme/combo", "--parent", "acme/base-adapter:1",
-            "--parent", "acme/other", "--relation", "combined_from", "--json")
+    r = cli(
+        "push",
+        make_lora_dir(tmp_path / "c", seed=3),
+        "acme/combo",
+        "--parent",
+        "acme/base-adapter:1",
+        "--parent",
+        "acme/other",
+        "--relation",
+        "combined_from",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     cli("push", make_lora_dir(tmp_path / "d", seed=4), "acme/child", "--parent", "acme/combo")
     g = json.loads(cli("lineage", "acme/combo", "--format", "json").stdout)
     rel = {(e["child"], e["parent"], e["relation"]) for e in g["edges"]}
-    assert rel == {("acme/combo:1", "acme/base-adapter:1", "combined_from"),
-                   ("acme/combo:1", "acme/other:1", "combined_from"),
-                   ("acme/child:1", "acme/combo:1", "trained_from")}
+    assert rel == {
+        ("acme/combo:1", "acme/base-adapter:1", "combined_from"),
+        ("acme/combo:1", "acme/other:1", "combined_from"),
+        ("acme/child:1", "acme/combo:1", "trained_from"),
+    }
     text = cli("lineage", "acme/child").stdout
     assert "trained_from acme/combo:1" in text and "combined_from acme/other:1" in text
     dot = cli("lineage", "acme/combo", "--format", "dot").stdout
@@ -269,8 +300,11 @@ def test_wheel_ships_migrations_demo_data_and_plugins(tmp_path):
     import zipfile
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", root, "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path)], capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", root, "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     names = zipfile.ZipFile(glob.glob(str(tmp_path / "adapterhub-*.whl"))[0]).namelist()
     assert "adapterhub/migrations/env.py" in names and "adapterhub/migrations/script.py.mako" in names

@@ -9,10 +9,11 @@ import time
 import uuid
 
 import pytest
-
 from conftest import assert_clean_error, make_lora_dir
-from test_evaluate import TEXTS, make_adapter, push as push_with_base, tiny_causal_base, write_jsonl
-from test_gates import evaluate as add_eval, version
+from test_evaluate import TEXTS, make_adapter, tiny_causal_base, write_jsonl
+from test_evaluate import push as push_with_base
+from test_gates import evaluate as add_eval
+from test_gates import version
 
 DIGEST_A = "sha256:" + "a" * 64
 PG_ADMIN = os.environ.get("ADAPTERHUB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -34,8 +35,9 @@ def lm(tmp_path_factory):
         if "lora_B" in k:
             tensors[k].fill_(3e38)  # finite (push refuses NaN/inf tensors), but the forward pass overflows to NaN
     save_file(tensors, path)
-    data = write_jsonl(d / "eval.jsonl", [{"prompt": t.rsplit(" ", 1)[0], "completion": " " + t.rsplit(" ", 1)[1]}
-                                          for t in TEXTS])
+    data = write_jsonl(
+        d / "eval.jsonl", [{"prompt": t.rsplit(" ", 1)[0], "completion": " " + t.rsplit(" ", 1)[1]} for t in TEXTS]
+    )
     cls = write_jsonl(d / "cls.jsonl", [{"text": t, "label": str(i % 2)} for i, t in enumerate(TEXTS)])
     return {"base": base, "good": good, "nan": nan, "eval": data, "cls": cls}
 
@@ -52,13 +54,18 @@ def _pushed(home, src, name):
 def test_pull_out_refuses_the_registry_home(cli, home, tmp_path):
     ref = _pushed(home, make_lora_dir(tmp_path / "a"), "acme/a")
     blobs_before = sorted(os.listdir(home / "blobs" / "sha256"))
-    for out, where in ((home, "is the registry home"), (tmp_path, "contains the registry home"),
-                       (home / "blobs", "is inside the registry home"), (home / "new", "is inside")):
+    for out, where in (
+        (home, "is the registry home"),
+        (tmp_path, "contains the registry home"),
+        (home / "blobs", "is inside the registry home"),
+        (home / "new", "is inside"),
+    ):
         for extra in ((), ("--force",)):
             assert_clean_error(cli("pull", ref, "--out", out, *extra), where, "choose another --out")
     # --merged goes through the same check before any work (its --base does not even exist)
-    assert_clean_error(cli("pull", ref, "--out", home, "--force", "--merged", "--base", tmp_path / "nobase"),
-                       "is the registry home")
+    assert_clean_error(
+        cli("pull", ref, "--out", home, "--force", "--merged", "--base", tmp_path / "nobase"), "is the registry home"
+    )
     # a symlink to the home is the home
     os.symlink(home, tmp_path / "link")
     assert_clean_error(cli("pull", ref, "--out", tmp_path / "link", "--force"), "registry home")
@@ -72,10 +79,11 @@ def test_pull_out_refuses_the_registry_home(cli, home, tmp_path):
 
 def test_materialize_refuses_the_store_and_database(home, tmp_path):
     """The API (``api.pull``) refuses it too, for a registry whose store lives elsewhere."""
+    from adapterhub_file import FileStore
+
     from adapterhub import api
     from adapterhub.errors import AdapterhubError
     from adapterhub.registry.registry import Registry
-    from adapterhub_file import FileStore
 
     reg = Registry("sqlite:///" + str(tmp_path / "db" / "reg.db"), FileStore(str(tmp_path / "store"))).ready()
     ref = api.push(reg, make_lora_dir(tmp_path / "a"), "acme/a").ref
@@ -117,12 +125,25 @@ def test_gate_never_promotes_a_stored_nan_and_listing_stays_json(cli, home, tmp_
     with engine.begin() as conn:
         for ref in (v2, v3):
             name, number = ref.split(":")
-            vid = conn.execute(sa.text("select v.id from versions v join adapters a on a.id = v.adapter_id "
-                                       "where a.name = :n and v.number = :k"), {"n": name, "k": int(number)}).scalar()
-            conn.execute(sa.text("insert into evaluations (version_id, data_digest, metrics, details, created_at) "
-                                 "values (:v, :d, :m, :x, '2024-01-01 00:00:00')"),
-                         {"v": vid, "d": "a" * 64, "m": json.dumps({"loss": float("nan")}),
-                          "x": json.dumps({"task": "causal-lm"})})
+            vid = conn.execute(
+                sa.text(
+                    "select v.id from versions v join adapters a on a.id = v.adapter_id "
+                    "where a.name = :n and v.number = :k"
+                ),
+                {"n": name, "k": int(number)},
+            ).scalar()
+            conn.execute(
+                sa.text(
+                    "insert into evaluations (version_id, data_digest, metrics, details, created_at) "
+                    "values (:v, :d, :m, :x, '2024-01-01 00:00:00')"
+                ),
+                {
+                    "v": vid,
+                    "d": "a" * 64,
+                    "m": json.dumps({"loss": float("nan")}),
+                    "x": json.dumps({"task": "causal-lm"}),
+                },
+            )
     engine.dispose()
     assert cli("alias", "set", "t/a", "production", "1").exit_code == 0
     assert_clean_error(cli("alias", "set", "t/a", "production", "2"), "non-finite", "loss nan")
@@ -137,11 +158,11 @@ def test_gate_never_promotes_a_stored_nan_and_listing_stays_json(cli, home, tmp_
 
 def test_nan_evaluation_refused_on_postgresql(tmp_path):
     import psycopg
+    from adapterhub_file import FileStore
 
     from adapterhub import api
     from adapterhub.errors import InvalidInput
     from adapterhub.registry.registry import Registry
-    from adapterhub_file import FileStore
 
     name = "ah_" + uuid.uuid4().hex[:12]
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -162,9 +183,13 @@ def test_nan_evaluation_refused_on_postgresql(tmp_path):
         old = api.push(local, make_lora_dir(tmp_path / "b", seed=5), "t/b").ref
         local.add_evaluation(old, DIGEST_A, {"loss": 2.5}, {"task": "causal-lm"})
         with local.engine.begin() as conn:
-            conn.execute(sa.text("insert into evaluations (version_id, data_digest, metrics, details, created_at) "
-                                 "select version_id, :d, :m, '{}', created_at from evaluations"),
-                         {"d": "b" * 64, "m": json.dumps({"loss": float("nan")})})
+            conn.execute(
+                sa.text(
+                    "insert into evaluations (version_id, data_digest, metrics, details, created_at) "
+                    "select version_id, :d, :m, '{}', created_at from evaluations"
+                ),
+                {"d": "b" * 64, "m": json.dumps({"loss": float("nan")})},
+            )
         copied = api.copy(local, reg, old)
         evals = reg.show(copied.ref).evaluations
         assert [e.metrics for e in evals] == [{"loss": 2.5}]
@@ -188,8 +213,11 @@ def test_alias_rm_then_set_still_gated(cli, home, tmp_path):
     assert cli("alias", "set", "t/a", "production", "1").exit_code == 0
     assert_clean_error(cli("alias", "set", "t/a", "production", "2"), "scores worse", "4.851 vs 4.775")
     assert cli("alias", "rm", "t/a", "production").exit_code == 0
-    assert_clean_error(cli("alias", "set", "t/a", "production", "2"),
-                       "scores worse than the last production (removed) t/a:1", "4.851 vs 4.775")
+    assert_clean_error(
+        cli("alias", "set", "t/a", "production", "2"),
+        "scores worse than the last production (removed) t/a:1",
+        "4.851 vs 4.775",
+    )
     assert_clean_error(cli("show", "t/a@production"), "production")
     # the same last holder may come back; a better one passes; --force --reason still overrides
     assert cli("alias", "set", "t/a", "production", "1").exit_code == 0
@@ -205,11 +233,16 @@ def test_alias_rm_then_set_still_gated(cli, home, tmp_path):
 
 def test_eval_task_that_contradicts_the_version_is_refused(cli, home, lm):
     ref = push_with_base(home, lm["good"], "t/lm", lm["base"])
-    assert_clean_error(cli("eval", ref, "--base", lm["base"], "--data", lm["cls"], "--task", "seq-cls"),
-                       "--task seq-cls does not match", "causal-lm")
+    assert_clean_error(
+        cli("eval", ref, "--base", lm["base"], "--data", lm["cls"], "--task", "seq-cls"),
+        "--task seq-cls does not match",
+        "causal-lm",
+    )
     assert cli("show", ref, "--json").json()["evaluations"] == []
-    assert_clean_error(cli("bench-latency", ref, "--base", lm["base"], "--task", "seq-cls", "--runs", "1"),
-                       "--task seq-cls does not match")
+    assert_clean_error(
+        cli("bench-latency", ref, "--base", lm["base"], "--task", "seq-cls", "--runs", "1"),
+        "--task seq-cls does not match",
+    )
     # the matching --task is harmless
     r = cli("eval", ref, "--base", lm["base"], "--data", lm["eval"], "--task", "causal-lm", "--json")
     assert r.exit_code == 0 and r.json()["stored"], r.output
@@ -265,11 +298,13 @@ def test_no_output_replaces_a_registry_home_even_with_force(cli, home, tmp_path)
     base = make_base_dir(tmp_path / "base")
     ad = make_lora_dir(tmp_path / "ad", seed=1)
     assert cli("push", ad, "acme/x", "--base", base).exit_code == 0
+
     def listing():  # SQLite's -wal/-shm files come and go with open connections
         return sorted(n for n in os.listdir(home) if not n.endswith(("-wal", "-shm")))
 
     before = listing()
     assert_clean_error(cli("merge", "acme/x", "--base", base, "--out", home, "--force"), "holds an adapterhub registry")
-    assert_clean_error(cli("export", "acme/x", "--format", "peft", "--out", home, "--force"),
-                       "holds an adapterhub registry")
+    assert_clean_error(
+        cli("export", "acme/x", "--format", "peft", "--out", home, "--force"), "holds an adapterhub registry"
+    )
     assert listing() == before and cli("show", "acme/x").exit_code == 0

@@ -9,7 +9,6 @@ import sqlite3
 
 import pytest
 import sqlalchemy.exc
-
 from conftest import assert_clean_error, make_lora_dir
 
 
@@ -18,8 +17,15 @@ def team(cli, home, tmp_path):
     """Local t/a:1..3; a remote 'team' (SQLite + file store) holding only t/a:1."""
     for seed in (0, 1, 2):
         assert cli("push", make_lora_dir(tmp_path / f"a{seed}", seed=seed), "t/a").exit_code == 0
-    r = cli("remote", "add", "team", "--db", f"sqlite:///{tmp_path / 'team.db'}", "--store",
-            f"file://{tmp_path / 'teamstore'}")
+    r = cli(
+        "remote",
+        "add",
+        "team",
+        "--db",
+        f"sqlite:///{tmp_path / 'team.db'}",
+        "--store",
+        f"file://{tmp_path / 'teamstore'}",
+    )
     assert r.exit_code == 0, r.output
     assert cli("push", "t/a:1", "--to", "team").exit_code == 0
     return tmp_path
@@ -73,14 +79,18 @@ def test_a_registry_built_directly_enforces_its_refs_like_an_opened_one(home, te
         assert reg.resolve("team:t/a:1")["ref"] == reg.resolve("t/a:1")["ref"] == "t/a:1"
         assert reg.show("team:t/a:1").ref == "t/a:1"
         with pytest.raises(InvalidInput, match=r"names remote 'local2'.*uses the team registry"):
-            Registry(spec["db"], open_store(spec["store"]), label="team", remote="team",
-                     remotes=lambda: ["team", "local2"]).resolve("local2:t/a:1")
+            Registry(
+                spec["db"], open_store(spec["store"]), label="team", remote="team", remotes=lambda: ["team", "local2"]
+            ).resolve("local2:t/a:1")
         with pytest.raises(NotFound, match="there is no remote named 'nosuch'"):
             reg.resolve("nosuch:t/a:1")
     # a plain registry (no remote) refuses every remote ref; without the remote names it cannot say which exist
     plain = Registry(spec["db"], open_store(spec["store"]), label="team")
-    with pytest.raises(InvalidInput, match=r"ref 'team:t/a:1' names remote 'team', but this command uses the team "
-                                           r"registry \(copy it first: adapterhub pull team:t/a:1\)"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"ref 'team:t/a:1' names remote 'team', but this command uses the team "
+        r"registry \(copy it first: adapterhub pull team:t/a:1\)",
+    ):
         plain.resolve("team:t/a:1")
     assert plain.resolve("t/a:1")["number"] == 1
 
@@ -88,11 +98,15 @@ def test_a_registry_built_directly_enforces_its_refs_like_an_opened_one(home, te
 def test_only_commands_declared_for_remote_refs_follow_them(cli, home, team):
     """A command reads a remote's version only where it is declared with ``pass_app_for_refs`` (show, tag,
     lineage, verify, compare, eval); the others (export ...) work on the default registry and refuse the ref."""
-    assert cli("lineage", "team:t/a:1", "--format", "json").json()["root"] == cli(
-        "lineage", "t/a:1", "--format", "json").json()["root"]
+    assert (
+        cli("lineage", "team:t/a:1", "--format", "json").json()["root"]
+        == cli("lineage", "t/a:1", "--format", "json").json()["root"]
+    )
     assert cli("verify", "team:t/a:1", "--json").json()["versions"] == 1
-    assert_clean_error(cli("export", "team:t/a:1", "--format", "peft", "--out", str(team / "x")),
-                       "names remote 'team', but this command uses the local registry")
+    assert_clean_error(
+        cli("export", "team:t/a:1", "--format", "peft", "--out", str(team / "x")),
+        "names remote 'team', but this command uses the local registry",
+    )
     assert not (team / "x").exists()
 
 
@@ -104,8 +118,14 @@ def test_failed_replace_keeps_the_working_remote(cli, home, tmp_path):
     remotes.add_remote(str(home), "team", good["db"], good["store"], check=api.check_remote)
     before = (home / "config.json").read_bytes()
     with pytest.raises(sqlalchemy.exc.OperationalError):  # nothing listens on port 1
-        remotes.add_remote(str(home), "team", "postgresql://postgres@127.0.0.1:1/test", "file:///x",
-                           replace=True, check=api.check_remote)
+        remotes.add_remote(
+            str(home),
+            "team",
+            "postgresql://postgres@127.0.0.1:1/test",
+            "file:///x",
+            replace=True,
+            check=api.check_remote,
+        )
     assert (home / "config.json").read_bytes() == before
     assert remotes.get_remote(str(home), "team") == good
     assert [p.name for p in home.iterdir() if p.name.startswith(".config.")] == []
@@ -115,23 +135,31 @@ def test_failed_replace_keeps_the_working_remote(cli, home, tmp_path):
     assert remotes.get_remote(str(home), "team")["db"] == other
     # the command: a failed --replace keeps it too
     before = (home / "config.json").read_bytes()
-    r = cli("remote", "add", "team", "--replace", "--db", "postgresql://postgres@127.0.0.1:1/test", "--store", "file:///x")
+    r = cli(
+        "remote", "add", "team", "--replace", "--db", "postgresql://postgres@127.0.0.1:1/test", "--store", "file:///x"
+    )
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert (home / "config.json").read_bytes() == before
     assert "team" in cli("remote", "list").output
 
 
-@pytest.mark.parametrize("content, needle", [
-    ('{"remotes": []}', "'remotes' must be an object"),
-    ('{"remotes": {"team": "oops"}}', "remote 'team' must be an object"),
-    ('{"remotes": {"team": {"db": 3}}}', "remote 'team' has no 'db'"),
-    ('[]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ('{"remotes": []}', "'remotes' must be an object"),
+        ('{"remotes": {"team": "oops"}}', "remote 'team' must be an object"),
+        ('{"remotes": {"team": {"db": 3}}}', "remote 'team' has no 'db'"),
+        ("[]", "expected a JSON object"),
+    ],
+)
 def test_config_json_of_the_wrong_shape_is_one_clear_line(cli, home, content, needle):
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.json").write_text(content)
-    for args in (("remote", "list"), ("remote", "add", "x", "--db", "sqlite:///x.db", "--store", "file:///x",
-                                      "--no-check"), ("pull", "team:t/a:1")):
+    for args in (
+        ("remote", "list"),
+        ("remote", "add", "x", "--db", "sqlite:///x.db", "--store", "file:///x", "--no-check"),
+        ("pull", "team:t/a:1"),
+    ):
         assert_clean_error(cli(*args), "config.json", needle)
     assert (home / "config.json").read_text() == content
 

@@ -24,7 +24,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import Result, assert_clean_error
 from tinymodels import WORDS, minilm_path, save_tiny_llama_base
 
@@ -40,20 +39,59 @@ def free_port() -> int:
 
 
 def torchrun(nproc: int, *args) -> list[str]:
-    return [os.path.join(BIN, "torchrun"), "--standalone", "--nproc-per-node", str(nproc), "-m", "adapterhub",
-            "train", *map(str, args)]
+    return [
+        os.path.join(BIN, "torchrun"),
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "adapterhub",
+        "train",
+        *map(str, args),
+    ]
 
 
 def accelerate(nproc: int, *args) -> list[str]:
-    return [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", str(nproc),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), "-m", "adapterhub", "train", *map(str, args)]
+    return [
+        os.path.join(BIN, "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(nproc),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "adapterhub",
+        "train",
+        *map(str, args),
+    ]
 
 
 def node(rank_endpoint: str, *args) -> list[str]:
     """One of 2 'nodes' (here: two launchers on this machine) meeting at a c10d rendezvous endpoint."""
-    return [os.path.join(BIN, "torchrun"), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", rank_endpoint, "--rdzv-id", "resume", "-m", "adapterhub", "train", *map(str, args)]
+    return [
+        os.path.join(BIN, "torchrun"),
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        rank_endpoint,
+        "--rdzv-id",
+        "resume",
+        "-m",
+        "adapterhub",
+        "train",
+        *map(str, args),
+    ]
 
 
 def env(**extra) -> dict[str, str]:
@@ -140,10 +178,39 @@ def test_ddp_matches_one_process_publishes_once_and_tracks_one_run(tmp_path, hom
     data = write_jsonl(tmp_path / "train.jsonl", same_length_rows(32))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    common = ["--base", llama_base, *LORA, "--task", "causal-lm", "--data", data, "--set",
-              "target_modules=q_proj,v_proj", "--max-steps", "6", "--lr", "2e-2", "--seed", "7"]
-    r = run(torchrun(2, *common, "--batch-size", "4", "--out", tmp_path / "ddp", "--push", "acme/ddp",
-                     "--track", "mlflow", "--json"), cwd=tmp_path)
+    common = [
+        "--base",
+        llama_base,
+        *LORA,
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--max-steps",
+        "6",
+        "--lr",
+        "2e-2",
+        "--seed",
+        "7",
+    ]
+    r = run(
+        torchrun(
+            2,
+            *common,
+            "--batch-size",
+            "4",
+            "--out",
+            tmp_path / "ddp",
+            "--push",
+            "acme/ddp",
+            "--track",
+            "mlflow",
+            "--json",
+        ),
+        cwd=tmp_path,
+    )
     assert r.exit_code == 0, r.output[-3000:]
     d = json.loads(r.stdout)  # one JSON document: process 1 printed nothing
     assert (d["world_size"], d["global_batch_size"], d["ref"]) == (2, 8, "acme/ddp:1")
@@ -196,12 +263,36 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
 
     out = tmp_path / "sentiment"
     ckpt = str(out) + ".checkpoints"
-    args = ["--base", minilm_path(), *LORA, "--set", "target_modules=query,value", "--task", "seq-cls",
-            "--data", os.path.join(DEMO, "sentiment_train.jsonl"), "--eval", os.path.join(DEMO, "sentiment_eval.jsonl"),
-            "--out", out, "--max-steps", "16",
-            "--eval-steps", "4", "--batch-size", "8", "--max-length", "32", "--lr", "5e-3", "--push", "demo/sentiment"]
-    launcher = subprocess.Popen(accelerate(2, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env(), cwd=tmp_path)
+    args = [
+        "--base",
+        minilm_path(),
+        *LORA,
+        "--set",
+        "target_modules=query,value",
+        "--task",
+        "seq-cls",
+        "--data",
+        os.path.join(DEMO, "sentiment_train.jsonl"),
+        "--eval",
+        os.path.join(DEMO, "sentiment_eval.jsonl"),
+        "--out",
+        out,
+        "--max-steps",
+        "16",
+        "--eval-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--lr",
+        "5e-3",
+        "--push",
+        "demo/sentiment",
+    ]
+    launcher = subprocess.Popen(
+        accelerate(2, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=tmp_path
+    )
     deadline = time.time() + 240
     while time.time() < deadline and resume_point(ckpt) is None and launcher.poll() is None:
         time.sleep(0.1)
@@ -220,14 +311,21 @@ def test_killed_process_resumes_on_the_same_world_size_only(tmp_path, home, cli)
     done = int(os.path.basename(resume_point(ckpt)).split("-")[1])
 
     # one process would change the global batch (16 -> 8): refused, nothing touched
-    assert_clean_error(cli("train", *args), "2 processes (global batch 16)", "1 process (global batch 8)",
-                       "--allow-resize")
+    assert_clean_error(
+        cli("train", *args), "2 processes (global batch 16)", "1 process (global batch 8)", "--allow-resize"
+    )
     assert resume_point(ckpt) is not None
 
     # the same 2 processes, launched as 2 nodes meeting at a rendezvous endpoint
     endpoint = f"127.0.0.1:{free_port()}"
-    second = subprocess.Popen(node(endpoint, *args, "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env(), cwd=tmp_path)
+    second = subprocess.Popen(
+        node(endpoint, *args, "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=tmp_path,
+    )
     first = run(node(endpoint, *args, "--json"), cwd=tmp_path)
     second_out, second_err = second.communicate(timeout=240)
     assert first.exit_code == 0 and second.returncode == 0, first.output[-3000:] + second_err[-3000:]
@@ -270,8 +368,13 @@ def test_the_launchers_sigterm_cannot_cut_the_error_report_short():
     """Process 0's one line must come out even when the launcher's SIGTERM (sent once a peer failed)
     arrives after training raised and before the line is printed: a race the killed-process test above
     lost now and then in CI."""
-    p = subprocess.run([sys.executable, "-c", LATE_SIGTERM, "connection closed by peer"], capture_output=True,
-                       text=True, timeout=120, env=env())
+    p = subprocess.run(
+        [sys.executable, "-c", LATE_SIGTERM, "connection closed by peer"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
     assert p.returncode == 0 and p.stdout.splitlines() == ["Error: reported", "Error: stopped"], p.stderr[-2000:]
 
 
@@ -301,8 +404,22 @@ def test_engines_accelerate_would_not_run_are_refused(cli, tmp_path, llama_base,
     """On CPU accelerate runs neither FSDP nor DeepSpeed (it trains plain DDP and says nothing): refused;
     ``accelerate launch --cpu`` with several processes starts one: said so."""
     data = write_jsonl(tmp_path / "t.jsonl", same_length_rows(8))
-    args = ["train", "--base", llama_base, *LORA, "--task", "causal-lm", "--data", data, "--out", tmp_path / "o",
-            "--max-steps", "1", "--batch-size", "4"]
+    args = [
+        "train",
+        "--base",
+        llama_base,
+        *LORA,
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "o",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+    ]
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
     assert_clean_error(cli(*args), "FSDP needs CUDA GPUs", "plain DDP")
@@ -330,10 +447,26 @@ def test_resume_checks_the_number_of_processes(tmp_path):
     from adapterhub.errors import InvalidInput
     from adapterhub.training.checks import check_resume, run_signature, write_run_file
 
-    opts = SimpleNamespace(method="lora", task="causal-lm", init_from=None, quantize=None, quantize_options={},
-                           epochs=3.0, max_steps=6, lr=None, batch_size=4, grad_accum=2, max_length=64, seed=1,
-                           warmup_ratio=0.0, weight_decay=0.0, optim=None, mixed_precision="auto",
-                           gradient_checkpointing=False, eval_steps=None)
+    opts = SimpleNamespace(
+        method="lora",
+        task="causal-lm",
+        init_from=None,
+        quantize=None,
+        quantize_options={},
+        epochs=3.0,
+        max_steps=6,
+        lr=None,
+        batch_size=4,
+        grad_accum=2,
+        max_length=64,
+        seed=1,
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        optim=None,
+        mixed_precision="auto",
+        gradient_checkpointing=False,
+        eval_steps=None,
+    )
     config = dataclasses.make_dataclass("C", [("r", int)])(4)
     two = run_signature(opts, "sha256:b", config, ["sha256:d"], world_size=2)
     one = run_signature(opts, "sha256:b", config, ["sha256:d"], world_size=1)
@@ -341,8 +474,11 @@ def test_resume_checks_the_number_of_processes(tmp_path):
     ckpt = str(tmp_path / "o.checkpoints")
     write_run_file(ckpt, two)
     assert check_resume(ckpt, two, True) is None
-    with pytest.raises(InvalidInput, match=r"on 2 processes \(global batch 16\); this launch has 1 process "
-                                           r"\(global batch 8\).*--allow-resize"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"on 2 processes \(global batch 16\); this launch has 1 process "
+        r"\(global batch 8\).*--allow-resize",
+    ):
         check_resume(ckpt, one, True)
     assert check_resume(ckpt, one, True, allow_resize=True) == 2
     assert check_resume(ckpt, one, False) is None  # nothing to resume: nothing to check

@@ -9,7 +9,6 @@ import os
 import urllib.request
 
 import pytest
-
 from conftest import assert_clean_error, make_lora_dir, run_subprocess
 from hfcache import add_snapshot, use_offline_cache
 from serverproc import RegistryServer
@@ -124,8 +123,11 @@ def test_push_hf_through_the_server_keeps_the_imported_from_edge(as_, tmp_path, 
     cli = as_("write")
     r = cli("push", "hf://acme-org/chat-lora", "acme/imported", "--to", "hub", "--json")
     assert r.exit_code == 0, r.output
-    want = {"relation": "imported_from", "ref": f"hf://acme-org/chat-lora@{sha}",
-            "details": {"repo": "acme-org/chat-lora", "revision": sha}}
+    want = {
+        "relation": "imported_from",
+        "ref": f"hf://acme-org/chat-lora@{sha}",
+        "details": {"repo": "acme-org/chat-lora", "revision": sha},
+    }
     for ref in ("hub:acme/imported:1", "acme/imported:1"):  # the second after the pull copied it here
         if ref == "acme/imported:1":
             assert cli("pull", "hub:acme/imported:1").exit_code == 0
@@ -161,7 +163,8 @@ def test_evaluation_over_the_server_opens_the_gate(as_, hub, tmp_path):
     cli = as_("write")
     assert cli("push", make_lora_dir(tmp_path / "e", seed=6), "acme/gated", "--to", "hub").exit_code == 0
     HttpRegistry(hub["url"], hub["tokens"]["write"], "hub").add_evaluation(
-        "acme/gated:1", "sha256:" + "a" * 64, {"loss": 1.5}, {"task": "causal-lm"})
+        "acme/gated:1", "sha256:" + "a" * 64, {"loss": 1.5}, {"task": "causal-lm"}
+    )
     assert as_("promote")("alias", "set", "hub:acme/gated", "production", "1").exit_code == 0
     events = audit(hub, "--action", "eval")
     assert events[0]["actor"] == "write-bot" and events[0]["target"] == "acme/gated:1"
@@ -198,11 +201,14 @@ def test_read_token_bound_to_a_namespace_sees_only_it(as_, hub, tmp_path):
     assert_clean_error(as_("acme-read")("show", f"hub:{digest}"), "no version with digest")
     assert_clean_error(cli("pull", "hub:secret/hidden:1", "--out", tmp_path / "o"), "bound to namespace 'acme'")
     assert not (tmp_path / "o").exists()
-    assert_clean_error(cli("push", make_lora_dir(tmp_path / "z", seed=9), "acme/new", "--to", "hub"),
-                       "needs scope 'write'")
+    assert_clean_error(
+        cli("push", make_lora_dir(tmp_path / "z", seed=9), "acme/new", "--to", "hub"), "needs scope 'write'"
+    )
     # a write token of another namespace cannot push into acme
-    assert_clean_error(as_("other-write")("push", make_lora_dir(tmp_path / "w", seed=10), "acme/chat", "--to", "hub"),
-                       "bound to namespace 'other'")
+    assert_clean_error(
+        as_("other-write")("push", make_lora_dir(tmp_path / "w", seed=10), "acme/chat", "--to", "hub"),
+        "bound to namespace 'other'",
+    )
 
 
 def test_deployment_with_a_read_token_pulls_a_merged_model(as_, hub, tmp_path):
@@ -211,12 +217,13 @@ def test_deployment_with_a_read_token_pulls_a_merged_model(as_, hub, tmp_path):
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from safetensors.torch import load_file
+    from tinymodels import save_tiny_llama_base
     from transformers import AutoModelForCausalLM
 
-    from tinymodels import save_tiny_llama_base
-
     base = save_tiny_llama_base(tmp_path / "base")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)
@@ -225,16 +232,42 @@ def test_deployment_with_a_read_token_pulls_a_merged_model(as_, hub, tmp_path):
     assert cli("push", tmp_path / "adapter", "acme/deploy", "--base", base, "--to", "hub").exit_code == 0
     r = cli("alias", "set", "hub:acme/deploy", "production", "1", "--force", "--reason", "first release")
     assert r.exit_code == 0, r.output
-    r = run_subprocess("--home", hub["home"], "token", "create", "--name", "deploy-pipeline", "--scope", "read",
-                       "--namespace", "acme", "--expires", "90d", "--json")
+    r = run_subprocess(
+        "--home",
+        hub["home"],
+        "token",
+        "create",
+        "--name",
+        "deploy-pipeline",
+        "--scope",
+        "read",
+        "--namespace",
+        "acme",
+        "--expires",
+        "90d",
+        "--json",
+    )
     token = r.json()["token"]
     env = {"ADAPTERHUB_HOME": str(tmp_path / "pipeline-home"), "DEPLOY_TOKEN": token}
     assert run_subprocess("remote", "add", "hub", hub["url"], "--token-env", "DEPLOY_TOKEN", env=env).exit_code == 0
-    r = run_subprocess("pull", "acme/deploy@production", "--from", "hub", "--merged", "--base", base,
-                       "--out", tmp_path / "model", "--json", env=env)
+    r = run_subprocess(
+        "pull",
+        "acme/deploy@production",
+        "--from",
+        "hub",
+        "--merged",
+        "--base",
+        base,
+        "--out",
+        tmp_path / "model",
+        "--json",
+        env=env,
+    )
     assert r.exit_code == 0, r.output
     assert token not in r.output
-    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "adapter").merge_and_unload()
+    expected = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base), tmp_path / "adapter"
+    ).merge_and_unload()
     got = load_file(str(tmp_path / "model" / "model.safetensors"))
     for name, tensor in expected.state_dict().items():
         assert torch.equal(got[name], tensor), name
@@ -250,8 +283,9 @@ def test_login_stores_the_token_privately_and_never_echoes_it(hub, cli, home):
     assert oct(os.stat(creds).st_mode & 0o777) == "0o600"
     assert token not in (home / "config.json").read_text()
     assert cli("list", "--from", "hub2").exit_code == 0
-    assert_clean_error(cli("login", "hub2", input="ahub_0000000000000000_" + "x" * 43 + "\n"),
-                       "token missing, expired or revoked")
+    assert_clean_error(
+        cli("login", "hub2", input="ahub_0000000000000000_" + "x" * 43 + "\n"), "token missing, expired or revoked"
+    )
     assert cli("logout", "hub2").exit_code == 0
     assert_clean_error(cli("list", "--from", "hub2"), "token missing, expired or revoked")
 
@@ -291,11 +325,16 @@ def test_blobs_stream_from_a_file_store_with_http_range(as_, hub, tmp_path):
     data = (tmp_path / "r" / "adapter_model.safetensors").read_bytes()
     u = urllib.parse.urlparse(hub["url"])
     conn = http.client.HTTPConnection(u.hostname, u.port)
-    conn.request("GET", f"/api/v1/blobs/{f['digest'][7:]}",
-                 headers={"Authorization": f"Bearer {hub['tokens']['read']}", "Range": "bytes=8-99"})
+    conn.request(
+        "GET",
+        f"/api/v1/blobs/{f['digest'][7:]}",
+        headers={"Authorization": f"Bearer {hub['tokens']['read']}", "Range": "bytes=8-99"},
+    )
     r = conn.getresponse()
     assert r.status == 206 and r.read() == data[8:100]
-    conn.request("GET", f"/api/v1/blobs/{f['digest'][7:]}", headers={"Authorization": f"Bearer {hub['tokens']['acme-read']}"})
+    conn.request(
+        "GET", f"/api/v1/blobs/{f['digest'][7:]}", headers={"Authorization": f"Bearer {hub['tokens']['acme-read']}"}
+    )
     r = conn.getresponse()
     assert r.status == 200 and r.read() == data
     conn.request("GET", f"/api/v1/blobs/{f['digest'][7:]}")
@@ -315,8 +354,10 @@ def test_compare_and_eval_work_on_server_refs(as_, hub, tmp_path):
 
 
 def test_serve_refuses_an_unreachable_registry_in_one_line(tmp_path):
-    env = {"ADAPTERHUB_REGISTRY_DB": "postgresql://nobody:s3cr3t@127.0.0.1:1/none",
-           "ADAPTERHUB_REGISTRY_STORE": f"file://{tmp_path}/store"}
+    env = {
+        "ADAPTERHUB_REGISTRY_DB": "postgresql://nobody:s3cr3t@127.0.0.1:1/none",
+        "ADAPTERHUB_REGISTRY_STORE": f"file://{tmp_path}/store",
+    }
     r = run_subprocess("serve", "--port", "0", env=env, timeout=60)
     assert_clean_error(r)
     assert "s3cr3t" not in r.output

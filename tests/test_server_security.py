@@ -12,7 +12,6 @@ import socket
 import urllib.parse
 
 import pytest
-
 from conftest import assert_clean_error, make_lora_dir, run_subprocess
 from serverproc import RegistryServer
 from test_server import make_token
@@ -30,11 +29,14 @@ def srv(tmp_path_factory):
 
     engine = sa.create_engine(f"sqlite:///{server_home}/registry.db")
     with engine.begin() as conn:  # the clock moved on: the token's hour is over
-        conn.execute(sa.text("UPDATE tokens SET expires_at = :t WHERE name = 'old'"),
-                     {"t": dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)})
+        conn.execute(
+            sa.text("UPDATE tokens SET expires_at = :t WHERE name = 'old'"),
+            {"t": dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)},
+        )
     engine.dispose()
-    with RegistryServer(env={"ADAPTERHUB_HOME": server_home, "ADAPTERHUB_DEBUG": "1"},
-                        extra_args=("--max-blob-size", "1MB")) as server:
+    with RegistryServer(
+        env={"ADAPTERHUB_HOME": server_home, "ADAPTERHUB_DEBUG": "1"}, extra_args=("--max-blob-size", "1MB")
+    ) as server:
         yield {"url": server.url, "home": server_home, "tokens": tokens, "server": server}
 
 
@@ -78,8 +80,14 @@ def raw_head(srv, request: bytes) -> str:
                 break
             data += chunk
             head, sep, body = data.partition(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), None)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                None,
+            )
             if sep and length is not None and len(body) >= length:
                 break
     return data.decode(errors="replace")
@@ -111,13 +119,16 @@ def pushed(srv, tmp_path_factory):
     return pub
 
 
-@pytest.mark.parametrize("token,status,needle", [
-    (None, 401, "token missing, expired or revoked"),
-    ("ahub_0123456789abcdef_" + "A" * 43, 401, "token missing, expired or revoked"),
-    ("not-a-token", 401, "token missing, expired or revoked"),
-    ("revoked", 401, "token missing, expired or revoked"),
-    ("expired", 401, "token missing, expired or revoked"),
-])
+@pytest.mark.parametrize(
+    "token,status,needle",
+    [
+        (None, 401, "token missing, expired or revoked"),
+        ("ahub_0123456789abcdef_" + "A" * 43, 401, "token missing, expired or revoked"),
+        ("not-a-token", 401, "token missing, expired or revoked"),
+        ("revoked", 401, "token missing, expired or revoked"),
+        ("expired", 401, "token missing, expired or revoked"),
+    ],
+)
 def test_bad_tokens_are_refused_and_audited(srv, token, status, needle):
     code, payload, _ = call(srv, "GET", "/api/v1/versions", token)
     assert code == status and needle in one_line_error(payload)
@@ -135,20 +146,38 @@ def test_wrong_secret_of_a_real_key_id_is_refused(srv):
     assert code == 401 and "token missing, expired or revoked" in one_line_error(payload)
 
 
-@pytest.mark.parametrize("who,method,path,body,needle", [
-    ("read", "POST", "/api/v1/versions", {"name": "acme/x", "manifest": {}, "files": []}, "needs scope 'write'"),
-    ("read", "POST", "/api/v1/tags", {"ref": "acme/base:1", "set": {"a": "b"}}, "needs scope 'write'"),
-    ("read", "POST", "/api/v1/evaluations", {"ref": "acme/base:1", "data_digest": "sha256:" + "0" * 64,
-                                             "metrics": {"loss": 1.0}}, "needs scope 'write'"),
-    ("write", "POST", "/api/v1/aliases", {"name": "acme/base", "alias": "production", "version": "1"},
-     "needs scope 'promote'"),
-    ("promote", "POST", "/api/v1/tokens", {"name": "x", "scope": "admin"}, "needs scope 'admin'"),
-    ("promote", "GET", "/api/v1/audit", None, "needs scope 'admin'"),
-    ("write", "POST", "/api/v1/gc", {"grace": 0}, "needs scope 'admin'"),
-    ("acme-write", "POST", "/api/v1/tags", {"ref": "other/x:1", "set": {"a": "b"}}, "bound to namespace 'acme'"),
-    ("acme-write", "POST", "/api/v1/versions", {"name": "other/x", "manifest": {}, "files": []},
-     "bound to namespace 'acme'"),
-])
+@pytest.mark.parametrize(
+    "who,method,path,body,needle",
+    [
+        ("read", "POST", "/api/v1/versions", {"name": "acme/x", "manifest": {}, "files": []}, "needs scope 'write'"),
+        ("read", "POST", "/api/v1/tags", {"ref": "acme/base:1", "set": {"a": "b"}}, "needs scope 'write'"),
+        (
+            "read",
+            "POST",
+            "/api/v1/evaluations",
+            {"ref": "acme/base:1", "data_digest": "sha256:" + "0" * 64, "metrics": {"loss": 1.0}},
+            "needs scope 'write'",
+        ),
+        (
+            "write",
+            "POST",
+            "/api/v1/aliases",
+            {"name": "acme/base", "alias": "production", "version": "1"},
+            "needs scope 'promote'",
+        ),
+        ("promote", "POST", "/api/v1/tokens", {"name": "x", "scope": "admin"}, "needs scope 'admin'"),
+        ("promote", "GET", "/api/v1/audit", None, "needs scope 'admin'"),
+        ("write", "POST", "/api/v1/gc", {"grace": 0}, "needs scope 'admin'"),
+        ("acme-write", "POST", "/api/v1/tags", {"ref": "other/x:1", "set": {"a": "b"}}, "bound to namespace 'acme'"),
+        (
+            "acme-write",
+            "POST",
+            "/api/v1/versions",
+            {"name": "other/x", "manifest": {}, "files": []},
+            "bound to namespace 'acme'",
+        ),
+    ],
+)
 def test_scope_and_namespace_matrix(srv, pushed, who, method, path, body, needle):
     before = versions(srv)
     code, payload, _ = call(srv, method, path, who, body=body)
@@ -159,15 +188,31 @@ def test_scope_and_namespace_matrix(srv, pushed, who, method, path, body, needle
 
 
 def test_forged_actor_headers_are_ignored(srv, pushed):
-    code, _, _ = call(srv, "POST", "/api/v1/tags", "write", body={"ref": "acme/base:1", "set": {"k": "v"}},
-                      headers={"X-Forwarded-User": "ceo", "X-Adapterhub-User": "ceo", "X-Remote-User": "ceo"})
+    code, _, _ = call(
+        srv,
+        "POST",
+        "/api/v1/tags",
+        "write",
+        body={"ref": "acme/base:1", "set": {"k": "v"}},
+        headers={"X-Forwarded-User": "ceo", "X-Adapterhub-User": "ceo", "X-Remote-User": "ceo"},
+    )
     assert code == 200
     last = run_subprocess("--home", srv["home"], "audit", "--json", "--limit", "1").json()[0]
     assert last["actor"] == "write-bot"
 
 
-@pytest.mark.parametrize("ref", ["../../etc/passwd", "acme/../../x:1", "acme/base:1/../../x", "sha256:zz",
-                                 "acme/base;DROP TABLE versions", "acme/base' OR '1'='1", "hub:acme/base:1"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "../../etc/passwd",
+        "acme/../../x:1",
+        "acme/base:1/../../x",
+        "sha256:zz",
+        "acme/base;DROP TABLE versions",
+        "acme/base' OR '1'='1",
+        "hub:acme/base:1",
+    ],
+)
 def test_bad_refs_are_one_line_errors(srv, pushed, ref):
     code, payload, _ = call(srv, "GET", "/api/v1/show?" + urllib.parse.urlencode({"ref": ref}), "admin")
     assert code in (400, 404) and one_line_error(payload)
@@ -191,8 +236,11 @@ def test_sql_metacharacters_in_tags_are_stored_verbatim(srv, pushed):
 
 def test_a_manifest_naming_blobs_never_uploaded_is_refused(srv):
     before = versions(srv)
-    body = {"name": "acme/ghost", "manifest": {"method": "lora"},
-            "files": [{"path": "adapter_model.safetensors", "sha256": "f" * 64, "size": 10}]}
+    body = {
+        "name": "acme/ghost",
+        "manifest": {"method": "lora"},
+        "files": [{"path": "adapter_model.safetensors", "sha256": "f" * 64, "size": 10}],
+    }
     code, payload, _ = call(srv, "POST", "/api/v1/versions", "write", body=body)
     assert code == 400 and "never uploaded" in one_line_error(payload)
     assert versions(srv) == before
@@ -201,8 +249,9 @@ def test_a_manifest_naming_blobs_never_uploaded_is_refused(srv):
 def test_an_upload_whose_bytes_do_not_match_its_digest_is_refused(srv):
     data = b"not what the digest says"
     digest = hashlib.sha256(b"something else").hexdigest()
-    code, payload, _ = call(srv, "PUT", f"/api/v1/blobs/{digest}", "write", raw=data,
-                            headers={"Content-Length": str(len(data))})
+    code, payload, _ = call(
+        srv, "PUT", f"/api/v1/blobs/{digest}", "write", raw=data, headers={"Content-Length": str(len(data))}
+    )
     assert code == 409 and "hash to" in one_line_error(payload)
     code, payload, _ = call(srv, "POST", "/api/v1/blobs/missing", "write", body={"digests": [digest]})
     assert payload["missing"] == [digest]
@@ -210,21 +259,28 @@ def test_an_upload_whose_bytes_do_not_match_its_digest_is_refused(srv):
 
 def test_an_oversized_upload_is_refused_before_its_body_is_read(srv):
     """Content-Length over --max-blob-size (1 MB here): 413 while the client has sent headers only."""
-    head = raw_head(srv, (f"PUT /api/v1/blobs/{'e' * 64} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                          f"{srv['tokens']['write']}\r\nContent-Length: {300 * 1000**2}\r\n\r\n").encode())
+    head = raw_head(
+        srv,
+        (
+            f"PUT /api/v1/blobs/{'e' * 64} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            f"{srv['tokens']['write']}\r\nContent-Length: {300 * 1000**2}\r\n\r\n"
+        ).encode(),
+    )
     assert head.startswith("HTTP/1.1 413") and "over this server's limit" in head
 
 
 def test_an_upload_without_a_length_is_refused(srv):
-    code, payload, _ = call(srv, "PUT", "/api/v1/blobs/" + "d" * 64, "write", raw=iter([b"abc"]),
-                            headers={"Transfer-Encoding": "chunked"})
+    code, payload, _ = call(
+        srv, "PUT", "/api/v1/blobs/" + "d" * 64, "write", raw=iter([b"abc"]), headers={"Transfer-Encoding": "chunked"}
+    )
     assert code == 411 and "Content-Length" in one_line_error(payload)
 
 
 def test_malformed_json_and_wrong_shapes_are_one_line_400s(srv):
     for raw in (b"{not json", b"[]", json.dumps({"name": 3}).encode()):
-        code, payload, _ = call(srv, "POST", "/api/v1/aliases", "write", raw=raw,
-                                headers={"Content-Type": "application/json"})
+        code, payload, _ = call(
+            srv, "POST", "/api/v1/aliases", "write", raw=raw, headers={"Content-Type": "application/json"}
+        )
         assert code == 400 and one_line_error(payload).startswith("invalid request")
     code, payload, _ = call(srv, "POST", "/api/v1/versions/import", "write", body={"name": "acme/x"})
     assert code == 400 and "invalid version bundle" in one_line_error(payload)
@@ -256,23 +312,33 @@ def test_token_commands_refuse_bad_input(srv):
     h = ["--home", srv["home"], "token", "create"]
     assert_clean_error(run_subprocess(*h, "--name", "Bad Name", "--scope", "read"), "invalid token name")
     assert_clean_error(run_subprocess(*h, "--name", "x1", "--scope", "read", "--expires", "soon"), "invalid --expires")
-    assert_clean_error(run_subprocess(*h, "--name", "x2", "--scope", "read", "--namespace", "../etc"),
-                       "invalid namespace")
+    assert_clean_error(
+        run_subprocess(*h, "--name", "x2", "--scope", "read", "--namespace", "../etc"), "invalid namespace"
+    )
     assert_clean_error(run_subprocess(*h, "--name", "read-bot", "--scope", "read"), "exists")
     assert_clean_error(run_subprocess("--home", srv["home"], "token", "revoke", "nobody"), "no active token")
 
 
 def test_an_oversized_json_body_is_refused_unread(srv):
-    head = raw_head(srv, (f"POST /api/v1/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv['tokens']['write']}"
-                          f"\r\nContent-Type: application/json\r\nContent-Length: {500 * 1024**2}\r\n\r\n").encode())
+    head = raw_head(
+        srv,
+        (
+            f"POST /api/v1/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv['tokens']['write']}"
+            f"\r\nContent-Type: application/json\r\nContent-Length: {500 * 1024**2}\r\n\r\n"
+        ).encode(),
+    )
     assert head.startswith("HTTP/1.1 413"), head[:200]
     # no Content-Length: the body is counted while it streams in and refused once over the limit
     import threading
 
     u = urllib.parse.urlparse(srv["url"])
     with socket.create_connection((u.hostname, u.port), timeout=30) as s:
-        s.sendall((f"POST /api/v1/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv['tokens']['write']}\r\n"
-                   "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"POST /api/v1/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv['tokens']['write']}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
 
         def send_forever():
             chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"

@@ -13,7 +13,6 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import assert_clean_error, make_lora_dir, run_subprocess
 from serverproc import RegistryServer
 from tcpproxy import TcpProxy
@@ -23,13 +22,17 @@ pytestmark = pytest.mark.usefixtures("aws_env")
 
 @pytest.fixture
 def team_servers(pg_url, s3_server, tmp_path):
-    from adapterhub.registry.remotes import with_endpoint
     from s3server import aws_test_env
 
+    from adapterhub.registry.remotes import with_endpoint
+
     bucket = s3_server.new_bucket()
-    env = {"ADAPTERHUB_REGISTRY_DB": pg_url,
-           "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{bucket}/adapters", s3_server.endpoint_url),
-           "ADAPTERHUB_HOME": str(tmp_path / "server-home"), **aws_test_env()}
+    env = {
+        "ADAPTERHUB_REGISTRY_DB": pg_url,
+        "ADAPTERHUB_REGISTRY_STORE": with_endpoint(f"s3://{bucket}/adapters", s3_server.endpoint_url),
+        "ADAPTERHUB_HOME": str(tmp_path / "server-home"),
+        **aws_test_env(),
+    }
     token = run_subprocess("token", "create", "--name", "ci", "--scope", "promote", "--json", env=env).json()["token"]
     a, b = RegistryServer(env=env, workers=2), RegistryServer(env=env)
     a.start()
@@ -64,7 +67,9 @@ def test_two_servers_are_one_registry_and_blobs_come_from_s3(team_servers, tmp_p
     assert all(v["url"].startswith(s3_server.endpoint_url) for v in located.values())  # straight from S3
     r = run_subprocess("pull", "hub-b:acme/chat:1", "--out", tmp_path / "out", env=env)
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "a" / "adapter_model.safetensors"
+    ).read_bytes()
     r = run_subprocess("verify", "--json", env=team_servers["env"])
     assert r.exit_code == 0 and r.json()["ok"]
 
@@ -88,9 +93,15 @@ def test_16_processes_x_5_pushes_through_two_servers_give_80_consecutive_version
     procs = []
     for p in range(16):
         remote = "hub-a" if p % 2 else "hub-b"
-        procs.append(subprocess.Popen([sys.executable, "-c", PUSHER, remote, *dirs[p * 5:(p + 1) * 5]],
-                                      env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", PUSHER, remote, *dirs[p * 5 : (p + 1) * 5]],
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
@@ -107,26 +118,49 @@ def test_server_killed_mid_push_leaves_nothing_and_the_retry_completes(tmp_path)
     from safetensors.numpy import save_file
 
     home = tmp_path / "server-home"
-    token = run_subprocess("--home", home, "token", "create", "--name", "ci", "--scope", "write", "--json").json()["token"]
+    token = run_subprocess("--home", home, "token", "create", "--name", "ci", "--scope", "write", "--json").json()[
+        "token"
+    ]
     srv = RegistryServer(env={"ADAPTERHUB_HOME": str(home)}).start()
     proxy = TcpProxy("127.0.0.1", srv.port).start()
     try:
         src = make_lora_dir(tmp_path / "big", seed=3)
         rng = np.random.default_rng(0)
-        save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": rng.standard_normal((4, 16), dtype=np.float32),
-                   "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": rng.standard_normal((16, 4), dtype=np.float32),
-                   "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight": rng.standard_normal((4, 2_500_000), dtype=np.float32),
-                   "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight": rng.standard_normal((16, 4), dtype=np.float32)},
-                  os.path.join(src, "adapter_model.safetensors"))
+        save_file(
+            {
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": rng.standard_normal(
+                    (4, 16), dtype=np.float32
+                ),
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": rng.standard_normal(
+                    (16, 4), dtype=np.float32
+                ),
+                "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight": rng.standard_normal(
+                    (4, 2_500_000), dtype=np.float32
+                ),
+                "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight": rng.standard_normal(
+                    (16, 4), dtype=np.float32
+                ),
+            },
+            os.path.join(src, "adapter_model.safetensors"),
+        )
         cfg = json.loads((tmp_path / "big" / "adapter_config.json").read_text())
         cfg["target_modules"] = ["q_proj"]
         (tmp_path / "big" / "adapter_config.json").write_text(json.dumps(cfg))
         env = {"ADAPTERHUB_HOME": str(tmp_path / "client"), "HUB_TOKEN": token}
-        assert run_subprocess("remote", "add", "hub", f"http://{proxy.address}", "--token-env", "HUB_TOKEN",
-                              env=env).exit_code == 0
+        assert (
+            run_subprocess(
+                "remote", "add", "hub", f"http://{proxy.address}", "--token-env", "HUB_TOKEN", env=env
+            ).exit_code
+            == 0
+        )
         proxy.rate = 8 * 1024**2  # 40 MB take ~5 s
-        p = subprocess.Popen([sys.executable, "-m", "adapterhub", "push", src, "acme/big", "--to", "hub"],
-                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "adapterhub", "push", src, "acme/big", "--to", "hub"],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while proxy.bytes_forwarded < 8 * 1024**2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -146,12 +180,21 @@ def test_server_killed_mid_push_leaves_nothing_and_the_retry_completes(tmp_path)
         assert r.exit_code == 0 and r.json()["ok"], r.output
         # and killed mid-pull: nothing at --out, nothing in the local registry, then the retry completes
         puller = {**env, "ADAPTERHUB_HOME": str(tmp_path / "puller")}
-        assert run_subprocess("remote", "add", "hub", f"http://{proxy.address}", "--token-env", "HUB_TOKEN",
-                              env=puller).exit_code == 0
+        assert (
+            run_subprocess(
+                "remote", "add", "hub", f"http://{proxy.address}", "--token-env", "HUB_TOKEN", env=puller
+            ).exit_code
+            == 0
+        )
         proxy.rate = 8 * 1024**2
         out_dir = tmp_path / "pulled"
-        p = subprocess.Popen([sys.executable, "-m", "adapterhub", "pull", "hub:acme/big:1", "--out", str(out_dir)],
-                             env={**os.environ, **puller}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "adapterhub", "pull", "hub:acme/big:1", "--out", str(out_dir)],
+            env={**os.environ, **puller},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         start = proxy.bytes_forwarded
         deadline = time.monotonic() + 60
         while proxy.bytes_forwarded - start < 8 * 1024**2 and time.monotonic() < deadline:
@@ -167,7 +210,9 @@ def test_server_killed_mid_push_leaves_nothing_and_the_retry_completes(tmp_path)
         proxy.rate = None
         r = run_subprocess("pull", "hub:acme/big:1", "--out", out_dir, env=puller)
         assert r.exit_code == 0, r.output
-        assert (out_dir / "adapter_model.safetensors").read_bytes() == (tmp_path / "big" / "adapter_model.safetensors").read_bytes()
+        assert (out_dir / "adapter_model.safetensors").read_bytes() == (
+            tmp_path / "big" / "adapter_model.safetensors"
+        ).read_bytes()
     finally:
         proxy.stop()
         srv.stop()
@@ -177,8 +222,9 @@ def test_http_remote_bad_input(cli, home, tmp_path):
     assert_clean_error(cli("remote", "add", "hub", "ftp://x"), "invalid server URL")
     assert_clean_error(cli("remote", "add", "hub", "http://user:pw@host:1"), "without credentials")
     assert "pw" not in cli("remote", "add", "hub", "http://user:pw@host:1").output
-    assert_clean_error(cli("remote", "add", "hub", "http://127.0.0.1:9", "--token-env", "A B", "--no-check"),
-                       "invalid --token-env")
+    assert_clean_error(
+        cli("remote", "add", "hub", "http://127.0.0.1:9", "--token-env", "A B", "--no-check"), "invalid --token-env"
+    )
     assert_clean_error(cli("remote", "add", "hub", "http://127.0.0.1:9"), "cannot reach the registry server")
     assert cli("remote", "add", "hub", "http://127.0.0.1:9", "--no-check").exit_code == 0
     assert_clean_error(cli("pull", "hub:acme/x:1", "--out", tmp_path / "o"), "cannot reach the registry server")

@@ -7,14 +7,19 @@ import os
 import random
 
 import pytest
-
 from conftest import assert_clean_error
 from tinymodels import minilm_path
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "adapterhub", "demo")
-TICKETS = [f"[TICKET-{1000 + i}] Customer wrote: the {w} was {v}. Priority: {p}"
-           for i, (w, v, p) in enumerate((w, v, p) for w in ("router", "invoice", "account", "password", "shipment")
-                                         for v in ("late", "broken", "missing") for p in ("low", "high"))]
+TICKETS = [
+    f"[TICKET-{1000 + i}] Customer wrote: the {w} was {v}. Priority: {p}"
+    for i, (w, v, p) in enumerate(
+        (w, v, p)
+        for w in ("router", "invoice", "account", "password", "shipment")
+        for v in ("late", "broken", "missing")
+        for p in ("low", "high")
+    )
+]
 
 
 def write(path, rows):
@@ -52,7 +57,9 @@ def test_same_distribution_passes_and_a_changed_template_is_flagged(tmp_path, de
     planted = set(range(46, 46 + len(TICKETS)))  # 1-based lines of the tickets
     assert {f["line"] for f in sh["farthest"]} <= planted and len(sh["farthest"]) == 10
     first = sh["farthest"][0]
-    assert first["text"].startswith("[TICKET-") and 0 < first["distance"] <= 2 and 1 <= first["nearest_train_line"] <= 180
+    assert (
+        first["text"].startswith("[TICKET-") and 0 < first["distance"] <= 2 and 1 <= first["nearest_train_line"] <= 180
+    )
     assert any("drifted.jsonl differs from the training data" in p for p in r["problems"])
     assert "drifted.jsonl DIFFERS from the training data" in render(r)
     assert summary(r)["shift"] == {"eval": {"p_value": sh["p_value"], "shifted": True}}
@@ -76,5 +83,8 @@ def test_against_production_inputs_and_skips(cli, tmp_path, demo_rows):
     plain = cli("data", "check", train, "--eval", ev, "--json").json()
     assert plain["shift"] == {"skipped": "without --base"} and plain["label_issues"] == {"skipped": "without --base"}
     assert cli("data", "check", train, "--base", minilm_path(), "--json").json()["shift"] == {
-        "skipped": "without --eval or --against"}
-    assert_clean_error(cli("data", "check", train, "--against", tmp_path / "nope.jsonl"), "nope.jsonl", "does not exist")
+        "skipped": "without --eval or --against"
+    }
+    assert_clean_error(
+        cli("data", "check", train, "--against", tmp_path / "nope.jsonl"), "nope.jsonl", "does not exist"
+    )

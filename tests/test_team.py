@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import assert_clean_error, make_lora_dir, run_subprocess
 from s3server import TEST_SECRET_KEY
 
@@ -33,15 +32,27 @@ def team(home, pg_url, s3_server, cli):
 def team_env(team):
     from adapterhub.registry.remotes import with_endpoint
 
-    return {"ADAPTERHUB_REGISTRY_DB": team["db"],
-            "ADAPTERHUB_REGISTRY_STORE": with_endpoint(team["store"], team["endpoint"])}
+    return {
+        "ADAPTERHUB_REGISTRY_DB": team["db"],
+        "ADAPTERHUB_REGISTRY_STORE": with_endpoint(team["store"], team["endpoint"]),
+    }
 
 
 def test_remote_add_list_rm_and_credentials_never_printed(cli, home, pg_url, s3_server):
     bucket = s3_server.new_bucket()
     secret_db = pg_url.replace("postgres@", "postgres:hunter2-secret@")
-    r = cli("remote", "add", "team", "--db", secret_db, "--store", f"s3://{bucket}/x",
-            "--endpoint-url", s3_server.endpoint_url, "--json")
+    r = cli(
+        "remote",
+        "add",
+        "team",
+        "--db",
+        secret_db,
+        "--store",
+        f"s3://{bucket}/x",
+        "--endpoint-url",
+        s3_server.endpoint_url,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     assert "hunter2" not in r.output and "***" in r.json()["db"]
     listing = cli("remote", "list")
@@ -76,8 +87,21 @@ def test_push_to_team_and_pull_on_a_clean_machine(cli, home, team, tmp_path):
     # a deployment machine: a fresh home with only the remote configured
     clean = tmp_path / "clean-home"
     env = {"ADAPTERHUB_HOME": str(clean)}
-    assert run_subprocess("remote", "add", "team", "--db", team["db"], "--store", team["store"],
-                          "--endpoint-url", team["endpoint"], env=env).exit_code == 0
+    assert (
+        run_subprocess(
+            "remote",
+            "add",
+            "team",
+            "--db",
+            team["db"],
+            "--store",
+            team["store"],
+            "--endpoint-url",
+            team["endpoint"],
+            env=env,
+        ).exit_code
+        == 0
+    )
     r = run_subprocess("pull", "team:acme/bot@production", "--out", tmp_path / "deploy", "--json", env=env)
     assert r.exit_code == 0, r.output
     out = r.json()
@@ -106,8 +130,9 @@ def test_pull_of_a_blob_corrupted_in_s3_names_it(cli, home, team, tmp_path, s3_s
     d = cli("show", "acme/bot", "--json").json()
     target = next(f for f in d["files"] if f["path"] == "adapter_model.safetensors")
     hexd = target["digest"][7:]
-    s3_server.client().put_object(Bucket=team["bucket"], Key=f"adapters/blobs/sha256/{hexd[:2]}/{hexd[2:]}",
-                                  Body=b"not the bytes you pushed")
+    s3_server.client().put_object(
+        Bucket=team["bucket"], Key=f"adapters/blobs/sha256/{hexd[:2]}/{hexd[2:]}", Body=b"not the bytes you pushed"
+    )
     clean = {"ADAPTERHUB_HOME": str(tmp_path / "clean"), **team_env(team)}
     r = run_subprocess("pull", "acme/bot", "--out", tmp_path / "out", env=clean)
     assert_clean_error(r, target["digest"], "corrupt")
@@ -116,8 +141,22 @@ def test_pull_of_a_blob_corrupted_in_s3_names_it(cli, home, team, tmp_path, s3_s
     assert r.exit_code == 1 and json.loads(r.stdout)["problems"][0]["blob"] == target["digest"]
     # copying into a fresh local registry verifies every blob on the way: nothing is imported
     fresh = tmp_path / "fresh"
-    assert cli("--home", fresh, "remote", "add", "team", "--db", team["db"], "--store", team["store"],
-               "--endpoint-url", team["endpoint"]).exit_code == 0
+    assert (
+        cli(
+            "--home",
+            fresh,
+            "remote",
+            "add",
+            "team",
+            "--db",
+            team["db"],
+            "--store",
+            team["store"],
+            "--endpoint-url",
+            team["endpoint"],
+        ).exit_code
+        == 0
+    )
     r = cli("--home", fresh, "pull", "team:acme/bot", "--out", tmp_path / "out2")
     assert_clean_error(r, target["digest"], "corrupt")
     assert not (tmp_path / "out2").exists()
@@ -142,8 +181,16 @@ def test_16_processes_x_5_pushes_postgres_s3(home, team, tmp_path):
     procs = []
     for p in range(16):
         src = make_lora_dir(tmp_path / f"s{p}", seed=p)
-        procs.append(subprocess.Popen([sys.executable, "-c", PUSHER, src, "5", str(p)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", PUSHER, src, "5", str(p)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
@@ -170,10 +217,16 @@ def test_sigkill_during_push_leaves_nothing_half_visible(home, team, tmp_path):
     killed = 0
     for i in range(20):
         src = make_lora_dir(tmp_path / f"k{i}", seed=100 + i)
-        save_file({"w": np.random.default_rng(i).standard_normal(3_000_000).astype(np.float32)},
-                  os.path.join(src, "big.safetensors"))  # 12 MB: a multipart upload
-        p = subprocess.Popen([sys.executable, "-m", "adapterhub", "push", src, "acme/killed"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        save_file(
+            {"w": np.random.default_rng(i).standard_normal(3_000_000).astype(np.float32)},
+            os.path.join(src, "big.safetensors"),
+        )  # 12 MB: a multipart upload
+        p = subprocess.Popen(
+            [sys.executable, "-m", "adapterhub", "push", src, "acme/killed"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.3, 2.5))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
@@ -208,8 +261,10 @@ def test_s3_server_stopped_mid_upload_then_retry_completes(home, team, tmp_path,
     from adapterhub.errors import AdapterhubError
 
     src = make_lora_dir(tmp_path / "a")
-    save_file({"w": np.random.default_rng(0).standard_normal(4_000_000).astype(np.float32)},
-              os.path.join(src, "big.safetensors"))
+    save_file(
+        {"w": np.random.default_rng(0).standard_normal(4_000_000).astype(np.float32)},
+        os.path.join(src, "big.safetensors"),
+    )
     reg = api.open_registry(str(home), remote="team")
     stopped = []
 
@@ -251,12 +306,13 @@ def test_deployment_pull_merged_from_team_on_a_clean_machine(cli, home, team, tm
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from safetensors.torch import load_file
+    from tinymodels import save_tiny_llama_base
     from transformers import AutoModelForCausalLM
 
-    from tinymodels import save_tiny_llama_base
-
     base = save_tiny_llama_base(tmp_path / "base")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)
@@ -267,12 +323,38 @@ def test_deployment_pull_merged_from_team_on_a_clean_machine(cli, home, team, tm
     local_registry(str(home)).add_evaluation("acme/bot", "sha256:" + "e" * 64, {"loss": 1.0})
     assert cli("push", "acme/bot:1", "--to", "team", "--alias", "production").exit_code == 0
     env = {"ADAPTERHUB_HOME": str(tmp_path / "deploy-home")}
-    assert run_subprocess("remote", "add", "team", "--db", team["db"], "--store", team["store"],
-                          "--endpoint-url", team["endpoint"], env=env).exit_code == 0
-    r = run_subprocess("pull", "acme/bot@production", "--from", "team", "--merged", "--base", base,
-                       "--out", tmp_path / "model", "--json", env=env)
+    assert (
+        run_subprocess(
+            "remote",
+            "add",
+            "team",
+            "--db",
+            team["db"],
+            "--store",
+            team["store"],
+            "--endpoint-url",
+            team["endpoint"],
+            env=env,
+        ).exit_code
+        == 0
+    )
+    r = run_subprocess(
+        "pull",
+        "acme/bot@production",
+        "--from",
+        "team",
+        "--merged",
+        "--base",
+        base,
+        "--out",
+        tmp_path / "model",
+        "--json",
+        env=env,
+    )
     assert r.exit_code == 0, r.output
-    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "adapter").merge_and_unload()
+    expected = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base), tmp_path / "adapter"
+    ).merge_and_unload()
     got = load_file(str(tmp_path / "model" / "model.safetensors"))
     for name, tensor in expected.state_dict().items():
         assert torch.equal(got[name], tensor), name

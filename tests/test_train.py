@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import assert_clean_error
 from tinymodels import minilm_path, save_tiny_llama_base, word_tokenizer
 
@@ -38,8 +37,14 @@ def causal_rows(n=24):
         elif i % 3 == 1:
             rows.append({"prompt": "question what color is the sky answer", "completion": "blue"})
         else:
-            rows.append({"messages": [{"role": "user", "content": "hello world"},
-                                      {"role": "assistant", "content": "hello the dog ran to the park"}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": "hello world"},
+                        {"role": "assistant", "content": "hello the dog ran to the park"},
+                    ]
+                }
+            )
     return rows
 
 
@@ -47,13 +52,18 @@ def test_prompt_tokens_are_masked():
     from adapterhub.training.data import IGNORE, Rows, causal_lm_examples
 
     tok = word_tokenizer()
-    rows = Rows("x.jsonl", "sha256:0", [(1, {"prompt": "what color", "completion": "blue"}),
-                                        (2, {"messages": [{"role": "user", "content": "hello"},
-                                                          {"role": "assistant", "content": "yes"}]})])
+    rows = Rows(
+        "x.jsonl",
+        "sha256:0",
+        [
+            (1, {"prompt": "what color", "completion": "blue"}),
+            (2, {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "yes"}]}),
+        ],
+    )
     ex = causal_lm_examples(rows, tok, 64)
     p = tok("what color")["input_ids"]
-    assert ex[0]["labels"][:len(p)] == [IGNORE] * len(p)
-    assert ex[0]["labels"][len(p):] == ex[0]["input_ids"][len(p):] and len(ex[0]["labels"]) > len(p)
+    assert ex[0]["labels"][: len(p)] == [IGNORE] * len(p)
+    assert ex[0]["labels"][len(p) :] == ex[0]["input_ids"][len(p) :] and len(ex[0]["labels"]) > len(p)
     # chat: only the assistant's answer is learned
     learned = [t for t, lab in zip(ex[1]["input_ids"], ex[1]["labels"]) if lab != IGNORE]
     assert tok.decode(learned).split() == ["yes", "</s>"]
@@ -61,12 +71,42 @@ def test_prompt_tokens_are_masked():
 
 def test_causal_lm_training_lowers_loss_and_loads_in_peft(cli, tmp_path, llama_base):
     data = write_jsonl(tmp_path / "train.jsonl", causal_rows())
-    ev = write_jsonl(tmp_path / "eval.jsonl", [{"text": "the dog sat on the mat and it was very happy"},
-                                               {"prompt": "question what color is the park answer", "completion": "green"},
-                                               {"text": "the cat ran to the park"}])
-    r = cli("train", "--base", llama_base, "--method", "lora", "--task", "causal-lm", "--data", data, "--eval", ev,
-            "--out", tmp_path / "adapter", "--set", "r=4", "--set", "target_modules=q_proj,v_proj",
-            "--max-steps", "30", "--lr", "2e-2", "--batch-size", "4", "--push", "acme/tiny", "--json")
+    ev = write_jsonl(
+        tmp_path / "eval.jsonl",
+        [
+            {"text": "the dog sat on the mat and it was very happy"},
+            {"prompt": "question what color is the park answer", "completion": "green"},
+            {"text": "the cat ran to the park"},
+        ],
+    )
+    r = cli(
+        "train",
+        "--base",
+        llama_base,
+        "--method",
+        "lora",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--eval",
+        ev,
+        "--out",
+        tmp_path / "adapter",
+        "--set",
+        "r=4",
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--max-steps",
+        "30",
+        "--lr",
+        "2e-2",
+        "--batch-size",
+        "4",
+        "--push",
+        "acme/tiny",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = r.json()
     for key in ("out", "method", "trainable_params", "total_params", "metrics", "ref"):
@@ -99,7 +139,8 @@ def test_causal_lm_training_lowers_loss_and_loads_in_peft(cli, tmp_path, llama_b
     assert [p["step"] for p in train] == list(range(3, 31, 3)) and train[-1]["loss"] < 0.7 * train[0]["loss"]
     evals = [p for p in history if "eval_loss" in p]  # every epoch (6 steps of 4 rows)
     assert [p["step"] for p in evals] == [6, 12, 18, 24, 30] and evals[-1]["eval_loss"] == pytest.approx(
-        d["metrics"]["eval_loss"], abs=1e-5)
+        d["metrics"]["eval_loss"], abs=1e-5
+    )
     assert set(os.listdir(d["out"])) == {"adapterhub.json", "adapter_config.json", "adapter_model.safetensors"}
     assert not os.path.exists(d["out"] + ".checkpoints")  # only the delta checkpoint is left
 
@@ -110,13 +151,37 @@ def test_seq_cls_on_real_minilm_loads_in_peft_as_trained(cli, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from adapterhub.files.checkpoint import load_adapter_dir
-    from adapterhub.training.modeling import attach_loaded, load_base_model, load_tokenizer
     from adapterhub.plugins import get_plugins
+    from adapterhub.training.modeling import attach_loaded, load_base_model, load_tokenizer
 
-    r = cli("train", "--base", minilm_path(), "--method", "lora", "--task", "seq-cls",
-            "--data", os.path.join(DEMO, "sentiment_train.jsonl"), "--eval", os.path.join(DEMO, "sentiment_eval.jsonl"),
-            "--out", tmp_path / "a", "--set", "target_modules=query,value", "--set", "lora_alpha=16",
-            "--epochs", "2", "--lr", "1e-3", "--batch-size", "16", "--max-length", "32", "--json")
+    r = cli(
+        "train",
+        "--base",
+        minilm_path(),
+        "--method",
+        "lora",
+        "--task",
+        "seq-cls",
+        "--data",
+        os.path.join(DEMO, "sentiment_train.jsonl"),
+        "--eval",
+        os.path.join(DEMO, "sentiment_eval.jsonl"),
+        "--out",
+        tmp_path / "a",
+        "--set",
+        "target_modules=query,value",
+        "--set",
+        "lora_alpha=16",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "32",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = r.json()
     assert d["metrics"]["eval_accuracy"] >= 0.9
@@ -170,14 +235,38 @@ def test_loss_history_is_thinned_to_a_bounded_curve_keeping_the_last_step():
 def test_resume_after_interruption(tmp_path, llama_base, home):
     data = write_jsonl(tmp_path / "train.jsonl", causal_rows(40))
     out = tmp_path / "adapter"
-    args = [sys.executable, "-m", "adapterhub", "train", "--base", llama_base, "--method", "lora", "--task",
-            "causal-lm", "--data", data, "--out", str(out), "--max-steps", "400", "--eval-steps", "5",
-            "--batch-size", "2", "--set", "target_modules=q_proj,v_proj", "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "adapterhub",
+        "train",
+        "--base",
+        llama_base,
+        "--method",
+        "lora",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--max-steps",
+        "400",
+        "--eval-steps",
+        "5",
+        "--batch-size",
+        "2",
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--json",
+    ]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ckpt = str(out) + ".checkpoints"
     deadline = time.time() + 120
-    while time.time() < deadline and not (os.path.isdir(ckpt) and any(
-            os.path.isfile(os.path.join(ckpt, c, "adapter_state.safetensors")) for c in os.listdir(ckpt))):
+    while time.time() < deadline and not (
+        os.path.isdir(ckpt)
+        and any(os.path.isfile(os.path.join(ckpt, c, "adapter_state.safetensors")) for c in os.listdir(ckpt))
+    ):
         time.sleep(0.2)
     time.sleep(1.0)
     p.send_signal(signal.SIGKILL)
@@ -195,8 +284,22 @@ def test_resume_after_interruption(tmp_path, llama_base, home):
 
 def test_init_from_records_trained_from(cli, tmp_path, llama_base):
     data = write_jsonl(tmp_path / "train.jsonl", causal_rows(8))
-    common = ["--base", llama_base, "--method", "lora", "--task", "causal-lm", "--data", data, "--max-steps", "2",
-              "--set", "target_modules=q_proj,v_proj", "--batch-size", "4"]
+    common = [
+        "--base",
+        llama_base,
+        "--method",
+        "lora",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--max-steps",
+        "2",
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--batch-size",
+        "4",
+    ]
     assert cli("train", *common, "--out", tmp_path / "a", "--push", "acme/first").exit_code == 0
     r = cli("train", *common, "--out", tmp_path / "b", "--push", "acme/second", "--init-from", "acme/first", "--json")
     assert r.exit_code == 0, r.output
@@ -219,24 +322,79 @@ def test_bad_input(cli, tmp_path, llama_base):
     good = write_jsonl(tmp_path / "good.jsonl", causal_rows(4))
     base = ["--base", llama_base, "--task", "causal-lm", "--out", tmp_path / "o", "--max-steps", "1"]
     assert_clean_error(cli("train", *base, "--method", "nope", "--data", good), "unknown method 'nope'", "lora")
-    assert_clean_error(cli("train", *base, "--method", "lora", "--data", good, "--set", "rank=4"),
-                       "unknown lora option(s) rank", "lora_alpha")
-    assert_clean_error(cli("train", *base, "--method", "lora", "--data", good, "--set", "target_modules=nothing_here"),
-                       "matched no module", "q_proj")
+    assert_clean_error(
+        cli("train", *base, "--method", "lora", "--data", good, "--set", "rank=4"),
+        "unknown lora option(s) rank",
+        "lora_alpha",
+    )
+    assert_clean_error(
+        cli("train", *base, "--method", "lora", "--data", good, "--set", "target_modules=nothing_here"),
+        "matched no module",
+        "q_proj",
+    )
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "hello"}, "{not json", {"text": "world"}])
     assert_clean_error(cli("train", *base, "--method", "lora", "--data", bad), "bad.jsonl:2")
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     assert_clean_error(cli("train", *base, "--method", "lora", "--data", empty), "empty")
-    assert_clean_error(cli("train", "--base", tmp_path, "--task", "causal-lm", "--out", tmp_path / "o",
-                           "--method", "lora", "--data", good), "not a transformers model")
+    assert_clean_error(
+        cli(
+            "train",
+            "--base",
+            tmp_path,
+            "--task",
+            "causal-lm",
+            "--out",
+            tmp_path / "o",
+            "--method",
+            "lora",
+            "--data",
+            good,
+        ),
+        "not a transformers model",
+    )
     cls = write_jsonl(tmp_path / "cls.jsonl", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}])
     cls_eval = write_jsonl(tmp_path / "cls_eval.jsonl", [{"text": "happy", "label": "meh"}])
-    assert_clean_error(cli("train", "--base", llama_base, "--task", "seq-cls", "--out", tmp_path / "o",
-                           "--method", "lora", "--data", cls, "--eval", cls_eval), "label 'meh'", "not in the label map")
-    assert_clean_error(cli("train", *base, "--method", "lora", "--data", good, "--mixed-precision", "fp16")
-                       if not torch.cuda.is_available() else cli("train", "--help"), "CUDA")
+    assert_clean_error(
+        cli(
+            "train",
+            "--base",
+            llama_base,
+            "--task",
+            "seq-cls",
+            "--out",
+            tmp_path / "o",
+            "--method",
+            "lora",
+            "--data",
+            cls,
+            "--eval",
+            cls_eval,
+        ),
+        "label 'meh'",
+        "not in the label map",
+    )
+    assert_clean_error(
+        cli("train", *base, "--method", "lora", "--data", good, "--mixed-precision", "fp16")
+        if not torch.cuda.is_available()
+        else cli("train", "--help"),
+        "CUDA",
+    )
     assert not (tmp_path / "o").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")
-    assert_clean_error(cli("train", "--base", llama_base, "--task", "causal-lm", "--out", tmp_path / "full",
-                           "--method", "lora", "--data", good), "not empty")
+    assert_clean_error(
+        cli(
+            "train",
+            "--base",
+            llama_base,
+            "--task",
+            "causal-lm",
+            "--out",
+            tmp_path / "full",
+            "--method",
+            "lora",
+            "--data",
+            good,
+        ),
+        "not empty",
+    )

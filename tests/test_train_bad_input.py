@@ -11,12 +11,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import assert_clean_error
-from tinymodels import minilm_path
-
-
 from test_train import llama_base, write_jsonl  # noqa: E402,F401  (a fixture and a helper)
+from tinymodels import minilm_path
 
 
 def text_rows(n=8):
@@ -24,8 +21,20 @@ def text_rows(n=8):
 
 
 def common(base, data):
-    return ["--base", base, "--method", "lora", "--task", "causal-lm", "--data", data,
-            "--set", "target_modules=q_proj,v_proj", "--batch-size", "2"]
+    return [
+        "--base",
+        base,
+        "--method",
+        "lora",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--batch-size",
+        "2",
+    ]
 
 
 def nothing_left(out):
@@ -43,9 +52,22 @@ def test_out_that_is_or_contains_the_base_is_refused_even_with_force(cli, tmp_pa
     assert sorted(os.listdir(base)) == before and os.path.isfile(base / "model.safetensors")
 
 
-@pytest.mark.parametrize("opt", [("--epochs", "0"), ("--epochs", "-5"), ("--batch-size", "0"), ("--batch-size", "-2"),
-                                 ("--grad-accum", "0"), ("--lr", "-1"), ("--lr", "nan"), ("--eval-steps", "-1"),
-                                 ("--early-stopping", "-1"), ("--max-length", "0"), ("--max-steps", "-7")])
+@pytest.mark.parametrize(
+    "opt",
+    [
+        ("--epochs", "0"),
+        ("--epochs", "-5"),
+        ("--batch-size", "0"),
+        ("--batch-size", "-2"),
+        ("--grad-accum", "0"),
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--eval-steps", "-1"),
+        ("--early-stopping", "-1"),
+        ("--max-length", "0"),
+        ("--max-steps", "-7"),
+    ],
+)
 def test_bad_numbers_are_refused_before_anything_is_written(cli, tmp_path, llama_base, opt):
     data = write_jsonl(tmp_path / "t.jsonl", text_rows())
     out = tmp_path / "o"
@@ -66,8 +88,27 @@ def test_max_length_beyond_the_models_positions_is_clamped(cli, tmp_path):
     long = " ".join(f"w{i}" for i in range(700))
     data = write_jsonl(tmp_path / "long.jsonl", [{"text": long, "label": "a"}, {"text": "short", "label": "b"}] * 2)
     out = tmp_path / "o"
-    r = cli("train", "--base", minilm_path(), "--method", "lora", "--task", "seq-cls", "--data", data, "--out", out,
-            "--max-length", "2000", "--max-steps", "1", "--batch-size", "2", "--set", "target_modules=query,value")
+    r = cli(
+        "train",
+        "--base",
+        minilm_path(),
+        "--method",
+        "lora",
+        "--task",
+        "seq-cls",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-length",
+        "2000",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--set",
+        "target_modules=query,value",
+    )
     assert r.exit_code == 0, r.output
     assert "using 512" in r.stderr
     manifest = json.loads((out / "adapterhub.json").read_text())
@@ -91,16 +132,32 @@ def test_config_that_does_not_match_the_weights_is_one_line(cli, tmp_path, llama
 def test_seq_cls_with_one_label_is_refused(cli, tmp_path, llama_base):
     data = write_jsonl(tmp_path / "one.jsonl", [{"text": f"a b {i}", "label": "x"} for i in range(4)])
     out = tmp_path / "o"
-    r = cli("train", "--base", llama_base, "--method", "lora", "--task", "seq-cls", "--data", data, "--out", out,
-            "--max-steps", "1", "--batch-size", "2")
+    r = cli(
+        "train",
+        "--base",
+        llama_base,
+        "--method",
+        "lora",
+        "--task",
+        "seq-cls",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    )
     assert_clean_error(r, "at least two distinct labels")
     assert nothing_left(out)
 
 
 def _interrupt(args, ckpt):
     """Run ``adapterhub train ARGS`` in a subprocess and SIGKILL it once a checkpoint is complete."""
-    p = subprocess.Popen([sys.executable, "-m", "adapterhub", "train", *map(str, args)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "adapterhub", "train", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     from adapterhub.training.train import resume_point
 
@@ -148,8 +205,25 @@ def test_init_from_refuses_changed_shape_and_task_and_applies_dropout(cli, tmp_p
     assert_clean_error(r, "r=16", "--init-from")
     assert nothing_left(out)
     cls = write_jsonl(tmp_path / "cls.jsonl", [{"text": f"a b {i}", "label": "xy"[i % 2]} for i in range(4)])
-    r = cli("train", "--base", llama_base, "--method", "lora", "--task", "seq-cls", "--data", cls, "--out", out,
-            "--max-steps", "1", "--batch-size", "2", "--init-from", "acme/first")
+    r = cli(
+        "train",
+        "--base",
+        llama_base,
+        "--method",
+        "lora",
+        "--task",
+        "seq-cls",
+        "--data",
+        cls,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--init-from",
+        "acme/first",
+    )
     assert_clean_error(r, "causal-lm", "--init-from")
     assert nothing_left(out)
     r = cli("train", *args, "--out", out, "--init-from", "acme/first", "--set", "lora_dropout=0.5")

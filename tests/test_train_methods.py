@@ -8,7 +8,6 @@ import os
 
 import pytest
 import torch
-
 from test_train import causal_rows, write_jsonl
 from tinymodels import minilm_path, save_tiny_llama_base
 
@@ -36,9 +35,9 @@ def llama_base(tmp_path_factory):
 
 def _reloaded_eval_loss(base, task, out, eval_path, labels=None):
     from adapterhub.files.checkpoint import load_adapter_dir
+    from adapterhub.plugins import get_plugins
     from adapterhub.training.data import causal_lm_examples, collate, read_jsonl, seq_cls_examples
     from adapterhub.training.modeling import attach_loaded, load_base_model, load_tokenizer
-    from adapterhub.plugins import get_plugins
 
     tok = load_tokenizer(base)
     rows = read_jsonl(eval_path)
@@ -46,8 +45,10 @@ def _reloaded_eval_loss(base, task, out, eval_path, labels=None):
     model = load_base_model(base, task, labels)
     attach_loaded(model, load_adapter_dir(out, get_plugins()))
     with torch.no_grad():
-        losses = [model(**collate(tok.pad_token_id)(ex[i:i + 8])).loss.item() * len(ex[i:i + 8])
-                  for i in range(0, len(ex), 8)]
+        losses = [
+            model(**collate(tok.pad_token_id)(ex[i : i + 8])).loss.item() * len(ex[i : i + 8])
+            for i in range(0, len(ex), 8)
+        ]
     return sum(losses) / len(ex)
 
 
@@ -55,8 +56,28 @@ def _reloaded_eval_loss(base, task, out, eval_path, labels=None):
 def test_every_method_trains_causal_lm(cli, tmp_path, llama_base, method, sets):
     data = write_jsonl(tmp_path / "t.jsonl", causal_rows(8))
     ev = write_jsonl(tmp_path / "e.jsonl", [{"text": "the dog ran to the mat"}, {"text": "hello the sky is red"}])
-    args = ["train", "--base", llama_base, "--method", method, "--task", "causal-lm", "--data", data, "--eval", ev,
-            "--out", tmp_path / "a", "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2", "--json"]
+    args = [
+        "train",
+        "--base",
+        llama_base,
+        "--method",
+        method,
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--eval",
+        ev,
+        "--out",
+        tmp_path / "a",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--json",
+    ]
     for s in sets:
         args += ["--set", s]
     r = cli(*args)
@@ -82,8 +103,28 @@ def test_every_method_trains_causal_lm(cli, tmp_path, llama_base, method, sets):
 @pytest.mark.parametrize("method,sets", SEQ_CLS, ids=[m for m, _ in SEQ_CLS])
 def test_methods_train_seq_cls_on_minilm(cli, tmp_path, method, sets):
     train, ev = os.path.join(DEMO, "sentiment_train.jsonl"), os.path.join(DEMO, "sentiment_eval.jsonl")
-    args = ["train", "--base", minilm_path(), "--method", method, "--task", "seq-cls", "--data", train, "--eval", ev,
-            "--out", tmp_path / "a", "--max-steps", "4", "--batch-size", "16", "--max-length", "32", "--json"]
+    args = [
+        "train",
+        "--base",
+        minilm_path(),
+        "--method",
+        method,
+        "--task",
+        "seq-cls",
+        "--data",
+        train,
+        "--eval",
+        ev,
+        "--out",
+        tmp_path / "a",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "32",
+        "--json",
+    ]
     for s in sets:
         args += ["--set", s]
     r = cli(*args)
@@ -94,10 +135,8 @@ def test_methods_train_seq_cls_on_minilm(cli, tmp_path, method, sets):
     assert abs(got - d["metrics"]["eval_loss"]) < 1e-4
 
 
-@pytest.mark.parametrize("method,peft_config", [("vera", "VeraConfig"), ("loha", "LoHaConfig"),
-                                                ("lokr", "LoKrConfig")])
-def test_unset_target_modules_take_peft_s_default_for_the_model_type(cli, tmp_path, llama_base, method,
-                                                                      peft_config):
+@pytest.mark.parametrize("method,peft_config", [("vera", "VeraConfig"), ("loha", "LoHaConfig"), ("lokr", "LoKrConfig")])
+def test_unset_target_modules_take_peft_s_default_for_the_model_type(cli, tmp_path, llama_base, method, peft_config):
     """`--method vera|loha|lokr` without target_modules on a Llama adapts what peft adapts without one (its
     TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING: q_proj, v_proj), and records it in the saved config."""
     import peft
@@ -106,8 +145,24 @@ def test_unset_target_modules_take_peft_s_default_for_the_model_type(cli, tmp_pa
     from adapterhub.training.modeling import load_base_model
 
     data = write_jsonl(tmp_path / "t.jsonl", causal_rows(4))
-    r = cli("train", "--base", llama_base, "--method", method, "--task", "causal-lm", "--data", data,
-            "--out", tmp_path / "a", "--max-steps", "1", "--set", "r=4", "--json")
+    r = cli(
+        "train",
+        "--base",
+        llama_base,
+        "--method",
+        method,
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "a",
+        "--max-steps",
+        "1",
+        "--set",
+        "r=4",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     out = r.json()["out"]
     assert json.load(open(os.path.join(out, "adapter_config.json")))["target_modules"] == ["q_proj", "v_proj"]

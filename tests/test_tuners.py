@@ -13,11 +13,11 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
+import torch as torch
 
 from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 
-import torch as torch
 nn = torch.nn
 
 
@@ -149,8 +149,9 @@ def test_peft_values_reads_known_keys_and_refuses_meaningful_unknown_ones():
     values = tuners.peft_values(peft, PeftCfg, peft_type="FOO", label="Foo")
     assert values == {"r": 2, "task_type": "CAUSAL_LM"}
     assert tuners.peft_config(PeftCfg, values, "Foo") == PeftCfg(r=2, task_type="CAUSAL_LM")
-    assert tuners.peft_values({"peft_type": "FOO", "extra": "none"}, PeftCfg, peft_type="FOO",
-                              neutral=tuners.NEUTRAL_VALUES + ("none",)) == {"task_type": None}
+    assert tuners.peft_values(
+        {"peft_type": "FOO", "extra": "none"}, PeftCfg, peft_type="FOO", neutral=tuners.NEUTRAL_VALUES + ("none",)
+    ) == {"task_type": None}
 
     with pytest.raises(InvalidInput, match=r"not a PEFT Foo config \(peft_type='BAR'\)"):
         tuners.peft_values({"peft_type": "BAR"}, PeftCfg, peft_type="FOO", label="Foo")
@@ -239,17 +240,26 @@ def test_candidates_all_linear_and_select_targets():
     kw = dict(types=LINEAR, method="foo", task_type=None)
     assert tuners.select_targets(model, ["q_proj"], exclude=[], **kw) == ["layers.0.q_proj", "layers.1.q_proj"]
     assert "classifier" not in tuners.select_targets(model, "all-linear", exclude=["classifier"], **kw)
-    with pytest.raises(InvalidInput, match=r"target_modules \['nope'\] matched no module of the model; "
-                                           r"candidates: classifier, lm_head, q_proj, v_proj"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"target_modules \['nope'\] matched no module of the model; "
+        r"candidates: classifier, lm_head, q_proj, v_proj",
+    ):
         tuners.select_targets(model, ["nope"], exclude=[], **kw)
-    with pytest.raises(InvalidInput, match=r"matched 'layers.0.norm', a LayerNorm; foo wraps only Linear layers "
-                                           r"\(candidates: classifier"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"matched 'layers.0.norm', a LayerNorm; foo wraps only Linear layers "
+        r"\(candidates: classifier",
+    ):
         tuners.select_targets(model, ["norm"], exclude=[], **kw)
     with pytest.raises(InvalidInput, match="target_modules 'all-linear' matched no module of the model; cand"):
         tuners.select_targets(nn.Sequential(nn.ReLU()), "all-linear", exclude=[], **kw)
     # one string is a regex over the full path (peft's rule): 'q_proj' alone matches nothing, and says why
-    with pytest.raises(InvalidInput, match=r"target_modules 'q_proj' matched no module of the model \(one string "
-                                           r"is a regular expression over the full module path.*'\.\*q_proj'\)"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"target_modules 'q_proj' matched no module of the model \(one string "
+        r"is a regular expression over the full module path.*'\.\*q_proj'\)",
+    ):
         tuners.select_targets(model, "q_proj", exclude=[], **kw)
 
 
@@ -268,20 +278,35 @@ def test_select_targets_says_what_the_method_wraps_from_its_types_or_wraps():
 def test_match_modules_names_the_field_and_what_the_method_adapts():
     model = Tiny()
     got = tuners.match_modules(
-        model, r".*\.v_proj", types=LINEAR, field="target_layers", wraps="bar goes after Linear layers",
-        candidates=lambda: ["x"], exclude=["layers.1"],
+        model,
+        r".*\.v_proj",
+        types=LINEAR,
+        field="target_layers",
+        wraps="bar goes after Linear layers",
+        candidates=lambda: ["x"],
+        exclude=["layers.1"],
     )
     assert got == ["layers.0.v_proj"]
-    with pytest.raises(InvalidInput, match=r"target_layers matched 'embed', a Embedding; bar goes after Linear "
-                                           r"layers \(candidates: x\)"):
-        tuners.match_modules(model, ["embed"], types=LINEAR, field="target_layers",
-                             wraps="bar goes after Linear layers", candidates=lambda: ["x"])
+    with pytest.raises(
+        InvalidInput,
+        match=r"target_layers matched 'embed', a Embedding; bar goes after Linear "
+        r"layers \(candidates: x\)",
+    ):
+        tuners.match_modules(
+            model,
+            ["embed"],
+            types=LINEAR,
+            field="target_layers",
+            wraps="bar goes after Linear layers",
+            candidates=lambda: ["x"],
+        )
 
 
 def test_peft_default_and_seq_cls_heads_record_their_changes():
     model, changes = Tiny(), []
-    got = tuners.peft_default(model, {"tiny": ["q_proj"]}, field="target_modules", method="foo",
-                              changes=changes, hint="unused")
+    got = tuners.peft_default(
+        model, {"tiny": ["q_proj"]}, field="target_modules", method="foo", changes=changes, hint="unused"
+    )
     assert got == ["q_proj"] and changes == ["target_modules = ['q_proj'] (PEFT's default for tiny)"]
     with pytest.raises(InvalidInput, match=r"no default foo ff for model type 'tiny'; set ff \(a hint\)"):
         tuners.peft_default(model, {}, field="ff", method="foo", changes=[], hint=lambda: "a hint")
@@ -290,13 +315,16 @@ def test_peft_default_and_seq_cls_heads_record_their_changes():
     assert tuners.with_seq_cls_heads(["x", "x"], None, changes) == ["x"] and changes == []
     assert tuners.with_seq_cls_heads(["score"], "SEQ_CLS", changes) == ["score", "classifier", "pre_classifier"]
     assert changes == [
-        "modules_to_save += ['classifier', 'pre_classifier'] (task_type SEQ_CLS trains the head, as PEFT does)"]
+        "modules_to_save += ['classifier', 'pre_classifier'] (task_type SEQ_CLS trains the head, as PEFT does)"
+    ]
     assert tuners.with_seq_cls_heads([], "SEQ_CLS") == ["classifier", "score", "pre_classifier"]  # no record asked for
 
 
 def test_modules_to_save_paths():
     model = Tiny()
-    assert tuners.modules_to_save_paths(model, ["classifier", "score", "pre_classifier"]) == ["classifier"]  # heads may be absent
+    assert tuners.modules_to_save_paths(model, ["classifier", "score", "pre_classifier"]) == [
+        "classifier"
+    ]  # heads may be absent
     assert tuners.modules_to_save_paths(model, ["layers.0", "q_proj"]) == ["layers.0", "layers.1.q_proj"]
     assert tuners.modules_to_save_paths(model, ["norm"]) == ["layers.0.norm", "layers.1.norm"]
     with pytest.raises(InvalidInput, match=r"modules_to_save \['pooler'\] matched no module of the model"):
@@ -321,8 +349,7 @@ def test_fan_in_fan_out_follows_the_layer_type():
 def test_warn_changes_points_past_the_plugin_at_its_caller_and_is_silent_without_changes():
     plugin: dict = {"__name__": "adapterhub_fake.model", "tuners": tuners}  # a plugin's resolve / attach
     exec(
-        "def resolve(changes):\n    tuners.warn_changes('foo', changes)\n"
-        "def attach(changes):\n    resolve(changes)\n",
+        "def resolve(changes):\n    tuners.warn_changes('foo', changes)\ndef attach(changes):\n    resolve(changes)\n",
         plugin,
     )
     with warnings.catch_warnings(record=True) as caught:
@@ -397,7 +424,8 @@ def test_saved_tensors_share_storage_and_load_strict_copies_into_them():
     expected = tuners.saved_tensors(model, ["classifier"])
     assert sorted(expected) == ["base_model.model.classifier.bias", "base_model.model.classifier.weight"]
     assert tuners.saved_tensors(model, ["classifier"], prefix="base_model.").keys() == {
-        "base_model.classifier.bias", "base_model.classifier.weight"
+        "base_model.classifier.bias",
+        "base_model.classifier.weight",
     }
     new = {k: torch.randn_like(v) for k, v in expected.items()}
     tuners.load_strict("foo", expected, new)
@@ -408,13 +436,23 @@ def test_saved_tensors_share_storage_and_load_strict_copies_into_them():
 def test_check_fit_refuses_what_does_not_fit():
     shapes = {"a": (2, 3), "b": (4,)}
     tuners.check_fit("foo", shapes, {"a": torch.zeros(2, 3), "b": torch.zeros(4)})
-    with pytest.raises(InvalidInput, match=r"foo tensors do not fit the attached adapter: 1 missing key\(s\), "
-                                           r"e.g. b; 1 unexpected key\(s\), e.g. c"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"foo tensors do not fit the attached adapter: 1 missing key\(s\), "
+        r"e.g. b; 1 unexpected key\(s\), e.g. c",
+    ):
         tuners.check_fit("foo", shapes, {"a": torch.zeros(2, 3), "c": torch.zeros(4)})
-    with pytest.raises(InvalidInput, match=r"foo tensor 'a' has shape \(3, 2\) but the attached adapter expects "
-                                           r"\(2, 3\) \(transposed\?\)$"):
-        tuners.check_fit("foo", shapes, {"a": torch.zeros(3, 2), "b": torch.zeros(4)},
-                         hint=lambda key, got, want: " (transposed?)" if got == want[::-1] else "")
+    with pytest.raises(
+        InvalidInput,
+        match=r"foo tensor 'a' has shape \(3, 2\) but the attached adapter expects "
+        r"\(2, 3\) \(transposed\?\)$",
+    ):
+        tuners.check_fit(
+            "foo",
+            shapes,
+            {"a": torch.zeros(3, 2), "b": torch.zeros(4)},
+            hint=lambda key, got, want: " (transposed?)" if got == want[::-1] else "",
+        )
     with pytest.raises(InvalidInput, match=r"foo tensor 'b' has shape list but the attached adapter expects \(4,\)"):
         tuners.check_fit("foo", shapes, {"a": torch.zeros(2, 3), "b": [0, 0, 0, 0]})
 
@@ -426,8 +464,11 @@ def test_saved_copy_for_the_streaming_merge():
     assert got.dtype == torch.bfloat16 and torch.equal(got, torch.ones(2, 3, dtype=torch.bfloat16))
     assert got.data_ptr() != tensors["base_model.model.head.weight"].data_ptr()  # a copy
     assert tuners.saved_copy("other.weight", base, tensors) is None
-    with pytest.raises(InvalidInput, match=r"'base_model.model.head.weight' has shape \(2, 3\), base 'head.weight' "
-                                           r"has \(3, 2\)"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"'base_model.model.head.weight' has shape \(2, 3\), base 'head.weight' "
+        r"has \(3, 2\)",
+    ):
         tuners.saved_copy("head.weight", torch.zeros(3, 2), tensors)
 
 
@@ -435,12 +476,14 @@ def test_saved_copy_for_the_streaming_merge():
 def test_default_target_tables_are_peft_s():
     from peft.utils import constants as pc
 
-    for ours, theirs in ((tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING),
-                         (tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING),
-                         (tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING),
-                         (tuners.VERA_TARGETS, pc.TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING),
-                         (tuners.IA3_TARGETS, pc.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING),
-                         (tuners.IA3_FEEDFORWARD, pc.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING)):
+    for ours, theirs in (
+        (tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING),
+        (tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING),
+        (tuners.LORA_TARGETS, pc.TRANSFORMERS_MODELS_TO_LOKR_TARGET_MODULES_MAPPING),
+        (tuners.VERA_TARGETS, pc.TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING),
+        (tuners.IA3_TARGETS, pc.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING),
+        (tuners.IA3_FEEDFORWARD, pc.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING),
+    ):
         assert ours and all(theirs[kind] == names for kind, names in ours.items())
     assert tuners.VERA_TARGETS["phi"] != tuners.LORA_TARGETS["phi"]
 
@@ -458,14 +501,17 @@ def test_pattern_value_is_peft_s_get_pattern_key_and_exact_keys_match_one_module
     assert tuners.pattern_value({key: 3}, "layers.1xq_proj", 8) == 8  # the dots are literal
 
 
-@pytest.mark.parametrize("pattern,integer,message", [
-    ([("a", 1)], True, "rank_pattern must be a mapping {regex: value}, got list"),
-    ({"a": 0}, True, "rank_pattern['a'] must be a positive integer, got 0"),
-    ({"a": 1.5}, True, "rank_pattern['a'] must be a positive integer, got 1.5"),
-    ({"a": True}, False, "rank_pattern['a'] must be a positive number, got True"),
-    ({"(a": 1}, False, "rank_pattern: '(a' is not a valid regular expression"),
-    ({"(a+)*": 1}, True, "rank_pattern: '(a+)*' repeats a group"),
-])
+@pytest.mark.parametrize(
+    "pattern,integer,message",
+    [
+        ([("a", 1)], True, "rank_pattern must be a mapping {regex: value}, got list"),
+        ({"a": 0}, True, "rank_pattern['a'] must be a positive integer, got 0"),
+        ({"a": 1.5}, True, "rank_pattern['a'] must be a positive integer, got 1.5"),
+        ({"a": True}, False, "rank_pattern['a'] must be a positive number, got True"),
+        ({"(a": 1}, False, "rank_pattern: '(a' is not a valid regular expression"),
+        ({"(a+)*": 1}, True, "rank_pattern: '(a+)*' repeats a group"),
+    ],
+)
 def test_check_pattern_refuses_bad_keys_and_values_in_one_line(pattern, integer, message):
     with pytest.raises(ValueError) as err:
         tuners.check_pattern(pattern, "rank_pattern", integer=integer)
@@ -478,9 +524,9 @@ def test_check_pattern_keeps_a_good_pattern_and_reads_none_as_empty():
 
 
 def test_adapter_dtype_is_peft_s_autocast_rule():
-    assert [tuners.adapter_dtype(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
-                                              torch.int8)] == [torch.float32, torch.float32, torch.float32,
-                                                               torch.float64, torch.float32]
+    assert [
+        tuners.adapter_dtype(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8)
+    ] == [torch.float32, torch.float32, torch.float32, torch.float64, torch.float32]
     assert tuners.adapter_dtype() == torch.float32
     assert tuners.upcast_adapter(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
     assert tuners.upcast_adapter(torch.ones(2, dtype=torch.float64)).dtype == torch.float64

@@ -12,7 +12,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from serverproc import RegistryServer
 from webhub import cli_in, token
 
@@ -105,9 +104,26 @@ def test_a_session_ends_when_its_token_is_revoked_and_cannot_be_forged(ui):
     key_id, expiry, mac = c.cookie("ahub_session").split(".")
     admin_id = ui["tokens"]["admin"].split("_")[1]
     forged = Client(ui["url"])
-    forged.jar.set_cookie(http.cookiejar.Cookie(
-        0, "ahub_session", f"{admin_id}.{expiry}.{mac}", None, False, "127.0.0.1", False, False, "/", True,
-        False, None, False, None, None, {}))
+    forged.jar.set_cookie(
+        http.cookiejar.Cookie(
+            0,
+            "ahub_session",
+            f"{admin_id}.{expiry}.{mac}",
+            None,
+            False,
+            "127.0.0.1",
+            False,
+            False,
+            "/",
+            True,
+            False,
+            None,
+            False,
+            None,
+            None,
+            {},
+        )
+    )
     assert forged.get("/audit")[0] == 303
     for junk in ("é.1.x", f"{key_id}.{expiry}", "a" * 4000):  # malformed cookies: signed out, no error
         status, _, _ = forged._open(urllib.request.Request(ui["url"] + "/", headers={"Cookie": f"ahub_session={junk}"}))
@@ -123,8 +139,12 @@ def test_a_namespace_bound_token_sees_nothing_of_other_namespaces(ui):
     assert "other" not in body and "secret" not in body
     found = c.get("/?q=secret")[2]
     assert "No models match" in found and "other/secret" not in found
-    for path in ("/models/other/secret", "/models/other/secret/1", "/aliases/other/secret/production",
-                 "/compare?a=acme/chat:1&b=other/secret:1"):
+    for path in (
+        "/models/other/secret",
+        "/models/other/secret/1",
+        "/aliases/other/secret/production",
+        "/compare?a=acme/chat:1&b=other/secret:1",
+    ):
         status, _, body = c.get(path)
         assert status == 404 and "other/secret" not in body.split("<main>")[1], path
     # the lineage of acme/cross names its acme parent but nothing of the other namespace's
@@ -149,9 +169,19 @@ def test_pages_show_the_version_its_evaluations_aliases_and_lineage(ui):
     assert status == 200 and page.index(">2</a>") < page.index(">1</a>")  # newest first
     status, _, v2 = c.get("/models/acme/chat/2")
     assert status == 200
-    for text in ("adapter_model.safetensors", "stage", "canary", "eval.jsonl", "+0.3", "canary looks good",
-                 "adapterhub pull hub:acme/chat:2 --out acme-chat-2", "--merged --base tiny-llama",
-                 'id="lineage"', "acme/mix:1", "combined_from w=0.3"):
+    for text in (
+        "adapter_model.safetensors",
+        "stage",
+        "canary",
+        "eval.jsonl",
+        "+0.3",
+        "canary looks good",
+        "adapterhub pull hub:acme/chat:2 --out acme-chat-2",
+        "--merged --base tiny-llama",
+        'id="lineage"',
+        "acme/mix:1",
+        "combined_from w=0.3",
+    ):
         assert text in v2, text
     assert "sha256:" in re.search(r'<table id="files">.*?</table>', v2, re.S).group(0)
     assert c.get("/models/acme/chat/production")[2].count("acme/chat:1") >= 1  # an alias opens its version
@@ -192,8 +222,11 @@ def test_the_tracking_link_is_a_link_only_for_http_urls(ui):
         who = Principal("x", "read")
         for url, linked in (("http://mlflow:5000/#/experiments/1/runs/abc", True), ("javascript:alert(1)", False)):
             info.manifest["tracking"] = {"tracker": "mlflow", "run_id": "abc", "url": url}
-            html = templates().get_template("version.html").render(who=who, csrf="c", path="/",
-                                                                   **version_context(reg, who, info))
+            html = (
+                templates()
+                .get_template("version.html")
+                .render(who=who, csrf="c", path="/", **version_context(reg, who, info))
+            )
             assert ("mlflow run abc" in html) and ((f'href="{url}"' in html) == linked), url
     finally:
         reg.close()
@@ -213,9 +246,10 @@ def test_sessions_hold_across_workers(ui):
 def test_alias_events_are_those_of_the_versions_name(tmp_path):
     """The same files pushed to two names are one digest, two versions: the page of one never lists the
     other's alias moves (which may be in another namespace)."""
+    from webhub import make_lora_dir
+
     from adapterhub.api import local_registry
     from adapterhub.server import webdata
-    from webhub import make_lora_dir
 
     home, src = str(tmp_path / "home"), make_lora_dir(tmp_path / "a")
     run = cli_in(home)
@@ -234,12 +268,12 @@ def test_alias_events_are_those_of_the_versions_name(tmp_path):
 
 def test_a_tampered_manifest_is_named_on_its_row_and_the_rest_still_list(tmp_path):
     import sqlalchemy as sa
+    from webhub import make_lora_dir
 
     from adapterhub.api import local_registry
     from adapterhub.registry import schema as t
     from adapterhub.registry.tokens import Principal
     from adapterhub.server import webdata
-    from webhub import make_lora_dir
 
     home = str(tmp_path / "home")
     run = cli_in(home)
@@ -260,13 +294,13 @@ def test_a_name_with_10000_versions_reads_one_page(tmp_path):
     """Bulk-inserted versions (rows as ``publish`` writes them); the name page issues a few statements,
     each bounded by LIMIT, and the real server pages through them."""
     import sqlalchemy as sa
+    from webhub import make_lora_dir
 
     from adapterhub.api import local_registry
     from adapterhub.registry import schema as t
     from adapterhub.registry.records import now
     from adapterhub.registry.tokens import Principal
     from adapterhub.server import webdata
-    from webhub import make_lora_dir
 
     home = str(tmp_path / "home")
     cli_in(home)("push", make_lora_dir(tmp_path / "a"), "bulk/many")
@@ -274,9 +308,23 @@ def test_a_name_with_10000_versions_reads_one_page(tmp_path):
     with reg.write() as conn:
         v1 = conn.execute(sa.select(t.versions)).one()
         manifest = json.dumps({"method": "lora", "task": "causal-lm"})
-        conn.execute(t.versions.insert(), [
-            {"adapter_id": v1.adapter_id, "number": n, "digest": f"{n:064x}", "kind": "adapter", "method": "lora",
-             "manifest": manifest, "size": 1, "created_at": now(), "created_by": "bulk"} for n in range(2, 10_001)])
+        conn.execute(
+            t.versions.insert(),
+            [
+                {
+                    "adapter_id": v1.adapter_id,
+                    "number": n,
+                    "digest": f"{n:064x}",
+                    "kind": "adapter",
+                    "method": "lora",
+                    "manifest": manifest,
+                    "size": 1,
+                    "created_at": now(),
+                    "created_by": "bulk",
+                }
+                for n in range(2, 10_001)
+            ],
+        )
     statements: list[str] = []
     sa.event.listen(reg.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     data = webdata.name_versions(reg, Principal("x", "read"), "bulk/many", page=3)
@@ -299,10 +347,11 @@ def test_a_name_with_10000_versions_reads_one_page(tmp_path):
 def test_the_pages_queries_on_postgresql(pg_url, tmp_path, monkeypatch, cli):
     """The same pages' SQL on PostgreSQL: search (names, tags, LIKE escapes), filters, a name's page,
     alias events and lineage, for a token bound to acme."""
+    from webhub import make_lora_dir
+
     from adapterhub.api import open_registry
     from adapterhub.registry.tokens import Principal
     from adapterhub.server import webdata
-    from webhub import make_lora_dir
 
     monkeypatch.setenv("ADAPTERHUB_REGISTRY_DB", pg_url)
     monkeypatch.setenv("ADAPTERHUB_REGISTRY_STORE", "file://" + str(tmp_path / "store"))

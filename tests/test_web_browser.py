@@ -44,10 +44,19 @@ def open_session(site, role: str, height: int = 900, javascript: bool = True):
 
 def test_every_page_loads_without_console_errors(site):
     page, errors = open_session(site, "admin")
-    for path in ("/", "/?q=canary", "/models/acme/chat", "/models/acme/chat/2", "/models/acme/mix/1",
-                 "/models/acme/cross/1", "/models/acme/stack/1", "/models/acme/tuned/1",
-                 "/aliases/acme/chat/production", "/compare?a=acme/chat:1&b=acme/chat:2",
-                 "/audit"):
+    for path in (
+        "/",
+        "/?q=canary",
+        "/models/acme/chat",
+        "/models/acme/chat/2",
+        "/models/acme/mix/1",
+        "/models/acme/cross/1",
+        "/models/acme/stack/1",
+        "/models/acme/tuned/1",
+        "/aliases/acme/chat/production",
+        "/compare?a=acme/chat:1&b=acme/chat:2",
+        "/audit",
+    ):
         response = page.goto(site["url"] + path)
         page.wait_for_load_state("load")
         assert response.status == 200, path
@@ -66,8 +75,10 @@ def test_lineage_graph_has_the_edges_and_a_click_opens_the_parent(site):
         nodes: cy.nodes().map(n => n.id()).sort(),
         edges: cy.edges().map(e => [e.source().id(), e.target().id(), e.data('label')]).sort()}; }""")
     assert graph["nodes"] == ["acme/chat:1", "acme/chat:2", "acme/mix:1"]
-    assert graph["edges"] == [["acme/chat:1", "acme/mix:1", "combined_from w=0.7"],
-                              ["acme/chat:2", "acme/mix:1", "combined_from w=0.3"]]
+    assert graph["edges"] == [
+        ["acme/chat:1", "acme/mix:1", "combined_from w=0.7"],
+        ["acme/chat:2", "acme/mix:1", "combined_from w=0.3"],
+    ]
     box = page.locator("#lineage canvas").first.bounding_box()
     assert box and box["width"] > 100 and box["height"] > 100
     page.locator("#lineage").scroll_into_view_if_needed()

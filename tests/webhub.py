@@ -24,7 +24,8 @@ def cli_in(home: str):
     """The CLI, in-process, on registry ``home``: ``run("push", ...)`` -> click Result (exit code checked)."""
     from click.testing import CliRunner
 
-    from adapterhub.cli import add_plugin_commands, cli as group
+    from adapterhub.cli import add_plugin_commands
+    from adapterhub.cli import cli as group
 
     add_plugin_commands()
 
@@ -38,8 +39,18 @@ def cli_in(home: str):
 
 def token(home: str, name: str, scope: str, namespace: str | None = None) -> str:
     """``adapterhub token create`` (in-process): the new token's secret."""
-    return json.loads(cli_in(home)("token", "create", "--name", name, "--scope", scope, "--json",
-                                   *(["--namespace", namespace] if namespace else [])))["token"]
+    return json.loads(
+        cli_in(home)(
+            "token",
+            "create",
+            "--name",
+            name,
+            "--scope",
+            scope,
+            "--json",
+            *(["--namespace", namespace] if namespace else []),
+        )
+    )["token"]
 
 
 def train(run, work: str, steps: int = 6, *extra: str) -> None:
@@ -57,10 +68,34 @@ def train(run, work: str, steps: int = 6, *extra: str) -> None:
     with open(evals, "w") as f:
         for i in range(4):
             f.write(json.dumps({"text": f"the dog number {i} ran to the park and it was happy"}) + "\n")
-    run("train", "--base", base, "--method", "lora", "--task", "causal-lm", "--data", data, "--eval", evals,
-        "--eval-steps", "2", "--out",
-        os.path.join(work, f"tuned-{steps}"), "--set", "target_modules=q_proj,v_proj", "--max-steps", str(steps),
-        "--lr", "2e-2", "--batch-size", "4", "--push", "acme/tuned", *extra)
+    run(
+        "train",
+        "--base",
+        base,
+        "--method",
+        "lora",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--eval",
+        evals,
+        "--eval-steps",
+        "2",
+        "--out",
+        os.path.join(work, f"tuned-{steps}"),
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--max-steps",
+        str(steps),
+        "--lr",
+        "2e-2",
+        "--batch-size",
+        "4",
+        "--push",
+        "acme/tuned",
+        *extra,
+    )
 
 
 def build(home: str, work: str) -> dict[str, str]:
@@ -78,14 +113,32 @@ def build(home: str, work: str) -> dict[str, str]:
     train(run, work)
     reg = local_registry(home)
     try:
-        reg.add_evaluation("acme/chat:2", EVAL_DIGEST,
-                           {"accuracy": 0.8, "macro_f1": 0.78, "base_accuracy": 0.5, "base_macro_f1": 0.4,
-                            "gain_accuracy": 0.3, "gain_macro_f1": 0.38},
-                           {"task": "seq-cls", "primary_metric": "accuracy", "higher_is_better": True,
-                            "data": {"file": "eval.jsonl", "digest": EVAL_DIGEST, "rows": 20}, "rows": 20})
+        reg.add_evaluation(
+            "acme/chat:2",
+            EVAL_DIGEST,
+            {
+                "accuracy": 0.8,
+                "macro_f1": 0.78,
+                "base_accuracy": 0.5,
+                "base_macro_f1": 0.4,
+                "gain_accuracy": 0.3,
+                "gain_macro_f1": 0.38,
+            },
+            {
+                "task": "seq-cls",
+                "primary_metric": "accuracy",
+                "higher_is_better": True,
+                "data": {"file": "eval.jsonl", "digest": EVAL_DIGEST, "rows": 20},
+                "rows": 20,
+            },
+        )
     finally:
         reg.close()
     run("alias", "set", "acme/chat", "staging", "2", "--reason", "canary looks good")
     run("alias", "set", "acme/chat", "production", "1", "--force", "--reason", "hotfix INC-7")
-    return {"admin": token(home, "admin-bot", "admin"), "read": token(home, "reader", "read"),
-            "acme": token(home, "acme-reader", "read", namespace="acme"), "write": token(home, "writer", "write")}
+    return {
+        "admin": token(home, "admin-bot", "admin"),
+        "read": token(home, "reader", "read"),
+        "acme": token(home, "acme-reader", "read", namespace="acme"),
+        "write": token(home, "writer", "write"),
+    }

@@ -15,7 +15,15 @@ import click
 
 from ..errors import AdapterhubError
 from . import (  # noqa: F401  (each adds its commands to the group)
-    combine_cmds, data_cmds, demo_cmds, eval_cmds, merge_cmds, plugin_cmds, registry_cmds, server_cmds, train_cmds,
+    combine_cmds,
+    data_cmds,
+    demo_cmds,
+    eval_cmds,
+    merge_cmds,
+    plugin_cmds,
+    registry_cmds,
+    server_cmds,
+    train_cmds,
 )
 from .app import PROCESS, cli
 

@@ -83,8 +83,10 @@ class App:
         wheres = {parse_ref(ref).remote for ref in refs if ref is not None}
         if len(wheres) > 1:
             shown = ", ".join(sorted(w or "the default registry" for w in wheres))
-            raise InvalidInput(f"{command}: the refs name different registries ({shown}); "
-                               "copy them into one first (adapterhub pull REMOTE:REF)")
+            raise InvalidInput(
+                f"{command}: the refs name different registries ({shown}); "
+                "copy them into one first (adapterhub pull REMOTE:REF)"
+            )
         remote = wheres.pop() if wheres else None
         return self if remote is None else App(self.home, refs_remote=remote)
 
@@ -147,13 +149,19 @@ class AdapterhubGroup(click.Group):
             from ..registry.remotes import known_urls, scrub
 
             error = _as_click_error(exc)
-            error.message = scrub(error.message, known_urls(ctx.params.get("home"), ctx.meta.get("adapterhub.argv", ())))
+            error.message = scrub(
+                error.message, known_urls(ctx.params.get("home"), ctx.meta.get("adapterhub.argv", ()))
+            )
             raise error from None
 
 
 @click.group(cls=AdapterhubGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(file_okay=False), envvar="ADAPTERHUB_HOME",
-              help="Registry home (default: $ADAPTERHUB_HOME or ~/.adapterhub).")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="ADAPTERHUB_HOME",
+    help="Registry home (default: $ADAPTERHUB_HOME or ~/.adapterhub).",
+)
 @click.version_option(package_name="adapterhub")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None) -> None:
@@ -236,8 +244,9 @@ def progress_bar(total: int, desc: str):
     """A tqdm bar on stderr (hidden when stderr is not a terminal); returns (callback, close)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-               disable=None, leave=False)
+    bar = tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=None, leave=False
+    )
     return bar.update, bar.close
 
 

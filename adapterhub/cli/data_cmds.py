@@ -22,16 +22,32 @@ def data():
 
 @data.command(name="check")
 @click.argument("file", type=click.Path())
-@click.option("--eval", "eval_", type=click.Path(), help="Evaluation data (JSONL): checked for train/eval leakage (and shift, with --base).")
-@click.option("--against", type=click.Path(),
-              help="A sample of production inputs (JSONL): with --base, checked for shift from the training data.")
+@click.option(
+    "--eval",
+    "eval_",
+    type=click.Path(),
+    help="Evaluation data (JSONL): checked for train/eval leakage (and shift, with --base).",
+)
+@click.option(
+    "--against",
+    type=click.Path(),
+    help="A sample of production inputs (JSONL): with --base, checked for shift from the training data.",
+)
 @click.option("--task", type=TASK_CHOICE, help="Task of the rows (default: seq-cls if rows have 'label').")
-@click.option("--base", type=BASE,
-              help="Base model: measure lengths with its tokenizer, and on its embeddings find likely mislabeled "
-                   "rows (seq-cls) and shift of --eval / --against from the training data.")
+@click.option(
+    "--base",
+    type=BASE,
+    help="Base model: measure lengths with its tokenizer, and on its embeddings find likely mislabeled "
+    "rows (seq-cls) and shift of --eval / --against from the training data.",
+)
 @click.option("--max-length", type=int, help="Flag rows longer than this (tokens with --base, else whitespace tokens).")
-@click.option("--fail-on-noise", type=float, metavar="RATE", callback=check_rate,
-              help="Exit 1 when the estimated label noise is above RATE (e.g. 0.05; needs --base).")
+@click.option(
+    "--fail-on-noise",
+    type=float,
+    metavar="RATE",
+    callback=check_rate,
+    help="Exit 1 when the estimated label noise is above RATE (e.g. 0.05; needs --base).",
+)
 @click.option("--strict", is_flag=True, help="Exit 1 when any problem is found.")
 @json_option
 def data_check(file, eval_, against, task, base, max_length, fail_on_noise, strict, as_json):
@@ -53,8 +69,9 @@ def data_check(file, eval_, against, task, base, max_length, fail_on_noise, stri
         check_base_dir(base)
         tokenizer = load_tokenizer(base)
         embed = embedder(base)
-    report = check_data(file, eval_, task=task, tokenizer=tokenizer, max_length=max_length, embed=embed,
-                        against=against)
+    report = check_data(
+        file, eval_, task=task, tokenizer=tokenizer, max_length=max_length, embed=embed, against=against
+    )
     emit(as_json, report, render)
     reason = gate_noise(report.get("label_issues"), fail_on_noise)
     if reason:
@@ -68,8 +85,7 @@ def data_check(file, eval_, against, task, base, max_length, fail_on_noise, stri
 @data.command(name="clean")
 @click.argument("file", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="The cleaned JSONL file to write (only this file).")
-@click.option("--base", required=True, type=BASE,
-              help="Base model directory: the probe runs on its embeddings.")
+@click.option("--base", required=True, type=BASE, help="Base model directory: the probe runs on its embeddings.")
 @click.option("--relabel", is_flag=True, help="Give the flagged rows the suggested label instead of dropping them.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @json_option
@@ -89,8 +105,10 @@ def data_clean(file, out, base, relabel, force, as_json):
 
     def text(r):
         verb = "relabelled" if r["action"] == "relabelled" else "removed"
-        lines = [f"{verb} {r['count']} likely mislabeled row(s) of {r['input']['rows']} (estimated label noise "
-                 f"{r['estimated_noise_rate']:.1%})"]
+        lines = [
+            f"{verb} {r['count']} likely mislabeled row(s) of {r['input']['rows']} (estimated label noise "
+            f"{r['estimated_noise_rate']:.1%})"
+        ]
         for e in r["rows"][:10]:
             lines.append(f"  line {e['line']}: {e['label']} -> {e['suggested']} (score {e['score']:.3f})")
         if r["count"] > 10:

@@ -36,18 +36,43 @@ def _f(x) -> str:
 @click.option("--max-length", type=int, help="Truncate rows to this many tokens (default: training's, else 512).")
 @click.option("--task", type=TASK_CHOICE, help="Only for versions that record no task.")
 @click.option("--no-store", is_flag=True, help="Do not record the result in the registry.")
-@click.option("--allow-base-mismatch", is_flag=True,
-              help="Evaluate on a base other than the adapter's (the result is then not stored).")
-@click.option("--generate", is_flag=True,
-              help="causal-lm: generate greedily for each prompt and score the outputs against the references.")
+@click.option(
+    "--allow-base-mismatch",
+    is_flag=True,
+    help="Evaluate on a base other than the adapter's (the result is then not stored).",
+)
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="causal-lm: generate greedily for each prompt and score the outputs against the references.",
+)
 @click.option("--max-new-tokens", type=int, help="With --generate: tokens generated per prompt at most (default 64).")
-@click.option("--metric", "metric_names", multiple=True,
-              help="With --generate: a registered metric (repeatable; default exact_match, rouge_l, chrf).")
+@click.option(
+    "--metric",
+    "metric_names",
+    multiple=True,
+    help="With --generate: a registered metric (repeatable; default exact_match, rouge_l, chrf).",
+)
 @click.option("--samples", type=int, help="With --generate: rows whose outputs are stored side by side (default 5).")
 @json_option
 @pass_app_for_refs("ref")
-def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task, no_store, allow_base_mismatch,
-             generate, max_new_tokens, metric_names, samples, as_json):
+def eval_cmd(
+    app: App,
+    ref,
+    base,
+    data_path,
+    probe,
+    batch_size,
+    max_length,
+    task,
+    no_store,
+    allow_base_mismatch,
+    generate,
+    max_new_tokens,
+    metric_names,
+    samples,
+    as_json,
+):
     """Evaluate version REF and its bare base on --data; store the metrics on the version.
 
     seq-cls: accuracy, macro-F1, per-class precision/recall/F1. causal-lm: loss and perplexity over
@@ -63,30 +88,57 @@ def eval_cmd(app: App, ref, base, data_path, probe, batch_size, max_length, task
         from ..training.generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES, evaluate_generation
 
         r = evaluate_generation(
-            app.registry, ref, base, data_path,
+            app.registry,
+            ref,
+            base,
+            data_path,
             max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
-            metrics=list(metric_names) or None, samples=DEFAULT_SAMPLES if samples is None else samples,
-            batch_size=batch_size, max_length=max_length, task=task, allow_base_mismatch=allow_base_mismatch,
-            store=not no_store, home=app.home, plugins=app.plugins, progress=batch_bar("generate"))
+            metrics=list(metric_names) or None,
+            samples=DEFAULT_SAMPLES if samples is None else samples,
+            batch_size=batch_size,
+            max_length=max_length,
+            task=task,
+            allow_base_mismatch=allow_base_mismatch,
+            store=not no_store,
+            home=app.home,
+            plugins=app.plugins,
+            progress=batch_bar("generate"),
+        )
         emit(as_json, r, _eval_text)
         return
-    for opt, value in (("--max-new-tokens", max_new_tokens), ("--metric", metric_names or None),
-                       ("--samples", samples)):
+    for opt, value in (
+        ("--max-new-tokens", max_new_tokens),
+        ("--metric", metric_names or None),
+        ("--samples", samples),
+    ):
         if value is not None:
             raise InvalidInput(f"{opt} needs --generate")
     from ..training.evaluate import evaluate
 
-    r = evaluate(app.registry, ref, base, data_path, probe_path=probe, batch_size=batch_size, max_length=max_length,
-                 task=task, allow_base_mismatch=allow_base_mismatch, store=not no_store, home=app.home,
-                 plugins=app.plugins, progress=batch_bar("eval"))
+    r = evaluate(
+        app.registry,
+        ref,
+        base,
+        data_path,
+        probe_path=probe,
+        batch_size=batch_size,
+        max_length=max_length,
+        task=task,
+        allow_base_mismatch=allow_base_mismatch,
+        store=not no_store,
+        home=app.home,
+        plugins=app.plugins,
+        progress=batch_bar("eval"),
+    )
     emit(as_json, r, _eval_text)
 
 
 def _eval_text(r) -> str:
     gen = r.get("generation")
     how = f", greedy, {gen['max_new_tokens']} new tokens at most" if gen else ""
-    lines = [f"{r['ref']} on {r['details']['data']['file']} ({r['data_digest'][:19]}, {r['rows']} rows, "
-             f"{r['task']}{how})"]
+    lines = [
+        f"{r['ref']} on {r['details']['data']['file']} ({r['data_digest'][:19]}, {r['rows']} rows, {r['task']}{how})"
+    ]
     keys = r.get("metric_names") or (("accuracy", "macro_f1") if r["task"] == "seq-cls" else ("loss", "perplexity"))
     lines.append(f"  {'':<12}" + "".join(f"{k:>12}" for k in keys))
     lines.append(f"  {'adapter':<12}" + "".join(f"{_f(r['adapter'][k]):>12}" for k in keys))
@@ -95,8 +147,10 @@ def _eval_text(r) -> str:
     if r["task"] == "seq-cls":
         lines.append(f"  base head: {r['base_head']}")
         for name, m in r["adapter"]["per_class"].items():
-            lines.append(f"  class {name}: precision {_f(m['precision'])}, recall {_f(m['recall'])}, "
-                         f"f1 {_f(m['f1'])}, support {m['support']}")
+            lines.append(
+                f"  class {name}: precision {_f(m['precision'])}, recall {_f(m['recall'])}, "
+                f"f1 {_f(m['f1'])}, support {m['support']}"
+            )
     p = r.get("probe")
     if p:
         if r["task"] == "seq-cls":
@@ -104,13 +158,18 @@ def _eval_text(r) -> str:
             if p.get("adapter_accuracy") is not None:
                 text += f", accuracy {_f(p['adapter_accuracy'])} (base {_f(p['base_accuracy'])})"
         else:
-            text = (f"loss {_f(p['adapter_loss'])} (base {_f(p['base_loss'])}), "
-                    f"forgetting {p['forgetting']:+.4g}")
+            text = f"loss {_f(p['adapter_loss'])} (base {_f(p['base_loss'])}), forgetting {p['forgetting']:+.4g}"
         lines.append(f"  probe ({p['rows']} rows): {text}")
     if gen:
-        lines.append(f"  primary metric (for the promotion gate): {r['primary_metric']}"
-                     + (f"; {gen['truncated_prompts']} prompts cut to their last "
-                        f"{gen['max_length'] - gen['max_new_tokens']} tokens" if gen["truncated_prompts"] else ""))
+        lines.append(
+            f"  primary metric (for the promotion gate): {r['primary_metric']}"
+            + (
+                f"; {gen['truncated_prompts']} prompts cut to their last "
+                f"{gen['max_length'] - gen['max_new_tokens']} tokens"
+                if gen["truncated_prompts"]
+                else ""
+            )
+        )
         lines.extend(samples_text(r["samples"], r["rows"]))
     if r["stored"]:
         lines.append(f"  stored as an evaluation of {r['ref']}")
@@ -155,13 +214,26 @@ def bench_latency_cmd(app: App, ref, base, runs, warmup, batch_size, seq_len, ta
     into the base (n/a for methods that cannot merge), on this machine."""
     from ..training.evaluate import bench_latency
 
-    r = bench_latency(app.registry, ref, base, runs=runs, warmup=warmup, batch_size=batch_size, seq_len=seq_len,
-                      task=task, allow_base_mismatch=allow_base_mismatch, home=app.home, plugins=app.plugins,
-                      progress=batch_bar("bench"))
+    r = bench_latency(
+        app.registry,
+        ref,
+        base,
+        runs=runs,
+        warmup=warmup,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        task=task,
+        allow_base_mismatch=allow_base_mismatch,
+        home=app.home,
+        plugins=app.plugins,
+        progress=batch_bar("bench"),
+    )
 
     def text(r):
-        lines = [f"{r['ref']} ({r['method']}, {r['task']}) on {r['device']} ({r['threads']} threads), "
-                 f"batch {r['batch_size']} x {r['seq_len']} tokens, {r['runs']} runs"]
+        lines = [
+            f"{r['ref']} ({r['method']}, {r['task']}) on {r['device']} ({r['threads']} threads), "
+            f"batch {r['batch_size']} x {r['seq_len']} tokens, {r['runs']} runs"
+        ]
         lines.append(f"  {'':<10}{'p50 ms':>10}{'p95 ms':>10}{'tokens/s':>12}{'vs base':>9}")
         for name in ("base", "adapter", "merged"):
             m = r[name]
@@ -169,8 +241,10 @@ def bench_latency_cmd(app: App, ref, base, runs, warmup, batch_size, seq_len, ta
                 lines.append(f"  {name:<10}{'n/a':>10}  ({m['reason']})")
                 continue
             ratio = f"{m['overhead']:.2f}x" if m.get("overhead") else "-"
-            lines.append(f"  {name:<10}{m['p50_ms']:>10.2f}{m['p95_ms']:>10.2f}{m['tokens_per_s']:>12.0f}"
-                         f"{ratio if name != 'base' else '':>9}")
+            lines.append(
+                f"  {name:<10}{m['p50_ms']:>10.2f}{m['p95_ms']:>10.2f}{m['tokens_per_s']:>12.0f}"
+                f"{ratio if name != 'base' else '':>9}"
+            )
         return "\n".join(lines)
 
     emit(as_json, r, text)
@@ -208,17 +282,34 @@ def _compare_text(r, show_all: bool) -> str:
         out.append("config: identical")
     if r["data"]:
         out.append("")
-        out.append(format_table(("DATA", r["a"], r["b"]),
-                                [(d["role"], f"{cell(d['a'])} ({cell(d['a_rows'])} rows)",
-                                  f"{cell(d['b'])} ({cell(d['b_rows'])} rows)" + ("" if d["same"] else "  *"))
-                                 for d in r["data"]]))
+        out.append(
+            format_table(
+                ("DATA", r["a"], r["b"]),
+                [
+                    (
+                        d["role"],
+                        f"{cell(d['a'])} ({cell(d['a_rows'])} rows)",
+                        f"{cell(d['b'])} ({cell(d['b_rows'])} rows)" + ("" if d["same"] else "  *"),
+                    )
+                    for d in r["data"]
+                ],
+            )
+        )
     if r["metrics"]:
         out.append("")
-        out.append(format_table(("METRIC", r["a"], r["b"], "DELTA"),
-                                [(m["key"], cell(m["a"]), cell(m["b"]), cell(m["delta"])) for m in r["metrics"]]))
+        out.append(
+            format_table(
+                ("METRIC", r["a"], r["b"], "DELTA"),
+                [(m["key"], cell(m["a"]), cell(m["b"]), cell(m["delta"])) for m in r["metrics"]],
+            )
+        )
     for e in r["evaluations"]:
         out.append("")
         kind = " (generation)" if e.get("kind") == "generation" else ""
-        out.append(format_table((f"EVAL {e['data_digest'][:19]}{kind}", r["a"], r["b"], "DELTA"),
-                                [(m["key"], cell(m["a"]), cell(m["b"]), cell(m["delta"])) for m in e["metrics"]]))
+        out.append(
+            format_table(
+                (f"EVAL {e['data_digest'][:19]}{kind}", r["a"], r["b"], "DELTA"),
+                [(m["key"], cell(m["a"]), cell(m["b"]), cell(m["delta"])) for m in e["metrics"]],
+            )
+        )
     return "\n".join(out)

@@ -26,9 +26,19 @@ def plugin_init(directory, method, as_json):
 
     files = init_plugin(directory, method)
     names = names_for(directory, method)
-    result = {"directory": os.path.abspath(directory), "distribution": names["dist"], "package": names["package"],
-              "method": method, "files": [os.path.relpath(f, directory) for f in files]}
-    emit(as_json, result, lambda d: "\n".join(
-        [f"wrote {d['distribution']} (package {d['package']}, method {d['method']}) in {directory}:"]
-        + [f"  {f}" for f in d["files"]]
-        + [f"next: pip install -e {directory} && adapterhub methods && (cd {directory} && pytest)"]))
+    result = {
+        "directory": os.path.abspath(directory),
+        "distribution": names["dist"],
+        "package": names["package"],
+        "method": method,
+        "files": [os.path.relpath(f, directory) for f in files],
+    }
+    emit(
+        as_json,
+        result,
+        lambda d: "\n".join(
+            [f"wrote {d['distribution']} (package {d['package']}, method {d['method']}) in {directory}:"]
+            + [f"  {f}" for f in d["files"]]
+            + [f"next: pip install -e {directory} && adapterhub methods && (cd {directory} && pytest)"]
+        ),
+    )

@@ -8,8 +8,20 @@ import click
 
 from ..registry.entities import VersionInfo
 from ..registry.refs import RELATIONS
-from .app import (BASE, KEY_VALUE, App, batch_text, cli, emit, format_table, human_size, json_option, pass_app,
-                  pass_app_for_refs, progress_bar)
+from .app import (
+    BASE,
+    KEY_VALUE,
+    App,
+    batch_text,
+    cli,
+    emit,
+    format_table,
+    human_size,
+    json_option,
+    pass_app,
+    pass_app_for_refs,
+    progress_bar,
+)
 
 
 @cli.command()
@@ -19,10 +31,17 @@ from .app import (BASE, KEY_VALUE, App, batch_text, cli, emit, format_table, hum
 @click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version (repeatable).")
 @click.option("--tag", "tags", multiple=True, type=KEY_VALUE, metavar="K=V", help="Tag the version (repeatable).")
 @click.option("--parent", "parents", multiple=True, metavar="REF", help="A version this one derives from (repeatable).")
-@click.option("--relation", type=click.Choice(RELATIONS), default="trained_from", show_default=True,
-              help="How the version relates to --parent.")
+@click.option(
+    "--relation",
+    type=click.Choice(RELATIONS),
+    default="trained_from",
+    show_default=True,
+    help="How the version relates to --parent.",
+)
 @click.option("--import-bin", is_flag=True, help="Convert pickle .bin/.pt files with torch.load(weights_only=True).")
-@click.option("--to", "to", metavar="REMOTE", help="Push to a named remote; SRC may then be a ref of the local registry.")
+@click.option(
+    "--to", "to", metavar="REMOTE", help="Push to a named remote; SRC may then be a ref of the local registry."
+)
 @json_option
 @pass_app
 def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin, to, as_json):
@@ -33,7 +52,8 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
 
     With --to REMOTE and SRC a ref (acme/bot:3), copy that version with its blobs, lineage, tags and
     evaluations to the remote; its digest stays the same."""
-    from ..api import copy, push as do_push
+    from ..api import copy
+    from ..api import push as do_push
     from ..files.checkpoint import list_files
     from ..registry.registry import ParentSpec
 
@@ -57,9 +77,19 @@ def push(app: App, src, name, base, aliases, tags, parents, relation, import_bin
     total = sum(os.path.getsize(f) for _, f in list_files(src)) if os.path.isdir(src) else 0
     update, close = progress_bar(total, "upload")
     try:
-        pub = do_push(target, src, name, base=base, aliases=aliases, tags=dict(tags),
-                      parents=[ParentSpec(relation, ref=p) for p in parents], import_bin=import_bin,
-                      home=app.home, plugins=app.plugins, progress=update)
+        pub = do_push(
+            target,
+            src,
+            name,
+            base=base,
+            aliases=aliases,
+            tags=dict(tags),
+            parents=[ParentSpec(relation, ref=p) for p in parents],
+            import_bin=import_bin,
+            home=app.home,
+            plugins=app.plugins,
+            progress=update,
+        )
     finally:
         close()
     emit(as_json, pub.to_dict(), lambda d: d["ref"] + ("" if d["created"] else "  (already present)"))
@@ -82,7 +112,9 @@ def _apply(reg, pub, aliases, tags):
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--merged", is_flag=True, help="Write the base model with the adapter merged in (needs --base).")
 @click.option("--base", type=BASE, help="The base model directory to merge into (--merged).")
-@click.option("--dtype", type=click.Choice(("bf16", "fp16", "fp32")), help="--merged: output dtype (default: the base's).")
+@click.option(
+    "--dtype", type=click.Choice(("bf16", "fp16", "fp32")), help="--merged: output dtype (default: the base's)."
+)
 @click.option("--shard-size", default="5GB", show_default=True, help="--merged: largest output shard.")
 @click.option("--allow-base-mismatch", is_flag=True, help="--merged: merge even if the base fingerprint differs.")
 @json_option
@@ -95,7 +127,8 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
 
     With --merged --base DIR, OUT gets a plain transformers model with the adapter merged in, streamed
     tensor by tensor (and cached where that pays: see `adapterhub merge --help`)."""
-    from ..api import copy, pull as do_pull
+    from ..api import copy
+    from ..api import pull as do_pull
     from ..registry.refs import parse_ref
 
     if merged and (not base or not out):
@@ -128,9 +161,20 @@ def pull(app: App, ref, out, from_, force, merged, base, dtype, shard_size, allo
     if out and merged:
         from .merge_cmds import merge_text, run_merge
 
-        result.update(run_merge(app, bare, base, out, dtype=dtype, shard_size=shard_size,
-                                allow_base_mismatch=allow_base_mismatch, force=force, registry=source,
-                                deploy=bool(remote)))  # (a deployment keeps no cache unless asked)
+        result.update(
+            run_merge(
+                app,
+                bare,
+                base,
+                out,
+                dtype=dtype,
+                shard_size=shard_size,
+                allow_base_mismatch=allow_base_mismatch,
+                force=force,
+                registry=source,
+                deploy=bool(remote),
+            )
+        )  # (a deployment keeps no cache unless asked)
         emit(as_json, result, merge_text)
         return
     if out:
@@ -161,29 +205,47 @@ def remote():
 @remote.command(name="add")
 @click.argument("name")
 @click.argument("url", required=False)
-@click.option("--token-env", metavar="VAR", help="Server remotes: read the token from this environment variable "
-              "(else from adapterhub login NAME).")
+@click.option(
+    "--token-env",
+    metavar="VAR",
+    help="Server remotes: read the token from this environment variable (else from adapterhub login NAME).",
+)
 @click.option("--db", help="Database remotes: postgresql://user:password@host/db (or sqlite:///path).")
 @click.option("--store", help="Database remotes: s3://bucket/prefix (or file:///path).")
 @click.option("--endpoint-url", help="Database remotes: an S3-compatible endpoint (MinIO, Ceph, moto ...).")
 @click.option("--replace", is_flag=True, help="Replace an existing remote of that name.")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Connect now (a server: answers; a database: reachable and migrated).")
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Connect now (a server: answers; a database: reachable and migrated).",
+)
 @json_option
 @pass_app
 def remote_add(app: App, name, url, token_env, db, store, endpoint_url, replace, check, as_json):
     """Add a named remote: a registry server (NAME https://HOST[:PORT]) or a database + store
     (NAME --db URL --store URL). Saved in <home>/config.json, readable only by you."""
-    from ..registry import remotes
-
     from ..api import check_remote
+    from ..registry import remotes
 
     # the new remote is checked (server answers / database reachable and migrated, store readable) before
     # config.json changes: a failed --replace leaves the working remote in place
-    d = remotes.add_remote(app.home_dir, name, db, store, endpoint_url, replace=replace, url=url, token_env=token_env,
-                           check=(lambda spec: check_remote(spec, app.plugins)) if check else None)
-    where = d["url"] + (f" (token from ${d['token_env']})" if d.get("token_env") else "") if "url" in d \
+    d = remotes.add_remote(
+        app.home_dir,
+        name,
+        db,
+        store,
+        endpoint_url,
+        replace=replace,
+        url=url,
+        token_env=token_env,
+        check=(lambda spec: check_remote(spec, app.plugins)) if check else None,
+    )
+    where = (
+        d["url"] + (f" (token from ${d['token_env']})" if d.get("token_env") else "")
+        if "url" in d
         else f"{d['db']} + {d['store']}"
+    )
     emit(as_json, d, f"added remote {name}: {where}")
 
 
@@ -195,11 +257,25 @@ def remote_list(app: App, as_json):
     from ..registry import remotes
 
     rows = remotes.list_remotes(app.home_dir)
-    emit(as_json, rows, lambda rows: format_table(
-        ("NAME", "WHERE", "CREDENTIALS"),
-        [(r["name"], r.get("url") or f"{r['db']} + {r['store']}",
-          (f"${r['token_env']}" if r.get("token_env") else "login") if "url" in r else "in the URLs") for r in rows])
-         if rows else "no remotes (adapterhub remote add NAME https://HOST, or NAME --db URL --store URL)")
+    emit(
+        as_json,
+        rows,
+        lambda rows: (
+            format_table(
+                ("NAME", "WHERE", "CREDENTIALS"),
+                [
+                    (
+                        r["name"],
+                        r.get("url") or f"{r['db']} + {r['store']}",
+                        (f"${r['token_env']}" if r.get("token_env") else "login") if "url" in r else "in the URLs",
+                    )
+                    for r in rows
+                ],
+            )
+            if rows
+            else "no remotes (adapterhub remote add NAME https://HOST, or NAME --db URL --store URL)"
+        ),
+    )
 
 
 @remote.command(name="rm")
@@ -228,9 +304,18 @@ def list_cmd(app: App, name, from_, as_json):
         if not rows:
             return "no versions yet (adapterhub push DIR NAME)"
         head = ("REF", "METHOD", "DIGEST", "SIZE", "ALIASES", "EVAL", "CREATED")
-        body = [(r["ref"], r["method"] or "-", r["digest"][7:19], human_size(r["size"]),
-                 ",".join(r["aliases"]) or "-", _eval_cell(r["evaluation"]), (r["created_at"] or "")[:19])
-                for r in rows]
+        body = [
+            (
+                r["ref"],
+                r["method"] or "-",
+                r["digest"][7:19],
+                human_size(r["size"]),
+                ",".join(r["aliases"]) or "-",
+                _eval_cell(r["evaluation"]),
+                (r["created_at"] or "")[:19],
+            )
+            for r in rows
+        ]
         return format_table(head, body)
 
     emit(as_json, rows, table)
@@ -254,19 +339,25 @@ def show(app: App, ref, as_json):
     """Show one version: method, config, base, files, aliases, tags, lineage and metrics."""
     info = app.registry.show(ref)
     shown = {k: v for k, v in info.to_dict().items() if k != "manifest"}
-    emit(as_json, {**shown, "tracking": info.manifest.get("tracking"), "training": info.manifest.get("training")},
-         lambda _: _show_text(info))
+    emit(
+        as_json,
+        {**shown, "tracking": info.manifest.get("tracking"), "training": info.manifest.get("training")},
+        lambda _: _show_text(info),
+    )
 
 
 def _show_text(d: VersionInfo) -> str:
     lines = [f"{d.ref}  {d.digest}", f"  kind:    {d.kind}", f"  method:  {d.method}"]
     hint = d.base.name if d.base else None
     lines.append(f"  base:    {d.base_fingerprint or 'unknown'}" + (f" ({hint})" if hint else ""))
-    quant = ((d.base.properties if d.base else None) or {}).get("quantization") \
-        or (d.manifest.get("base") or {}).get("quantization")
+    quant = ((d.base.properties if d.base else None) or {}).get("quantization") or (d.manifest.get("base") or {}).get(
+        "quantization"
+    )
     if quant:
-        lines.append(f"  quantized base: {quant.get('quant_type') or quant.get('quantizer')} "
-                     + ", ".join(f"{k}={quant[k]}" for k in ("double_quant", "blocksize", "compute_dtype") if k in quant))
+        lines.append(
+            f"  quantized base: {quant.get('quant_type') or quant.get('quantizer')} "
+            + ", ".join(f"{k}={quant[k]}" for k in ("double_quant", "blocksize", "compute_dtype") if k in quant)
+        )
     if d.task:
         lines.append(f"  task:    {d.task}")
     lines.append(f"  created: {d.created_at} by {d.created_by}")
@@ -278,9 +369,13 @@ def _show_text(d: VersionInfo) -> str:
     for c in d.children:
         lines.append(f"  child:   {c.ref} ({c.relation})")
     if (tr := d.manifest.get("tracking")) and tr.get("run_id"):
-        lines.append(f"  tracked: {tr.get('tracker')} run {tr['run_id']}  {tr.get('url') or tr.get('tracking_uri') or ''}".rstrip())
+        lines.append(
+            f"  tracked: {tr.get('tracker')} run {tr['run_id']}  {tr.get('url') or tr.get('tracking_uri') or ''}".rstrip()
+        )
     if (tr := d.manifest.get("training")) and tr.get("global_batch_size"):
-        lines.append(f"  batch:   {tr['global_batch_size']} ({batch_text(tr['world_size'], tr['batch_size'], tr['grad_accum'])})")
+        lines.append(
+            f"  batch:   {tr['global_batch_size']} ({batch_text(tr['world_size'], tr['batch_size'], tr['grad_accum'])})"
+        )
     if d.metrics:
         lines.append("  metrics: " + ", ".join(f"{k}={v}" for k, v in d.metrics.items()))
     generated = None
@@ -288,8 +383,10 @@ def _show_text(d: VersionInfo) -> str:
         det = e.details if isinstance(e.details, dict) else {}
         gen = det.get("kind") == "generation"
         rows = f" ({det['rows']} rows{', generation' if gen else ''})" if det.get("rows") else ""
-        lines.append(f"  eval:    {e.data_digest[:19]}{rows} " + ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.metrics.items()))
+        lines.append(
+            f"  eval:    {e.data_digest[:19]}{rows} "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.metrics.items())
+        )
         generated = det if gen else generated
     if generated and generated.get("samples"):  # the newest generation evaluation's outputs
         from .eval_cmds import samples_text
@@ -354,9 +451,14 @@ def alias_history(app: App, name, alias_name, as_json):
     """Every move of NAME@ALIAS: when, who, from which version to which."""
     reg, name = app.for_name(name)
     rows = reg.alias_history(name, alias_name)
-    emit(as_json, rows, lambda rows: format_table(
-        ("AT", "ACTOR", "FROM", "TO", "REASON"),
-        [(r["at"], r["actor"], r["from"] or "-", r["to"] or "(removed)", r["reason"] or "") for r in rows]))
+    emit(
+        as_json,
+        rows,
+        lambda rows: format_table(
+            ("AT", "ACTOR", "FROM", "TO", "REASON"),
+            [(r["at"], r["actor"], r["from"] or "-", r["to"] or "(removed)", r["reason"] or "") for r in rows],
+        ),
+    )
 
 
 @cli.command()
@@ -373,7 +475,9 @@ def tag(app: App, ref, pairs, remove, as_json):
 
 @cli.command()
 @click.argument("ref")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "dot", "mermaid"]), default="text", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "dot", "mermaid"]), default="text", show_default=True
+)
 @pass_app_for_refs("ref")
 def lineage(app: App, ref, fmt):
     """Show where REF came from (ancestors) and what was made from it."""
@@ -393,12 +497,18 @@ def verify(app: App, ref, as_json):
     report = app.registry.verify(ref)
 
     def text(r):
-        lines = [f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})" if "blob" in p else
-                 f"{p.get('version') or p.get('history')}: {p['status']}" for p in r["problems"]]
+        lines = [
+            f"{p['blob']}: {p['status']} (used by {', '.join(p['used_by'])})"
+            if "blob" in p
+            else f"{p.get('version') or p.get('history')}: {p['status']}"
+            for p in r["problems"]
+        ]
         if r.get("history_head"):
             lines.append(f"history head: sha256:{r['history_head']} (record it elsewhere to detect a rewrite)")
-        lines.append(f"checked {r['blobs']} blobs ({human_size(r['bytes'])}) of {r['versions']} versions: "
-                     + ("ok" if r["ok"] else f"{len(r['problems'])} problems"))
+        lines.append(
+            f"checked {r['blobs']} blobs ({human_size(r['bytes'])}) of {r['versions']} versions: "
+            + ("ok" if r["ok"] else f"{len(r['problems'])} problems")
+        )
         return "\n".join(lines)
 
     emit(as_json, report, text)
@@ -407,8 +517,13 @@ def verify(app: App, ref, as_json):
 
 
 @cli.command()
-@click.option("--grace", type=float, default=600.0, show_default=True,
-              help="Keep unreferenced blobs younger than this many seconds (pushes in flight).")
+@click.option(
+    "--grace",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Keep unreferenced blobs younger than this many seconds (pushes in flight).",
+)
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 @json_option
 @pass_app
@@ -423,10 +538,12 @@ def gc(app: App, grace, dry_run, as_json):
     def text(r):
         lines = [f"skipped {name} (not a blob)" for name in r["skipped"]]
         lines += [f"could not remove {f['blob']}: {f['error']}" for f in r["failed"]]
-        lines.append(f"{verb} {r['removed_blobs']} blobs ({human_size(r['freed_bytes'])}) and "
-                     f"{r['removed_temp'] + r['removed_leftovers']} temp files"
-                     + (f"; kept {r['kept_recent']} recent ones (--grace 0 to remove)" if r["kept_recent"] else "")
-                     + (f"; skipped {len(r['skipped'])} files that are not blobs" if r["skipped"] else ""))
+        lines.append(
+            f"{verb} {r['removed_blobs']} blobs ({human_size(r['freed_bytes'])}) and "
+            f"{r['removed_temp'] + r['removed_leftovers']} temp files"
+            + (f"; kept {r['kept_recent']} recent ones (--grace 0 to remove)" if r["kept_recent"] else "")
+            + (f"; skipped {len(r['skipped'])} files that are not blobs" if r["skipped"] else "")
+        )
         return "\n".join(lines)
 
     emit(as_json, r, text)
@@ -487,7 +604,8 @@ def db():
 @pass_app
 def upgrade(app: App, as_json):
     """Run the registry's schema migrations now (they also run on first use)."""
-    from ..registry.db import HEAD_REVISION, upgrade as do_upgrade
+    from ..registry.db import HEAD_REVISION
+    from ..registry.db import upgrade as do_upgrade
 
     before = do_upgrade(app.registry.engine)
     emit(as_json, {"from": before, "to": HEAD_REVISION}, f"schema at {HEAD_REVISION} (was {before or 'empty'})")

@@ -28,14 +28,18 @@ def serve(app: App, host, port, workers, max_blob_size):
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise click.ClickException("adapterhub serve needs the server extra: pip install 'adapterhub[server]'") from None
-    from ..registry import remotes
+        raise click.ClickException(
+            "adapterhub serve needs the server extra: pip install 'adapterhub[server]'"
+        ) from None
     from ..plugins import get_plugins
-    from ..sizes import parse_size
+    from ..registry import remotes
     from ..server.run import serve as run
+    from ..sizes import parse_size
 
     env = remotes.env_registry()
-    describe = f"registry {remotes.mask(env['db'])} + {remotes.mask(env['store'])}" if env else f"registry {app.home_dir}"
+    describe = (
+        f"registry {remotes.mask(env['db'])} + {remotes.mask(env['store'])}" if env else f"registry {app.home_dir}"
+    )
     get_plugins().load()
     run(app.home, host, port, workers, parse_size(max_blob_size, "--max-blob-size"), describe, echo=click.echo)
 
@@ -72,9 +76,18 @@ def token_create(app: App, name, scope, namespace, expires, remote, as_json):
 
         d = create_token(reg, name, scope, namespace, expires)
     out = {k: d[k] for k in ("name", "scope", "namespace", "expires_at", "token")}
-    emit(as_json, out, lambda d: f"{d['token']}\n" + click.style(
-        f"token '{d['name']}' (scope {d['scope']}, namespace {d['namespace'] or 'all'}, expires "
-        f"{d['expires_at'] or 'never'}): store it now, it is not shown again", dim=True))
+    emit(
+        as_json,
+        out,
+        lambda d: (
+            f"{d['token']}\n"
+            + click.style(
+                f"token '{d['name']}' (scope {d['scope']}, namespace {d['namespace'] or 'all'}, expires "
+                f"{d['expires_at'] or 'never'}): store it now, it is not shown again",
+                dim=True,
+            )
+        ),
+    )
 
 
 @token.command(name="list")
@@ -94,11 +107,30 @@ def token_list(app: App, include_revoked, remote, as_json):
         rows = list_tokens(reg, include_revoked)
     keys = ("name", "scope", "namespace", "expires_at", "state", "created_at", "created_by", "last_used_at")
     rows = [{k: r.get(k) for k in keys} for r in rows]
-    emit(as_json, rows, lambda rows: format_table(
-        ("NAME", "SCOPE", "NAMESPACE", "EXPIRES", "STATE", "CREATED", "BY", "LAST USED"),
-        [(r["name"], r["scope"], r["namespace"] or "*", (r["expires_at"] or "never")[:19], r["state"],
-          (r["created_at"] or "")[:19], r["created_by"] or "-", (r["last_used_at"] or "never")[:19])
-         for r in rows]) if rows else "no tokens")
+    emit(
+        as_json,
+        rows,
+        lambda rows: (
+            format_table(
+                ("NAME", "SCOPE", "NAMESPACE", "EXPIRES", "STATE", "CREATED", "BY", "LAST USED"),
+                [
+                    (
+                        r["name"],
+                        r["scope"],
+                        r["namespace"] or "*",
+                        (r["expires_at"] or "never")[:19],
+                        r["state"],
+                        (r["created_at"] or "")[:19],
+                        r["created_by"] or "-",
+                        (r["last_used_at"] or "never")[:19],
+                    )
+                    for r in rows
+                ],
+            )
+            if rows
+            else "no tokens"
+        ),
+    )
 
 
 @token.command(name="revoke")
@@ -143,8 +175,11 @@ def login(app: App, remote, as_json):
         raise click.ClickException("no token given (pipe it on stdin or type it at the prompt)")
     who = HttpRegistry(spec["url"], secret, label=remote).whoami()
     remotes.save_token(app.home_dir, remote, secret)
-    emit(as_json, {"remote": remote, **who},
-         f"logged in to {remote} as '{who['name']}' (scope {who['scope']}, namespace {who['namespace'] or 'all'})")
+    emit(
+        as_json,
+        {"remote": remote, **who},
+        f"logged in to {remote} as '{who['name']}' (scope {who['scope']}, namespace {who['namespace'] or 'all'})",
+    )
 
 
 @cli.command()
@@ -177,7 +212,25 @@ def audit(app: App, limit, actor, action, remote, as_json):
 
         with reg.read() as conn:
             rows = list_events(conn, limit, actor, action)
-    emit(as_json, rows, lambda rows: format_table(
-        ("AT", "ACTOR", "ACTION", "TARGET", "STATUS", "DETAIL"),
-        [((r["at"] or "")[:19], r["actor"] or "-", r["action"], r["target"] or "-", r["status"],
-          (r["detail"] or "")[:80]) for r in rows]) if rows else "no events")
+    emit(
+        as_json,
+        rows,
+        lambda rows: (
+            format_table(
+                ("AT", "ACTOR", "ACTION", "TARGET", "STATUS", "DETAIL"),
+                [
+                    (
+                        (r["at"] or "")[:19],
+                        r["actor"] or "-",
+                        r["action"],
+                        r["target"] or "-",
+                        r["status"],
+                        (r["detail"] or "")[:80],
+                    )
+                    for r in rows
+                ],
+            )
+            if rows
+            else "no events"
+        ),
+    )

@@ -20,8 +20,13 @@ from .data_cmds import check_rate
 @click.option("--epochs", type=float, default=3.0, show_default=True)
 @click.option("--max-steps", type=int, default=-1, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option("--lr", type=float, help="Learning rate (default: the method's, 2e-4 for LoRA).")
-@click.option("--batch-size", type=int, default=8, show_default=True,
-              help="Rows per step on each process (the global batch: x --grad-accum x processes).")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Rows per step on each process (the global batch: x --grad-accum x processes).",
+)
 @click.option("--grad-accum", type=int, default=1, show_default=True)
 @click.option("--max-length", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -31,31 +36,86 @@ from .data_cmds import check_rate
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--init-from", metavar="REF", help="Continue training this registry version (lineage: trained_from).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Resume from OUT.checkpoints if present.")
-@click.option("--allow-resize", is_flag=True,
-              help="Resume checkpoints written by another number of processes (the global batch changes).")
-@click.option("--dist-timeout", type=float, metavar="SECONDS",
-              help="Under torchrun / accelerate launch: how long a process waits for the others before failing "
-                   "[default: $ADAPTERHUB_DIST_TIMEOUT or 1800].")
+@click.option(
+    "--allow-resize",
+    is_flag=True,
+    help="Resume checkpoints written by another number of processes (the global batch changes).",
+)
+@click.option(
+    "--dist-timeout",
+    type=float,
+    metavar="SECONDS",
+    help="Under torchrun / accelerate launch: how long a process waits for the others before failing "
+    "[default: $ADAPTERHUB_DIST_TIMEOUT or 1800].",
+)
 @click.option("--track", metavar="TRACKER", envvar="ADAPTERHUB_TRACKER", help="Experiment tracker (e.g. mlflow).")
 @click.option("--experiment", help="Tracker experiment name (default: $MLFLOW_EXPERIMENT_NAME or the --push name).")
 @click.option("--allow-dirty-data", is_flag=True, help="Train even if the data check finds conflicts or leakage.")
-@click.option("--fail-on-noise", type=float, metavar="RATE", callback=check_rate,
-              help="seq-cls: refuse the data when its estimated label noise (data check --base) is above RATE.")
+@click.option(
+    "--fail-on-noise",
+    type=float,
+    metavar="RATE",
+    callback=check_rate,
+    help="seq-cls: refuse the data when its estimated label noise (data check --base) is above RATE.",
+)
 @click.option("--allow-base-mismatch", is_flag=True, help="Allow --init-from an adapter of another base.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
-@click.option("--quantize", metavar="QUANTIZER",
-              help="Load the base through this quantizer plugin (nf4, fp4, int8 ...) and train on it; 'none' "
-                   "turns off a method's default (qlora: nf4). The fingerprint stays the original weights'.")
-@click.option("--quant-opt", "quant_opts", multiple=True, type=KEY_VALUE,
-              help="Quantizer option (repeatable), e.g. blocksize=128, double_quant=false, compute_dtype=bfloat16.")
-@click.option("--optim", metavar="NAME", help="transformers optimizer (default adamw_torch; paged_adamw_8bit ... "
-                                                "need a CUDA GPU).")
+@click.option(
+    "--quantize",
+    metavar="QUANTIZER",
+    help="Load the base through this quantizer plugin (nf4, fp4, int8 ...) and train on it; 'none' "
+    "turns off a method's default (qlora: nf4). The fingerprint stays the original weights'.",
+)
+@click.option(
+    "--quant-opt",
+    "quant_opts",
+    multiple=True,
+    type=KEY_VALUE,
+    help="Quantizer option (repeatable), e.g. blocksize=128, double_quant=false, compute_dtype=bfloat16.",
+)
+@click.option(
+    "--optim",
+    metavar="NAME",
+    help="transformers optimizer (default adamw_torch; paged_adamw_8bit ... need a CUDA GPU).",
+)
 @json_option
 @pass_app
-def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, max_steps, lr, batch_size, grad_accum,
-          max_length, seed, eval_steps, early_stopping, gradient_checkpointing, mixed_precision, init_from, resume,
-          allow_resize, dist_timeout, track, experiment, allow_dirty_data, fail_on_noise, allow_base_mismatch, force,
-          quantize, quant_opts, optim, as_json):
+def train(
+    app: App,
+    base,
+    method,
+    task,
+    data,
+    eval_,
+    out,
+    push,
+    sets,
+    epochs,
+    max_steps,
+    lr,
+    batch_size,
+    grad_accum,
+    max_length,
+    seed,
+    eval_steps,
+    early_stopping,
+    gradient_checkpointing,
+    mixed_precision,
+    init_from,
+    resume,
+    allow_resize,
+    dist_timeout,
+    track,
+    experiment,
+    allow_dirty_data,
+    fail_on_noise,
+    allow_base_mismatch,
+    force,
+    quantize,
+    quant_opts,
+    optim,
+    as_json,
+):
     """Train an adapter on BASE with METHOD and push it (optionally) to the registry.
 
     Under torchrun or accelerate launch every process trains its share of each batch (--batch-size is per
@@ -63,18 +123,45 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
     import sys
     import warnings
 
-    from ..training.train import TrainOptions, train as do_train
+    from ..training.train import TrainOptions
+    from ..training.train import train as do_train
 
-    opts = TrainOptions(base=base, method=method, task=task, data=data, out=out, eval=eval_, push=push,
-                        settings=dict(sets), epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                        grad_accum=grad_accum, max_length=max_length, seed=seed, eval_steps=eval_steps,
-                        early_stopping=early_stopping, gradient_checkpointing=gradient_checkpointing,
-                        mixed_precision=mixed_precision, init_from=init_from, resume=resume, track=track,
-                        experiment=experiment, allow_dirty_data=allow_dirty_data, fail_on_noise=fail_on_noise,
-                        allow_base_mismatch=allow_base_mismatch, force=force, progress=sys.stderr.isatty(),
-                        home=app.home, quantize=quantize, optim=optim,
-                        quantize_options=dict(quant_opts), allow_resize=allow_resize,
-                        dist_timeout=dist_timeout)
+    opts = TrainOptions(
+        base=base,
+        method=method,
+        task=task,
+        data=data,
+        out=out,
+        eval=eval_,
+        push=push,
+        settings=dict(sets),
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        seed=seed,
+        eval_steps=eval_steps,
+        early_stopping=early_stopping,
+        gradient_checkpointing=gradient_checkpointing,
+        mixed_precision=mixed_precision,
+        init_from=init_from,
+        resume=resume,
+        track=track,
+        experiment=experiment,
+        allow_dirty_data=allow_dirty_data,
+        fail_on_noise=fail_on_noise,
+        allow_base_mismatch=allow_base_mismatch,
+        force=force,
+        progress=sys.stderr.isatty(),
+        home=app.home,
+        quantize=quantize,
+        optim=optim,
+        quantize_options=dict(quant_opts),
+        allow_resize=allow_resize,
+        dist_timeout=dist_timeout,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = do_train(opts, app.plugins, app.registry if push or init_from else None)
@@ -90,11 +177,13 @@ def train(app: App, base, method, task, data, eval_, out, push, sets, epochs, ma
         m = r["metrics"]
         q = r.get("base_quantization")
         on = f" ({q['quant_type']} base)" if q else ""
-        lines = [f"trained {r['method']} on {r['task']}{on}: {r['trainable_params']:,} of {r['total_params']:,} "
-                 f"parameters ({100 * r['trainable_params'] / r['total_params']:.2f}%) in {r['seconds']} s",
-                 "metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()),
-                 f"global batch {r['global_batch_size']} ({batch_text(r['world_size'], opts.batch_size, opts.grad_accum)})",
-                 f"saved {r['out']}"]
+        lines = [
+            f"trained {r['method']} on {r['task']}{on}: {r['trainable_params']:,} of {r['total_params']:,} "
+            f"parameters ({100 * r['trainable_params'] / r['total_params']:.2f}%) in {r['seconds']} s",
+            "metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()),
+            f"global batch {r['global_batch_size']} ({batch_text(r['world_size'], opts.batch_size, opts.grad_accum)})",
+            f"saved {r['out']}",
+        ]
         if r.get("ref"):
             lines.append(f"pushed {r['ref']} ({r['digest'][:19]})")
         if r.get("tracking", {}).get("url"):
@@ -111,8 +200,16 @@ def methods(app: App, as_json):
     """List PEFT methods with their config fields, defaults and capabilities."""
     rows = []
     for name, plugin, m in app.plugins.items("methods"):
-        rows.append({"name": name, "plugin": plugin, "peft_type": m.peft_type, "capabilities": m.capabilities(),
-                     "fields": m.config_fields(), "doc": (type(m).__doc__ or "").strip().splitlines()[0] if type(m).__doc__ else ""})
+        rows.append(
+            {
+                "name": name,
+                "plugin": plugin,
+                "peft_type": m.peft_type,
+                "capabilities": m.capabilities(),
+                "fields": m.config_fields(),
+                "doc": (type(m).__doc__ or "").strip().splitlines()[0] if type(m).__doc__ else "",
+            }
+        )
 
     def text(rows):
         out = []

@@ -72,8 +72,10 @@ def list_files(src: str) -> list[tuple[str, str]]:
             rel = os.path.relpath(full, src).replace(os.sep, "/")
             _check_relpath(rel)
             if os.path.islink(full):
-                raise InvalidInput(f"{rel} in {src} is a symbolic link; adapterhub does not follow links out of "
-                                   "the adapter directory: copy the file in instead")
+                raise InvalidInput(
+                    f"{rel} in {src} is a symbolic link; adapterhub does not follow links out of "
+                    "the adapter directory: copy the file in instead"
+                )
             if n in dirs:
                 continue
             if not os.path.isfile(full):  # socket, fifo ...
@@ -82,8 +84,9 @@ def list_files(src: str) -> list[tuple[str, str]]:
     return out
 
 
-def read_adapter_dir(src: str, plugins: Any, import_bin: bool = False,
-                     progress: Progress | None = None) -> AdapterSource:
+def read_adapter_dir(
+    src: str, plugins: Any, import_bin: bool = False, progress: Progress | None = None
+) -> AdapterSource:
     """Validate the adapter directory ``src`` and describe it for publishing.
 
     Raises :class:`InvalidInput` (one line, naming the file) for a missing or empty directory,
@@ -138,12 +141,15 @@ def check_finite(headers: dict[str, Any]) -> None:
         if bad:
             name, count = bad[0]
             more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
-            raise InvalidInput(f"{rel}: tensor {name!r} holds {count} NaN/inf values{more}: an adapter must be "
-                               "finite (merged, it would make the base's weights NaN/inf)")
+            raise InvalidInput(
+                f"{rel}: tensor {name!r} holds {count} NaN/inf values{more}: an adapter must be "
+                "finite (merged, it would make the base's weights NaN/inf)"
+            )
 
 
-def check_adapter(src: str, manifest: dict[str, Any], tensors: dict[str, Any], plugins: Any,
-                  installed_only: bool = True) -> tuple[Any, Any]:
+def check_adapter(
+    src: str, manifest: dict[str, Any], tensors: dict[str, Any], plugins: Any, installed_only: bool = True
+) -> tuple[Any, Any]:
     """Check an adapter directory: its PEFT ``adapter_config.json`` against ``adapterhub.json``
     (:func:`reconcile_peft_config`, which may complete ``manifest["config"]`` in place), then its tensors
     (header entries) against the method and config; returns ``(method, config)``. With ``installed_only``, a
@@ -178,13 +184,16 @@ def reconcile_peft_config(src: str, manifest: dict[str, Any], plugins: Any) -> N
         raise InvalidInput(f"{PEFT_CONFIG} in {src} is not a JSON object")
     method, config = method_and_config(manifest, plugins)
     if method.peft_type is None:
-        raise InvalidInput(f"{src} has {PEFT_CONFIG}, but its method '{method.name}' ({MANIFEST}) is not one PEFT "
-                           f"implements: remove {PEFT_CONFIG}")
+        raise InvalidInput(
+            f"{src} has {PEFT_CONFIG}, but its method '{method.name}' ({MANIFEST}) is not one PEFT "
+            f"implements: remove {PEFT_CONFIG}"
+        )
     try:
         theirs = method.from_peft_config(peft)
     except AdapterhubError as exc:
-        raise InvalidInput(f"{PEFT_CONFIG} in {src} does not describe the {method.name} adapter of {MANIFEST}: "
-                           f"{exc}") from None
+        raise InvalidInput(
+            f"{PEFT_CONFIG} in {src} does not describe the {method.name} adapter of {MANIFEST}: {exc}"
+        ) from None
     raw = manifest.get("config") or {}
     if not (isinstance(raw, dict) and dataclasses.is_dataclass(config) and dataclasses.is_dataclass(theirs)):
         return
@@ -193,8 +202,10 @@ def reconcile_peft_config(src: str, manifest: dict[str, Any], plugins: Any) -> N
     diff = [k for k in ours if k in stated and ours[k] != theirs.get(k)]
     if diff:
         shown = "; ".join(f"{k}: {theirs.get(k)!r} in {PEFT_CONFIG}, {ours[k]!r} in {MANIFEST}" for k in diff)
-        raise InvalidInput(f"{PEFT_CONFIG} and {MANIFEST} in {src} disagree ({shown}); peft, vLLM and TGI read the "
-                           f"first, adapterhub the second: make them agree")
+        raise InvalidInput(
+            f"{PEFT_CONFIG} and {MANIFEST} in {src} disagree ({shown}); peft, vLLM and TGI read the "
+            f"first, adapterhub the second: make them agree"
+        )
     missing = {k: v for k, v in theirs.items() if k not in stated}
     if missing:
         manifest["config"] = {**raw, **missing}
@@ -211,13 +222,12 @@ def check_base_fit(source: AdapterSource, base_dir: str) -> None:
     base: dict[str, Any] = {}
     for path in find_weight_files(base_dir):
         base.update(read_header(path).tensors)
-    paths = [k[len(PEFT_PREFIX):] for k in source.tensors if k.startswith(PEFT_PREFIX)]
+    paths = [k[len(PEFT_PREFIX) :] for k in source.tensors if k.startswith(PEFT_PREFIX)]
     prefix = base_prefix(sorted(base), paths)
     source.method.check_tensors(source.tensors, source.config, {prefix + n: t for n, t in base.items()})
 
 
-def _handle_pickles(entries: list[tuple[str, str]], import_bin: bool,
-                    source: AdapterSource) -> list[tuple[str, str]]:
+def _handle_pickles(entries: list[tuple[str, str]], import_bin: bool, source: AdapterSource) -> list[tuple[str, str]]:
     pickles = [(rel, full) for rel, full in entries if rel.lower().endswith(PICKLE_SUFFIXES)]
     if not pickles:
         return entries
@@ -243,7 +253,9 @@ def _handle_pickles(entries: list[tuple[str, str]], import_bin: bool,
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InvalidInput(f"{rel}: refused by torch.load(weights_only=True): {first[:200]}") from None
-        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+        ):
             raise InvalidInput(f"{rel}: not a flat dict of tensors, cannot convert to safetensors")
         dest = os.path.join(tmp, *target.split("/"))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -307,9 +319,14 @@ def write_json(path: str, obj: Any) -> None:
         f.write("\n")
 
 
-def save_adapter(out: str, manifest: dict[str, Any], tensors: dict[str, Any],
-                 peft_config: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None,
-                 force: bool = False) -> str:
+def save_adapter(
+    out: str,
+    manifest: dict[str, Any],
+    tensors: dict[str, Any],
+    peft_config: dict[str, Any] | None = None,
+    extra_files: dict[str, str] | None = None,
+    force: bool = False,
+) -> str:
     """Write an adapter directory atomically (temp dir, then rename): ``adapterhub.json``, the tensors
     as ``adapter_model.safetensors`` and, when given, PEFT's ``adapter_config.json``. ``extra_files``
     maps names to text contents (e.g. a README)."""
@@ -320,8 +337,11 @@ def save_adapter(out: str, manifest: dict[str, Any], tensors: dict[str, Any],
     manifest = dict(manifest)
     manifest.setdefault("adapterhub_version", __version__)
     with atomic_out(out, force) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                  os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            os.path.join(tmp, "adapter_model.safetensors"),
+            metadata={"format": "pt"},
+        )
         if peft_config is not None:
             write_json(os.path.join(tmp, "adapter_config.json"), peft_config)
         write_json(os.path.join(tmp, MANIFEST), manifest)
@@ -345,8 +365,9 @@ def method_and_config(manifest: dict[str, Any], plugins: Any) -> tuple[Any, Any]
     """The method object and typed config a manifest describes (native or PEFT config)."""
     method = plugins.get("methods", manifest["method"])
     cfg = manifest.get("config") or {}
-    if manifest.get("format") == "peft" or ("peft_type" in cfg and "peft_type" not in
-                                             {f.name for f in dataclasses.fields(method.config_class)}):
+    if manifest.get("format") == "peft" or (
+        "peft_type" in cfg and "peft_type" not in {f.name for f in dataclasses.fields(method.config_class)}
+    ):
         return method, method.from_peft_config(cfg)
     return method, method.config_from_manifest(cfg)
 

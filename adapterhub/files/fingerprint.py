@@ -53,9 +53,7 @@ def _load_index(base_dir: str) -> dict[str, str] | None:
     try:
         with open(path, encoding="utf-8") as f:
             wmap = json.load(f)["weight_map"]
-        if not isinstance(wmap, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()
-        ):
+        if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise InvalidInput(f"{INDEX}: not a valid index (needs a 'weight_map' of tensor -> shard)") from None

@@ -21,9 +21,18 @@ from ..errors import InvalidInput, NotFound
 #: transformers reads it); then the weights: the shards the index names, else every top-level
 #: ``*.safetensors`` (what the fingerprint hashes), so a repo's second copy (``consolidated.safetensors``,
 #: ``original/``) and its pickles are never downloaded
-BASE_META_PATTERNS = ["model.safetensors.index.json", "config.json", "generation_config.json", "tokenizer*",
-                      "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "*.model",
-                      "chat_template.*"]
+BASE_META_PATTERNS = [
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+    "chat_template.*",
+]
 INDEX = "model.safetensors.index.json"
 #: what a PEFT adapter repo needs (``import_bin`` adds the pickle weights that ``push --import-bin`` converts;
 #: not ``*.bin``: that would pull in ``training_args.bin``, a pickle of arguments, not tensors)
@@ -99,7 +108,7 @@ def resolve_base(spec: str) -> ResolvedBase:
 
 def resolve_adapter(url: str, import_bin: bool = False) -> ResolvedBase:
     """``hf://ORG/NAME[@REVISION]``: a PEFT adapter repo's snapshot (safetensors only unless ``import_bin``)."""
-    spec = url[len(HF_SCHEME):] if url.startswith(HF_SCHEME) else url
+    spec = url[len(HF_SCHEME) :] if url.startswith(HF_SCHEME) else url
     if not looks_like_id(spec):
         raise InvalidInput(f"{url}: expected hf://ORG/NAME or hf://ORG/NAME@REVISION")
     return _snapshot(spec, ADAPTER_PATTERNS + (BIN_PATTERNS if import_bin else []), "adapter repo", "", url)
@@ -119,8 +128,10 @@ def staged_adapter(url: str, import_bin: bool = False) -> Iterator[tuple[str, Re
     names = sorted(n for n in os.listdir(resolved.path) if os.path.isfile(os.path.join(resolved.path, n)))
     names = list(filter_repo_objects(names, allow_patterns=patterns))
     if not any(n.endswith(".safetensors") or (import_bin and n in BIN_PATTERNS) for n in names):
-        raise InvalidInput(f"{url}: the Hugging Face snapshot {resolved.revision_sha} has no safetensors weights"
-                           + ("" if import_bin else " (for adapter_model.bin, add --import-bin)"))
+        raise InvalidInput(
+            f"{url}: the Hugging Face snapshot {resolved.revision_sha} has no safetensors weights"
+            + ("" if import_bin else " (for adapter_model.bin, add --import-bin)")
+        )
     tmp = tempfile.mkdtemp(prefix="adapterhub-hf-")
     try:
         out = os.path.join(tmp, "adapter")
@@ -144,45 +155,55 @@ def _snapshot(spec: str, patterns: list[str], what: str, lead: str, label: str |
     ``lead`` says what else was tried (a local directory)."""
     import huggingface_hub
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo, _, revision = spec.partition("@")
     label = label or spec
     try:
-        path = huggingface_hub.snapshot_download(repo, revision=revision or None, allow_patterns=patterns,
-                                                 ignore_patterns=["*/*"])  # top level only
+        path = huggingface_hub.snapshot_download(
+            repo, revision=revision or None, allow_patterns=patterns, ignore_patterns=["*/*"]
+        )  # top level only
     except HFValidationError as exc:
-        raise InvalidInput(f"{label}: {lead}not a valid Hugging Face {what} id "
-                           f"({str(exc).splitlines()[0]})") from None
+        raise InvalidInput(f"{label}: {lead}not a valid Hugging Face {what} id ({str(exc).splitlines()[0]})") from None
     except RevisionNotFoundError:
         raise NotFound(f"{label}: the Hugging Face {what} {repo} has no revision {revision!r}") from None
     except GatedRepoError:
-        raise NotFound(f"{label}: the Hugging Face {what} {repo} is gated: accept its terms on the Hub and set "
-                       "HF_TOKEN") from None
+        raise NotFound(
+            f"{label}: the Hugging Face {what} {repo} is gated: accept its terms on the Hub and set HF_TOKEN"
+        ) from None
     except RepositoryNotFoundError:
-        raise NotFound(f"{label}: {lead}no Hugging Face {what} {repo} (a private one needs "
-                       "HF_TOKEN)") from None
+        raise NotFound(f"{label}: {lead}no Hugging Face {what} {repo} (a private one needs HF_TOKEN)") from None
     except LocalEntryNotFoundError as exc:
         rev = f" at revision {revision!r}" if revision else ""
         if constants.HF_HUB_OFFLINE:
-            raise NotFound(f"{label}: {lead}{repo}{rev} is not in the Hugging Face cache "
-                           f"({constants.HF_HUB_CACHE}) while HF_HUB_OFFLINE=1: download it online first, or "
-                           "point HF_HUB_CACHE at a cache that has it") from None
+            raise NotFound(
+                f"{label}: {lead}{repo}{rev} is not in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}) while HF_HUB_OFFLINE=1: download it online first, or "
+                "point HF_HUB_CACHE at a cache that has it"
+            ) from None
         cause = exc.__cause__
-        raise NotFound(f"{label}: {lead}the Hugging Face Hub ({constants.ENDPOINT}) could not be "
-                       f"reached{f' ({type(cause).__name__})' if cause else ''}; {repo}{rev} is not cached") from None
+        raise NotFound(
+            f"{label}: {lead}the Hugging Face Hub ({constants.ENDPOINT}) could not be "
+            f"reached{f' ({type(cause).__name__})' if cause else ''}; {repo}{rev} is not cached"
+        ) from None
     except (OSError, ValueError) as exc:  # HTTP errors (5xx), incomplete snapshots, disk full
         text = str(exc).strip().splitlines()
-        raise InvalidInput(f"{label}: could not fetch the Hugging Face {what}: "
-                           f"{text[0] if text else type(exc).__name__}") from None
+        raise InvalidInput(
+            f"{label}: could not fetch the Hugging Face {what}: {text[0] if text else type(exc).__name__}"
+        ) from None
     resolved = from_path(path)
     return ResolvedBase(path, repo, resolved.revision_sha or os.path.basename(path.rstrip("/")))
 
 
 def parse_hf_url(url: str) -> str:
     """The repo id of ``hf://ORG/NAME`` (an upload target: no revision, it becomes a new commit on main)."""
-    spec = url[len(HF_SCHEME):] if url.startswith(HF_SCHEME) else ""
+    spec = url[len(HF_SCHEME) :] if url.startswith(HF_SCHEME) else ""
     if not looks_like_id(spec) or "@" in spec:
         raise InvalidInput(f"{url}: expected hf://ORG/NAME (uploads commit to the repo's main branch)")
     return spec
@@ -192,7 +213,7 @@ def upload_folder(folder: str, url: str, message: str, private: bool = False) ->
     """Upload ``folder`` to the Hub model repo of ``url`` (created if missing) as one commit, with
     huggingface_hub's own settings (``HF_TOKEN``, ``HF_ENDPOINT``); returns ``(commit sha, commit url)``."""
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     repo = parse_hf_url(url)
     if constants.HF_HUB_OFFLINE:
@@ -206,12 +227,15 @@ def upload_folder(folder: str, url: str, message: str, private: bool = False) ->
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            raise InvalidInput(f"{url}: the Hugging Face Hub refused the upload (HTTP {status}): set HF_TOKEN to a "
-                               "token with write access to the repo") from None
+            raise InvalidInput(
+                f"{url}: the Hugging Face Hub refused the upload (HTTP {status}): set HF_TOKEN to a "
+                "token with write access to the repo"
+            ) from None
         raise InvalidInput(f"{url}: the upload failed: {str(exc).strip().splitlines()[0]}") from None
     except Exception as exc:  # connection refused, DNS, timeouts: OSError or the HTTP client's TransportError
         if not (isinstance(exc, OSError) or any(c.__name__ == "TransportError" for c in type(exc).__mro__)):
             raise
-        raise InvalidInput(f"{url}: the Hugging Face Hub ({constants.ENDPOINT}) could not be reached "
-                           f"({type(exc).__name__})") from None
+        raise InvalidInput(
+            f"{url}: the Hugging Face Hub ({constants.ENDPOINT}) could not be reached ({type(exc).__name__})"
+        ) from None
     return info.oid, info.commit_url

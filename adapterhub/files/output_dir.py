@@ -29,8 +29,10 @@ def check_out(out: str, force: bool) -> None:
         if os.listdir(out) and not force:
             raise AdapterhubError(f"{out} exists and is not empty (use --force to replace it)")
         if holds_registry(out):
-            raise AdapterhubError(f"{out} holds an adapterhub registry (registry.db / blobs/sha256): replacing it would "
-                                  "delete every version in it, even with --force; choose another output directory")
+            raise AdapterhubError(
+                f"{out} holds an adapterhub registry (registry.db / blobs/sha256): replacing it would "
+                "delete every version in it, even with --force; choose another output directory"
+            )
 
 
 def holds_registry(path: str) -> bool:
@@ -54,8 +56,10 @@ def check_out_base(out: str, base: str) -> None:
             same = False
         if same:
             where = "is the base directory" if here == os.path.realpath(base) else f"contains the base directory {base}"
-            raise AdapterhubError(f"--out {out} {where}: writing there would replace the base model, even with "
-                                  "--force; choose another --out")
+            raise AdapterhubError(
+                f"--out {out} {where}: writing there would replace the base model, even with "
+                "--force; choose another --out"
+            )
         parent = os.path.dirname(here)
         if parent == here:
             return
@@ -95,7 +99,7 @@ def sweep(parent: str, prefix: str) -> int:
     except OSError:
         return 0
     for name in names:
-        m = _TAG.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
+        m = _TAG.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
         if m is None or m.group(1) != HOST or alive(int(m.group(2))):
             continue
         path = os.path.join(parent, name)

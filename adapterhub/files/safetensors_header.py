@@ -16,10 +16,22 @@ from dataclasses import dataclass
 from ..errors import InvalidInput
 
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
     "C64": 8,
 }
 #: the floating-point dtypes: what adapter tensors may have (PEFT computes with them; an integer factor breaks
@@ -66,9 +78,7 @@ def read_header(path: str) -> Header:
                 raise InvalidInput(f"{name}: not a safetensors file (truncated: {size} bytes)")
             (n,) = struct.unpack("<Q", raw)
             if n > MAX_HEADER or 8 + n > size:
-                raise InvalidInput(
-                    f"{name}: corrupt safetensors header (claims {n} header bytes, file has {size})"
-                )
+                raise InvalidInput(f"{name}: corrupt safetensors header (claims {n} header bytes, file has {size})")
             blob = f.read(n)
     except OSError as exc:
         raise InvalidInput(f"{name}: cannot read: {exc.strerror}") from None
@@ -103,9 +113,7 @@ def read_header(path: str) -> Header:
                 f"{count * DTYPE_SIZES[dtype]}"
             )
         if data_start + end > size:
-            raise InvalidInput(
-                f"{name}: truncated (tensor '{tname}' ends at byte {data_start + end}, file has {size})"
-            )
+            raise InvalidInput(f"{name}: truncated (tensor '{tname}' ends at byte {data_start + end}, file has {size})")
         tensors[tname] = TensorInfo(tname, dtype, shape, data_start + begin, data_start + end)
     # ranges must tile the data region exactly: no overlaps (aliasing) and no gaps
     pos = data_start

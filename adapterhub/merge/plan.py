@@ -36,12 +36,12 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..files.checkpoint import LoadedAdapter, load_json
 from ..errors import AdapterhubError, InvalidInput
+from ..files.checkpoint import LoadedAdapter, load_json
 from ..files.fingerprint import INDEX, find_weight_files
 from ..files.peft_keys import PEFT_PREFIX, base_prefix, is_tuner_wide, module_prefixes, parent_paths
 from ..files.safetensors_header import DTYPE_SIZES, FLOAT_DTYPES, read_header
@@ -52,8 +52,18 @@ DTYPE_CHOICES = {"bf16": "BF16", "bfloat16": "BF16", "fp16": "F16", "float16": "
 #: base-directory files never copied to the output (the weights are rewritten; pickles are never copied)
 _SKIP_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".pickle")
 _SKIP_NAMES = {INDEX, "pytorch_model.bin.index.json", "adapter_config.json", "adapterhub.json"}
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 Progress = Callable[[int], None]  # called with the number of tensors just written
 ONTO = ("dequantized", "original")
@@ -173,8 +183,10 @@ def base_config(base_dir: str) -> dict[str, Any]:
     except InvalidInput as exc:
         raise InvalidInput(f"base {base_dir}: {exc}") from None
     if not isinstance(cfg, dict) or not cfg:
-        raise InvalidInput(f"base {base_dir} is not a transformers model directory: its config.json is "
-                           f"{'empty' if cfg == {} else 'not a JSON object'}")
+        raise InvalidInput(
+            f"base {base_dir} is not a transformers model directory: its config.json is "
+            f"{'empty' if cfg == {} else 'not a JSON object'}"
+        )
     return cfg
 
 
@@ -191,7 +203,7 @@ def unmatched_tensors(entries: list[Entry], keys) -> list[str]:
         if k in provided or is_tuner_wide(k):
             continue
         if k.startswith(PEFT_PREFIX):
-            parts = k[len(PEFT_PREFIX):].split(".")
+            parts = k[len(PEFT_PREFIX) :].split(".")
             if ".".join(parts) in names:
                 continue
             owner = next((i for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in modules), 0)
@@ -203,9 +215,11 @@ def unmatched_tensors(entries: list[Entry], keys) -> list[str]:
 
 def unmatched_error(keys: list[str], total: int, base_dir: str) -> InvalidInput:
     some = ", ".join(f"'{k}'" for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
-    return InvalidInput(f"{len(keys)} of {total} adapter tensors match nothing in the base {base_dir} ({some}); "
-                        "their update would be lost: is this the base (architecture) the adapter was made for, "
-                        "or were its keys renamed?")
+    return InvalidInput(
+        f"{len(keys)} of {total} adapter tensors match nothing in the base {base_dir} ({some}); "
+        "their update would be lost: is this the base (architecture) the adapter was made for, "
+        "or were its keys renamed?"
+    )
 
 
 def _shape(tensors: Mapping, key: str) -> tuple[int, ...] | None:
@@ -235,7 +249,7 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
         base += [(t.name, path, t) for t in sorted(h.tensors.values(), key=lambda t: t.start)]
     names = [b[0] for b in base]
     tensors = adapter.tensors
-    paths = [k[len(PEFT_PREFIX):] for k in tensors if k.startswith(PEFT_PREFIX)]
+    paths = [k[len(PEFT_PREFIX) :] for k in tensors if k.startswith(PEFT_PREFIX)]
     prefix = base_prefix(names, paths)
     plan = Plan([], dict(cfg), prefix)
 
@@ -255,8 +269,9 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
         full = _shape(tensors, PEFT_PREFIX + name)
         if full is not None and full != e.shape:  # a resized vocabulary (embedding / lm_head)
             if len(full) != len(e.shape) or full[1:] != e.shape[1:]:
-                raise InvalidInput(f"adapter tensor '{PEFT_PREFIX + name}' has shape {full}, "
-                                   f"base '{name}' has {e.shape}")
+                raise InvalidInput(
+                    f"adapter tensor '{PEFT_PREFIX + name}' has shape {full}, base '{name}' has {e.shape}"
+                )
             e.shape, e.adapter_key = full, PEFT_PREFIX + name
             resized.add(name)
             if e.shape and info.shape[0] == cfg.get("vocab_size") and e.shape[0] != info.shape[0]:
@@ -296,8 +311,7 @@ def plan_merge(adapter: LoadedAdapter, base_dir: str, target: str | None) -> Pla
         if not any(q.endswith(m) for q in parent_paths(p) for m in mts):
             continue
         src, shape = _dtype(tensors, PEFT_PREFIX + p), _shape(tensors, PEFT_PREFIX + p)
-        plan.entries.append(Entry(p, default_float if src in FLOAT_DTYPES else src, shape,
-                                  adapter_key=PEFT_PREFIX + p))
+        plan.entries.append(Entry(p, default_float if src in FLOAT_DTYPES else src, shape, adapter_key=PEFT_PREFIX + p))
     if task == "SEQ_CLS":
         _set_labels(plan, adapter, [e for e in plan.entries if e.adapter_key and e.base_path is None])
     lost = unmatched_tensors(plan.entries, tensors)
@@ -322,7 +336,9 @@ def _set_labels(plan: Plan, adapter: LoadedAdapter, head: list[Entry]) -> None:
             raise InvalidInput(f"the adapter manifest lists {len(labels)} labels but its head has {n} outputs")
     elif n is not None:
         old = plan.config.get("id2label") or {}
-        labels = [old.get(str(i), f"LABEL_{i}") for i in range(n)] if len(old) == n else [f"LABEL_{i}" for i in range(n)]
+        labels = (
+            [old.get(str(i), f"LABEL_{i}") for i in range(n)] if len(old) == n else [f"LABEL_{i}" for i in range(n)]
+        )
     if labels:
         plan.config["id2label"] = {str(i): x for i, x in enumerate(labels)}
         plan.config["label2id"] = {x: i for i, x in enumerate(labels)}
@@ -372,8 +388,13 @@ def _copy_side_files(base_dir: str, out_dir: str, config: dict[str, Any]) -> lis
     files = [write_small_json(out_dir, "config.json", config)]
     for n in sorted(os.listdir(base_dir)):
         src = os.path.join(base_dir, n)
-        if (n == "config.json" or n in _SKIP_NAMES or n.startswith(".") or n.lower().endswith(_SKIP_FILES)
-                or not os.path.isfile(src)):
+        if (
+            n == "config.json"
+            or n in _SKIP_NAMES
+            or n.startswith(".")
+            or n.lower().endswith(_SKIP_FILES)
+            or not os.path.isfile(src)
+        ):
             continue
         dest = os.path.join(out_dir, n)
         shutil.copyfile(src, dest)
@@ -392,21 +413,35 @@ def _check_mergeable(adapter: LoadedAdapter, ref: str | None) -> None:
         peft = method.to_peft_config(adapter.config)
     except Exception:
         pass
-    how = (f"export it with `adapterhub export {ref} --format peft` and load it at run time" if peft is not None
-           else f"pull it with `adapterhub pull {ref} --out DIR` and attach it at run time")
+    how = (
+        f"export it with `adapterhub export {ref} --format peft` and load it at run time"
+        if peft is not None
+        else f"pull it with `adapterhub pull {ref} --out DIR` and attach it at run time"
+    )
     raise AdapterhubError(f"method '{method.name}' cannot be merged into the base weights; {how}")
 
 
-def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str | None = None,
-                  shard_size: str | int | None = None, force: bool = False, ref: str | None = None,
-                  progress: Progress | None = None, on_plan: Callable[[int], None] | None = None,
-                  hash_files: bool = True, onto: str = "dequantized", plugins: Any = None) -> dict[str, Any]:
+def merge_adapter(
+    adapter: LoadedAdapter,
+    base_dir: str,
+    out: str,
+    *,
+    dtype: str | None = None,
+    shard_size: str | int | None = None,
+    force: bool = False,
+    ref: str | None = None,
+    progress: Progress | None = None,
+    on_plan: Callable[[int], None] | None = None,
+    hash_files: bool = True,
+    onto: str = "dequantized",
+    plugins: Any = None,
+) -> dict[str, Any]:
     """Merge ``adapter`` into the base model in ``base_dir`` and write a transformers model directory to
     ``out`` (atomically). No fingerprint check here: :func:`merge_ref` does it. ``on_plan(n)`` is called
     with the number of tensors before writing starts (for a progress bar). ``onto``: for an adapter trained
     on a quantized base, merge onto the dequantized (default) or the original weights."""
-    from .writer import write_model
     from ..files.output_dir import atomic_out, check_out_base
+    from .writer import write_model
 
     start = time.monotonic()
     base_config(base_dir)
@@ -423,17 +458,30 @@ def merge_adapter(adapter: LoadedAdapter, base_dir: str, out: str, *, dtype: str
             raise OSError(28, f"No space left on device (needs {total} bytes, {free} free)")
         if on_plan:
             on_plan(len(plan.entries))
-        written = write_model(plan, adapter, tmp, shard_bytes, progress, hash_files=hash_files,
-                              base_transform=transform)
+        written = write_model(
+            plan, adapter, tmp, shard_bytes, progress, hash_files=hash_files, base_transform=transform
+        )
         if written["unread"]:  # the plan's check is by name; this one is what the method really used
             raise unmatched_error(written["unread"], len(adapter.tensors), base_dir)
         files = written["files"] + _copy_side_files(base_dir, tmp, plan.config)
     counts = written["counts"]
-    return {"out": os.path.abspath(out), "files": sorted(files, key=lambda f: f["path"]),
-            "dtype": _TORCH_NAMES[target] if target else "auto", "shard_size": shard_bytes,
-            "architectures": plan.config.get("architectures"), "tensors_merged": counts["merged"],
-            "tensors_untouched": counts["untouched"], "tensors_added": counts["added"],
-            "untied": plan.untied, "notes": plan.notes, "bytes": sum(f["size"] for f in files),
-            "cached": False, "seconds": round(time.monotonic() - start, 3),
-            **({"onto": onto, "tensors_dequantized": counts["transformed"]}
-               if (adapter.manifest.get("base") or {}).get("quantization") else {})}
+    return {
+        "out": os.path.abspath(out),
+        "files": sorted(files, key=lambda f: f["path"]),
+        "dtype": _TORCH_NAMES[target] if target else "auto",
+        "shard_size": shard_bytes,
+        "architectures": plan.config.get("architectures"),
+        "tensors_merged": counts["merged"],
+        "tensors_untouched": counts["untouched"],
+        "tensors_added": counts["added"],
+        "untied": plan.untied,
+        "notes": plan.notes,
+        "bytes": sum(f["size"] for f in files),
+        "cached": False,
+        "seconds": round(time.monotonic() - start, 3),
+        **(
+            {"onto": onto, "tensors_dequantized": counts["transformed"]}
+            if (adapter.manifest.get("base") or {}).get("quantization")
+            else {}
+        ),
+    }

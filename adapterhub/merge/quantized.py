@@ -8,25 +8,36 @@ import os
 import shutil
 from typing import Any
 
-from ..files.checkpoint import LoadedAdapter, load_json
 from ..errors import InvalidInput
+from ..files.checkpoint import LoadedAdapter, load_json
 from .plan import ONTO
 
 PROBE_ROWS, PROBE_LEN = 4, 32
 
 
-def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "dequantized",
-                  quantize: str | None = None, quantize_options: dict[str, Any] | None = None,
-                  probe: str | bool | None = None, force: bool = False, plugins: Any = None,
-                  home: str | None = None, **merge_kwargs: Any) -> dict[str, Any]:
+def merge_checked(
+    reg: Any,
+    ref: str,
+    base_dir: str,
+    out: str,
+    *,
+    onto: str = "dequantized",
+    quantize: str | None = None,
+    quantize_options: dict[str, Any] | None = None,
+    probe: str | bool | None = None,
+    force: bool = False,
+    plugins: Any = None,
+    home: str | None = None,
+    **merge_kwargs: Any,
+) -> dict[str, Any]:
     """:func:`adapterhub.operations.export.merge_ref`, then optionally re-quantize the merged model with the quantizer
     plugin ``quantize`` (``out`` loads as a quantized model), then, for an adapter trained on a quantized
     base (or with ``quantize`` or a ``probe`` file), compare the logits of the unmerged adapter on the base
     as it was trained with the merged result (:func:`probe_difference`; ``probe=False`` skips it)."""
-    from ..operations.export import merge_ref, open_adapter
-    from .plan import base_config
     from ..files.output_dir import check_out, check_out_base, prepare_out
+    from ..operations.export import merge_ref, open_adapter
     from ..plugins import get_plugins
+    from .plan import base_config
 
     base_config(base_dir)  # before any work: a transformers model directory ...
     check_out_base(out, base_dir)  # ... that the output would not replace
@@ -40,12 +51,22 @@ def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "d
     check_out(out, force)
     target = prepare_out(out, force) if quantizer else out  # merged (full precision) here first
     try:
-        result = merge_ref(reg, ref, base_dir, target, force=force or bool(quantizer), plugins=plugins, home=home,
-                           onto=onto, **merge_kwargs)
+        result = merge_ref(
+            reg,
+            ref,
+            base_dir,
+            target,
+            force=force or bool(quantizer),
+            plugins=plugins,
+            home=home,
+            onto=onto,
+            **merge_kwargs,
+        )
         if quantizer:
             q = quantizer.quantize(target, out, force=force, home=home, **qopts)
-            result.update(out=q["out"], files=q["files"], bytes=q["bytes"], quantization=q["quantization"],
-                          cached=False)
+            result.update(
+                out=q["out"], files=q["files"], bytes=q["bytes"], quantization=q["quantization"], cached=False
+            )
     finally:
         if quantizer:
             shutil.rmtree(target, ignore_errors=True)
@@ -54,13 +75,21 @@ def merge_checked(reg: Any, ref: str, base_dir: str, out: str, *, onto: str = "d
         if quantized:
             result.setdefault("onto", onto)  # a cache hit's summary predates the option
         if probe is not False and (quantized or quantizer or probe):
-            result["probe"] = probe_difference(adapter, base_dir, out, plugins=plugins,
-                                               probe_path=probe if isinstance(probe, str) else None)
+            result["probe"] = probe_difference(
+                adapter, base_dir, out, plugins=plugins, probe_path=probe if isinstance(probe, str) else None
+            )
     return result
 
 
-def probe_difference(adapter: LoadedAdapter, base_dir: str, merged_dir: str, *, plugins: Any = None,
-                     probe_path: str | None = None, max_length: int = 128) -> dict[str, Any]:
+def probe_difference(
+    adapter: LoadedAdapter,
+    base_dir: str,
+    merged_dir: str,
+    *,
+    plugins: Any = None,
+    probe_path: str | None = None,
+    max_length: int = 128,
+) -> dict[str, Any]:
     """Mean and max ``|logits(unmerged) - logits(merged)|`` on a probe batch, where *unmerged* is the adapter
     attached to the base as it was trained (through the recorded quantizer for a quantized base, e.g. 4-bit
     for QLoRA) and *merged* is ``merged_dir`` loaded with plain ``from_pretrained``. The probe is
@@ -84,7 +113,9 @@ def probe_difference(adapter: LoadedAdapter, base_dir: str, merged_dir: str, *, 
         rows = D.read_jsonl(probe_path)
         rows.rows = rows.rows[:64]
         if task == "seq-cls":
-            ids = [tok(str(o.get("text", "")), truncation=True, max_length=max_length)["input_ids"] for _, o in rows.rows]
+            ids = [
+                tok(str(o.get("text", "")), truncation=True, max_length=max_length)["input_ids"] for _, o in rows.rows
+            ]
         else:
             ids = [e["input_ids"] for e in D.causal_lm_examples(rows, tok, max_length)]
         ids = [i for i in ids if i]
@@ -133,6 +164,12 @@ def probe_difference(adapter: LoadedAdapter, base_dir: str, merged_dir: str, *, 
         keep = mask.bool()
         ref_logits, new_logits = ref_logits[keep], new_logits[keep]
     diff = (ref_logits - new_logits).abs()
-    return {"probe": source, "reference": f"unmerged adapter on the {record['quant_type']} base" if record
-            else "unmerged adapter on the base", "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
-            "mean_abs_logit": float(ref_logits.abs().mean())}
+    return {
+        "probe": source,
+        "reference": f"unmerged adapter on the {record['quant_type']} base"
+        if record
+        else "unmerged adapter on the base",
+        "mean_abs_diff": float(diff.mean()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_logit": float(ref_logits.abs().mean()),
+    }

@@ -31,11 +31,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import AdapterhubError
-from ..files.fingerprint import INDEX
-from ..files.safetensors_header import DTYPE_SIZES
 from ..files.checkpoint import write_json
-from ..files.safetensors_io import RegionHasher, _BaseReader, _fixed_mmap_threshold, _header, preallocate, pwrite_all, torch_dtype
+from ..files.fingerprint import INDEX
 from ..files.peft_keys import PEFT_PREFIX
+from ..files.safetensors_header import DTYPE_SIZES
+from ..files.safetensors_io import (
+    RegionHasher,
+    _BaseReader,
+    _fixed_mmap_threshold,
+    _header,
+    preallocate,
+    pwrite_all,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..files.checkpoint import LoadedAdapter
@@ -140,8 +148,16 @@ class _Reads(Mapping):
 class _Run:
     """The shared state of one ``write_model`` call."""
 
-    def __init__(self, jobs: list[_Job], method: Any, adapter: LoadedAdapter, modules: set[str],
-                 base_transform: Any, hasher: RegionHasher | None, progress: Callable[[int], None] | None):
+    def __init__(
+        self,
+        jobs: list[_Job],
+        method: Any,
+        adapter: LoadedAdapter,
+        modules: set[str],
+        base_transform: Any,
+        hasher: RegionHasher | None,
+        progress: Callable[[int], None] | None,
+    ):
         self.jobs = jobs
         self.method, self.config, self.tensors = method, adapter.config, _Reads(adapter.tensors)
         self.modules, self.base_transform, self.hasher, self.progress = modules, base_transform, hasher, progress
@@ -198,10 +214,14 @@ class _Run:
             if not (job.copy or job.stage):
                 continue
             last = runs[-1][-1] if runs else None
-            if (last is not None and last.fd == job.fd and last.offset + last.entry.nbytes == job.offset
-                    and last.entry.base_path == job.entry.base_path
-                    and last.entry.base_info.end == job.entry.base_info.start
-                    and sum(j.entry.nbytes for j in runs[-1]) + job.entry.nbytes <= RUN_BYTES):
+            if (
+                last is not None
+                and last.fd == job.fd
+                and last.offset + last.entry.nbytes == job.offset
+                and last.entry.base_path == job.entry.base_path
+                and last.entry.base_info.end == job.entry.base_info.start
+                and sum(j.entry.nbytes for j in runs[-1]) + job.entry.nbytes <= RUN_BYTES
+            ):
                 runs[-1].append(job)
             else:
                 runs.append([job])
@@ -226,8 +246,13 @@ class _Run:
                             job.state = STAGING
                     first, last = span[0], span[-1]
                     try:
-                        self.reader.copy_span(first.entry.base_path, first.entry.base_info.start,
-                                              last.entry.base_info.end, first.fd, first.offset)
+                        self.reader.copy_span(
+                            first.entry.base_path,
+                            first.entry.base_info.start,
+                            last.entry.base_info.end,
+                            first.fd,
+                            first.offset,
+                        )
                     finally:
                         with self.cond:
                             for job in span:
@@ -289,8 +314,9 @@ class _Run:
             result = base if result is None else result
             del base
         if tuple(result.shape) != e.shape or result.dtype != want:
-            raise AdapterhubError(f"merging '{e.name}' gave {result.dtype} {tuple(result.shape)}, "
-                                  f"expected {want} {e.shape}")
+            raise AdapterhubError(
+                f"merging '{e.name}' gave {result.dtype} {tuple(result.shape)}, expected {want} {e.shape}"
+            )
         pwrite_all(job.fd, result.detach().contiguous().reshape(-1).view(torch.uint8).numpy(), job.offset)
         return kind, transformed
 
@@ -336,13 +362,18 @@ class _Run:
         return t is not None and e.base_path is not None and not e.adapter_key and t.applies(e.name)
 
     def touched(self, e: Entry) -> bool:
-        return (e.name.rsplit(".", 1)[0] in self.modules or PEFT_PREFIX + e.name in self.tensors
-                or self.transforms(e))
+        return e.name.rsplit(".", 1)[0] in self.modules or PEFT_PREFIX + e.name in self.tensors or self.transforms(e)
 
 
-def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: int,
-                progress: Callable[[int], None] | None = None, hash_files: bool = True,
-                base_transform: Any = None) -> dict[str, Any]:
+def write_model(
+    plan: Plan,
+    adapter: LoadedAdapter,
+    out_dir: str,
+    shard_bytes: int,
+    progress: Callable[[int], None] | None = None,
+    hash_files: bool = True,
+    base_transform: Any = None,
+) -> dict[str, Any]:
     """Write the shards (and index) of ``plan`` into ``out_dir``; returns files (with sha256 when
     ``hash_files``), tensor counts and ``unread``: the adapter tensors the merge never read (so never merged:
     the caller refuses the result). ``base_transform`` (see :func:`merge.base_transform_for`) rewrites
@@ -354,7 +385,7 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
     n = len(groups)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     tensors = adapter.tensors
-    owners = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
+    owners = {k[len(PEFT_PREFIX) :].rsplit(".", 1)[0] for k in tensors if k.startswith(PEFT_PREFIX)}
     modules = owners | module_prefixes(owners)  # every module the adapter holds tensors of, and their parents
     files: list[dict[str, Any]] = []
     hasher: RegionHasher | None = None
@@ -383,8 +414,10 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
         run = _Run(jobs, adapter.method, adapter, modules, base_transform, hasher, progress)
         largest = max([j.entry.nbytes for j in run.merges] + [1])
         threads = [threading.Thread(target=run.stage, name="merge-stage", daemon=True)]
-        threads += [threading.Thread(target=run.merge, name=f"merge-{i}", daemon=True)
-                    for i in range(merging_threads(largest, base_transform) - 1)]
+        threads += [
+            threading.Thread(target=run.merge, name=f"merge-{i}", daemon=True)
+            for i in range(merging_threads(largest, base_transform) - 1)
+        ]
         for t in threads:
             t.start()
         if run.merges:
@@ -417,8 +450,10 @@ def write_model(plan: Plan, adapter: LoadedAdapter, out_dir: str, shard_bytes: i
             gc.enable()
     out = [{k: f[k] for k in ("path", "sha256", "size")} for f in files]
     if n > 1:
-        index = {"metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
-                 "weight_map": {e.name: fname for fname, g in zip(names, groups) for e in g}}
+        index = {
+            "metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
+            "weight_map": {e.name: fname for fname, g in zip(names, groups) for e in g},
+        }
         out.append(write_small_json(out_dir, INDEX, index))
     # (PEFT saves the base layer of a targeted tied or embedding layer, ``<module>.base_layer.weight``: a copy
     # of the base's own weight, which the fingerprint check vouches for; the merge has no use for it)

@@ -13,9 +13,20 @@ from ..tuning.combine import HOWS, check_options  # noqa: F401  (HOWS: the choic
 
 
 # -- the registry operation ----------------------------------------------------------------------------------
-def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequence[float] | None = None,
-            density: float | None = None, rank: int | None = None, seed: int | None = None,
-            aliases: Iterable[str] = (), plugins: Any = None, home: str | None = None):
+def combine(
+    reg: Any,
+    refs: Sequence[str],
+    name: str,
+    *,
+    how: str,
+    weights: Sequence[float] | None = None,
+    density: float | None = None,
+    rank: int | None = None,
+    seed: int | None = None,
+    aliases: Iterable[str] = (),
+    plugins: Any = None,
+    home: str | None = None,
+):
     """Combine the adapter versions ``refs`` (one method, one base) into a new version of ``name``.
 
     The new version has a ``combined_from`` edge to each input with details ``{"weight", "how",
@@ -46,12 +57,20 @@ def combine(reg: Any, refs: Sequence[str], name: str, *, how: str, weights: Sequ
         method = loaded[0][1].method
         if "combine" not in method.capabilities():
             raise InvalidInput(f"method '{method.name}' cannot combine adapters")
-        config, tensors = method.combine([(la.config, la.tensors) for _, la in loaded], opts["weights"], how,
-                                         density=opts["density"], rank=opts["rank"], seed=opts["seed"])
+        config, tensors = method.combine(
+            [(la.config, la.tensors) for _, la in loaded],
+            opts["weights"],
+            how,
+            density=opts["density"],
+            rank=opts["rank"],
+            seed=opts["seed"],
+        )
         import dataclasses
 
-        details = [{"weight": w, "how": how, "density": opts["density"], "rank": opts["rank"], "seed": opts["seed"]}
-                   for w in opts["weights"]]
+        details = [
+            {"weight": w, "how": how, "density": opts["density"], "rank": opts["rank"], "seed": opts["seed"]}
+            for w in opts["weights"]
+        ]
         record = {**opts, "inputs": [{"ref": i.ref, "digest": i.digest, **d} for i, d in zip(infos, details)]}
         manifest: dict[str, Any] = {"method": method.name, "config": dataclasses.asdict(config), "combine": record}
         if base:

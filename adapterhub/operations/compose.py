@@ -52,8 +52,10 @@ def _groups(adapters: Sequence[Any]) -> list[tuple[Any, list[int]]]:
 def _check_bases(adapters: Sequence[Any], what: str) -> None:
     for a in adapters:
         if not all(hasattr(a, k) for k in ("method", "config", "tensors", "manifest")):
-            raise InvalidInput(f"cannot {what} a {type(a).__name__}: expected LoadedAdapter objects "
-                               "(adapterhub.files.checkpoint.load_adapter_dir, or compose.load_stack for a composition)")
+            raise InvalidInput(
+                f"cannot {what} a {type(a).__name__}: expected LoadedAdapter objects "
+                "(adapterhub.files.checkpoint.load_adapter_dir, or compose.load_stack for a composition)"
+            )
     fps = {((a.manifest or {}).get("base") or {}).get("fingerprint") for a in adapters} - {None}
     if len(fps) > 1:
         raise InvalidInput(f"cannot {what} adapters trained on different base models: {', '.join(sorted(fps))}")
@@ -77,8 +79,10 @@ def attach_stack(model: Any, adapters: Sequence[Any]) -> Stack:
     add (a DoRA branch rescales the output so far, as PEFT does with several active adapters); other methods
     apply in order where their plugin supports it."""
     if isinstance(adapters, dict):
-        raise InvalidInput("attach_stack takes a list of LoadedAdapters in stack order, not a dict "
-                           "(attach_routed takes {name: LoadedAdapter})")
+        raise InvalidInput(
+            "attach_stack takes a list of LoadedAdapters in stack order, not a dict "
+            "(attach_routed takes {name: LoadedAdapter})"
+        )
     if not adapters:
         raise InvalidInput("a stack needs at least one adapter")
     _check_bases(adapters, "stack")
@@ -96,8 +100,10 @@ def attach_stack(model: Any, adapters: Sequence[Any]) -> Stack:
                 effs = method.attach_stack(model, items)
                 stack.undo.append(lambda m=method: m.detach_multi(model))
             else:
-                raise AdapterhubError(f"method '{method.name}' cannot stack several adapters "
-                                      f"({len(idx)} in this stack); stack at most one adapter of it")
+                raise AdapterhubError(
+                    f"method '{method.name}' cannot stack several adapters "
+                    f"({len(idx)} in this stack); stack at most one adapter of it"
+                )
             configs.update(zip(idx, effs or [None] * len(idx)))
     except BaseException:
         stack.detach()
@@ -138,8 +144,10 @@ class Router:
             return hit
         unknown = sorted({n for n in key if n != BASE and n not in self._slot})
         if unknown:
-            raise InvalidInput(f"unknown adapter name(s) {', '.join(map(repr, unknown))}; routed: "
-                               f"{', '.join(self.names)} (or {BASE!r} for none)")
+            raise InvalidInput(
+                f"unknown adapter name(s) {', '.join(map(repr, unknown))}; routed: "
+                f"{', '.join(self.names)} (or {BASE!r} for none)"
+            )
         device = next(iter(self.model.parameters())).device
         out = []
         for g in range(len(self._routes)):
@@ -187,16 +195,20 @@ def attach_routed(model: Any, adapters: dict[str, Any]) -> Router:
     for n in names:
         if not isinstance(n, str) or not n or n == BASE:
             shown = repr(n) if isinstance(n, str) else f"of type {type(n).__name__}"
-            raise InvalidInput(f"invalid routed adapter name {shown} (names are non-empty strings; {BASE!r} is "
-                               "reserved for rows without one)")
+            raise InvalidInput(
+                f"invalid routed adapter name {shown} (names are non-empty strings; {BASE!r} is "
+                "reserved for rows without one)"
+            )
     loaded = [adapters[n] for n in names]
     _check_bases(loaded, "route")
     router = Router(model, names)
     try:
         for g, (method, idx) in enumerate(_groups(loaded)):
             if "route" not in method.capabilities():
-                raise AdapterhubError(f"method '{method.name}' does not support per-row routing "
-                                      f"(adapter {names[idx[0]]!r}); serve it on its own model")
+                raise AdapterhubError(
+                    f"method '{method.name}' does not support per-row routing "
+                    f"(adapter {names[idx[0]]!r}); serve it on its own model"
+                )
             route = _Route()
             method.attach_routed(model, [(loaded[i].config, loaded[i].tensors) for i in idx], route)
             router._undo.append(lambda m=method: m.detach_multi(model))
@@ -233,12 +245,12 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
     in ``aliases`` passes the promotion gate first (as with push and combine); a name holding adapter
     versions takes no composition."""
     from ..files.checkpoint import MANIFEST, write_json
-    from .stored import check_name_kind, common_base
-    from ..registry.gates import alias_guard
     from ..plugins import get_plugins
-    from ..registry.refs import validate_alias, validate_name
     from ..registry.blobs import hash_file
+    from ..registry.gates import alias_guard
+    from ..registry.refs import validate_alias, validate_name
     from ..registry.registry import LocalFile, ParentSpec
+    from .stored import check_name_kind, common_base
 
     validate_name(name)
     aliases = [validate_alias(a) for a in aliases]
@@ -261,8 +273,10 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
     unique = list(dict.fromkeys(flat))
     manifest: dict[str, Any] = {
         "method": unique[0] if len(unique) == 1 else None,
-        "stack": [{"position": p, "ref": i.ref, "digest": i.digest, "kind": i.kind, "method": i.method}
-                  for p, i in enumerate(infos)],
+        "stack": [
+            {"position": p, "ref": i.ref, "digest": i.digest, "kind": i.kind, "method": i.method}
+            for p, i in enumerate(infos)
+        ],
     }
     if base:
         manifest["base"] = base
@@ -273,8 +287,15 @@ def compose(reg: Any, refs: Sequence[str], name: str, *, aliases: Iterable[str] 
         digest, size = hash_file(path)
         parents = [ParentSpec("composed_of", ref=i.ref, details={"position": p}) for p, i in enumerate(infos)]
         # a protected alias (production) goes through the same promotion gate as push and combine
-        pub = reg.publish(name, manifest, [LocalFile(MANIFEST, path, digest, size)], parents=parents,
-                          aliases=aliases, kind="composition", alias_guard=alias_guard() if aliases else None)
+        pub = reg.publish(
+            name,
+            manifest,
+            [LocalFile(MANIFEST, path, digest, size)],
+            parents=parents,
+            aliases=aliases,
+            kind="composition",
+            alias_guard=alias_guard() if aliases else None,
+        )
         pub.extra["stack"] = manifest["stack"]
         return pub
     finally:
@@ -296,8 +317,8 @@ def _members(info: VersionInfo) -> list[Edge]:
 def load_stack(reg: Any, ref: str, plugins: Any = None) -> list[Any]:
     """The adapters (``LoadedAdapter``) a ref stands for, in order: a composition's members (nested
     compositions flattened), or the one adapter. Every blob is verified as it is read."""
-    from .stored import load_version
     from ..plugins import get_plugins
+    from .stored import load_version
 
     plugins = plugins or get_plugins()
     tmp = tempfile.mkdtemp(prefix="adapterhub-stack-")

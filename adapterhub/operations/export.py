@@ -20,13 +20,21 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ..errors import AdapterhubError, InvalidInput
 from ..files.checkpoint import WEIGHTS, LoadedAdapter, method_and_config, write_json
 from ..files.hub import peft_base_fields
-from ..errors import AdapterhubError, InvalidInput
-from ..merge.plan import (_TORCH_NAMES, LazyTensors, base_config, merge_adapter, open_adapter_dir, parse_dtype,
-                    parse_shard_size, plan_merge)
-from ..plugins import Plugins, get_plugins
 from ..files.output_dir import EXPORT_PREFIX, check_out, check_out_base
+from ..merge.plan import (
+    _TORCH_NAMES,
+    LazyTensors,
+    base_config,
+    merge_adapter,
+    open_adapter_dir,
+    parse_dtype,
+    parse_shard_size,
+    plan_merge,
+)
+from ..plugins import Plugins, get_plugins
 
 
 @contextmanager
@@ -41,8 +49,8 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         finally:
             loaded.tensors.close()
         return
-    from ..registry.blobs import copy_verified
     from ..files.safetensors_header import read_header
+    from ..registry.blobs import copy_verified
 
     info = reg.show(ref)
     weights = [f for f in info.files if f.path == WEIGHTS]
@@ -59,8 +67,9 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         path = local
         digest, size = hash_file(path)
         if digest != f.digest[7:] or size != f.size:
-            raise IntegrityError(f"{what} is corrupt: expected {f.digest} ({f.size} bytes), "
-                                 f"got sha256:{digest} ({size} bytes)")
+            raise IntegrityError(
+                f"{what} is corrupt: expected {f.digest} ({f.size} bytes), got sha256:{digest} ({size} bytes)"
+            )
     else:  # downloaded to a temp dir; a killed run's is removed by the next one and by gc
         from ..files.output_dir import sweep, temp_tag
 
@@ -76,8 +85,10 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
         tensors = LazyTensors(path)
         try:
             method.check_tensors(tensors.header.tensors, config)  # (versions stored before push checked them)
-            yield (LoadedAdapter(method, config, tensors, info.manifest),
-                   {"ref": info.ref, "digest": info.digest.removeprefix("sha256:"), "manifest": info.manifest})
+            yield (
+                LoadedAdapter(method, config, tensors, info.manifest),
+                {"ref": info.ref, "digest": info.digest.removeprefix("sha256:"), "manifest": info.manifest},
+            )
         finally:
             tensors.close()
     finally:
@@ -85,10 +96,23 @@ def open_adapter(reg: Any, ref: str, plugins: Plugins | None = None) -> Iterator
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None = None,
-              shard_size: str | int | None = None, allow_base_mismatch: bool = False, force: bool = False,
-              use_cache: bool | str = True, home: str | None = None, plugins: Plugins | None = None,
-              progress: Any = None, on_plan: Any = None, onto: str = "dequantized") -> dict[str, Any]:
+def merge_ref(
+    reg: Any,
+    ref: str,
+    base_dir: str,
+    out: str,
+    *,
+    dtype: str | None = None,
+    shard_size: str | int | None = None,
+    allow_base_mismatch: bool = False,
+    force: bool = False,
+    use_cache: bool | str = True,
+    home: str | None = None,
+    plugins: Plugins | None = None,
+    progress: Any = None,
+    on_plan: Any = None,
+    onto: str = "dequantized",
+) -> dict[str, Any]:
     """Merge version ``ref`` (or an adapter directory) into ``base_dir`` and write a transformers model
     directory to ``out``; from the cache when this exact merge was done before (``"cached": true``).
     ``use_cache``: False never, ``"unless-auto"`` read it, but fill it only when ADAPTERHUB_MERGE_CACHE asks (a deployment).
@@ -124,11 +148,26 @@ def merge_ref(reg: Any, ref: str, base_dir: str, out: str, *, dtype: str | None 
             hit, problem = merged_cache.restore(home_dir(home), key, out, force)
             if hit is not None:
                 return {"ref": info["ref"], "digest": "sha256:" + info["digest"], "base_fingerprint": fp, **hit}
-        result = merge_adapter(adapter, base_dir, out, dtype=dtype, shard_size=shard_bytes, force=force,
-                               ref=info["ref"] if info["digest"] else ref, progress=progress, on_plan=on_plan,
-                               hash_files=False, onto=onto, plugins=plugins)
-    result = {"ref": info["ref"], "digest": "sha256:" + info["digest"] if info["digest"] else None,
-              "base_fingerprint": fp, **result}
+        result = merge_adapter(
+            adapter,
+            base_dir,
+            out,
+            dtype=dtype,
+            shard_size=shard_bytes,
+            force=force,
+            ref=info["ref"] if info["digest"] else ref,
+            progress=progress,
+            on_plan=on_plan,
+            hash_files=False,
+            onto=onto,
+            plugins=plugins,
+        )
+    result = {
+        "ref": info["ref"],
+        "digest": "sha256:" + info["digest"] if info["digest"] else None,
+        "base_fingerprint": fp,
+        **result,
+    }
     if problem:
         result["cache_problem"] = problem
     if fill:
@@ -149,38 +188,53 @@ def export(reg: Any, ref: str, fmt: str, out: str, *, plugins: Plugins | None = 
 MERGE_ONLY = ("base", "dtype", "shard_size", "allow_base_mismatch", "onto")
 
 
-def export_peft(reg: Any, ref: str, out: str, *, force: bool = False, plugins: Plugins | None = None,
-                **options: Any) -> dict[str, Any]:
+def export_peft(
+    reg: Any, ref: str, out: str, *, force: bool = False, plugins: Plugins | None = None, **options: Any
+) -> dict[str, Any]:
     """Write a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
     ``PeftModel.from_pretrained`` loads: the adapter's tensors as they are. Refuses the merge options
     (``base``, ``dtype`` ...) rather than ignore them."""
     from safetensors.torch import save_file
 
-    from ..registry.blobs import hash_file
     from ..files.output_dir import atomic_out
+    from ..registry.blobs import hash_file
 
     given = [k for k in MERGE_ONLY if options.get(k) not in (None, False)]
     if given:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise InvalidInput(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to --format peft (the adapter "
-                           "is written as it is; they go with --format merged)")
+        raise InvalidInput(
+            f"{flags} {'does' if len(given) == 1 else 'do'} not apply to --format peft (the adapter "
+            "is written as it is; they go with --format merged)"
+        )
     check_out(out, force)
     with open_adapter(reg, ref, plugins) as (adapter, info):
         base = peft_base_fields((adapter.manifest.get("base") or {}).get("name"))  # a Hub base: id and commit
-        peft_cfg = adapter.method.to_peft_config(adapter.config, base_model_name_or_path=base.get(
-            "base_model_name_or_path"))
+        peft_cfg = adapter.method.to_peft_config(
+            adapter.config, base_model_name_or_path=base.get("base_model_name_or_path")
+        )
         if peft_cfg is None:
-            raise AdapterhubError(f"method '{adapter.method.name}' has no PEFT equivalent, so it cannot be "
-                                  f"exported as a PEFT adapter; use `adapterhub pull {ref} --out DIR`")
+            raise AdapterhubError(
+                f"method '{adapter.method.name}' has no PEFT equivalent, so it cannot be "
+                f"exported as a PEFT adapter; use `adapterhub pull {ref} --out DIR`"
+            )
         peft_cfg.update(base)
         with atomic_out(out, force) as tmp:
-            save_file({k: adapter.tensors[k].contiguous() for k in adapter.tensors}, os.path.join(tmp, WEIGHTS),
-                      metadata={"format": "pt"})
+            save_file(
+                {k: adapter.tensors[k].contiguous() for k in adapter.tensors},
+                os.path.join(tmp, WEIGHTS),
+                metadata={"format": "pt"},
+            )
             write_json(os.path.join(tmp, "adapter_config.json"), peft_cfg)
             files = []
             for n in sorted(os.listdir(tmp)):
                 digest, size = hash_file(os.path.join(tmp, n))
                 files.append({"path": n, "sha256": digest, "size": size})
-    return {"ref": info["ref"], "digest": "sha256:" + info["digest"] if info["digest"] else None, "format": "peft",
-            "method": adapter.method.name, "out": os.path.abspath(out), "files": files,
-            "bytes": sum(f["size"] for f in files)}
+    return {
+        "ref": info["ref"],
+        "digest": "sha256:" + info["digest"] if info["digest"] else None,
+        "format": "peft",
+        "method": adapter.method.name,
+        "out": os.path.abspath(out),
+        "files": files,
+        "bytes": sum(f["size"] for f in files),
+    }

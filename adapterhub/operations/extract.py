@@ -27,13 +27,15 @@ from typing import Any, Callable, Iterable, Iterator
 from ..errors import InvalidInput
 from ..files.fingerprint import find_weight_files
 from ..files.hub import base_name as hub_base_name
-from ..merge.plan import PEFT_PREFIX, _BaseReader
 from ..files.output_dir import atomic_out
 from ..files.safetensors_header import FLOAT_DTYPES, read_header
+from ..merge.plan import PEFT_PREFIX, _BaseReader
 
 #: module names never extracted by default (embeddings and output heads are not Linear layers LoRA wraps)
-_DEFAULT_EXCLUDE = re.compile(r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|position_embeddings|"
-                              r"token_type_embeddings|shared|lm_head|embed_out|classifier|score)(\.|$)")
+_DEFAULT_EXCLUDE = re.compile(
+    r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|position_embeddings|"
+    r"token_type_embeddings|shared|lm_head|embed_out|classifier|score)(\.|$)"
+)
 
 
 def _tensors(model_dir: str) -> dict[str, tuple[str, Any]]:
@@ -76,20 +78,31 @@ def _selected(path: str, targets: list[str] | None) -> bool:
     return not _DEFAULT_EXCLUDE.search(path)
 
 
-def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, *,
-                 targets: Iterable[str] | None = None, out: str | None = None, aliases: Iterable[str] = (),
-                 home: str | None = None, plugins: Any = None, progress: Callable[[int], None] | None = None,
-                 on_plan: Callable[[int], None] | None = None) -> dict[str, Any]:
+def extract_lora(
+    reg: Any,
+    model_dir: str,
+    base_dir: str,
+    rank: int,
+    name: str,
+    *,
+    targets: Iterable[str] | None = None,
+    out: str | None = None,
+    aliases: Iterable[str] = (),
+    home: str | None = None,
+    plugins: Any = None,
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Extract a rank-``rank`` LoRA of ``model_dir`` relative to ``base_dir`` and push it as ``name``."""
     import torch
 
     from ..api import fingerprint, push
     from ..files.checkpoint import save_adapter
-    from ..tuning.combine import unit_scaling_ranks
-    from .stored import check_name_kind
     from ..plugins import get_plugins
     from ..registry.refs import validate_alias, validate_name
     from ..registry.registry import ParentSpec
+    from ..tuning.combine import unit_scaling_ranks
+    from .stored import check_name_kind
 
     validate_name(name)
     aliases = [validate_alias(a) for a in aliases]  # before any work, so a bad alias costs nothing
@@ -117,7 +130,9 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
             continue
         fpath, finfo = ft[tname]
         if tuple(finfo.shape) != tuple(info.shape):
-            raise InvalidInput(f"'{tname}' has shape {tuple(finfo.shape)} in {model_dir} but {tuple(info.shape)} in the base")
+            raise InvalidInput(
+                f"'{tname}' has shape {tuple(finfo.shape)} in {model_dir} but {tuple(info.shape)} in the base"
+            )
         plan.append((module, path, info, fpath, finfo))
     if targets:
         found = {t for t in targets for m, *_ in plan if m == t or m.endswith("." + t)}
@@ -126,8 +141,9 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
             raise InvalidInput(f"--targets {', '.join(missing)} matched no Linear weight of the base")
     kinds_used = {kinds.get(m, "linear") for m, *_ in plan}
     if len(kinds_used) > 1:
-        raise InvalidInput("the targets mix Linear and Conv1D layers, which one LoRA cannot hold; "
-                           "choose --targets of one kind")
+        raise InvalidInput(
+            "the targets mix Linear and Conv1D layers, which one LoRA cannot hold; choose --targets of one kind"
+        )
     fan_in_fan_out = kinds_used == {"conv1d"}
     if on_plan:
         on_plan(len(plan))
@@ -163,30 +179,43 @@ def extract_lora(reg: Any, model_dir: str, base_dir: str, rank: int, name: str, 
         raise InvalidInput(f"no target weight differs between {model_dir} and the base: nothing to extract")
     lora = plugins.get("methods", "lora")
     # scaling 1 in every module, also where the module is smaller than --rank (rank and alpha patterns)
-    config = lora.make_config({**unit_scaling_ranks(ranks), "target_modules": sorted(energy),
-                               "fan_in_fan_out": fan_in_fan_out})
+    config = lora.make_config(
+        {**unit_scaling_ranks(ranks), "target_modules": sorted(energy), "fan_in_fan_out": fan_in_fan_out}
+    )
     base_fp = fingerprint(base_dir, home)
     ft_fp = fingerprint(model_dir, home)
     base_name = hub_base_name(base_dir)
-    manifest = {"method": "lora", "config": dataclasses.asdict(config),
-                "base": {"fingerprint": base_fp.digest, "name": base_name},
-                "extracted": {"rank": rank, "energy": energy, "from": ft_fp.digest}}
-    parent = ParentSpec("extracted_from", digest=ft_fp.digest.removeprefix("sha256:"),
-                        details={"fingerprint": ft_fp.digest, "model": os.path.basename(os.path.abspath(model_dir)),
-                                 "rank": rank})
+    manifest = {
+        "method": "lora",
+        "config": dataclasses.asdict(config),
+        "base": {"fingerprint": base_fp.digest, "name": base_name},
+        "extracted": {"rank": rank, "energy": energy, "from": ft_fp.digest},
+    }
+    parent = ParentSpec(
+        "extracted_from",
+        digest=ft_fp.digest.removeprefix("sha256:"),
+        details={"fingerprint": ft_fp.digest, "model": os.path.basename(os.path.abspath(model_dir)), "rank": rank},
+    )
     # written beside --out and renamed into place only once the push (and its alias gate) succeeded:
     # a failure leaves neither a half-written --out nor a registry version
-    with (atomic_out(out) if out else _scratch_dir()) as target_dir:
+    with atomic_out(out) if out else _scratch_dir() as target_dir:
         save_adapter(target_dir, manifest, tensors, peft_config=lora.to_peft_config(config, base_name))
-        pub = push(reg, target_dir, name, base=base_dir, aliases=aliases, parents=[parent], home=home,
-                   plugins=plugins)
+        pub = push(reg, target_dir, name, base=base_dir, aliases=aliases, parents=[parent], home=home, plugins=plugins)
     values = list(energy.values())
-    changed_other = sorted(n for n in base if n in ft and n not in {f"{m}.weight" for m in energy}
-                           and _differs(base[n], ft[n]))
-    return {**pub.to_dict(), "rank": rank, "modules": len(energy), "energy": energy,
-            "energy_min": min(values), "energy_mean": sum(values) / len(values),
-            "fine_tune_fingerprint": ft_fp.digest, "not_extracted_changed": changed_other,
-            "out": os.path.abspath(out) if out else None}
+    changed_other = sorted(
+        n for n in base if n in ft and n not in {f"{m}.weight" for m in energy} and _differs(base[n], ft[n])
+    )
+    return {
+        **pub.to_dict(),
+        "rank": rank,
+        "modules": len(energy),
+        "energy": energy,
+        "energy_min": min(values),
+        "energy_mean": sum(values) / len(values),
+        "fine_tune_fingerprint": ft_fp.digest,
+        "not_extracted_changed": changed_other,
+        "out": os.path.abspath(out) if out else None,
+    }
 
 
 @contextlib.contextmanager

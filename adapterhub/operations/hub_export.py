@@ -14,8 +14,9 @@ from ..plugins import Plugins
 from ..registry.entities import VersionInfo
 
 
-def export_to_hub(reg: Any, ref: str, url: str, *, plugins: Plugins | None = None,
-                  private: bool = False) -> dict[str, Any]:
+def export_to_hub(
+    reg: Any, ref: str, url: str, *, plugins: Plugins | None = None, private: bool = False
+) -> dict[str, Any]:
     """Upload version ``ref`` as a PEFT adapter repo to ``hf://ORG/NAME``; returns the export report with
     ``to`` (``hf://ORG/NAME@<commit>``), ``commit`` and ``commit_url``."""
     from ..registry.maintenance import render_lineage
@@ -29,8 +30,9 @@ def export_to_hub(reg: Any, ref: str, url: str, *, plugins: Plugins | None = Non
         d = export(reg, info.ref, "peft", out, plugins=plugins)
         with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as fh:
             fh.write(model_card(repo, info, lineage))
-        commit, commit_url = upload_folder(out, url, f"adapterhub export {info.ref} ({info.digest[:19]})",
-                                           private=private)
+        commit, commit_url = upload_folder(
+            out, url, f"adapterhub export {info.ref} ({info.digest[:19]})", private=private
+        )
         files = sorted(os.listdir(out))
     return {**d, "out": None, "files": files, "to": f"hf://{repo}@{commit}", "commit": commit, "commit_url": commit_url}
 
@@ -44,13 +46,40 @@ def model_card(repo: str, info: VersionInfo, lineage: str) -> str:
     if base_id:
         meta.append(f"base_model: {json.dumps(base_id)}")
     meta += ["tags:", "- adapterhub", f"- {json.dumps(info.method or 'adapter')}", "---", ""]
-    rows = [("version", f"`{info.ref}`"), ("digest", f"`{info.digest}`"), ("method", info.method),
-            ("task", info.task), ("base", f"`{hint}`" if hint else None),
-            ("base fingerprint", f"`{info.base_fingerprint}`" if info.base_fingerprint else None)]
-    body = [f"# {repo}", "", f"A {info.method or ''} adapter exported by adapterhub from `{info.ref}`.", "",
-            "| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v]
-    body += ["", "The base fingerprint is a digest of the base model's weights: `adapterhub fingerprint BASE` on the "
-             "base you load must print it.", "", "## Lineage", "", "```", lineage, "```", "", "## Use", "",
-             "```python", "from peft import PeftModel", "",
-             f"model = PeftModel.from_pretrained(base_model, {json.dumps(repo)})", "```", ""]
+    rows = [
+        ("version", f"`{info.ref}`"),
+        ("digest", f"`{info.digest}`"),
+        ("method", info.method),
+        ("task", info.task),
+        ("base", f"`{hint}`" if hint else None),
+        ("base fingerprint", f"`{info.base_fingerprint}`" if info.base_fingerprint else None),
+    ]
+    body = [
+        f"# {repo}",
+        "",
+        f"A {info.method or ''} adapter exported by adapterhub from `{info.ref}`.",
+        "",
+        "| | |",
+        "| --- | --- |",
+    ] + [f"| {k} | {v} |" for k, v in rows if v]
+    body += [
+        "",
+        "The base fingerprint is a digest of the base model's weights: `adapterhub fingerprint BASE` on the "
+        "base you load must print it.",
+        "",
+        "## Lineage",
+        "",
+        "```",
+        lineage,
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "",
+        f"model = PeftModel.from_pretrained(base_model, {json.dumps(repo)})",
+        "```",
+        "",
+    ]
     return "\n".join(meta + body)

@@ -145,8 +145,13 @@ def restore(home: str, key: tuple, out: str, force: bool) -> tuple[dict | None, 
                     st = os.lstat(src)
                 except OSError as exc:
                     raise _Changed(f"{rel}: {exc.strerror}") from None
-                if (not stat.S_ISREG(st.st_mode) or st.st_mode & 0o222 or st.st_size != f["size"]
-                        or st.st_mtime_ns != f["mtime_ns"] or st.st_ino != f["ino"]):
+                if (
+                    not stat.S_ISREG(st.st_mode)
+                    or st.st_mode & 0o222
+                    or st.st_size != f["size"]
+                    or st.st_mtime_ns != f["mtime_ns"]
+                    or st.st_ino != f["ino"]
+                ):
                     raise _Changed(f"{rel} changed since it was cached (size, mtime, inode or mode)")
                 dest = os.path.join(tmp, *rel.split("/"))
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -162,9 +167,15 @@ def restore(home: str, key: tuple, out: str, force: bool) -> tuple[dict | None, 
     except AdapterhubError as exc:  # atomic_out's one line for an OSError (a cached file gone, EXDEV ...)
         return None, f"cached merge not used: {exc}; recomputed"
     summary = dict(summary)
-    summary.update({"out": os.path.abspath(out), "bytes": sum(f["size"] for f in files), "cached": True,
-                    "files": [{k: f.get(k) for k in ("path", "sha256", "size")} for f in files],
-                    "seconds": round(time.monotonic() - start, 3)})
+    summary.update(
+        {
+            "out": os.path.abspath(out),
+            "bytes": sum(f["size"] for f in files),
+            "cached": True,
+            "files": [{k: f.get(k) for k in ("path", "sha256", "size")} for f in files],
+            "seconds": round(time.monotonic() - start, 3),
+        }
+    )
     return summary, None
 
 
@@ -172,8 +183,16 @@ class _Changed(Exception):
     """A cached file that is not what was cached (or a cached merge that would not load)."""
 
 
-SUMMARY = ("dtype", "shard_size", "architectures", "tensors_merged", "tensors_untouched", "tensors_added",
-           "untied", "notes")
+SUMMARY = (
+    "dtype",
+    "shard_size",
+    "architectures",
+    "tensors_merged",
+    "tensors_untouched",
+    "tensors_added",
+    "untied",
+    "notes",
+)
 
 
 def store(home: str, key: tuple, result: dict[str, Any]) -> str | None:
@@ -195,10 +214,21 @@ def store(home: str, key: tuple, result: dict[str, Any]) -> str | None:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.link(src, dest)
             st = os.lstat(dest)
-            files.append({"path": f["path"], "sha256": f.get("sha256"), "size": st.st_size,
-                          "mtime_ns": st.st_mtime_ns, "ino": st.st_ino})
-        body = {"format": FORMAT, "key": list(key), "files": files,
-                "summary": {k: result.get(k) for k in SUMMARY if k in result}}
+            files.append(
+                {
+                    "path": f["path"],
+                    "sha256": f.get("sha256"),
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "ino": st.st_ino,
+                }
+            )
+        body = {
+            "format": FORMAT,
+            "key": list(key),
+            "files": files,
+            "summary": {k: result.get(k) for k in SUMMARY if k in result},
+        }
         body["seal"] = _seal(secret, body)
         with open(os.path.join(tmp, "entry.json"), "w") as fh:
             fh.write(json.dumps(body))

@@ -19,16 +19,36 @@ from .records import iso, now
 MAX_DETAIL = 2000
 
 
-def record(conn: sa.Connection, actor: str | None, action: str, target: str | None, status: int,
-           detail: str | None, client: str | None = None) -> None:
+def record(
+    conn: sa.Connection,
+    actor: str | None,
+    action: str,
+    target: str | None,
+    status: int,
+    detail: str | None,
+    client: str | None = None,
+) -> None:
     """Append one event inside the caller's transaction (so it commits, or not, with the change)."""
-    conn.execute(t.audit_events.insert().values(
-        at=now(), actor=(actor or None) and actor[:256], action=action[:64], target=(target or None) and target[:512],
-        status=int(status), detail=(detail or None) and detail[:MAX_DETAIL], client=(client or None) and client[:128]))
+    conn.execute(
+        t.audit_events.insert().values(
+            at=now(),
+            actor=(actor or None) and actor[:256],
+            action=action[:64],
+            target=(target or None) and target[:512],
+            status=int(status),
+            detail=(detail or None) and detail[:MAX_DETAIL],
+            client=(client or None) and client[:128],
+        )
+    )
 
 
-def list_events(conn: sa.Connection, limit: int = 100, actor: str | None = None, action: str | None = None,
-                before_id: int | None = None) -> list[dict[str, Any]]:
+def list_events(
+    conn: sa.Connection,
+    limit: int = 100,
+    actor: str | None = None,
+    action: str | None = None,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
     """The newest ``limit`` events (optionally of one actor / action, older than ``before_id``), newest first."""
     e = t.audit_events
     q = sa.select(e).order_by(e.c.id.desc()).limit(max(1, min(int(limit), 10_000)))
@@ -38,5 +58,16 @@ def list_events(conn: sa.Connection, limit: int = 100, actor: str | None = None,
         q = q.where(e.c.action == action)
     if before_id:
         q = q.where(e.c.id < int(before_id))
-    return [{"id": r.id, "at": iso(r.at), "actor": r.actor, "action": r.action, "target": r.target,
-             "status": r.status, "detail": r.detail, "client": r.client} for r in conn.execute(q)]
+    return [
+        {
+            "id": r.id,
+            "at": iso(r.at),
+            "actor": r.actor,
+            "action": r.action,
+            "target": r.target,
+            "status": r.status,
+            "detail": r.detail,
+            "client": r.client,
+        }
+        for r in conn.execute(q)
+    ]

@@ -38,8 +38,9 @@ def hash_file(path: str, progress: Progress | None = None) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def copy_stream_verified(src: BinaryIO, dst: BinaryIO, digest: str, what: str,
-                         size: int | None = None, progress: Progress | None = None) -> int:
+def copy_stream_verified(
+    src: BinaryIO, dst: BinaryIO, digest: str, what: str, size: int | None = None, progress: Progress | None = None
+) -> int:
     """Copy ``src`` to ``dst`` hashing as it goes; raise :class:`IntegrityError` naming ``what`` if the
     bytes do not hash to ``digest`` or the size differs. Returns the number of bytes copied."""
     h = hashlib.sha256()
@@ -48,8 +49,9 @@ def copy_stream_verified(src: BinaryIO, dst: BinaryIO, digest: str, what: str,
     while chunk := src.read(CHUNK if size is None else min(CHUNK, size + 1 - total)):
         total += len(chunk)
         if size is not None and total > size:
-            raise IntegrityError(f"{what} is corrupt: it is longer than its declared {size} bytes "
-                                 f"(stopped after {total})")
+            raise IntegrityError(
+                f"{what} is corrupt: it is longer than its declared {size} bytes (stopped after {total})"
+            )
         h.update(chunk)
         dst.write(chunk)
         if progress:
@@ -62,8 +64,14 @@ def copy_stream_verified(src: BinaryIO, dst: BinaryIO, digest: str, what: str,
     return total
 
 
-def copy_verified(store: BlobStore, digest: str, dest: str, size: int | None = None,
-                  progress: Progress | None = None, what: str | None = None) -> None:
+def copy_verified(
+    store: BlobStore,
+    digest: str,
+    dest: str,
+    size: int | None = None,
+    progress: Progress | None = None,
+    what: str | None = None,
+) -> None:
     """Write blob ``digest`` to the path ``dest``, verified by sha256 while it is read."""
     with store.open(digest, None if size is None else size + 1) as src, open(dest, "wb") as dst:
         copy_stream_verified(src, dst, digest, what or f"blob sha256:{digest}", size, progress)

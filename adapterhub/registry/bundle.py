@@ -25,7 +25,9 @@ def parse_manifest(text: str, ref: str) -> dict[str, Any]:
     except ValueError:
         manifest = None
     if not isinstance(manifest, dict):
-        raise IntegrityError(f"{ref}: its stored manifest is not a JSON object: the registry was edited behind its back")
+        raise IntegrityError(
+            f"{ref}: its stored manifest is not a JSON object: the registry was edited behind its back"
+        )
     return manifest
 
 
@@ -53,13 +55,13 @@ class BundleEdge:
 class VersionBundle:
     name: str
     number: int
-    digest: str                      # hex sha256 of ``manifest_text``
-    manifest_text: str               # the canonical manifest, verbatim
+    digest: str  # hex sha256 of ``manifest_text``
+    manifest_text: str  # the canonical manifest, verbatim
     files: list[BundleFile]
     edges: list[BundleEdge] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # {data_digest (hex), metrics, details}
-    base: dict[str, Any] | None = None   # the base_models row: fingerprint, name, tensors, bytes, properties
+    base: dict[str, Any] | None = None  # the base_models row: fingerprint, name, tensors, bytes, properties
     created_by: str | None = None
 
     @property
@@ -75,17 +77,23 @@ class VersionBundle:
         the files served (same paths, blobs and sizes)."""
         got = hashlib.sha256(self.manifest_text.encode("utf-8")).hexdigest()
         if got != self.digest:
-            raise IntegrityError(f"{self.ref}: its stored manifest hashes to sha256:{got[:12]}, not to the "
-                                 f"version's digest sha256:{self.digest[:12]}: the registry was edited behind its back")
+            raise IntegrityError(
+                f"{self.ref}: its stored manifest hashes to sha256:{got[:12]}, not to the "
+                f"version's digest sha256:{self.digest[:12]}: the registry was edited behind its back"
+            )
         listed = parse_manifest(self.manifest_text, self.ref).get("files")
-        want = sorted((str(f.get("path")), str(f.get("sha256")), f.get("size")) for f in
-                      (listed if isinstance(listed, list) else []) if isinstance(f, dict))
+        want = sorted(
+            (str(f.get("path")), str(f.get("sha256")), f.get("size"))
+            for f in (listed if isinstance(listed, list) else [])
+            if isinstance(f, dict)
+        )
         have = sorted((f.path, f.digest, f.size) for f in self.files)
         if want != have:
-            extra = sorted({h[0] for h in have} ^ {w[0] for w in want}) or [
-                h[0] for h, w in zip(have, want) if h != w]
-            raise IntegrityError(f"{self.ref}: the files the registry serves differ from those its manifest "
-                                 f"lists ({', '.join(extra[:3])}): the registry was edited behind its back")
+            extra = sorted({h[0] for h in have} ^ {w[0] for w in want}) or [h[0] for h, w in zip(have, want) if h != w]
+            raise IntegrityError(
+                f"{self.ref}: the files the registry serves differ from those its manifest "
+                f"lists ({', '.join(extra[:3])}): the registry was edited behind its back"
+            )
         return self
 
     def check_row(self, kind: str | None, method: str | None, base_fingerprint: str | None) -> "VersionBundle":
@@ -99,8 +107,10 @@ class VersionBundle:
         have = {"kind": kind, "method": method, "base_fingerprint": base_fingerprint}
         bad = [k for k in want if want[k] != have[k]]
         if bad:
-            raise IntegrityError(f"{self.ref}: its {', '.join(bad)} in the database differ from its manifest: "
-                                 "the registry was edited behind its back")
+            raise IntegrityError(
+                f"{self.ref}: its {', '.join(bad)} in the database differ from its manifest: "
+                "the registry was edited behind its back"
+            )
         return self
 
     def check_lineage(self) -> "VersionBundle":
@@ -108,12 +118,17 @@ class VersionBundle:
         with a digest that the (checked) manifest lists: a lineage row edited behind the registry's back
         would otherwise travel with every copy."""
         parents = json.loads(self.manifest_text).get("parents")
-        want = [(p.get("digest"), p.get("relation")) for p in (parents if isinstance(parents, list) else [])
-                if isinstance(p, dict) and p.get("digest")]
+        want = [
+            (p.get("digest"), p.get("relation"))
+            for p in (parents if isinstance(parents, list) else [])
+            if isinstance(p, dict) and p.get("digest")
+        ]
         have = [(e.digest, e.relation) for e in self.edges if e.digest]
         if want != have:
-            raise IntegrityError(f"{self.ref}: its lineage rows ({', '.join(f'{r} {d[:12]}' for d, r in have) or 'none'}) "
-                                 f"differ from the parents its manifest lists: the registry was edited behind its back")
+            raise IntegrityError(
+                f"{self.ref}: its lineage rows ({', '.join(f'{r} {d[:12]}' for d, r in have) or 'none'}) "
+                f"differ from the parents its manifest lists: the registry was edited behind its back"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +136,15 @@ class VersionBundle:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VersionBundle":
-        return cls(name=d["name"], number=int(d["number"]), digest=d["digest"], manifest_text=d["manifest_text"],
-                   files=[BundleFile(**f) for f in d["files"]], edges=[BundleEdge(**e) for e in d.get("edges") or []],
-                   tags=dict(d.get("tags") or {}), evaluations=list(d.get("evaluations") or []),
-                   base=d.get("base"), created_by=d.get("created_by"))
+        return cls(
+            name=d["name"],
+            number=int(d["number"]),
+            digest=d["digest"],
+            manifest_text=d["manifest_text"],
+            files=[BundleFile(**f) for f in d["files"]],
+            edges=[BundleEdge(**e) for e in d.get("edges") or []],
+            tags=dict(d.get("tags") or {}),
+            evaluations=list(d.get("evaluations") or []),
+            base=d.get("base"),
+            created_by=d.get("created_by"),
+        )

@@ -50,15 +50,23 @@ def _error_class(status: int) -> type[AdapterhubError]:
     from .gates import GateRefused
 
     return {401: AuthError, 403: Forbidden, 404: NotFound, 409: GateRefused}.get(
-        status, InvalidInput if 400 <= status < 500 else ServerError)
+        status, InvalidInput if 400 <= status < 500 else ServerError
+    )
 
 
 class HttpRegistry:
     """A registry served by ``adapterhub serve`` at ``url``, used with ``token``; ``label``, ``remote`` and
     ``remotes`` as for :class:`.registry.Registry` (refs naming another registry are refused)."""
 
-    def __init__(self, url: str, token: str | None, label: str = "remote", *, remote: str | None = None,
-                 remotes: RemoteNames | None = None):
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        label: str = "remote",
+        *,
+        remote: str | None = None,
+        remotes: RemoteNames | None = None,
+    ):
         import urllib3
 
         parts = urlparse(url)
@@ -70,9 +78,13 @@ class HttpRegistry:
         self._remotes = remotes
         self._token = token
         self._http = urllib3.PoolManager(
-            num_pools=4, maxsize=RANGE_WORKERS + 2, timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
-            retries=urllib3.Retry(total=3, connect=3, read=0, status=0, backoff_factor=0.3, redirect=0,
-                                  allowed_methods=None))
+            num_pools=4,
+            maxsize=RANGE_WORKERS + 2,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            retries=urllib3.Retry(
+                total=3, connect=3, read=0, status=0, backoff_factor=0.3, redirect=0, allowed_methods=None
+            ),
+        )
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -82,8 +94,17 @@ class HttpRegistry:
         h.update(extra or {})
         return h
 
-    def _request(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None,
-                 raw: Any = None, headers: dict[str, str] | None = None, stream: bool = False):
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        raw: Any = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ):
         import urllib3
 
         url = self.url + path + ("?" + urlencode({k: v for k, v in query.items() if v is not None}) if query else "")
@@ -93,12 +114,14 @@ class HttpRegistry:
             data = json.dumps(body, allow_nan=False).encode("utf-8")
             extra["Content-Type"] = "application/json"
         try:
-            resp = self._http.request(method, url, body=data, headers=self._headers(extra),
-                                      preload_content=not stream, redirect=False)
+            resp = self._http.request(
+                method, url, body=data, headers=self._headers(extra), preload_content=not stream, redirect=False
+            )
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise ServerError(f"cannot reach the registry server {self.label} at {self.url}: "
-                              f"{_short(reason)}") from None
+            raise ServerError(
+                f"cannot reach the registry server {self.label} at {self.url}: {_short(reason)}"
+            ) from None
         if resp.status >= 400:
             self._raise(resp)
         return resp
@@ -110,8 +133,10 @@ class HttpRegistry:
             message = ""
         message = message or f"HTTP {resp.status}"
         if resp.status == 401:
-            message = (f"{self.label}: {message} (adapterhub login {self.label}, or set the variable the "
-                       "remote's --token-env names)")
+            message = (
+                f"{self.label}: {message} (adapterhub login {self.label}, or set the variable the "
+                "remote's --token-env names)"
+            )
         elif resp.status >= 500:
             message = f"the registry server {self.label} failed: {message}"
         raise _error_class(resp.status)(message)
@@ -182,8 +207,9 @@ class HttpRegistry:
     def has_blob(self, digest: str) -> bool:
         return not self._json("POST", f"{API}/blobs/missing", body={"digests": [digest]})["missing"]
 
-    def fetch_blob(self, digest: str, dest: str, size: int, progress: Progress | None = None,
-                   what: str | None = None) -> None:
+    def fetch_blob(
+        self, digest: str, dest: str, size: int, progress: Progress | None = None, what: str | None = None
+    ) -> None:
         """Download blob ``digest`` to ``dest``, verified by sha256 and size as it is written: from a
         presigned store URL when the server gives one (bytes go straight from the store; no token is sent
         there), else from the server. Large blobs come as parallel ranged GETs, in order."""
@@ -211,7 +237,9 @@ class HttpRegistry:
             try:
                 resp = self._http.request("GET", url, headers=h, redirect=False, retries=_retries())
             except urllib3.exceptions.HTTPError as exc:
-                raise IntegrityError(f"the download of {what} broke off: {_short(getattr(exc, 'reason', exc))}") from None
+                raise IntegrityError(
+                    f"the download of {what} broke off: {_short(getattr(exc, 'reason', exc))}"
+                ) from None
             if resp.status == 412:
                 raise IntegrityError(f"{what} changed while it was downloaded")
             if resp.status not in (200, 206):
@@ -220,15 +248,16 @@ class HttpRegistry:
                 raise ServerError(f"the store answered HTTP {resp.status} for {what}")
             data = resp.data
             if resp.status == 200 and (start, end) != (0, size - 1):
-                data = data[start:end + 1]  # a server that ignores Range: the whole body came
+                data = data[start : end + 1]  # a server that ignores Range: the whole body came
             return data, resp.headers.get("ETag")
 
         if size == 0:
             first, etag = b"", None
         else:
             first, etag = get(0, min(RANGE_SIZE, size) - 1)
-        return RangeReader(first, size, RANGE_SIZE, lambda s, e: get(s, e, etag)[0], workers=RANGE_WORKERS,
-                           window=RANGE_WORKERS * 2)
+        return RangeReader(
+            first, size, RANGE_SIZE, lambda s, e: get(s, e, etag)[0], workers=RANGE_WORKERS, window=RANGE_WORKERS * 2
+        )
 
     def materialize(self, ref: Any, out: str, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
         """Write the files of ``ref`` to ``out`` (verified; nothing is left at ``out`` on any error)."""
@@ -242,10 +271,17 @@ class HttpRegistry:
             for f in bundle.files:
                 dest = os.path.join(tmp, *f.path.split("/"))
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
-                self.fetch_blob(f.digest, dest, f.size, progress, what=f"blob sha256:{f.digest} ({bundle.ref} {f.path})")
+                self.fetch_blob(
+                    f.digest, dest, f.size, progress, what=f"blob sha256:{f.digest} ({bundle.ref} {f.path})"
+                )
         files = [{"path": f.path, "digest": "sha256:" + f.digest, "size": f.size} for f in bundle.files]
-        return {"ref": bundle.ref, "digest": "sha256:" + bundle.digest, "out": os.path.abspath(out), "files": files,
-                "bytes": bundle.size}
+        return {
+            "ref": bundle.ref,
+            "digest": "sha256:" + bundle.digest,
+            "out": os.path.abspath(out),
+            "files": files,
+            "bytes": bundle.size,
+        }
 
     # -- writing ------------------------------------------------------------------------------------
     def upload_missing(self, files: Iterable[LocalFile], progress: Progress | None = None) -> int:
@@ -259,27 +295,54 @@ class HttpRegistry:
                     progress(f.size)
                 continue
             with open(f.source, "rb") as src:
-                self._request("PUT", f"{API}/blobs/{f.sha256}", raw=_ProgressFile(src, progress),
-                              headers={"Content-Type": "application/octet-stream", "Content-Length": str(f.size)})
+                self._request(
+                    "PUT",
+                    f"{API}/blobs/{f.sha256}",
+                    raw=_ProgressFile(src, progress),
+                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(f.size)},
+                )
             sent += f.size
         return sent
 
-    def publish(self, name: str, manifest: dict[str, Any], files: list[LocalFile], *,
-                parents: Iterable[ParentSpec] = (), aliases: Iterable[str] = (), tags: dict[str, str] | None = None,
-                base: dict[str, Any] | None = None, kind: str = "adapter", created_by: str | None = None,
-                progress: Progress | None = None, alias_guard: Any = None) -> Published:
+    def publish(
+        self,
+        name: str,
+        manifest: dict[str, Any],
+        files: list[LocalFile],
+        *,
+        parents: Iterable[ParentSpec] = (),
+        aliases: Iterable[str] = (),
+        tags: dict[str, str] | None = None,
+        base: dict[str, Any] | None = None,
+        kind: str = "adapter",
+        created_by: str | None = None,
+        progress: Progress | None = None,
+        alias_guard: Any = None,
+    ) -> Published:
         """Upload the blobs, then create the version on the server (which records the token's name as
         ``created_by`` and runs the promotion gate for protected aliases: ``created_by`` and
         ``alias_guard`` are the server's business and ignored here)."""
-        body = {"name": name, "manifest": manifest, "kind": kind, "base": base, "tags": dict(tags or {}),
-                "aliases": list(aliases),
-                "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
-                "parents": [{"relation": p.relation, "ref": p.ref, "digest": p.digest, "details": p.details}
-                            for p in parents]}
+        body = {
+            "name": name,
+            "manifest": manifest,
+            "kind": kind,
+            "base": base,
+            "tags": dict(tags or {}),
+            "aliases": list(aliases),
+            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files],
+            "parents": [
+                {"relation": p.relation, "ref": p.ref, "digest": p.digest, "details": p.details} for p in parents
+            ],
+        }
         return self._commit(f"{API}/versions", body, files, progress)
 
-    def import_bundle(self, bundle: VersionBundle, files: list[LocalFile], progress: Progress | None = None,
-                      created_by: str | None = None) -> Published:
+    def import_bundle(
+        self,
+        bundle: VersionBundle,
+        files: list[LocalFile],
+        progress: Progress | None = None,
+        created_by: str | None = None,
+    ) -> Published:
         bundle.check()
         return self._commit(f"{API}/versions/import", bundle.to_dict(), files, progress)
 
@@ -296,10 +359,27 @@ class HttpRegistry:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def move_alias(self, name: str, alias: str, version: str, reason: str | None = None, force: bool = False,
-                   gate: bool | None = None) -> dict[str, Any]:
-        return self._json("POST", f"{API}/aliases", body={"name": name, "alias": alias, "version": str(version),
-                                                          "reason": reason, "force": force, "gate": bool(gate)})
+    def move_alias(
+        self,
+        name: str,
+        alias: str,
+        version: str,
+        reason: str | None = None,
+        force: bool = False,
+        gate: bool | None = None,
+    ) -> dict[str, Any]:
+        return self._json(
+            "POST",
+            f"{API}/aliases",
+            body={
+                "name": name,
+                "alias": alias,
+                "version": str(version),
+                "reason": reason,
+                "force": force,
+                "gate": bool(gate),
+            },
+        )
 
     def remove_alias(self, name: str, alias: str, reason: str | None = None) -> dict[str, Any]:
         return self._json("POST", f"{API}/aliases/remove", body={"name": name, "alias": alias, "reason": reason})
@@ -307,15 +387,22 @@ class HttpRegistry:
     def set_tags(self, ref: str, set_: dict[str, str], remove: Iterable[str] = ()) -> dict[str, str]:
         return self._json("POST", f"{API}/tags", body={"ref": self._bare(ref), "set": set_, "remove": list(remove)})
 
-    def add_evaluation(self, ref: str, data_digest: str, metrics: dict[str, Any],
-                       details: dict[str, Any] | None = None) -> None:
-        self._json("POST", f"{API}/evaluations", body={"ref": self._bare(ref), "data_digest": data_digest,
-                                                       "metrics": metrics, "details": details})
+    def add_evaluation(
+        self, ref: str, data_digest: str, metrics: dict[str, Any], details: dict[str, Any] | None = None
+    ) -> None:
+        self._json(
+            "POST",
+            f"{API}/evaluations",
+            body={"ref": self._bare(ref), "data_digest": data_digest, "metrics": metrics, "details": details},
+        )
 
     # -- administration -----------------------------------------------------------------------------
-    def create_token(self, name: str, scope: str, namespace: str | None = None, expires: str | None = None) -> dict[str, Any]:
-        return self._json("POST", f"{API}/tokens", body={"name": name, "scope": scope, "namespace": namespace,
-                                                         "expires": expires})
+    def create_token(
+        self, name: str, scope: str, namespace: str | None = None, expires: str | None = None
+    ) -> dict[str, Any]:
+        return self._json(
+            "POST", f"{API}/tokens", body={"name": name, "scope": scope, "namespace": namespace, "expires": expires}
+        )
 
     def list_tokens(self, include_revoked: bool = False) -> list[dict[str, Any]]:
         return self._json("GET", f"{API}/tokens", query={"all": "true" if include_revoked else None})
@@ -334,8 +421,9 @@ class HttpRegistry:
 
 
 def _published(d: dict[str, Any], sent: int) -> Published:
-    return Published(d["name"], d["version"], d["digest"].removeprefix("sha256:"), d["created"],
-                     d.get("base_fingerprint"), sent)
+    return Published(
+        d["name"], d["version"], d["digest"].removeprefix("sha256:"), d["created"], d.get("base_fingerprint"), sent
+    )
 
 
 def _short(reason: Any) -> str:

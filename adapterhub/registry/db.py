@@ -22,7 +22,7 @@ from ..errors import AdapterhubError
 HEAD_REVISION = "0005"
 BUSY_TIMEOUT_MS = 120_000
 _ADVISORY_LOCK = 0x6164617074  # "adapt"
-_BLOB_LOCK = 0x626c6f6273  # "blobs"
+_BLOB_LOCK = 0x626C6F6273  # "blobs"
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -62,7 +62,7 @@ def make_engine(url: str) -> sa.Engine:
 
         return engine
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
         return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
     except (ImportError, sa.exc.ArgumentError) as exc:
@@ -123,8 +123,10 @@ def commit_failed(exc: BaseException, url: str, what: str, tries: int) -> Adapte
     orig = getattr(exc, "orig", None) or exc
     text = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
     again = f" after {tries} tries" if tries > 1 else ""
-    return AdapterhubError(f"the registry database {mask_url(url)} failed {what}{again}: {text}; nothing was "
-                           "committed (uploaded blobs are kept): run the command again")
+    return AdapterhubError(
+        f"the registry database {mask_url(url)} failed {what}{again}: {text}; nothing was "
+        "committed (uploaded blobs are kept): run the command again"
+    )
 
 
 def retrying(begin: Callable[[], Any], fn: Callable[[sa.Connection], Any], url: str, what: str) -> Any:
@@ -191,7 +193,11 @@ def check_known_revision(revision: str | None, cfg) -> None:
     except Exception:  # alembic.util.CommandError and its relatives: an unknown revision
         pass
     if revision.isdigit() and HEAD_REVISION.isdigit() and int(revision) > int(HEAD_REVISION):
-        raise AdapterhubError(f"this registry was written by a newer adapterhub (schema {revision}; this one "
-                              f"knows up to {HEAD_REVISION}); upgrade adapterhub")
-    raise AdapterhubError(f"this registry has an unknown schema revision {revision!r} (this adapterhub knows up "
-                          f"to {HEAD_REVISION}); it was written by another adapterhub: upgrade adapterhub")
+        raise AdapterhubError(
+            f"this registry was written by a newer adapterhub (schema {revision}; this one "
+            f"knows up to {HEAD_REVISION}); upgrade adapterhub"
+        )
+    raise AdapterhubError(
+        f"this registry has an unknown schema revision {revision!r} (this adapterhub knows up "
+        f"to {HEAD_REVISION}); it was written by another adapterhub: upgrade adapterhub"
+    )

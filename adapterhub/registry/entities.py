@@ -112,10 +112,13 @@ class VersionInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VersionInfo:
         """Read :meth:`to_dict`'s form back (a ``KeyError`` or ``TypeError`` when it is not that)."""
-        nested: dict[str, Any] = {"base": BaseModel.from_dict(d["base"]) if d["base"] else None,
-                  "files": tuple(FileInfo.from_dict(f) for f in d["files"]),
-                  "parents": tuple(Edge.from_dict(e) for e in d["parents"]),
-                  "children": tuple(Edge.from_dict(e) for e in d["children"]),
-                  "evaluations": tuple(Evaluation.from_dict(e) for e in d["evaluations"]),
-                  "aliases": tuple(d["aliases"]), "data": tuple(d["data"])}
+        nested: dict[str, Any] = {
+            "base": BaseModel.from_dict(d["base"]) if d["base"] else None,
+            "files": tuple(FileInfo.from_dict(f) for f in d["files"]),
+            "parents": tuple(Edge.from_dict(e) for e in d["parents"]),
+            "children": tuple(Edge.from_dict(e) for e in d["children"]),
+            "evaluations": tuple(Evaluation.from_dict(e) for e in d["evaluations"]),
+            "aliases": tuple(d["aliases"]),
+            "data": tuple(d["data"]),
+        }
         return cls(**{f.name: nested[f.name] if f.name in nested else d[f.name] for f in fields(cls)})

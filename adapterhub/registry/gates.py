@@ -73,8 +73,11 @@ def primary_metric(task: str | None, evaluation: dict[str, Any] | None = None) -
 
 def _version(conn: sa.Connection, version_id: int) -> dict[str, Any]:
     v, a = t.versions, t.adapters
-    row = conn.execute(sa.select(v.c.id, v.c.number, v.c.manifest, v.c.adapter_id, a.c.name)
-                       .join(a, a.c.id == v.c.adapter_id).where(v.c.id == version_id)).first()
+    row = conn.execute(
+        sa.select(v.c.id, v.c.number, v.c.manifest, v.c.adapter_id, a.c.name)
+        .join(a, a.c.id == v.c.adapter_id)
+        .where(v.c.id == version_id)
+    ).first()
     d = dict(row._mapping)
     d["ref"] = f"{d['name']}:{d['number']}"
     d["manifest"] = parse_manifest(d["manifest"], d["ref"])
@@ -104,16 +107,22 @@ def _label(key: str) -> str:
 def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int) -> list[str]:
     """Why ``name@alias`` must not move to ``version_id`` (empty list: it may)."""
     cand = _version(conn, version_id)
-    holder_id = conn.execute(sa.select(t.aliases.c.version_id).where(
-        t.aliases.c.adapter_id == cand["adapter_id"], t.aliases.c.alias == alias)).scalar()
+    holder_id = conn.execute(
+        sa.select(t.aliases.c.version_id).where(
+            t.aliases.c.adapter_id == cand["adapter_id"], t.aliases.c.alias == alias
+        )
+    ).scalar()
     if holder_id == version_id:
         return []
     removed = holder_id is None
     if removed:  # rule 4: the last version that held the alias before it was removed
         ev = t.alias_events
-        holder_id = conn.execute(sa.select(ev.c.new_version_id).where(
-            ev.c.adapter_id == cand["adapter_id"], ev.c.alias == alias, ev.c.new_version_id.is_not(None))
-            .order_by(ev.c.id.desc()).limit(1)).scalar()
+        holder_id = conn.execute(
+            sa.select(ev.c.new_version_id)
+            .where(ev.c.adapter_id == cand["adapter_id"], ev.c.alias == alias, ev.c.new_version_id.is_not(None))
+            .order_by(ev.c.id.desc())
+            .limit(1)
+        ).scalar()
         if holder_id == version_id:
             holder_id = None
     reasons = []
@@ -123,15 +132,21 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
         reasons.append(f"{cand['ref']} was trained on data that failed its quality check ({why})")
     c_evals = latest_evaluations(conn, version_id)
     if not c_evals:
-        reasons.append(f"{cand['ref']} has no evaluation "
-                       f"(run: adapterhub eval {cand['ref']} --base BASE --data EVAL.jsonl)")
+        reasons.append(
+            f"{cand['ref']} has no evaluation (run: adapterhub eval {cand['ref']} --base BASE --data EVAL.jsonl)"
+        )
         return reasons
     for digest, ev in sorted(c_evals.items()):
-        bad = [f"{k} {v}" for k, v in sorted(ev["metrics"].items())
-               if isinstance(v, float) and not math.isfinite(v) and not k.startswith(("base_", "probe_base_"))]
+        bad = [
+            f"{k} {v}"
+            for k, v in sorted(ev["metrics"].items())
+            if isinstance(v, float) and not math.isfinite(v) and not k.startswith(("base_", "probe_base_"))
+        ]
         if bad:
-            reasons.append(f"{cand['ref']} has non-finite results on {_label(digest)} ({', '.join(bad)}): the adapter "
-                           "produces NaN/inf")
+            reasons.append(
+                f"{cand['ref']} has non-finite results on {_label(digest)} ({', '.join(bad)}): the adapter "
+                "produces NaN/inf"
+            )
     if holder_id is None:
         return reasons
     holder = _version(conn, holder_id)
@@ -141,8 +156,10 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
         return reasons  # nothing to compare against (the holder was never evaluated)
     shared = sorted(set(c_evals) & set(h_evals))
     if not shared:
-        reasons.append(f"{cand['ref']} and the {current} {holder['ref']} were never evaluated on the same "
-                       f"data; evaluate {cand['ref']} on {', '.join(_label(d) for d in sorted(h_evals))}")
+        reasons.append(
+            f"{cand['ref']} and the {current} {holder['ref']} were never evaluated on the same "
+            f"data; evaluate {cand['ref']} on {', '.join(_label(d) for d in sorted(h_evals))}"
+        )
         return reasons
     task = cand["manifest"].get("task") or holder["manifest"].get("task")
     for digest in shared:
@@ -153,8 +170,10 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
         metric, higher = prim
         h_prim = primary_metric(task, h_evals[digest])
         if digest.endswith(GENERATION) and h_prim and h_prim[0] != metric:
-            reasons.append(f"the generation evaluations on {_label(digest)} compare different metrics ({metric} vs "
-                           f"{h_prim[0]}); evaluate {cand['ref']} with --metric {h_prim[0]} first")
+            reasons.append(
+                f"the generation evaluations on {_label(digest)} compare different metrics ({metric} vs "
+                f"{h_prim[0]}); evaluate {cand['ref']} with --metric {h_prim[0]} first"
+            )
             continue
         cv, hv = c_evals[digest]["metrics"].get(metric), h_evals[digest]["metrics"].get(metric)
         if not isinstance(cv, (int, float)) or not isinstance(hv, (int, float)):
@@ -164,8 +183,10 @@ def check_promotion(conn: sa.Connection, name: str, alias: str, version_id: int)
             continue  # refused above
         worse = math.isfinite(hv) and (cv < hv if higher else cv > hv)  # a NaN/inf holder loses to any number
         if worse:
-            reasons.append(f"{cand['ref']} scores worse than the {current} {holder['ref']} on {_label(digest)}: "
-                           f"{metric} {cv:.4g} vs {hv:.4g} ({'higher' if higher else 'lower'} is better)")
+            reasons.append(
+                f"{cand['ref']} scores worse than the {current} {holder['ref']} on {_label(digest)}: "
+                f"{metric} {cv:.4g} vs {hv:.4g} ({'higher' if higher else 'lower'} is better)"
+            )
     return reasons
 
 
@@ -178,8 +199,10 @@ def make_guard(force: bool = False):
             return
         reasons = check_promotion(conn, name, alias, version_id)
         if reasons:
-            raise GateRefused(f"refusing to move {name}@{alias}: {'; '.join(reasons)} "
-                              "(use --force --reason \"...\" to override; it is recorded)")
+            raise GateRefused(
+                f"refusing to move {name}@{alias}: {'; '.join(reasons)} "
+                '(use --force --reason "..." to override; it is recorded)'
+            )
 
     return guard
 
@@ -197,8 +220,16 @@ def alias_guard(aliases: Iterable[str] | None = None):
     return guard
 
 
-def set_alias(reg: Any, name: str, alias: str, version: str, reason: str | None = None, force: bool = False,
-              gate: bool | None = None, by: str | None = None) -> dict[str, Any]:
+def set_alias(
+    reg: Any,
+    name: str,
+    alias: str,
+    version: str,
+    reason: str | None = None,
+    force: bool = False,
+    gate: bool | None = None,
+    by: str | None = None,
+) -> dict[str, Any]:
     """Move ``name@alias`` to ``version`` through the promotion gate when the alias is protected (or
     ``gate`` is true). ``force`` (with a ``reason``) moves it anyway and records the reason together with
     the refusals it overrode. Returns ``Registry.set_alias``'s dict plus ``gated``, ``forced`` and
@@ -206,7 +237,7 @@ def set_alias(reg: Any, name: str, alias: str, version: str, reason: str | None 
     gated = bool(gate) or alias in protected_aliases()
     reason = (reason or "").strip() or None
     if force and not reason:
-        raise InvalidInput("--force needs --reason \"...\" (it is recorded in the alias history)")
+        raise InvalidInput('--force needs --reason "..." (it is recorded in the alias history)')
     if not gated:
         r = reg.set_alias(name, alias, version, reason=reason, by=by)
         return {**r, "gated": False, "forced": False, "overridden": []}

@@ -59,18 +59,37 @@ def adapter(r: Any) -> dict[str, Any]:
 
 
 def version(r: Any) -> dict[str, Any]:
-    return {"id": r.id, "adapter_id": r.adapter_id, "number": r.number, "digest": r.digest, "kind": r.kind,
-            "created_by": r.created_by}
+    return {
+        "id": r.id,
+        "adapter_id": r.adapter_id,
+        "number": r.number,
+        "digest": r.digest,
+        "kind": r.kind,
+        "created_by": r.created_by,
+    }
 
 
 def alias_event(r: Any) -> dict[str, Any]:
-    return {"id": r.id, "adapter_id": r.adapter_id, "alias": r.alias, "old": r.old_version_id,
-            "new": r.new_version_id, "actor": r.actor, "reason": r.reason, "at": ts(r.at)}
+    return {
+        "id": r.id,
+        "adapter_id": r.adapter_id,
+        "alias": r.alias,
+        "old": r.old_version_id,
+        "new": r.new_version_id,
+        "actor": r.actor,
+        "reason": r.reason,
+        "at": ts(r.at),
+    }
 
 
 def evaluation(r: Any) -> dict[str, Any]:
-    return {"id": r.id, "version_id": r.version_id, "data_digest": r.data_digest, "metrics": r.metrics,
-            "details": r.details}
+    return {
+        "id": r.id,
+        "version_id": r.version_id,
+        "data_digest": r.data_digest,
+        "metrics": r.metrics,
+        "details": r.details,
+    }
 
 
 def append(conn: sa.Connection, kind: str, content: dict[str, Any]) -> str:
@@ -83,8 +102,12 @@ def append(conn: sa.Connection, kind: str, content: dict[str, Any]) -> str:
     return h
 
 
-_KINDS = {"adapter": (t.adapters, adapter), "version": (t.versions, version), "alias": (t.alias_events, alias_event),
-          "evaluation": (t.evaluations, evaluation)}
+_KINDS = {
+    "adapter": (t.adapters, adapter),
+    "version": (t.versions, version),
+    "alias": (t.alias_events, alias_event),
+    "evaluation": (t.evaluations, evaluation),
+}
 
 
 def append_row(conn: sa.Connection, kind: str, row_id: int) -> None:
@@ -116,8 +139,10 @@ def check(conn: sa.Connection) -> tuple[list[dict[str, Any]], str | None]:
     ``{"history": what, "status": why}`` naming the row."""
     problems: list[dict[str, Any]] = []
     names = dict(conn.execute(sa.select(t.adapters.c.id, t.adapters.c.name)).all())
-    refs = {r.id: f"{names.get(r.adapter_id, '?')}:{r.number}" for r in conn.execute(
-        sa.select(t.versions.c.id, t.versions.c.adapter_id, t.versions.c.number))}
+    refs = {
+        r.id: f"{names.get(r.adapter_id, '?')}:{r.number}"
+        for r in conn.execute(sa.select(t.versions.c.id, t.versions.c.adapter_id, t.versions.c.number))
+    }
 
     def bad(what: str, status: str) -> None:
         problems.append({"history": what, "status": status})
@@ -129,8 +154,10 @@ def check(conn: sa.Connection) -> tuple[list[dict[str, Any]], str | None]:
     head = None
     for e in conn.execute(sa.select(t.history).order_by(t.history.c.id)):
         if e.prev != prev:
-            bad(f"history entry #{e.id}", "does not follow the entry before it: an entry was deleted or entries "
-                "were reordered")
+            bad(
+                f"history entry #{e.id}",
+                "does not follow the entry before it: an entry was deleted or entries were reordered",
+            )
         if link(e.prev, e.kind, e.content) != e.hash:
             bad(f"history entry #{e.id}", "was edited (its hash does not match its content)")
         prev = head = e.hash
@@ -153,28 +180,49 @@ def check(conn: sa.Connection) -> tuple[list[dict[str, Any]], str | None]:
         for key in sorted(set(rows) | set(want[kind]), key=str):
             have, should = rows.get(key), want[kind].get(key)
             if have != should:
-                status = ("was deleted" if have is None else "is not in the history (written behind the "
-                          "registry's back)" if should is None else "was edited: " + ", ".join(
-                              k for k in sorted(set(have) | set(should)) if have.get(k) != should.get(k)))
+                status = (
+                    "was deleted"
+                    if have is None
+                    else "is not in the history (written behind the registry's back)"
+                    if should is None
+                    else "was edited: "
+                    + ", ".join(k for k in sorted(set(have) | set(should)) if have.get(k) != should.get(k))
+                )
                 bad(what(have or should), status)
 
-    compare("adapter", {r.id: adapter(r) for r in conn.execute(sa.select(t.adapters))},
-            lambda c: f"name {c['name']} (adapter #{c['id']})")
-    compare("version", {r.id: version(r) for r in conn.execute(sa.select(t.versions))},
-            lambda c: f"version {refs.get(c['id']) or names.get(c['adapter_id'], '?') + ':' + str(c['number'])}")
-    compare("alias", {r.id: alias_event(r) for r in conn.execute(sa.select(t.alias_events))},
-            lambda c: f"alias event #{c['id']} ({names.get(c['adapter_id'], '?')}@{c['alias']})")
-    compare("evaluation", {r.id: evaluation(r) for r in conn.execute(sa.select(t.evaluations))},
-            lambda c: f"evaluation #{c['id']} of {refs.get(c['version_id'], '?')}")
+    compare(
+        "adapter",
+        {r.id: adapter(r) for r in conn.execute(sa.select(t.adapters))},
+        lambda c: f"name {c['name']} (adapter #{c['id']})",
+    )
+    compare(
+        "version",
+        {r.id: version(r) for r in conn.execute(sa.select(t.versions))},
+        lambda c: f"version {refs.get(c['id']) or names.get(c['adapter_id'], '?') + ':' + str(c['number'])}",
+    )
+    compare(
+        "alias",
+        {r.id: alias_event(r) for r in conn.execute(sa.select(t.alias_events))},
+        lambda c: f"alias event #{c['id']} ({names.get(c['adapter_id'], '?')}@{c['alias']})",
+    )
+    compare(
+        "evaluation",
+        {r.id: evaluation(r) for r in conn.execute(sa.select(t.evaluations))},
+        lambda c: f"evaluation #{c['id']} of {refs.get(c['version_id'], '?')}",
+    )
     now_aliases = {(r.adapter_id, r.alias): r.version_id for r in conn.execute(sa.select(t.aliases))}
     for key in sorted(set(now_aliases) | {k for k, v in aliases.items() if v is not None}, key=str):
         if now_aliases.get(key) != aliases.get(key):
             shown = refs.get(now_aliases.get(key)) or "nothing"
-            bad(f"alias {names.get(key[0], '?')}@{key[1]}", f"points to {shown} but its history says "
-                f"{refs.get(aliases.get(key)) or 'nothing'}")
+            bad(
+                f"alias {names.get(key[0], '?')}@{key[1]}",
+                f"points to {shown} but its history says {refs.get(aliases.get(key)) or 'nothing'}",
+            )
     now_tags = {(r.version_id, r.key): r.value for r in conn.execute(sa.select(t.tags))}
     for key in sorted(set(now_tags) | {k for k, v in tags.items() if v is not None}, key=str):
         if now_tags.get(key) != tags.get(key):
-            bad(f"tag {key[1]} of {refs.get(key[0], '?')}", f"is {now_tags.get(key)!r} but its history says "
-                f"{tags.get(key)!r}")
+            bad(
+                f"tag {key[1]} of {refs.get(key[0], '?')}",
+                f"is {now_tags.get(key)!r} but its history says {tags.get(key)!r}",
+            )
     return problems, head

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..errors import AdapterhubError, IntegrityError, InvalidInput
-from . import history, schema as t
-from .blobs import Progress, copy_verified, verify_blob
-from .db import blob_lock
-from .bundle import BundleEdge, BundleFile, VersionBundle, parse_manifest
 from ..files.output_dir import atomic_out, check_out, finish_out, prepare_out  # noqa: F401  (re-exported)
+from . import history
+from . import schema as t
+from .blobs import Progress, copy_verified, verify_blob
+from .bundle import BundleEdge, BundleFile, VersionBundle, parse_manifest
+from .db import blob_lock
 from .records import check_relpath
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,8 +25,9 @@ DEFAULT_GC_GRACE = 600.0  # seconds: blobs of a push still in flight are younger
 GC_BATCH = 64  # blobs deleted per transaction holding the blob lock (pushes wait at most one batch)
 
 
-def materialize(reg: Registry, ref: str, out: str, force: bool = False,
-                progress: Progress | None = None) -> dict[str, Any]:
+def materialize(
+    reg: Registry, ref: str, out: str, force: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
     """Write the files of ``ref`` to ``out``, each verified by sha256 while it is read. On any error
     nothing is left at ``out`` (the work happens in a temp dir renamed into place at the end)."""
     check_out_registry(out, registry_paths(reg))
@@ -38,10 +40,21 @@ def materialize(reg: Registry, ref: str, out: str, force: bool = False,
         for f in files:
             dest = os.path.join(tmp, *f["path"].split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            copy_verified(reg.store, f["digest"][7:], dest, f["size"], progress,
-                          what=f"blob {f['digest']} ({v['ref']} {f['path']})")
-    return {"ref": v["ref"], "digest": "sha256:" + v["digest"], "out": os.path.abspath(out),
-            "files": files, "bytes": sum(f["size"] for f in files)}
+            copy_verified(
+                reg.store,
+                f["digest"][7:],
+                dest,
+                f["size"],
+                progress,
+                what=f"blob {f['digest']} ({v['ref']} {f['path']})",
+            )
+    return {
+        "ref": v["ref"],
+        "digest": "sha256:" + v["digest"],
+        "out": os.path.abspath(out),
+        "files": files,
+        "bytes": sum(f["size"] for f in files),
+    }
 
 
 def verify(reg: Registry, ref: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
@@ -63,18 +76,20 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
         for r in conn.execute(fq):
             served.setdefault(r.version_id, []).append(BundleFile(r.path, r.blob_digest, r.size))
         edges: dict[int, list[BundleEdge]] = {}
-        for r in conn.execute(sa.select(t.lineage, t.versions.c.digest.label("vdigest"))
-                              .outerjoin(t.versions, t.versions.c.id == t.lineage.c.parent_id)
-                              .order_by(t.lineage.c.child_id, t.lineage.c.position, t.lineage.c.id)):
+        for r in conn.execute(
+            sa.select(t.lineage, t.versions.c.digest.label("vdigest"))
+            .outerjoin(t.versions, t.versions.c.id == t.lineage.c.parent_id)
+            .order_by(t.lineage.c.child_id, t.lineage.c.position, t.lineage.c.id)
+        ):
             edges.setdefault(r.child_id, []).append(BundleEdge(r.vdigest or r.parent_digest, r.relation))
         versions = conn.execute(vq).all()
         chain, head = history.check(conn) if not ref else ([], None)
     for row in versions:
         ref_ = f"{row.name}:{row.number}"
         try:
-            VersionBundle(row.name, row.number, row.digest, row.manifest, served.get(row.id, []),
-                          edges.get(row.id, [])).check().check_lineage().check_row(row.kind, row.method,
-                                                                                    row.base_fingerprint)
+            VersionBundle(
+                row.name, row.number, row.digest, row.manifest, served.get(row.id, []), edges.get(row.id, [])
+            ).check().check_lineage().check_row(row.kind, row.method, row.base_fingerprint)
         except IntegrityError as exc:
             problems.append({"version": ref_, "status": str(exc).split(": ", 1)[-1]})
         for bf in served.get(row.id, []):
@@ -87,8 +102,14 @@ def verify(reg: Registry, ref: str | None = None, progress: Progress | None = No
         if status:
             problems.append({"blob": "sha256:" + digest, "status": status, "used_by": used[digest]})
     problems += chain
-    return {"versions": len(versions), "blobs": len(used), "history_head": head, "bytes": sum(sizes.values()),
-            "problems": problems, "ok": not problems}
+    return {
+        "versions": len(versions),
+        "blobs": len(used),
+        "history_head": head,
+        "bytes": sum(sizes.values()),
+        "problems": problems,
+        "ok": not problems,
+    }
 
 
 def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) -> dict[str, Any]:
@@ -122,10 +143,10 @@ def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) ->
             else:
                 candidates.append(digest)
     for start in range(0, len(candidates), GC_BATCH):
-        batch = candidates[start:start + GC_BATCH]
+        batch = candidates[start : start + GC_BATCH]
         # under the blob lock, exclusive: a version committed since the scan keeps its blobs, and no commit
         # can pass its own check of these blobs while they are being deleted (Registry._blobs_gone)
-        with (reg.read() if dry_run else reg.write()) as conn:
+        with reg.read() if dry_run else reg.write() as conn:
             if not dry_run:
                 blob_lock(conn, exclusive=True)
             now_referenced = _referenced(conn, batch)
@@ -137,15 +158,24 @@ def gc(reg: Registry, grace: float = DEFAULT_GC_GRACE, dry_run: bool = False) ->
                     try:
                         reg.store.delete(digest)
                     except (AdapterhubError, OSError) as exc:
-                        failed.append({"blob": "sha256:" + digest,
-                                       "error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
+                        failed.append(
+                            {"blob": "sha256:" + digest, "error": str(exc).splitlines()[0] if str(exc) else repr(exc)}
+                        )
                         continue
                 removed.append("sha256:" + digest)
                 freed += size
     temp = 0 if dry_run else reg.store.cleanup_temp(grace)
-    return {"removed_blobs": len(removed), "freed_bytes": freed, "removed_temp": temp,
-            "kept_recent": kept_recent, "grace_seconds": grace, "dry_run": dry_run, "blobs": removed,
-            "skipped": skipped, "failed": failed}
+    return {
+        "removed_blobs": len(removed),
+        "freed_bytes": freed,
+        "removed_temp": temp,
+        "kept_recent": kept_recent,
+        "grace_seconds": grace,
+        "dry_run": dry_run,
+        "blobs": removed,
+        "skipped": skipped,
+        "failed": failed,
+    }
 
 
 def _referenced(conn: sa.Connection, among: list[str] | None = None) -> set[str]:
@@ -176,6 +206,7 @@ def check_out_registry(out: str, protected: list[tuple[str, str]]) -> None:
     """Refuse (even with --force) an ``out`` that is, contains or is inside one of ``protected`` (the
     registry home, its database, its blob store): replacing ``out`` would delete the registry. Compared
     by identity (``samestat``) too, so symlinks and bind mounts count."""
+
     def chain(path: str) -> list[str]:  # path and its ancestors, real paths
         here, out_ = os.path.realpath(path), []
         while True:
@@ -205,8 +236,10 @@ def check_out_registry(out: str, protected: list[tuple[str, str]]) -> None:
             where = "is inside"
         else:
             continue
-        raise InvalidInput(f"--out {out_abs} {where} the {what} {os.path.abspath(p)}: writing there would destroy "
-                           "the registry, even with --force; choose another --out")
+        raise InvalidInput(
+            f"--out {out_abs} {where} the {what} {os.path.abspath(p)}: writing there would destroy "
+            "the registry, even with --force; choose another --out"
+        )
 
 
 def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
@@ -220,20 +253,38 @@ def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
         def node(vid: int | None, digest: str | None, ext_ref: str | None) -> str:
             if vid is None:
                 key = ext_ref or ("sha256:" + (digest or "?"))
-                nodes.setdefault(key, {"id": key, "ref": ext_ref, "digest": "sha256:" + digest if digest else None,
-                                       "method": None, "external": True})
+                nodes.setdefault(
+                    key,
+                    {
+                        "id": key,
+                        "ref": ext_ref,
+                        "digest": "sha256:" + digest if digest else None,
+                        "method": None,
+                        "external": True,
+                    },
+                )
                 return key
-            r = conn.execute(sa.select(v.c.number, v.c.digest, v.c.method, v.c.kind, v.c.manifest, a.c.name)
-                             .join(a, a.c.id == v.c.adapter_id).where(v.c.id == vid)).first()
+            r = conn.execute(
+                sa.select(v.c.number, v.c.digest, v.c.method, v.c.kind, v.c.manifest, a.c.name)
+                .join(a, a.c.id == v.c.adapter_id)
+                .where(v.c.id == vid)
+            ).first()
             key = f"{r.name}:{r.number}"
             if key not in nodes:
                 try:  # a manifest edited into something else: verify names it; the graph still draws
                     base = parse_manifest(r.manifest, key).get("base") or {}
                 except IntegrityError:
                     base = {}
-                nodes[key] = {"id": key, "ref": key, "digest": "sha256:" + r.digest, "method": r.method,
-                              "kind": r.kind, "external": False, "base_fingerprint": base.get("fingerprint"),
-                              "base_quantization": base.get("quantization")}
+                nodes[key] = {
+                    "id": key,
+                    "ref": key,
+                    "digest": "sha256:" + r.digest,
+                    "method": r.method,
+                    "kind": r.kind,
+                    "external": False,
+                    "base_fingerprint": base.get("fingerprint"),
+                    "base_quantization": base.get("quantization"),
+                }
             return key
 
         root_key = node(root["id"], None, None)
@@ -246,8 +297,15 @@ def lineage(reg: Registry, ref: str, depth: int = 50) -> dict[str, Any]:
                     for e in conn.execute(sa.select(ln).where(cond).order_by(ln.c.position, ln.c.id)):
                         child = node(e.child_id, None, None)
                         parent = node(e.parent_id, e.parent_digest, e.parent_ref)
-                        edges.append({"child": child, "parent": parent, "relation": e.relation,
-                                      "position": e.position, "details": e.details})
+                        edges.append(
+                            {
+                                "child": child,
+                                "parent": parent,
+                                "relation": e.relation,
+                                "position": e.position,
+                                "details": e.details,
+                            }
+                        )
                         other = e.parent_id if direction == "up" else e.child_id
                         if other is not None and other not in seen:
                             seen.add(other)
@@ -276,7 +334,7 @@ def render_lineage(graph: dict[str, Any], fmt: str) -> str:
         for n in graph["nodes"]:
             lines.append(f'  {ids[n["id"]]}["{n["id"]}"]')
         for e in edges:
-            lines.append(f'  {ids[e["child"]]} -->|{e["relation"]}| {ids[e["parent"]]}')
+            lines.append(f"  {ids[e['child']]} -->|{e['relation']}| {ids[e['parent']]}")
         return "\n".join(lines)
     # text: the root, its ancestors indented below it, then its descendants
     parents: dict[str, list[dict[str, Any]]] = {}
@@ -284,9 +342,12 @@ def render_lineage(graph: dict[str, Any], fmt: str) -> str:
     for e in edges:
         parents.setdefault(e["child"], []).append(e)
         children.setdefault(e["parent"], []).append(e)
-    methods = {n["id"]: n.get("method") + (f", on a {q.get('quant_type') or q.get('quantizer')} base"
-                                            if (q := n.get("base_quantization")) else "")
-               for n in graph["nodes"] if n.get("method")}
+    methods = {
+        n["id"]: n.get("method")
+        + (f", on a {q.get('quant_type') or q.get('quantizer')} base" if (q := n.get("base_quantization")) else "")
+        for n in graph["nodes"]
+        if n.get("method")
+    }
     out = [graph["root"] + (f" ({methods[graph['root']]})" if methods.get(graph["root"]) else "")]
 
     def walk(key: str, table: dict[str, list[dict[str, Any]]], side: str, indent: str, seen: set[str]) -> None:
@@ -294,7 +355,9 @@ def render_lineage(graph: dict[str, Any], fmt: str) -> str:
             other = e[side]
             details = {k: v for k, v in (e.get("details") or {}).items() if v is not None}
             extra = " (" + ", ".join(f"{k}={v}" for k, v in details.items()) + ")" if details else ""
-            out.append(f"{indent}└─ {e['relation']} {other}" + (f" ({methods[other]})" if methods.get(other) else "") + extra)
+            out.append(
+                f"{indent}└─ {e['relation']} {other}" + (f" ({methods[other]})" if methods.get(other) else "") + extra
+            )
             if other not in seen:
                 walk(other, table, side, indent + "   ", seen | {other})
 

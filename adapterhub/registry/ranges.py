@@ -17,8 +17,9 @@ from typing import Callable
 
 
 class RangeReader(io.RawIOBase):
-    def __init__(self, first: bytes, size: int, range_size: int,
-                 fetch: Callable[[int, int], bytes], workers: int, window: int):
+    def __init__(
+        self, first: bytes, size: int, range_size: int, fetch: Callable[[int, int], bytes], workers: int, window: int
+    ):
         super().__init__()
         self._size = size
         self._range_size = range_size
@@ -28,8 +29,9 @@ class RangeReader(io.RawIOBase):
         self._offset = len(first)  # object offset of the next range to schedule
         self._consumed = 0  # object bytes handed to the reader so far
         self._pending: deque[Future] = deque()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adapterhub-get") \
-            if size > len(first) else None
+        self._pool = (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adapterhub-get") if size > len(first) else None
+        )
         self._window = max(1, window)
         self._fill()
 
@@ -60,7 +62,7 @@ class RangeReader(io.RawIOBase):
             if not self._next_range():
                 return 0
         n = min(len(out), len(self._buf) - self._pos)
-        out[:n] = self._buf[self._pos:self._pos + n]
+        out[:n] = self._buf[self._pos : self._pos + n]
         self._pos += n
         self._consumed += n
         return n
@@ -75,7 +77,7 @@ class RangeReader(io.RawIOBase):
         if self._pos == 0 and n == len(self._buf):
             data = self._buf.obj if isinstance(self._buf.obj, bytes) else self._buf.tobytes()
         else:
-            data = self._buf[self._pos:self._pos + n].tobytes()
+            data = self._buf[self._pos : self._pos + n].tobytes()
         self._pos += n
         self._consumed += n
         return data

@@ -65,9 +65,16 @@ class Published:
         return f"{self.name}:{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "ref": self.ref, "digest": "sha256:" + self.digest,
-                "base_fingerprint": self.base_fingerprint, "created": self.created,
-                "uploaded_bytes": self.uploaded_bytes, **self.extra}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "digest": "sha256:" + self.digest,
+            "base_fingerprint": self.base_fingerprint,
+            "created": self.created,
+            "uploaded_bytes": self.uploaded_bytes,
+            **self.extra,
+        }
 
 
 #: what a commit says when a blob it needs is gone (a concurrent ``gc``): the HTTP client uploads again once
@@ -103,10 +110,16 @@ def check_relpath(path: str) -> str:
     """Refuse paths that could escape the output directory when materialized, and names with control
     characters (a newline in a name spoofs lines of ``show``)."""
     parts = path.split("/")
-    if (not path or path.startswith("/") or "\\" in path or "\x00" in path or ":" in parts[0]
-            or any(p in ("", ".", "..") for p in parts)):
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or ":" in parts[0]
+        or any(p in ("", ".", "..") for p in parts)
+    ):
         raise InvalidInput(f"unsafe file path in version: {path!r}")
-    bad = next((c for c in path if ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or c in _SPOOF_CHARS), None)
+    bad = next((c for c in path if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _SPOOF_CHARS), None)
     if bad is not None:
         raise InvalidInput(f"unsafe file path in version: {path!r} (control character {bad!r} in a file name)")
     return path
@@ -115,8 +128,10 @@ def check_relpath(path: str) -> str:
 def kind_conflict(name: str, kind: str, held: str, example: str) -> InvalidInput:
     """One kind per name (``merge NAME``, ``pull`` and the promotion gate assume it): ``name`` holds versions
     of kind ``held`` (e.g. ``example``), so a version of ``kind`` is refused."""
-    return InvalidInput(f"{name} holds versions of kind {held} (e.g. {example}); a {kind} cannot become a version "
-                        "of it (one kind per name): choose another name")
+    return InvalidInput(
+        f"{name} holds versions of kind {held} (e.g. {example}); a {kind} cannot become a version "
+        "of it (one kind per name): choose another name"
+    )
 
 
 def validate_tag_key(key: str) -> str:

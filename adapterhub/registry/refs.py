@@ -68,8 +68,10 @@ def check_registry_of(r: Ref, remote: str | None, label: str, remotes: RemoteNam
         return r
     if remotes is not None and r.remote not in remotes():
         raise NotFound(f"ref '{r}' names remote {r.remote!r}, but there is no remote named {r.remote!r}")
-    raise InvalidInput(f"ref '{r}' names remote {r.remote!r}, but this command uses the {label} registry "
-                       f"(copy it first: adapterhub pull {r})")
+    raise InvalidInput(
+        f"ref '{r}' names remote {r.remote!r}, but this command uses the {label} registry "
+        f"(copy it first: adapterhub pull {r})"
+    )
 
 
 def validate_name(name: str) -> str:

@@ -18,17 +18,42 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
-from .refs import RELATIONS, Ref, RemoteNames, check_registry_of, parse_ref, validate_alias, validate_name
-from . import history, schema as t
+from . import history
+from . import schema as t
 from .aliases import AliasOps
 from .blobs import BlobStore, Progress, copy_verified
 from .bundle import BundleEdge, BundleFile, VersionBundle
-from .db import (DB_ATTEMPTS, blob_lock, commit_failed, ensure_schema, make_engine, read_tx, retrying, transient,
-                 write_tx)
+from .db import (
+    DB_ATTEMPTS,
+    blob_lock,
+    commit_failed,
+    ensure_schema,
+    make_engine,
+    read_tx,
+    retrying,
+    transient,
+    write_tx,
+)
 from .entities import BaseModel, Edge, Evaluation, FileInfo, VersionInfo
 from .maintenance import MaintenanceOps
-from .records import (BLOBS_GONE, LocalFile, ParentSpec, Published, _insert_ignore, _non_finite, actor, canonical_json,  # noqa: F401
-                      check_relpath, finite, is_external_ref, iso, kind_conflict, now, validate_tag_key)
+from .records import (  # noqa: F401
+    BLOBS_GONE,
+    LocalFile,
+    ParentSpec,
+    Published,
+    _insert_ignore,
+    _non_finite,
+    actor,
+    canonical_json,
+    check_relpath,
+    finite,
+    is_external_ref,
+    iso,
+    kind_conflict,
+    now,
+    validate_tag_key,
+)
+from .refs import RELATIONS, Ref, RemoteNames, check_registry_of, parse_ref, validate_alias, validate_name
 
 MAX_PUBLISH_RETRIES = 20
 
@@ -48,8 +73,15 @@ class Registry(AliasOps, MaintenanceOps):
     may then carry that prefix (``team:acme/bot:3``); a ref naming any other remote is refused by
     :meth:`resolve` (``remotes``, the configured names, tells an unknown remote from another registry)."""
 
-    def __init__(self, db_url: str, store: BlobStore, label: str = "local", *, remote: str | None = None,
-                 remotes: RemoteNames | None = None):
+    def __init__(
+        self,
+        db_url: str,
+        store: BlobStore,
+        label: str = "local",
+        *,
+        remote: str | None = None,
+        remotes: RemoteNames | None = None,
+    ):
         self.db_url = db_url
         self.engine = make_engine(db_url)
         self.store = store
@@ -81,10 +113,21 @@ class Registry(AliasOps, MaintenanceOps):
         self.engine.dispose()
 
     # -- publishing ----------------------------------------------------------------------------
-    def publish(self, name: str, manifest: dict[str, Any], files: list[LocalFile], *,
-                parents: Iterable[ParentSpec] = (), aliases: Iterable[str] = (), tags: dict[str, str] | None = None,
-                base: dict[str, Any] | None = None, kind: str = "adapter", created_by: str | None = None,
-                progress: Progress | None = None, alias_guard: Any = None) -> Published:
+    def publish(
+        self,
+        name: str,
+        manifest: dict[str, Any],
+        files: list[LocalFile],
+        *,
+        parents: Iterable[ParentSpec] = (),
+        aliases: Iterable[str] = (),
+        tags: dict[str, str] | None = None,
+        base: dict[str, Any] | None = None,
+        kind: str = "adapter",
+        created_by: str | None = None,
+        progress: Progress | None = None,
+        alias_guard: Any = None,
+    ) -> Published:
         """Store ``files`` as a new immutable version of ``name`` (or return the existing version with
         the same digest). ``manifest`` must not contain ``files`` or ``parents``: they are added here."""
         validate_name(name)
@@ -99,39 +142,90 @@ class Registry(AliasOps, MaintenanceOps):
         edges = self._resolve_parents(list(parents))
         full = dict(manifest)
         full["kind"] = kind
-        full["files"] = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in sorted(files, key=lambda f: f.path)]
-        full["parents"] = [{k: v for k, v in (("digest", e["digest"]), ("relation", e["relation"]),
-                                              ("details", e["details"])) if v is not None} for e in edges]
+        full["files"] = [
+            {"path": f.path, "sha256": f.sha256, "size": f.size} for f in sorted(files, key=lambda f: f.path)
+        ]
+        full["parents"] = [
+            {
+                k: v
+                for k, v in (("digest", e["digest"]), ("relation", e["relation"]), ("details", e["details"]))
+                if v is not None
+            }
+            for e in edges
+        ]
         blob = canonical_json(full)
-        return self._store_version(name, blob, files, edges, aliases=aliases, tags=tags, base=base,
-                                   created_by=created_by, progress=progress, alias_guard=alias_guard)
+        return self._store_version(
+            name,
+            blob,
+            files,
+            edges,
+            aliases=aliases,
+            tags=tags,
+            base=base,
+            created_by=created_by,
+            progress=progress,
+            alias_guard=alias_guard,
+        )
 
-    def import_version(self, name: str, manifest_text: str, files: list[LocalFile], *,
-                       edges: list[dict[str, Any]], tags: dict[str, str] | None = None,
-                       evaluations: list[dict[str, Any]] = (), base: dict[str, Any] | None = None,
-                       created_by: str | None = None, progress: Progress | None = None) -> Published:
+    def import_version(
+        self,
+        name: str,
+        manifest_text: str,
+        files: list[LocalFile],
+        *,
+        edges: list[dict[str, Any]],
+        tags: dict[str, str] | None = None,
+        evaluations: list[dict[str, Any]] = (),
+        base: dict[str, Any] | None = None,
+        created_by: str | None = None,
+        progress: Progress | None = None,
+    ) -> Published:
         """Store a version copied from another registry, keeping its manifest byte for byte (so its
         digest is the same everywhere). ``edges`` are lineage rows: ``digest``, ``relation``,
         ``details``, ``ref`` (the parent's ref in the source registry). Evaluations holding NaN/inf (stored
         before they were refused) are not copied: PostgreSQL's JSON cannot hold them."""
         validate_name(name)
-        evaluations = [ev for ev in evaluations
-                       if not _non_finite(ev.get("metrics"), "m") + _non_finite(ev.get("details"), "d")]
+        evaluations = [
+            ev for ev in evaluations if not _non_finite(ev.get("metrics"), "m") + _non_finite(ev.get("details"), "d")
+        ]
         for f in files:
             check_relpath(f.path)
         with self.read() as conn:
             for e in edges:
-                found = e["digest"] and conn.execute(sa.select(t.versions.c.id).where(
-                    t.versions.c.digest == e["digest"]).order_by(t.versions.c.id)).first()
+                found = (
+                    e["digest"]
+                    and conn.execute(
+                        sa.select(t.versions.c.id).where(t.versions.c.digest == e["digest"]).order_by(t.versions.c.id)
+                    ).first()
+                )
                 e["id"] = found[0] if found else None
-        return self._store_version(name, manifest_text.encode("utf-8"), files, edges, tags=tags or {},
-                                   base=base, created_by=created_by, progress=progress, evaluations=evaluations)
+        return self._store_version(
+            name,
+            manifest_text.encode("utf-8"),
+            files,
+            edges,
+            tags=tags or {},
+            base=base,
+            created_by=created_by,
+            progress=progress,
+            evaluations=evaluations,
+        )
 
-    def _store_version(self, name: str, blob: bytes, files: list[LocalFile], edges: list[dict[str, Any]], *,
-                       aliases: Iterable[str] = (), tags: dict[str, str] | None = None,
-                       base: dict[str, Any] | None = None, created_by: str | None = None,
-                       progress: Progress | None = None, alias_guard: Any = None,
-                       evaluations: Iterable[dict[str, Any]] = ()) -> Published:
+    def _store_version(
+        self,
+        name: str,
+        blob: bytes,
+        files: list[LocalFile],
+        edges: list[dict[str, Any]],
+        *,
+        aliases: Iterable[str] = (),
+        tags: dict[str, str] | None = None,
+        base: dict[str, Any] | None = None,
+        created_by: str | None = None,
+        progress: Progress | None = None,
+        alias_guard: Any = None,
+        evaluations: Iterable[dict[str, Any]] = (),
+    ) -> Published:
         manifest = json.loads(blob)
         kind = manifest.get("kind", "adapter")
         digest = hashlib.sha256(blob).hexdigest()
@@ -159,48 +253,99 @@ class Registry(AliasOps, MaintenanceOps):
                         raise _BlobsGone(gone)
                     history.lock(conn)  # first: every appending transaction takes the same locks in one order
                     adapter_id = self._adapter_id(conn, name, create=True, lock=True)
-                    row = conn.execute(sa.select(t.versions.c.id, t.versions.c.number).where(
-                        t.versions.c.adapter_id == adapter_id, t.versions.c.digest == digest)).first()
+                    row = conn.execute(
+                        sa.select(t.versions.c.id, t.versions.c.number).where(
+                            t.versions.c.adapter_id == adapter_id, t.versions.c.digest == digest
+                        )
+                    ).first()
                     created = row is None
                     if created:
-                        other = conn.execute(sa.select(t.versions.c.kind, t.versions.c.number).where(
-                            t.versions.c.adapter_id == adapter_id, t.versions.c.kind != kind).limit(1)).first()
+                        other = conn.execute(
+                            sa.select(t.versions.c.kind, t.versions.c.number)
+                            .where(t.versions.c.adapter_id == adapter_id, t.versions.c.kind != kind)
+                            .limit(1)
+                        ).first()
                         if other is not None:
                             raise kind_conflict(name, kind, other.kind, f"{name}:{other.number}")
                         if base_fp:
                             b = dict(base or {})
-                            _insert_ignore(conn, t.base_models, {
-                                "fingerprint": base_fp, "name": b.get("name") or (manifest.get("base") or {}).get("name"),
-                                "tensors": b.get("tensors"), "bytes": b.get("bytes"),
-                                "properties": b.get("properties"), "created_at": now()})
-                        number = (conn.execute(sa.select(sa.func.max(t.versions.c.number)).where(
-                            t.versions.c.adapter_id == adapter_id)).scalar() or 0) + 1
-                        version_id = conn.execute(t.versions.insert().values(
-                            adapter_id=adapter_id, number=number, digest=digest, kind=kind,
-                            method=manifest.get("method"), base_fingerprint=base_fp, manifest=blob.decode("utf-8"),
-                            size=sum(f.size for f in files), created_at=now(), created_by=who,
-                        )).inserted_primary_key[0]
+                            _insert_ignore(
+                                conn,
+                                t.base_models,
+                                {
+                                    "fingerprint": base_fp,
+                                    "name": b.get("name") or (manifest.get("base") or {}).get("name"),
+                                    "tensors": b.get("tensors"),
+                                    "bytes": b.get("bytes"),
+                                    "properties": b.get("properties"),
+                                    "created_at": now(),
+                                },
+                            )
+                        number = (
+                            conn.execute(
+                                sa.select(sa.func.max(t.versions.c.number)).where(t.versions.c.adapter_id == adapter_id)
+                            ).scalar()
+                            or 0
+                        ) + 1
+                        version_id = conn.execute(
+                            t.versions.insert().values(
+                                adapter_id=adapter_id,
+                                number=number,
+                                digest=digest,
+                                kind=kind,
+                                method=manifest.get("method"),
+                                base_fingerprint=base_fp,
+                                manifest=blob.decode("utf-8"),
+                                size=sum(f.size for f in files),
+                                created_at=now(),
+                                created_by=who,
+                            )
+                        ).inserted_primary_key[0]
                         history.append_row(conn, "version", version_id)
                         for f in files:
                             _insert_ignore(conn, t.blobs, {"digest": f.sha256, "size": f.size, "created_at": now()})
                         if files:
-                            conn.execute(t.files.insert(), [
-                                {"version_id": version_id, "path": f.path, "blob_digest": f.sha256, "size": f.size}
-                                for f in files])
+                            conn.execute(
+                                t.files.insert(),
+                                [
+                                    {"version_id": version_id, "path": f.path, "blob_digest": f.sha256, "size": f.size}
+                                    for f in files
+                                ],
+                            )
                         for pos, e in enumerate(edges):
-                            conn.execute(t.lineage.insert().values(
-                                child_id=version_id, parent_id=e.get("id"), parent_digest=e["digest"],
-                                parent_ref=e.get("ref"), relation=e["relation"], position=pos, details=e.get("details")))
+                            conn.execute(
+                                t.lineage.insert().values(
+                                    child_id=version_id,
+                                    parent_id=e.get("id"),
+                                    parent_digest=e["digest"],
+                                    parent_ref=e.get("ref"),
+                                    relation=e["relation"],
+                                    position=pos,
+                                    details=e.get("details"),
+                                )
+                            )
                     else:
                         version_id, number = row
-                    existing = {(r.data_digest, json.dumps(r.metrics, sort_keys=True)) for r in conn.execute(
-                        sa.select(t.evaluations).where(t.evaluations.c.version_id == version_id))}
+                    existing = {
+                        (r.data_digest, json.dumps(r.metrics, sort_keys=True))
+                        for r in conn.execute(sa.select(t.evaluations).where(t.evaluations.c.version_id == version_id))
+                    }
                     for ev in evaluations:
                         key = (ev["data_digest"].removeprefix("sha256:"), json.dumps(ev["metrics"], sort_keys=True))
                         if key not in existing:
-                            history.append_row(conn, "evaluation", conn.execute(t.evaluations.insert().values(
-                                version_id=version_id, data_digest=key[0], metrics=ev["metrics"],
-                                details=ev.get("details"), created_at=now())).inserted_primary_key[0])
+                            history.append_row(
+                                conn,
+                                "evaluation",
+                                conn.execute(
+                                    t.evaluations.insert().values(
+                                        version_id=version_id,
+                                        data_digest=key[0],
+                                        metrics=ev["metrics"],
+                                        details=ev.get("details"),
+                                        created_at=now(),
+                                    )
+                                ).inserted_primary_key[0],
+                            )
                     for k, v in tags.items():
                         self._set_tag(conn, version_id, k, v)
                     for a in aliases:
@@ -238,8 +383,10 @@ class Registry(AliasOps, MaintenanceOps):
         sent = 0
         for f in files:
             if not f.source or not os.path.isfile(f.source):  # a server commit, or a copy that skipped the fetch
-                raise IntegrityError(f"blob sha256:{f.sha256} ({name} {f.path}) was removed from {self.store.describe()} "
-                                     f"{BLOBS_GONE}: nothing was committed; run the command again")
+                raise IntegrityError(
+                    f"blob sha256:{f.sha256} ({name} {f.path}) was removed from {self.store.describe()} "
+                    f"{BLOBS_GONE}: nothing was committed; run the command again"
+                )
             if self.store.put(f.sha256, f.source, f.size):
                 sent += f.size
         return sent
@@ -253,16 +400,29 @@ class Registry(AliasOps, MaintenanceOps):
                 if p.relation not in RELATIONS:
                     raise InvalidInput(f"invalid relation '{p.relation}' (valid: {', '.join(RELATIONS)})")
                 if is_external_ref(p.ref):
-                    out.append({"id": None, "digest": None, "ref": p.ref, "relation": p.relation,
-                                "details": p.details})
+                    out.append({"id": None, "digest": None, "ref": p.ref, "relation": p.relation, "details": p.details})
                 elif p.ref is not None:
                     v = self.resolve(p.ref, conn)
-                    out.append({"id": v["id"], "digest": v["digest"], "ref": v["ref"], "relation": p.relation,
-                                "details": p.details})
+                    out.append(
+                        {
+                            "id": v["id"],
+                            "digest": v["digest"],
+                            "ref": v["ref"],
+                            "relation": p.relation,
+                            "details": p.details,
+                        }
+                    )
                 elif p.digest:
                     found = conn.execute(sa.select(t.versions.c.id).where(t.versions.c.digest == p.digest)).first()
-                    out.append({"id": found[0] if found else None, "digest": p.digest, "ref": None,
-                                "relation": p.relation, "details": p.details})
+                    out.append(
+                        {
+                            "id": found[0] if found else None,
+                            "digest": p.digest,
+                            "ref": None,
+                            "relation": p.relation,
+                            "details": p.details,
+                        }
+                    )
                 else:
                     raise InvalidInput("a parent needs a ref or a digest")
         return out
@@ -301,11 +461,18 @@ class Registry(AliasOps, MaintenanceOps):
             if r.version is not None:
                 row = conn.execute(q.where(v.c.adapter_id == adapter_id, v.c.number == r.version)).first()
                 if row is None:
-                    latest = conn.execute(sa.select(sa.func.max(v.c.number)).where(v.c.adapter_id == adapter_id)).scalar()
-                    raise NotFound(f"{r.name} has no version {r.version} in the {self.label} registry (latest is {latest})")
+                    latest = conn.execute(
+                        sa.select(sa.func.max(v.c.number)).where(v.c.adapter_id == adapter_id)
+                    ).scalar()
+                    raise NotFound(
+                        f"{r.name} has no version {r.version} in the {self.label} registry (latest is {latest})"
+                    )
             elif r.alias:
-                row = conn.execute(q.join(t.aliases, t.aliases.c.version_id == v.c.id).where(
-                    t.aliases.c.adapter_id == adapter_id, t.aliases.c.alias == r.alias)).first()
+                row = conn.execute(
+                    q.join(t.aliases, t.aliases.c.version_id == v.c.id).where(
+                        t.aliases.c.adapter_id == adapter_id, t.aliases.c.alias == r.alias
+                    )
+                ).first()
                 if row is None:
                     raise NotFound(f"{r.name} has no alias '{r.alias}'")
             else:
@@ -322,10 +489,13 @@ class Registry(AliasOps, MaintenanceOps):
         and base fingerprint (:meth:`VersionBundle.check`, :meth:`VersionBundle.check_row`):
         every read of a version's content goes through here, so an edited row fails before anything is
         written, with one error naming the version."""
-        files = [BundleFile(r.path, r.blob_digest, r.size) for r in conn.execute(
-            sa.select(t.files).where(t.files.c.version_id == v["id"]).order_by(t.files.c.path))]
+        files = [
+            BundleFile(r.path, r.blob_digest, r.size)
+            for r in conn.execute(sa.select(t.files).where(t.files.c.version_id == v["id"]).order_by(t.files.c.path))
+        ]
         VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files).check().check_row(
-            v["kind"], v["method"], v["base_fingerprint"])
+            v["kind"], v["method"], v["base_fingerprint"]
+        )
         return files
 
     def export_version(self, ref: str | Ref) -> VersionBundle:
@@ -334,39 +504,75 @@ class Registry(AliasOps, MaintenanceOps):
         with self.read() as conn:
             v = self.resolve(ref, conn)
             files = self.checked_files(conn, v)
-            edges = [BundleEdge(p.digest[7:] if p.digest else None, p.relation, p.details,
-                                p.ref if not p.external or is_external_ref(p.ref) else None)
-                     for p in self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)]
-            tags = {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
-                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
-            evals = [{"data_digest": r.data_digest, "metrics": r.metrics, "details": r.details}
-                     for r in conn.execute(sa.select(t.evaluations).where(
-                         t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id))]
+            edges = [
+                BundleEdge(
+                    p.digest[7:] if p.digest else None,
+                    p.relation,
+                    p.details,
+                    p.ref if not p.external or is_external_ref(p.ref) else None,
+                )
+                for p in self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)
+            ]
+            tags = {
+                k: val
+                for k, val in conn.execute(
+                    sa.select(t.tags.c.key, t.tags.c.value).where(t.tags.c.version_id == v["id"]).order_by(t.tags.c.key)
+                )
+            }
+            evals = [
+                {"data_digest": r.data_digest, "metrics": r.metrics, "details": r.details}
+                for r in conn.execute(
+                    sa.select(t.evaluations).where(t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id)
+                )
+            ]
             base = self._base_row(conn, v["base_fingerprint"])
-        return VersionBundle(v["name"], v["number"], v["digest"], v["manifest"], files, edges, tags, evals, base,
-                             v["created_by"]).check().check_lineage()
+        return (
+            VersionBundle(
+                v["name"], v["number"], v["digest"], v["manifest"], files, edges, tags, evals, base, v["created_by"]
+            )
+            .check()
+            .check_lineage()
+        )
 
-    def import_bundle(self, bundle: VersionBundle, files: list[LocalFile], progress: Progress | None = None,
-                      created_by: str | None = None) -> Published:
+    def import_bundle(
+        self,
+        bundle: VersionBundle,
+        files: list[LocalFile],
+        progress: Progress | None = None,
+        created_by: str | None = None,
+    ) -> Published:
         """Store a version exported by another registry (``files``: its blobs, fetched and verified)."""
         bundle.check()
         return self.import_version(
-            bundle.name, bundle.manifest_text, files,
-            edges=[{"digest": e.digest, "relation": e.relation, "details": e.details, "ref": e.ref}
-                   for e in bundle.edges if e.digest or is_external_ref(e.ref)],
-            tags=bundle.tags, evaluations=bundle.evaluations, base=bundle.base,
-            created_by=created_by or bundle.created_by, progress=progress)
+            bundle.name,
+            bundle.manifest_text,
+            files,
+            edges=[
+                {"digest": e.digest, "relation": e.relation, "details": e.details, "ref": e.ref}
+                for e in bundle.edges
+                if e.digest or is_external_ref(e.ref)
+            ],
+            tags=bundle.tags,
+            evaluations=bundle.evaluations,
+            base=bundle.base,
+            created_by=created_by or bundle.created_by,
+            progress=progress,
+        )
 
     def has_version(self, digest: str) -> bool:
         """Whether a version with this manifest digest (hex) exists here (under any name)."""
         with self.read() as conn:
-            return conn.execute(sa.select(t.versions.c.id).where(t.versions.c.digest == digest).limit(1)).first() is not None
+            return (
+                conn.execute(sa.select(t.versions.c.id).where(t.versions.c.digest == digest).limit(1)).first()
+                is not None
+            )
 
     def has_blob(self, digest: str) -> bool:
         return self.store.has(digest)
 
-    def fetch_blob(self, digest: str, dest: str, size: int, progress: Progress | None = None,
-                   what: str | None = None) -> None:
+    def fetch_blob(
+        self, digest: str, dest: str, size: int, progress: Progress | None = None, what: str | None = None
+    ) -> None:
         """Copy blob ``digest`` to the local file ``dest``, verified by sha256 and size while it is read."""
         copy_verified(self.store, digest, dest, size, progress, what=what)
 
@@ -381,23 +587,51 @@ class Registry(AliasOps, MaintenanceOps):
             v = self.resolve(ref, conn)
             files = tuple(FileInfo(f.path, "sha256:" + f.digest, f.size) for f in self.checked_files(conn, v))
             manifest = json.loads(v["manifest"])
-            aliases = tuple(r[0] for r in conn.execute(sa.select(t.aliases.c.alias).where(
-                t.aliases.c.version_id == v["id"]).order_by(t.aliases.c.alias)))
-            tags = {k: val for k, val in conn.execute(sa.select(t.tags.c.key, t.tags.c.value).where(
-                t.tags.c.version_id == v["id"]).order_by(t.tags.c.key))}
+            aliases = tuple(
+                r[0]
+                for r in conn.execute(
+                    sa.select(t.aliases.c.alias).where(t.aliases.c.version_id == v["id"]).order_by(t.aliases.c.alias)
+                )
+            )
+            tags = {
+                k: val
+                for k, val in conn.execute(
+                    sa.select(t.tags.c.key, t.tags.c.value).where(t.tags.c.version_id == v["id"]).order_by(t.tags.c.key)
+                )
+            }
             parents = self._edges(conn, t.lineage.c.child_id == v["id"], parent_side=True)
             children = self._edges(conn, t.lineage.c.parent_id == v["id"], parent_side=False)
-            evals = tuple(Evaluation("sha256:" + r.data_digest, finite(r.metrics), finite(r.details), iso(r.created_at))
-                          for r in conn.execute(sa.select(t.evaluations).where(
-                              t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id)))
+            evals = tuple(
+                Evaluation("sha256:" + r.data_digest, finite(r.metrics), finite(r.details), iso(r.created_at))
+                for r in conn.execute(
+                    sa.select(t.evaluations).where(t.evaluations.c.version_id == v["id"]).order_by(t.evaluations.c.id)
+                )
+            )
             base = self._base_row(conn, v["base_fingerprint"])
         return VersionInfo(
-            name=v["name"], version=v["number"], ref=v["ref"], digest="sha256:" + v["digest"], kind=v["kind"],
-            method=v["method"], config=manifest.get("config"), base_fingerprint=v["base_fingerprint"],
-            base=BaseModel(**base) if base else None, task=manifest.get("task"), files=files, size=v["size"],
-            aliases=aliases, tags=tags, parents=parents, children=children, metrics=manifest.get("metrics") or {},
-            evaluations=evals, data=tuple(manifest.get("data") or ()), created_at=iso(v["created_at"]),
-            created_by=v["created_by"], manifest=manifest)
+            name=v["name"],
+            version=v["number"],
+            ref=v["ref"],
+            digest="sha256:" + v["digest"],
+            kind=v["kind"],
+            method=v["method"],
+            config=manifest.get("config"),
+            base_fingerprint=v["base_fingerprint"],
+            base=BaseModel(**base) if base else None,
+            task=manifest.get("task"),
+            files=files,
+            size=v["size"],
+            aliases=aliases,
+            tags=tags,
+            parents=parents,
+            children=children,
+            metrics=manifest.get("metrics") or {},
+            evaluations=evals,
+            data=tuple(manifest.get("data") or ()),
+            created_at=iso(v["created_at"]),
+            created_by=v["created_by"],
+            manifest=manifest,
+        )
 
     @staticmethod
     def _base_row(conn: sa.Connection, fingerprint: str | None) -> dict[str, Any] | None:
@@ -410,14 +644,24 @@ class Registry(AliasOps, MaintenanceOps):
     def _edges(self, conn: sa.Connection, where: Any, parent_side: bool) -> tuple[Edge, ...]:
         ln, v, a = t.lineage, t.versions, t.adapters
         other = ln.c.parent_id if parent_side else ln.c.child_id
-        q = (sa.select(ln, v.c.number, v.c.digest.label("vdigest"), a.c.name)
-             .select_from(ln.outerjoin(v, v.c.id == other).outerjoin(a, a.c.id == v.c.adapter_id))
-             .where(where).order_by(ln.c.position, ln.c.id))
+        q = (
+            sa.select(ln, v.c.number, v.c.digest.label("vdigest"), a.c.name)
+            .select_from(ln.outerjoin(v, v.c.id == other).outerjoin(a, a.c.id == v.c.adapter_id))
+            .where(where)
+            .order_by(ln.c.position, ln.c.id)
+        )
         out = []
         for r in conn.execute(q):
             digest = r.vdigest or r.parent_digest
-            out.append(Edge(f"{r.name}:{r.number}" if r.name else r.parent_ref, "sha256:" + digest if digest else None,
-                            r.relation, r.details, r.name is None))
+            out.append(
+                Edge(
+                    f"{r.name}:{r.number}" if r.name else r.parent_ref,
+                    "sha256:" + digest if digest else None,
+                    r.relation,
+                    r.details,
+                    r.name is None,
+                )
+            )
         return tuple(out)
 
     def list(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -425,22 +669,49 @@ class Registry(AliasOps, MaintenanceOps):
         v, a = t.versions, t.adapters
         with self.read() as conn:
             # created_at as stored (skip per-row datetime parsing: 10,000 rows list in well under 0.5 s)
-            q = (sa.select(a.c.name, v.c.id, v.c.number, v.c.digest, v.c.kind, v.c.method, v.c.size,
-                           v.c.base_fingerprint, sa.type_coerce(v.c.created_at, sa.String).label("created_at"))
-                 .join(a, a.c.id == v.c.adapter_id).order_by(a.c.name, v.c.number))
+            q = (
+                sa.select(
+                    a.c.name,
+                    v.c.id,
+                    v.c.number,
+                    v.c.digest,
+                    v.c.kind,
+                    v.c.method,
+                    v.c.size,
+                    v.c.base_fingerprint,
+                    sa.type_coerce(v.c.created_at, sa.String).label("created_at"),
+                )
+                .join(a, a.c.id == v.c.adapter_id)
+                .order_by(a.c.name, v.c.number)
+            )
             if name:
                 validate_name(name)
                 self._adapter_id(conn, name)
                 q = q.where(a.c.name == name)
             rows = conn.execute(q).all()
             alias_map: dict[int, list[str]] = {}
-            for vid, alias in conn.execute(sa.select(t.aliases.c.version_id, t.aliases.c.alias).order_by(t.aliases.c.alias)):
+            for vid, alias in conn.execute(
+                sa.select(t.aliases.c.version_id, t.aliases.c.alias).order_by(t.aliases.c.alias)
+            ):
                 alias_map.setdefault(vid, []).append(alias)
             latest_eval: dict[int, dict[str, Any]] = {}  # version id -> metrics of its newest evaluation
-            for vid, metrics in conn.execute(sa.select(t.evaluations.c.version_id, t.evaluations.c.metrics)
-                                             .order_by(t.evaluations.c.id)):
+            for vid, metrics in conn.execute(
+                sa.select(t.evaluations.c.version_id, t.evaluations.c.metrics).order_by(t.evaluations.c.id)
+            ):
                 latest_eval[vid] = finite(metrics)
-        return [{"name": r.name, "version": r.number, "ref": f"{r.name}:{r.number}", "digest": "sha256:" + r.digest,
-                 "kind": r.kind, "method": r.method, "size": r.size, "base_fingerprint": r.base_fingerprint,
-                 "aliases": alias_map.get(r.id, []), "evaluation": latest_eval.get(r.id),
-                 "created_at": iso(r.created_at)} for r in rows]
+        return [
+            {
+                "name": r.name,
+                "version": r.number,
+                "ref": f"{r.name}:{r.number}",
+                "digest": "sha256:" + r.digest,
+                "kind": r.kind,
+                "method": r.method,
+                "size": r.size,
+                "base_fingerprint": r.base_fingerprint,
+                "aliases": alias_map.get(r.id, []),
+                "evaluation": latest_eval.get(r.id),
+                "created_at": iso(r.created_at),
+            }
+            for r in rows
+        ]

@@ -49,6 +49,7 @@ def load_config(home: str) -> dict[str, Any]:
 
 def _check_shape(path: str, data: Any) -> None:
     """Refuse a config.json that is JSON but not ``{"remotes": {NAME: {"db": URL, "store": URL}}}``."""
+
     def bad(problem: str) -> InvalidInput:
         return InvalidInput(f"invalid {path}: {problem} (fix or remove the file)")
 
@@ -110,10 +111,18 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 def server_spec(url: str, token_env: str | None = None) -> dict[str, str]:
     """The config entry of a registry-server remote (checked): ``{"url", "token_env"?}``."""
     parts = urlparse(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password \
-            or parts.query or parts.fragment:
-        raise InvalidInput(f"invalid server URL {mask(url)!r}: expected http(s)://HOST[:PORT][/PATH] without "
-                           "credentials (give the token with --token-env or adapterhub login)")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username
+        or parts.password
+        or parts.query
+        or parts.fragment
+    ):
+        raise InvalidInput(
+            f"invalid server URL {mask(url)!r}: expected http(s)://HOST[:PORT][/PATH] without "
+            "credentials (give the token with --token-env or adapterhub login)"
+        )
     spec = {"url": url.rstrip("/")}
     if token_env is not None:
         if not _ENV_NAME_RE.fullmatch(token_env):
@@ -122,9 +131,17 @@ def server_spec(url: str, token_env: str | None = None) -> dict[str, str]:
     return spec
 
 
-def add_remote(home: str, name: str, db: str | None = None, store: str | None = None, endpoint_url: str | None = None,
-               replace: bool = False, check: Callable[[dict[str, str]], Any] | None = None, url: str | None = None,
-               token_env: str | None = None) -> dict[str, Any]:
+def add_remote(
+    home: str,
+    name: str,
+    db: str | None = None,
+    store: str | None = None,
+    endpoint_url: str | None = None,
+    replace: bool = False,
+    check: Callable[[dict[str, str]], Any] | None = None,
+    url: str | None = None,
+    token_env: str | None = None,
+) -> dict[str, Any]:
     """Save remote ``name``: a registry server (``url``, ``token_env``) or a database + store. ``check(spec)``,
     if given, runs first (connect, migrate ...): when it raises, ``config.json`` is left as it was (an
     existing remote of that name included)."""
@@ -132,12 +149,16 @@ def add_remote(home: str, name: str, db: str | None = None, store: str | None = 
         raise InvalidInput(f"invalid remote name {name!r}: lowercase letters, digits, - and _ (not 'local')")
     if url is not None:
         if db or store or endpoint_url:
-            raise InvalidInput("a server remote takes a URL only (--db, --store and --endpoint-url are for database remotes)")
+            raise InvalidInput(
+                "a server remote takes a URL only (--db, --store and --endpoint-url are for database remotes)"
+            )
         spec: dict[str, str] = server_spec(url, token_env)
     else:
         if not db or not store:
-            raise InvalidInput(f"remote {name!r} needs a server URL (adapterhub remote add {name} https://HOST) "
-                               "or both --db and --store")
+            raise InvalidInput(
+                f"remote {name!r} needs a server URL (adapterhub remote add {name} https://HOST) "
+                "or both --db and --store"
+            )
         if token_env:
             raise InvalidInput("--token-env is for server remotes (http(s):// URLs)")
         if not re.match(r"(sqlite|postgresql)(\+\w+)?://", db):
@@ -206,7 +227,7 @@ def _split(url: str) -> tuple[str, str | None, str, str, str] | None:
     at = head.rfind("@")
     userinfo: str | None = None
     if at != -1 and "/" not in head[:at].split(":", 1)[0]:
-        userinfo, head = head[:at], head[at + 1:]
+        userinfo, head = head[:at], head[at + 1 :]
     slash = head.find("/")
     host, path = (head, "") if slash == -1 else (head[:slash], head[slash:])
     return scheme, userinfo, host, path, tail
@@ -233,8 +254,10 @@ def mask(url: str) -> str:
             host = f"***@{host}" if _secret_user(scheme, userinfo) else f"{userinfo}@{host}"
     if tail.startswith("?"):
         query, hsep, frag = tail[1:].partition("#")
-        pairs = [(k, "***" if _SECRET_KEY.search(k) else mask(v) if "://" in v else v)
-                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        pairs = [
+            (k, "***" if _SECRET_KEY.search(k) else mask(v) if "://" in v else v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
         tail = "?" + urlencode(pairs, safe=":/*@") + hsep + frag
     return f"{scheme}://{host}{path}{tail}"
 
@@ -278,8 +301,10 @@ def known_urls(home: str | None, args: Any = ()) -> list[str]:
     """Every URL a command may have used: its arguments (``--opt=URL`` too), the remotes of ``config.json``
     and the environment's registry and endpoint variables; what :func:`scrub` is given."""
     urls = [a.partition("=")[2] if a.startswith("--") else a for a in args if isinstance(a, str) and "://" in a]
-    urls += [os.environ.get(v, "") for v in ("ADAPTERHUB_REGISTRY_DB", "ADAPTERHUB_REGISTRY_STORE",
-                                             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")]
+    urls += [
+        os.environ.get(v, "")
+        for v in ("ADAPTERHUB_REGISTRY_DB", "ADAPTERHUB_REGISTRY_STORE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+    ]
     try:
         for spec in load_config(config.home_dir(home))["remotes"].values():
             urls += [spec.get("db", ""), spec.get("store", ""), spec.get("url", "")]

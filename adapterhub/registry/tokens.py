@@ -70,8 +70,10 @@ class Principal:
 
     def require_name(self, name: str, what: str) -> None:
         if not self.sees(name):
-            raise Forbidden(f"token '{self.name}' is bound to namespace '{self.namespace}'; {what} {name} is "
-                            f"in namespace '{name.split('/', 1)[0]}'")
+            raise Forbidden(
+                f"token '{self.name}' is bound to namespace '{self.namespace}'; {what} {name} is "
+                f"in namespace '{name.split('/', 1)[0]}'"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "scope": self.scope, "namespace": self.namespace}
@@ -94,9 +96,17 @@ def _hash(salt: str, secret: str) -> str:
 def _describe(row: Any) -> dict[str, Any]:
     expires = row.expires_at
     state = "revoked" if row.revoked_at else ("expired" if expires and _aware(expires) <= now() else "active")
-    return {"name": row.name, "scope": row.scope, "namespace": row.namespace, "created_at": iso(row.created_at),
-            "created_by": row.created_by, "expires_at": iso(expires), "revoked_at": iso(row.revoked_at),
-            "last_used_at": iso(row.last_used_at), "state": state}
+    return {
+        "name": row.name,
+        "scope": row.scope,
+        "namespace": row.namespace,
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by,
+        "expires_at": iso(expires),
+        "revoked_at": iso(row.revoked_at),
+        "last_used_at": iso(row.last_used_at),
+        "state": state,
+    }
 
 
 def _aware(value: Any) -> dt.datetime:
@@ -105,8 +115,14 @@ def _aware(value: Any) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def create_token(reg: Registry, name: str, scope: str, namespace: str | None = None, expires: str | None = None,
-                 created_by: str | None = None) -> dict[str, Any]:
+def create_token(
+    reg: Registry,
+    name: str,
+    scope: str,
+    namespace: str | None = None,
+    expires: str | None = None,
+    created_by: str | None = None,
+) -> dict[str, Any]:
     """Create a token; the returned dict holds the secret (``token``) — the only time it is shown."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(f"invalid token name {name!r}: lowercase letters, digits and ._- (at most 64)")
@@ -119,15 +135,32 @@ def create_token(reg: Registry, name: str, scope: str, namespace: str | None = N
     who = created_by or actor()
     created = now()
     with reg.write() as conn:
-        exists = conn.execute(sa.select(t.tokens.c.id).where(t.tokens.c.name == name,
-                                                             t.tokens.c.revoked_at.is_(None))).first()
+        exists = conn.execute(
+            sa.select(t.tokens.c.id).where(t.tokens.c.name == name, t.tokens.c.revoked_at.is_(None))
+        ).first()
         if exists:
             raise InvalidInput(f"a token named '{name}' exists (revoke it first: adapterhub token revoke {name})")
-        conn.execute(t.tokens.insert().values(
-            name=name, key_id=key_id, salt=salt, secret_hash=_hash(salt, secret), scope=scope, namespace=namespace,
-            created_at=created, created_by=who, expires_at=created + lifetime if lifetime else None))
-        audit(conn, who, "token.create", name, 200, f"scope={scope} namespace={namespace or '*'} "
-              f"expires={'never' if lifetime is None else expires}")
+        conn.execute(
+            t.tokens.insert().values(
+                name=name,
+                key_id=key_id,
+                salt=salt,
+                secret_hash=_hash(salt, secret),
+                scope=scope,
+                namespace=namespace,
+                created_at=created,
+                created_by=who,
+                expires_at=created + lifetime if lifetime else None,
+            )
+        )
+        audit(
+            conn,
+            who,
+            "token.create",
+            name,
+            200,
+            f"scope={scope} namespace={namespace or '*'} expires={'never' if lifetime is None else expires}",
+        )
         row = conn.execute(sa.select(t.tokens).where(t.tokens.c.key_id == key_id)).one()
     return {**_describe(row), "token": f"{TOKEN_PREFIX}{key_id}_{secret}"}
 

@@ -24,8 +24,9 @@ from .records import LocalFile, Published
 MAX_PARENT_DEPTH = 50
 
 
-def copy_version(src: Any, dst: Any, ref: str, progress: Progress | None = None, with_parents: bool = True,
-                 _depth: int = 0) -> Published:
+def copy_version(
+    src: Any, dst: Any, ref: str, progress: Progress | None = None, with_parents: bool = True, _depth: int = 0
+) -> Published:
     """Copy version ``ref`` of ``src`` (with its blobs, lineage, tags and evaluations) into ``dst``."""
     bundle = src.export_version(ref).check()
     if with_parents and _depth < MAX_PARENT_DEPTH:

@@ -39,7 +39,15 @@ from ..registry.records import NEVER_UPLOADED
 from ..registry.registry import LocalFile, ParentSpec, Registry, is_external_ref
 from ..registry.tokens import AuthError, Principal
 from .bodies import (
-    AliasBody, AliasRemoveBody, DigestsBody, EvaluationBody, FileSpec, GcBody, PublishBody, TagBody, TokenBody,
+    AliasBody,
+    AliasRemoveBody,
+    DigestsBody,
+    EvaluationBody,
+    FileSpec,
+    GcBody,
+    PublishBody,
+    TagBody,
+    TokenBody,
 )
 from .statuses import LengthRequired, PayloadTooLarge, status_of
 
@@ -104,8 +112,11 @@ class BodyLimit:
 def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     """The FastAPI application serving ``registry``."""
     settings = settings or Settings()
-    app = FastAPI(title="adapterhub registry", version=__version__,
-                  description="The adapterhub registry over HTTP. Send `Authorization: Bearer ahub_...`.")
+    app = FastAPI(
+        title="adapterhub registry",
+        version=__version__,
+        description="The adapterhub registry over HTTP. Send `Authorization: Bearer ahub_...`.",
+    )
     app.state.registry = registry
     app.state.settings = settings
 
@@ -126,8 +137,10 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
 
     def auditing(action: str):
         """Mark a write endpoint: its outcome (success or refusal) goes to the audit log."""
+
         def mark(request: Request) -> None:
             request.state.action = action
+
         return Depends(mark)
 
     def record(request: Request, status: int, detail: str | None, target: str | None = None) -> None:
@@ -138,9 +151,15 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         actor = who.name if who else getattr(request.state, "refused_actor", None)
         try:
             with registry.write() as conn:
-                audit.record(conn, actor, action or f"{request.method} {request.url.path}"[:64],
-                             target or getattr(request.state, "target", None), status, detail,
-                             request.client.host if request.client else None)
+                audit.record(
+                    conn,
+                    actor,
+                    action or f"{request.method} {request.url.path}"[:64],
+                    target or getattr(request.state, "target", None),
+                    status,
+                    detail,
+                    request.client.host if request.client else None,
+                )
         except Exception:  # the answer must not fail because the log could not be written
             log.exception("could not write the audit log")
 
@@ -198,8 +217,12 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
 
     def hide(who: Principal, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
         """Lineage edges as ``who`` may see them: refs outside its namespace become external."""
-        return tuple(replace(e, ref=None, external=True)
-                     if e.ref and not e.external and not who.sees(e.ref.split(":", 1)[0]) else e for e in edges)
+        return tuple(
+            replace(e, ref=None, external=True)
+            if e.ref and not e.external and not who.sees(e.ref.split(":", 1)[0])
+            else e
+            for e in edges
+        )
 
     # -- probes and identity ----------------------------------------------------------------------
     @app.get("/healthz", tags=["probes"])
@@ -229,8 +252,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
 
     # -- reading ----------------------------------------------------------------------------------
     @app.get("/api/v1/versions", tags=["read"])
-    def list_versions(name: str | None = Query(None, max_length=129),
-                      who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+    def list_versions(
+        name: str | None = Query(None, max_length=129), who: Principal = Depends(principal)
+    ) -> list[dict[str, Any]]:
         """Every version (of ``name``) the token may see."""
         if name:
             who.require_name(name, "name")
@@ -240,8 +264,15 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     def resolve(ref: str = Query(..., max_length=300), who: Principal = Depends(principal)) -> dict[str, Any]:
         """The version a ref names: name, number, digest, kind, method."""
         v = visible(who, ref)
-        return {"name": v["name"], "version": v["number"], "ref": v["ref"], "digest": "sha256:" + v["digest"],
-                "kind": v["kind"], "method": v["method"], "base_fingerprint": v["base_fingerprint"]}
+        return {
+            "name": v["name"],
+            "version": v["number"],
+            "ref": v["ref"],
+            "digest": "sha256:" + v["digest"],
+            "kind": v["kind"],
+            "method": v["method"],
+            "base_fingerprint": v["base_fingerprint"],
+        }
 
     @app.get("/api/v1/show", tags=["read"])
     def show(ref: str = Query(..., max_length=300), who: Principal = Depends(principal)) -> dict[str, Any]:
@@ -249,12 +280,16 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         r = allowed(who, ref)
         info = registry.show(r)
         seen(who, r, info.name)
-        return replace(info, parents=hide(who, info.parents),
-                       children=tuple(c for c in info.children if c.ref and who.sees(c.ref.split(":", 1)[0]))).to_dict()
+        return replace(
+            info,
+            parents=hide(who, info.parents),
+            children=tuple(c for c in info.children if c.ref and who.sees(c.ref.split(":", 1)[0])),
+        ).to_dict()
 
     @app.get("/api/v1/export", tags=["read"])
-    def export(request: Request, ref: str = Query(..., max_length=300),
-               who: Principal = Depends(principal)) -> dict[str, Any]:
+    def export(
+        request: Request, ref: str = Query(..., max_length=300), who: Principal = Depends(principal)
+    ) -> dict[str, Any]:
         """A version as it travels (manifest text verbatim, files, edges, tags, evaluations, base)."""
         r = allowed(who, ref)
         bundle = registry.export_version(r)
@@ -265,27 +300,46 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         return bundle.to_dict()
 
     @app.get("/api/v1/lineage", tags=["read"])
-    def lineage(ref: str = Query(..., max_length=300), depth: int = Query(50, ge=1, le=200),
-                who: Principal = Depends(principal)) -> dict[str, Any]:
+    def lineage(
+        ref: str = Query(..., max_length=300), depth: int = Query(50, ge=1, le=200), who: Principal = Depends(principal)
+    ) -> dict[str, Any]:
         """Ancestors and descendants of a version; nodes outside the token's namespace are anonymous."""
         from ..registry.maintenance import lineage as graph_of
 
         v = visible(who, ref)
         graph = graph_of(registry, v["ref"], depth=depth)
-        hidden = {n["id"] for n in graph["nodes"] if n.get("ref") and not n["external"]
-                  and not who.sees(n["ref"].split(":", 1)[0])}
+        hidden = {
+            n["id"]
+            for n in graph["nodes"]
+            if n.get("ref") and not n["external"] and not who.sees(n["ref"].split(":", 1)[0])
+        }
         if hidden:
-            rename = {h: f"(outside {who.namespace}) {n['digest'][:19]}" for n in graph["nodes"]
-                      for h in [n["id"]] if h in hidden}
-            graph["nodes"] = [({"id": rename[n["id"]], "ref": None, "digest": n["digest"], "method": None,
-                                "external": True} if n["id"] in hidden else n) for n in graph["nodes"]]
-            graph["edges"] = [{**e, "child": rename.get(e["child"], e["child"]),
-                               "parent": rename.get(e["parent"], e["parent"])} for e in graph["edges"]]
+            rename = {
+                h: f"(outside {who.namespace}) {n['digest'][:19]}"
+                for n in graph["nodes"]
+                for h in [n["id"]]
+                if h in hidden
+            }
+            graph["nodes"] = [
+                (
+                    {"id": rename[n["id"]], "ref": None, "digest": n["digest"], "method": None, "external": True}
+                    if n["id"] in hidden
+                    else n
+                )
+                for n in graph["nodes"]
+            ]
+            graph["edges"] = [
+                {**e, "child": rename.get(e["child"], e["child"]), "parent": rename.get(e["parent"], e["parent"])}
+                for e in graph["edges"]
+            ]
         return graph
 
     @app.get("/api/v1/aliases/history", tags=["read"])
-    def alias_history(name: str = Query(..., max_length=129), alias: str = Query(..., max_length=64),
-                      who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+    def alias_history(
+        name: str = Query(..., max_length=129),
+        alias: str = Query(..., max_length=64),
+        who: Principal = Depends(principal),
+    ) -> list[dict[str, Any]]:
         who.require_name(name, "name")
         return registry.alias_history(name, alias)
 
@@ -308,8 +362,12 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
 
         check_digest(digest)
         f, v, a = t.files, t.versions, t.adapters
-        q = (sa.select(f.c.size, a.c.name).join(v, v.c.id == f.c.version_id).join(a, a.c.id == v.c.adapter_id)
-             .where(f.c.blob_digest == digest))
+        q = (
+            sa.select(f.c.size, a.c.name)
+            .join(v, v.c.id == f.c.version_id)
+            .join(a, a.c.id == v.c.adapter_id)
+            .where(f.c.blob_digest == digest)
+        )
         if who.namespace is not None:
             q = q.where(a.c.name.startswith(who.namespace + "/", autoescape=True))
         with registry.read() as conn:
@@ -345,8 +403,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
                 while data := stream.read(CHUNK):
                     yield data
 
-        return StreamingResponse(chunks(), media_type="application/octet-stream",
-                                 headers={"Content-Length": str(size)})
+        return StreamingResponse(chunks(), media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
     @app.post("/api/v1/blobs/missing", tags=["blobs"])
     def missing(body: DigestsBody, who: Principal = Depends(principal)) -> dict[str, Any]:
@@ -367,8 +424,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
             raise LengthRequired("an upload needs a Content-Length header")
         size = int(length)
         if size > settings.max_blob_size:
-            raise PayloadTooLarge(f"blob of {size} bytes is over this server's limit of {settings.max_blob_size} "
-                                  "bytes (--max-blob-size)")
+            raise PayloadTooLarge(
+                f"blob of {size} bytes is over this server's limit of {settings.max_blob_size} bytes (--max-blob-size)"
+            )
         if await run_in_threadpool(registry.store.has, digest):
             return {"digest": digest, "stored": False}
         fd, tmp = tempfile.mkstemp(prefix="adapterhub-upload-")
@@ -405,8 +463,10 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
 
         protected = sorted(set(aliases) & protected_aliases())
         if protected or force:
-            who.require("promote", f"moving the protected alias {name}@{(protected or aliases)[0]}"
-                        + (" with --force" if force else ""))
+            who.require(
+                "promote",
+                f"moving the protected alias {name}@{(protected or aliases)[0]}" + (" with --force" if force else ""),
+            )
 
     @app.post("/api/v1/versions", tags=["write"], dependencies=[auditing("push")])
     def publish(body: PublishBody, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
@@ -423,10 +483,17 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
             if p.ref and not is_external_ref(p.ref):
                 visible(who, p.ref)
         pub = registry.publish(
-            body.name, body.manifest, files, parents=[ParentSpec(p.relation, p.ref, p.digest, p.details)
-                                                      for p in body.parents],
-            aliases=body.aliases, tags=body.tags, base=body.base, kind=body.kind, created_by=who.name,
-            alias_guard=alias_guard() if body.aliases else None)
+            body.name,
+            body.manifest,
+            files,
+            parents=[ParentSpec(p.relation, p.ref, p.digest, p.details) for p in body.parents],
+            aliases=body.aliases,
+            tags=body.tags,
+            base=body.base,
+            kind=body.kind,
+            created_by=who.name,
+            alias_guard=alias_guard() if body.aliases else None,
+        )
         done(request, pub.ref, ("created" if pub.created else "already present") + f" sha256:{pub.digest[:12]}")
         return pub.to_dict()
 
@@ -456,10 +523,23 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         who.require("write", "moving aliases")
         who.require_name(body.name, "moving an alias of")
         alias_scope(who, body.name, [body.alias], body.force)
-        r = move(registry, body.name, body.alias, body.version, reason=body.reason, force=body.force,
-                 gate=body.gate, by=who.name)
-        done(request, f"{body.name}@{body.alias}", f"-> {r['ref']}" + (" (forced)" if r["forced"] else "")
-             + (f" reason: {body.reason}" if body.reason else ""))
+        r = move(
+            registry,
+            body.name,
+            body.alias,
+            body.version,
+            reason=body.reason,
+            force=body.force,
+            gate=body.gate,
+            by=who.name,
+        )
+        done(
+            request,
+            f"{body.name}@{body.alias}",
+            f"-> {r['ref']}"
+            + (" (forced)" if r["forced"] else "")
+            + (f" reason: {body.reason}" if body.reason else ""),
+        )
         return r
 
     @app.post("/api/v1/aliases/remove", tags=["write"], dependencies=[auditing("alias.rm")])
@@ -478,7 +558,9 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         who.require("write", "tagging")
         v = visible(who, body.ref)
         result = registry.set_tags(v["ref"], body.set, body.remove)
-        done(request, v["ref"], ", ".join([f"{k}={val}" for k, val in body.set.items()] + [f"-{k}" for k in body.remove]))
+        done(
+            request, v["ref"], ", ".join([f"{k}={val}" for k, val in body.set.items()] + [f"-{k}" for k in body.remove])
+        )
         return result
 
     @app.post("/api/v1/evaluations", tags=["write"], dependencies=[auditing("eval")])
@@ -509,8 +591,13 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         return tokens.revoke_token(registry, name, revoked_by=who.name)
 
     @app.get("/api/v1/audit", tags=["admin"])
-    def audit_log(limit: int = Query(100, ge=1, le=10_000), actor: str | None = None, action: str | None = None,
-                  before: int | None = None, who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+    def audit_log(
+        limit: int = Query(100, ge=1, le=10_000),
+        actor: str | None = None,
+        action: str | None = None,
+        before: int | None = None,
+        who: Principal = Depends(principal),
+    ) -> list[dict[str, Any]]:
         who.require("admin", "reading the audit log")
         with registry.read() as conn:
             return audit.list_events(conn, limit, actor, action, before)

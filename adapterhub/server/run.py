@@ -26,8 +26,9 @@ LOG_CONFIG: dict[str, Any] = {
 }
 
 
-def serve(home: str | None, host: str, port: int, workers: int, max_blob_size: int,
-          describe: str, echo: Any = print) -> None:
+def serve(
+    home: str | None, host: str, port: int, workers: int, max_blob_size: int, describe: str, echo: Any = print
+) -> None:
     """Serve the registry named by ``home`` / the environment on ``host:port`` until interrupted."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -44,13 +45,24 @@ def serve(home: str | None, host: str, port: int, workers: int, max_blob_size: i
     finally:
         reg.close()
 
-    config = uvicorn.Config("adapterhub.server.app:create_app_from_env", factory=True, host=host, port=port,
-                            workers=workers, log_config=LOG_CONFIG, proxy_headers=False, server_header=False,
-                            timeout_graceful_shutdown=10, h11_max_incomplete_event_size=64 * 1024)
+    config = uvicorn.Config(
+        "adapterhub.server.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=LOG_CONFIG,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
     sock = config.bind_socket()
     bound = sock.getsockname()[1]
-    echo(f"adapterhub serve: listening on http://{host}:{bound} ({describe}; {workers} worker"
-         f"{'s' if workers != 1 else ''}; docs at /docs)")
+    echo(
+        f"adapterhub serve: listening on http://{host}:{bound} ({describe}; {workers} worker"
+        f"{'s' if workers != 1 else ''}; docs at /docs)"
+    )
     sys.stdout.flush()
     if workers > 1:
         Multiprocess(config, sockets=[sock]).run()

@@ -15,8 +15,15 @@ class LengthRequired(InvalidInput):
 
 
 _STATUS: list[tuple[type[BaseException], int]] = [
-    (AuthError, 401), (Forbidden, 403), (NotFound, 404), (PayloadTooLarge, 413), (LengthRequired, 411),
-    (IntegrityError, 409), (BaseMismatch, 400), (InvalidInput, 400)]
+    (AuthError, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (PayloadTooLarge, 413),
+    (LengthRequired, 411),
+    (IntegrityError, 409),
+    (BaseMismatch, 400),
+    (InvalidInput, 400),
+]
 
 
 def status_of(exc: BaseException) -> int:

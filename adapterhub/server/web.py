@@ -35,8 +35,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: scripts and styles only from this server; inline <script type="application/json"> data is never executed
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
 }
 
 
@@ -70,10 +72,13 @@ def signed(value: Any) -> str:
 
 
 def templates() -> Environment:
-    env = Environment(loader=FileSystemLoader(os.path.join(HERE, "templates")),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
-    env.filters.update(size=human_size, fmt=fmt, signed=signed, short=lambda d: (d or "")[:19],
-                       q=lambda s: quote(str(s), safe=""))
+    env = Environment(
+        loader=FileSystemLoader(os.path.join(HERE, "templates")),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    env.filters.update(
+        size=human_size, fmt=fmt, signed=signed, short=lambda d: (d or "")[:19], q=lambda s: quote(str(s), safe="")
+    )
     env.globals["is_forced"] = webdata.is_forced
     return env
 
@@ -85,8 +90,13 @@ def number(text: str, default: int = 1) -> int:
 
 def safe_next(target: str | None) -> str:
     """Only a path of this site (``/x``, not ``//host`` or ``http://``) is followed after sign-in."""
-    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
-            or any(ord(c) < 33 or ord(c) == 127 for c in target)):  # browsers drop tabs: "/\t/host" is "//host"
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ord(c) < 33 or ord(c) == 127 for c in target)
+    ):  # browsers drop tabs: "/\t/host" is "//host"
         return "/"
     return target
 
@@ -97,10 +107,16 @@ def version_context(registry: Any, who: Principal, info: VersionInfo) -> dict[st
     for e in graph["edges"]:
         e["label"] = webdata.edge_label(e)
     training = info.manifest.get("training") or {}
-    return {"v": info, "graph": graph, "loss": training.get("loss_history") or [],
-            "alias_events": webdata.alias_events_of(registry, info), "gate": webdata.gate_status(registry, info),
-            "evaluations": [{**e.to_dict(), "key": webdata.key_metric(e.metrics, e.details)} for e in info.evaluations],
-            "tracking": info.manifest.get("tracking") or {}, "data_check": info.manifest.get("data_check")}
+    return {
+        "v": info,
+        "graph": graph,
+        "loss": training.get("loss_history") or [],
+        "alias_events": webdata.alias_events_of(registry, info),
+        "gate": webdata.gate_status(registry, info),
+        "evaluations": [{**e.to_dict(), "key": webdata.key_metric(e.metrics, e.details)} for e in info.evaluations],
+        "tracking": info.manifest.get("tracking") or {},
+        "data_check": info.manifest.get("data_check"),
+    }
 
 
 def mount(app: FastAPI, registry: Any) -> None:
@@ -114,8 +130,9 @@ def mount(app: FastAPI, registry: Any) -> None:
             secret_box["key"] = websession.server_secret()
         return secret_box["key"]
 
-    def render(request: Request, template_name: str, status: int = 200, who: Principal | None = None,
-               **ctx: Any) -> HTMLResponse:
+    def render(
+        request: Request, template_name: str, status: int = 200, who: Principal | None = None, **ctx: Any
+    ) -> HTMLResponse:
         csrf = request.cookies.get(websession.CSRF_COOKIE) or websession.new_csrf()
         html = env.get_template(template_name).render(who=who, csrf=csrf, path=request.url.path, **ctx)
         response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
@@ -133,6 +150,7 @@ def mount(app: FastAPI, registry: Any) -> None:
     def page(fn: Callable[..., tuple[str, dict[str, Any]]]) -> Callable[..., Any]:
         """A page handler: the session's principal is passed in; errors become an HTML page with the API's
         status (401 -> the sign-in form)."""
+
         @functools.wraps(fn)
         async def handler(request: Request, **kwargs: Any) -> Response:
             who = None
@@ -146,8 +164,14 @@ def mount(app: FastAPI, registry: Any) -> None:
             except Forbidden as exc:
                 return render(request, "error.html", 403, who=who, title="Forbidden", message=str(exc))
             except NotFound:
-                return render(request, "error.html", 404, who=who, title="Not found",
-                              message="Nothing here, or nothing this token may see.")
+                return render(
+                    request,
+                    "error.html",
+                    404,
+                    who=who,
+                    title="Not found",
+                    message="Nothing here, or nothing this token may see.",
+                )
             except AdapterhubError as exc:
                 from .statuses import status_of
 
@@ -156,7 +180,8 @@ def mount(app: FastAPI, registry: Any) -> None:
 
         params = [p for p in inspect.signature(fn).parameters.values() if p.name != "who"]
         handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request), *params])
+            [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request), *params]
+        )
         return handler
 
     # -- signing in and out -----------------------------------------------------------------------
@@ -165,12 +190,15 @@ def mount(app: FastAPI, registry: Any) -> None:
         return render(request, "login.html", next=safe_next(next), error=None)
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, token: str = Form("", max_length=200), csrf: str = Form("", max_length=100),
-              next: str = Form("/", max_length=2000)) -> Response:
+    def login(
+        request: Request,
+        token: str = Form("", max_length=200),
+        csrf: str = Form("", max_length=100),
+        next: str = Form("/", max_length=2000),
+    ) -> Response:
         client = request.client.host if request.client else None
         if not websession.csrf_ok(request.cookies.get(websession.CSRF_COOKIE), csrf):
-            return render(request, "login.html", 400, next=safe_next(next),
-                          error="The form expired; sign in again.")
+            return render(request, "login.html", 400, next=safe_next(next), error="The form expired; sign in again.")
         try:
             who = tokens.authenticate(registry, token)
             who.require("read", "the web UI")
@@ -182,10 +210,15 @@ def mount(app: FastAPI, registry: Any) -> None:
         with registry.write() as conn:
             audit.record(conn, who.name, "login", None, 200, "web UI session", client)
         response = RedirectResponse(safe_next(next), status_code=303)
-        response.set_cookie(websession.SESSION_COOKIE,
-                            websession.make_session(secret(), websession.key_id_of(token)),
-                            max_age=websession.SESSION_SECONDS, httponly=True, samesite="strict", path="/",
-                            secure=request.url.scheme == "https")
+        response.set_cookie(
+            websession.SESSION_COOKIE,
+            websession.make_session(secret(), websession.key_id_of(token)),
+            max_age=websession.SESSION_SECONDS,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=request.url.scheme == "https",
+        )
         response.set_cookie(websession.CSRF_COOKIE, websession.new_csrf(), httponly=True, samesite="strict", path="/")
         return response
 
@@ -252,8 +285,7 @@ def mount(app: FastAPI, registry: Any) -> None:
     def audit_page(who: Principal, actor: str = "", action: str = "", before: str = ""):
         who.require("admin", "reading the audit log")
         with registry.read() as conn:
-            events = audit.list_events(conn, 100, actor[:256] or None, action[:64] or None,
-                                       number(before, 0) or None)
+            events = audit.list_events(conn, 100, actor[:256] or None, action[:64] or None, number(before, 0) or None)
         kept = {k: v for k, v in (("actor", actor), ("action", action)) if v}
         older = urlencode({**kept, "before": events[-1]["id"]}) if len(events) == 100 else None
         return "audit.html", {"events": events, "actor": actor, "action": action, "older": older}

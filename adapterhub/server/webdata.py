@@ -54,14 +54,22 @@ def best(evals: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _evaluations(conn: sa.Connection, where: Any) -> list[Any]:
     v, e = t.versions, t.evaluations
-    return conn.execute(sa.select(v.c.adapter_id, v.c.id, v.c.number, e.c.metrics, e.c.details)
-                        .join(v, v.c.id == e.c.version_id).where(where).order_by(e.c.id)).all()
+    return conn.execute(
+        sa.select(v.c.adapter_id, v.c.id, v.c.number, e.c.metrics, e.c.details)
+        .join(v, v.c.id == e.c.version_id)
+        .where(where)
+        .order_by(e.c.id)
+    ).all()
 
 
 def _aliases(conn: sa.Connection, where: Any) -> list[Any]:
     al, v = t.aliases, t.versions
-    return conn.execute(sa.select(al.c.adapter_id, al.c.alias, al.c.version_id, v.c.number)
-                        .join(v, v.c.id == al.c.version_id).where(where).order_by(al.c.alias)).all()
+    return conn.execute(
+        sa.select(al.c.adapter_id, al.c.alias, al.c.version_id, v.c.number)
+        .join(v, v.c.id == al.c.version_id)
+        .where(where)
+        .order_by(al.c.alias)
+    ).all()
 
 
 def search(reg: Any, who: Principal, q: str = "", method: str = "", base: str = "", page: int = 1) -> dict[str, Any]:
@@ -69,23 +77,34 @@ def search(reg: Any, who: Principal, q: str = "", method: str = "", base: str = 
     ``q`` matches names and tag keys/values (of any version), ``method``/``base`` the latest version."""
     a, v, tg = t.adapters, t.versions, t.tags
     latest = sa.select(v.c.adapter_id, sa.func.max(v.c.number).label("n")).group_by(v.c.adapter_id).subquery()
-    query = (sa.select(a.c.id, a.c.name, v.c.number, v.c.method, v.c.kind, v.c.base_fingerprint, v.c.created_at)
-             .join(latest, latest.c.adapter_id == a.c.id)
-             .join(v, sa.and_(v.c.adapter_id == a.c.id, v.c.number == latest.c.n)))
+    query = (
+        sa.select(a.c.id, a.c.name, v.c.number, v.c.method, v.c.kind, v.c.base_fingerprint, v.c.created_at)
+        .join(latest, latest.c.adapter_id == a.c.id)
+        .join(v, sa.and_(v.c.adapter_id == a.c.id, v.c.number == latest.c.n))
+    )
     query = in_namespace(query, a.c.name, who)
     if q.strip():
         pattern = "%" + q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         v2 = v.alias("v2")
-        tagged = sa.exists(sa.select(1).select_from(tg.join(v2, v2.c.id == tg.c.version_id)).where(
-            v2.c.adapter_id == a.c.id, sa.or_(sa.func.lower(tg.c.key).like(pattern, escape="\\"),
-                                              sa.func.lower(tg.c.value).like(pattern, escape="\\"))))
+        tagged = sa.exists(
+            sa.select(1)
+            .select_from(tg.join(v2, v2.c.id == tg.c.version_id))
+            .where(
+                v2.c.adapter_id == a.c.id,
+                sa.or_(
+                    sa.func.lower(tg.c.key).like(pattern, escape="\\"),
+                    sa.func.lower(tg.c.value).like(pattern, escape="\\"),
+                ),
+            )
+        )
         query = query.where(sa.or_(sa.func.lower(a.c.name).like(pattern, escape="\\"), tagged))
     if method:
         query = query.where(v.c.method == method)
     if base.strip():
         fp = base.strip().lower()
-        query = query.where(v.c.base_fingerprint.startswith(fp if fp.startswith("sha256:") else "sha256:" + fp,
-                                                            autoescape=True))
+        query = query.where(
+            v.c.base_fingerprint.startswith(fp if fp.startswith("sha256:") else "sha256:" + fp, autoescape=True)
+        )
     with reg.read() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar() or 0
         nav = pages(total, page)
@@ -100,15 +119,32 @@ def search(reg: Any, who: Principal, q: str = "", method: str = "", base: str = 
                 k = key_metric(r.metrics, r.details)
                 if k:
                     evals.setdefault(r.adapter_id, []).append({**k, "version": r.number})
-        methods = sorted(m for (m,) in conn.execute(in_namespace(
-            sa.select(v.c.method).join(a, a.c.id == v.c.adapter_id).where(v.c.method.is_not(None)).distinct(),
-            a.c.name, who)))
+        methods = sorted(
+            m
+            for (m,) in conn.execute(
+                in_namespace(
+                    sa.select(v.c.method).join(a, a.c.id == v.c.adapter_id).where(v.c.method.is_not(None)).distinct(),
+                    a.c.name,
+                    who,
+                )
+            )
+        )
         spaces: dict[str, int] = {}
         for (name,) in conn.execute(in_namespace(sa.select(a.c.name), a.c.name, who)):
             spaces[name.split("/", 1)[0]] = spaces.get(name.split("/", 1)[0], 0) + 1
-    out = [{"name": r.name, "version": r.number, "method": r.method, "kind": r.kind,
-            "base_fingerprint": r.base_fingerprint, "created_at": iso(r.created_at),
-            "aliases": aliases.get(r.id, []), "best": best(evals.get(r.id, []))} for r in rows]
+    out = [
+        {
+            "name": r.name,
+            "version": r.number,
+            "method": r.method,
+            "kind": r.kind,
+            "base_fingerprint": r.base_fingerprint,
+            "created_at": iso(r.created_at),
+            "aliases": aliases.get(r.id, []),
+            "best": best(evals.get(r.id, [])),
+        }
+        for r in rows
+    ]
     return {"rows": out, "methods": methods, "namespaces": sorted(spaces.items()), **nav}
 
 
@@ -124,10 +160,22 @@ def name_versions(reg: Any, who: Principal, name: str, page: int = 1) -> dict[st
         total = conn.execute(sa.select(sa.func.count()).where(v.c.adapter_id == adapter_id)).scalar() or 0
         nav = pages(total, page)
         rows = conn.execute(
-            sa.select(v.c.id, v.c.number, v.c.kind, v.c.method, v.c.base_fingerprint, v.c.manifest, v.c.created_by,
-                      v.c.created_at, v.c.size)
-            .where(v.c.adapter_id == adapter_id).order_by(v.c.number.desc())
-            .limit(PAGE).offset((nav["page"] - 1) * PAGE)).all()
+            sa.select(
+                v.c.id,
+                v.c.number,
+                v.c.kind,
+                v.c.method,
+                v.c.base_fingerprint,
+                v.c.manifest,
+                v.c.created_by,
+                v.c.created_at,
+                v.c.size,
+            )
+            .where(v.c.adapter_id == adapter_id)
+            .order_by(v.c.number.desc())
+            .limit(PAGE)
+            .offset((nav["page"] - 1) * PAGE)
+        ).all()
         ids = [r.id for r in rows]
         aliases: dict[int, list[str]] = {}
         for r in _aliases(conn, t.aliases.c.adapter_id == adapter_id):
@@ -143,11 +191,22 @@ def name_versions(reg: Any, who: Principal, name: str, page: int = 1) -> dict[st
             manifest = parse_manifest(r.manifest, f"{name}:{r.number}")
         except IntegrityError:  # a database edited behind the registry's back: say so on this row, list the rest
             manifest = {"data_check": {"status": "manifest unreadable: verify this version"}}
-        out.append({"version": r.number, "kind": r.kind, "method": r.method, "task": manifest.get("task"),
-                    "base_fingerprint": r.base_fingerprint, "base_name": bases.get(r.base_fingerprint),
-                    "data_check": (manifest.get("data_check") or {}).get("status"), "evaluation": evals.get(r.id),
-                    "aliases": aliases.get(r.id, []), "created_by": r.created_by, "created_at": iso(r.created_at),
-                    "size": r.size})
+        out.append(
+            {
+                "version": r.number,
+                "kind": r.kind,
+                "method": r.method,
+                "task": manifest.get("task"),
+                "base_fingerprint": r.base_fingerprint,
+                "base_name": bases.get(r.base_fingerprint),
+                "data_check": (manifest.get("data_check") or {}).get("status"),
+                "evaluation": evals.get(r.id),
+                "aliases": aliases.get(r.id, []),
+                "created_by": r.created_by,
+                "created_at": iso(r.created_at),
+                "size": r.size,
+            }
+        )
     return {"name": name, "rows": out, "aliases": sorted({al for names in aliases.values() for al in names}), **nav}
 
 
@@ -159,19 +218,34 @@ def alias_events_of(reg: Any, version: VersionInfo) -> list[dict[str, Any]]:
         vid = _row(conn, version)
         rows = conn.execute(
             sa.select(e, old.c.number.label("old_number"), new.c.number.label("new_number"))
-            .outerjoin(old, old.c.id == e.c.old_version_id).outerjoin(new, new.c.id == e.c.new_version_id)
-            .where(e.c.adapter_id == vid.adapter_id,
-                   sa.or_(e.c.old_version_id == vid.id, e.c.new_version_id == vid.id)).order_by(e.c.id)).all()
-    return [{"alias": r.alias, "at": iso(r.at), "actor": r.actor, "from": r.old_number, "to": r.new_number,
-             "reason": r.reason, "forced": is_forced(r.reason)} for r in rows]
+            .outerjoin(old, old.c.id == e.c.old_version_id)
+            .outerjoin(new, new.c.id == e.c.new_version_id)
+            .where(e.c.adapter_id == vid.adapter_id, sa.or_(e.c.old_version_id == vid.id, e.c.new_version_id == vid.id))
+            .order_by(e.c.id)
+        ).all()
+    return [
+        {
+            "alias": r.alias,
+            "at": iso(r.at),
+            "actor": r.actor,
+            "from": r.old_number,
+            "to": r.new_number,
+            "reason": r.reason,
+            "forced": is_forced(r.reason),
+        }
+        for r in rows
+    ]
 
 
 def _row(conn: sa.Connection, version: VersionInfo) -> Any:
     """The versions row (id, adapter_id) of a shown version, by name and number: one digest may be a version
     of several names."""
     v, a = t.versions, t.adapters
-    return conn.execute(sa.select(v.c.id, v.c.adapter_id).join(a, a.c.id == v.c.adapter_id).where(
-        a.c.name == version.name, v.c.number == version.version)).one()
+    return conn.execute(
+        sa.select(v.c.id, v.c.adapter_id)
+        .join(a, a.c.id == v.c.adapter_id)
+        .where(a.c.name == version.name, v.c.number == version.version)
+    ).one()
 
 
 def gate_status(reg: Any, version: VersionInfo) -> list[dict[str, Any]]:
@@ -181,9 +255,14 @@ def gate_status(reg: Any, version: VersionInfo) -> list[dict[str, Any]]:
 
     with reg.read() as conn:
         vid = _row(conn, version).id
-        return [{"alias": alias, "holds": alias in version.aliases,
-                 "reasons": [] if alias in version.aliases else check_promotion(conn, version.name, alias, vid)}
-                for alias in sorted(protected_aliases())]
+        return [
+            {
+                "alias": alias,
+                "holds": alias in version.aliases,
+                "reasons": [] if alias in version.aliases else check_promotion(conn, version.name, alias, vid),
+            }
+            for alias in sorted(protected_aliases())
+        ]
 
 
 def is_forced(reason: str | None) -> bool:
@@ -202,12 +281,15 @@ def visible_lineage(reg: Any, who: Principal, ref: str, depth: int = 50) -> dict
     for n in graph["nodes"]:
         if n.get("ref") and not n["external"] and not who.sees(n["ref"].split(":", 1)[0]):
             rename[n["id"]] = f"hidden-{len(rename) + 1}"
-            nodes.append({"id": rename[n["id"]], "ref": None, "digest": None, "method": None, "external": True,
-                          "hidden": True})
+            nodes.append(
+                {"id": rename[n["id"]], "ref": None, "digest": None, "method": None, "external": True, "hidden": True}
+            )
         else:
             nodes.append(n)
-    edges = [{**e, "child": rename.get(e["child"], e["child"]), "parent": rename.get(e["parent"], e["parent"])}
-             for e in graph["edges"]]
+    edges = [
+        {**e, "child": rename.get(e["child"], e["child"]), "parent": rename.get(e["parent"], e["parent"])}
+        for e in graph["edges"]
+    ]
     return {"root": graph["root"], "nodes": nodes, "edges": edges}
 
 

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from .. import config
 from ..registry import schema as t
-from ..registry.tokens import Principal, _aware
 from ..registry.records import now
+from ..registry.tokens import Principal, _aware
 
 SESSION_COOKIE = "ahub_session"
 CSRF_COOKIE = "ahub_csrf"

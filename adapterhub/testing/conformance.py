@@ -28,9 +28,9 @@ import dataclasses
 import json
 import os
 import warnings
-from types import SimpleNamespace
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, ClassVar, cast
 
 import pytest
@@ -148,8 +148,9 @@ class MethodConformance:
         from safetensors.torch import load_file
 
         manifest = {"method": self.method.name, "config": json.loads(json.dumps(dataclasses.asdict(config)))}
-        out = save_adapter(str(tmp_path / "adapter"), manifest, self.method.state_dict(model),
-                           self.method.to_peft_config(config, None))
+        out = save_adapter(
+            str(tmp_path / "adapter"), manifest, self.method.state_dict(model), self.method.to_peft_config(config, None)
+        )
         tensors = load_file(os.path.join(out, "adapter_model.safetensors"))
         with open(os.path.join(out, "adapterhub.json"), encoding="utf-8") as f:
             read_back = self.method.config_from_manifest(json.load(f)["config"])
@@ -206,7 +207,6 @@ class PeftParity(MethodConformance):
         expected = self.output(theirs)
         assert not torch.equal(expected, self.output(self.build())), "peft's adapter does not change the outputs"
         torch.testing.assert_close(self.output(ours), expected, rtol=0, atol=self.tolerance)
-
 
 
 class PeftMergeParity(PeftParity):

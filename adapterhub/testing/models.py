@@ -59,8 +59,16 @@ def tiny_gpt2(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
-        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     _seeded(1)
     return _ready(GPT2LMHeadModel(cfg), dtype)
@@ -121,10 +129,14 @@ def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Ten
     return value if value is not None else out.last_hidden_state
 
 
-WORDS = ("the a cat dog sat on mat ran to park is good bad happy sad yes no hello world what color sky "
-         "blue green red answer question user assistant says and it was very not").split()
-CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endfor %}"
-                 "{% if add_generation_prompt %}<assistant> {% endif %}")
+WORDS = (
+    "the a cat dog sat on mat ran to park is good bad happy sad yes no hello world what color sky "
+    "blue green red answer question user assistant says and it was very not"
+).split()
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
 
 
 def word_tokenizer(chat_template: bool = True) -> "PreTrainedTokenizerFast":
@@ -137,8 +149,9 @@ def word_tokenizer(chat_template: bool = True) -> "PreTrainedTokenizerFast":
     assert len(vocab) <= VOCAB
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
     if chat_template:
         tok.chat_template = CHAT_TEMPLATE
     return tok
@@ -149,10 +162,20 @@ def save_tiny_llama_base(path: str | os.PathLike[str], dtype: torch.dtype = torc
     from transformers import LlamaConfig, LlamaForCausalLM
 
     # a larger init scale than tiny_llama(): its logits are not flat, so a few LoRA steps visibly learn
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-                      initializer_range=0.2)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        initializer_range=0.2,
+    )
     _seeded(3)
     model = LlamaForCausalLM(cfg)
     _ready(model, dtype)  # (in place)

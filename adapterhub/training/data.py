@@ -113,8 +113,14 @@ def causal_lm_examples(rows: Rows, tokenizer: Any, max_length: int) -> list[dict
 
 
 def _chat_parts(messages: Any, tokenizer: Any, name: str, n: int) -> tuple[str, str]:
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    ):
         raise InvalidInput(f"{name}:{n}: 'messages' must be a list of {{role, content}} objects")
     if not getattr(tokenizer, "chat_template", None):
         raise InvalidInput(f"{name}:{n}: the base tokenizer has no chat template; use 'text' or 'prompt'/'completion'")
@@ -124,7 +130,7 @@ def _chat_parts(messages: Any, tokenizer: Any, name: str, n: int) -> tuple[str, 
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     if not full.startswith(prompt):
         return "", full
-    return prompt, full[len(prompt):]
+    return prompt, full[len(prompt) :]
 
 
 # -- sequence classification --------------------------------------------------------------------
@@ -185,7 +191,9 @@ def collate(pad_id: int):
         width = max(len(b["input_ids"]) for b in batch)
         out = {
             "input_ids": torch.tensor([b["input_ids"] + [pad_id] * (width - len(b["input_ids"])) for b in batch]),
-            "attention_mask": torch.tensor([b["attention_mask"] + [0] * (width - len(b["attention_mask"])) for b in batch]),
+            "attention_mask": torch.tensor(
+                [b["attention_mask"] + [0] * (width - len(b["attention_mask"])) for b in batch]
+            ),
         }
         if isinstance(batch[0]["labels"], list):
             out["labels"] = torch.tensor([b["labels"] + [IGNORE] * (width - len(b["labels"])) for b in batch])

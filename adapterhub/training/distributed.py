@@ -28,14 +28,20 @@ _FAILURE_KEY = "adapterhub/failed"
 #: what gloo and NCCL say when a peer process is gone or a collective timed out
 _PEER_LOST = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "nccl", "gloo")
 
-FSDP_ON_CPU = ("FSDP needs CUDA GPUs: accelerate shards only on GPU-class devices and on CPU would silently "
-               "train plain DDP (torch's own FSDP runs on CPU, but not through accelerate and the Trainer); on "
-               "CPU launch without --use_fsdp (DDP), on GPUs see 'Scale out' in the README")
-FSDP_VERSION_1 = ("FSDP version 1 renames the model's modules (the adapter's keys would change); use FSDP2: "
-                  "accelerate launch --use_fsdp --fsdp_version 2 (or fsdp_version: 2 in the accelerate config)")
-DEEPSPEED = ("DeepSpeed through accelerate is not supported: on CPU accelerate ignores it (plain DDP), and on "
-             "GPUs the Trainer's DeepSpeed checkpoints hold the whole model, not only the adapter; use DDP, or "
-             "FSDP2 on GPUs for a base that does not fit one GPU (see 'Scale out' in the README)")
+FSDP_ON_CPU = (
+    "FSDP needs CUDA GPUs: accelerate shards only on GPU-class devices and on CPU would silently "
+    "train plain DDP (torch's own FSDP runs on CPU, but not through accelerate and the Trainer); on "
+    "CPU launch without --use_fsdp (DDP), on GPUs see 'Scale out' in the README"
+)
+FSDP_VERSION_1 = (
+    "FSDP version 1 renames the model's modules (the adapter's keys would change); use FSDP2: "
+    "accelerate launch --use_fsdp --fsdp_version 2 (or fsdp_version: 2 in the accelerate config)"
+)
+DEEPSPEED = (
+    "DeepSpeed through accelerate is not supported: on CPU accelerate ignores it (plain DDP), and on "
+    "GPUs the Trainer's DeepSpeed checkpoints hold the whole model, not only the adapter; use DDP, or "
+    "FSDP2 on GPUs for a base that does not fit one GPU (see 'Scale out' in the README)"
+)
 
 
 def timeout_seconds(value: float | None) -> float:
@@ -67,11 +73,17 @@ def check_engine(cuda: bool) -> list[str]:
             raise InvalidInput(FSDP_ON_CPU)
         if os.environ.get("FSDP_VERSION", "1").strip() != "2":
             raise InvalidInput(FSDP_VERSION_1)
-    if (_flag("ACCELERATE_USE_CPU") and os.environ.get("MASTER_ADDR") and not os.environ.get("WORLD_SIZE")
-            and not any(os.environ.get(v) for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))):
-        return ["'accelerate launch --cpu' started one process: accelerate runs several CPU processes only "
-                "through MPI; for data parallelism on CPU use 'accelerate launch --multi_gpu --num_processes N' "
-                "(torchrun, gloo) or torchrun"]
+    if (
+        _flag("ACCELERATE_USE_CPU")
+        and os.environ.get("MASTER_ADDR")
+        and not os.environ.get("WORLD_SIZE")
+        and not any(os.environ.get(v) for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))
+    ):
+        return [
+            "'accelerate launch --cpu' started one process: accelerate runs several CPU processes only "
+            "through MPI; for data parallelism on CPU use 'accelerate launch --multi_gpu --num_processes N' "
+            "(torchrun, gloo) or torchrun"
+        ]
     return []
 
 
@@ -81,8 +93,14 @@ class Processes:
     The collectives here go over a gloo group (the default group on CPU, a side group next to NCCL on
     GPUs) with the run's timeout; their failures become :class:`AdapterhubError` lines."""
 
-    def __init__(self, world_size: int = 1, rank: int = 0, local_rank: int = 0,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, group: Any = None):
+    def __init__(
+        self,
+        world_size: int = 1,
+        rank: int = 0,
+        local_rank: int = 0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        group: Any = None,
+    ):
         self.world_size, self.rank, self.local_rank = world_size, rank, local_rank
         self.timeout_s = timeout_s
         self._group = group
@@ -112,17 +130,22 @@ class Processes:
         if "timed out" in text.lower() or "timeout" in text.lower():
             return AdapterhubError(
                 f"process {self.rank} waited {self.timeout_s:g} s for the other processes while {stage} and gave "
-                f"up: one is stuck, was killed or cannot be reached (the limit is --dist-timeout or {TIMEOUT_ENV})")
-        return AdapterhubError(f"process {self.rank}: another process of this run ended while {stage} (killed, "
-                               f"crashed or its node failed; {_transport_reason(text)})")
+                f"up: one is stuck, was killed or cannot be reached (the limit is --dist-timeout or {TIMEOUT_ENV})"
+            )
+        return AdapterhubError(
+            f"process {self.rank}: another process of this run ended while {stage} (killed, "
+            f"crashed or its node failed; {_transport_reason(text)})"
+        )
 
     def stopped(self, stage: str) -> AdapterhubError:
         """The error for SIGTERM from the launcher (torchrun stops every process once one has failed)."""
         elsewhere = self.failure_note()
         if elsewhere is not None or not self.main:
             return ReportedElsewhere(elsewhere or "stopped by the launcher")
-        return AdapterhubError(f"process 0 was stopped by the launcher while {stage}: another process of this run "
-                               "ended (killed or crashed) or the run was interrupted")
+        return AdapterhubError(
+            f"process 0 was stopped by the launcher while {stage}: another process of this run "
+            "ended (killed or crashed) or the run was interrupted"
+        )
 
     def check_all(self, exc: BaseException | None, stage: str) -> None:
         """Every process says how its part of ``stage`` went; if any failed, all raise: process 0 the

@@ -70,9 +70,10 @@ def _embed(tok: Any, model: Any, texts: list[str], batch_size: int, max_length: 
     chunks = []
     with torch.inference_mode():
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            enc = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+            idx = order[i : i + batch_size]
+            enc = tok(
+                [texts[j] for j in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             if not accepts_types:
                 enc.pop("token_type_ids", None)
             hidden = model(**enc).last_hidden_state.float()

@@ -86,8 +86,10 @@ def task_of(manifest: dict[str, Any], override: str | None = None) -> str:
         task_type = (manifest.get("config") or {}).get("task_type")
         task = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}.get(task_type)
     if override and task and override != task:
-        raise InvalidInput(f"--task {override} does not match the version's recorded task {task} "
-                           "(--task is only for versions that record no task)")
+        raise InvalidInput(
+            f"--task {override} does not match the version's recorded task {task} "
+            "(--task is only for versions that record no task)"
+        )
     if override or task:
         return override or task
     raise InvalidInput("the version records no task; pass --task causal-lm or --task seq-cls")
@@ -162,11 +164,12 @@ def _r(x: float) -> float:
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
-def _run_seq_cls(model: Any, examples: list[dict[str, Any]], batch_size: int, pad_id: int, tick,
-                 hidden: bool = False) -> tuple[list[int], Any]:
+def _run_seq_cls(
+    model: Any, examples: list[dict[str, Any]], batch_size: int, pad_id: int, tick, hidden: bool = False
+) -> tuple[list[int], Any]:
     import torch
 
     from .data import collate
@@ -202,8 +205,12 @@ def _run_causal(model: Any, examples: list[dict[str, Any]], batch_size: int, pad
             labels = batch.pop("labels")
             logits = model(**batch).logits.float()
             shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
-            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                                   ignore_index=IGNORE, reduction="sum")
+            loss = F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)),
+                shift_labels.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
             total += float(loss)
             tokens += int((shift_labels != IGNORE).sum())
             tick(1)
@@ -214,16 +221,28 @@ def _run_causal(model: Any, examples: list[dict[str, Any]], batch_size: int, pad
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: str | None = None,
-             batch_size: int = 8, max_length: int | None = None, task: str | None = None,
-             allow_base_mismatch: bool = False, store: bool = True, home: str | None = None, plugins: Any = None,
-             progress: ProgressFactory | None = None) -> dict[str, Any]:
+def evaluate(
+    reg: Any,
+    ref: str,
+    base_dir: str,
+    data_path: str,
+    *,
+    probe_path: str | None = None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    task: str | None = None,
+    allow_base_mismatch: bool = False,
+    store: bool = True,
+    home: str | None = None,
+    plugins: Any = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
     """Evaluate version ``ref`` and its bare base on ``data_path`` (and the probe set); store the result
     as an evaluation of the version keyed by the data's digest (unless ``store`` is false or the base's
     fingerprint differs and ``allow_base_mismatch`` let it run). Returns the full result."""
+    from ..plugins import get_plugins
     from . import data as D
     from .modeling import attach_loaded, load_tokenizer, max_positions
-    from ..plugins import get_plugins
 
     if batch_size <= 0:
         raise InvalidInput(f"--batch-size must be positive, got {batch_size}")
@@ -269,8 +288,11 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
     per_pass = -(-len(examples) // batch_size) + (-(-len(probe_ex) // batch_size) if probe_ex else 0)
     base_head = None
     if task == "seq-cls":
-        base_head = "from the base checkpoint" if _base_has_head(base_dir) else \
-            f"none in the base: a new head initialised with seed {BASE_HEAD_SEED} (chance-level baseline)"
+        base_head = (
+            "from the base checkpoint"
+            if _base_has_head(base_dir)
+            else f"none in the base: a new head initialised with seed {BASE_HEAD_SEED} (chance-level baseline)"
+        )
 
     started = time.time()
     with _bar(progress, 2 * per_pass) as tick:
@@ -292,9 +314,14 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
             ad_probe = _run_causal(model, probe_ex, batch_size, pad, tick) if probe_ex else None
             probe_m = None
             if probe_ex:
-                probe_m = {"rows": len(probe_ex), "base_loss": base_probe["loss"], "adapter_loss": ad_probe["loss"],
-                           "forgetting": _r(ad_probe["loss"] - base_probe["loss"]),
-                           "base_perplexity": base_probe["perplexity"], "adapter_perplexity": ad_probe["perplexity"]}
+                probe_m = {
+                    "rows": len(probe_ex),
+                    "base_loss": base_probe["loss"],
+                    "adapter_loss": ad_probe["loss"],
+                    "forgetting": _r(ad_probe["loss"] - base_probe["loss"]),
+                    "base_perplexity": base_probe["perplexity"],
+                    "adapter_perplexity": ad_probe["perplexity"],
+                }
     del effective
     scalar = ("accuracy", "macro_f1") if task == "seq-cls" else ("loss", "perplexity")
     gain = {k: _r(adapter_m[k] - base_m[k]) for k in scalar}
@@ -307,32 +334,58 @@ def evaluate(reg: Any, ref: str, base_dir: str, data_path: str, *, probe_path: s
 
     primary, higher = PRIMARY[task]
     details: dict[str, Any] = {
-        "task": task, "primary_metric": primary, "higher_is_better": higher,
-        "base_fingerprint": fp, "expected_base_fingerprint": info.base_fingerprint,
+        "task": task,
+        "primary_metric": primary,
+        "higher_is_better": higher,
+        "base_fingerprint": fp,
+        "expected_base_fingerprint": info.base_fingerprint,
         "data": {"file": os.path.basename(data_path), "digest": rows.digest, "rows": len(examples)},
         "rows": len(examples),
-        "probe_digest": probe.digest if probe else None, "probe_rows": len(probe_ex) if probe_ex else 0,
-        "max_length": max_length, "batch_size": batch_size,
+        "probe_digest": probe.digest if probe else None,
+        "probe_rows": len(probe_ex) if probe_ex else 0,
+        "max_length": max_length,
+        "batch_size": batch_size,
     }
     if task == "seq-cls":
-        details.update({"labels": labels, "labels_source": labels_source, "base_head": base_head,
-                        "per_class": adapter_m["per_class"], "base_per_class": base_m["per_class"]})
+        details.update(
+            {
+                "labels": labels,
+                "labels_source": labels_source,
+                "base_head": base_head,
+                "per_class": adapter_m["per_class"],
+                "base_per_class": base_m["per_class"],
+            }
+        )
     else:
         details["tokens"] = adapter_m["tokens"]
     stored = store and not mismatched
     if stored and (bad := non_finite(metrics)):
-        raise InvalidInput(f"{info.ref} produces non-finite results on {os.path.basename(data_path)} "
-                           f"({', '.join(f'{k}={metrics[k]}' for k in bad)}): "
-                           + ("the base model" if all(k.startswith(("base_", "probe_base_")) for k in bad)
-                              else "the adapter") + " produces NaN/inf outputs; not stored "
-                           "(use --no-store to see the full result)")
+        raise InvalidInput(
+            f"{info.ref} produces non-finite results on {os.path.basename(data_path)} "
+            f"({', '.join(f'{k}={metrics[k]}' for k in bad)}): "
+            + ("the base model" if all(k.startswith(("base_", "probe_base_")) for k in bad) else "the adapter")
+            + " produces NaN/inf outputs; not stored "
+            "(use --no-store to see the full result)"
+        )
     if stored:
         reg.add_evaluation(info.ref, rows.digest, metrics, details)
     return {
-        "ref": info.ref, "digest": info.digest, "task": task, "data_digest": rows.digest,
-        "rows": len(examples), "adapter": adapter_m, "base": base_m, "gain": gain, "probe": probe_m,
-        "metrics": metrics, "details": details, "base_head": base_head, "base_fingerprint": fp,
-        "base_mismatch": mismatched, "stored": stored, "seconds": round(time.time() - started, 2),
+        "ref": info.ref,
+        "digest": info.digest,
+        "task": task,
+        "data_digest": rows.digest,
+        "rows": len(examples),
+        "adapter": adapter_m,
+        "base": base_m,
+        "gain": gain,
+        "probe": probe_m,
+        "metrics": metrics,
+        "details": details,
+        "base_head": base_head,
+        "base_fingerprint": fp,
+        "base_mismatch": mismatched,
+        "stored": stored,
+        "seconds": round(time.time() - started, 2),
     }
 
 
@@ -347,8 +400,13 @@ def _probe_seq_cls(probe: Any, tokenizer: Any, max_length: int, labels: list[str
         if not isinstance(text, str):
             raise InvalidInput(f"{name}:{n}: field 'text' must be a string")
         enc = tokenizer(text, truncation=True, max_length=max_length)
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "labels": index[str(o["label"])] if labelled else -1})
+        out.append(
+            {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "labels": index[str(o["label"])] if labelled else -1,
+            }
+        )
     return out, labelled
 
 
@@ -359,8 +417,13 @@ def _probe_seq_cls_metrics(probe_ex, labelled, base_out, ad_out) -> dict[str, An
     ad_pred, ad_h = ad_out
     agree = sum(1 for a, b in zip(base_pred, ad_pred) if a == b) / len(base_pred)
     cos = torch.nn.functional.cosine_similarity(base_h, ad_h, dim=-1).mean().item()
-    out: dict[str, Any] = {"rows": len(probe_ex), "agreement": _r(agree), "hidden_cosine": _r(cos),
-                           "base_accuracy": None, "adapter_accuracy": None}
+    out: dict[str, Any] = {
+        "rows": len(probe_ex),
+        "agreement": _r(agree),
+        "hidden_cosine": _r(cos),
+        "base_accuracy": None,
+        "adapter_accuracy": None,
+    }
     if labelled:
         y = [ex["labels"] for ex in probe_ex]
         out["base_accuracy"] = _r(sum(1 for t, p in zip(y, base_pred) if t == p) / len(y))
@@ -389,21 +452,36 @@ def _stats(times: list[float], tokens: int) -> dict[str, float]:
     import numpy as np
 
     arr = np.asarray(times)
-    return {"p50_ms": _r(float(np.percentile(arr, 50)) * 1000), "p95_ms": _r(float(np.percentile(arr, 95)) * 1000),
-            "mean_ms": _r(float(arr.mean()) * 1000), "tokens_per_s": _r(tokens / float(np.median(arr)))}
+    return {
+        "p50_ms": _r(float(np.percentile(arr, 50)) * 1000),
+        "p95_ms": _r(float(np.percentile(arr, 95)) * 1000),
+        "mean_ms": _r(float(arr.mean()) * 1000),
+        "tokens_per_s": _r(tokens / float(np.median(arr))),
+    }
 
 
-def bench_latency(reg: Any, ref: str, base_dir: str, *, runs: int = 20, batch_size: int = 1, seq_len: int = 128,
-                  warmup: int = 3, task: str | None = None, allow_base_mismatch: bool = False,
-                  home: str | None = None, plugins: Any = None,
-                  progress: ProgressFactory | None = None) -> dict[str, Any]:
+def bench_latency(
+    reg: Any,
+    ref: str,
+    base_dir: str,
+    *,
+    runs: int = 20,
+    batch_size: int = 1,
+    seq_len: int = 128,
+    warmup: int = 3,
+    task: str | None = None,
+    allow_base_mismatch: bool = False,
+    home: str | None = None,
+    plugins: Any = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
     """Forward-pass latency (p50/p95 ms) and tokens/s of the bare base, the base with the adapter
     attached, and the merged model (the adapter merged into a copy of the base's state dict with
     ``Method.merge_tensor``; ``"n/a"`` for methods that cannot merge), on random token ids."""
     import torch
 
-    from .modeling import attach_loaded, max_positions
     from ..plugins import get_plugins
+    from .modeling import attach_loaded, max_positions
 
     for opt, value in (("--runs", runs), ("--batch-size", batch_size), ("--seq-len", seq_len)):
         if value <= 0:
@@ -453,11 +531,23 @@ def bench_latency(reg: Any, ref: str, base_dir: str, *, runs: int = 20, batch_si
             with torch.inference_mode():
                 diff = (_out(model(**inputs)).float() - ref_out.float()).abs().max().item()
             merged["max_abs_diff_vs_adapter"] = _r(diff)
-    return {"ref": info.ref, "digest": info.digest, "task": task, "method": loaded.method.name,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "threads": torch.get_num_threads(), "batch_size": batch_size, "seq_len": seq, "runs": runs,
-            "warmup": warmup, "base_fingerprint": fp, "base_mismatch": mismatched,
-            "base": base, "adapter": adapter, "merged": merged}
+    return {
+        "ref": info.ref,
+        "digest": info.digest,
+        "task": task,
+        "method": loaded.method.name,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "seq_len": seq,
+        "runs": runs,
+        "warmup": warmup,
+        "base_fingerprint": fp,
+        "base_mismatch": mismatched,
+        "base": base,
+        "adapter": adapter,
+        "merged": merged,
+    }
 
 
 def _out(output: Any) -> Any:
@@ -492,13 +582,19 @@ def compare(reg: Any, ref_a: str, ref_b: str) -> dict[str, Any]:
         return {k: v for k, v in (cfg or {}).items()}
 
     ca, cb = flat(a.config), flat(b.config)
-    config = [{"key": k, "a": ca.get(k), "b": cb.get(k), "same": ca.get(k) == cb.get(k)}
-              for k in sorted(set(ca) | set(cb))]
+    config = [
+        {"key": k, "a": ca.get(k), "b": cb.get(k), "same": ca.get(k) == cb.get(k)} for k in sorted(set(ca) | set(cb))
+    ]
     summary = []
     getters: tuple[tuple[str, Callable[[VersionInfo], Any]], ...] = (
-        ("method", lambda v: v.method), ("task", lambda v: v.task), ("base_fingerprint", lambda v: v.base_fingerprint),
-        ("digest", lambda v: v.digest), ("created_at", lambda v: v.created_at), ("aliases", lambda v: list(v.aliases)),
-        ("data_check", lambda v: (v.manifest.get("data_check") or {}).get("status")))
+        ("method", lambda v: v.method),
+        ("task", lambda v: v.task),
+        ("base_fingerprint", lambda v: v.base_fingerprint),
+        ("digest", lambda v: v.digest),
+        ("created_at", lambda v: v.created_at),
+        ("aliases", lambda v: list(v.aliases)),
+        ("data_check", lambda v: (v.manifest.get("data_check") or {}).get("status")),
+    )
     for key, getter in getters:
         summary.append({"key": key, "a": getter(a), "b": getter(b), "same": getter(a) == getter(b)})
 
@@ -510,13 +606,22 @@ def compare(reg: Any, ref_a: str, ref_b: str) -> dict[str, Any]:
         return out
 
     da, db = by_role(a), by_role(b)
-    data = [{"role": r, "a": (da.get(r) or {}).get("digest"), "b": (db.get(r) or {}).get("digest"),
-             "a_rows": (da.get(r) or {}).get("rows"), "b_rows": (db.get(r) or {}).get("rows"),
-             "same": (da.get(r) or {}).get("digest") == (db.get(r) or {}).get("digest")}
-            for r in sorted(set(da) | set(db))]
+    data = [
+        {
+            "role": r,
+            "a": (da.get(r) or {}).get("digest"),
+            "b": (db.get(r) or {}).get("digest"),
+            "a_rows": (da.get(r) or {}).get("rows"),
+            "b_rows": (db.get(r) or {}).get("rows"),
+            "same": (da.get(r) or {}).get("digest") == (db.get(r) or {}).get("digest"),
+        }
+        for r in sorted(set(da) | set(db))
+    ]
     ma, mb = a.metrics, b.metrics
-    metrics = [{"key": k, "a": ma.get(k), "b": mb.get(k), "delta": _delta(ma.get(k), mb.get(k))}
-               for k in sorted(set(ma) | set(mb))]
+    metrics = [
+        {"key": k, "a": ma.get(k), "b": mb.get(k), "delta": _delta(ma.get(k), mb.get(k))}
+        for k in sorted(set(ma) | set(mb))
+    ]
 
     def latest(v: VersionInfo) -> dict[tuple[str, str], Evaluation]:
         out: dict[tuple[str, str], Evaluation] = {}
@@ -528,12 +633,26 @@ def compare(reg: Any, ref_a: str, ref_b: str) -> dict[str, Any]:
     evaluations = []
     for key in sorted(set(ea) | set(eb)):
         xa, xb = ea[key].metrics if key in ea else {}, eb[key].metrics if key in eb else {}
-        evaluations.append({
-            "data_digest": key[0], "kind": key[1], "shared": key in ea and key in eb,
-            "metrics": [{"key": k, "a": xa.get(k), "b": xb.get(k), "delta": _delta(xa.get(k), xb.get(k))}
-                        for k in sorted(set(xa) | set(xb))]})
-    return {"a": a.ref, "b": b.ref, "summary": summary, "config": config, "data": data, "metrics": metrics,
-            "evaluations": evaluations}
+        evaluations.append(
+            {
+                "data_digest": key[0],
+                "kind": key[1],
+                "shared": key in ea and key in eb,
+                "metrics": [
+                    {"key": k, "a": xa.get(k), "b": xb.get(k), "delta": _delta(xa.get(k), xb.get(k))}
+                    for k in sorted(set(xa) | set(xb))
+                ],
+            }
+        )
+    return {
+        "a": a.ref,
+        "b": b.ref,
+        "summary": summary,
+        "config": config,
+        "data": data,
+        "metrics": metrics,
+        "evaluations": evaluations,
+    }
 
 
 def _delta(x: Any, y: Any) -> float | None:

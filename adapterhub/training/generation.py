@@ -24,8 +24,17 @@ import time
 from typing import Any
 
 from ..errors import InvalidInput
-from .evaluate import (DEFAULT_MAX_LENGTH, ProgressFactory, _bar, _batches, _check_base, _r, load_base, load_version,
-                       task_of)
+from .evaluate import (
+    DEFAULT_MAX_LENGTH,
+    ProgressFactory,
+    _bar,
+    _batches,
+    _check_base,
+    _r,
+    load_base,
+    load_version,
+    task_of,
+)
 
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_SAMPLES = 5
@@ -54,8 +63,10 @@ def generation_rows(rows: Any, tokenizer: Any) -> list[dict[str, Any]]:
                 if not isinstance(v, str):
                     raise InvalidInput(f"{name}:{n}: field '{k}' must be a string")
         else:
-            raise InvalidInput(f"{name}:{n}: --generate needs 'prompt' and 'completion' (or 'reference'), or "
-                               "'messages' ending with an assistant message")
+            raise InvalidInput(
+                f"{name}:{n}: --generate needs 'prompt' and 'completion' (or 'reference'), or "
+                "'messages' ending with an assistant message"
+            )
         if not reference.strip():
             raise InvalidInput(f"{name}:{n}: the reference completion is empty: nothing to score against")
         out.append({"line": n, "prompt": prompt, "reference": reference.strip()})
@@ -71,8 +82,16 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, batch_size: int, max_new_tokens: int,
-             device: Any, tick=lambda n: None) -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    device: Any,
+    tick=lambda n: None,
+) -> list[str]:
     """Greedy continuations of tokenized ``prompts`` (batched, left padding), decoded without special
     tokens and cut at the first end-of-sequence token."""
     import torch
@@ -80,8 +99,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, batch_size
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos = _eos_ids(model, tokenizer)
-    cfg = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                           eos_token_id=eos or None)
+    cfg = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos or None
+    )
     out: list[str] = []
     with torch.no_grad():
         for chunk in _batches(prompts, batch_size):
@@ -97,23 +117,35 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, batch_size
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS - 1] + "…"
+    return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
 
 
-def evaluate_generation(reg: Any, ref: str, base_dir: str, data_path: str, *,
-                        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, metrics: list[str] | None = None,
-                        samples: int = DEFAULT_SAMPLES, batch_size: int = 8, max_length: int | None = None,
-                        task: str | None = None, allow_base_mismatch: bool = False, store: bool = True,
-                        home: str | None = None, plugins: Any = None,
-                        progress: ProgressFactory | None = None) -> dict[str, Any]:
+def evaluate_generation(
+    reg: Any,
+    ref: str,
+    base_dir: str,
+    data_path: str,
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    metrics: list[str] | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    task: str | None = None,
+    allow_base_mismatch: bool = False,
+    store: bool = True,
+    home: str | None = None,
+    plugins: Any = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
     """Generate with the bare base and with version ``ref`` for every prompt of ``data_path``, score both
     against the references and store the scores (see the module docstring). Returns the full result."""
     import torch
 
-    from . import data as D
-    from .modeling import attach_loaded, load_tokenizer, max_positions
     from ..metrics import primary_of, resolve, score
     from ..plugins import get_plugins
+    from . import data as D
+    from .modeling import attach_loaded, load_tokenizer, max_positions
 
     for opt, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
         if value <= 0:
@@ -128,8 +160,9 @@ def evaluate_generation(reg: Any, ref: str, base_dir: str, data_path: str, *,
     info = reg.show(ref)
     task = task_of(info.manifest, task)
     if task != "causal-lm":
-        raise InvalidInput(f"--generate is for causal-lm adapters; {info.ref} is {task} "
-                           "(evaluate it without --generate)")
+        raise InvalidInput(
+            f"--generate is for causal-lm adapters; {info.ref} is {task} (evaluate it without --generate)"
+        )
     rows = D.read_jsonl(data_path)
     tokenizer = load_tokenizer(base_dir)
     items = generation_rows(rows, tokenizer)
@@ -143,8 +176,10 @@ def evaluate_generation(reg: Any, ref: str, base_dir: str, data_path: str, *,
             limit = cap
     keep = limit - max_new_tokens
     if keep <= 0:
-        raise InvalidInput(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt within "
-                           f"{limit} tokens (--max-length, or the model's limit)")
+        raise InvalidInput(
+            f"--max-new-tokens {max_new_tokens} leaves no room for the prompt within "
+            f"{limit} tokens (--max-length, or the model's limit)"
+        )
     prompts, truncated = [], 0
     for it in items:
         ids = tokenizer(it["prompt"], add_special_tokens=True)["input_ids"]
@@ -157,37 +192,70 @@ def evaluate_generation(reg: Any, ref: str, base_dir: str, data_path: str, *,
     refs = [it["reference"] for it in items]
     started = time.time()
     with _bar(progress, 2 * -(-len(prompts) // batch_size)) as tick:
-        base_out = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                            device=device, tick=tick)
+        base_out = generate(
+            model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, tick=tick
+        )
         attach_loaded(model, loaded)
         model.to(device)
-        adapter_out = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                               device=device, tick=tick)
+        adapter_out = generate(
+            model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, tick=tick
+        )
     base_m, adapter_m = score(chosen, base_out, refs), score(chosen, adapter_out, refs)
     gain = {k: _r(adapter_m[k] - base_m[k]) for k in adapter_m}
     flat: dict[str, Any] = dict(adapter_m)
     flat.update({f"base_{k}": v for k, v in base_m.items()})
     flat.update({f"gain_{k}": v for k, v in gain.items()})
-    shown = [{"line": it["line"], "prompt": _clip(it["prompt"]), "reference": _clip(it["reference"]),
-              "base": _clip(b), "adapter": _clip(a)}
-             for it, b, a in list(zip(items, base_out, adapter_out))[:samples]]
-    generation = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                  "max_length": limit, "truncated_prompts": truncated}
+    shown = [
+        {
+            "line": it["line"],
+            "prompt": _clip(it["prompt"]),
+            "reference": _clip(it["reference"]),
+            "base": _clip(b),
+            "adapter": _clip(a),
+        }
+        for it, b, a in list(zip(items, base_out, adapter_out))[:samples]
+    ]
+    generation = {
+        "decoding": "greedy",
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "max_length": limit,
+        "truncated_prompts": truncated,
+    }
     details: dict[str, Any] = {
-        "task": task, "kind": "generation", "primary_metric": primary.name,
+        "task": task,
+        "kind": "generation",
+        "primary_metric": primary.name,
         "higher_is_better": primary.higher_is_better,
         "metric_info": {m.name: {"plugin": p, "higher_is_better": m.higher_is_better} for p, m in chosen},
-        "base_fingerprint": fp, "expected_base_fingerprint": info.base_fingerprint,
+        "base_fingerprint": fp,
+        "expected_base_fingerprint": info.base_fingerprint,
         "data": {"file": os.path.basename(data_path), "digest": rows.digest, "rows": len(items)},
-        "rows": len(items), "generation": generation, "samples": shown,
+        "rows": len(items),
+        "generation": generation,
+        "samples": shown,
     }
     stored = store and not mismatched
     if stored:
         reg.add_evaluation(info.ref, rows.digest, flat, details)
     return {
-        "ref": info.ref, "digest": info.digest, "task": task, "kind": "generation",
-        "data_digest": rows.digest, "rows": len(items), "metric_names": [m.name for _, m in chosen],
-        "primary_metric": primary.name, "adapter": adapter_m, "base": base_m, "gain": gain, "metrics": flat,
-        "samples": shown, "generation": generation, "details": details, "base_fingerprint": fp,
-        "base_mismatch": mismatched, "stored": stored, "seconds": round(time.time() - started, 2),
+        "ref": info.ref,
+        "digest": info.digest,
+        "task": task,
+        "kind": "generation",
+        "data_digest": rows.digest,
+        "rows": len(items),
+        "metric_names": [m.name for _, m in chosen],
+        "primary_metric": primary.name,
+        "adapter": adapter_m,
+        "base": base_m,
+        "gain": gain,
+        "metrics": flat,
+        "samples": shown,
+        "generation": generation,
+        "details": details,
+        "base_fingerprint": fp,
+        "base_mismatch": mismatched,
+        "stored": stored,
+        "seconds": round(time.time() - started, 2),
     }

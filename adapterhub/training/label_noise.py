@@ -27,8 +27,9 @@ def _need() -> None:
         import cleanlab  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError:
-        raise InvalidInput("the label-noise check needs cleanlab and scikit-learn: "
-                           "pip install 'adapterhub[quality]'") from None
+        raise InvalidInput(
+            "the label-noise check needs cleanlab and scikit-learn: pip install 'adapterhub[quality]'"
+        ) from None
 
 
 def out_of_fold_probs(x: Any, y: Any, folds: int = FOLDS, seed: int = SEED) -> Any:
@@ -45,16 +46,20 @@ def out_of_fold_probs(x: Any, y: Any, folds: int = FOLDS, seed: int = SEED) -> A
     return probs
 
 
-def find_label_issues(lines: list[int], texts: list[str], labels: list[str], embeddings: Any,
-                      folds: int = FOLDS, seed: int = SEED) -> dict[str, Any]:
+def find_label_issues(
+    lines: list[int], texts: list[str], labels: list[str], embeddings: Any, folds: int = FOLDS, seed: int = SEED
+) -> dict[str, Any]:
     """The label-issues section of a data-check report (see the module docstring). Skipped, with the
     reason in ``skipped``, when there are fewer than two classes or a class has fewer than two rows."""
     import numpy as np
 
     classes = sorted(set(labels))
     counts = {c: labels.count(c) for c in classes}
-    base = {"method": "confident learning (cleanlab) on out-of-fold logistic-regression probabilities "
-                      "over frozen base-model embeddings", "classes": classes}
+    base = {
+        "method": "confident learning (cleanlab) on out-of-fold logistic-regression probabilities "
+        "over frozen base-model embeddings",
+        "classes": classes,
+    }
     if len(classes) < 2:
         return {**base, "skipped": "fewer than two labels"}
     smallest = min(counts.values())
@@ -74,12 +79,25 @@ def find_label_issues(lines: list[int], texts: list[str], labels: list[str], emb
     flagged = cl_find(y, probs, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence")
     scores = get_label_quality_scores(y, probs, method="self_confidence")
     joint = estimate_joint(y, probs)
-    rows = [{"line": lines[i], "text": texts[i][:TEXT_CHARS], "label": labels[i],
-             "suggested": classes[int(probs[i].argmax())], "score": round(float(scores[i]), 4)}
-            for i in flagged]
-    return {**base, "folds": k, "seed": seed, "checked": len(labels),
-            "estimated_noise_rate": round(float(1.0 - np.trace(joint)), 4),
-            "count": len(rows), "rows": rows}
+    rows = [
+        {
+            "line": lines[i],
+            "text": texts[i][:TEXT_CHARS],
+            "label": labels[i],
+            "suggested": classes[int(probs[i].argmax())],
+            "score": round(float(scores[i]), 4),
+        }
+        for i in flagged
+    ]
+    return {
+        **base,
+        "folds": k,
+        "seed": seed,
+        "checked": len(labels),
+        "estimated_noise_rate": round(float(1.0 - np.trace(joint)), 4),
+        "count": len(rows),
+        "rows": rows,
+    }
 
 
 def gate_noise(section: dict[str, Any] | None, max_rate: float | None) -> str | None:
@@ -90,8 +108,10 @@ def gate_noise(section: dict[str, Any] | None, max_rate: float | None) -> str | 
     if rate <= max_rate:
         return None
     first = ", ".join(str(r["line"]) for r in section["rows"][:5])
-    return (f"estimated label noise {rate:.1%} is above --fail-on-noise {max_rate:g} ({section['count']} likely "
-            f"mislabeled row(s), first at line(s) {first})")
+    return (
+        f"estimated label noise {rate:.1%} is above --fail-on-noise {max_rate:g} ({section['count']} likely "
+        f"mislabeled row(s), first at line(s) {first})"
+    )
 
 
 def check_out(path: str, out: str, force: bool) -> str:
@@ -110,8 +130,9 @@ def check_out(path: str, out: str, force: bool) -> str:
     return folder
 
 
-def clean_file(path: str, out: str, report: dict[str, Any], relabel: bool = False,
-               force: bool = False) -> dict[str, Any]:
+def clean_file(
+    path: str, out: str, report: dict[str, Any], relabel: bool = False, force: bool = False
+) -> dict[str, Any]:
     """Write ``path`` to ``out`` without the rows ``report`` (a data-check report with label issues)
     flags, or with their label replaced by the suggested one (``relabel``). Every other line is copied
     byte for byte; blank lines are dropped. The file appears whole or not at all (a temporary file in
@@ -127,8 +148,10 @@ def clean_file(path: str, out: str, report: dict[str, Any], relabel: bool = Fals
         raise InvalidInput(f"cannot clean {os.path.basename(path)}: the label check was skipped ({li['skipped']})")
     if report["malformed"]["count"]:
         first = report["malformed"]["examples"][0]
-        raise InvalidInput(f"{first['file']}:{first['line']}: {first['error']} ({report['malformed']['count']} "
-                           "malformed line(s); fix them first, see 'adapterhub data check')")
+        raise InvalidInput(
+            f"{first['file']}:{first['line']}: {first['error']} ({report['malformed']['count']} "
+            "malformed line(s); fix them first, see 'adapterhub data check')"
+        )
     folder = check_out(path, out, force)
 
     flagged = {r["line"]: r for r in li["rows"]}
@@ -168,5 +191,6 @@ def clean_file(path: str, out: str, report: dict[str, Any], relabel: bool = Fals
         "output": {"path": out, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "rows": len(lines_out)},
         "action": "relabelled" if relabel else "removed",
         "estimated_noise_rate": li["estimated_noise_rate"],
-        "count": len(changed), "rows": changed,
+        "count": len(changed),
+        "rows": changed,
     }

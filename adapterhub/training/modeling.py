@@ -129,8 +129,11 @@ def load_base_model(base_dir: str, task: str, labels: list[str] | None = None, d
             found = weight_shape_mismatch(base_dir, config, auto)
         except Exception:  # best effort: the message below still names the problem
             found = None
-        detail = (f"{found[0]} has shape {list(found[1])} in the weights but config.json makes it {list(found[2])}"
-                  if found else "a weight's shape differs from what config.json describes")
+        detail = (
+            f"{found[0]} has shape {list(found[1])} in the weights but config.json makes it {list(found[2])}"
+            if found
+            else "a weight's shape differs from what config.json describes"
+        )
         raise InvalidInput(f"base {base_dir}: config.json does not match its weights: {detail}") from None
     model.eval()
     return model

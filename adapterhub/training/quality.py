@@ -95,9 +95,14 @@ def _parse(objs: list[tuple[int, Any]], task: str, name: str, bad: list[dict[str
                 rows.append(_Row(n, o["text"], str(o["label"]), True, o["text"]))
         elif "messages" in o:
             msgs = o["messages"]
-            if not isinstance(msgs, list) or not msgs or not all(
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(
                     isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs):
+                    for m in msgs
+                )
+            ):
                 err = "'messages' must be a list of {role, content} objects"
             else:
                 last = msgs[-1]["role"] == "assistant"
@@ -130,15 +135,21 @@ def _lengths(rows: list[_Row], tokenizer: Any) -> list[int]:
     texts = [r.length_text for r in rows]
     out = []
     for i in range(0, len(texts), 256):
-        enc = tokenizer(texts[i:i + 256], add_special_tokens=True, truncation=False)["input_ids"]
+        enc = tokenizer(texts[i : i + 256], add_special_tokens=True, truncation=False)["input_ids"]
         out.extend(len(x) for x in enc)
     return out
 
 
 # -- the check ----------------------------------------------------------------------------------
-def check_data(train_path: str, eval_path: str | None = None, task: str | None = None, tokenizer: Any = None,
-               max_length: int | None = None, embed: Callable[[list[str]], Any] | None = None,
-               against: str | None = None) -> dict[str, Any]:
+def check_data(
+    train_path: str,
+    eval_path: str | None = None,
+    task: str | None = None,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    embed: Callable[[list[str]], Any] | None = None,
+    against: str | None = None,
+) -> dict[str, Any]:
     """Check ``train_path`` (and ``eval_path``) and return the report (a JSON-able dict; see the module
     docstring for the definitions). ``embed`` (texts -> sentence embeddings, e.g.
     :func:`.embed.embedder`) turns on the checks that need the base model; ``against`` is a JSONL sample of
@@ -168,18 +179,23 @@ def check_data(train_path: str, eval_path: str | None = None, task: str | None =
     unit = "tokens" if tokenizer is not None else "whitespace tokens"
 
     report: dict[str, Any] = {
-        "task": task, "task_inferred": inferred,
-        "train": t_info, "eval": e_info,
+        "task": task,
+        "task_inferred": inferred,
+        "train": t_info,
+        "eval": e_info,
         "rows": len(train),
         "duplicates": _duplicates(train, t_info["file"]),
         "conflicts": _conflicts(train, t_info["file"]),
         "leakage": _leakage(train, evals, task, t_info["file"], e_info["file"] if e_info else None),
         "labels": _labels(train, evals, task),
         "empty": _merge(_empty(train, t_info["file"], task), _empty(evals, e_info["file"] if e_info else "", task)),
-        "lengths": _length_report(train, evals, tokenizer, max_length, unit, t_info["file"],
-                                  e_info["file"] if e_info else None),
-        "malformed": {"count": len(t_bad) + len(e_bad) + len(a_bad),
-                      "examples": (t_bad + e_bad + a_bad)[:MAX_EXAMPLES]},
+        "lengths": _length_report(
+            train, evals, tokenizer, max_length, unit, t_info["file"], e_info["file"] if e_info else None
+        ),
+        "malformed": {
+            "count": len(t_bad) + len(e_bad) + len(a_bad),
+            "examples": (t_bad + e_bad + a_bad)[:MAX_EXAMPLES],
+        },
     }
     if e_info:
         report["eval_rows"] = len(evals)
@@ -205,8 +221,9 @@ def _label_issues(rows: list[_Row], task: str, embed: Callable[[list[str]], Any]
     return find_label_issues([r.line for r in rows], texts, [str(r.target) for r in rows], embed(texts))
 
 
-def _shift(train: list[_Row], others: list[tuple[dict[str, Any] | None, list[_Row]]],
-           embed: Callable[[list[str]], Any] | None) -> dict[str, Any]:
+def _shift(
+    train: list[_Row], others: list[tuple[dict[str, Any] | None, list[_Row]]], embed: Callable[[list[str]], Any] | None
+) -> dict[str, Any]:
     others = [(info, rows) for info, rows in others if info]
     if embed is None:
         return {"skipped": "without --base"}
@@ -246,8 +263,7 @@ def _duplicates(rows: list[_Row], file: str) -> dict[str, Any]:
             continue
         exact.setdefault(ek, r.line)
         if len(examples) < MAX_EXAMPLES:
-            examples.append({"file": file, "line": r.line, "duplicate_of": first, "kind": kind,
-                             "input": r.input[:120]})
+            examples.append({"file": file, "line": r.line, "duplicate_of": first, "kind": kind, "input": r.input[:120]})
     return {"exact": n_exact, "normalized": n_norm, "total": n_exact + n_norm, "examples": examples}
 
 
@@ -259,9 +275,17 @@ def _conflicts(rows: list[_Row], file: str) -> dict[str, Any]:
     bad = [g for g in groups.values() if len({normalize(str(r.target)) for r in g}) > 1]
     bad.sort(key=lambda g: g[0].line)
     return {
-        "count": len(bad), "rows": sum(len(g) for g in bad),
-        "examples": [{"file": file, "lines": [r.line for r in g], "input": g[0].input[:120],
-                      "targets": sorted({str(r.target)[:80] for r in g})} for g in bad[:MAX_EXAMPLES]],
+        "count": len(bad),
+        "rows": sum(len(g) for g in bad),
+        "examples": [
+            {
+                "file": file,
+                "lines": [r.line for r in g],
+                "input": g[0].input[:120],
+                "targets": sorted({str(r.target)[:80] for r in g}),
+            }
+            for g in bad[:MAX_EXAMPLES]
+        ],
     }
 
 
@@ -291,10 +315,23 @@ def _leakage(train: list[_Row], evals: list[_Row], task: str, t_file: str, e_fil
         else:
             continue
         if len(examples) < MAX_EXAMPLES:
-            examples.append({"eval_file": e_file, "eval_line": r.line, "train_file": t_file, "train_line": line,
-                             "kind": kind, "input": r.input[:120]})
-    return {"exact": n_exact, "normalized": n_norm, "total": n_exact + n_norm, "checked": e_file is not None,
-            "examples": examples}
+            examples.append(
+                {
+                    "eval_file": e_file,
+                    "eval_line": r.line,
+                    "train_file": t_file,
+                    "train_line": line,
+                    "kind": kind,
+                    "input": r.input[:120],
+                }
+            )
+    return {
+        "exact": n_exact,
+        "normalized": n_norm,
+        "total": n_exact + n_norm,
+        "checked": e_file is not None,
+        "examples": examples,
+    }
 
 
 def _labels(train: list[_Row], evals: list[_Row], task: str) -> dict[str, Any]:
@@ -303,8 +340,11 @@ def _labels(train: list[_Row], evals: list[_Row], task: str) -> dict[str, Any]:
     dist: dict[str, int] = {}
     for r in train:
         dist[r.target] = dist.get(r.target, 0) + 1
-    out: dict[str, Any] = {"distribution": dict(sorted(dist.items())), "classes": len(dist),
-                           "imbalance_ratio": round(max(dist.values()) / min(dist.values()), 4) if dist else None}
+    out: dict[str, Any] = {
+        "distribution": dict(sorted(dist.items())),
+        "classes": len(dist),
+        "imbalance_ratio": round(max(dist.values()) / min(dist.values()), 4) if dist else None,
+    }
     if evals:
         e_dist: dict[str, int] = {}
         for r in evals:
@@ -329,14 +369,25 @@ def _empty(rows: list[_Row], file: str, task: str) -> dict[str, Any]:
     return {"count": len(bad), "examples": bad[:MAX_EXAMPLES]}
 
 
-def _length_report(train: list[_Row], evals: list[_Row], tokenizer: Any, max_length: int | None, unit: str,
-                   t_file: str, e_file: str | None) -> dict[str, Any]:
+def _length_report(
+    train: list[_Row],
+    evals: list[_Row],
+    tokenizer: Any,
+    max_length: int | None,
+    unit: str,
+    t_file: str,
+    e_file: str | None,
+) -> dict[str, Any]:
     t_len = _lengths(train, tokenizer)
     e_len = _lengths(evals, tokenizer) if evals else []
     both = t_len + e_len
-    out: dict[str, Any] = {"unit": unit, "max_length": max_length,
-                           "min": min(both) if both else 0, "max": max(both) if both else 0,
-                           "mean": round(sum(both) / len(both), 2) if both else 0.0}
+    out: dict[str, Any] = {
+        "unit": unit,
+        "max_length": max_length,
+        "min": min(both) if both else 0,
+        "max": max(both) if both else 0,
+        "mean": round(sum(both) / len(both), 2) if both else 0.0,
+    }
     if max_length is None:
         out["over_length"] = {"count": 0, "checked": False, "examples": []}
         return out
@@ -358,8 +409,9 @@ def problems(report: dict[str, Any]) -> list[str]:
     if d["total"]:
         out.append(f"{d['total']} duplicate row(s) ({d['exact']} exact, {d['normalized']} normalized)")
     if report["conflicts"]["count"]:
-        out.append(f"{report['conflicts']['count']} input(s) with conflicting labels "
-                   f"({report['conflicts']['rows']} rows)")
+        out.append(
+            f"{report['conflicts']['count']} input(s) with conflicting labels ({report['conflicts']['rows']} rows)"
+        )
     lk = report["leakage"]
     if lk["total"]:
         out.append(f"{lk['total']} eval row(s) leaked from train ({lk['exact']} exact, {lk['normalized']} normalized)")
@@ -395,13 +447,17 @@ def gate_data(report: dict[str, Any], max_conflicts: int = 0, max_leakage: int =
         reasons.append("no usable training rows")
     if report["malformed"]["count"]:
         first = report["malformed"]["examples"][0]
-        reasons.append(f"{report['malformed']['count']} malformed line(s) (first: {first['file']}:{first['line']}: "
-                       f"{first['error']})")
+        reasons.append(
+            f"{report['malformed']['count']} malformed line(s) (first: {first['file']}:{first['line']}: "
+            f"{first['error']})"
+        )
     c = report["conflicts"]
     if c["count"] > max_conflicts:
         lines = c["examples"][0]["lines"] if c["examples"] else []
-        reasons.append(f"{c['count']} input(s) with conflicting labels (first at lines "
-                       f"{', '.join(map(str, lines[:5]))}; allowed {max_conflicts})")
+        reasons.append(
+            f"{c['count']} input(s) with conflicting labels (first at lines "
+            f"{', '.join(map(str, lines[:5]))}; allowed {max_conflicts})"
+        )
     lk = report["leakage"]
     if lk["total"] > max_leakage:
         first = lk["examples"][0] if lk["examples"] else None
@@ -430,16 +486,20 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "label_distribution": report["labels"].get("distribution") or None,
         "imbalance_ratio": report["labels"].get("imbalance_ratio"),
         "shift": {x["compared"]: {"p_value": x["p_value"], "shifted": x["shifted"]} for x in _shifts(report)} or None,
-        "label_issues": ({k: li[k] for k in ("estimated_noise_rate", "count")} if "count" in li
-                         else {"skipped": li.get("skipped")}),
+        "label_issues": (
+            {k: li[k] for k in ("estimated_noise_rate", "count")} if "count" in li else {"skipped": li.get("skipped")}
+        ),
         "problems": report["problems"],
     }
 
 
 def render(report: dict[str, Any]) -> str:
     """The report as text for the terminal."""
-    lines = [f"{report['train']['file']}: {report['rows']} rows ({report['task']}"
-             + (", inferred" if report["task_inferred"] else "") + f"), {report['train']['digest'][:19]}"]
+    lines = [
+        f"{report['train']['file']}: {report['rows']} rows ({report['task']}"
+        + (", inferred" if report["task_inferred"] else "")
+        + f"), {report['train']['digest'][:19]}"
+    ]
     if report.get("eval"):
         lines.append(f"{report['eval']['file']}: {report['eval_rows']} eval rows, {report['eval']['digest'][:19]}")
     if report.get("against"):
@@ -462,8 +522,11 @@ def render(report: dict[str, Any]) -> str:
         lines.append("train/eval leakage: not checked (no --eval)")
     lb = report["labels"]
     if lb.get("distribution"):
-        lines.append("labels: " + ", ".join(f"{k}={v}" for k, v in lb["distribution"].items())
-                     + f" (imbalance {lb['imbalance_ratio']:g}x)")
+        lines.append(
+            "labels: "
+            + ", ".join(f"{k}={v}" for k, v in lb["distribution"].items())
+            + f" (imbalance {lb['imbalance_ratio']:g}x)"
+        )
         if lb.get("unseen_in_train"):
             lines.append("  eval labels not in train: " + ", ".join(lb["unseen_in_train"]))
     lines.append(f"empty rows: {report['empty']['count']}")
@@ -471,8 +534,10 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {e['file']}:{e['line']} {e['what']}")
     ln = report["lengths"]
     if ln["over_length"]["checked"]:
-        lines.append(f"over-length rows: {ln['over_length']['count']} (> {ln['max_length']} {ln['unit']}; "
-                     f"max {ln['max']}, mean {ln['mean']:g})")
+        lines.append(
+            f"over-length rows: {ln['over_length']['count']} (> {ln['max_length']} {ln['unit']}; "
+            f"max {ln['max']}, mean {ln['mean']:g})"
+        )
         for e in ln["over_length"]["examples"][:5]:
             lines.append(f"  {e['file']}:{e['line']} {e['length']} {ln['unit']}")
     else:
@@ -481,11 +546,14 @@ def render(report: dict[str, Any]) -> str:
     if "skipped" in li:
         lines.append(f"likely mislabeled rows: not checked ({li['skipped']})")
     elif li:
-        lines.append(f"likely mislabeled rows: {li['count']} of {li['checked']} (estimated label noise "
-                     f"{li['estimated_noise_rate']:.1%}; {li['folds']}-fold probe on the base's embeddings)")
+        lines.append(
+            f"likely mislabeled rows: {li['count']} of {li['checked']} (estimated label noise "
+            f"{li['estimated_noise_rate']:.1%}; {li['folds']}-fold probe on the base's embeddings)"
+        )
         for e in li["rows"][:10]:
-            lines.append(f"  line {e['line']}: {e['label']} -> {e['suggested']} (score {e['score']:.3f}) "
-                         f"{e['text'][:60]!r}")
+            lines.append(
+                f"  line {e['line']}: {e['label']} -> {e['suggested']} (score {e['score']:.3f}) {e['text'][:60]!r}"
+            )
         if li["count"] > 10:
             lines.append(f"  ... {li['count'] - 10} more (--json lists them all)")
     sh = report.get("shift") or {}
@@ -498,11 +566,15 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"shift of {x['file']}: not checked ({x['skipped']})")
             continue
         verdict = "DIFFERS from" if x["shifted"] else "looks like"
-        lines.append(f"shift: {x['file']} {verdict} the training data (MMD on the base's embeddings, "
-                     f"p={x['p_value']:g}, {x['permutations']} permutations)")
-        for e in x["farthest"][:5 if x["shifted"] else 3]:
-            lines.append(f"  farthest: {x['file']}:{e['line']} (distance {e['distance']:.3f} to train line "
-                         f"{e['nearest_train_line']}) {e['text'][:60]!r}")
+        lines.append(
+            f"shift: {x['file']} {verdict} the training data (MMD on the base's embeddings, "
+            f"p={x['p_value']:g}, {x['permutations']} permutations)"
+        )
+        for e in x["farthest"][: 5 if x["shifted"] else 3]:
+            lines.append(
+                f"  farthest: {x['file']}:{e['line']} (distance {e['distance']:.3f} to train line "
+                f"{e['nearest_train_line']}) {e['text'][:60]!r}"
+            )
     m = report["malformed"]
     lines.append(f"malformed lines: {m['count']}")
     for e in m["examples"][:10]:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-ALPHA = 0.01           # "shifted" when the p-value is below this
+ALPHA = 0.01  # "shifted" when the p-value is below this
 PERMUTATIONS = 500
-MAX_ROWS = 1000        # per side, for the test (not for the farthest rows)
+MAX_ROWS = 1000  # per side, for the test (not for the farthest rows)
 FARTHEST = 10
 TEXT_CHARS = 120
 
@@ -53,28 +53,51 @@ def farthest_rows(train: np.ndarray, other: np.ndarray, k: int = FARTHEST) -> li
     best = np.empty(len(other))
     nearest = np.empty(len(other), dtype=np.int64)
     for i in range(0, len(other), 256):
-        sims = other[i:i + 256] @ train.T
-        nearest[i:i + 256] = sims.argmax(1)
-        best[i:i + 256] = sims.max(1)
+        sims = other[i : i + 256] @ train.T
+        nearest[i : i + 256] = sims.argmax(1)
+        best[i : i + 256] = sims.max(1)
     dist = 1.0 - best
     order = np.argsort(-dist, kind="stable")[:k]
     return [(int(i), float(dist[i]), int(nearest[i])) for i in order]
 
 
-def shift_check(train: np.ndarray, other: np.ndarray, other_lines: list[int], other_texts: list[str],
-                train_lines: list[int], permutations: int = PERMUTATIONS, seed: int = 0,
-                alpha: float = ALPHA) -> dict[str, Any]:
+def shift_check(
+    train: np.ndarray,
+    other: np.ndarray,
+    other_lines: list[int],
+    other_texts: list[str],
+    train_lines: list[int],
+    permutations: int = PERMUTATIONS,
+    seed: int = 0,
+    alpha: float = ALPHA,
+) -> dict[str, Any]:
     """The shift section of a data-check report for ``other`` against ``train`` (embeddings, rows in the
     order of the line lists)."""
-    out: dict[str, Any] = {"method": "MMD two-sample test on base-model embeddings, permutation p-value",
-                           "alpha": alpha, "rows": len(other), "train_rows": len(train)}
+    out: dict[str, Any] = {
+        "method": "MMD two-sample test on base-model embeddings, permutation p-value",
+        "alpha": alpha,
+        "rows": len(other),
+        "train_rows": len(train),
+    }
     if len(train) < 2 or len(other) < 2:
         return {**out, "skipped": "fewer than two rows on a side"}
     rng = np.random.default_rng(seed)
     x, y = _sample(np.asarray(train), MAX_ROWS, rng), _sample(np.asarray(other), MAX_ROWS, rng)
     stat, p = mmd_test(x, y, permutations, seed)
     far = farthest_rows(np.asarray(train, dtype=np.float32), np.asarray(other, dtype=np.float32))
-    return {**out, "mmd2": round(stat, 6), "permutations": permutations, "p_value": round(p, 4),
-            "shifted": p < alpha,
-            "farthest": [{"line": other_lines[i], "text": other_texts[i][:TEXT_CHARS], "distance": round(d, 4),
-                          "nearest_train_line": train_lines[j]} for i, d, j in far]}
+    return {
+        **out,
+        "mmd2": round(stat, 6),
+        "permutations": permutations,
+        "p_value": round(p, 4),
+        "shifted": p < alpha,
+        "farthest": [
+            {
+                "line": other_lines[i],
+                "text": other_texts[i][:TEXT_CHARS],
+                "distance": round(d, 4),
+                "nearest_train_line": train_lines[j],
+            }
+            for i, d, j in far
+        ],
+    }

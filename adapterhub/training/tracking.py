@@ -29,9 +29,13 @@ class SafeTracker(Tracker):
             return call()
         except Exception as exc:  # the tracker is optional; the run is not
             self.failed.append(what)
-            warnings.warn(f"tracker '{self.tracker.name}' failed in {what} ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); the rest of this run "
-                          "is not logged there", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"tracker '{self.tracker.name}' failed in {what} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); the rest of this run "
+                "is not logged there",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return None
 
     def start(self, run_name: str, experiment: str | None, params: dict[str, Any], tags: dict[str, str]) -> None:

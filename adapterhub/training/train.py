@@ -31,69 +31,68 @@ _NAME = re.compile(r"^[\w.-]*$")
 
 @dataclass
 class TrainOptions:
-    base: str                                   # base model directory (transformers layout)
-    method: str                                 # a registered method name
-    task: str                                   # "causal-lm" | "seq-cls"
-    data: str                                   # training JSONL
-    out: str                                    # adapter directory to write
-    eval: str | None = None                     # evaluation JSONL
-    push: str | None = None                     # registry name to push the result to
+    base: str  # base model directory (transformers layout)
+    method: str  # a registered method name
+    task: str  # "causal-lm" | "seq-cls"
+    data: str  # training JSONL
+    out: str  # adapter directory to write
+    eval: str | None = None  # evaluation JSONL
+    push: str | None = None  # registry name to push the result to
     settings: dict[str, str] = field(default_factory=dict)  # --set key=value for the method config
     epochs: float = 3.0
-    max_steps: int = -1                         # overrides epochs when > 0
-    lr: float | None = None                     # default: the method's default_learning_rate
+    max_steps: int = -1  # overrides epochs when > 0
+    lr: float | None = None  # default: the method's default_learning_rate
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 256
     seed: int = 42
-    eval_steps: int | None = None               # evaluate (and checkpoint) every N steps
-    early_stopping: int | None = None           # stop after N evaluations without eval-loss improvement
+    eval_steps: int | None = None  # evaluate (and checkpoint) every N steps
+    early_stopping: int | None = None  # stop after N evaluations without eval-loss improvement
     gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"               # auto | no | bf16 | fp16
-    init_from: str | None = None                # registry ref of an adapter to continue training
-    resume: bool = True                         # resume from <out>.checkpoints after an interruption
-    track: str | None = None                    # tracker plugin name (e.g. mlflow)
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    init_from: str | None = None  # registry ref of an adapter to continue training
+    resume: bool = True  # resume from <out>.checkpoints after an interruption
+    track: str | None = None  # tracker plugin name (e.g. mlflow)
     experiment: str | None = None
     allow_dirty_data: bool = False
-    fail_on_noise: float | None = None          # refuse seq-cls data whose estimated label noise is above this
+    fail_on_noise: float | None = None  # refuse seq-cls data whose estimated label noise is above this
     allow_base_mismatch: bool = False
-    force: bool = False                         # replace a non-empty out directory
+    force: bool = False  # replace a non-empty out directory
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     logging_steps: int | None = None
-    optim: str | None = None                    # transformers optimizer name (default adamw_torch)
-    quantize: str | None = None                 # quantizer plugin to load the base through (default: the
-                                                # method's base_quantizer, e.g. nf4 for qlora; "none": off)
+    optim: str | None = None  # transformers optimizer name (default adamw_torch)
+    quantize: str | None = None  # quantizer plugin to load the base through (default: the
+    # method's base_quantizer, e.g. nf4 for qlora; "none": off)
     quantize_options: dict[str, str] = field(default_factory=dict)  # --quant-opt key=value for the quantizer
     progress: bool = True
     home: str | None = None
-    dist_timeout: float | None = None           # seconds a process waits for the others (several processes)
-    allow_resize: bool = False                  # resume checkpoints written by another number of processes
-
+    dist_timeout: float | None = None  # seconds a process waits for the others (several processes)
+    allow_resize: bool = False  # resume checkpoints written by another number of processes
 
 
 @dataclass
 class Prepared:
     """A run's checked inputs, before the model is loaded (:func:`_prepare`); the last three are process 0's."""
 
-    opts: TrainOptions                  # with --max-length clamped to what the model takes
-    registry: Any                       # the registry a --push goes to (opened by process 0)
+    opts: TrainOptions  # with --max-length clamped to what the model takes
+    registry: Any  # the registry a --push goes to (opened by process 0)
     method: Any
-    config: Any                         # the method config (an --init-from adapter's, with allowed changes)
-    quantizer: Any                      # the quantizer the base loads through, or None
+    config: Any  # the method config (an --init-from adapter's, with allowed changes)
+    quantizer: Any  # the quantizer the base loads through, or None
     quant_options: dict[str, Any]
-    precision: dict[str, bool]          # TrainingArguments' bf16 / fp16
+    precision: dict[str, bool]  # TrainingArguments' bf16 / fp16
     tokenizer: Any
-    train_rows: Any                     # data.Rows
+    train_rows: Any  # data.Rows
     eval_rows: Any
-    report: dict[str, Any] | None       # the data check's report
-    loaded: Any                         # the --init-from adapter (LoadedAdapter) or None
-    labels: list[str] | None            # seq-cls label map
-    train_ex: list[dict[str, Any]]      # tokenized examples
+    report: dict[str, Any] | None  # the data check's report
+    loaded: Any  # the --init-from adapter (LoadedAdapter) or None
+    labels: list[str] | None  # seq-cls label map
+    train_ex: list[dict[str, Any]]  # tokenized examples
     eval_ex: list[dict[str, Any]] | None
-    fingerprint: Any = None             # the base's Fingerprint
+    fingerprint: Any = None  # the base's Fingerprint
     signature: dict[str, Any] | None = None  # what a resume must match (checks.run_signature)
-    resized_from: int | None = None     # processes of the checkpoints resumed with --allow-resize
+    resized_from: int | None = None  # processes of the checkpoints resumed with --allow-resize
 
 
 def coerce_settings(method: Any, settings: dict[str, str]) -> dict[str, Any]:
@@ -105,8 +104,11 @@ def coerce_settings(method: Any, settings: dict[str, str]) -> dict[str, Any]:
         f = fields.get(key)
         default = None
         if f is not None:
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            )  # type: ignore[misc]
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
@@ -163,8 +165,15 @@ def train(opts: TrainOptions, plugins: Any = None, registry: Any = None) -> dict
         procs.close()
 
 
-def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_timeout: Exception | None, cuda: bool,
-           started: float) -> dict[str, Any] | None:
+def _train(
+    opts: TrainOptions,
+    plugins: Any,
+    registry: Any,
+    procs: Any,
+    bad_timeout: Exception | None,
+    cuda: bool,
+    started: float,
+) -> dict[str, Any] | None:
     from .distributed import adapter_state, check_engine
 
     with procs.together("checking the options, base and data"):
@@ -180,32 +189,59 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
     opts, registry = run.opts, run.registry
     method = run.method
     ckpt = _checkpoint_dir(opts)
-    resume = procs.share(resume_point(ckpt) if procs.main and opts.resume else None,
-                         "finding the checkpoint to resume from")
+    resume = procs.share(
+        resume_point(ckpt) if procs.main and opts.resume else None, "finding the checkpoint to resume from"
+    )
     with procs.together("loading the model"):
         model, effective, quantization, trainable, total = _build_model(opts, run, resume)
     tracker = _tracker(opts, plugins) if procs.main else None
     fp, train_rows, eval_rows = run.fingerprint, run.train_rows, run.eval_rows
     world, batch = procs.world_size, global_batch(opts, procs.world_size)
     if tracker:
-        params = {"method": method.name, "task": opts.task, "base_fingerprint": fp.digest,
-                  **({"base_quantization": quantization["quantizer"]} if quantization else {}),
-                  **{f"config.{k}": v for k, v in dataclasses.asdict(effective).items()},
-                  **{f"train.{k}": getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
-                                                               "max_length", "seed")},
-                  "train.world_size": world, "train.global_batch_size": batch,
-                  "data.train": train_rows.digest, **({"data.eval": eval_rows.digest} if eval_rows else {})}
-        tracker.start(run_name=os.path.basename(os.path.abspath(opts.out)),
-                      experiment=opts.experiment or opts.push, params=params,
-                      tags={"adapterhub.method": method.name, "adapterhub.base_fingerprint": fp.digest,
-                            **({"adapterhub.name": opts.push} if opts.push else {})})
+        params = {
+            "method": method.name,
+            "task": opts.task,
+            "base_fingerprint": fp.digest,
+            **({"base_quantization": quantization["quantizer"]} if quantization else {}),
+            **{f"config.{k}": v for k, v in dataclasses.asdict(effective).items()},
+            **{
+                f"train.{k}": getattr(opts, k)
+                for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_length", "seed")
+            },
+            "train.world_size": world,
+            "train.global_batch_size": batch,
+            "data.train": train_rows.digest,
+            **({"data.eval": eval_rows.digest} if eval_rows else {}),
+        }
+        tracker.start(
+            run_name=os.path.basename(os.path.abspath(opts.out)),
+            experiment=opts.experiment or opts.push,
+            params=params,
+            tags={
+                "adapterhub.method": method.name,
+                "adapterhub.base_fingerprint": fp.digest,
+                **({"adapterhub.name": opts.push} if opts.push else {}),
+            },
+        )
         if run.report is not None:
             tracker.log_report("data_check.json", run.report)
 
     from .trainer import run_trainer
 
-    metrics = run_trainer(opts, method, model, run.tokenizer, run.train_ex, run.eval_ex, run.precision,
-                          tracker, run.signature, procs, ckpt, resume)
+    metrics = run_trainer(
+        opts,
+        method,
+        model,
+        run.tokenizer,
+        run.train_ex,
+        run.eval_ex,
+        run.precision,
+        tracker,
+        run.signature,
+        procs,
+        ckpt,
+        resume,
+    )
     tensors = adapter_state(method, model)  # every process: under FSDP the shards are gathered
     if not procs.main:
         failed = procs.share(None, "waiting for process 0 to save and push the adapter")
@@ -214,30 +250,59 @@ def _train(opts: TrainOptions, plugins: Any, registry: Any, procs: Any, bad_time
         return None
     history = metrics.pop("loss_history", [])
     try:
-        training = {**{k: getattr(opts, k) for k in ("epochs", "max_steps", "lr", "batch_size", "grad_accum",
-                                                      "max_length", "seed", "mixed_precision", "gradient_checkpointing",
-                                                      "optim")},
-                    "world_size": world, "global_batch_size": batch,
-                    **({"resized_from_world_size": run.resized_from} if resume and run.resized_from else {}),
-                    "loss_history": history}
+        training = {
+            **{
+                k: getattr(opts, k)
+                for k in (
+                    "epochs",
+                    "max_steps",
+                    "lr",
+                    "batch_size",
+                    "grad_accum",
+                    "max_length",
+                    "seed",
+                    "mixed_precision",
+                    "gradient_checkpointing",
+                    "optim",
+                )
+            },
+            "world_size": world,
+            "global_batch_size": batch,
+            **({"resized_from_world_size": run.resized_from} if resume and run.resized_from else {}),
+            "loss_history": history,
+        }
         manifest = {
             "method": method.name,
             "config": _jsonable(dataclasses.asdict(effective)),
-            "base": {"fingerprint": fp.digest, "name": base_name(opts.base),
-                     "tensors": fp.tensors, "bytes": fp.bytes,
-                     **({"quantization": quantization} if quantization else {})},
+            "base": {
+                "fingerprint": fp.digest,
+                "name": base_name(opts.base),
+                "tensors": fp.tensors,
+                "bytes": fp.bytes,
+                **({"quantization": quantization} if quantization else {}),
+            },
             "task": opts.task,
             "data": [train_rows.describe("train")] + ([eval_rows.describe("eval")] if eval_rows else []),
             "metrics": metrics,
             "training": training,
-            "tokenizer": {"class": type(run.tokenizer).__name__, "pad_token": run.tokenizer.pad_token,
-                          "chat_template": bool(getattr(run.tokenizer, "chat_template", None))},
+            "tokenizer": {
+                "class": type(run.tokenizer).__name__,
+                "pad_token": run.tokenizer.pad_token,
+                "chat_template": bool(getattr(run.tokenizer, "chat_template", None)),
+            },
             "plugin": {"name": method.name, "module": type(method).__module__.split(".")[0]},
             "adapterhub_version": __version__,
         }
         result = _publish(opts, plugins, registry, method, effective, manifest, tensors, run, tracker)
-        result.update({"trainable_params": trainable, "total_params": total, "world_size": world,
-                       "global_batch_size": batch, "seconds": round(time.time() - started, 1)})
+        result.update(
+            {
+                "trainable_params": trainable,
+                "total_params": total,
+                "world_size": world,
+                "global_batch_size": batch,
+                "seconds": round(time.time() - started, 1),
+            }
+        )
     except BaseException as exc:
         procs.share(describe(exc) or type(exc).__name__, "telling the other processes that process 0 failed")
         raise
@@ -249,10 +314,10 @@ def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> "Pr
     """Every check and input of a run, before the model is loaded: options, method config, base, output,
     registry, data (read, checked by process 0, tokenized), ``--init-from``, the run's checkpoints."""
     from .. import api
-    from . import data
-    from .modeling import TASK_TYPES, check_base_dir, clamp_max_length, load_tokenizer
     from ..files.output_dir import check_out, check_out_base
+    from . import data
     from .checks import check_numbers, check_registry_writable, init_from_config, run_signature
+    from .modeling import TASK_TYPES, check_base_dir, clamp_max_length, load_tokenizer
 
     check_numbers(opts)
     check_base_dir(opts.base)
@@ -284,8 +349,11 @@ def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> "Pr
     if max_length != opts.max_length and opts.max_length != TrainOptions.max_length and procs.main:
         import warnings
 
-        warnings.warn(f"--max-length {opts.max_length} is longer than the model takes; using {max_length}",
-                      UserWarning, stacklevel=1)
+        warnings.warn(
+            f"--max-length {opts.max_length} is longer than the model takes; using {max_length}",
+            UserWarning,
+            stacklevel=1,
+        )
     if max_length != opts.max_length:
         opts = dataclasses.replace(opts, max_length=max_length)
     train_rows = data.read_jsonl(opts.data)
@@ -303,8 +371,10 @@ def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> "Pr
     if opts.task == "seq-cls":
         labels = (parent_manifest or {}).get("labels") or data.label_map_from(train_rows)
         if len(labels) < 2:
-            raise InvalidInput(f"seq-cls needs at least two distinct labels; {os.path.basename(opts.data)} has only "
-                               f"{labels[0]!r} (regression is not supported)")
+            raise InvalidInput(
+                f"seq-cls needs at least two distinct labels; {os.path.basename(opts.data)} has only "
+                f"{labels[0]!r} (regression is not supported)"
+            )
         train_ex = data.seq_cls_examples(train_rows, tokenizer, opts.max_length, labels)
         eval_ex = data.seq_cls_examples(eval_rows, tokenizer, opts.max_length, labels) if eval_rows else None
     else:
@@ -315,13 +385,35 @@ def _prepare(opts: TrainOptions, plugins: Any, registry: Any, procs: Any) -> "Pr
     if procs.main:  # the base is hashed once; the checkpoints are process 0's to check and clear
         fp = api.fingerprint(opts.base, opts.home)
         if loaded is not None and not opts.allow_base_mismatch:
-            api.check_base((parent_manifest.get("base") or {}).get("fingerprint"), fp.digest, opts.base,
-                           (parent_manifest.get("base") or {}).get("name"))
+            api.check_base(
+                (parent_manifest.get("base") or {}).get("fingerprint"),
+                fp.digest,
+                opts.base,
+                (parent_manifest.get("base") or {}).get("name"),
+            )
         digests = [train_rows.digest] + ([eval_rows.digest] if eval_rows else [])
         signature = run_signature(opts, fp.digest, config, digests, procs.world_size)
         resized_from = _prepare_checkpoints(opts, signature)
-    return Prepared(opts, registry, method, config, quantizer, quant_options, precision, tokenizer, train_rows,
-                    eval_rows, report, loaded, labels, train_ex, eval_ex, fp, signature, resized_from)
+    return Prepared(
+        opts,
+        registry,
+        method,
+        config,
+        quantizer,
+        quant_options,
+        precision,
+        tokenizer,
+        train_rows,
+        eval_rows,
+        report,
+        loaded,
+        labels,
+        train_ex,
+        eval_ex,
+        fp,
+        signature,
+        resized_from,
+    )
 
 
 def _build_model(opts: TrainOptions, run: "Prepared", resume: str | None):
@@ -334,8 +426,10 @@ def _build_model(opts: TrainOptions, run: "Prepared", resume: str | None):
 
     method, quantizer = run.method, run.quantizer
     if resume and not os.path.isfile(os.path.join(resume, CHECKPOINT_TENSORS)):
-        raise InvalidInput(f"{resume} is not visible to this process: resuming on several machines needs "
-                           f"{os.path.dirname(resume)} on storage they all share")
+        raise InvalidInput(
+            f"{resume} is not visible to this process: resuming on several machines needs "
+            f"{os.path.dirname(resume)} on storage they all share"
+        )
     set_seed(opts.seed)
     quantization = None
     if quantizer is not None:  # quantized as it loads: the full-precision model is never in memory
@@ -361,8 +455,17 @@ def _build_model(opts: TrainOptions, run: "Prepared", resume: str | None):
     return model, effective, quantization, trainable, total
 
 
-def _publish(opts: TrainOptions, plugins: Any, registry: Any, method: Any, effective: Any, manifest: dict[str, Any],
-             tensors: dict[str, Any], run: "Prepared", tracker: Any) -> dict[str, Any]:
+def _publish(
+    opts: TrainOptions,
+    plugins: Any,
+    registry: Any,
+    method: Any,
+    effective: Any,
+    manifest: dict[str, Any],
+    tensors: dict[str, Any],
+    run: "Prepared",
+    tracker: Any,
+) -> dict[str, Any]:
     """Process 0: write the adapter directory, clear the checkpoints, push, and close the tracker's run."""
     from .. import api
     from ..files.checkpoint import save_adapter
@@ -383,8 +486,13 @@ def _publish(opts: TrainOptions, plugins: Any, registry: Any, method: Any, effec
         peft_config.update(peft_base)
     out = save_adapter(opts.out, manifest, tensors, peft_config=peft_config, force=True)
     shutil.rmtree(_checkpoint_dir(opts), ignore_errors=True)
-    result: dict[str, Any] = {"out": out, "method": method.name, "task": opts.task, "metrics": manifest["metrics"],
-                              "base_fingerprint": fp.digest}
+    result: dict[str, Any] = {
+        "out": out,
+        "method": method.name,
+        "task": opts.task,
+        "metrics": manifest["metrics"],
+        "base_fingerprint": fp.digest,
+    }
     if quantization:
         result["base_quantization"] = quantization
     if tracker:
@@ -422,8 +530,10 @@ def _quantizer(opts: TrainOptions, method: Any, plugins: Any) -> tuple[Any, dict
     quantizer = plugins.get("quantizers", name)  # NotFound lists the available quantizers
     if not method.supports_quantized_base:
         able = [n for n, _, m in plugins.items("methods") if m.supports_quantized_base]
-        raise InvalidInput(f"method '{method.name}' cannot train on a quantized base (--quantize {name}); "
-                           f"methods that can: {', '.join(able) or 'none installed'}")
+        raise InvalidInput(
+            f"method '{method.name}' cannot train on a quantized base (--quantize {name}); "
+            f"methods that can: {', '.join(able) or 'none installed'}"
+        )
     return quantizer, quantizer.make_options(dict(opts.quantize_options))
 
 
@@ -442,8 +552,9 @@ def _check_optim(name: str | None) -> None:
     import torch
 
     if _CUDA_OPTIM.search(name) and not torch.cuda.is_available():
-        raise InvalidInput(f"--optim {name} needs a CUDA GPU (paged/8-bit optimizer states); on CPU leave "
-                           "--optim out (adamw_torch)")
+        raise InvalidInput(
+            f"--optim {name} needs a CUDA GPU (paged/8-bit optimizer states); on CPU leave --optim out (adamw_torch)"
+        )
 
 
 def _check_data(opts: TrainOptions, tokenizer: Any) -> dict[str, Any] | None:
@@ -459,18 +570,23 @@ def _check_data(opts: TrainOptions, tokenizer: Any) -> dict[str, Any] | None:
         from .embed import embedder
 
         embed = embedder(opts.base)
-    report = quality.check_data(opts.data, opts.eval, task=opts.task, tokenizer=tokenizer, max_length=opts.max_length,
-                                embed=embed)
+    report = quality.check_data(
+        opts.data, opts.eval, task=opts.task, tokenizer=tokenizer, max_length=opts.max_length, embed=embed
+    )
     from .label_noise import gate_noise
 
     noisy = gate_noise(report["label_issues"], opts.fail_on_noise)
     if noisy:
-        raise InvalidInput(f"data check failed for {os.path.basename(opts.data)}: {noisy} (see 'adapterhub data "
-                           "check --base'; 'adapterhub data clean' writes the data without those rows)")
+        raise InvalidInput(
+            f"data check failed for {os.path.basename(opts.data)}: {noisy} (see 'adapterhub data "
+            "check --base'; 'adapterhub data clean' writes the data without those rows)"
+        )
     reasons = quality.gate_data(report)
     if reasons and not opts.allow_dirty_data:
-        raise InvalidInput(f"data check failed for {os.path.basename(opts.data)}: {'; '.join(reasons)} "
-                           "(see 'adapterhub data check'; --allow-dirty-data trains anyway and records it)")
+        raise InvalidInput(
+            f"data check failed for {os.path.basename(opts.data)}: {'; '.join(reasons)} "
+            "(see 'adapterhub data check'; --allow-dirty-data trains anyway and records it)"
+        )
     return report
 
 
@@ -478,8 +594,12 @@ def _report_summary(report: dict[str, Any], allowed: bool) -> dict[str, Any]:
     from . import quality
 
     reasons = quality.gate_data(report)
-    return {"status": "failed" if reasons else "passed", "reasons": reasons, "allowed_dirty": bool(reasons and allowed),
-            "summary": quality.summary(report) if hasattr(quality, "summary") else {}}
+    return {
+        "status": "failed" if reasons else "passed",
+        "reasons": reasons,
+        "allowed_dirty": bool(reasons and allowed),
+        "summary": quality.summary(report) if hasattr(quality, "summary") else {},
+    }
 
 
 def _load_registry_adapter(opts: TrainOptions, plugins: Any, registry: Any):

@@ -48,9 +48,20 @@ def global_batch(opts: Any, world_size: int) -> int:
     return opts.batch_size * opts.grad_accum * world_size
 
 
-def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: list, eval_ex: list | None,
-                precision: dict[str, bool], tracker: Any, signature: dict[str, Any] | None, procs: Any,
-                ckpt: str, resume: str | None) -> dict[str, float]:
+def run_trainer(
+    opts: Any,
+    method: Any,
+    model: Any,
+    tokenizer: Any,
+    train_ex: list,
+    eval_ex: list | None,
+    precision: dict[str, bool],
+    tracker: Any,
+    signature: dict[str, Any] | None,
+    procs: Any,
+    ckpt: str,
+    resume: str | None,
+) -> dict[str, float]:
     """Train ``model`` (the adapter's tensors were loaded from ``resume`` already) and return the metrics
     of the whole run. Every process calls this; ``signature`` and ``tracker`` are process 0's."""
     import numpy as np
@@ -65,19 +76,38 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
     eval_steps = opts.eval_steps or max(1, min(total_steps, steps_per_epoch))
     lr = opts.lr if opts.lr is not None else method.default_learning_rate
     args = TrainingArguments(
-        output_dir=ckpt, per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum, learning_rate=lr, num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps, seed=opts.seed, data_seed=opts.seed, warmup_steps=int(opts.warmup_ratio * total_steps),
-        weight_decay=opts.weight_decay, logging_steps=opts.logging_steps or max(1, min(10, total_steps // 10)),
-        eval_strategy="steps" if eval_ex else "no", eval_steps=eval_steps, save_strategy="steps",
-        save_steps=eval_steps, save_total_limit=2, report_to=[], disable_tqdm=not opts.progress,
-        gradient_checkpointing=opts.gradient_checkpointing, remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, label_names=["labels"],
-        save_only_model=False, ddp_timeout=int(procs.timeout_s),
+        output_dir=ckpt,
+        per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        learning_rate=lr,
+        num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        warmup_steps=int(opts.warmup_ratio * total_steps),
+        weight_decay=opts.weight_decay,
+        logging_steps=opts.logging_steps or max(1, min(10, total_steps // 10)),
+        eval_strategy="steps" if eval_ex else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        report_to=[],
+        disable_tqdm=not opts.progress,
+        gradient_checkpointing=opts.gradient_checkpointing,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        label_names=["labels"],
+        save_only_model=False,
+        ddp_timeout=int(procs.timeout_s),
         # every trainable parameter takes part in the forward pass (a method's contract): DDP need not
         # search the autograd graph for unused ones at each step
-        ddp_find_unused_parameters=False, **({"optim": opts.optim} if opts.optim else {}),
-        **precision)
+        ddp_find_unused_parameters=False,
+        **({"optim": opts.optim} if opts.optim else {}),
+        **precision,
+    )
     if opts.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
 
@@ -134,9 +164,14 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
 
         callbacks.append(trainer_callback(tracker))
     trainer = AdapterTrainer(
-        model=model, args=args, train_dataset=ListDataset(train_ex), eval_dataset=ListDataset(eval_ex) if eval_ex else None,
-        data_collator=collate(tokenizer.pad_token_id), callbacks=callbacks,
-        compute_metrics=compute_metrics if (eval_ex and opts.task == "seq-cls") else None)
+        model=model,
+        args=args,
+        train_dataset=ListDataset(train_ex),
+        eval_dataset=ListDataset(eval_ex) if eval_ex else None,
+        data_collator=collate(tokenizer.pad_token_id),
+        callbacks=callbacks,
+        compute_metrics=compute_metrics if (eval_ex and opts.task == "seq-cls") else None,
+    )
     # every method's loss is the model's own mean per batch: a method that re-aligns labels (prompt
     # tuning learns the first real token too) must not be divided by the Trainer's token count
     trainer.model_accepts_loss_kwargs = False
@@ -152,16 +187,21 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
             out = trainer.train(resume_from_checkpoint=resume)
             # the Trainer's loss is the global mean at logging steps plus this process's own since the last one
             train_loss = procs.mean(float(out.training_loss), "averaging the training loss")
-            metrics = {"train_loss": train_loss, "steps": int(out.global_step),
-                       "epochs": float(trainer.state.epoch or 0), "loss_history": loss_history(trainer.state.log_history)}
+            metrics = {
+                "train_loss": train_loss,
+                "steps": int(out.global_step),
+                "epochs": float(trainer.state.epoch or 0),
+                "loss_history": loss_history(trainer.state.log_history),
+            }
             if resume:
                 metrics["resumed_from_step"] = int(os.path.basename(resume).split("-")[-1])
             if eval_ex:
                 ev = trainer.evaluate()
                 metrics.update({k: float(v) for k, v in ev.items() if k in ("eval_loss", "eval_accuracy")})
                 if tracker:
-                    tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("eval_")},
-                                        int(out.global_step))
+                    tracker.log_metrics(
+                        {k: v for k, v in metrics.items() if k.startswith("eval_")}, int(out.global_step)
+                    )
     except BaseException as exc:
         if procs.main and resume_point(ckpt) is None:  # nothing to resume from: leave nothing behind
             shutil.rmtree(ckpt, ignore_errors=True)
@@ -172,9 +212,11 @@ def run_trainer(opts: Any, method: Any, model: Any, tokenizer: Any, train_ex: li
                 lost = procs.lost(exc, "training")
             else:  # this process's own failure: it prints it, the others stay quiet
                 if _UNUSED_PARAMETERS in str(exc):
-                    exc = AdapterhubError(f"method '{method.name}' makes parameters trainable that its forward "
-                                          "pass does not use, which DDP cannot average: a bug of the method's "
-                                          "plugin (train on one process meanwhile)")
+                    exc = AdapterhubError(
+                        f"method '{method.name}' makes parameters trainable that its forward "
+                        "pass does not use, which DDP cannot average: a bug of the method's "
+                        "plugin (train on one process meanwhile)"
+                    )
                 procs.note_failure(describe(exc))
                 raise exc from None
             point = resume_point(ckpt) if procs.main else None
@@ -193,13 +235,17 @@ def loss_history(log_history: list[dict[str, Any]], limit: int = MAX_LOSS_POINTS
     """The training loss at each logging step and the eval loss at each evaluation (the Trainer's
     ``log_history``), ordered by step, for the manifest's ``training.loss_history`` and the web UI's chart;
     each kind thinned evenly to at most ``limit`` points, its last one kept."""
+
     def points(key: str) -> list[dict[str, Any]]:
-        kept = [{"step": int(e["step"]), key: round(float(e[key]), 6)} for e in log_history
-                if key in e and "step" in e and math.isfinite(float(e[key]))]
+        kept = [
+            {"step": int(e["step"]), key: round(float(e[key]), 6)}
+            for e in log_history
+            if key in e and "step" in e and math.isfinite(float(e[key]))
+        ]
         if len(kept) <= limit:
             return kept
         stride = math.ceil(len(kept) / limit)
-        return kept[:-1][::stride][:limit - 1] + kept[-1:]
+        return kept[:-1][::stride][: limit - 1] + kept[-1:]
 
     return sorted(points("loss") + points("eval_loss"), key=lambda p: (p["step"], "eval_loss" in p))
 

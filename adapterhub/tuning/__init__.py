@@ -43,30 +43,50 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, ca
 
 from ..errors import InvalidInput
 from ..files.peft_keys import PEFT_PREFIX  # noqa: F401  (plugins import it from here)
-from ..method import Method
-
 from ..merge.writer import row_blocks  # noqa: F401  (the streaming merge's row blocks, for a method's own merge)
+from ..method import Method
 
 # the rest of the toolkit lives in submodules, by job; plugins import all of it from here
 from . import combine  # noqa: F401  (combine maths: ``from adapterhub.tuning import combine``)
 from .config import (  # noqa: F401
-    ALL_LINEAR, FAN_IN_FAN_OUT_HELP, MAX_REGEX_LENGTH, MAX_REGEX_REPEATS, MODULES_TO_SAVE_HELP, NEUTRAL_VALUES,
-    PEFT_BOOKKEEPING, SEQ_CLS_HEADS, TARGET_MODULES_HELP, TASK_TYPES, TASK_TYPE_HELP, check_flags,
-    check_module_names, check_modules_to_save, check_positive_int, check_regex, check_task_type,
-    fan_in_fan_out_field, modules_to_save_field, peft_config, peft_values, target_modules_field,
+    ALL_LINEAR,
+    FAN_IN_FAN_OUT_HELP,
+    MAX_REGEX_LENGTH,
+    MAX_REGEX_REPEATS,
+    MODULES_TO_SAVE_HELP,
+    NEUTRAL_VALUES,
+    PEFT_BOOKKEEPING,
+    SEQ_CLS_HEADS,
+    TARGET_MODULES_HELP,
+    TASK_TYPE_HELP,
+    TASK_TYPES,
+    check_flags,
+    check_module_names,
+    check_modules_to_save,
+    check_positive_int,
+    check_regex,
+    check_task_type,
+    fan_in_fan_out_field,
+    modules_to_save_field,
+    peft_config,
+    peft_values,
+    target_modules_field,
     task_type_field,
 )
-from .placements import PLACEMENTS, Placement, Site, adapter_width  # noqa: F401
 from .patterns import check_pattern, exact_pattern_key, pattern_key, pattern_value  # noqa: F401
-from .targets import IA3_FEEDFORWARD, IA3_TARGETS, LORA_TARGETS, VERA_TARGETS  # noqa: F401
+from .placements import PLACEMENTS, Placement, Site, adapter_width  # noqa: F401
 from .quantized import (  # noqa: F401
-    bitsandbytes, from_conv1d, has_quantized_layers, no_cpu_packing, quantized_layer_types,
+    bitsandbytes,
+    from_conv1d,
+    has_quantized_layers,
+    no_cpu_packing,
+    quantized_layer_types,
 )
+from .targets import IA3_FEEDFORWARD, IA3_TARGETS, LORA_TARGETS, VERA_TARGETS  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
-
 
 
 # -- the Method glue ---------------------------------------------------------------------------------------
@@ -253,12 +273,19 @@ def match_modules(
 
 
 def select_targets(
-    model: "nn.Module", target_modules: Any, *, types: tuple[type, ...], method: str, exclude: list[str],
-    task_type: str | None, wraps: str | None = None,
+    model: "nn.Module",
+    target_modules: Any,
+    *,
+    types: tuple[type, ...],
+    method: str,
+    exclude: list[str],
+    task_type: str | None,
+    wraps: str | None = None,
 ) -> list[str]:
     """PEFT's ``target_modules`` selection for a method that wraps layers of ``types``: ``all-linear`` or
     :func:`match_modules`, minus the ``modules_to_save`` in ``exclude``. ``wraps`` says what the method adapts
     when a target is of another type (default: "<method> wraps only <types' names> layers")."""
+
     def candidates() -> list[str]:
         return candidate_names(model, types)
 
@@ -268,7 +295,12 @@ def select_targets(
             raise _nothing_matched("target_modules", target_modules, candidates)
         return matched
     return match_modules(
-        model, target_modules, types=types, field="target_modules", exclude=exclude, candidates=candidates,
+        model,
+        target_modules,
+        types=types,
+        field="target_modules",
+        exclude=exclude,
+        candidates=candidates,
         wraps=wraps if wraps is not None else f"{method} wraps only {layer_kinds(types)}",
     )
 
@@ -279,9 +311,16 @@ def layer_kinds(types: tuple[type, ...]) -> str:
     return (f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]) + " layers"
 
 
-def resolve_targets(model: "nn.Module", config: Any, method: str, *, types: tuple[type, ...] | None = None,
-                    required: bool = False, defaults: Mapping[str, list[str]] | None = None,
-                    changes: list[str] | None = None) -> tuple[Any, list[str], list[str]]:
+def resolve_targets(
+    model: "nn.Module",
+    config: Any,
+    method: str,
+    *,
+    types: tuple[type, ...] | None = None,
+    required: bool = False,
+    defaults: Mapping[str, list[str]] | None = None,
+    changes: list[str] | None = None,
+) -> tuple[Any, list[str], list[str]]:
     """The usual ``resolve`` of a method that wraps layers (for :func:`attach_wrappers`): ``(effective config,
     the paths ``config.target_modules`` selects among ``types`` (default: ``nn.Linear``), the
     ``modules_to_save`` paths)``, with PEFT's SEQ_CLS heads added to ``modules_to_save``. An unset
@@ -294,26 +333,39 @@ def resolve_targets(model: "nn.Module", config: Any, method: str, *, types: tupl
         types = (nn.Linear,)
     target_modules = config.target_modules
     if target_modules is None and defaults is not None:
-        target_modules = peft_default(model, defaults, field="target_modules", method=method,
-                                      changes=[] if changes is None else changes,
-                                      hint=lambda: f"candidates: {', '.join(candidate_names(model, types))}")
+        target_modules = peft_default(
+            model,
+            defaults,
+            field="target_modules",
+            method=method,
+            changes=[] if changes is None else changes,
+            hint=lambda: f"candidates: {', '.join(candidate_names(model, types))}",
+        )
     elif target_modules is None and required:
-        raise InvalidInput(f"{method} needs target_modules (peft has no default for it), e.g. "
-                           "target_modules=q_proj,v_proj or all-linear")
+        raise InvalidInput(
+            f"{method} needs target_modules (peft has no default for it), e.g. "
+            "target_modules=q_proj,v_proj or all-linear"
+        )
     mts = with_seq_cls_heads(config.modules_to_save, config.task_type)
-    targets = select_targets(model, target_modules, types=types, method=method, exclude=mts,
-                             task_type=config.task_type)
-    return (dataclasses.replace(config, target_modules=target_modules, modules_to_save=mts), targets,
-            modules_to_save_paths(model, mts))
+    targets = select_targets(model, target_modules, types=types, method=method, exclude=mts, task_type=config.task_type)
+    return (
+        dataclasses.replace(config, target_modules=target_modules, modules_to_save=mts),
+        targets,
+        modules_to_save_paths(model, mts),
+    )
 
 
 def _nothing_matched(field: str, pattern: Any, candidates: Callable[[], list[str]]) -> InvalidInput:
     # as in peft, one string is a regex over the whole module path; a list matches name suffixes
-    hint = (f" (one string is a regular expression over the full module path, as in peft: for names use a list, "
-            f"e.g. {pattern},{pattern} on the command line, or '.*{pattern}')"
-            if isinstance(pattern, str) and pattern.lower() != ALL_LINEAR else "")
-    return InvalidInput(f"{field} {pattern!r} matched no module of the model{hint}; "
-                        f"candidates: {', '.join(candidates())}")
+    hint = (
+        f" (one string is a regular expression over the full module path, as in peft: for names use a list, "
+        f"e.g. {pattern},{pattern} on the command line, or '.*{pattern}')"
+        if isinstance(pattern, str) and pattern.lower() != ALL_LINEAR
+        else ""
+    )
+    return InvalidInput(
+        f"{field} {pattern!r} matched no module of the model{hint}; candidates: {', '.join(candidates())}"
+    )
 
 
 def with_seq_cls_heads(

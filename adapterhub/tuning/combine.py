@@ -49,8 +49,14 @@ DEFAULT_SEED = 0
 
 
 # -- option checking ---------------------------------------------------------------------------------------
-def check_options(how: str, n: int, weights: Sequence[float] | None = None, density: float | None = None,
-                  rank: int | None = None, seed: int | None = None) -> dict[str, Any]:
+def check_options(
+    how: str,
+    n: int,
+    weights: Sequence[float] | None = None,
+    density: float | None = None,
+    rank: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
     """Validate the options of a combination and fill in the defaults: weights 1.0 each, seed 0 for DARE.
 
     Returns ``{"how", "weights", "density", "rank", "seed"}`` (``None`` where an option does not apply).
@@ -76,8 +82,10 @@ def check_options(how: str, n: int, weights: Sequence[float] | None = None, dens
         raise InvalidInput(f"--density applies only to {', '.join(SPARSIFYING)}, not to '{how}'")
     if rank is not None:
         if how not in TRUNCATING:
-            raise InvalidInput(f"--rank applies only to {', '.join(TRUNCATING)}; '{how}' is exact at the sum of "
-                               "the input ranks (use 'svd' to truncate)")
+            raise InvalidInput(
+                f"--rank applies only to {', '.join(TRUNCATING)}; '{how}' is exact at the sum of "
+                "the input ranks (use 'svd' to truncate)"
+            )
         if isinstance(rank, bool) or int(rank) != rank or rank < 1:
             raise InvalidInput(f"rank must be a positive integer, got {rank!r}")
         rank = int(rank)
@@ -138,8 +146,9 @@ def disjoint_mean(weighted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (weighted * mask).sum(dim=0) / torch.clamp(mask.sum(dim=0), min=1.0)
 
 
-def combine_dense(tasks: Sequence[Any], weights: Sequence[float], how: str, density: float | None = None,
-                  generator: Any = None) -> torch.Tensor:
+def combine_dense(
+    tasks: Sequence[Any], weights: Sequence[float], how: str, density: float | None = None, generator: Any = None
+) -> torch.Tensor:
     """Combine dense task tensors of one shape into one tensor (``linear``/``svd``/``cat``: ``Σ w_i t_i``)."""
     import torch
 

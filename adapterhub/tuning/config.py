@@ -65,8 +65,10 @@ def check_regex(pattern: str, what: str) -> None:
     per character). Python's engine backtracks, so a repeat inside a repeat (or over alternatives) is
     exponential, and k repeats in a row cost n**k: both are refused, and the length is capped."""
     if not isinstance(pattern, str) or len(pattern) > MAX_REGEX_LENGTH:
-        raise ValueError(f"{what}: a regular expression of at most {MAX_REGEX_LENGTH} characters is expected, "
-                         f"got {str(pattern)[:40]!r}{'...' if len(str(pattern)) > 40 else ''}")
+        raise ValueError(
+            f"{what}: a regular expression of at most {MAX_REGEX_LENGTH} characters is expected, "
+            f"got {str(pattern)[:40]!r}{'...' if len(str(pattern)) > 40 else ''}"
+        )
     try:
         from re import _parser  # type: ignore[attr-defined]  # (the parser re itself uses)
 
@@ -76,11 +78,15 @@ def check_regex(pattern: str, what: str) -> None:
         raise ValueError(f"{what}: {pattern!r} is not a valid regular expression ({exc})") from None
     repeats = _unbounded_repeats(list(parsed), False)
     if repeats < 0:
-        raise ValueError(f"{what}: {pattern!r} repeats a group that itself repeats or has alternatives (like "
-                         "(a+)* or (a|ab)*); matching it can take exponential time: write it without the nesting")
+        raise ValueError(
+            f"{what}: {pattern!r} repeats a group that itself repeats or has alternatives (like "
+            "(a+)* or (a|ab)*); matching it can take exponential time: write it without the nesting"
+        )
     if repeats > MAX_REGEX_REPEATS:
-        raise ValueError(f"{what}: {pattern!r} has {repeats} unbounded repeats (at most {MAX_REGEX_REPEATS}): "
-                         "matching it can take polynomial time of that degree")
+        raise ValueError(
+            f"{what}: {pattern!r} has {repeats} unbounded repeats (at most {MAX_REGEX_REPEATS}): "
+            "matching it can take polynomial time of that degree"
+        )
 
 
 def _unbounded_repeats(items: list, inside: bool) -> int:

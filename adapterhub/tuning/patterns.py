@@ -42,6 +42,5 @@ def check_pattern(pattern: Any, name: str, *, integer: bool = False) -> dict[str
     for key, value in pattern.items():
         check_regex(key, name)
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-            raise ValueError(f"{name}[{key!r}] must be a positive {'integer' if integer else 'number'}, "
-                             f"got {value!r}")
+            raise ValueError(f"{name}[{key!r}] must be a positive {'integer' if integer else 'number'}, got {value!r}")
     return pattern

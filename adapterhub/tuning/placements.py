@@ -66,8 +66,12 @@ PLACEMENTS: tuple[Placement, ...] = (
     # BERT, RoBERTa, XLM-R, ELECTRA, MiniLM: post-LN, BertSelfOutput/BertOutput.forward(hidden_states, input_tensor)
     Placement("bert", _post_ln("attention.output.dense", "attention.output"), _post_ln("output.dense", "output")),
     # Llama, Mistral, Qwen2/3, Gemma: pre-LN; the sub-block input is what its input norm reads
-    Placement("llama", _pre_ln("self_attn.o_proj", "input_layernorm"), _pre_ln("mlp.down_proj", "post_attention_layernorm"),
-              unsupported=("pre_feedforward_layernorm", "post_feedforward_layernorm")),
+    Placement(
+        "llama",
+        _pre_ln("self_attn.o_proj", "input_layernorm"),
+        _pre_ln("mlp.down_proj", "post_attention_layernorm"),
+        unsupported=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    ),
     Placement("gpt2", _pre_ln("attn.c_proj", "ln_1"), _pre_ln("mlp.c_proj", "ln_2"), conv1d=True),  # GPT-2
 )
 

@@ -21,8 +21,9 @@ def bitsandbytes() -> Any:
     try:
         import bitsandbytes
     except ImportError:
-        raise AdapterhubError("the bitsandbytes quantizers need the bitsandbytes package: "
-                              "pip install 'adapterhub[bnb]'") from None
+        raise AdapterhubError(
+            "the bitsandbytes quantizers need the bitsandbytes package: pip install 'adapterhub[bnb]'"
+        ) from None
     return bitsandbytes
 
 

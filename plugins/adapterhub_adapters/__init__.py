@@ -51,16 +51,19 @@ class AdaptersFormat(Format):
 
     def read(self, path: str, plugins: Any) -> dict[str, Any]:
         """A directory is read through :meth:`convert` by ``push``; used directly it is refused."""
-        raise InvalidInput(f"{path} is an adapters library directory: import it with `adapterhub push {path} NAME` "
-                           "(add --import-bin for pytorch_adapter.bin), then use the pushed version")
+        raise InvalidInput(
+            f"{path} is an adapters library directory: import it with `adapterhub push {path} NAME` "
+            "(add --import-bin for pytorch_adapter.bin), then use the pushed version"
+        )
 
     def convert(self, path: str, files: dict[str, str], out: str, plugins: Any) -> None:
         from .imports import convert
 
         convert(path, files, out)
 
-    def export(self, reg: Any, ref: str, out: str, *, plugins: Any, force: bool = False,
-               **options: Any) -> dict[str, Any]:
+    def export(
+        self, reg: Any, ref: str, out: str, *, plugins: Any, force: bool = False, **options: Any
+    ) -> dict[str, Any]:
         """Write ``ref`` as an adapters library directory (see :mod:`adapterhub_adapters.exports`)."""
         from adapterhub.infra import MERGE_ONLY, atomic_out, check_out, hash_file, open_adapter
 
@@ -78,10 +81,17 @@ class AdaptersFormat(Format):
                 for n in sorted(os.listdir(tmp)):
                     digest, size = hash_file(os.path.join(tmp, n))
                     files.append({"path": n, "sha256": digest, "size": size})
-        return {"ref": info["ref"], "digest": "sha256:" + info["digest"] if info["digest"] else None,
-                "format": "adapters", "method": adapter.method.name, "out": os.path.abspath(out), **summary,
-                "files": files, "bytes": sum(f["size"] for f in files),
-                "load_with": f"model.load_adapter({os.path.abspath(out)!r}, use_safetensors=True)"}
+        return {
+            "ref": info["ref"],
+            "digest": "sha256:" + info["digest"] if info["digest"] else None,
+            "format": "adapters",
+            "method": adapter.method.name,
+            "out": os.path.abspath(out),
+            **summary,
+            "files": files,
+            "bytes": sum(f["size"] for f in files),
+            "load_with": f"model.load_adapter({os.path.abspath(out)!r}, use_safetensors=True)",
+        }
 
 
 @adapterhub.hookimpl

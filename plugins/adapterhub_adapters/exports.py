@@ -43,8 +43,10 @@ def _family_of(paths: list[str]) -> tuple[L.Family, dict[str, tuple[str, str]]]:
             found[path] = (m.group(1), back[m.group(2)])
         else:
             return family, found
-    raise InvalidInput(f"the adapter's modules ({paths[0]} ...) are not a BERT-, Llama- or GPT-2-like model's output "
-                       "projections, where the adapters library puts bottleneck adapters")
+    raise InvalidInput(
+        f"the adapter's modules ({paths[0]} ...) are not a BERT-, Llama- or GPT-2-like model's output "
+        "projections, where the adapters library puts bottleneck adapters"
+    )
 
 
 def bn_config(config: Any, hidden: int, locations: set[str], family: L.Family) -> dict[str, Any]:
@@ -56,22 +58,43 @@ def bn_config(config: Any, hidden: int, locations: set[str], family: L.Family) -
         rf = math.nextafter(rf, 0.0)
     rf = int(rf) if float(rf).is_integer() else rf
     if not config.residual:
-        raise InvalidInput("residual=false has no equivalent in the adapters library (its adapters always add "
-                           "their residual)")
+        raise InvalidInput(
+            "residual=false has no equivalent in the adapters library (its adapters always add their residual)"
+        )
     out = {
-        "mh_adapter": family.attention_layer in locations, "output_adapter": family.ffn_layer in locations,
-        "reduction_factor": rf, "non_linearity": config.non_linearity,
-        "original_ln_before": config.original_ln_before, "original_ln_after": config.original_ln_after,
-        "ln_before": config.ln_before, "ln_after": config.ln_after,
+        "mh_adapter": family.attention_layer in locations,
+        "output_adapter": family.ffn_layer in locations,
+        "reduction_factor": rf,
+        "non_linearity": config.non_linearity,
+        "original_ln_before": config.original_ln_before,
+        "original_ln_after": config.original_ln_after,
+        "ln_before": config.ln_before,
+        "ln_after": config.ln_after,
         "init_weights": config.init if config.init in ("bert", "mam_adapter", "houlsby") else "bert",
-        "init_weights_seed": None, "is_parallel": config.is_parallel, "scaling": float(config.scaling),
-        "use_gating": False, "residual_before_ln": config.residual_before_ln,
-        "adapter_residual_before_ln": config.adapter_residual_before_ln, "inv_adapter": None,
-        "inv_adapter_reduction_factor": None, "cross_adapter": False, "leave_out": list(config.leave_out),
-        "dropout": float(config.dropout), "phm_layer": compacter, "phm_dim": 4, "factorized_phm_W": True,
-        "shared_W_phm": False, "shared_phm_rule": True, "factorized_phm_rule": False, "phm_c_init": "normal",
-        "phm_init_range": 0.0001, "learn_phm": True, "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1,
-        "phm_bias": True, "stochastic_depth": 0.0,
+        "init_weights_seed": None,
+        "is_parallel": config.is_parallel,
+        "scaling": float(config.scaling),
+        "use_gating": False,
+        "residual_before_ln": config.residual_before_ln,
+        "adapter_residual_before_ln": config.adapter_residual_before_ln,
+        "inv_adapter": None,
+        "inv_adapter_reduction_factor": None,
+        "cross_adapter": False,
+        "leave_out": list(config.leave_out),
+        "dropout": float(config.dropout),
+        "phm_layer": compacter,
+        "phm_dim": 4,
+        "factorized_phm_W": True,
+        "shared_W_phm": False,
+        "shared_phm_rule": True,
+        "factorized_phm_rule": False,
+        "phm_c_init": "normal",
+        "phm_init_range": 0.0001,
+        "learn_phm": True,
+        "hypercomplex_nonlinearity": "glorot-uniform",
+        "phm_rank": 1,
+        "phm_bias": True,
+        "stochastic_depth": 0.0,
     }
     if compacter:
         out.update({k: getattr(config, k) for k in L.PHM_KEYS})
@@ -92,33 +115,54 @@ def export(loaded: Any, ref_name: str, tmp: str, base_name: str | None) -> dict[
     elif method in ("lora", "ia3"):
         ours, cfg, family, hidden, head = _lora(method, loaded.config, name, tensors)
     else:
-        raise AdapterhubError(f"method '{method}' cannot be exported in the adapters library's format (bottleneck, "
-                              "compacter, lora and ia3 can; use --format peft for the other PEFT methods)")
+        raise AdapterhubError(
+            f"method '{method}' cannot be exported in the adapters library's format (bottleneck, "
+            "compacter, lora and ia3 can; use --format peft for the other PEFT methods)"
+        )
     stem = CLASS_STEMS[family.placement.family]
     seq_cls = loaded.config.task_type == "SEQ_CLS"
     model_class = f"{stem}ForSequenceClassification" if seq_cls else f"{stem}Model"
-    meta = {"config": cfg, "hidden_size": hidden, "model_class": model_class, "model_name": base_name,
-            "model_type": family.placement.family, "name": name, "version": f"adapters.{L.LIBRARY_VERSION}"}
+    meta = {
+        "config": cfg,
+        "hidden_size": hidden,
+        "model_class": model_class,
+        "model_name": base_name,
+        "model_type": family.placement.family,
+        "name": name,
+        "version": f"adapters.{L.LIBRARY_VERSION}",
+    }
     save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(tmp, L.SAFE_WEIGHTS))
     _write_json(os.path.join(tmp, L.CONFIG), meta)
     if head:
         if not seq_cls:
-            raise InvalidInput(f"the adapter saves modules ({', '.join(sorted(head)[:3])}) that the adapters library "
-                               "has no place for outside a sequence-classification head")
+            raise InvalidInput(
+                f"the adapter saves modules ({', '.join(sorted(head)[:3])}) that the adapters library "
+                "has no place for outside a sequence-classification head"
+            )
         classifier = head.get("classifier.weight", head.get("score.weight"))
         save_file({k: v.contiguous() for k, v in head.items()}, os.path.join(tmp, L.SAFE_HEAD))
         labels = classifier.shape[0] if classifier is not None else None
-        _write_json(os.path.join(tmp, L.HEAD_CONFIG), {
-            "config": None, "hidden_size": hidden, "label2id": {f"LABEL_{i}": i for i in range(labels or 0)},
-            "model_class": model_class, "model_name": base_name, "model_type": family.placement.family, "name": None,
-            "num_labels": labels, "version": f"adapters.{L.LIBRARY_VERSION}"})
+        _write_json(
+            os.path.join(tmp, L.HEAD_CONFIG),
+            {
+                "config": None,
+                "hidden_size": hidden,
+                "label2id": {f"LABEL_{i}": i for i in range(labels or 0)},
+                "model_class": model_class,
+                "model_name": base_name,
+                "model_type": family.placement.family,
+                "name": None,
+                "num_labels": labels,
+                "version": f"adapters.{L.LIBRARY_VERSION}",
+            },
+        )
     return {"name": name, "model_class": model_class, "tensors": len(ours), "head_tensors": len(head)}
 
 
 def _bottleneck(config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, dict, L.Family, int, dict]:
     """adapters' weights and ``BnConfig`` for a bottleneck / Compacter adapter; the rest is the head."""
     marker = ".adapter."
-    paths = sorted({k[len(PREFIX):].split(marker)[0] for k in tensors if marker in k})
+    paths = sorted({k[len(PREFIX) :].split(marker)[0] for k in tensors if marker in k})
     family, where = _family_of(paths)
     ours: dict[str, Any] = {}
     head: dict[str, Any] = {}
@@ -130,17 +174,18 @@ def _bottleneck(config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, 
             base = base[: -len(family.container + ".")] if base.endswith(family.container + ".") else ""
             ours[f"{base}shared_parameters.{name}.phm_rule"] = value
         elif marker in key:
-            path, param = key[len(PREFIX):].split(marker)
+            path, param = key[len(PREFIX) :].split(marker)
             layer, loc = where[path]
             ours[f"{layer}.{loc}.adapters.{name}.{L.ours_to_adapters_param(param, config.ln_before, phm)}"] = value
             if config.ln_before and param.startswith("norm_before."):  # adapters keeps it in the Sequential too
                 ours[f"{layer}.{loc}.adapters.{name}.adapter_down.0.{param.split('.', 1)[1]}"] = value.clone()
         else:
-            head[key[len(PREFIX):]] = value
+            head[key[len(PREFIX) :]] = value
     _check_every_layer(config, family, where)
     first = f"{PREFIX}{paths[0]}{marker}"
-    hidden = adapter_width({k[len(first):]: v for k, v in tensors.items() if k.startswith(first)},
-                           config.phm_dim if phm else 1)
+    hidden = adapter_width(
+        {k[len(first) :]: v for k, v in tensors.items() if k.startswith(first)}, config.phm_dim if phm else 1
+    )
     return ours, bn_config(config, hidden, {loc for _, loc in where.values()}, family), family, hidden, head
 
 
@@ -150,9 +195,11 @@ def _check_every_layer(config: Any, family: L.Family, where: dict[str, tuple[str
     p = family.placement
     standard = {p.regex([p.attention.projection]), p.regex([p.ffn.projection]), p.pattern("houlsby")}
     if isinstance(config.target_layers, str) and config.target_layers not in standard:
-        raise InvalidInput(f"cannot export this adapter in the adapters library's format: target_layers "
-                           f"{config.target_layers!r} is not one of its locations (it adapts every layer not in "
-                           "leave_out at the attention and/or FFN output)")
+        raise InvalidInput(
+            f"cannot export this adapter in the adapters library's format: target_layers "
+            f"{config.target_layers!r} is not one of its locations (it adapts every layer not in "
+            "leave_out at the attention and/or FFN output)"
+        )
     at: dict[int, set[str]] = {}
     for layer, loc in where.values():
         at.setdefault(int(re.search(r"(\d+)$", layer).group(1)), set()).add(loc)
@@ -161,9 +208,11 @@ def _check_every_layer(config: Any, family: L.Family, where: dict[str, tuple[str
         if i in config.leave_out:
             continue
         if at.get(i) != locations:
-            raise InvalidInput(f"cannot export this adapter in the adapters library's format: layer {i} lacks an "
-                               f"adapter at {sorted(locations - at.get(i, set()))[0]} (adapters adapts every layer "
-                               "not in leave_out the same way)")
+            raise InvalidInput(
+                f"cannot export this adapter in the adapters library's format: layer {i} lacks an "
+                f"adapter at {sorted(locations - at.get(i, set()))[0]} (adapters adapts every layer "
+                "not in leave_out the same way)"
+            )
 
 
 def _lora(method: str, config: Any, name: str, tensors: dict[str, Any]) -> tuple[dict, dict, L.Family, Any, dict]:
@@ -175,12 +224,17 @@ def _lora(method: str, config: Any, name: str, tensors: dict[str, Any]) -> tuple
     for key, value in tensors.items():
         end = next((s for s in suffixes if key.endswith(s)), None)
         if end is None:
-            head[key[len(PREFIX):]] = value
+            head[key[len(PREFIX) :]] = value
         else:
-            adapted.setdefault(key[len(PREFIX):-len(end)], {})[end] = value
+            adapted.setdefault(key[len(PREFIX) : -len(end)], {})[end] = value
     problems = []
     if method == "lora":
-        for field_, neutral in (("use_dora", False), ("use_rslora", False), ("rank_pattern", {}), ("alpha_pattern", {})):
+        for field_, neutral in (
+            ("use_dora", False),
+            ("use_rslora", False),
+            ("rank_pattern", {}),
+            ("alpha_pattern", {}),
+        ):
             if getattr(config, field_) != neutral:
                 problems.append(f"{field_}={getattr(config, field_)!r}")
     elif config.feedforward_modules:
@@ -190,7 +244,11 @@ def _lora(method: str, config: Any, name: str, tensors: dict[str, Any]) -> tuple
         back = {module: role for role, module in fam.lora_modules.items()}
         found = {}
         for path in adapted:
-            m = re.fullmatch(r"((?:.*\.)?(\d+))\.(" + "|".join(re.escape(x) for x in back) + ")", path) if back else None
+            m = (
+                re.fullmatch(r"((?:.*\.)?(\d+))\.(" + "|".join(re.escape(x) for x in back) + ")", path)
+                if back
+                else None
+            )
             if m is None:
                 break
             found[path] = (int(m.group(2)), back[m.group(3)])
@@ -198,17 +256,23 @@ def _lora(method: str, config: Any, name: str, tensors: dict[str, Any]) -> tuple
             family, roles = fam, found
             break
     if family is None:
-        problems.append(f"modules such as '{sorted(adapted)[0]}' that the adapters library's {method} does not adapt "
-                        "(it adapts the attention's q/k/v and the FFN's intermediate and output projections of "
-                        "BERT- and Llama-like models)")
+        problems.append(
+            f"modules such as '{sorted(adapted)[0]}' that the adapters library's {method} does not adapt "
+            "(it adapts the attention's q/k/v and the FFN's intermediate and output projections of "
+            "BERT- and Llama-like models)"
+        )
     if problems:
-        raise InvalidInput(f"cannot export this {method} adapter in the adapters library's format: " + "; ".join(problems))
+        raise InvalidInput(
+            f"cannot export this {method} adapter in the adapters library's format: " + "; ".join(problems)
+        )
     layers = {i for i, _ in roles.values()}
     used = {r for _, r in roles.values()}
     missing = [f"layer {i} {r}" for i in sorted(layers) for r in sorted(used) if (i, r) not in set(roles.values())]
     if missing:
-        raise InvalidInput(f"cannot export this {method} adapter in the adapters library's format: it adapts the same "
-                           f"modules in every layer it touches; {missing[0]} is not adapted")
+        raise InvalidInput(
+            f"cannot export this {method} adapter in the adapters library's format: it adapts the same "
+            f"modules in every layer it touches; {missing[0]} is not adapted"
+        )
     ours: dict[str, Any] = {}
     hidden = None
     for path, t in adapted.items():
@@ -220,13 +284,30 @@ def _lora(method: str, config: Any, name: str, tensors: dict[str, Any]) -> tuple
         else:
             ours[f"{path}.loras.{name}.lora_B"] = t[".ia3_l"].reshape(-1, 1)
     attn = sorted(r for r in used if r in ("q", "k", "v"))
-    cfg = {"architecture": "lora", "selfattn_lora": bool(attn), "intermediate_lora": "intermediate" in used,
-           "output_lora": "output" in used, "leave_out": sorted(set(range(max(layers) + 1)) - layers),
-           "attn_matrices": attn, "init_weights_seed": None, "use_gating": False, "use_dora": False,
-           "vera_d": None, "vera_b": None, "dtype": None}
+    cfg = {
+        "architecture": "lora",
+        "selfattn_lora": bool(attn),
+        "intermediate_lora": "intermediate" in used,
+        "output_lora": "output" in used,
+        "leave_out": sorted(set(range(max(layers) + 1)) - layers),
+        "attn_matrices": attn,
+        "init_weights_seed": None,
+        "use_gating": False,
+        "use_dora": False,
+        "vera_d": None,
+        "vera_b": None,
+        "dtype": None,
+    }
     if method == "lora":
-        cfg.update({"r": config.r, "alpha": config.lora_alpha, "dropout": float(config.lora_dropout),
-                    "composition_mode": "add", "init_weights": "lora"})
+        cfg.update(
+            {
+                "r": config.r,
+                "alpha": config.lora_alpha,
+                "dropout": float(config.lora_dropout),
+                "composition_mode": "add",
+                "init_weights": "lora",
+            }
+        )
     else:
         cfg.update({"r": 1, "alpha": 1, "dropout": 0.0, "composition_mode": "scale", "init_weights": "ia3"})
     return ours, cfg, family, hidden, head

@@ -46,12 +46,16 @@ def convert(src: str, files: dict[str, str], out: str) -> dict[str, Any]:
         raise InvalidInput(f"{L.CONFIG} in {src} has no 'config' object (not an adapters directory)")
     weights = _weights(files, L.WEIGHTS)
     if weights is None:
-        raise InvalidInput(f"{src} has {L.CONFIG} but no adapter.safetensors (or pytorch_adapter.bin with --import-bin)")
+        raise InvalidInput(
+            f"{src} has {L.CONFIG} but no adapter.safetensors (or pytorch_adapter.bin with --import-bin)"
+        )
     architecture = cfg.get("architecture")
     if architecture not in (None, "lora"):
-        raise InvalidInput(f"cannot import the adapters adapter in {src}: its architecture is "
-                           f"{L.ARCHITECTURES.get(architecture, repr(architecture))}, which adapterhub does not map "
-                           "(bottleneck adapters, Compacter, LoRA and IA3 are)")
+        raise InvalidInput(
+            f"cannot import the adapters adapter in {src}: its architecture is "
+            f"{L.ARCHITECTURES.get(architecture, repr(architecture))}, which adapterhub does not map "
+            "(bottleneck adapters, Compacter, LoRA and IA3 are)"
+        )
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"{L.CONFIG} in {src} has no adapter 'name' (its tensors are named after it)")
@@ -60,9 +64,11 @@ def convert(src: str, files: dict[str, str], out: str) -> dict[str, Any]:
     head_tensors, head_values, notes = _head(src, files, meta, family, load_file)
     if architecture is None:
         if family is None:
-            raise InvalidInput(f"cannot import the adapters bottleneck adapter in {src}: model_type "
-                               f"{meta.get('model_type')!r} is not one whose layers adapterhub maps "
-                               f"({', '.join(sorted(L.MODEL_TYPES))})")
+            raise InvalidInput(
+                f"cannot import the adapters bottleneck adapter in {src}: model_type "
+                f"{meta.get('model_type')!r} is not one whose layers adapterhub maps "
+                f"({', '.join(sorted(L.MODEL_TYPES))})"
+            )
         method, values, ours = _bottleneck(cfg, meta, family, name, tensors)
     else:
         method, values, ours = _lora(cfg, name, tensors)
@@ -73,11 +79,20 @@ def convert(src: str, files: dict[str, str], out: str) -> dict[str, Any]:
         "config": values,
         "base": {"fingerprint": None, "name": meta.get("model_name")},
         "task": "seq-cls" if values.get("task_type") == "SEQ_CLS" else None,
-        "imported": {"format": "adapters", "version": meta.get("version"), "name": name,
-                     "model_class": meta.get("model_class"), "config": cfg, **({"notes": notes} if notes else {})},
+        "imported": {
+            "format": "adapters",
+            "version": meta.get("version"),
+            "name": name,
+            "model_class": meta.get("model_class"),
+            "config": cfg,
+            **({"notes": notes} if notes else {}),
+        },
     }
-    save_file({k: v.contiguous() for k, v in ours.items()}, os.path.join(out, "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in ours.items()},
+        os.path.join(out, "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
     with open(os.path.join(out, "adapterhub.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
     return manifest
@@ -91,9 +106,24 @@ def _refuse(src_what: str, problems: list[str]) -> None:
 
 def _bottleneck(cfg: dict, meta: dict, family: L.Family, name: str, tensors: dict) -> tuple[str, dict, dict]:
     problems = []
-    known = set(L.PLACEMENT_KEYS) | set(L.PHM_KEYS) | set(L.BOTTLENECK_NEUTRAL) | L.IGNORED | {
-        "mh_adapter", "output_adapter", "reduction_factor", "non_linearity", "init_weights", "scaling", "leave_out",
-        "dropout", "phm_layer", "hypercomplex_nonlinearity"}
+    known = (
+        set(L.PLACEMENT_KEYS)
+        | set(L.PHM_KEYS)
+        | set(L.BOTTLENECK_NEUTRAL)
+        | L.IGNORED
+        | {
+            "mh_adapter",
+            "output_adapter",
+            "reduction_factor",
+            "non_linearity",
+            "init_weights",
+            "scaling",
+            "leave_out",
+            "dropout",
+            "phm_layer",
+            "hypercomplex_nonlinearity",
+        }
+    )
     for key, neutral in L.BOTTLENECK_NEUTRAL.items():
         if key in cfg and cfg[key] != neutral and not (key == "stochastic_depth" and not cfg[key]):
             problems.append(f"{key}={cfg[key]!r} ({L.BOTTLENECK_WHY[key]})")
@@ -109,7 +139,9 @@ def _bottleneck(cfg: dict, meta: dict, family: L.Family, name: str, tensors: dic
         values["scaling"] = scaling
     act = str(cfg.get("non_linearity", "")).lower()
     if act not in L.NON_LINEARITY:
-        problems.append(f"non_linearity={cfg.get('non_linearity')!r} (adapterhub has {', '.join(sorted(L.NON_LINEARITY))})")
+        problems.append(
+            f"non_linearity={cfg.get('non_linearity')!r} (adapterhub has {', '.join(sorted(L.NON_LINEARITY))})"
+        )
     else:
         values["non_linearity"] = L.NON_LINEARITY[act]
     mh, out = bool(cfg.get("mh_adapter")), bool(cfg.get("output_adapter"))
@@ -165,15 +197,20 @@ def _bottleneck(cfg: dict, meta: dict, family: L.Family, name: str, tensors: dic
             continue
         ours[f"{PREFIX}{m.group('layer')}.{locations[m.group('loc')]}.adapter.{param}"] = value
     if unknown:
-        raise InvalidInput(f"cannot import the adapters adapter '{name}': {len(unknown)} tensor(s) adapterhub does not "
-                           f"map, e.g. {unknown[0]}")
+        raise InvalidInput(
+            f"cannot import the adapters adapter '{name}': {len(unknown)} tensor(s) adapterhub does not "
+            f"map, e.g. {unknown[0]}"
+        )
     if not ours:
-        raise InvalidInput(f"the adapters adapter '{name}' has no bottleneck tensors for a {family.placement.family}-like "
-                           "model")
+        raise InvalidInput(
+            f"the adapters adapter '{name}' has no bottleneck tensors for a {family.placement.family}-like model"
+        )
     if phm and values.get("shared_phm_rule", True) and PREFIX + "phm_rule" not in ours:
-        raise InvalidInput(f"the adapters Compacter adapter '{name}' shares one PHM rule, but its directory lacks it "
-                           f"(shared_parameters.{name}.phm_rule; adapters 1.3 does not save it from a model without a "
-                           "head): save it from a model with a head, or use shared_phm_rule=False")
+        raise InvalidInput(
+            f"the adapters Compacter adapter '{name}' shares one PHM rule, but its directory lacks it "
+            f"(shared_parameters.{name}.phm_rule; adapters 1.3 does not save it from a model without a "
+            "head): save it from a model with a head, or use shared_phm_rule=False"
+        )
     return ("compacter" if phm else "bottleneck"), values, ours
 
 
@@ -181,8 +218,12 @@ def _bottleneck(cfg: dict, meta: dict, family: L.Family, name: str, tensors: dic
 def _lora(cfg: dict, name: str, tensors: dict) -> tuple[str, dict, dict]:
     problems = []
     mode = cfg.get("composition_mode", "add")
-    for key, neutral, why in (("use_gating", False, "gated LoRA"), ("use_dora", False, "adapters' DoRA"),
-                              ("vera_d", None, "VeRA"), ("vera_b", None, "VeRA")):
+    for key, neutral, why in (
+        ("use_gating", False, "gated LoRA"),
+        ("use_dora", False, "adapters' DoRA"),
+        ("vera_d", None, "VeRA"),
+        ("vera_b", None, "VeRA"),
+    ):
         if cfg.get(key, neutral) != neutral:
             problems.append(f"{key}={cfg[key]!r} ({why})")
     if mode not in ("add", "scale"):
@@ -194,8 +235,10 @@ def _lora(cfg: dict, name: str, tensors: dict) -> tuple[str, dict, dict]:
     for key, value in tensors.items():
         m = pattern.fullmatch(key)
         if m is None:
-            raise InvalidInput(f"cannot import the adapters LoRA adapter '{name}': tensor {key} is not a LoRA factor "
-                               "of a single Linear (merged or shared LoRA layers are not mapped)")
+            raise InvalidInput(
+                f"cannot import the adapters LoRA adapter '{name}': tensor {key} is not a LoRA factor "
+                "of a single Linear (merged or shared LoRA layers are not mapped)"
+            )
         paths.setdefault(m.group("path"), {})[m.group("param")] = value
     targets = sorted(paths)
     ours: dict[str, Any] = {}
@@ -209,8 +252,9 @@ def _lora(cfg: dict, name: str, tensors: dict) -> tuple[str, dict, dict]:
         return "ia3", values, ours
     for path, t in paths.items():
         if set(t) != {"lora_A", "lora_B"}:
-            raise InvalidInput(f"the adapters LoRA adapter '{name}' lacks {({'lora_A', 'lora_B'} - set(t)).pop()} "
-                               f"for {path}")
+            raise InvalidInput(
+                f"the adapters LoRA adapter '{name}' lacks {({'lora_A', 'lora_B'} - set(t)).pop()} for {path}"
+            )
         ours[f"{PREFIX}{path}.lora_A.weight"] = t["lora_A"]
         ours[f"{PREFIX}{path}.lora_B.weight"] = t["lora_B"]
     values = {"r": r, "lora_alpha": alpha, "lora_dropout": float(cfg.get("dropout") or 0.0), "target_modules": targets}
@@ -235,8 +279,14 @@ def _head(src: str, files: dict[str, str], meta: dict, family: L.Family | None, 
     model_class = str(meta.get("model_class") or "")
     if head is None:  # a static head: the model class's own
         if not model_class.endswith("ForSequenceClassification"):
-            return {}, {}, [f"the static head of {model_class or 'the model'} ({', '.join(sorted(tensors))}) is the "
-                            "base model's own and was not imported"]
+            return (
+                {},
+                {},
+                [
+                    f"the static head of {model_class or 'the model'} ({', '.join(sorted(tensors))}) is the "
+                    "base model's own and was not imported"
+                ],
+            )
         bad = [k for k in tensors if not k.startswith(("classifier.", "score."))]
         if bad:
             raise InvalidInput(f"cannot import the head of {src}: {bad[0]} is not a classifier/score tensor")
@@ -255,15 +305,20 @@ def _head(src: str, files: dict[str, str], meta: dict, family: L.Family | None, 
         if layers == 2 and act == "tanh" and not pooler:
             mapped = {f"{bert}pooler.dense.{p}": idx[(1, p)] for p in ("weight", "bias")}
             mapped.update({f"classifier.{p}": idx[(4, p)] for p in ("weight", "bias") if (4, p) in idx})
-            return ({PREFIX + k: v for k, v in mapped.items()},
-                    {**SEQ_CLS, "modules_to_save": ["pooler", *SEQ_CLS["modules_to_save"]]}, [])
+            return (
+                {PREFIX + k: v for k, v in mapped.items()},
+                {**SEQ_CLS, "modules_to_save": ["pooler", *SEQ_CLS["modules_to_save"]]},
+                [],
+            )
         if layers == 1 and pooler:
             mapped = {f"classifier.{p}": idx[(1, p)] for p in ("weight", "bias") if (1, p) in idx}
             return {PREFIX + k: v for k, v in mapped.items()}, dict(SEQ_CLS), []
-    raise InvalidInput(f"cannot import the prediction head of {src}: {kind!r} head with layers={layers!r}, "
-                       f"activation_function={act!r}, use_pooler={pooler!r} has no equivalent in a transformers "
-                       "sequence-classification model (adapterhub maps static heads and, on BERT-like models, "
-                       "classification heads with layers=2 + tanh or layers=1 + use_pooler)")
+    raise InvalidInput(
+        f"cannot import the prediction head of {src}: {kind!r} head with layers={layers!r}, "
+        f"activation_function={act!r}, use_pooler={pooler!r} has no equivalent in a transformers "
+        "sequence-classification model (adapterhub maps static heads and, on BERT-like models, "
+        "classification heads with layers=2 + tanh or layers=1 + use_pooler)"
+    )
 
 
 def _bert_prefix(meta: dict) -> str:

@@ -43,40 +43,102 @@ class Family:
 
     def locations(self) -> dict[str, str]:
         """adapters' bottleneck layer -> our projection (both relative to the numbered layer)."""
-        return {self.attention_layer: self.placement.attention.projection, self.ffn_layer: self.placement.ffn.projection}
+        return {
+            self.attention_layer: self.placement.attention.projection,
+            self.ffn_layer: self.placement.ffn.projection,
+        }
 
 
 _BY_NAME = {p.family: p for p in PLACEMENTS}
 FAMILIES = {
-    "bert": Family(_BY_NAME["bert"], "encoder.layer", "attention.output", "output", {
-        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-        "intermediate": "intermediate.dense", "output": "output.dense"}),
-    "llama": Family(_BY_NAME["llama"], "layers", "attention_adapters", "output_adapters", {
-        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-        "intermediate": "mlp.down_proj", "output": "mlp.up_proj"}),  # (adapters' names for Llama, sic)
+    "bert": Family(
+        _BY_NAME["bert"],
+        "encoder.layer",
+        "attention.output",
+        "output",
+        {
+            "q": "attention.self.query",
+            "k": "attention.self.key",
+            "v": "attention.self.value",
+            "intermediate": "intermediate.dense",
+            "output": "output.dense",
+        },
+    ),
+    "llama": Family(
+        _BY_NAME["llama"],
+        "layers",
+        "attention_adapters",
+        "output_adapters",
+        {
+            "q": "self_attn.q_proj",
+            "k": "self_attn.k_proj",
+            "v": "self_attn.v_proj",
+            "intermediate": "mlp.down_proj",
+            "output": "mlp.up_proj",
+        },
+    ),  # (adapters' names for Llama, sic)
     "gpt2": Family(_BY_NAME["gpt2"], "h", "attention_adapters", "output_adapters", {}),  # merged c_attn: not mapped
 }
 #: adapters' ``model_type`` -> family (the architectures both libraries implement the same way)
-MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "llama": "llama",
-               "mistral": "llama", "gpt2": "gpt2"}
+MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "electra": "bert",
+    "llama": "llama",
+    "mistral": "llama",
+    "gpt2": "gpt2",
+}
 
 #: BnConfig keys we model, and the ones we accept only at the value that leaves the numbers as ours
-BOTTLENECK_NEUTRAL = {"use_gating": False, "inv_adapter": None, "cross_adapter": False, "shared_W_phm": False,
-                      "factorized_phm_rule": False, "learn_phm": True, "stochastic_depth": 0.0}
-BOTTLENECK_WHY = {"use_gating": "gated adapters (UniPELT)", "inv_adapter": "invertible adapters",
-                  "cross_adapter": "cross-attention adapters", "shared_W_phm": "a PHM weight shared across layers",
-                  "factorized_phm_rule": "a factorised PHM rule", "learn_phm": "a frozen PHM rule",
-                  "stochastic_depth": "stochastic depth"}
+BOTTLENECK_NEUTRAL = {
+    "use_gating": False,
+    "inv_adapter": None,
+    "cross_adapter": False,
+    "shared_W_phm": False,
+    "factorized_phm_rule": False,
+    "learn_phm": True,
+    "stochastic_depth": 0.0,
+}
+BOTTLENECK_WHY = {
+    "use_gating": "gated adapters (UniPELT)",
+    "inv_adapter": "invertible adapters",
+    "cross_adapter": "cross-attention adapters",
+    "shared_W_phm": "a PHM weight shared across layers",
+    "factorized_phm_rule": "a factorised PHM rule",
+    "learn_phm": "a frozen PHM rule",
+    "stochastic_depth": "stochastic depth",
+}
 #: keys that do not change what identical weights compute (initialisation only)
 IGNORED = {"init_weights_seed", "inv_adapter_reduction_factor", "architecture"}
-PLACEMENT_KEYS = ("original_ln_before", "original_ln_after", "residual_before_ln", "ln_before", "ln_after",
-                  "adapter_residual_before_ln", "is_parallel")
+PLACEMENT_KEYS = (
+    "original_ln_before",
+    "original_ln_after",
+    "residual_before_ln",
+    "ln_before",
+    "ln_after",
+    "adapter_residual_before_ln",
+    "is_parallel",
+)
 PHM_KEYS = ("phm_dim", "shared_phm_rule", "factorized_phm_W", "phm_rank", "phm_bias", "phm_c_init", "phm_init_range")
-NON_LINEARITY = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "swish": "swish", "silu": "swish",
-                 "tanh": "tanh", "leakyrelu": "leakyrelu"}
-ARCHITECTURES = {None: "bottleneck adapters", "lora": "LoRA / IA3", "prefix_tuning": "prefix tuning",
-                 "prompt_tuning": "prompt tuning", "union": "a ConfigUnion (e.g. MAM, UniPELT)", "reft": "ReFT",
-                 "mtl_lora": "MTL-LoRA"}
+NON_LINEARITY = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_new",
+    "swish": "swish",
+    "silu": "swish",
+    "tanh": "tanh",
+    "leakyrelu": "leakyrelu",
+}
+ARCHITECTURES = {
+    None: "bottleneck adapters",
+    "lora": "LoRA / IA3",
+    "prefix_tuning": "prefix tuning",
+    "prompt_tuning": "prompt tuning",
+    "union": "a ConfigUnion (e.g. MAM, UniPELT)",
+    "reft": "ReFT",
+    "mtl_lora": "MTL-LoRA",
+}
 
 
 def family_of(model_type: str | None) -> Family | None:
@@ -87,8 +149,13 @@ def family_of(model_type: str | None) -> Family | None:
 def bottleneck_key(family: Family, name: str) -> re.Pattern:
     """``<layer>.<location>.adapters.<name>.<param>`` for the family's two bottleneck locations."""
     locs = sorted(family.locations(), key=len, reverse=True)
-    return re.compile(r"(?P<layer>(?:.*\.)?\d+)\.(?P<loc>" + "|".join(re.escape(x) for x in locs)
-                      + r")\.adapters\." + re.escape(name) + r"\.(?P<param>.+)")
+    return re.compile(
+        r"(?P<layer>(?:.*\.)?\d+)\.(?P<loc>"
+        + "|".join(re.escape(x) for x in locs)
+        + r")\.adapters\."
+        + re.escape(name)
+        + r"\.(?P<param>.+)"
+    )
 
 
 #: adapters' names inside one bottleneck adapter -> ours (ln_before shifts the Sequential by one)

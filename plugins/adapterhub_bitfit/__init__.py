@@ -44,15 +44,17 @@ class BitFitMethod(TunerMethod):
                 raise InvalidInput(f"adapter tensor '{key}' is not named {PEFT_PREFIX}<parameter path>")
             if base is None:
                 continue
-            path, shape = key[len(PEFT_PREFIX):], tuple(tensors[key].shape)
+            path, shape = key[len(PEFT_PREFIX) :], tuple(tensors[key].shape)
             if path not in base:
                 raise InvalidInput(f"adapter tensor '{key}' replaces '{path}', which the base does not have")
             if tuple(base[path].shape) != shape:
-                raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but base '{path}' is "
-                                   f"{tuple(base[path].shape)}")
+                raise InvalidInput(
+                    f"adapter tensor '{key}' has shape {shape} but base '{path}' is {tuple(base[path].shape)}"
+                )
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
-                     inplace: bool = False) -> Any:
+    def merge_tensor(
+        self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *, inplace: bool = False
+    ) -> Any:
         """The adapter's value for ``name`` (a trained bias or head tensor) in the base dtype; ``None`` if the
         adapter does not hold it."""
         return self._model().merge_tensor(name, base_tensor, adapter_tensors)

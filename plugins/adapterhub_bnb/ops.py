@@ -54,10 +54,13 @@ def bnb_config(quantizer: Any, opts: dict[str, Any]):
 
     if quantizer.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=opts["threshold"])
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantizer.quant_type,
-                              bnb_4bit_use_double_quant=opts["double_quant"],
-                              bnb_4bit_compute_dtype=resolve_compute_dtype(opts["compute_dtype"]),
-                              bnb_4bit_quant_storage=torch.uint8)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantizer.quant_type,
+        bnb_4bit_use_double_quant=opts["double_quant"],
+        bnb_4bit_compute_dtype=resolve_compute_dtype(opts["compute_dtype"]),
+        bnb_4bit_quant_storage=torch.uint8,
+    )
 
 
 def quantized_modules(model: torch.nn.Module) -> dict[str, Any]:
@@ -80,8 +83,9 @@ def _model_class(config: Any, task: str | None):
     return transformers.AutoModel
 
 
-def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list[str] | None,
-                   opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def load_quantized(
+    quantizer: Any, base_dir: str, task: str | None, labels: list[str] | None, opts: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
     """Load ``base_dir`` for ``task`` (None: the checkpoint's own class) quantized as it loads."""
     from transformers import AutoConfig
 
@@ -95,8 +99,9 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
     except Exception as exc:
         raise InvalidInput(f"base {base_dir} is not a transformers model: {str(exc).splitlines()[0][:200]}") from None
     if getattr(config, "quantization_config", None):
-        raise InvalidInput(f"base {base_dir} is already quantized; quantize the original (full-precision) "
-                           "model directory instead")
+        raise InvalidInput(
+            f"base {base_dir} is already quantized; quantize the original (full-precision) model directory instead"
+        )
     if task == "seq-cls":
         labels = labels or ["0", "1"]
         config.num_labels = len(labels)
@@ -104,18 +109,27 @@ def load_quantized(quantizer: Any, base_dir: str, task: str | None, labels: list
         config.label2id = {name: i for i, name in enumerate(labels)}
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = getattr(config, "eos_token_id", None) or 0
-    check_shapes(base_dir, config, _model_class(config, task),
-                 f"config.json with {len(labels)} labels" if task == "seq-cls" else "config.json")
+    check_shapes(
+        base_dir,
+        config,
+        _model_class(config, task),
+        f"config.json with {len(labels)} labels" if task == "seq-cls" else "config.json",
+    )
     _fixed_mmap_threshold()
-    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": "auto", "config": config,
-                              "quantization_config": bnb_config(quantizer, opts)}
+    kwargs: dict[str, Any] = {
+        "local_files_only": True,
+        "dtype": "auto",
+        "config": config,
+        "quantization_config": bnb_config(quantizer, opts),
+    }
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = _model_class(config, task).from_pretrained(base_dir, **kwargs)
     except (ValueError, RuntimeError, ImportError) as exc:
-        raise InvalidInput(f"cannot load {base_dir} quantized with {quantizer.name}: "
-                           f"{str(exc).splitlines()[0][:200]}") from None
+        raise InvalidInput(
+            f"cannot load {base_dir} quantized with {quantizer.name}: {str(exc).splitlines()[0][:200]}"
+        ) from None
     mods = quantized_modules(model)
     if not mods:
         raise InvalidInput(f"{quantizer.name}: {base_dir} has no Linear layers bitsandbytes can quantize")
@@ -135,13 +149,17 @@ def check_shapes(base_dir: str, config: Any, cls: Any, what: str = "config.json"
     try:
         found = weight_shape_mismatch(base_dir, config, cls)
     except Exception as exc:
-        raise InvalidInput(f"base {base_dir}: cannot build the model its config.json describes: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+        raise InvalidInput(
+            f"base {base_dir}: cannot build the model its config.json describes: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        ) from None
     if found is not None:
         name, have, want, fname = found
-        raise InvalidInput(f"base {base_dir}: {what} does not match the weights: '{name}' is "
-                           f"{'x'.join(map(str, have))} in {fname} but the config makes it {'x'.join(map(str, want))}"
-                           + ("; fix config.json or use the matching weights" if what == "config.json" else ""))
+        raise InvalidInput(
+            f"base {base_dir}: {what} does not match the weights: '{name}' is "
+            f"{'x'.join(map(str, have))} in {fname} but the config makes it {'x'.join(map(str, want))}"
+            + ("; fix config.json or use the matching weights" if what == "config.json" else "")
+        )
 
 
 def _fixed_mmap_threshold() -> None:
@@ -173,8 +191,9 @@ def _requantize(base_dir: str, mods: dict[str, Any], blocksize: int) -> None:
         if key not in where:
             cands = [k for k in where if k.endswith("." + key) or key.endswith("." + k)]
             if len(cands) != 1:
-                raise AdapterhubError(f"cannot find '{key}' in the checkpoint of {base_dir} to quantize it "
-                                      f"with blocksize {blocksize}")
+                raise AdapterhubError(
+                    f"cannot find '{key}' in the checkpoint of {base_dir} to quantize it with blocksize {blocksize}"
+                )
             key = cands[0]
         with safe_open(where[key], framework="pt") as f:
             w = f.get_tensor(key)
@@ -183,9 +202,15 @@ def _requantize(base_dir: str, mods: dict[str, Any], blocksize: int) -> None:
         old = m.weight
         dev = old.device
         w = w.to(dtype=old.quant_state.dtype)
-        m.weight = b.nn.Params4bit(w.contiguous(), requires_grad=False, blocksize=blocksize,
-                                   compress_statistics=old.compress_statistics, quant_type=old.quant_type,
-                                   quant_storage=old.quant_storage, module=m)._quantize(dev)
+        m.weight = b.nn.Params4bit(
+            w.contiguous(),
+            requires_grad=False,
+            blocksize=blocksize,
+            compress_statistics=old.compress_statistics,
+            quant_type=old.quant_type,
+            quant_storage=old.quant_storage,
+            module=m,
+        )._quantize(dev)
         m.quant_state = m.weight.quant_state
         del w, old
 
@@ -206,17 +231,34 @@ def describe(quantizer: Any, model: Any, opts: dict[str, Any], mods: dict[str, A
     mods = quantized_modules(model) if mods is None else mods
     first = next(iter(mods.values()))
     weight_dtype = dtype_name(first.weight.quant_state.dtype) if quantizer.bits == 4 else "float16"
-    skipped = sorted(n for n, m in model.named_modules()
-                     if type(m) is torch.nn.Linear and n and not n.endswith((".lora_A", ".lora_B")))
-    rec: dict[str, Any] = {"quantizer": quantizer.name, "backend": "bitsandbytes", "backend_version": b.__version__,
-                           "quant_type": quantizer.quant_type, "bits": quantizer.bits}
+    skipped = sorted(
+        n
+        for n, m in model.named_modules()
+        if type(m) is torch.nn.Linear and n and not n.endswith((".lora_A", ".lora_B"))
+    )
+    rec: dict[str, Any] = {
+        "quantizer": quantizer.name,
+        "backend": "bitsandbytes",
+        "backend_version": b.__version__,
+        "quant_type": quantizer.quant_type,
+        "bits": quantizer.bits,
+    }
     if quantizer.bits == 4:
-        rec.update(double_quant=bool(first.weight.quant_state.nested), blocksize=int(first.weight.blocksize),
-                   compute_dtype=dtype_name(first.compute_dtype or torch.float32), quant_storage="uint8")
+        rec.update(
+            double_quant=bool(first.weight.quant_state.nested),
+            blocksize=int(first.weight.blocksize),
+            compute_dtype=dtype_name(first.compute_dtype or torch.float32),
+            quant_storage="uint8",
+        )
     else:
         rec.update(threshold=float(opts["threshold"]))
-    rec.update(weight_dtype=weight_dtype, modules=sorted({pattern(n) for n in mods}), quantized_layers=len(mods),
-               transposed=sorted({pattern(n) for n, m in mods.items() if from_conv1d(m)}), skipped=skipped)
+    rec.update(
+        weight_dtype=weight_dtype,
+        modules=sorted({pattern(n) for n in mods}),
+        quantized_layers=len(mods),
+        transposed=sorted({pattern(n) for n, m in mods.items() if from_conv1d(m)}),
+        skipped=skipped,
+    )
     return rec
 
 
@@ -250,8 +292,13 @@ class RoundTrip(BaseTransform):
         w = tensor.T if transposed else tensor
         if r["bits"] == 4:
             w = w.to(self.weight_dtype).contiguous()
-            q, state = F.quantize_4bit(w, blocksize=r["blocksize"], compress_statistics=r["double_quant"],
-                                       quant_type=r["quant_type"], quant_storage=torch.uint8)
+            q, state = F.quantize_4bit(
+                w,
+                blocksize=r["blocksize"],
+                compress_statistics=r["double_quant"],
+                quant_type=r["quant_type"],
+                quant_storage=torch.uint8,
+            )
             out = F.dequantize_4bit(q, state).float()
         else:  # LLM.int8(): fp16 weights, one absmax per row, w ≈ CB * SCB / 127
             cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
@@ -264,8 +311,9 @@ class RoundTrip(BaseTransform):
 _SIDE_SKIP = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".pickle")
 
 
-def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, Any], *, force: bool = False,
-                 home: str | None = None) -> dict[str, Any]:
+def quantize_dir(
+    quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, Any], *, force: bool = False, home: str | None = None
+) -> dict[str, Any]:
     """``model_dir`` -> ``out_dir`` quantized (written beside it, renamed into place at the end)."""
     from adapterhub import api
     from adapterhub.infra import atomic_out, check_base_dir, check_out_base, hash_file
@@ -281,13 +329,23 @@ def quantize_dir(quantizer: Any, model_dir: str, out_dir: str, opts: dict[str, A
         model.save_pretrained(tmp)
         for n in sorted(os.listdir(model_dir)):  # tokenizer, generation config ... (weights are rewritten)
             src = os.path.join(model_dir, n)
-            if (os.path.isfile(src) and not n.startswith(".") and not n.lower().endswith(_SIDE_SKIP)
-                    and not os.path.exists(os.path.join(tmp, n)) and n not in ("adapterhub.json",)
-                    and not n.endswith(".index.json")):
+            if (
+                os.path.isfile(src)
+                and not n.startswith(".")
+                and not n.lower().endswith(_SIDE_SKIP)
+                and not os.path.exists(os.path.join(tmp, n))
+                and n not in ("adapterhub.json",)
+                and not n.endswith(".index.json")
+            ):
                 shutil.copyfile(src, os.path.join(tmp, n))
         files = []
         for n in sorted(os.listdir(tmp)):
             digest, size = hash_file(os.path.join(tmp, n))
             files.append({"path": n, "sha256": digest, "size": size})
-    return {"out": os.path.abspath(out_dir), "quantization": record, "files": files,
-            "bytes": sum(f["size"] for f in files), "source_bytes": fp.bytes}
+    return {
+        "out": os.path.abspath(out_dir),
+        "quantization": record,
+        "files": files,
+        "bytes": sum(f["size"] for f in files),
+        "source_bytes": fp.bytes,
+    }

@@ -66,16 +66,18 @@ class _Quantizer(Quantizer):
         return opts
 
     # -- the work (torch) ----------------------------------------------------------------------------
-    def quantize(self, model_dir: str, out_dir: str, *, force: bool = False, home: str | None = None,
-                 **options: Any) -> dict[str, Any]:
+    def quantize(
+        self, model_dir: str, out_dir: str, *, force: bool = False, home: str | None = None, **options: Any
+    ) -> dict[str, Any]:
         """Write ``model_dir`` quantized to ``out_dir`` (a transformers model directory that
         ``from_pretrained`` loads as a bitsandbytes model); returns the record (also in its config)."""
         from . import ops
 
         return ops.quantize_dir(self, model_dir, out_dir, self.make_options(options), force=force, home=home)
 
-    def load_model(self, base_dir: str, task: str | None, labels: list[str] | None = None,
-                   options: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def load_model(
+        self, base_dir: str, task: str | None, labels: list[str] | None = None, options: Mapping[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         """The base model for ``task``, quantized as it loads; ``(model, record)``."""
         from . import ops
 
@@ -109,8 +111,10 @@ class Bnb4bitQuantizer(_Quantizer):
     fields = {
         "double_quant": (True, "also quantize the per-block absmax constants (saves ~0.37 bit/weight)"),
         "blocksize": (64, f"weights per absmax block ({', '.join(map(str, BLOCKSIZES))})"),
-        "compute_dtype": ("auto", "matmul dtype: auto (bf16 on a GPU that has it, else float32), "
-                                  "float32, bfloat16, float16"),
+        "compute_dtype": (
+            "auto",
+            "matmul dtype: auto (bf16 on a GPU that has it, else float32), float32, bfloat16, float16",
+        ),
     }
 
     def __init__(self, quant_type: str):
@@ -120,10 +124,13 @@ class Bnb4bitQuantizer(_Quantizer):
         opts["double_quant"] = _bool("double_quant", opts["double_quant"])
         opts["blocksize"] = _number("blocksize", opts["blocksize"], int)
         if opts["blocksize"] not in BLOCKSIZES:
-            raise InvalidInput(f"invalid blocksize {opts['blocksize']}: expected one of {', '.join(map(str, BLOCKSIZES))}")
+            raise InvalidInput(
+                f"invalid blocksize {opts['blocksize']}: expected one of {', '.join(map(str, BLOCKSIZES))}"
+            )
         if opts["compute_dtype"] not in COMPUTE_DTYPES:
-            raise InvalidInput(f"invalid compute_dtype {opts['compute_dtype']!r}: expected one of "
-                               f"{', '.join(COMPUTE_DTYPES)}")
+            raise InvalidInput(
+                f"invalid compute_dtype {opts['compute_dtype']!r}: expected one of {', '.join(COMPUTE_DTYPES)}"
+            )
         return opts
 
 

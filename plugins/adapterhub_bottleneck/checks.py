@@ -12,7 +12,6 @@ from typing import Any, Mapping
 
 from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
-
 from adapterhub.tuning import PLACEMENTS, adapter_width
 
 from .config import AdapterConfig, CompacterConfig
@@ -47,14 +46,15 @@ def expected_shapes(config: AdapterConfig, d: int) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-def check_adapter_tensors(method: str, config: AdapterConfig, tensors: Mapping[str, Any],
-                          base: Mapping[str, Any] | None = None) -> None:
+def check_adapter_tensors(
+    method: str, config: AdapterConfig, tensors: Mapping[str, Any], base: Mapping[str, Any] | None = None
+) -> None:
     """Refuse tensors that an attach of ``config`` would not load exactly (one line naming the tensor)."""
     adapters: dict[str, dict[str, Any]] = {}
     others = []
     for key, info in tensors.items():
         if key.startswith(PREFIX) and ADAPTER in key:
-            path, _, param = key[len(PREFIX):].partition(ADAPTER)
+            path, _, param = key[len(PREFIX) :].partition(ADAPTER)
             adapters.setdefault(path, {})[param] = info
         elif key != SHARED_RULE:
             others.append(key)
@@ -62,10 +62,12 @@ def check_adapter_tensors(method: str, config: AdapterConfig, tensors: Mapping[s
         raise InvalidInput(f"{method}: no adapter tensors (keys '{PREFIX}<module path>{ADAPTER}...')")
     saved = tuners.with_seq_cls_heads(config.modules_to_save, config.task_type)
     for key in sorted(others):
-        path = key[len(PREFIX):] if key.startswith(PREFIX) else ""
+        path = key[len(PREFIX) :] if key.startswith(PREFIX) else ""
         if not any(re.search(rf"(?:^|\.){re.escape(m)}\.", path) for m in saved):
-            raise InvalidInput(f"{method}: unexpected tensor '{key}' (neither an adapter tensor nor one of "
-                               f"modules_to_save {saved or '[]'})")
+            raise InvalidInput(
+                f"{method}: unexpected tensor '{key}' (neither an adapter tensor nor one of "
+                f"modules_to_save {saved or '[]'})"
+            )
     compacter = isinstance(config, CompacterConfig)
     shared = compacter and config.shared_phm_rule
     if shared:
@@ -74,8 +76,9 @@ def check_adapter_tensors(method: str, config: AdapterConfig, tensors: Mapping[s
             raise InvalidInput(f"{method}: shared_phm_rule is set but '{SHARED_RULE}' ({n}, {n}, {n}) is missing")
         _check_shape(method, SHARED_RULE, tensors[SHARED_RULE], (n, n, n))
     elif SHARED_RULE in tensors:
-        raise InvalidInput(f"{method}: '{SHARED_RULE}' is present but shared_phm_rule is false (each PHM layer has "
-                           "its own phm_rule)")
+        raise InvalidInput(
+            f"{method}: '{SHARED_RULE}' is present but shared_phm_rule is false (each PHM layer has its own phm_rule)"
+        )
     pattern = config.target_layers if isinstance(config.target_layers, str) else None
     for path in sorted(adapters):
         params = adapters[path]
@@ -92,8 +95,10 @@ def check_adapter_tensors(method: str, config: AdapterConfig, tensors: Mapping[s
         shapes = expected_shapes(config, d)
         missing = sorted(set(shapes) - set(params))
         if missing:
-            raise InvalidInput(f"{method}: '{key}{missing[0]}' {shapes[missing[0]]} is missing"
-                               + (f" (and {len(missing) - 1} more of this adapter)" if len(missing) > 1 else ""))
+            raise InvalidInput(
+                f"{method}: '{key}{missing[0]}' {shapes[missing[0]]} is missing"
+                + (f" (and {len(missing) - 1} more of this adapter)" if len(missing) > 1 else "")
+            )
         extra = sorted(set(params) - set(shapes))
         if extra:
             raise InvalidInput(f"{method}: unexpected tensor '{key}{extra[0]}' for this config ({_what(config)})")
@@ -104,8 +109,10 @@ def check_adapter_tensors(method: str, config: AdapterConfig, tensors: Mapping[s
 def _what(config: AdapterConfig) -> str:
     if not isinstance(config, CompacterConfig):
         return f"ln_before={config.ln_before}, ln_after={config.ln_after}"
-    return (f"shared_phm_rule={config.shared_phm_rule}, factorized_phm_W={config.factorized_phm_W}, "
-            f"phm_bias={config.phm_bias}, ln_before={config.ln_before}, ln_after={config.ln_after}")
+    return (
+        f"shared_phm_rule={config.shared_phm_rule}, factorized_phm_W={config.factorized_phm_W}, "
+        f"phm_bias={config.phm_bias}, ln_before={config.ln_before}, ln_after={config.ln_after}"
+    )
 
 
 def _base_width(method: str, path: str, base: Mapping[str, Any]) -> int:

@@ -41,8 +41,15 @@ DEFAULT_NON_LINEARITY = {"houlsby": "swish", "pfeiffer": "relu"}
 DEFAULT_LN_BEFORE = {"houlsby": False, "pfeiffer": True}
 #: what a config stored before the placement options existed meant (adapterhub <= 0.1.0): both styles read the
 #: projection output and wrote back before the block's residual add; ``init="bert"`` was today's "zero_up"
-LEGACY_PLACEMENT = {"original_ln_before": False, "original_ln_after": True, "residual_before_ln": True,
-                    "ln_before": False, "ln_after": False, "adapter_residual_before_ln": False, "is_parallel": False}
+LEGACY_PLACEMENT = {
+    "original_ln_before": False,
+    "original_ln_after": True,
+    "residual_before_ln": True,
+    "ln_before": False,
+    "ln_after": False,
+    "adapter_residual_before_ln": False,
+    "is_parallel": False,
+}
 LEGACY_INITS = {"bert": "zero_up"}
 
 
@@ -117,8 +124,12 @@ class AdapterConfig:
             "original_ln_before)"
         },
     )
-    ln_before: bool = field(default=False, metadata={"help": "a new LayerNorm on the adapter's input (adapters' ln_before)"})
-    ln_after: bool = field(default=False, metadata={"help": "a new LayerNorm on the adapter's output (adapters' ln_after)"})
+    ln_before: bool = field(
+        default=False, metadata={"help": "a new LayerNorm on the adapter's input (adapters' ln_before)"}
+    )
+    ln_after: bool = field(
+        default=False, metadata={"help": "a new LayerNorm on the adapter's output (adapters' ln_after)"}
+    )
     adapter_residual_before_ln: bool = field(
         default=False,
         metadata={"help": "with ln_after: add the adapter's residual before that LayerNorm (adapters' option)"},
@@ -130,9 +141,7 @@ class AdapterConfig:
             "and its branch is added to the projection output"
         },
     )
-    leave_out: list = field(
-        default_factory=list, metadata={"help": "layer indices that get no adapter (e.g. [0, 1])"}
-    )
+    leave_out: list = field(default_factory=list, metadata={"help": "layer indices that get no adapter (e.g. [0, 1])"})
     target_layers: Any = field(
         default=None,
         metadata={
@@ -152,16 +161,28 @@ class AdapterConfig:
             _choice(self.non_linearity, "non_linearity", NON_LINEARITIES)
         if self.original_ln_before is None:
             self.original_ln_before = False if self.is_parallel else DEFAULT_LN_BEFORE.get(self.style, False)
-        tuners.check_flags(self, "residual", "original_ln_before", "original_ln_after", "ln_before", "ln_after",
-                           "adapter_residual_before_ln", "is_parallel")
+        tuners.check_flags(
+            self,
+            "residual",
+            "original_ln_before",
+            "original_ln_after",
+            "ln_before",
+            "ln_after",
+            "adapter_residual_before_ln",
+            "is_parallel",
+        )
         if not (isinstance(self.residual_before_ln, bool) or self.residual_before_ln == "post_add"):
             raise ValueError(f"residual_before_ln must be true, false or 'post_add'; got {self.residual_before_ln!r}")
         if self.residual_before_ln == "post_add" and not self.original_ln_before:
-            raise ValueError("residual_before_ln='post_add' needs original_ln_before=true (the residual sum it "
-                             "takes exists only then)")
+            raise ValueError(
+                "residual_before_ln='post_add' needs original_ln_before=true (the residual sum it "
+                "takes exists only then)"
+            )
         if self.is_parallel and (self.original_ln_before or not self.residual):
-            raise ValueError("a parallel adapter (is_parallel) reads the sub-block input and has no residual of its "
-                             "own: original_ln_before must be false and residual true")
+            raise ValueError(
+                "a parallel adapter (is_parallel) reads the sub-block input and has no residual of its "
+                "own: original_ln_before must be false and residual true"
+            )
         if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)):
             raise ValueError(f"scaling must be a number, got {self.scaling!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1:
@@ -216,8 +237,10 @@ class CompacterConfig(AdapterConfig):
     )
     non_linearity: Any = field(
         default="gelu",
-        metadata={"help": "activation between down and up projection: relu, gelu (exact erf), gelu_new, swish "
-                          "(SiLU), tanh, leakyrelu"},
+        metadata={
+            "help": "activation between down and up projection: relu, gelu (exact erf), gelu_new, swish "
+            "(SiLU), tanh, leakyrelu"
+        },
     )
     phm_dim: int = field(
         default=4,
@@ -269,6 +292,4 @@ class CompacterConfig(AdapterConfig):
         if isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0:
             raise ValueError(f"phm_init_range must be a positive number, got {r!r}")
         if self.bottleneck_size is not None and self.bottleneck_size % self.phm_dim:
-            raise ValueError(
-                f"bottleneck_size {self.bottleneck_size} is not divisible by phm_dim {self.phm_dim}"
-            )
+            raise ValueError(f"bottleneck_size {self.bottleneck_size} is not divisible by phm_dim {self.phm_dim}")

@@ -35,8 +35,14 @@ from adapterhub import tuning as tuners
 #: adapter parameter dtype (as PEFT's default ``autocast_adapter_dtype`` does for LoRA)
 ADAPTER_DTYPE = tuners.adapter_dtype()
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "swish": F.silu,
-               "tanh": torch.tanh, "leakyrelu": F.leaky_relu}
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "swish": F.silu,
+    "tanh": torch.tanh,
+    "leakyrelu": F.leaky_relu,
+}
 
 
 class BottleneckAdapter(nn.Module):

@@ -40,7 +40,6 @@ from torch import nn
 from adapterhub import tuning as tuners
 from adapterhub.errors import InvalidInput
 from adapterhub.tuning import PEFT_PREFIX as PREFIX
-
 from adapterhub.tuning import PLACEMENTS, Placement, Site
 
 from .config import DEFAULT_NON_LINEARITY, AdapterConfig, CompacterConfig
@@ -139,7 +138,7 @@ def candidate_names(model: nn.Module) -> list[str]:
     for path, module in model.named_modules():
         if path and isinstance(module, tuners.linear_types()):
             m = _LAYER_RE.search(path)
-            names.add(path[m.end():] if m and m.end() < len(path) else path)
+            names.add(path[m.end() :] if m and m.end() < len(path) else path)
     return sorted(names)
 
 
@@ -192,28 +191,38 @@ def bind_site(model: nn.Module, path: str, config: AdapterConfig, method: str) -
                 continue
             _check_family(model, layer, placement, method, options)
             if config.residual_before_ln == "post_add" and binding.layer_norm is None:
-                raise InvalidInput(f"{method}: residual_before_ln='post_add' takes the residual sum before the "
-                                   f"block's LayerNorm; '{path}' is in a pre-LN layer ({placement.family}-like), "
-                                   "which has none there: use true or false")
+                raise InvalidInput(
+                    f"{method}: residual_before_ln='post_add' takes the residual sum before the "
+                    f"block's LayerNorm; '{path}' is in a pre-LN layer ({placement.family}-like), "
+                    "which has none there: use true or false"
+                )
             return binding
-    raise InvalidInput(f"{method}: {options}, which adapterhub finds for the built-in placements only (BERT-, "
-                       f"Llama- and GPT-2-like layers); '{path}' is not one: set original_ln_before=false, "
-                       "is_parallel=false and original_ln_after=true")
+    raise InvalidInput(
+        f"{method}: {options}, which adapterhub finds for the built-in placements only (BERT-, "
+        f"Llama- and GPT-2-like layers); '{path}' is not one: set original_ln_before=false, "
+        "is_parallel=false and original_ln_after=true"
+    )
 
 
 def _binding(layer: str, site: Site) -> Binding:
-    return Binding(f"{layer}.{site.residual_from}", site.residual_arg, site.residual_kwarg,
-                   f"{layer}.{site.layer_norm}" if site.layer_norm else None,
-                   f"{layer}.{site.block}" if site.block else None)
+    return Binding(
+        f"{layer}.{site.residual_from}",
+        site.residual_arg,
+        site.residual_kwarg,
+        f"{layer}.{site.layer_norm}" if site.layer_norm else None,
+        f"{layer}.{site.block}" if site.block else None,
+    )
 
 
 def _check_family(model: nn.Module, layer: str, placement: Placement, method: str, options: str) -> None:
     extra = [n for n in placement.unsupported if _has(model, f"{layer}.{n}")]
     if extra:
-        raise InvalidInput(f"{method}: {options}; layer '{layer}' has '{extra[0]}' (it normalises the sub-block "
-                           f"output before the residual add), so its residual stream is not {placement.family}'s "
-                           "and the adapters library's placement is not defined for it: set original_ln_before="
-                           "false, is_parallel=false and original_ln_after=true")
+        raise InvalidInput(
+            f"{method}: {options}; layer '{layer}' has '{extra[0]}' (it normalises the sub-block "
+            f"output before the residual add), so its residual stream is not {placement.family}'s "
+            "and the adapters library's placement is not defined for it: set original_ln_before="
+            "false, is_parallel=false and original_ln_after=true"
+        )
 
 
 def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[AdapterConfig, list[str], list[str]]:
@@ -223,8 +232,14 @@ def resolve(model: nn.Module, config: AdapterConfig, method: str) -> tuple[Adapt
     if pattern is None:
         pattern = _default_pattern(model, config.style, method)
     matched = tuners.match_modules(
-        model, pattern, types=tuners.linear_types(), field="target_layers", exclude=mts, literal=True,
-        wraps=f"{method} adapters go after Linear or Conv1D projections", candidates=lambda: candidate_names(model),
+        model,
+        pattern,
+        types=tuners.linear_types(),
+        field="target_layers",
+        exclude=mts,
+        literal=True,
+        wraps=f"{method} adapters go after Linear or Conv1D projections",
+        candidates=lambda: candidate_names(model),
     )
 
     if config.leave_out:
@@ -322,19 +337,27 @@ def attach(model: nn.Module, config: AdapterConfig, method: str) -> AdapterConfi
 def _wire(model: nn.Module, adapter: nn.Module, binding: Binding, config: AdapterConfig) -> None:
     """Give ``adapter`` its :class:`Wiring` and the hooks that feed it the sub-block's input."""
     norm = model.get_submodule(binding.layer_norm) if binding.layer_norm else None
-    adapter.wiring = Wiring(config.original_ln_before, config.original_ln_after, config.residual_before_ln,
-                            config.is_parallel, post_ln=norm is not None, layer_norm=norm)
+    adapter.wiring = Wiring(
+        config.original_ln_before,
+        config.original_ln_after,
+        config.residual_before_ln,
+        config.is_parallel,
+        post_ln=norm is not None,
+        layer_norm=norm,
+    )
     model.get_submodule(binding.residual_from).register_forward_pre_hook(
-        functools.partial(_capture, adapter, binding.residual_arg, binding.residual_kwarg), with_kwargs=True)
+        functools.partial(_capture, adapter, binding.residual_arg, binding.residual_kwarg), with_kwargs=True
+    )
     if not config.original_ln_after and binding.block:
         model.get_submodule(binding.block).register_forward_hook(functools.partial(_block_output, adapter))
 
 
 def _unhook(module: nn.Module, adapter: nn.Module) -> None:
     """Remove the forward (pre-)hooks :func:`_wire` put on ``module`` for ``adapter``."""
-    for hooks, extra in ((module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
-                         (module._forward_hooks, (module._forward_hooks_with_kwargs,
-                                                  module._forward_hooks_always_called))):
+    for hooks, extra in (
+        (module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
+        (module._forward_hooks, (module._forward_hooks_with_kwargs, module._forward_hooks_always_called)),
+    ):
         for key, hook in list(hooks.items()):
             if isinstance(hook, functools.partial) and hook.args and hook.args[0] is adapter:
                 del hooks[key]
@@ -392,6 +415,17 @@ def adapters(model: nn.Module, method: str | None = None) -> dict[str, nn.Module
 
 
 __all__ = [
-    "PREFIX", "SHARED_RULE", "Attached", "PHMLinear", "adapters", "attach", "attached", "candidate_names",
-    "detach", "layer_index", "load_state_dict", "resolve", "state_dict",
+    "PREFIX",
+    "SHARED_RULE",
+    "Attached",
+    "PHMLinear",
+    "adapters",
+    "attach",
+    "attached",
+    "candidate_names",
+    "detach",
+    "layer_index",
+    "load_state_dict",
+    "resolve",
+    "state_dict",
 ]

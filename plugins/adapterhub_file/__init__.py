@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlparse
 
 import adapterhub
 from adapterhub.errors import AdapterhubError, IntegrityError
-from adapterhub.interfaces import BlobStore, Progress
 from adapterhub.infra import check_digest, copy_stream_verified
+from adapterhub.interfaces import BlobStore, Progress
 
 
 class FileStore(BlobStore):
@@ -58,7 +58,9 @@ class FileStore(BlobStore):
         except OSError as exc:
             _remove(tmp)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise AdapterhubError(f"no space left to store blob sha256:{digest} in {self.root}: {exc.strerror}") from None
+                raise AdapterhubError(
+                    f"no space left to store blob sha256:{digest} in {self.root}: {exc.strerror}"
+                ) from None
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise AdapterhubError(f"the blob store {self.root} is not writable: {exc.strerror}") from None
             raise

@@ -53,35 +53,45 @@ class IA3Method(TunerMethod):
         super().check_tensors(tensors, config, base)
         config = self._config(config)
         for key in sorted(k for k in tensors if k.startswith(PEFT_PREFIX) and k.endswith(".ia3_l")):
-            path, shape = key[len(PEFT_PREFIX): -len(".ia3_l")], tuple(tensors[key].shape)
+            path, shape = key[len(PEFT_PREFIX) : -len(".ia3_l")], tuple(tensors[key].shape)
             ff = config.is_feedforward(path) if config.feedforward_modules is not None else None
-            kind, want = {True: ("feed-forward", "(1, in)"), False: ("attention-style", "(out, 1)"),
-                          None: ("targeted", "(out, 1) or (1, in)")}[ff]
+            kind, want = {
+                True: ("feed-forward", "(1, in)"),
+                False: ("attention-style", "(out, 1)"),
+                None: ("targeted", "(out, 1) or (1, in)"),
+            }[ff]
             if len(shape) != 2 or not {True: shape[0] == 1, False: shape[1] == 1, None: 1 in shape}[ff]:
-                raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but the (IA)³ vector of a {kind} "
-                                   f"layer is {want}")
+                raise InvalidInput(
+                    f"adapter tensor '{key}' has shape {shape} but the (IA)³ vector of a {kind} layer is {want}"
+                )
             if base is None:
                 continue
             w = base.get(path + ".weight")
             if w is None:
-                raise InvalidInput(f"adapter tensor '{key}' targets module '{path}', but the base has no '{path}.weight'")
+                raise InvalidInput(
+                    f"adapter tensor '{key}' targets module '{path}', but the base has no '{path}.weight'"
+                )
             if len(w.shape) != 2 or w.dtype not in ("F16", "BF16", "F32", "F64"):
                 continue  # not a plain Linear/Conv1D weight (e.g. packed): the merge says more
             out_dim, in_dim = (w.shape[1], w.shape[0]) if config.fan_in_fan_out else (w.shape[0], w.shape[1])
             expected = [(1, in_dim)] if ff else [(out_dim, 1)] if ff is False else [(1, in_dim), (out_dim, 1)]
             if shape not in expected:
-                raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but base '{path}.weight' "
-                                   f"{tuple(w.shape)} needs {' or '.join(map(str, expected))}")
+                raise InvalidInput(
+                    f"adapter tensor '{key}' has shape {shape} but base '{path}.weight' "
+                    f"{tuple(w.shape)} needs {' or '.join(map(str, expected))}"
+                )
 
     # -- model -----------------------------------------------------------------------------------------
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
-                     inplace: bool = False) -> Any:
+    def merge_tensor(
+        self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *, inplace: bool = False
+    ) -> Any:
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor`` (weights and, for attention
         layers, biases are scaled); ``None`` if untouched. ``config`` must be the effective config."""
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
-    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str,
-                **options: Any) -> tuple[Any, dict[str, Any]]:
+    def combine(
+        self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any
+    ) -> tuple[Any, dict[str, Any]]:
         """``how="linear"``: each vector becomes ``sum_i weights[i] * l_i`` (PEFT's IA3
         ``add_weighted_adapter``). Returns ``(config, tensors)``."""
         if how not in COMBINE_HOW:

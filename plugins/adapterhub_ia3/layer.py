@@ -19,6 +19,7 @@ from torch import nn
 from adapterhub import tuning as tuners
 from adapterhub.tuning import in_out_features, is_conv1d  # noqa: F401  (re-exported)
 
+
 # -- merge maths (shared by the module and the streaming merge) -----------------------------------------
 def merge_weight(weight: torch.Tensor, ia3_l: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
     """PEFT's ``Linear.merge``: ``(W * transpose(l, fan_in_fan_out)).to(W.dtype)``.

@@ -39,13 +39,21 @@ def resolve(model: nn.Module, config: IA3Config) -> tuple[IA3Config, list[str], 
     target_modules = config.target_modules
     if target_modules is None or target_modules == []:
         target_modules = tuners.peft_default(
-            model, tuners.IA3_TARGETS, field="target_modules", method="ia3", changes=changes,
+            model,
+            tuners.IA3_TARGETS,
+            field="target_modules",
+            method="ia3",
+            changes=changes,
             hint=lambda: f"candidates: {', '.join(candidate_names(model))}",
         )
     feedforward = config.feedforward_modules
     if feedforward is None:
         feedforward = tuners.peft_default(
-            model, tuners.IA3_FEEDFORWARD, field="feedforward_modules", method="ia3", changes=changes,
+            model,
+            tuners.IA3_FEEDFORWARD,
+            field="feedforward_modules",
+            method="ia3",
+            changes=changes,
             hint="a subset of target_modules, or [] for none",
         )
     matched = tuners.select_targets(
@@ -100,8 +108,9 @@ def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], method: 
 
 
 # -- streaming merge -------------------------------------------------------------------------------------
-def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: IA3Config,
-                 inplace: bool = False):
+def merge_tensor(
+    name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: IA3Config, inplace: bool = False
+):
     """``base`` (named as in the base model's safetensors) with the adapter merged in, bit for bit what
     ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it. (``inplace`` is
     accepted and unused: the result is always a new tensor.)"""
@@ -131,8 +140,10 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
         if tuple(ia3_l.shape) == ((out_dim, 1) if feedforward else (1, in_dim)):
             hint = "; the vector's shape says the opposite kind: check feedforward_modules in the config"
         elif base.shape[0] != base.shape[1] and tuple(ia3_l.shape) in ((1, out_dim), (in_dim, 1)):
-            hint = f"; the weight is stored {'(out, in)' if ffo else '(in, out)'}: use the effective config " \
-                   f"(fan_in_fan_out={not ffo})"
+            hint = (
+                f"; the weight is stored {'(out, in)' if ffo else '(in, out)'}: use the effective config "
+                f"(fan_in_fan_out={not ffo})"
+            )
         raise InvalidInput(
             f"'{key}' has shape {tuple(ia3_l.shape)} but base '{name}' {tuple(base.shape)} as a {kind} layer "
             f"expects {expected}{hint}"
@@ -181,7 +192,7 @@ def combine(
                 if key in saved_from:
                     raise InvalidInput(
                         f"cannot combine ia3 adapters {saved_from[key]} and {i}: both train and save "
-                        f"'{key[len(PREFIX):]}' (modules_to_save); PEFT refuses this too"
+                        f"'{key[len(PREFIX) :]}' (modules_to_save); PEFT refuses this too"
                     )
                 saved_from[key] = i
                 out[key] = value.detach().clone()

@@ -37,27 +37,35 @@ class LoHaMethod(TunerMethod):
         with ``base``, ``out``/``in`` are the base layer's."""
         super().check_tensors(tensors, config, base)
         config = self._config(config)
-        layers = {k[len(PEFT_PREFIX):].rsplit(".", 1)[0] for k in tensors if k.rsplit(".", 1)[-1] in _FACTORS}
+        layers = {k[len(PEFT_PREFIX) :].rsplit(".", 1)[0] for k in tensors if k.rsplit(".", 1)[-1] in _FACTORS}
         for path in sorted(layers):
-            shapes = {f: tuple(tensors[f"{PEFT_PREFIX}{path}.{f}"].shape) if f"{PEFT_PREFIX}{path}.{f}" in tensors
-                      else None for f in _FACTORS}
+            shapes = {
+                f: tuple(tensors[f"{PEFT_PREFIX}{path}.{f}"].shape) if f"{PEFT_PREFIX}{path}.{f}" in tensors else None
+                for f in _FACTORS
+            }
             missing = [f for f, s in shapes.items() if s is None]
             if missing:
                 raise InvalidInput(f"loha adapter for '{path}' lacks {', '.join(missing)}")
             w = None if base is None else base.get(path + ".weight")
-            out_f, in_f = (tuple(w.shape) if w is not None and len(w.shape) == 2
-                           else (shapes["hada_w1_a"][0], shapes["hada_w1_b"][-1]))
+            out_f, in_f = (
+                tuple(w.shape)
+                if w is not None and len(w.shape) == 2
+                else (shapes["hada_w1_a"][0], shapes["hada_w1_b"][-1])
+            )
             r = config.r
             want = {"hada_w1_a": (out_f, r), "hada_w1_b": (r, in_f), "hada_w2_a": (out_f, r), "hada_w2_b": (r, in_f)}
             for f, shape in shapes.items():
                 if shape != want[f]:
-                    raise InvalidInput(f"adapter tensor '{PEFT_PREFIX}{path}.{f}' has shape {shape}, expected "
-                                       f"{want[f]} (r={r}, layer {out_f}x{in_f})")
+                    raise InvalidInput(
+                        f"adapter tensor '{PEFT_PREFIX}{path}.{f}' has shape {shape}, expected "
+                        f"{want[f]} (r={r}, layer {out_f}x{in_f})"
+                    )
             if base is not None and w is None:
                 raise InvalidInput(f"loha adapter targets '{path}', but the base has no '{path}.weight'")
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
-                     inplace: bool = False) -> Any:
+    def merge_tensor(
+        self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *, inplace: bool = False
+    ) -> Any:
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
 

@@ -17,11 +17,16 @@ class LoHaConfig:
     alpha: float = field(default=8, metadata={"help": "scaling numerator: ΔW is multiplied by alpha / r"})
     target_modules: Any = tuners.target_modules_field(
         "Linear layers to adapt: a list of names (exact path or suffix), a regex over the full path, or "
-        "'all-linear'; unset: peft's default for the model type")
+        "'all-linear'; unset: peft's default for the model type"
+    )
     modules_to_save: list = tuners.modules_to_save_field()
     task_type: Any = tuners.task_type_field()
-    init_weights: bool = field(default=True, metadata={
-        "help": "true: w2_b starts at zero, so the model is unchanged at init (peft's default); false: all random"})
+    init_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "true: w2_b starts at zero, so the model is unchanged at init (peft's default); false: all random"
+        },
+    )
 
     def __post_init__(self) -> None:
         tuners.check_positive_int(self.r, "r")
@@ -49,7 +54,8 @@ def to_peft_dict(config: LoHaConfig, base_model_name_or_path: str | None = None)
         "rank_dropout": 0.0,
         "module_dropout": 0.0,
         "use_effective_conv2d": False,
-        "target_modules": list(config.target_modules) if isinstance(config.target_modules, list)
+        "target_modules": list(config.target_modules)
+        if isinstance(config.target_modules, list)
         else config.target_modules,
         "init_weights": config.init_weights,
         "modules_to_save": list(config.modules_to_save) or None,

@@ -21,8 +21,9 @@ _SLOT = "_adapterhub_loha"
 FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
-def delta_weight(w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor,
-                 scaling: float) -> torch.Tensor:
+def delta_weight(
+    w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """ΔW of one layer, computed exactly as peft's ``HadaWeight.forward``."""
     return ((w1a @ w1b) * (w2a @ w2b)) * torch.tensor(scaling)
 
@@ -56,8 +57,12 @@ def attached(model: nn.Module, method: str | None = None) -> tuners.Attached:
 
 def attach(model: nn.Module, config: LoHaConfig, method: str = "loha") -> LoHaConfig:
     return tuners.attach_wrappers(
-        model, _SLOT, method, lambda m: resolve(m, config),
-        lambda cfg, path, module: LoHaLinear(module, cfg.r, cfg.scaling, cfg.init_weights))
+        model,
+        _SLOT,
+        method,
+        lambda m: resolve(m, config),
+        lambda cfg, path, module: LoHaLinear(module, cfg.r, cfg.scaling, cfg.init_weights),
+    )
 
 
 def resolve(model: nn.Module, config: LoHaConfig) -> tuple[LoHaConfig, list[str], list[str]]:
@@ -74,8 +79,11 @@ def detach(model: nn.Module, method: str | None = None) -> None:
 
 def state_dict(model: nn.Module, method: str | None = None) -> dict[str, torch.Tensor]:
     state = attached(model, method)
-    out = {f"{PEFT_PREFIX}{path}.{name}": getattr(model.get_submodule(path), name).detach()
-           for path in state.targets for name in FACTORS}
+    out = {
+        f"{PEFT_PREFIX}{path}.{name}": getattr(model.get_submodule(path), name).detach()
+        for path in state.targets
+        for name in FACTORS
+    }
     out.update(tuners.saved_tensors(model, state.saved))
     return out
 

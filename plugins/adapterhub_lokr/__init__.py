@@ -39,7 +39,7 @@ class LoKrMethod(TunerMethod):
         config = self._config(config)
         layers: dict[str, dict[str, tuple]] = {}
         for key in tensors:
-            path, _, f = key[len(PEFT_PREFIX):].rpartition(".")
+            path, _, f = key[len(PEFT_PREFIX) :].rpartition(".")
             if f in _FACTORS:
                 layers.setdefault(path, {})[f] = tuple(tensors[key].shape)
         for path, got in sorted(layers.items()):
@@ -54,11 +54,14 @@ class LoKrMethod(TunerMethod):
                 out_dim, in_dim = left[0] * right[0], left[-1] * right[-1]
             want = factor_shapes(config, out_dim, in_dim)
             if got != want:
-                raise InvalidInput(f"lokr adapter for '{path}' has {sorted(got.items())}, but a {out_dim}x{in_dim} "
-                                   f"layer with r={config.r} needs {sorted(want.items())}")
+                raise InvalidInput(
+                    f"lokr adapter for '{path}' has {sorted(got.items())}, but a {out_dim}x{in_dim} "
+                    f"layer with r={config.r} needs {sorted(want.items())}"
+                )
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
-                     inplace: bool = False) -> Any:
+    def merge_tensor(
+        self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *, inplace: bool = False
+    ) -> Any:
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
 

@@ -15,24 +15,38 @@ class LoKrConfig:
 
     r: int = field(default=8, metadata={"help": "rank of the factors that are decomposed"})
     alpha: float = field(default=8, metadata={"help": "scaling numerator: ΔW is multiplied by alpha / r"})
-    decompose_both: bool = field(default=False, metadata={
-        "help": "decompose the left Kronecker factor too (when r is under half its larger side)"})
-    decompose_factor: int = field(default=-1, metadata={
-        "help": "split each dimension into two factors, one as close to this as possible; -1: near its square root"})
+    decompose_both: bool = field(
+        default=False,
+        metadata={"help": "decompose the left Kronecker factor too (when r is under half its larger side)"},
+    )
+    decompose_factor: int = field(
+        default=-1,
+        metadata={
+            "help": "split each dimension into two factors, one as close to this as possible; -1: near its square root"
+        },
+    )
     target_modules: Any = tuners.target_modules_field(
         "Linear layers to adapt: a list of names (exact path or suffix), a regex over the full path, or "
-        "'all-linear'; unset: peft's default for the model type")
+        "'all-linear'; unset: peft's default for the model type"
+    )
     modules_to_save: list = tuners.modules_to_save_field()
     task_type: Any = tuners.task_type_field()
-    init_weights: bool = field(default=True, metadata={
-        "help": "true: w1 starts at zero, so the model is unchanged at init (peft's default); false: all random"})
+    init_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "true: w1 starts at zero, so the model is unchanged at init (peft's default); false: all random"
+        },
+    )
 
     def __post_init__(self) -> None:
         tuners.check_positive_int(self.r, "r")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
             raise ValueError(f"alpha must be a number, got {self.alpha!r}")
-        if isinstance(self.decompose_factor, bool) or not isinstance(self.decompose_factor, int) or \
-                (self.decompose_factor < 1 and self.decompose_factor != -1):
+        if (
+            isinstance(self.decompose_factor, bool)
+            or not isinstance(self.decompose_factor, int)
+            or (self.decompose_factor < 1 and self.decompose_factor != -1)
+        ):
             raise ValueError(f"decompose_factor must be -1 or a positive integer, got {self.decompose_factor!r}")
         self.target_modules = tuners.check_module_names(self.target_modules, "target_modules")
         self.modules_to_save = tuners.check_modules_to_save(self.modules_to_save)
@@ -83,14 +97,25 @@ def factor_shapes(config: LoKrConfig, out_dim: int, in_dim: int) -> dict[str, tu
 def to_peft_dict(config: LoKrConfig, base_model_name_or_path: str | None = None) -> dict[str, Any]:
     """The ``adapter_config.json`` peft writes for the same adapter."""
     return {
-        "peft_type": "LOKR", "task_type": config.task_type, "base_model_name_or_path": base_model_name_or_path,
-        "inference_mode": True, "r": config.r, "alpha": config.alpha, "rank_dropout": 0.0, "module_dropout": 0.0,
-        "use_effective_conv2d": False, "decompose_both": config.decompose_both,
-        "decompose_factor": config.decompose_factor, "rank_dropout_scale": False,
-        "target_modules": list(config.target_modules) if isinstance(config.target_modules, list)
+        "peft_type": "LOKR",
+        "task_type": config.task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "r": config.r,
+        "alpha": config.alpha,
+        "rank_dropout": 0.0,
+        "module_dropout": 0.0,
+        "use_effective_conv2d": False,
+        "decompose_both": config.decompose_both,
+        "decompose_factor": config.decompose_factor,
+        "rank_dropout_scale": False,
+        "target_modules": list(config.target_modules)
+        if isinstance(config.target_modules, list)
         else config.target_modules,
-        "init_weights": config.init_weights, "modules_to_save": list(config.modules_to_save) or None,
-        "rank_pattern": {}, "alpha_pattern": {},
+        "init_weights": config.init_weights,
+        "modules_to_save": list(config.modules_to_save) or None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
     }
 
 

@@ -57,8 +57,9 @@ def attached(model: nn.Module, method: str | None = None) -> tuners.Attached:
 
 
 def attach(model: nn.Module, config: LoKrConfig, method: str = "lokr") -> LoKrConfig:
-    return tuners.attach_wrappers(model, _SLOT, method, lambda m: resolve(m, config),
-                                  lambda cfg, path, module: LoKrLinear(module, cfg))
+    return tuners.attach_wrappers(
+        model, _SLOT, method, lambda m: resolve(m, config), lambda cfg, path, module: LoKrLinear(module, cfg)
+    )
 
 
 def resolve(model: nn.Module, config: LoKrConfig) -> tuple[LoKrConfig, list[str], list[str]]:
@@ -75,8 +76,11 @@ def detach(model: nn.Module, method: str | None = None) -> None:
 
 def state_dict(model: nn.Module, method: str | None = None) -> dict[str, torch.Tensor]:
     state = attached(model, method)
-    out = {f"{PEFT_PREFIX}{path}.{name}": value.detach()
-           for path in state.targets for name, value in model.get_submodule(path).factors().items()}
+    out = {
+        f"{PEFT_PREFIX}{path}.{name}": value.detach()
+        for path in state.targets
+        for name, value in model.get_submodule(path).factors().items()
+    }
     out.update(tuners.saved_tensors(model, state.saved))
     return out
 
@@ -89,8 +93,11 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
     """``base + ΔW`` for a targeted layer's weight (peft's ``weight.data += delta``: added in float32, cast to
     the base dtype); a ``modules_to_save`` copy's value; else ``None``."""
     module, _, param = name.rpartition(".")
-    factors = {f: tensors[f"{PEFT_PREFIX}{module}.{f}"].to(device=base.device, dtype=torch.float32)
-               for f in ALL_FACTORS if f"{PEFT_PREFIX}{module}.{f}" in tensors}
+    factors = {
+        f: tensors[f"{PEFT_PREFIX}{module}.{f}"].to(device=base.device, dtype=torch.float32)
+        for f in ALL_FACTORS
+        if f"{PEFT_PREFIX}{module}.{f}" in tensors
+    }
     if param != "weight" or not factors:
         return tuners.saved_copy(name, base, tensors)
     merged = base.clone()

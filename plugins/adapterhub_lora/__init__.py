@@ -69,25 +69,39 @@ class LoraMethod(TunerMethod):
         are read lazily, so nothing extra is read)."""
         if name.endswith(".weight"):
             header = getattr(adapter_tensors, "header", None)
-            check_factors(config, name[: -len(".weight")],
-                          header.tensors if header is not None else adapter_tensors, None, self.name)
+            check_factors(
+                config,
+                name[: -len(".weight")],
+                header.tensors if header is not None else adapter_tensors,
+                None,
+                self.name,
+            )
 
     # -- model -----------------------------------------------------------------------------------------
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
-                     inplace: bool = False) -> Any:
+    def merge_tensor(
+        self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *, inplace: bool = False
+    ) -> Any:
         """Bit-identical to ``PeftModel.merge_and_unload()`` for ``base_tensor``; ``None`` if untouched."""
         self._check_merge(name, adapter_tensors, self._config(config))
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config), inplace=inplace)
 
-    def row_merger(self, name: str, shape: tuple[int, ...], dtype: Any, adapter_tensors: dict[str, Any], config: Any,
-                   blocks: list[tuple[int, int]]) -> Any:
+    def row_merger(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        adapter_tensors: dict[str, Any],
+        config: Any,
+        blocks: list[tuple[int, int]],
+    ) -> Any:
         """Row blocks of a LoRA weight merged in place (not DoRA, not ``modules_to_save`` copies)."""
         self._check_merge(name, adapter_tensors, self._config(config))
         return self._model().row_merger(name, tuple(shape), dtype, adapter_tensors, self._config(config), blocks)
 
     # -- several adapters ------------------------------------------------------------------------------
-    def combine(self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str,
-                **options: Any) -> tuple[LoraConfig, dict[str, Any]]:
+    def combine(
+        self, adapters: list[tuple[Any, dict[str, Any]]], weights: list[float], how: str, **options: Any
+    ) -> tuple[LoraConfig, dict[str, Any]]:
         """A new ``(LoraConfig, tensors)`` from several LoRA adapters, combined in ΔW space
         (``how``: linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune; see
         :mod:`adapterhub_lora.combine`). Options: ``density``, ``rank``, ``seed``."""
@@ -167,8 +181,10 @@ class QLoraMethod(LoraMethod):
         from . import bnb
 
         if self._config(config).use_dora:
-            raise InvalidInput("DoRA cannot train on a quantized base here (its weight norm needs the dequantized "
-                               "weight at every step); use qlora without use_dora, or dora on the full-precision base")
+            raise InvalidInput(
+                "DoRA cannot train on a quantized base here (its weight norm needs the dequantized "
+                "weight at every step); use qlora without use_dora, or dora on the full-precision base"
+            )
         effective = super().attach(model, config)
         try:
             bnb.fit_to_quantized(model, effective.init_lora_weights)  # checks; refits where LoRA sized it wrong

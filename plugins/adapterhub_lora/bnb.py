@@ -27,12 +27,16 @@ def fit_to_quantized(model: torch.nn.Module, init: Any = True) -> int:
         if not isinstance(m, LoraLinear) or not isinstance(m.base_layer, quantized):
             continue
         if from_conv1d(m.base_layer):
-            raise InvalidInput(f"'{path}' is a quantized Conv1D (GPT-2 style) layer; LoRA on a quantized base "
-                               "supports Linear layers only")
+            raise InvalidInput(
+                f"'{path}' is a quantized Conv1D (GPT-2 style) layer; LoRA on a quantized base "
+                "supports Linear layers only"
+            )
         if m.lora_magnitude_vector is not None:
-            raise InvalidInput("DoRA cannot train on a quantized base here (its weight norm needs the dequantized "
-                               "weight at every step); use qlora without use_dora, or lora/dora on the "
-                               "full-precision base")
+            raise InvalidInput(
+                "DoRA cannot train on a quantized base here (its weight norm needs the dequantized "
+                "weight at every step); use qlora without use_dora, or lora/dora on the "
+                "full-precision base"
+            )
         fin, fout = m.base_layer.in_features, m.base_layer.out_features
         if (m.lora_A.in_features, m.lora_B.out_features) == (fin, fout):
             continue

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from adapterhub.tuning import combine as cmb
 from adapterhub.errors import InvalidInput
+from adapterhub.tuning import combine as cmb
 
 from .config import LoraConfig
 from .model import PREFIX
@@ -39,20 +39,24 @@ def _modules(i: int, config: LoraConfig, tensors: dict[str, torch.Tensor]) -> di
             "merge them into the base instead, or combine LoRA adapters"
         )
     if config.modules_to_save:
-        raise InvalidInput(f"adapter {i + 1} has modules_to_save {config.modules_to_save}: full module copies "
-                           "cannot be combined as deltas")
+        raise InvalidInput(
+            f"adapter {i + 1} has modules_to_save {config.modules_to_save}: full module copies "
+            "cannot be combined as deltas"
+        )
     out = {}
     for key in tensors:
         if key.startswith(PREFIX) and key.endswith(_A):
-            path = key[len(PREFIX):-len(_A)]
+            path = key[len(PREFIX) : -len(_A)]
             b_key = f"{PREFIX}{path}{_B}"
             if b_key not in tensors:
                 raise InvalidInput(f"adapter {i + 1} has '{key}' but no '{b_key}'")
             a, b = tensors[key].float(), tensors[b_key].float()
             r = config.rank_for(path)
             if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
-                raise InvalidInput(f"adapter {i + 1}: '{key}' {tuple(a.shape)} and '{b_key}' {tuple(b.shape)} do not "
-                                   f"form a rank-{r} LoRA (rank from its config)")
+                raise InvalidInput(
+                    f"adapter {i + 1}: '{key}' {tuple(a.shape)} and '{b_key}' {tuple(b.shape)} do not "
+                    f"form a rank-{r} LoRA (rank from its config)"
+                )
             out[path] = (a, b, config.scaling_for(path))
         elif not (key.startswith(PREFIX) and key.endswith(_B)):
             raise InvalidInput(f"adapter {i + 1} has tensor '{key}', which is not a LoRA factor; cannot combine it")
@@ -61,8 +65,14 @@ def _modules(i: int, config: LoraConfig, tensors: dict[str, torch.Tensor]) -> di
     return out
 
 
-def combine(adapters: list[tuple[LoraConfig, dict[str, torch.Tensor]]], weights: list[float], how: str,
-            density: float | None = None, rank: int | None = None, seed: int | None = None) -> tuple[LoraConfig, dict]:
+def combine(
+    adapters: list[tuple[LoraConfig, dict[str, torch.Tensor]]],
+    weights: list[float],
+    how: str,
+    density: float | None = None,
+    rank: int | None = None,
+    seed: int | None = None,
+) -> tuple[LoraConfig, dict]:
     opts = cmb.check_options(how, len(adapters), weights, density, rank, seed)
     weights = opts["weights"]
     configs = [c for c, _ in adapters]
@@ -102,11 +112,17 @@ def _result_config(configs: list[LoraConfig], paths: list[str], ranks: dict[str,
     unit = cmb.unit_scaling_ranks(ranks)  # scaling 1 everywhere
     first = configs[0]
     same_targets = all(c.target_modules == first.target_modules for c in configs) and all(
-        not c.rank_pattern and not c.alpha_pattern for c in configs)
+        not c.rank_pattern and not c.alpha_pattern for c in configs
+    )
     targets: Any = first.target_modules if same_targets and first.target_modules else list(paths)
     tasks = {c.task_type for c in configs}
     return dataclasses.replace(
-        first, **unit, target_modules=targets, use_rslora=False, use_dora=False, modules_to_save=[],
+        first,
+        **unit,
+        target_modules=targets,
+        use_rslora=False,
+        use_dora=False,
+        modules_to_save=[],
         init_lora_weights=True,
         task_type=tasks.pop() if len(tasks) == 1 else None,
         lora_dropout=max(c.lora_dropout for c in configs),

@@ -120,7 +120,11 @@ def from_peft_dict(peft: dict[str, Any], *, force_dora: bool = False) -> LoraCon
     """Our config from a PEFT ``adapter_config.json``. Keys we do not model are accepted only at values that
     leave the numbers unchanged (null, false, empty); any other value is refused, never silently dropped."""
     values = tuners.peft_values(
-        peft, LoraConfig, peft_type="LORA", label="LoRA", bookkeeping=_PEFT_BOOKKEEPING,
+        peft,
+        LoraConfig,
+        peft_type="LORA",
+        label="LoRA",
+        bookkeeping=_PEFT_BOOKKEEPING,
         neutral=tuners.NEUTRAL_VALUES + ("none",),
     )
     if force_dora:
@@ -144,7 +148,7 @@ def factor_paths(keys: Any) -> list[str]:
         if key.startswith(tuners.PEFT_PREFIX):
             for suffix in (_A, _B, _M):
                 if key.endswith(suffix):
-                    paths.add(key[len(tuners.PEFT_PREFIX): -len(suffix)])
+                    paths.add(key[len(tuners.PEFT_PREFIX) : -len(suffix)])
     return sorted(paths)
 
 
@@ -166,29 +170,36 @@ def check_factors(config: LoraConfig, path: str, tensors: Any, base: Any = None,
         return
     tm = config.target_modules
     if tm and not (isinstance(tm, str) and tm.lower() == tuners.ALL_LINEAR) and not tuners.matches_target(tm, path):
-        raise InvalidInput(f"adapter tensor '{key_a}' is for module '{path}', which target_modules {tm!r} "
-                           "does not select")
+        raise InvalidInput(
+            f"adapter tensor '{key_a}' is for module '{path}', which target_modules {tm!r} does not select"
+        )
     a, b = tensors[key_a], tensors[key_b]
     for key, t in ((key_a, a), (key_b, b)) + (((key_m, tensors[key_m]),) if key_m in tensors else ()):
         if not _is_float(t.dtype):
-            raise InvalidInput(f"adapter tensor '{key}' has dtype {_dtype_name(t.dtype)}: adapter tensors "
-                               "must be floating point")
+            raise InvalidInput(
+                f"adapter tensor '{key}' has dtype {_dtype_name(t.dtype)}: adapter tensors must be floating point"
+            )
     sa, sb = tuple(a.shape), tuple(b.shape)
     for key, shape in ((key_a, sa), (key_b, sb)):
         if len(shape) != 2:
-            raise InvalidInput(f"adapter tensor '{key}' has shape {shape} but LoRA factors are 2-d "
-                               "(lora_A: (r, in), lora_B: (out, r))")
+            raise InvalidInput(
+                f"adapter tensor '{key}' has shape {shape} but LoRA factors are 2-d (lora_A: (r, in), lora_B: (out, r))"
+            )
     r, ra, rb = config.rank_for(path), sa[0], sb[1]
     if not ra == rb == r:
         given = "r" if r == config.r else "rank_pattern"
         if ra == rb:
             msg = f"'{key_a}' {sa} and '{key_b}' {sb} have rank {ra} but the config gives rank {r} ({given})"
         elif ra == r:
-            msg = (f"'{key_b}' has shape {sb}, rank {rb}, but '{key_a}' {sa} and the config give rank {r}: "
-                   f"expected {(sb[0], r)}")
+            msg = (
+                f"'{key_b}' has shape {sb}, rank {rb}, but '{key_a}' {sa} and the config give rank {r}: "
+                f"expected {(sb[0], r)}"
+            )
         elif rb == r:
-            msg = (f"'{key_a}' has shape {sa}, rank {ra}, but '{key_b}' {sb} and the config give rank {r}: "
-                   f"expected {(r, sa[1])}")
+            msg = (
+                f"'{key_a}' has shape {sa}, rank {ra}, but '{key_b}' {sb} and the config give rank {r}: "
+                f"expected {(r, sa[1])}"
+            )
         else:
             msg = f"'{key_a}' {sa} has rank {ra}, '{key_b}' {sb} has rank {rb}, and the config gives rank {r} ({given})"
         raise InvalidInput(f"{method} adapter for '{path}': {msg}")
@@ -213,8 +224,10 @@ def _check_base_fit(config: LoraConfig, path: str, key_a: str, key_b: str, sa: t
     if not _is_float(w.dtype):  # a packed (quantized) base weight: its shape says nothing of in/out
         return
     if len(shape) != 2:
-        raise InvalidInput(f"adapter tensor '{key_a}' targets '{path}', but base '{name}' has shape {shape}, "
-                           "not a Linear/Conv1D weight")
+        raise InvalidInput(
+            f"adapter tensor '{key_a}' targets '{path}', but base '{name}' has shape {shape}, "
+            "not a Linear/Conv1D weight"
+        )
     ffo = config.fan_in_fan_out
     d_in, d_out = (shape[0], shape[1]) if ffo else (shape[1], shape[0])
     r = sa[0]
@@ -222,8 +235,10 @@ def _check_base_fit(config: LoraConfig, path: str, key_a: str, key_b: str, sa: t
         if got != want:
             hint = ""
             if (sb[0], sa[1]) == ((d_in, d_out)):
-                hint = (f"; the base weight is stored {'(out, in)' if ffo else '(in, out)'}: "
-                        f"fan_in_fan_out should be {str(not ffo).lower()}")
+                hint = (
+                    f"; the base weight is stored {'(out, in)' if ffo else '(in, out)'}: "
+                    f"fan_in_fan_out should be {str(not ffo).lower()}"
+                )
             raise InvalidInput(f"adapter tensor '{key}' has shape {got} but base '{name}' {shape} needs {want}{hint}")
 
 

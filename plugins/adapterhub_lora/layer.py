@@ -60,8 +60,15 @@ def weight_norm(weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float,
     return torch.linalg.norm(w, dim=1).to(w.dtype)
 
 
-def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_in_fan_out: bool, dtype: torch.dtype,
-               blocks: list[tuple[int, int]], cols: int):
+def row_kernel(
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scaling: float,
+    fan_in_fan_out: bool,
+    dtype: torch.dtype,
+    blocks: list[tuple[int, int]],
+    cols: int,
+):
     """``merge(block, i, j)``: merge rows ``i:j`` (one of ``blocks``) of W (``block``, a ``(j - i, cols)``
     tensor of ``dtype``) in place, bit for bit as PEFT's ``W += delta`` does for those rows; None when this
     BLAS cannot give those bits block by block (see :func:`blocks_exact`): merge the whole tensor then.
@@ -77,11 +84,13 @@ def row_kernel(lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float, fan_i
     max_rows = max(sizes)
     fast = lora_A.dtype == lora_B.dtype == torch.float32 and lora_A.device.type == lora_B.device.type == "cpu"
     if not (fast and dtype in (torch.float32, torch.bfloat16, torch.float16)):  # bf16 adapters, fp64 W: the
+
         def merge_ref(block: torch.Tensor, i: int, j: int) -> None:  # reference ops, block by block
             if fan_in_fan_out:
                 block += delta_weight(lora_A[:, i:j], lora_B, scaling, True)
             else:
                 block += delta_weight(lora_A, lora_B[i:j], scaling, False)
+
         return merge_ref
     # fp32 adapters: delta = (B @ A) * s in fp32, + W in fp32, rounded once to W's dtype: what the mixed
     # dtype ``W += delta`` does, as same-layout passes over one fp32 buffer that stays in L2
@@ -186,7 +195,7 @@ def blocks_exact(lora_A: torch.Tensor, lora_B: torch.Tensor, fan_in_fan_out: boo
             else:  # W (out, in): A (r, in), B (out, r); PEFT: B @ A
                 a, b = torch.randn(r, cols, generator=g, dtype=dtype), torch.randn(rows, r, generator=g, dtype=dtype)
                 full, x, y = b @ a, b, a
-            ok = ok and all(torch.equal(torch.mm(x[i: i + m], y), full[i: i + m]) for i in (0, m // 2 + 1, rows - m))
+            ok = ok and all(torch.equal(torch.mm(x[i : i + m], y), full[i : i + m]) for i in (0, m // 2 + 1, rows - m))
         _BLOCKS_EXACT[key] = ok
     return ok
 

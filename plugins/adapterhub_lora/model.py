@@ -40,7 +40,11 @@ def resolve(model: nn.Module, config: LoraConfig) -> tuple[LoraConfig, list[str]
     target_modules = config.target_modules
     if target_modules is None or target_modules == []:
         target_modules = tuners.peft_default(
-            model, tuners.LORA_TARGETS, field="target_modules", method="lora", changes=changes,
+            model,
+            tuners.LORA_TARGETS,
+            field="target_modules",
+            method="lora",
+            changes=changes,
             hint=lambda: f"candidates: {', '.join(candidate_names(model))}",
         )
     matched = tuners.select_targets(
@@ -137,8 +141,9 @@ def _factors(name: str, shape: tuple[int, ...], device: Any, tensors: dict[str, 
     return a, b, magnitude, config.scaling_for(path), ffo
 
 
-def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig,
-                 inplace: bool = False):
+def merge_tensor(
+    name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor], config: LoraConfig, inplace: bool = False
+):
     """``base`` (named as in the base model's safetensors) with the adapter merged in, bit for bit what
     ``PeftModel.merge_and_unload()`` produces; ``None`` when the adapter does not touch it. ``inplace``:
     the result may be written into ``base`` itself (the caller owns it)."""
@@ -152,8 +157,14 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
     return merge_weight(base, a, b, scaling, ffo, magnitude, out=base if inplace else None)
 
 
-def row_merger(name: str, shape: tuple[int, ...], dtype: torch.dtype, tensors: dict[str, torch.Tensor],
-               config: LoraConfig, blocks: list[tuple[int, int]]):
+def row_merger(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    tensors: dict[str, torch.Tensor],
+    config: LoraConfig,
+    blocks: list[tuple[int, int]],
+):
     """``merge(block, i, j)`` merging rows ``i:j`` of the 2-d CPU weight ``name`` in place (LoRA, not DoRA:
     its norm needs whole columns for Conv1D); ``None`` when the tensor must go through :func:`merge_tensor`."""
     if len(shape) != 2 or PREFIX + name in tensors:  # a modules_to_save copy: merge_tensor replaces it

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.errors import InvalidInput
 from adapterhub import tuning as tuners
+from adapterhub.errors import InvalidInput
 from adapterhub.tuning import check_fit
 
 from .config import LoraConfig
@@ -127,9 +127,18 @@ def attach_stack(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, to
         branches, slots = [], []
         for i, (eff, targets) in enumerate(resolved):
             if path in targets:
-                branches.append(LoraLinear(base, r=eff.rank_for(path), lora_alpha=eff.alpha_for(path),
-                                           lora_dropout=eff.lora_dropout, use_rslora=eff.use_rslora,
-                                           use_dora=eff.use_dora, init_lora_weights=False, own_base=False))
+                branches.append(
+                    LoraLinear(
+                        base,
+                        r=eff.rank_for(path),
+                        lora_alpha=eff.alpha_for(path),
+                        lora_dropout=eff.lora_dropout,
+                        use_rslora=eff.use_rslora,
+                        use_dora=eff.use_dora,
+                        init_lora_weights=False,
+                        own_base=False,
+                    )
+                )
                 slots.append(i)
         layers[path] = LoraStackLinear(base, branches, slots)
     for i, (_, tensors) in enumerate(adapters):  # check everything before changing the model
@@ -212,8 +221,7 @@ class RoutePlan:
     def segment_inputs(self, x: torch.Tensor, xs: torch.Tensor) -> list[torch.Tensor]:
         """Each segment's input rows as ``(n · tokens, in)`` in the adapters' dtype, in segment order; cached
         like :meth:`sorted_rows` (layers that share an input, q/k/v and gate/up, share these views)."""
-        if (self._segs is not None and self._segs[0] is x and self._segs[1] is self.key
-                and self._segs[3] == x._version):
+        if self._segs is not None and self._segs[0] is x and self._segs[1] is self.key and self._segs[3] == x._version:
             return self._segs[2]
         xs = self.sorted_rows(x, xs)
         n_in = xs.shape[-1]
@@ -230,7 +238,7 @@ class RoutePlan:
         if found is None:
             first, n_out = self.segments[0][1], out.shape[2]  # base rows (slot 0) sort first and get nothing
             buf = out.new_empty((self.rows - first, out.shape[1], n_out))
-            found = (buf, [buf[s - first:e - first].view(-1, n_out) for _, s, e, _ in self.segments])
+            found = (buf, [buf[s - first : e - first].view(-1, n_out) for _, s, e, _ in self.segments])
             self._deltas[key] = found
         return found
 
@@ -268,8 +276,14 @@ class RoutedLoraLinear(nn.Module):
     #: of the input and of each delta cost more than the extra ops there (bench/mixed_batch.py)
     in_place_tokens = 16
 
-    def __init__(self, base_layer: nn.Module, route: Any, plan: RoutePlan,
-                 factors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], n: int) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        route: Any,
+        plan: RoutePlan,
+        factors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+        n: int,
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.route = route  # a plain object with .index: LongTensor (rows,) of slots, read at forward time
@@ -283,8 +297,11 @@ class RoutedLoraLinear(nn.Module):
         self.layout = tuple((slot, factors[slot][0].shape[1]) for slot in self.slots)
         self.register_buffer("a_cat", torch.cat([factors[s][0] for s in self.slots], dim=1), persistent=False)
         self.register_buffer("b_cat", torch.cat([factors[s][1] for s in self.slots], dim=0), persistent=False)
-        self.register_buffer("col_slot", torch.tensor([s for s, r in self.layout for _ in range(r)], dtype=torch.long,
-                                                      device=self.a_cat.device), persistent=False)
+        self.register_buffer(
+            "col_slot",
+            torch.tensor([s for s, r in self.layout for _ in range(r)], dtype=torch.long, device=self.a_cat.device),
+            persistent=False,
+        )
         gains = None
         if any(g is not None for _, _, g in factors.values()):
             gains = torch.ones(n + 1, self.b_cat.shape[1], dtype=ADAPTER_DTYPE, device=self.a_cat.device)
@@ -369,7 +386,7 @@ class RoutedLoraLinear(nn.Module):
                     part.zero_()
                     continue
                 torch.mm(torch.mm(seg, buffers[k[0]]), buffers[k[1]], out=part)
-            out.index_add_(0, plan.perm[plan.segments[0][1]:], deltas)
+            out.index_add_(0, plan.perm[plan.segments[0][1] :], deltas)
             return
         for (slot, start, end, rows_idx), seg in zip(plan.segments, segs):
             k = keys.get(slot)
@@ -408,7 +425,9 @@ def _routed_factors(base: nn.Module, path: str, members: list[tuple[int, LoraCon
     return out
 
 
-def attach_routed(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, torch.Tensor]]], route: Any) -> list[LoraConfig]:
+def attach_routed(
+    model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, torch.Tensor]]], route: Any
+) -> list[LoraConfig]:
     """Attach adapters for per-row routing: at forward time ``route.index`` (LongTensor (rows,)) gives each row's
     slot, 0 for none and ``i + 1`` for ``adapters[i]``. Returns the effective configs."""
     _check_free(model)
@@ -434,4 +453,3 @@ def attach_routed(model: nn.Module, adapters: list[tuple[LoraConfig, dict[str, t
         tuners.set_submodule(model, path, layer)
     model.__dict__[_MULTI_ATTR] = Multi("routed", [e for e, _ in resolved], paths, flags)
     return [e for e, _ in resolved]
-

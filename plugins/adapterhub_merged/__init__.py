@@ -16,8 +16,9 @@ class MergedFormat(Format):
 
     name = "merged"
 
-    def export(self, reg: Any, ref: str, out: str, *, plugins: Any, base: str | None = None,
-               **options: Any) -> dict[str, Any]:
+    def export(
+        self, reg: Any, ref: str, out: str, *, plugins: Any, base: str | None = None, **options: Any
+    ) -> dict[str, Any]:
         """Merge ``ref`` into ``base`` (see :func:`adapterhub.infra.merge_ref` for ``options``)."""
         from adapterhub.infra import merge_ref
 

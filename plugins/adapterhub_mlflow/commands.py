@@ -24,10 +24,15 @@ def mlflow_group():
 @mlflow_group.command(name="register")
 @click.argument("ref")
 @click.option("--model-name", help="Registered model name (default: the adapter name with '/' as '-').")
-@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the one the "
-                                     "version was trained against).")
-@click.option("--experiment", help="Experiment for the run created when the version has no MLflow run "
-                                   "(default: $MLFLOW_EXPERIMENT_NAME or the adapter name).")
+@click.option(
+    "--tracking-uri",
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the one the version was trained against).",
+)
+@click.option(
+    "--experiment",
+    help="Experiment for the run created when the version has no MLflow run "
+    "(default: $MLFLOW_EXPERIMENT_NAME or the adapter name).",
+)
 @json_option
 @pass_app
 def register(app: App, ref, model_name, tracking_uri, experiment, as_json):
@@ -44,7 +49,8 @@ def register(app: App, ref, model_name, tracking_uri, experiment, as_json):
     model = model_name or info.name.replace("/", "-")
     if not model.strip() or "'" in model or '"' in model:
         raise click.BadParameter(f"invalid model name {model!r}", param_hint="--model-name")
-    from .tracker import fail_fast, mask_uri, tracking_uri as default_uri
+    from .tracker import fail_fast, mask_uri
+    from .tracker import tracking_uri as default_uri
 
     uri = uri or default_uri()
     try:
@@ -55,15 +61,16 @@ def register(app: App, ref, model_name, tracking_uri, experiment, as_json):
     except Exception as exc:
         if os.environ.get("ADAPTERHUB_DEBUG"):
             raise
-        if not type(exc).__module__.split(".")[0] in ("mlflow", "requests", "urllib3"):
+        if type(exc).__module__.split(".")[0] not in ("mlflow", "requests", "urllib3"):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise click.ClickException(f"MLflow at {mask_uri(uri)} failed: {first}") from None
     emit(as_json, result, _text)
 
 
-def _register(app: App, info: VersionInfo, tracking: dict[str, Any], uri: str, model: str,
-              experiment: str | None) -> dict[str, Any]:
+def _register(
+    app: App, info: VersionInfo, tracking: dict[str, Any], uri: str, model: str, experiment: str | None
+) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     from .tracker import make_client, mask_uri, ui_url
@@ -76,8 +83,9 @@ def _register(app: App, info: VersionInfo, tracking: dict[str, Any], uri: str, m
         if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
             raise
         try:
-            client.create_registered_model(model, tags={"adapterhub.name": info.name},
-                                           description=f"adapterhub adapter {info.name}")
+            client.create_registered_model(
+                model, tags={"adapterhub.name": info.name}, description=f"adapterhub adapter {info.name}"
+            )
         except MlflowException as exc2:  # another process created it just now
             if getattr(exc2, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -92,10 +100,15 @@ def _register(app: App, info: VersionInfo, tracking: dict[str, Any], uri: str, m
         run_created = run_id != tracking.get("run_id")
         run = client.get_run(run_id)
         source = run.info.artifact_uri.rstrip("/") + "/adapter"
-        tags = {"adapterhub.ref": ref, "adapterhub.digest": digest, "adapterhub.method": str(info.method),
-                "adapterhub.base_fingerprint": str(info.base_fingerprint)}
-        mv = client.create_model_version(model, source, run_id=run_id, tags=tags,
-                                         description=f"adapterhub {ref} ({digest})")
+        tags = {
+            "adapterhub.ref": ref,
+            "adapterhub.digest": digest,
+            "adapterhub.method": str(info.method),
+            "adapterhub.base_fingerprint": str(info.base_fingerprint),
+        }
+        mv = client.create_model_version(
+            model, source, run_id=run_id, tags=tags, description=f"adapterhub {ref} ({digest})"
+        )
         created = True
 
     aliases: dict[str, str] = {}
@@ -113,9 +126,21 @@ def _register(app: App, info: VersionInfo, tracking: dict[str, Any], uri: str, m
     url = None
     if masked.lower().startswith(("http://", "https://")):
         url = f"{masked.rstrip('/')}/#/models/{model}/versions/{mv.version}"
-    return {"ref": ref, "digest": digest, "model_name": model, "version": int(mv.version), "created": created,
-            "source": mv.source, "run_id": run_id, "run_created": run_created, "run_url": ui_url(uri, exp_id, run_id),
-            "aliases": aliases, "skipped_aliases": skipped, "tracking_uri": masked, "url": url}
+    return {
+        "ref": ref,
+        "digest": digest,
+        "model_name": model,
+        "version": int(mv.version),
+        "created": created,
+        "source": mv.source,
+        "run_id": run_id,
+        "run_created": run_created,
+        "run_url": ui_url(uri, exp_id, run_id),
+        "aliases": aliases,
+        "skipped_aliases": skipped,
+        "tracking_uri": masked,
+        "url": url,
+    }
 
 
 def mlflow_alias(alias: str) -> str:
@@ -139,7 +164,8 @@ def _check_alias_clash(registry: Any, info: VersionInfo) -> None:
             if ours is not None and other not in mine:
                 raise click.ClickException(
                     f"aliases '{ours}' ({info.ref}) and '{other}' ({row['ref']}) would both be MLflow alias "
-                    f"'{mlflow_alias(other)}'; rename one of them (adapterhub alias set/rm) and register again")
+                    f"'{mlflow_alias(other)}'; rename one of them (adapterhub alias set/rm) and register again"
+                )
 
 
 def _versions(client: Any, model: str) -> list[Any]:
@@ -152,8 +178,9 @@ def _versions(client: Any, model: str) -> list[Any]:
             return out
 
 
-def _run_with_adapter(client: Any, app: App, info: VersionInfo, tracking: dict[str, Any], uri: str,
-                      experiment: str | None) -> str:
+def _run_with_adapter(
+    client: Any, app: App, info: VersionInfo, tracking: dict[str, Any], uri: str, experiment: str | None
+) -> str:
     """The run whose ``adapter`` artifact holds this version: the training run if it has one, else the
     training run after logging the adapter to it, else a new run."""
     from mlflow.exceptions import MlflowException
@@ -170,8 +197,10 @@ def _run_with_adapter(client: Any, app: App, info: VersionInfo, tracking: dict[s
                 raise
         if run is not None and run.data.tags.get("adapterhub.digest") not in (None, digest):
             run = None  # that run logged other content
-    if run is not None and any(f.path.endswith("adapter_model.safetensors") or f.path.endswith("adapterhub.json")
-                               for f in client.list_artifacts(run.info.run_id, "adapter")):
+    if run is not None and any(
+        f.path.endswith("adapter_model.safetensors") or f.path.endswith("adapterhub.json")
+        for f in client.list_artifacts(run.info.run_id, "adapter")
+    ):
         if "adapterhub.digest" not in run.data.tags:
             client.set_tag(run.info.run_id, "adapterhub.ref", ref)
             client.set_tag(run.info.run_id, "adapterhub.digest", digest)
@@ -186,9 +215,11 @@ def _run_with_adapter(client: Any, app: App, info: VersionInfo, tracking: dict[s
         if run is None:
             name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or info.name
             exp_id = get_or_create_experiment(client, name, uri)
-            run = client.create_run(exp_id, run_name=f"register {ref}",
-                                    tags={"adapterhub.method": str(info.method),
-                                          "adapterhub.base_fingerprint": str(info.base_fingerprint)})
+            run = client.create_run(
+                exp_id,
+                run_name=f"register {ref}",
+                tags={"adapterhub.method": str(info.method), "adapterhub.base_fingerprint": str(info.base_fingerprint)},
+            )
             new = True
         else:
             new = False
@@ -203,9 +234,11 @@ def _run_with_adapter(client: Any, app: App, info: VersionInfo, tracking: dict[s
 
 
 def _text(d: dict[str, Any]) -> str:
-    lines = [f"{d['ref']} -> MLflow model '{d['model_name']}' version {d['version']}"
-             + ("" if d["created"] else "  (already registered)"),
-             f"  source:  {d['source']}"]
+    lines = [
+        f"{d['ref']} -> MLflow model '{d['model_name']}' version {d['version']}"
+        + ("" if d["created"] else "  (already registered)"),
+        f"  source:  {d['source']}",
+    ]
     if d["run_id"]:
         lines.append(f"  run:     {d['run_id']}" + (" (new run)" if d["run_created"] else ""))
     if d["aliases"]:

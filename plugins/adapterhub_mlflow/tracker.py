@@ -20,18 +20,21 @@ import adapterhub
 from adapterhub.interfaces import Tracker
 
 DEFAULT_EXPERIMENT = "adapterhub"
-MAX_PARAM_VALUE = 6000        # MLflow's limit on a param value
-MAX_KEY = 250                 # ... on a param / metric / tag key
+MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value
+MAX_KEY = 250  # ... on a param / metric / tag key
 MAX_TAG_VALUE = 8000
-BATCH = 100                   # params or tags per log_batch request
+BATCH = 100  # params or tags per log_batch request
 
 #: file names of full model weights: never uploaded, even if someone put them into an adapter directory
-_BASE_WEIGHTS = re.compile(r"^(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?\.(safetensors|bin|h5|msgpack)"
-                           r"(\.index\.json)?$|^consolidated(\.\d+)?\.(pth|safetensors)$")
+_BASE_WEIGHTS = re.compile(
+    r"^(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?\.(safetensors|bin|h5|msgpack)"
+    r"(\.index\.json)?$|^consolidated(\.\d+)?\.(pth|safetensors)$"
+)
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
 
 
 # -- helpers shared with the ``mlflow register`` command ---------------------------------------------
+
 
 @contextlib.contextmanager
 def fail_fast() -> Iterator[None]:
@@ -105,7 +108,7 @@ def _default_artifact_location(uri: str, experiment: str) -> str | None:
 
     root = os.environ.get("ADAPTERHUB_MLFLOW_ARTIFACT_ROOT")
     if not root and uri.startswith("sqlite:///"):
-        db = uri[len("sqlite:///"):].split("?")[0]
+        db = uri[len("sqlite:///") :].split("?")[0]
         if db and db != ":memory:":
             root = str(Path(os.path.abspath(db)).parent / "mlartifacts")
     if not root:
@@ -131,8 +134,10 @@ def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
-        raise RuntimeError(f"MLflow experiment '{name}' is deleted; restore it or pick another with "
-                           "--experiment / MLFLOW_EXPERIMENT_NAME")
+        raise RuntimeError(
+            f"MLflow experiment '{name}' is deleted; restore it or pick another with "
+            "--experiment / MLFLOW_EXPERIMENT_NAME"
+        )
     return exp.experiment_id
 
 
@@ -194,6 +199,7 @@ def upload_dir(client: Any, run_id: str, directory: str, artifact_path: str) -> 
 
 # -- the tracker -------------------------------------------------------------------------------------
 
+
 class MlflowTracker(Tracker):
     """Logs a training run to MLflow: params, per-step metrics, the data-quality report, the adapter
     directory and, after a push, the registry ref and digest as tags."""
@@ -224,12 +230,15 @@ class MlflowTracker(Tracker):
         with fail_fast():
             self.experiment_id = get_or_create_experiment(self.client, self.experiment, self.uri)
             run_tags = {"adapterhub.version": adapterhub.__version__, **{k: str(v) for k, v in tags.items()}}
-            run = self.client.create_run(self.experiment_id, run_name=run_name or None,
-                                         tags={sanitize_key(k): param_value(v, MAX_TAG_VALUE) for k, v in run_tags.items()})
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=run_name or None,
+                tags={sanitize_key(k): param_value(v, MAX_TAG_VALUE) for k, v in run_tags.items()},
+            )
             self.run_id = run.info.run_id
             items = sorted(sanitize_params(params).items())
             for i in range(0, len(items), BATCH):
-                self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i:i + BATCH]])
+                self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[i : i + BATCH]])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -237,8 +246,11 @@ class MlflowTracker(Tracker):
         if not self.run_id or not metrics:
             return
         now = int(time.time() * 1000)
-        batch = [Metric(sanitize_key(k), float(v), now, int(step)) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        batch = [
+            Metric(sanitize_key(k), float(v), now, int(step))
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        ]
         if batch:
             with fail_fast():
                 self.client.log_batch(self.run_id, metrics=batch)
@@ -263,7 +275,7 @@ class MlflowTracker(Tracker):
         items = [RunTag(sanitize_key(k), param_value(v, MAX_TAG_VALUE)) for k, v in tags.items()]
         with fail_fast():
             for i in range(0, len(items), BATCH):
-                self.client.log_batch(self.run_id, tags=items[i:i + BATCH])
+                self.client.log_batch(self.run_id, tags=items[i : i + BATCH])
 
     def end(self, status: str = "FINISHED") -> None:
         if not self.run_id:
@@ -273,6 +285,11 @@ class MlflowTracker(Tracker):
 
     def run_info(self) -> dict[str, Any]:
         uri = self.uri or ""
-        return {"tracker": self.name, "run_id": self.run_id, "experiment_id": self.experiment_id,
-                "experiment": self.experiment, "tracking_uri": mask_uri(uri) if uri else None,
-                "url": ui_url(uri, self.experiment_id, self.run_id)}
+        return {
+            "tracker": self.name,
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "experiment": self.experiment,
+            "tracking_uri": mask_uri(uri) if uri else None,
+            "url": ui_url(uri, self.experiment_id, self.run_id),
+        }

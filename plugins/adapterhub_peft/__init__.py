@@ -12,9 +12,19 @@ from adapterhub.errors import InvalidInput
 from adapterhub.interfaces import Format
 
 #: PEFT types we know the name of even when no plugin for the method is installed
-_FALLBACK = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning",
-             "P_TUNING": "p_tuning", "LOHA": "loha", "LOKR": "lokr", "ADALORA": "adalora", "BOFT": "boft",
-             "OFT": "oft", "VERA": "vera"}
+_FALLBACK = {
+    "LORA": "lora",
+    "IA3": "ia3",
+    "PROMPT_TUNING": "prompt_tuning",
+    "PREFIX_TUNING": "prefix_tuning",
+    "P_TUNING": "p_tuning",
+    "LOHA": "loha",
+    "LOKR": "lokr",
+    "ADALORA": "adalora",
+    "BOFT": "boft",
+    "OFT": "oft",
+    "VERA": "vera",
+}
 
 
 class PeftFormat(Format):
@@ -37,10 +47,14 @@ class PeftFormat(Format):
         cfg = load_json(os.path.join(path, "adapter_config.json"))
         if not isinstance(cfg, dict) or not isinstance(cfg.get("peft_type"), str):
             if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict):  # not PEFT's: AdapterHub's adapters
-                raise InvalidInput(f"adapter_config.json in {path} was written by the adapters library; its format "
-                                   "plugin (adapterhub_adapters, format 'adapters') imports it, and it is not loaded")
+                raise InvalidInput(
+                    f"adapter_config.json in {path} was written by the adapters library; its format "
+                    "plugin (adapterhub_adapters, format 'adapters') imports it, and it is not loaded"
+                )
             raise InvalidInput(f"adapter_config.json in {path} has no peft_type")
-        weights = [n for n in ("adapter_model.safetensors", "adapter_model.bin") if os.path.isfile(os.path.join(path, n))]
+        weights = [
+            n for n in ("adapter_model.safetensors", "adapter_model.bin") if os.path.isfile(os.path.join(path, n))
+        ]
         if not weights:
             raise InvalidInput(f"{path} has adapter_config.json but no adapter_model.safetensors")
         method = None
@@ -50,8 +64,10 @@ class PeftFormat(Format):
                 break
         if method is None:
             if cfg["peft_type"] not in _FALLBACK:
-                raise InvalidInput(f"unknown PEFT method peft_type={cfg['peft_type']!r} in adapter_config.json of "
-                                   f"{path}; installed PEFT methods: {installed(plugins)}")
+                raise InvalidInput(
+                    f"unknown PEFT method peft_type={cfg['peft_type']!r} in adapter_config.json of "
+                    f"{path}; installed PEFT methods: {installed(plugins)}"
+                )
             method = _FALLBACK[cfg["peft_type"]]
             if method == "lora" and cfg.get("use_dora"):
                 method = "dora"

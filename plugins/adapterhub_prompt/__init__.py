@@ -44,8 +44,15 @@ import adapterhub
 from adapterhub.errors import InvalidInput
 from adapterhub.tuning import TunerMethod
 
-from .config import (EMBEDDING_KEY, SAVED_PREFIX, PrefixTuningConfig, PromptTuningConfig, from_peft_dict,
-                     prompt_shape, to_peft_dict)
+from .config import (
+    EMBEDDING_KEY,
+    SAVED_PREFIX,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    from_peft_dict,
+    prompt_shape,
+    to_peft_dict,
+)
 
 __all__ = ["PromptTuningConfig", "PrefixTuningConfig", "PromptTuningMethod", "PrefixTuningMethod", "register_methods"]
 
@@ -74,13 +81,16 @@ class _PromptLearningMethod(TunerMethod):
         rows, width = prompt_shape(self._config(config))
         if len(got) != 2 or got[0] != rows or width not in (None, got[1]):
             want = f"({rows}, {width})" if width is not None else f"({rows}, width)"
-            raise InvalidInput(f"adapter tensor '{EMBEDDING_KEY}' has shape {got}, expected {want} (num_virtual_tokens="
-                               f"{rows})")
+            raise InvalidInput(
+                f"adapter tensor '{EMBEDDING_KEY}' has shape {got}, expected {want} (num_virtual_tokens={rows})"
+            )
         for key in sorted(k for k in tensors if k.startswith(SAVED_PREFIX)):
-            original = None if base is None else base.get(key[len(SAVED_PREFIX):])
+            original = None if base is None else base.get(key[len(SAVED_PREFIX) :])
             if original is not None and tuple(original.shape) != tuple(tensors[key].shape):
-                raise InvalidInput(f"adapter tensor '{key}' has shape {tuple(tensors[key].shape)}, but the base's "
-                                   f"'{key[len(SAVED_PREFIX):]}' has {tuple(original.shape)}")
+                raise InvalidInput(
+                    f"adapter tensor '{key}' has shape {tuple(tensors[key].shape)}, but the base's "
+                    f"'{key[len(SAVED_PREFIX) :]}' has {tuple(original.shape)}"
+                )
 
 
 class PromptTuningMethod(_PromptLearningMethod):

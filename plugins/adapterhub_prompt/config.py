@@ -125,9 +125,7 @@ class PrefixTuningConfig:
         default_factory=list,
         metadata={"help": "modules trained in full and saved with the adapter (SEQ_CLS adds the head, like PEFT)"},
     )
-    task_type: Any = field(
-        default=None, metadata={"help": "PEFT task type: CAUSAL_LM, SEQ_CLS (head trained too) ..."}
-    )
+    task_type: Any = field(default=None, metadata={"help": "PEFT task type: CAUSAL_LM, SEQ_CLS (head trained too) ..."})
 
     def __post_init__(self) -> None:
         _check_common(self)

@@ -369,8 +369,10 @@ def _past_length(cache: Any) -> int:
 
     if isinstance(cache, Cache):
         return int(cache.get_seq_length())
-    raise InvalidInput("prompt methods need the KV cache (cache / past_key_values) as a transformers Cache "
-                       "(e.g. DynamicCache), not a tuple")
+    raise InvalidInput(
+        "prompt methods need the KV cache (cache / past_key_values) as a transformers Cache "
+        "(e.g. DynamicCache), not a tuple"
+    )
 
 
 def _batch_and_length(kw: dict) -> tuple[int, int]:
@@ -393,7 +395,9 @@ def _common(kw: dict, state: Attached, batch: int, past: int, new: int) -> None:
     if kw.get("cache_position") is not None:
         kw["cache_position"] = torch.arange(past, past + new, device=kw["cache_position"].device)
     if state.config.task_type == "CAUSAL_LM" and kw.get("token_type_ids") is not None:
-        warnings.warn("token_type_ids are not supported by prompt methods for CAUSAL_LM; ignoring them (as PEFT)")
+        warnings.warn(
+            "token_type_ids are not supported by prompt methods for CAUSAL_LM; ignoring them (as PEFT)", stacklevel=2
+        )
         kw["token_type_ids"] = None
 
 

@@ -34,8 +34,19 @@ from adapterhub.interfaces import BlobStore, Progress
 from . import _errors
 
 MiB = 1 << 20
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": MiB, "mb": 1000**2, "mib": MiB,
-          "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": MiB,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+}
 _MIN_PART = 5 * MiB  # S3's minimum size of every part but the last
 _MAX_PARTS = 10000
 
@@ -46,7 +57,7 @@ def parse_size(value: Any) -> int:
         return value
     text = str(value).strip().lower().replace(" ", "")
     num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = text[len(num):]
+    unit = text[len(num) :]
     if unit not in _UNITS or not num:
         raise InvalidInput(f"invalid size '{value}' (use bytes or e.g. 16MiB)")
     try:
@@ -86,9 +97,20 @@ def stall_timeout() -> float:
 
 
 #: the options :meth:`S3Store.from_url` accepts as keywords or URL query parameters
-OPTIONS = ("endpoint_url", "region", "profile", "part_size", "multipart_threshold", "max_workers",
-           "max_attempts", "part_retries", "connect_timeout", "read_timeout", "addressing_style",
-           "conditional_writes")
+OPTIONS = (
+    "endpoint_url",
+    "region",
+    "profile",
+    "part_size",
+    "multipart_threshold",
+    "max_workers",
+    "max_attempts",
+    "part_retries",
+    "connect_timeout",
+    "read_timeout",
+    "addressing_style",
+    "conditional_writes",
+)
 
 
 class S3Store(BlobStore):
@@ -114,12 +136,24 @@ class S3Store(BlobStore):
 
     name = "s3"
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 region: str | None = None, profile: str | None = None,
-                 part_size: int | str = 16 * MiB, multipart_threshold: int | str | None = None,
-                 max_workers: int | str = 8, max_attempts: int | str = 8, part_retries: int | str = 2,
-                 connect_timeout: float | str = 10, read_timeout: float | str = 60,
-                 addressing_style: str | None = None, conditional_writes: bool | str = True):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        part_size: int | str = 16 * MiB,
+        multipart_threshold: int | str | None = None,
+        max_workers: int | str = 8,
+        max_attempts: int | str = 8,
+        part_retries: int | str = 2,
+        connect_timeout: float | str = 10,
+        read_timeout: float | str = 60,
+        addressing_style: str | None = None,
+        conditional_writes: bool | str = True,
+    ):
         if not bucket:
             raise InvalidInput("an S3 store URL needs a bucket: s3://bucket/prefix")
         self.bucket = bucket
@@ -128,7 +162,9 @@ class S3Store(BlobStore):
         self.region = region or None
         self.profile = profile or None
         self.part_size = parse_size(part_size)
-        self.multipart_threshold = parse_size(multipart_threshold) if multipart_threshold is not None else self.part_size
+        self.multipart_threshold = (
+            parse_size(multipart_threshold) if multipart_threshold is not None else self.part_size
+        )
         self.max_workers = max(1, int(max_workers))
         self.max_attempts = max(1, int(max_attempts))
         self.part_retries = max(0, int(part_retries))
@@ -160,8 +196,10 @@ class S3Store(BlobStore):
         known = set(OPTIONS)
         unknown = sorted(set(query) - known)
         if unknown:
-            raise InvalidInput(f"unknown S3 store option(s) {', '.join(unknown)} in {parsed.scheme}://{parsed.netloc}{parsed.path} "
-                               f"(known: {', '.join(sorted(known))})")
+            raise InvalidInput(
+                f"unknown S3 store option(s) {', '.join(unknown)} in {parsed.scheme}://{parsed.netloc}{parsed.path} "
+                f"(known: {', '.join(sorted(known))})"
+            )
         unknown = sorted(set(options) - known)
         if unknown:
             raise InvalidInput(f"unknown S3 store option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -224,13 +262,16 @@ class S3Store(BlobStore):
         return client
 
     def _stalled(self, op: str, where: str, waited: float, attempts: int) -> AdapterhubError:
-        err = AdapterhubError(f"S3 endpoint {mask(self._endpoint())} made no progress for {waited:.1f} s on {op} "
-                              f"of {where} ({attempts} attempts); giving up ({STALL_ENV}={self.stall:g} s)")
+        err = AdapterhubError(
+            f"S3 endpoint {mask(self._endpoint())} made no progress for {waited:.1f} s on {op} "
+            f"of {where} ({attempts} attempts); giving up ({STALL_ENV}={self.stall:g} s)"
+        )
         err.unreachable = True  # type: ignore[attr-defined]
         return err
 
-    def _check_deadline(self, request_dict: Any = None, caught_exception: Any = None, attempts: int = 1,
-                        operation: Any = None, **_: Any) -> None:
+    def _check_deadline(
+        self, request_dict: Any = None, caught_exception: Any = None, attempts: int = 1, operation: Any = None, **_: Any
+    ) -> None:
         """botocore's ``needs-retry`` hook, before its own retry handler: after a timeout or a dropped
         connection, no further attempt that could end past the stall deadline (counted from the call's start);
         a retry after a wait of a second or more is said on stderr."""
@@ -243,9 +284,12 @@ class S3Store(BlobStore):
             params = (request_dict or {}).get("url_path", "")
             raise self._stalled(op, f"s3://{self.bucket}{params}", waited, attempts)
         if waited >= 1.0:  # a long wait is said on stderr, not sat through in silence
-            print(f"adapterhub: S3 endpoint {mask(self._endpoint())} has not answered {op} for {waited:.0f} s "
-                  f"({type(caught_exception).__name__}); retrying until {self.stall:g} s ({STALL_ENV})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"adapterhub: S3 endpoint {mask(self._endpoint())} has not answered {op} for {waited:.0f} s "
+                f"({type(caught_exception).__name__}); retrying until {self.stall:g} s ({STALL_ENV})",
+                file=sys.stderr,
+                flush=True,
+            )
         return None
 
     # -- helpers -------------------------------------------------------------------------------
@@ -269,8 +313,15 @@ class S3Store(BlobStore):
         return scrub(text, [self._endpoint()])
 
     def _translate(self, exc: BaseException, op: str, where: str, attempts: int | None = None) -> AdapterhubError:
-        return _errors.translate(exc, op=op, where=where, bucket=self.bucket, endpoint=mask(self._endpoint()),
-                                 attempts=attempts or self.max_attempts, scrub=self._scrub)
+        return _errors.translate(
+            exc,
+            op=op,
+            where=where,
+            bucket=self.bucket,
+            endpoint=mask(self._endpoint()),
+            attempts=attempts or self.max_attempts,
+            scrub=self._scrub,
+        )
 
     def _call(self, op: str, where: str, **params: Any) -> Any:
         """One S3 API call (botocore retries it); any failure becomes a one-line AdapterhubError."""
@@ -291,10 +342,13 @@ class S3Store(BlobStore):
             except Exception as exc:
                 if isinstance(exc, AdapterhubError) or attempt >= self.part_retries or not _errors.is_retryable(exc):
                     raise self._translate(exc, op, where, self.max_attempts * (attempt + 1)) from None
-                if _errors.is_connection_error(exc) and time.monotonic() - start + self.read_timeout > self.stall + 0.05:
+                if (
+                    _errors.is_connection_error(exc)
+                    and time.monotonic() - start + self.read_timeout > self.stall + 0.05
+                ):
                     raise self._stalled(op, where, time.monotonic() - start, attempt + 1) from None
                 attempt += 1
-                time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
+                time.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
 
     # -- BlobStore -----------------------------------------------------------------------------
     def has(self, digest: str) -> bool:
@@ -318,16 +372,19 @@ class S3Store(BlobStore):
         except OSError as exc:
             raise AdapterhubError(f"cannot read {path}: {exc.strerror}") from None
         if size is not None and actual != size:
-            raise IntegrityError(f"source file {path} is corrupt: expected sha256:{digest} ({size} bytes), "
-                                 f"got {actual} bytes")
+            raise IntegrityError(
+                f"source file {path} is corrupt: expected sha256:{digest} ({size} bytes), got {actual} bytes"
+            )
         if actual <= self.multipart_threshold:
             return self._put_single(digest, key, path, actual, progress)
         return self._put_multipart(digest, key, path, actual, progress)
 
     def _check(self, h: Any, digest: str, path: str, size: int, total: int) -> None:
         if h.hexdigest() != digest or total != size:
-            raise IntegrityError(f"source file {path} is corrupt: expected sha256:{digest} ({size} bytes), "
-                                 f"got sha256:{h.hexdigest()} ({total} bytes)")
+            raise IntegrityError(
+                f"source file {path} is corrupt: expected sha256:{digest} ({size} bytes), "
+                f"got sha256:{h.hexdigest()} ({total} bytes)"
+            )
 
     def _conditional_unsupported(self, exc: BaseException) -> bool:
         """The server says it does not implement ``If-None-Match`` on writes."""
@@ -371,8 +428,9 @@ class S3Store(BlobStore):
     def _put_multipart(self, digest: str, key: str, path: str, size: int, progress: Progress | None) -> bool:
         where = f"s3://{self.bucket}/{key}"
         part_size = max(self.part_size, -(-size // _MAX_PARTS))
-        upload = self._call("create_multipart_upload", where, Bucket=self.bucket, Key=key,
-                            ContentType="application/octet-stream")
+        upload = self._call(
+            "create_multipart_upload", where, Bucket=self.bucket, Key=key, ContentType="application/octet-stream"
+        )
         upload_id = upload["UploadId"]
         parts: dict[int, str] = {}
         lock = threading.Lock()
@@ -382,8 +440,9 @@ class S3Store(BlobStore):
 
         def send_part(number: int, data: bytes) -> None:
             def once() -> None:
-                resp = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                PartNumber=number, Body=data)
+                resp = self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                )
                 with lock:
                     parts[number] = resp["ETag"]
 
@@ -515,7 +574,8 @@ class S3Store(BlobStore):
     def presigned_url(self, digest: str, expires: int) -> str | None:
         """A presigned GET of the blob's key (no request is made: signing is local)."""
         return self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(digest)}, ExpiresIn=int(expires))
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(digest)}, ExpiresIn=int(expires)
+        )
 
     def delete(self, digest: str) -> None:
         key = self._key(digest)
@@ -532,10 +592,15 @@ class S3Store(BlobStore):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
                 for obj in page.get("Contents", ()):
-                    rest = obj["Key"][len(prefix):]
+                    rest = obj["Key"][len(prefix) :]
                     fan, _, tail = rest.partition("/")
                     digest = fan + tail
-                    if len(fan) != 2 or "/" in tail or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    if (
+                        len(fan) != 2
+                        or "/" in tail
+                        or len(digest) != 64
+                        or any(c not in "0123456789abcdef" for c in digest)
+                    ):
                         continue
                     yield digest, obj["LastModified"].timestamp()
         except AdapterhubError:
@@ -550,7 +615,9 @@ class S3Store(BlobStore):
         cutoff = time.time() - older_than
         stale: list[tuple[str, str]] = []
         try:
-            for page in self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
                 for up in page.get("Uploads", ()):
                     if up["Initiated"].timestamp() <= cutoff:
                         stale.append((up["Key"], up["UploadId"]))

@@ -47,7 +47,7 @@ class VeraMethod(TunerMethod):
         r = config.r
         layers: dict[str, dict[str, tuple]] = {}
         for key in tensors:
-            path, _, leaf = key[len(PEFT_PREFIX):].rpartition(".")
+            path, _, leaf = key[len(PEFT_PREFIX) :].rpartition(".")
             if key.startswith(PEFT_PREFIX) and leaf in LAMBDAS:
                 layers.setdefault(path, {})[leaf] = tuple(tensors[key].shape)
         outs, ins = [], []
@@ -65,8 +65,10 @@ class VeraMethod(TunerMethod):
                 out_f = got["vera_lambda_b"][0] if len(got["vera_lambda_b"]) == 1 else -1
             want = {"vera_lambda_b": (out_f,), "vera_lambda_d": (r,)}
             if got != want:
-                raise InvalidInput(f"vera adapter for '{path}' has {sorted(got.items())}, but a layer with "
-                                   f"{out_f} outputs and r={r} needs {sorted(want.items())}")
+                raise InvalidInput(
+                    f"vera adapter for '{path}' has {sorted(got.items())}, but a layer with "
+                    f"{out_f} outputs and r={r} needs {sorted(want.items())}"
+                )
             outs.append(out_f)
         present = [k for k in (VERA_A, VERA_B) if k in tensors]
         if not config.save_projection:
@@ -74,18 +76,23 @@ class VeraMethod(TunerMethod):
                 raise InvalidInput(f"the vera adapter holds {present[0]} but its config says save_projection=false")
             return
         if len(present) < 2:
-            raise InvalidInput(f"the vera adapter lacks {', '.join(k for k in (VERA_A, VERA_B) if k not in present)} "
-                               "(its config says save_projection=true)")
+            raise InvalidInput(
+                f"the vera adapter lacks {', '.join(k for k in (VERA_A, VERA_B) if k not in present)} "
+                "(its config says save_projection=true)"
+            )
         got_a, got_b = tuple(tensors[VERA_A].shape), tuple(tensors[VERA_B].shape)
         want_a = (r, max(ins) if ins else (got_a[-1] if len(got_a) == 2 and got_a[-1] > 0 else 1))
         want_b = (max(outs) if outs else (got_b[0] if len(got_b) == 2 and got_b[0] > 0 else 1), r)
         for key, got, want in ((VERA_A, got_a, want_a), (VERA_B, got_b, want_b)):
             if got != want:
-                raise InvalidInput(f"adapter tensor '{key}' has shape {got}, expected {want} (r={r}, sized by the "
-                                   "largest targeted layer)")
+                raise InvalidInput(
+                    f"adapter tensor '{key}' has shape {got}, expected {want} (r={r}, sized by the "
+                    "largest targeted layer)"
+                )
 
-    def merge_tensor(self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *,
-                     inplace: bool = False) -> Any:
+    def merge_tensor(
+        self, name: str, base_tensor: Any, adapter_tensors: dict[str, Any], config: Any, *, inplace: bool = False
+    ) -> Any:
         return self._model().merge_tensor(name, base_tensor, adapter_tensors, self._config(config))
 
 

@@ -83,13 +83,21 @@ class VeraLinear(nn.Module):
         sliced_a = self.projections.vera_A[:, : self.in_features]
         sliced_b = self.projections.vera_B[: self.out_features, :]
         x = x.to(self.vera_lambda_d.dtype)
-        result = result + self.vera_lambda_b * F.linear(self.vera_lambda_d * F.linear(self.dropout(x), sliced_a),
-                                                        sliced_b)
+        result = result + self.vera_lambda_b * F.linear(
+            self.vera_lambda_d * F.linear(self.dropout(x), sliced_a), sliced_b
+        )
         return result.to(orig_dtype).to(previous_dtype)
 
 
-def delta_weight(lambda_b: torch.Tensor, lambda_d: torch.Tensor, vera_a: torch.Tensor, vera_b: torch.Tensor,
-                 out_features: int, in_features: int, fan_in_fan_out: bool) -> torch.Tensor:
+def delta_weight(
+    lambda_b: torch.Tensor,
+    lambda_d: torch.Tensor,
+    vera_a: torch.Tensor,
+    vera_b: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    fan_in_fan_out: bool,
+) -> torch.Tensor:
     """ΔW of one layer, computed exactly as peft's ``get_delta_weight`` (transposed for Conv1D)."""
     delta = (lambda_b.unsqueeze(-1) * vera_b[:out_features, :]) @ (lambda_d.unsqueeze(-1) * vera_a[:, :in_features])
     return delta.T if fan_in_fan_out else delta
@@ -98,8 +106,9 @@ def delta_weight(lambda_b: torch.Tensor, lambda_d: torch.Tensor, vera_a: torch.T
 def resolve(model: nn.Module, config: VeraConfig) -> tuple[VeraConfig, list[str], list[str]]:
     """``(effective config, target paths, modules_to_save paths)``; ``fan_in_fan_out`` follows the targets."""
     changes: list[str] = []
-    effective, targets, saved = tuners.resolve_targets(model, config, "vera", types=tuners.linear_types(),
-                                                       defaults=tuners.VERA_TARGETS, changes=changes)
+    effective, targets, saved = tuners.resolve_targets(
+        model, config, "vera", types=tuners.linear_types(), defaults=tuners.VERA_TARGETS, changes=changes
+    )
     ffo = tuners.fan_in_fan_out(model, targets, config.fan_in_fan_out, method="vera", changes=changes)
     tuners.warn_changes("vera", changes)
     return dataclasses.replace(effective, fan_in_fan_out=ffo), targets, saved
@@ -117,13 +126,15 @@ def attach(model: nn.Module, config: VeraConfig, method: str = "vera") -> VeraCo
     def resolve_and_draw(m: nn.Module) -> tuple[VeraConfig, list[str], list[str]]:
         effective, targets, saved = resolve(m, config)
         sizes = [tuners.in_out_features(m.get_submodule(p)) for p in targets]  # (in, out) each
-        vera_a, vera_b = projections(effective.r, max(o for _, o in sizes), max(i for i, _ in sizes),
-                                     effective.projection_prng_key)
+        vera_a, vera_b = projections(
+            effective.r, max(o for _, o in sizes), max(i for i, _ in sizes), effective.projection_prng_key
+        )
         shared.append(Projections(vera_a, vera_b).to(m.get_submodule(targets[0]).weight.device))
         return effective, targets, saved
 
-    return tuners.attach_wrappers(model, _SLOT, method, resolve_and_draw,
-                                  lambda cfg, path, module: VeraLinear(module, shared[0], cfg))
+    return tuners.attach_wrappers(
+        model, _SLOT, method, resolve_and_draw, lambda cfg, path, module: VeraLinear(module, shared[0], cfg)
+    )
 
 
 def detach(model: nn.Module, method: str | None = None) -> None:
@@ -134,8 +145,11 @@ def state_dict(model: nn.Module, method: str | None = None) -> dict[str, torch.T
     """The adapter's tensors under peft's names: the vectors of every layer, A and B once (with
     ``save_projection``), the ``modules_to_save`` copies."""
     state = attached(model, method)
-    out = {f"{PEFT_PREFIX}{path}.{name}": getattr(model.get_submodule(path), name).detach()
-           for path in state.targets for name in LAMBDAS}
+    out = {
+        f"{PEFT_PREFIX}{path}.{name}": getattr(model.get_submodule(path), name).detach()
+        for path in state.targets
+        for name in LAMBDAS
+    }
     if state.config.save_projection and state.targets:
         shared = model.get_submodule(state.targets[0]).projections
         out[VERA_A], out[VERA_B] = shared.vera_A.detach(), shared.vera_B.detach()
@@ -155,19 +169,32 @@ def merge_tensor(name: str, base: torch.Tensor, tensors: dict[str, torch.Tensor]
     if param != "weight" or key_b not in tensors:
         return tuners.saved_copy(name, base, tensors)
     if VERA_A not in tensors or VERA_B not in tensors:
-        raise InvalidInput(f"the vera adapter holds no {VERA_A} / {VERA_B} (saved with save_projection=false): "
-                           "merging needs them; attach it to the model and save it with save_projection=true")
+        raise InvalidInput(
+            f"the vera adapter holds no {VERA_A} / {VERA_B} (saved with save_projection=false): "
+            "merging needs them; attach it to the model and save it with save_projection=true"
+        )
     if base.dim() != 2:
         raise InvalidInput(f"base '{name}' has shape {tuple(base.shape)}; vera merges only 2-d Linear/Conv1D weights")
     out_f, in_f = (base.shape[1], base.shape[0]) if config.fan_in_fan_out else (base.shape[0], base.shape[1])
-    lambda_b, lambda_d, vera_a, vera_b = (tensors[k].to(device=base.device, dtype=torch.float32)
-                                          for k in (key_b, key_d, VERA_A, VERA_B))
+    lambda_b, lambda_d, vera_a, vera_b = (
+        tensors[k].to(device=base.device, dtype=torch.float32) for k in (key_b, key_d, VERA_A, VERA_B)
+    )
     r = config.r
-    if (tuple(lambda_b.shape) != (out_f,) or tuple(lambda_d.shape) != (r,) or vera_a.dim() != 2 or vera_b.dim() != 2
-            or vera_a.shape[0] != r or vera_a.shape[1] < in_f or vera_b.shape[1] != r or vera_b.shape[0] < out_f):
-        raise InvalidInput(f"vera tensors of '{module}' (lambda_b {tuple(lambda_b.shape)}, lambda_d "
-                           f"{tuple(lambda_d.shape)}, A {tuple(vera_a.shape)}, B {tuple(vera_b.shape)}) do not fit "
-                           f"base '{name}' {tuple(base.shape)} with r={r}")
+    if (
+        tuple(lambda_b.shape) != (out_f,)
+        or tuple(lambda_d.shape) != (r,)
+        or vera_a.dim() != 2
+        or vera_b.dim() != 2
+        or vera_a.shape[0] != r
+        or vera_a.shape[1] < in_f
+        or vera_b.shape[1] != r
+        or vera_b.shape[0] < out_f
+    ):
+        raise InvalidInput(
+            f"vera tensors of '{module}' (lambda_b {tuple(lambda_b.shape)}, lambda_d "
+            f"{tuple(lambda_d.shape)}, A {tuple(vera_a.shape)}, B {tuple(vera_b.shape)}) do not fit "
+            f"base '{name}' {tuple(base.shape)} with r={r}"
+        )
     merged = base.clone()
     merged += delta_weight(lambda_b, lambda_d, vera_a, vera_b, out_f, in_f, config.fan_in_fan_out)
     return merged

@@ -15,19 +15,20 @@ import os
 import sys
 
 import pytest
-
 import torch as torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-import tinymodels as tm  # noqa: E402
 import oracle  # noqa: E402
-from oracle import PREFIX  # noqa: E402
-from oracle import quiet  # noqa: E402,F401  (autouse)
+import tinymodels as tm  # noqa: E402
+from adapterhub_bitfit import BitFitConfig, BitFitMethod  # noqa: E402
+from oracle import (
+    PREFIX,  # noqa: E402
+    quiet,  # noqa: E402,F401  (autouse)
+)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 from adapterhub.testing.conformance import MethodConformance  # noqa: E402
-from adapterhub_bitfit import BitFitConfig, BitFitMethod  # noqa: E402
 
 BITFIT = BitFitMethod()
 
@@ -69,9 +70,17 @@ def _frozen_embedding(name, dtype=torch.float32):
 
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks) --------------------
-oracle.add_conformance_classes(globals(), MethodConformance, CASES, lambda row: dict(
-    method=BITFIT, model=row[0], options=row[1],
-    build=lambda self, dtype=torch.float32: _frozen_embedding(self.model, dtype)))
+oracle.add_conformance_classes(
+    globals(),
+    MethodConformance,
+    CASES,
+    lambda row: dict(
+        method=BITFIT,
+        model=row[0],
+        options=row[1],
+        build=lambda self, dtype=torch.float32: _frozen_embedding(self.model, dtype),
+    ),
+)
 
 
 # -- (d) one optimizer step -------------------------------------------------------------------------------

@@ -8,12 +8,10 @@ import json
 import os
 import shutil
 
+import bitsandbytes  # noqa: F401  (a test dependency: the [bnb] extra; never skipped)
 import pytest
-
 from conftest import assert_clean_error
 from tinymodels import save_tiny_llama_base
-
-import bitsandbytes  # noqa: F401  (a test dependency: the [bnb] extra; never skipped)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +55,13 @@ def test_config_that_does_not_match_the_weights_is_refused(to, cli, base, tmp_pa
     (bad / "config.json").write_text(json.dumps(cfg))
     before = _tree(bad)
     r = cli("quantize", bad, "--to", to, "--out", tmp_path / "q")
-    assert_clean_error(r, "config.json does not match the weights", "mlp.",
-                       f"{hidden}x{inter} in model.safetensors", f"{hidden}x{inter + 32}")
+    assert_clean_error(
+        r,
+        "config.json does not match the weights",
+        "mlp.",
+        f"{hidden}x{inter} in model.safetensors",
+        f"{hidden}x{inter + 32}",
+    )
     assert r.exit_code == 1
     assert sorted(set(os.listdir(tmp_path)) - {"home"}) == ["bad"]  # no output, no temp dir
     assert _tree(bad) == before
@@ -74,8 +77,17 @@ def test_non_finite_threshold_is_refused(value, cli, base, tmp_path):
     assert not os.path.exists(tmp_path / "q")
 
 
-@pytest.mark.parametrize("key,value", [("threshold", "NaN"), ("threshold", "Infinity"), ("threshold", float("nan")),
-                                       ("threshold", float("-inf")), ("blocksize", "Infinity"), ("blocksize", "NaN")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("threshold", "NaN"),
+        ("threshold", "Infinity"),
+        ("threshold", float("nan")),
+        ("threshold", float("-inf")),
+        ("blocksize", "Infinity"),
+        ("blocksize", "NaN"),
+    ],
+)
 def test_non_finite_quant_opts_are_refused(key, value):
     from adapterhub.errors import InvalidInput
     from adapterhub.plugins import Plugins

@@ -15,18 +15,17 @@ import re
 import sys
 
 import pytest
-
 import torch as torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-import tinymodels as tm  # noqa: E402
 import oracle  # noqa: E402
+import tinymodels as tm  # noqa: E402
+from adapterhub_bottleneck import BottleneckConfig, BottleneckMethod, CompacterConfig, CompacterMethod  # noqa: E402
+from adapterhub_bottleneck import model as bm  # noqa: E402
 
 from adapterhub.errors import AdapterhubError, InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 from adapterhub.testing.conformance import MethodConformance  # noqa: E402
-from adapterhub_bottleneck import BottleneckConfig, BottleneckMethod, CompacterConfig, CompacterMethod  # noqa: E402
-from adapterhub_bottleneck import model as bm  # noqa: E402
 
 BN, CP = BottleneckMethod(), CompacterMethod()
 P = oracle.PREFIX
@@ -65,8 +64,9 @@ def _hooks(model):
 
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks) -----------------------
-oracle.add_conformance_classes(globals(), MethodConformance, CASES, lambda row: dict(
-    method=row[1], model=row[0], options=row[2]))
+oracle.add_conformance_classes(
+    globals(), MethodConformance, CASES, lambda row: dict(method=row[1], model=row[0], options=row[2])
+)
 
 
 # -- (d) one optimizer step -------------------------------------------------------------------------------
@@ -88,7 +88,12 @@ def test_training_step_changes_only_adapter_parameters(case):
 
 
 # -- reference formulas -----------------------------------------------------------------------------------
-ACT = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "swish": lambda x: x * torch.sigmoid(x), "tanh": torch.tanh}
+ACT = {
+    "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu,
+    "swish": lambda x: x * torch.sigmoid(x),
+    "tanh": torch.tanh,
+}
 
 
 def _base_linear(module, x):
@@ -110,7 +115,11 @@ def _reference(module, x, act, residual=True, scaling=1.0):
     [
         ("bert", dict(), "bert.encoder.layer.1.attention.output.dense"),
         ("bert", dict(), "bert.encoder.layer.0.output.dense"),
-        ("bert", dict(style="pfeiffer", non_linearity="gelu", original_ln_before=False), "bert.encoder.layer.1.output.dense"),
+        (
+            "bert",
+            dict(style="pfeiffer", non_linearity="gelu", original_ln_before=False),
+            "bert.encoder.layer.1.output.dense",
+        ),
         ("llama", dict(non_linearity="relu"), "model.layers.0.self_attn.o_proj"),
         ("llama", dict(style="pfeiffer", scaling=0.5, original_ln_before=False), "model.layers.1.mlp.down_proj"),
         ("gpt2", dict(non_linearity="tanh"), "transformer.h.0.attn.c_proj"),
@@ -243,7 +252,10 @@ def test_leave_out():
     model = tm.tiny_llama()
     eff = BN.attach(model, BN.make_config({"bottleneck_size": 4, "leave_out": [0]}))
     assert eff.leave_out == [0]
-    assert sorted(bm.adapters(model, "bottleneck")) == ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"]
+    assert sorted(bm.adapters(model, "bottleneck")) == [
+        "model.layers.1.mlp.down_proj",
+        "model.layers.1.self_attn.o_proj",
+    ]
     assert not any(".layers.0." in k for k in BN.state_dict(model))
     with pytest.raises(InvalidInput, match=r"leave_out \[5\] names no adapted layer \(layers: 0..1\)"):
         BN.attach(tm.tiny_llama(), BN.make_config({"leave_out": [1, 5]}))
@@ -283,7 +295,9 @@ class _Unknown(torch.nn.Module):
 def test_unknown_architecture_needs_target_layers():
     model, x = _Unknown(), torch.randn(3, 8)
     base = model(x).detach()
-    with pytest.raises(InvalidInput, match=r"no built-in adapter placement.*set target_layers.*candidates: 0, proj_out"):
+    with pytest.raises(
+        InvalidInput, match=r"no built-in adapter placement.*set target_layers.*candidates: 0, proj_out"
+    ):
         BN.attach(model, BN.make_config({}))
     assert _hooks(model) == 0 and not any(n.endswith("adapter") for n, _ in model.named_modules())
     with pytest.raises(InvalidInput, match="matched 'blocks.0', a Sequential"):  # the suffix '0' matches both
@@ -301,7 +315,11 @@ def test_effective_config_and_user_config_untouched():
     model = tm.tiny_bert_seq_cls()
     eff = BN.attach(model, cfg)
     assert cfg.target_layers is None and cfg.non_linearity is None and cfg.modules_to_save == []
-    assert eff.non_linearity == "relu" and eff.modules_to_save == ["classifier", "score", "pre_classifier"]  # SeqBnConfig's relu
+    assert eff.non_linearity == "relu" and eff.modules_to_save == [
+        "classifier",
+        "score",
+        "pre_classifier",
+    ]  # SeqBnConfig's relu
     assert eff.target_layers == r"(?:.*\.)?\d+\.(?:output\.dense)"
     assert BN.effective_config(model) == eff
     assert BN.make_config({}).non_linearity is None and BN.attach(tm.tiny_llama(), {}).non_linearity == "swish"

@@ -11,18 +11,17 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import oracle  # noqa: E402
 import tinymodels as tm  # noqa: E402
+from adapterhub_bottleneck import BottleneckMethod, CompacterMethod  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 from oracle import quiet  # noqa: E402,F401
 
-from adapterhub.files.checkpoint import load_adapter_dir, save_adapter  # noqa: E402
 from adapterhub.errors import InvalidInput  # noqa: E402
+from adapterhub.files.checkpoint import load_adapter_dir, save_adapter  # noqa: E402
 from adapterhub.training.modeling import attach_loaded  # noqa: E402
-from adapterhub_bottleneck import BottleneckMethod, CompacterMethod  # noqa: E402
 
 BN, CP = BottleneckMethod(), CompacterMethod()
 P = oracle.PREFIX
@@ -44,14 +43,17 @@ def test_style_defaults_are_the_adapters_config_classes():
     assert BN.make_config({}).init == "zero_up" and CP.make_config({}).init == "zero_up"  # starts as the identity
 
 
-@pytest.mark.parametrize("values, match", [
-    ({"residual_before_ln": "later"}, "residual_before_ln must be true, false or 'post_add'"),
-    ({"residual_before_ln": "post_add", "original_ln_before": False}, "needs original_ln_before=true"),
-    ({"is_parallel": True, "original_ln_before": True}, "parallel adapter"),
-    ({"is_parallel": True, "residual": False}, "parallel adapter"),
-    ({"ln_after": "yes"}, "ln_after must be true or false"),
-    ({"original_ln_after": 1}, "original_ln_after must be true or false"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"residual_before_ln": "later"}, "residual_before_ln must be true, false or 'post_add'"),
+        ({"residual_before_ln": "post_add", "original_ln_before": False}, "needs original_ln_before=true"),
+        ({"is_parallel": True, "original_ln_before": True}, "parallel adapter"),
+        ({"is_parallel": True, "residual": False}, "parallel adapter"),
+        ({"ln_after": "yes"}, "ln_after must be true or false"),
+        ({"original_ln_after": 1}, "original_ln_after must be true or false"),
+    ],
+)
 def test_invalid_placement_options_are_refused(values, match):
     with pytest.raises(InvalidInput, match=match):
         BN.make_config(values)
@@ -64,8 +66,10 @@ def test_residual_reading_options_are_refused_where_they_are_undefined():
         BN.attach(llama, BN.make_config({"style": "pfeiffer", "residual_before_ln": "post_add"}))
     with pytest.raises(InvalidInput, match="built-in placements only.*self_attn.q_proj"):
         BN.attach(llama, BN.make_config({"style": "pfeiffer", "target_layers": r".*\.self_attn\.q_proj"}))
-    BN.attach(llama, BN.make_config({"style": "pfeiffer", "original_ln_before": False,
-                                     "target_layers": r".*\.self_attn\.q_proj"}))  # reads only the projection: fine
+    BN.attach(
+        llama,
+        BN.make_config({"style": "pfeiffer", "original_ln_before": False, "target_layers": r".*\.self_attn\.q_proj"}),
+    )  # reads only the projection: fine
     BN.detach(llama)
     llama.model.layers[0].add_module("pre_feedforward_layernorm", torch.nn.Identity())
     with pytest.raises(InvalidInput, match="pre_feedforward_layernorm"):
@@ -96,8 +100,9 @@ def oracle_hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("init, identity", [("zero_up", True), ("mam", True), ("mam_adapter", True),
-                                            ("bert", False), ("houlsby", False)])
+@pytest.mark.parametrize(
+    "init, identity", [("zero_up", True), ("mam", True), ("mam_adapter", True), ("bert", False), ("houlsby", False)]
+)
 def test_bottleneck_inits(init, identity):
     torch.manual_seed(0)
     model = tm.tiny_llama()
@@ -135,8 +140,15 @@ def test_a_pfeiffer_adapter_stored_before_keeps_its_placement(tmp_path):
     oracle.perturb_trainable(model, lambda _, p, noise: p.add_(noise * 0.05))
     trained = _logits(model, "bert")
     stored = json.loads(json.dumps(dataclasses.asdict(effective)))
-    for key in ("original_ln_before", "original_ln_after", "residual_before_ln", "ln_before", "ln_after",
-                "adapter_residual_before_ln", "is_parallel"):
+    for key in (
+        "original_ln_before",
+        "original_ln_after",
+        "residual_before_ln",
+        "ln_before",
+        "ln_after",
+        "adapter_residual_before_ln",
+        "is_parallel",
+    ):
         del stored[key]  # what adapterhub 0.1.0 wrote
     stored["init"] = "bert"
     save_adapter(str(tmp_path / "old"), {"method": "bottleneck", "config": stored}, BN.state_dict(model))
@@ -158,35 +170,61 @@ def _plugins():
 # -- push: every tensor an attach needs, on header shapes -------------------------------------------------------
 UP_BIAS = "model.layers.1.mlp.down_proj.adapter.up.bias"
 PUSH_CASES = {  # id -> (method, config, edit(tensors), expected words)
-    "houlsby-no-up-bias": (BN, {"bottleneck_size": 8}, lambda t: t.pop(P + UP_BIAS),
-                           [UP_BIAS, "(32,) is missing"]),
-    "ln-after-no-norm-bias": (BN, {"style": "pfeiffer", "bottleneck_size": 8, "ln_after": True},
-                              lambda t: t.pop(P + "model.layers.0.mlp.down_proj.adapter.norm_after.bias"),
-                              ["norm_after.bias", "is missing"]),
-    "down-wrong-width": (BN, {"bottleneck_size": 8},
-                         lambda t: t.update({P + "model.layers.0.mlp.down_proj.adapter.down.weight": torch.zeros(4, 32)}),
-                         ["down.weight", "(4, 32)", "(8, 32)"]),
-    "shared-rule-missing": (CP, {"bottleneck_size": 8}, lambda t: t.pop(P + "phm_rule"),
-                            ["shared_phm_rule is set", "phm_rule", "missing"]),
-    "unshared-rule-missing": (CP, {"bottleneck_size": 8, "shared_phm_rule": False},
-                              lambda t: t.pop(P + "model.layers.0.mlp.down_proj.adapter.up.phm_rule"),
-                              ["up.phm_rule", "(4, 4, 4) is missing"]),
-    "shared-rule-where-unshared": (CP, {"bottleneck_size": 8, "shared_phm_rule": False},
-                                   lambda t: t.update({P + "phm_rule": torch.zeros(4, 4, 4)}),
-                                   ["phm_rule", "shared_phm_rule is false"]),
-    "factorized-no-right": (CP, {"bottleneck_size": 8},
-                            lambda t: t.pop(P + "model.layers.0.self_attn.o_proj.adapter.down.W_right"),
-                            ["down.W_right", "(4, 1, 2) is missing"]),
-    "full-w-wrong-shape": (CP, {"bottleneck_size": 8, "factorized_phm_W": False},
-                           lambda t: t.update({P + "model.layers.0.mlp.down_proj.adapter.up.W": torch.zeros(4, 2, 4)}),
-                           ["up.W", "(4, 2, 4)", "(4, 2, 8)"]),
-    "bias-without-phm-bias": (CP, {"bottleneck_size": 8, "phm_bias": False},
-                              lambda t: t.update({P + "model.layers.0.mlp.down_proj.adapter.up.bias": torch.zeros(32)}),
-                              ["unexpected tensor", "up.bias", "phm_bias=False"]),
-    "adapter-outside-target-layers": (BN, {"style": "pfeiffer", "bottleneck_size": 8},
-                                      lambda t: t.update({k.replace("mlp.down_proj", "self_attn.o_proj"): v.clone()
-                                                          for k, v in list(t.items())}),
-                                      ["self_attn.o_proj", "target_layers"]),
+    "houlsby-no-up-bias": (BN, {"bottleneck_size": 8}, lambda t: t.pop(P + UP_BIAS), [UP_BIAS, "(32,) is missing"]),
+    "ln-after-no-norm-bias": (
+        BN,
+        {"style": "pfeiffer", "bottleneck_size": 8, "ln_after": True},
+        lambda t: t.pop(P + "model.layers.0.mlp.down_proj.adapter.norm_after.bias"),
+        ["norm_after.bias", "is missing"],
+    ),
+    "down-wrong-width": (
+        BN,
+        {"bottleneck_size": 8},
+        lambda t: t.update({P + "model.layers.0.mlp.down_proj.adapter.down.weight": torch.zeros(4, 32)}),
+        ["down.weight", "(4, 32)", "(8, 32)"],
+    ),
+    "shared-rule-missing": (
+        CP,
+        {"bottleneck_size": 8},
+        lambda t: t.pop(P + "phm_rule"),
+        ["shared_phm_rule is set", "phm_rule", "missing"],
+    ),
+    "unshared-rule-missing": (
+        CP,
+        {"bottleneck_size": 8, "shared_phm_rule": False},
+        lambda t: t.pop(P + "model.layers.0.mlp.down_proj.adapter.up.phm_rule"),
+        ["up.phm_rule", "(4, 4, 4) is missing"],
+    ),
+    "shared-rule-where-unshared": (
+        CP,
+        {"bottleneck_size": 8, "shared_phm_rule": False},
+        lambda t: t.update({P + "phm_rule": torch.zeros(4, 4, 4)}),
+        ["phm_rule", "shared_phm_rule is false"],
+    ),
+    "factorized-no-right": (
+        CP,
+        {"bottleneck_size": 8},
+        lambda t: t.pop(P + "model.layers.0.self_attn.o_proj.adapter.down.W_right"),
+        ["down.W_right", "(4, 1, 2) is missing"],
+    ),
+    "full-w-wrong-shape": (
+        CP,
+        {"bottleneck_size": 8, "factorized_phm_W": False},
+        lambda t: t.update({P + "model.layers.0.mlp.down_proj.adapter.up.W": torch.zeros(4, 2, 4)}),
+        ["up.W", "(4, 2, 4)", "(4, 2, 8)"],
+    ),
+    "bias-without-phm-bias": (
+        CP,
+        {"bottleneck_size": 8, "phm_bias": False},
+        lambda t: t.update({P + "model.layers.0.mlp.down_proj.adapter.up.bias": torch.zeros(32)}),
+        ["unexpected tensor", "up.bias", "phm_bias=False"],
+    ),
+    "adapter-outside-target-layers": (
+        BN,
+        {"style": "pfeiffer", "bottleneck_size": 8},
+        lambda t: t.update({k.replace("mlp.down_proj", "self_attn.o_proj"): v.clone() for k, v in list(t.items())}),
+        ["self_attn.o_proj", "target_layers"],
+    ),
 }
 
 
@@ -215,7 +253,13 @@ def test_push_with_base_checks_the_adapted_width(cli, tmp_path):
     assert cli("push", str(tmp_path / "ok"), "acme/ok", "--base", str(base)).exit_code == 0
     llama = tm.tiny_llama()
     effective = BN.attach(llama, BN.make_config({"bottleneck_size": 8}))
-    save_adapter(str(tmp_path / "other"), {"method": "bottleneck", "config": json.loads(json.dumps(
-        dataclasses.asdict(effective)))}, BN.state_dict(llama))
-    assert_clean_error(cli("push", str(tmp_path / "other"), "acme/other", "--base", str(base)),
-                       "model.layers.0.mlp.down_proj", "no 2-d weight")
+    save_adapter(
+        str(tmp_path / "other"),
+        {"method": "bottleneck", "config": json.loads(json.dumps(dataclasses.asdict(effective)))},
+        BN.state_dict(llama),
+    )
+    assert_clean_error(
+        cli("push", str(tmp_path / "other"), "acme/other", "--base", str(base)),
+        "model.layers.0.mlp.down_proj",
+        "no 2-d weight",
+    )

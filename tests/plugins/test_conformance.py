@@ -4,15 +4,15 @@ plugin author runs it over theirs: it is the kit's own test as much as the plugi
 from __future__ import annotations
 
 import peft
-
-from adapterhub.testing.conformance import MethodConformance, PeftMergeParity, PeftParity
 from adapterhub_bitfit import BitFitMethod
 from adapterhub_bottleneck import BottleneckMethod
 from adapterhub_ia3 import IA3Method
-from adapterhub_lora import LoraMethod
 from adapterhub_loha import LoHaMethod
 from adapterhub_lokr import LoKrMethod
+from adapterhub_lora import LoraMethod
 from adapterhub_vera import VeraMethod
+
+from adapterhub.testing.conformance import MethodConformance, PeftMergeParity, PeftParity
 
 
 class TestLoraOnLlama(PeftMergeParity):

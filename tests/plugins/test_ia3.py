@@ -16,20 +16,19 @@ import json
 import os
 import sys
 
-import pytest
-
-import torch as torch
 import peft as peft
+import pytest
+import torch as torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-import tinymodels as tm  # noqa: E402
 import oracle  # noqa: E402
+import tinymodels as tm  # noqa: E402
+from adapterhub_ia3 import IA3Config, IA3Method  # noqa: E402
 from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 from adapterhub.testing.conformance import PeftMergeParity  # noqa: E402
-from adapterhub_ia3 import IA3Config, IA3Method  # noqa: E402
 
 IA3 = IA3Method()
 TOL = 1e-5
@@ -92,9 +91,18 @@ _peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks, peft -> ours, merge) ----
-oracle.add_conformance_classes(globals(), PeftMergeParity, CASES, lambda row: dict(
-    method=IA3, model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.IA3Config(**o)),
-    build=lambda self, dtype=torch.float32: _model(self.model, dtype)))
+oracle.add_conformance_classes(
+    globals(),
+    PeftMergeParity,
+    CASES,
+    lambda row: dict(
+        method=IA3,
+        model=row[0],
+        options=row[1],
+        peft_config=staticmethod(lambda o: peft.IA3Config(**o)),
+        build=lambda self, dtype=torch.float32: _model(self.model, dtype),
+    ),
+)
 
 
 def _names(value):

@@ -14,20 +14,19 @@ import json
 import os
 import sys
 
-import pytest
-
-import torch as torch
 import peft as peft
+import pytest
+import torch as torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-import tinymodels as tm  # noqa: E402
 import oracle  # noqa: E402
+import tinymodels as tm  # noqa: E402
+from adapterhub_lora import DoraMethod, LoraMethod  # noqa: E402
 from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 from adapterhub.testing.conformance import PeftMergeParity  # noqa: E402
-from adapterhub_lora import DoraMethod, LoraConfig, LoraMethod  # noqa: E402
 
 LORA, DORA = LoraMethod(), DoraMethod()
 TOL = 1e-5
@@ -93,8 +92,14 @@ def _build_peft(case):
 _peft_dir = oracle.PeftDirs(_build_peft, _randomise)
 
 # -- the conformance suite per case (default init, detach, round trips, tensor checks, peft -> ours, merge) ----
-oracle.add_conformance_classes(globals(), PeftMergeParity, CASES, lambda row: dict(
-    method=_method(row[1]), model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.LoraConfig(**o))))
+oracle.add_conformance_classes(
+    globals(),
+    PeftMergeParity,
+    CASES,
+    lambda row: dict(
+        method=_method(row[1]), model=row[0], options=row[1], peft_config=staticmethod(lambda o: peft.LoraConfig(**o))
+    ),
+)
 
 
 # -- (b) ours -> PEFT -------------------------------------------------------------------------------------
@@ -172,7 +177,9 @@ def test_plugin_registers_lora_dora_and_qlora(monkeypatch):
 
 def test_peft_config_round_trip():
     cfg = LORA.make_config(
-        dict(r=4, lora_alpha=32, target_modules=["q_proj"], use_rslora=True, rank_pattern={"q": 2}, modules_to_save=["o"])
+        dict(
+            r=4, lora_alpha=32, target_modules=["q_proj"], use_rslora=True, rank_pattern={"q": 2}, modules_to_save=["o"]
+        )
     )
     back = LORA.from_peft_config(json.loads(json.dumps(LORA.to_peft_config(cfg, "some/base"))))
     assert back == cfg
@@ -213,8 +220,14 @@ def test_init_options_and_dropout():
 @pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
 def test_train_mode_dropout_matches_peft(use_dora):
     """With lora_dropout in train mode (DoRA then recomputes the base output from the dropped input)."""
-    opts = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.3,
-                use_dora=use_dora, init_lora_weights=False)
+    opts = dict(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        lora_dropout=0.3,
+        use_dora=use_dora,
+        init_lora_weights=False,
+    )
     pm = peft.get_peft_model(tm.tiny_llama(), peft.LoraConfig(**opts))
     ours = tm.tiny_llama()
     LORA.attach(ours, LORA.make_config(opts))
@@ -248,9 +261,7 @@ def test_bf16_base_matches_peft_bit_for_bit(name, opts):
         assert our_init[key].dtype == value.dtype, key
         if "lora_A" not in key:  # A is random; B, magnitudes and saved copies are determined by the base
             assert torch.equal(our_init[key], value), key
-    pm = peft.get_peft_model(
-        tm.MODELS[name](dtype=torch.bfloat16), peft.LoraConfig(init_lora_weights=False, **opts)
-    )
+    pm = peft.get_peft_model(tm.MODELS[name](dtype=torch.bfloat16), peft.LoraConfig(init_lora_weights=False, **opts))
     _randomise(pm)
     LORA.load_state_dict(ours, peft.get_peft_model_state_dict(pm))
     assert torch.equal(_out(pm, name), _out(ours, name))
@@ -341,8 +352,13 @@ def test_merge_with_wrong_fan_in_fan_out_is_refused():
 def test_rank_and_alpha_patterns_pick_peft_s_values_per_module():
     """The toolkit's pattern rule as the LoRA module uses it: the first matching key wins, the rest take r /
     lora_alpha; the ranks and scalings attached are peft's for the same config."""
-    opts = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
-            "rank_pattern": {r"layers\.1\.self_attn\.q_proj": 2, "q_proj": 6}, "alpha_pattern": {"v_proj": 3}}
+    opts = {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj"],
+        "rank_pattern": {r"layers\.1\.self_attn\.q_proj": 2, "q_proj": 6},
+        "alpha_pattern": {"v_proj": 3},
+    }
     ours, theirs = tm.tiny_llama(), peft.get_peft_model(tm.tiny_llama(), peft.LoraConfig(**opts))
     LORA.attach(ours, LORA.make_config(opts))
     for i in range(2):

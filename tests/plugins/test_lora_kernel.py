@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from adapterhub_lora import layer
 
 
@@ -137,7 +136,7 @@ def test_block_check_agrees_with_every_block_position():
             b = torch.randn(40 if ffo else 60, 8, generator=g)
             full = (b @ a).T if ffo else b @ a
             x, y = (a.T, b.T) if ffo else (b, a)
-            brute = all(torch.equal(torch.mm(x[i: i + m], y), full[i: i + m]) for i in range(0, 61 - m))
+            brute = all(torch.equal(torch.mm(x[i : i + m], y), full[i : i + m]) for i in range(0, 61 - m))
             layer._BLOCKS_EXACT.clear()
             assert layer.blocks_exact(a, b, ffo, {m}) == brute, (ffo, m)
             verdicts[ffo, m] = brute

@@ -20,14 +20,27 @@ from conftest import assert_clean_error, make_lora_dir  # noqa: E402
 from mlflowserver import MlflowServer, _free_port  # noqa: E402
 from tinymodels import save_tiny_llama_base  # noqa: E402
 
-MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
-              "MLFLOW_RUN_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-              "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-              "ADAPTERHUB_TRACKER", "ADAPTERHUB_MLFLOW_ARTIFACT_ROOT", "ADAPTERHUB_MLFLOW_RETRIES",
-              "ADAPTERHUB_MLFLOW_TIMEOUT")
+MLFLOW_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "ADAPTERHUB_TRACKER",
+    "ADAPTERHUB_MLFLOW_ARTIFACT_ROOT",
+    "ADAPTERHUB_MLFLOW_RETRIES",
+    "ADAPTERHUB_MLFLOW_TIMEOUT",
+)
 
 
 # -- a real MLflow tracking server (tests/mlflowserver.py) -------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
@@ -70,10 +83,35 @@ def _rows(n=24):
 def _train(cli, tmp_path, base, push="acme/tiny", *extra):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-    return cli("train", "--base", base, "--method", "lora", "--task", "causal-lm", "--data", data,
-               "--out", tmp_path / "adapter", "--set", "r=4", "--set", "target_modules=q_proj,v_proj",
-               "--max-steps", "6", "--lr", "1e-2", "--batch-size", "4", "--push", push, "--track", "mlflow",
-               "--json", *extra)
+    return cli(
+        "train",
+        "--base",
+        base,
+        "--method",
+        "lora",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "adapter",
+        "--set",
+        "r=4",
+        "--set",
+        "target_modules=q_proj,v_proj",
+        "--max-steps",
+        "6",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "4",
+        "--push",
+        push,
+        "--track",
+        "mlflow",
+        "--json",
+        *extra,
+    )
 
 
 def _check_run(client, cli, ref, base, tmp):
@@ -113,26 +151,36 @@ def _check_run(client, cli, ref, base, tmp):
 
 # -- no server: the plugin must stay cheap and the helpers correct -------------------------------------
 
+
 def test_plugin_is_registered_and_does_not_import_mlflow(home):
-    code = ("import sys\n"
-            "from adapterhub.cli import add_plugin_commands, cli\n"
-            "add_plugin_commands()\n"
-            "from adapterhub.plugins import get_plugins\n"
-            "assert get_plugins().names('trackers') == ['mlflow'], get_plugins().names('trackers')\n"
-            "assert 'mlflow' in cli.commands and 'register' in cli.commands['mlflow'].commands\n"
-            "bad = sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.') or m == 'torch')\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys\n"
+        "from adapterhub.cli import add_plugin_commands, cli\n"
+        "add_plugin_commands()\n"
+        "from adapterhub.plugins import get_plugins\n"
+        "assert get_plugins().names('trackers') == ['mlflow'], get_plugins().names('trackers')\n"
+        "assert 'mlflow' in cli.commands and 'register' in cli.commands['mlflow'].commands\n"
+        "bad = sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.') or m == 'torch')\n"
+        "assert not bad, bad\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
 
 
 def test_params_are_sanitized_for_mlflow():
+    from adapterhub_mlflow.tracker import MAX_PARAM_VALUE, mask_uri, sanitize_params, ui_url
     from mlflow.utils.validation import _validate_param_name
 
-    from adapterhub_mlflow.tracker import MAX_PARAM_VALUE, mask_uri, sanitize_params, ui_url
-
-    params = sanitize_params({"config.target_modules": ["q_proj", "v_proj"], "weird key (1)!": 1, "../up": "x",
-                              "a" * 400: "y" * 10000, "weird key (1)?": 2, "config.layers_to_transform": None})
+    params = sanitize_params(
+        {
+            "config.target_modules": ["q_proj", "v_proj"],
+            "weird key (1)!": 1,
+            "../up": "x",
+            "a" * 400: "y" * 10000,
+            "weird key (1)?": 2,
+            "config.layers_to_transform": None,
+        }
+    )
     assert params["config.target_modules"] == '["q_proj","v_proj"]'
     assert params["weird key _1__"] == "1" and params["weird key _1___2"] == "2"  # a collision keeps both
     assert params["config.layers_to_transform"] == "None"
@@ -148,12 +196,22 @@ def test_params_are_sanitized_for_mlflow():
 def test_adapter_upload_skips_base_weights(tmp_path):
     from adapterhub_mlflow.tracker import adapter_files
 
-    for name in ("adapter_model.safetensors", "adapterhub.json", "model.safetensors",
-                 "model-00001-of-00002.safetensors", "pytorch_model.bin", ".hidden", "sub/notes.txt"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapterhub.json",
+        "model.safetensors",
+        "model-00001-of-00002.safetensors",
+        "pytorch_model.bin",
+        ".hidden",
+        "sub/notes.txt",
+    ):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x")
     assert [(os.path.basename(p), rel) for p, rel in adapter_files(tmp_path)] == [
-        ("adapter_model.safetensors", ""), ("adapterhub.json", ""), ("notes.txt", "sub")]
+        ("adapter_model.safetensors", ""),
+        ("adapterhub.json", ""),
+        ("notes.txt", "sub"),
+    ]
 
 
 def test_experiment_name_and_env_are_honoured(mlflow_env, tmp_path):
@@ -182,11 +240,13 @@ def test_experiment_name_and_env_are_honoured(mlflow_env, tmp_path):
     assert exp.name == "mine" and exp.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
     mlflow_env.delenv("MLFLOW_EXPERIMENT_NAME")
     # the fail-fast HTTP settings are applied per call only
-    assert {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_NAME"} == \
-           {k: v for k, v in before.items() if k != "MLFLOW_EXPERIMENT_NAME"}
+    assert {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_NAME"} == {
+        k: v for k, v in before.items() if k != "MLFLOW_EXPERIMENT_NAME"
+    }
 
 
 # -- (a) a SQLite-backed tracking store --------------------------------------------------------------
+
 
 def test_train_tracked_in_sqlite_store_and_registered(cli, mlflow_env, tmp_path, llama_base):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -239,7 +299,9 @@ def test_register_version_without_a_run_logs_a_new_run(cli, mlflow_env, tmp_path
     assert "adapter_model.safetensors" in names
     mv = client.get_model_version_by_alias("plain-bot", "staging")
     assert mv.source == run.info.artifact_uri.rstrip("/") + "/adapter" and mv.tags["adapterhub.digest"] == digest
-    assert cli("mlflow", "register", "acme/plain:1", "--model-name", "plain-bot", "--json").json()["version"] == int(mv.version)
+    assert cli("mlflow", "register", "acme/plain:1", "--model-name", "plain-bot", "--json").json()["version"] == int(
+        mv.version
+    )
 
 
 def test_register_against_an_unreachable_server_is_a_clean_error(cli, mlflow_env, tmp_path):
@@ -266,6 +328,7 @@ def test_tracking_server_down_from_the_start_costs_nothing(cli, mlflow_env, tmp_
 
 
 # -- (b) a real MLflow tracking server ---------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_train_tracked_on_server_and_registered(cli, mlflow_env, tmp_path, llama_base, mlflow_server):

@@ -11,8 +11,13 @@ from conftest import assert_clean_error, make_lora_dir  # noqa: E402
 
 
 def test_aliases_mapping_to_one_mlflow_alias_are_refused(cli, home, tmp_path, monkeypatch):
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
-                 "ADAPTERHUB_TRACKER"):
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_RUN_ID",
+        "ADAPTERHUB_TRACKER",
+    ):
         monkeypatch.delenv(name, raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -16,20 +16,19 @@ import json
 import os
 import sys
 
-import pytest
-
-import torch as torch
 import peft as peft
+import pytest
+import torch as torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
-import tinymodels as tm  # noqa: E402
 import oracle  # noqa: E402
+import tinymodels as tm  # noqa: E402
+from adapterhub_prompt import PrefixTuningMethod, PromptTuningMethod  # noqa: E402
 from oracle import quiet  # noqa: E402,F401  (autouse)
 
 from adapterhub.errors import AdapterhubError, InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 from adapterhub.testing.conformance import PeftParity  # noqa: E402
-from adapterhub_prompt import PrefixTuningMethod, PromptTuningMethod  # noqa: E402
 
 PT, PX = PromptTuningMethod(), PrefixTuningMethod()
 METHODS = {"prompt": PT, "prefix": PX}
@@ -87,8 +86,9 @@ def _params(no_projection: bool = False):
 
 def _randomise(model, seed=0):
     """Every trainable parameter (prompt encoder, SEQ_CLS head copy) gets fresh random values."""
-    oracle.perturb_trainable(model, lambda _, p, noise: p.copy_(noise * 0.5) if p.dim() > 1 else p.add_(noise * 0.1),
-                             seed)
+    oracle.perturb_trainable(
+        model, lambda _, p, noise: p.copy_(noise * 0.5) if p.dim() > 1 else p.add_(noise * 0.1), seed
+    )
 
 
 def _inputs(name):
@@ -126,11 +126,20 @@ _read_peft_dir = oracle.read_peft_dir
 # (with prefix_projection, peft's in-memory prefix goes through its MLP at every forward while the saved prefix,
 # which ours loads, is that output once: 3e-5 apart on MiniLM, as peft's own reload is; ours -> peft below compares
 # with peft's reload at 1e-5)
-oracle.add_conformance_classes(globals(), PeftParity, CASES, lambda row: dict(
-    method=METHODS[row[1]], model=row[0], options=row[2], identity_at_init=False,
-    tolerance=1e-4 if row[2].get("prefix_projection") else TOL,
-    peft_config=staticmethod(lambda o, kind=row[1]: PEFT_CONFIGS[kind](**o)),
-    build=lambda self, dtype=torch.float32: MODELS[self.model](dtype)))
+oracle.add_conformance_classes(
+    globals(),
+    PeftParity,
+    CASES,
+    lambda row: dict(
+        method=METHODS[row[1]],
+        model=row[0],
+        options=row[2],
+        identity_at_init=False,
+        tolerance=1e-4 if row[2].get("prefix_projection") else TOL,
+        peft_config=staticmethod(lambda o, kind=row[1]: PEFT_CONFIGS[kind](**o)),
+        build=lambda self, dtype=torch.float32: MODELS[self.model](dtype),
+    ),
+)
 
 
 def _with_labels(name, opts):
@@ -242,7 +251,8 @@ class _Tokenizer:
 def test_text_init_with_init_tokenizer(text):
     model = tm.tiny_llama()
     effective = PT.attach(
-        model, PT.make_config(dict(CAUSAL, prompt_tuning_init="TEXT", prompt_tuning_init_text=text)),
+        model,
+        PT.make_config(dict(CAUSAL, prompt_tuning_init="TEXT", prompt_tuning_init_text=text)),
         init_tokenizer=_Tokenizer(),
     )
     ids = (_Tokenizer()(text)["input_ids"] * NVT)[:NVT]
@@ -253,8 +263,13 @@ def test_text_init_with_init_tokenizer(text):
 
 @pytest.mark.slow
 def test_text_init_from_tokenizer_path_matches_peft():
-    opts = dict(SEQ_CLS, num_virtual_tokens=8, prompt_tuning_init="TEXT", tokenizer_name_or_path=tm.minilm_path(),
-                prompt_tuning_init_text="Classify the sentiment of this review:")
+    opts = dict(
+        SEQ_CLS,
+        num_virtual_tokens=8,
+        prompt_tuning_init="TEXT",
+        tokenizer_name_or_path=tm.minilm_path(),
+        prompt_tuning_init_text="Classify the sentiment of this review:",
+    )
     pm = peft.get_peft_model(minilm_seq_cls(), peft.PromptTuningConfig(**opts))
     model = minilm_seq_cls()
     PT.attach(model, PT.make_config(opts))
@@ -265,8 +280,14 @@ def test_text_init_from_tokenizer_path_matches_peft():
 
 
 def test_text_init_with_unloadable_tokenizer_fails_at_first_use_but_loads_weights(tmp_path):
-    cfg = PT.make_config(dict(CAUSAL, prompt_tuning_init="TEXT", prompt_tuning_init_text="hi",
-                              tokenizer_name_or_path=str(tmp_path / "missing")))
+    cfg = PT.make_config(
+        dict(
+            CAUSAL,
+            prompt_tuning_init="TEXT",
+            prompt_tuning_init_text="hi",
+            tokenizer_name_or_path=str(tmp_path / "missing"),
+        )
+    )
     trained = tm.tiny_llama()
     PT.attach(trained, cfg, init_tokenizer=_Tokenizer())
     model = tm.tiny_llama()
@@ -288,8 +309,11 @@ def test_text_init_needs_a_named_tokenizer():
         PT.attach(tm.tiny_llama(), cfg, init_tokenizer=anonymous)
     model = tm.tiny_llama()
     with pytest.raises(InvalidInput, match="outside the model's vocabulary of 128"):
-        PT.attach(model, dict(CAUSAL, prompt_tuning_init="TEXT", prompt_tuning_init_text="hi",
-                              tokenizer_name_or_path="x"), init_tokenizer=lambda t: {"input_ids": [500]})
+        PT.attach(
+            model,
+            dict(CAUSAL, prompt_tuning_init="TEXT", prompt_tuning_init_text="hi", tokenizer_name_or_path="x"),
+            init_tokenizer=lambda t: {"input_ids": [500]},
+        )
     assert not hasattr(model, "prompt_encoder") and all(p.requires_grad for p in model.parameters())
 
 
@@ -316,8 +340,13 @@ def test_cached_decode_step_equals_full_forward(kind):
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
         first = model(input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]), use_cache=True)
-        step = model(input_ids=ids[:, -1:], attention_mask=torch.ones_like(ids), past_key_values=first.past_key_values,
-                     position_ids=torch.full((2, 1), ids.shape[1] - 1), use_cache=True).logits[:, -1]
+        step = model(
+            input_ids=ids[:, -1:],
+            attention_mask=torch.ones_like(ids),
+            past_key_values=first.past_key_values,
+            position_ids=torch.full((2, 1), ids.shape[1] - 1),
+            use_cache=True,
+        ).logits[:, -1]
     assert (full - step).abs().max() <= TOL
 
 
@@ -426,8 +455,17 @@ def test_plugin_registers_both_methods(monkeypatch):
 @pytest.mark.parametrize(
     "kind, opts",
     [
-        ("prompt", dict(SEQ_CLS, prompt_tuning_init="TEXT", prompt_tuning_init_text="x", tokenizer_name_or_path="t",
-                        tokenizer_kwargs={"use_fast": False}, modules_to_save=["pooler"])),
+        (
+            "prompt",
+            dict(
+                SEQ_CLS,
+                prompt_tuning_init="TEXT",
+                prompt_tuning_init_text="x",
+                tokenizer_name_or_path="t",
+                tokenizer_kwargs={"use_fast": False},
+                modules_to_save=["pooler"],
+            ),
+        ),
         ("prefix", dict(CAUSAL, prefix_projection=True, encoder_hidden_size=7, init_weights="zero")),
     ],
     ids=["prompt", "prefix"],
@@ -558,6 +596,9 @@ def test_check_tensors_refuses_what_does_not_fit_the_config_or_the_base():
         PX.check_tensors({k: v for k, v in sd.items() if k != "prompt_embeddings"}, config)
     head = dict(sd, **header_entries({"base_model.classifier.weight": torch.zeros(2, 32)}))
     PX.check_tensors(head, config)  # without the base, a head's size is the adapter's own
-    with pytest.raises(InvalidInput, match=r"'base_model.classifier.weight' has shape \(2, 32\), but the base's "
-                                           r"'classifier.weight' has \(3, 32\)"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"'base_model.classifier.weight' has shape \(2, 32\), but the base's "
+        r"'classifier.weight' has \(3, 32\)",
+    ):
         PX.check_tensors(head, config, base)

@@ -26,12 +26,28 @@ def _cache_keyword_llama():
     from transformers import LlamaForCausalLM
 
     class CacheKeywordLlama(LlamaForCausalLM):
-        def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                    labels=None, use_cache=None, **kwargs):
+        def forward(
+            self,
+            input_ids=None,
+            attention_mask=None,
+            position_ids=None,
+            cache=None,
+            inputs_embeds=None,
+            labels=None,
+            use_cache=None,
+            **kwargs,
+        ):
             assert "past_key_values" not in kwargs  # renamed on the way in, as transformers 5.24 does
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=cache, inputs_embeds=inputs_embeds, labels=labels,
-                                   use_cache=use_cache, **kwargs)
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                **kwargs,
+            )
 
     plain = tm.tiny_llama()
     model = CacheKeywordLlama(plain.config)
@@ -53,8 +69,12 @@ def test_models_that_take_the_cache_as_cache(kind):
         full = new(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         assert (full - old(input_ids=ids, attention_mask=torch.ones_like(ids)).logits).abs().max() <= TOL
         first = new(input_ids=ids[:, :-1], attention_mask=torch.ones_like(ids[:, :-1]), use_cache=True)
-        step = dict(input_ids=ids[:, -1:], attention_mask=torch.ones_like(ids),
-                    position_ids=torch.full((2, 1), ids.shape[1] - 1), use_cache=True)
+        step = dict(
+            input_ids=ids[:, -1:],
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.full((2, 1), ids.shape[1] - 1),
+            use_cache=True,
+        )
         for keyword in ("cache", "past_key_values"):
             cache = copy.deepcopy(first.past_key_values)
             got = new(**step, **{keyword: cache}).logits[:, -1]

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 
+import bitsandbytes  # noqa: E402,F401  (a test dependency: the [bnb] extra; never skipped)
 import pytest
 import torch
-
 from conftest import assert_clean_error
 from tinymodels import save_tiny_llama_base
-
-import bitsandbytes  # noqa: E402,F401  (a test dependency: the [bnb] extra; never skipped)
 
 
 def write_jsonl(path, rows):
@@ -22,9 +20,11 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-ROWS = [{"text": "the cat sat on the mat and it was very happy"},
-        {"prompt": "question what color is the sky answer", "completion": "blue"},
-        {"text": "the dog ran to the park"}] * 8
+ROWS = [
+    {"text": "the cat sat on the mat and it was very happy"},
+    {"prompt": "question what color is the sky answer", "completion": "blue"},
+    {"text": "the dog ran to the park"},
+] * 8
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,19 @@ def trained(base, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("qlora")
     data = write_jsonl(tmp / "train.jsonl", ROWS)
-    opts = TrainOptions(base=base, method="qlora", task="causal-lm", data=data, out=str(tmp / "adapter"),
-                        settings={"r": "4", "target_modules": "q_proj,v_proj,down_proj"}, max_steps=30, lr=2e-2,
-                        batch_size=4, progress=False, home=str(tmp / "home"))
+    opts = TrainOptions(
+        base=base,
+        method="qlora",
+        task="causal-lm",
+        data=data,
+        out=str(tmp / "adapter"),
+        settings={"r": "4", "target_modules": "q_proj,v_proj,down_proj"},
+        max_steps=30,
+        lr=2e-2,
+        batch_size=4,
+        progress=False,
+        home=str(tmp / "home"),
+    )
     return train(opts, Plugins()), str(tmp / "adapter"), data
 
 
@@ -57,8 +67,8 @@ def _batch(base, data):
 def _adapted_4bit(base, adapter_dir):
     """The unmerged adapter on the base quantized exactly as in training."""
     from adapterhub.files.checkpoint import load_adapter_dir
-    from adapterhub.training.modeling import attach_loaded
     from adapterhub.plugins import Plugins
+    from adapterhub.training.modeling import attach_loaded
 
     plugins = Plugins()
     loaded = load_adapter_dir(adapter_dir, plugins)
@@ -80,7 +90,12 @@ def test_quantize_writes_dirs_that_from_pretrained_loads_as_bnb(cli, base, tmp_p
     assert r.exit_code == 0, r.output
     rec = r.json()["quantization"]
     assert {k: rec[k] for k in ("quantizer", "quant_type", "double_quant", "blocksize", "compute_dtype")} == {
-        "quantizer": "nf4", "quant_type": "nf4", "double_quant": True, "blocksize": 64, "compute_dtype": "float32"}
+        "quantizer": "nf4",
+        "quant_type": "nf4",
+        "double_quant": True,
+        "blocksize": 64,
+        "compute_dtype": "float32",
+    }
     assert rec["source_fingerprint"] == fingerprint(base).digest and rec["quantized_layers"] == 14
     assert rec["skipped"] == ["lm_head"]
     r = cli("quantize", base, "--to", "fp4", "--out", tmp_path / "fp4", "--blocksize", "128", "--no-double-quant")
@@ -113,22 +128,29 @@ def test_nf4_round_trip_error_is_within_the_rounding_bound(base):
     2-D weights whose rows are shorter than the blocksize (the tiny model's in_features=32 layers), which
     the round trip reproduces on purpose (it must match what the quantized layer computes)."""
     import bitsandbytes.functional as F
-    from safetensors.torch import load_file
-
     from adapterhub_bnb.quantizers import Bnb4bitQuantizer
+    from safetensors.torch import load_file
 
     code = F.get_4bit_type("nf4", device="cpu").float().sort().values
     half_gap = float((code[1:] - code[:-1]).max()) / 2
     assert 0.15 < half_gap < 0.16
     weights = load_file(os.path.join(base, "model.safetensors"))
     torch.manual_seed(0)
-    tensors = {"model.layers.0.mlp.down_proj.weight": weights["model.layers.0.mlp.down_proj.weight"],  # (32, 64)
-               "model.layers.0.self_attn.q_proj.weight": torch.randn(256, 512) * 0.02}
+    tensors = {
+        "model.layers.0.mlp.down_proj.weight": weights["model.layers.0.mlp.down_proj.weight"],  # (32, 64)
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(256, 512) * 0.02,
+    }
     for double_quant in (False, True):
         for blocksize in (64, 256):
-            record = {"quantizer": "nf4", "quant_type": "nf4", "bits": 4, "double_quant": double_quant,
-                      "blocksize": blocksize, "weight_dtype": "float32",
-                      "modules": ["model.layers.*.mlp.down_proj", "model.layers.*.self_attn.q_proj"]}
+            record = {
+                "quantizer": "nf4",
+                "quant_type": "nf4",
+                "bits": 4,
+                "double_quant": double_quant,
+                "blocksize": blocksize,
+                "weight_dtype": "float32",
+                "modules": ["model.layers.*.mlp.down_proj", "model.layers.*.self_attn.q_proj"],
+            }
             rt = Bnb4bitQuantizer("nf4").base_transform(record)
             for name, w in tensors.items():
                 if w.shape[1] < blocksize:
@@ -137,8 +159,9 @@ def test_nf4_round_trip_error_is_within_the_rounding_bound(base):
                 err = (rt(name, w) - w).abs().reshape(-1, blocksize)  # one row per absmax block
                 absmax = w.abs().reshape(-1, blocksize).max(dim=1).values
                 if double_quant:
-                    _, state = F.quantize_4bit(w.contiguous(), blocksize=blocksize, compress_statistics=True,
-                                               quant_type="nf4")
+                    _, state = F.quantize_4bit(
+                        w.contiguous(), blocksize=blocksize, compress_statistics=True, quant_type="nf4"
+                    )
                     stored = F.dequantize_blockwise(state.absmax, state.state2) + state.offset
                     bound = stored * half_gap + (absmax - stored).abs()
                 else:
@@ -198,8 +221,19 @@ def test_merge_onto_dequantized_base_is_closer_to_the_4bit_model(cli, trained, b
     _, adapter_dir, data = trained
     dq = cli("merge", adapter_dir, "--base", base, "--out", tmp_path / "dq", "--json")
     assert dq.exit_code == 0, dq.output
-    orig = cli("merge", adapter_dir, "--base", base, "--out", tmp_path / "orig", "--onto", "original",
-               "--probe", data, "--json")
+    orig = cli(
+        "merge",
+        adapter_dir,
+        "--base",
+        base,
+        "--out",
+        tmp_path / "orig",
+        "--onto",
+        "original",
+        "--probe",
+        data,
+        "--json",
+    )
     assert orig.exit_code == 0, orig.output
     dq, orig = dq.json(), orig.json()
     assert dq["onto"] == "dequantized" and dq["tensors_dequantized"] == 14 and orig["onto"] == "original"
@@ -239,19 +273,26 @@ def test_bad_input(cli, base, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
     out = tmp_path / "out"
     train = ("train", "--base", base, "--task", "causal-lm", "--data", data, "--out", out, "--max-steps", "1")
-    assert_clean_error(cli("quantize", base, "--to", "nf5", "--out", out), "unknown quantizer 'nf5'",
-                       "available: fp4, int8, nf4")
+    assert_clean_error(
+        cli("quantize", base, "--to", "nf5", "--out", out), "unknown quantizer 'nf5'", "available: fp4, int8, nf4"
+    )
     assert_clean_error(cli(*train, "--method", "lora", "--quantize", "nf5"), "available: fp4, int8, nf4")
-    assert_clean_error(cli(*train, "--method", "bitfit", "--quantize", "nf4"),
-                       "method 'bitfit' cannot train on a quantized base", "qlora")
+    assert_clean_error(
+        cli(*train, "--method", "bitfit", "--quantize", "nf4"),
+        "method 'bitfit' cannot train on a quantized base",
+        "qlora",
+    )
     assert_clean_error(cli(*train, "--method", "ia3", "--quantize", "int8"), "cannot train on a quantized base")
-    assert_clean_error(cli(*train, "--method", "qlora", "--optim", "paged_adamw_8bit"),
-                       "--optim paged_adamw_8bit needs a CUDA GPU")
+    assert_clean_error(
+        cli(*train, "--method", "qlora", "--optim", "paged_adamw_8bit"), "--optim paged_adamw_8bit needs a CUDA GPU"
+    )
     assert_clean_error(cli(*train, "--method", "qlora", "--quant-opt", "blocksize=100"), "invalid blocksize 100")
     assert_clean_error(cli(*train, "--method", "qlora", "--quant-opt", "bits=3"), "unknown nf4 option(s) bits")
     assert_clean_error(cli(*train, "--method", "qlora", "--set", "use_dora=true"), "DoRA")
-    assert_clean_error(cli("quantize", base, "--to", "int8", "--blocksize", "128", "--out", out),
-                       "--blocksize does not apply to quantizer 'int8'")
+    assert_clean_error(
+        cli("quantize", base, "--to", "int8", "--blocksize", "128", "--out", out),
+        "--blocksize does not apply to quantizer 'int8'",
+    )
     assert not out.exists()
     r = cli("quantize", base, "--to", "nf4", "--out", tmp_path / "q")
     assert r.exit_code == 0, r.output

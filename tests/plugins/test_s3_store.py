@@ -15,12 +15,12 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/, for s3server
+from adapterhub_s3 import S3Store  # noqa: E402
 from s3server import TEST_ACCESS_KEY, TEST_SECRET_KEY, MotoS3Server  # noqa: E402
 
 from adapterhub.errors import AdapterhubError, IntegrityError, InvalidInput  # noqa: E402
 from adapterhub.plugins import Plugins  # noqa: E402
 from adapterhub.registry.blobs import copy_stream_verified, copy_verified, verify_blob  # noqa: E402
-from adapterhub_s3 import S3Store  # noqa: E402
 
 MiB = 1 << 20
 PART = 5 * MiB  # S3's (and moto's) minimum part size: multipart is exercised with a few MiB
@@ -319,8 +319,7 @@ def test_server_stopped_mid_upload_then_retried(tmp_path):
     server = MotoS3Server().start()
     try:
         bucket = server.new_bucket()
-        st = S3Store.from_url(f"s3://{bucket}/reg", endpoint_url=server.endpoint_url,
-                              **{**FAST, "max_workers": 2})
+        st = S3Store.from_url(f"s3://{bucket}/reg", endpoint_url=server.endpoint_url, **{**FAST, "max_workers": 2})
         digest, path, data = blob(tmp_path, 6 * PART + 1)
         sent = []
 

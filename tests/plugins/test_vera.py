@@ -8,15 +8,15 @@ import dataclasses
 import os
 import sys
 
-import pytest
-
-import torch as torch
 import peft as peft
+import pytest
+import torch as torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import oracle  # noqa: E402
 import tinymodels as tm  # noqa: E402
+from adapterhub_vera import VERA_A, VERA_B, VeraMethod  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 from oracle import quiet  # noqa: E402,F401  (autouse)
 from test_train import causal_rows, llama_base, write_jsonl  # noqa: E402,F401  (helpers and a fixture)
@@ -24,7 +24,6 @@ from test_train import causal_rows, llama_base, write_jsonl  # noqa: E402,F401  
 from adapterhub.errors import InvalidInput  # noqa: E402
 from adapterhub.files.checkpoint import save_adapter  # noqa: E402
 from adapterhub.testing.conformance import header_entries, randomise  # noqa: E402
-from adapterhub_vera import VERA_A, VERA_B, VeraMethod  # noqa: E402
 
 VERA = VeraMethod()
 TOL = 1e-5
@@ -53,7 +52,7 @@ def test_init_is_peft_s_bit_for_bit(init_weights):
     assert tuple(got[VERA_A].shape) == (4, 64) and tuple(got[VERA_B].shape) == (32, 4)
     lambda_b = got["base_model.model.model.layers.0.self_attn.v_proj.vera_lambda_b"]
     assert tuple(lambda_b.shape) == (16,) and bool((lambda_b == 0).all()) == init_weights
-    assert oracle.trainable(base_ours) == {k[len(oracle.PREFIX):] for k in got if k.startswith(oracle.PREFIX)}
+    assert oracle.trainable(base_ours) == {k[len(oracle.PREFIX) :] for k in got if k.startswith(oracle.PREFIX)}
 
 
 def test_another_projection_key_draws_other_projections():
@@ -68,8 +67,12 @@ def test_our_adapter_directory_is_a_peft_adapter(tmp_path, save_projection):
     projections, peft draws them again from the key, as we do."""
     model, config = ours(dict(LLAMA, save_projection=save_projection))
     randomise(model, seed=4)
-    out = save_adapter(str(tmp_path / "a"), {"method": "vera", "config": dataclasses.asdict(config)},
-                       VERA.state_dict(model), VERA.to_peft_config(config, None))
+    out = save_adapter(
+        str(tmp_path / "a"),
+        {"method": "vera", "config": dataclasses.asdict(config)},
+        VERA.state_dict(model),
+        VERA.to_peft_config(config, None),
+    )
     cfg, tensors = oracle.read_peft_dir(out)
     assert cfg["peft_type"] == "VERA" and cfg["save_projection"] is save_projection
     assert (VERA_A in tensors and VERA_B in tensors) is save_projection
@@ -101,8 +104,9 @@ def test_cli_merge_of_a_peft_adapter_is_merge_and_unload(cli, tmp_path, peft_dir
     base, dirs = peft_dirs
     ad, ref_logits = dirs[True]
     assert cli("push", ad, "acme/vera", "--base", base).exit_code == 0
-    args = ["merge", "acme/vera", "--base", base, "--out", tmp_path / "m", "--json"] + (["--dtype", dtype] if dtype
-                                                                                       else [])
+    args = ["merge", "acme/vera", "--base", base, "--out", tmp_path / "m", "--json"] + (
+        ["--dtype", dtype] if dtype else []
+    )
     r = cli(*args)
     assert r.exit_code == 0, r.output
     assert r.json()["tensors_merged"] == 6
@@ -145,17 +149,33 @@ def test_a_tuner_wide_tensor_the_merge_never_reads_is_refused(cli, tmp_path, pef
     assert not os.path.exists(tmp_path / "m")
 
 
-@pytest.mark.parametrize("sets,needle", [
-    (["r=0"], "r must be a positive integer, got 0"),
-    (["vera_dropout=1"], "vera_dropout must be a number in [0, 1)"),
-    (["projection_prng_key=x"], "projection_prng_key must be an integer seed"),
-    (["target_modules=embed_tokens,q_proj"], "matched 'model.embed_tokens', a Embedding; vera wraps only Linear"),
-    (["target_modules=zz_proj"], "matched no module"),
-])
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["r=0"], "r must be a positive integer, got 0"),
+        (["vera_dropout=1"], "vera_dropout must be a number in [0, 1)"),
+        (["projection_prng_key=x"], "projection_prng_key must be an integer seed"),
+        (["target_modules=embed_tokens,q_proj"], "matched 'model.embed_tokens', a Embedding; vera wraps only Linear"),
+        (["target_modules=zz_proj"], "matched no module"),
+    ],
+)
 def test_bad_config_is_one_line_and_writes_nothing(cli, tmp_path, llama_base, sets, needle):
     data = write_jsonl(tmp_path / "t.jsonl", causal_rows(4))
-    args = ["train", "--base", llama_base, "--method", "vera", "--task", "causal-lm", "--data", data,
-            "--out", tmp_path / "a", "--max-steps", "1"]
+    args = [
+        "train",
+        "--base",
+        llama_base,
+        "--method",
+        "vera",
+        "--task",
+        "causal-lm",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "a",
+        "--max-steps",
+        "1",
+    ]
     for s in sets:
         args += ["--set", s]
     assert_clean_error(cli(*args), needle)
@@ -224,7 +244,10 @@ def test_merge_refuses_tensors_that_do_not_fit_the_base():
 def test_unset_target_modules_on_an_unknown_model_type_is_one_line_with_candidates():
     model = tm.tiny_llama()
     model.config.model_type = "mystery"
-    with pytest.raises(InvalidInput, match=r"no default vera target_modules for model type 'mystery'; set "
-                                           r"target_modules \(candidates: .*q_proj"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"no default vera target_modules for model type 'mystery'; set "
+        r"target_modules \(candidates: .*q_proj",
+    ):
         VERA.attach(model, VERA.make_config({"r": 2}))
     assert "_adapterhub_vera" not in model.__dict__
