@@ -30,7 +30,7 @@ from adapterhub.plugins import Plugins  # noqa: E402
 TOL = 1e-5
 #: the plugins these tests need (others may be work in progress); "merged" is registered directly until
 #: its entry point is installed
-PLUGINS = "file,peft_format,lora,prompt,bottleneck,merged"
+PLUGINS = "file,peft,lora,prompt,bottleneck,merged"
 CASES = {
     "llama-lora": ("llama", dict(r=4, lora_alpha=8, target_modules="all-linear")),
     "llama-lora-s1": ("llama", dict(r=4, lora_alpha=4, target_modules=["q_proj", "gate_proj"])),  # scaling 1

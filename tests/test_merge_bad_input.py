@@ -23,7 +23,7 @@ from test_merge import _quiet, load_merged, peft_adapter, plugins_fixture, save_
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 #: the plugins these tests use ("merged" is registered directly, as in test_merge)
-PLUGINS = "file,peft_format,lora,ia3,bnb,merged"
+PLUGINS = "file,peft,lora,ia3,bnb,merged"
 
 
 _plugins = plugins_fixture(PLUGINS)

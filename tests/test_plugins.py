@@ -144,7 +144,7 @@ def test_builtins_load_through_entry_points_and_allowlist(monkeypatch):
     assert "peft" in pl.names("formats")
     described = {p["name"]: p for p in pl.describe()}
     assert described["file"]["stores"] == ["file"]
-    monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", "peft_format")
+    monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", "peft")
     only = Plugins()
     assert only.names("stores") == []
     assert only.names("formats") == ["peft"]
@@ -165,7 +165,7 @@ def test_cli_plugins_json(cli):
     r = cli("plugins", "--json")
     assert r.exit_code == 0, r.output
     rows = {p["name"]: p for p in json.loads(r.stdout)}
-    assert rows["file"]["stores"] == ["file"] and rows["peft_format"]["formats"] == ["peft"]
+    assert rows["file"]["stores"] == ["file"] and rows["peft"]["formats"] == ["peft"]
     text = cli("plugins")
     assert "file" in text.stdout and "stores: file" in text.stdout
 

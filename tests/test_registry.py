@@ -312,5 +312,5 @@ def test_wheel_ships_migrations_demo_data_and_plugins(tmp_path):
     assert "adapterhub/demo/sentiment_train.jsonl" in names
     eps = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(glob.glob(str(tmp_path / "adapterhub-*.whl"))[0]).read(eps).decode()
-    for plugin in ("file", "s3", "lora", "ia3", "bitfit", "prompt", "bottleneck", "peft_format", "mlflow"):
+    for plugin in ("file", "s3", "lora", "ia3", "bitfit", "prompt", "bottleneck", "peft", "mlflow"):
         assert f"{plugin} = adapterhub_" in text, plugin

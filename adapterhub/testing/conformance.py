@@ -229,3 +229,82 @@ class PeftMergeParity(PeftParity):
             touched += 1
             assert merged.dtype == tensor.dtype and torch.equal(merged, expected[key]), key
         assert touched, "merge_tensor merged nothing"
+
+
+class CliRoundTrip:
+    """Add to a method that trains on a causal LM: the real CLI, in this process, with a registry under
+    ``tmp_path``: ``adapterhub train --push`` for a few steps on a tiny Llama base directory, ``pull`` gives
+    back the trained directory file for file, and for a method that merges, ``merge`` writes a model whose
+    logits are the base's with the pulled adapter attached. ``train_settings`` are ``--set`` values."""
+
+    #: the method object under test
+    method: ClassVar[Any]
+    #: ``--set`` values for ``adapterhub train`` (e.g. ``{"r": "4", "target_modules": "q_proj,v_proj"}``)
+    train_settings: ClassVar[dict[str, str]] = {}
+
+    def test_cli_train_push_pull_merge(self, tmp_path: Path) -> None:
+        import hashlib
+
+        from click.testing import CliRunner
+        from transformers import AutoModelForCausalLM
+
+        from ..cli import add_plugin_commands, cli
+        from ..files.checkpoint import load_adapter_dir
+        from ..plugins import get_plugins
+        from ..training.modeling import attach_loaded
+
+        add_plugin_commands()
+        base = models.save_tiny_llama_base(tmp_path / "base")
+        data = tmp_path / "train.jsonl"
+        words = models.WORDS
+        data.write_text("".join(json.dumps({"text": " ".join(words[i : i + 6])}) + "\n" for i in range(0, 24, 3)))
+
+        def run(*args: Any) -> str:
+            result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), *map(str, args)])
+            assert result.exit_code == 0, f"adapterhub {args[0]}: {result.output}"
+            return result.stdout
+
+        sets = [a for k, v in self.train_settings.items() for a in ("--set", f"{k}={v}")]
+        name = self.method.name
+        trained = json.loads(
+            run(
+                "train",
+                "--base",
+                base,
+                "--method",
+                name,
+                "--task",
+                "causal-lm",
+                "--data",
+                data,
+                "--out",
+                tmp_path / "trained",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--lr",
+                "1e-2",
+                "--push",
+                f"conformance/{name}",
+                "--json",
+                *sets,
+            )
+        )
+        run("pull", trained["ref"], "--out", tmp_path / "pulled")
+
+        def digests(d: Path) -> dict[str, str]:
+            return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir()) if f.is_file()}
+
+        assert digests(tmp_path / "pulled") == digests(Path(trained["out"])), "pull gave other files than train wrote"
+        if "merge" not in self.method.capabilities():
+            return
+        run("merge", trained["ref"], "--base", base, "--out", tmp_path / "merged", "--no-cache")
+        inputs = models.inputs_for("llama")
+        with torch.no_grad():
+            merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+            attached = AutoModelForCausalLM.from_pretrained(base).eval()
+            attach_loaded(attached, load_adapter_dir(str(tmp_path / "pulled"), get_plugins()))
+            torch.testing.assert_close(
+                models.logits(merged, inputs), models.logits(attached, inputs), rtol=0, atol=1e-5
+            )

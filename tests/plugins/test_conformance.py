@@ -10,9 +10,10 @@ from adapterhub_ia3 import IA3Method
 from adapterhub_loha import LoHaMethod
 from adapterhub_lokr import LoKrMethod
 from adapterhub_lora import LoraMethod
+from adapterhub_prompt import PromptTuningMethod
 from adapterhub_vera import VeraMethod
 
-from adapterhub.testing.conformance import MethodConformance, PeftMergeParity, PeftParity
+from adapterhub.testing.conformance import CliRoundTrip, MethodConformance, PeftMergeParity, PeftParity
 
 
 class TestLoraOnLlama(PeftMergeParity):
@@ -76,3 +77,38 @@ class TestVeraWithoutProjectionsOnBert(PeftParity):  # save_projection=false: A 
     model = "bert"
     options = {"r": 2, "save_projection": False, "target_modules": ["query", "value", "intermediate.dense"]}
     peft_config = staticmethod(lambda options: peft.VeraConfig(**options))
+
+
+# -- train -> push -> pull -> merge through the CLI, one class per built-in method that trains a causal LM --
+class TestCliLora(CliRoundTrip):
+    method = LoraMethod()
+    train_settings = {"r": "4", "target_modules": "q_proj,v_proj"}
+
+
+class TestCliIA3(CliRoundTrip):
+    method = IA3Method()
+
+
+class TestCliLoHa(CliRoundTrip):
+    method = LoHaMethod()
+    train_settings = {"r": "4"}
+
+
+class TestCliLoKr(CliRoundTrip):
+    method = LoKrMethod()
+    train_settings = {"r": "4"}
+
+
+class TestCliVera(CliRoundTrip):
+    method = VeraMethod()
+    train_settings = {"r": "4"}
+
+
+class TestCliBottleneck(CliRoundTrip):
+    method = BottleneckMethod()
+    train_settings = {"bottleneck_size": "8"}
+
+
+class TestCliPromptTuning(CliRoundTrip):  # does not merge: the round trip stops at pull
+    method = PromptTuningMethod()
+    train_settings = {"num_virtual_tokens": "4"}
