@@ -50,28 +50,20 @@ def _quiet():
         yield
 
 
-def test_plugins():
-    """A plugin manager with what merge/export need (the ``merged`` format registered directly)."""
-    try:
-        import adapterhub_merged
-    except ImportError:  # not installed yet: import it from the source tree
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "plugins"))
-        import adapterhub_merged
-    return Plugins(plugins={"merged": adapterhub_merged})
-
-
-test_plugins.__test__ = False
+def merge_plugins():
+    """A fresh plugin manager with what merge/export need (``PLUGINS``, the merged format included)."""
+    return Plugins()
 
 
 def plugins_fixture(names: str):
-    """An autouse fixture: only the plugins ``names`` load (ADAPTERHUB_LOAD_PLUGINS), plus ``merged``."""
+    """An autouse fixture: only the plugins ``names`` load (ADAPTERHUB_LOAD_PLUGINS)."""
 
     @pytest.fixture(autouse=True)
     def _plugins(home, monkeypatch):
         import adapterhub.plugins as ap
 
         monkeypatch.setenv("ADAPTERHUB_LOAD_PLUGINS", names)
-        ap._default = test_plugins()
+        ap._default = merge_plugins()
         yield
         ap.reset_plugins()
 
@@ -126,7 +118,7 @@ def test_merged_tensors_equal_peft_merge_and_unload(case, dtype, built, tmp_path
     name, _ = CASES[case]
     base, ad, _ = built(case)
     out = tmp_path / "merged"
-    r = merge_adapter(load_adapter_dir(ad, test_plugins()), base, str(out), dtype=dtype)
+    r = merge_adapter(load_adapter_dir(ad, merge_plugins()), base, str(out), dtype=dtype)
     tdtype = torch.bfloat16 if dtype else torch.float32
     expected = peft.PeftModel.from_pretrained(tm.MODELS[name](dtype=tdtype), ad).merge_and_unload().state_dict()
     got = load_merged(out, tdtype, seq_cls=name == "bert").state_dict()
@@ -186,7 +178,7 @@ def test_any_thread_schedule_gives_the_same_bits(schedule, built, tmp_path, monk
         monkeypatch.setattr(mw, "MIN_BLOCK_ROWS", 1)
     else:
         monkeypatch.setenv("ADAPTERHUB_MERGE_THREADS", "1")
-    r = merge_adapter(load_adapter_dir(ad, test_plugins()), base, str(tmp_path / "m"))
+    r = merge_adapter(load_adapter_dir(ad, merge_plugins()), base, str(tmp_path / "m"))
     base_model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True)
     expected = peft.PeftModel.from_pretrained(base_model, ad).merge_and_unload()
     got = load_merged(tmp_path / "m", dtype).state_dict()
@@ -223,7 +215,7 @@ def test_merge_command_process_prints_all_and_exits_cleanly(built, tmp_path):
 def test_bf16_base_without_dtype_stays_bf16(tmp_path):
     base = save_base(tm.tiny_llama(torch.bfloat16), tmp_path / "base")
     ad, _ = peft_adapter(tm.tiny_llama(torch.bfloat16), CASES["llama-dora"][1], tmp_path / "ad")
-    merge_adapter(load_adapter_dir(ad, test_plugins()), base, str(tmp_path / "m"))
+    merge_adapter(load_adapter_dir(ad, merge_plugins()), base, str(tmp_path / "m"))
     expected = peft.PeftModel.from_pretrained(tm.tiny_llama(torch.bfloat16), ad).merge_and_unload().state_dict()
     got = load_merged(tmp_path / "m", torch.bfloat16).state_dict()
     assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], expected[k]) for k in expected)
@@ -354,7 +346,7 @@ def test_tied_embeddings_are_untied_when_the_adapter_changes_one(kind, cli, tmp_
 def test_untouched_tied_embeddings_stay_tied(tmp_path):
     base = save_base(tm.tiny_gpt2(), tmp_path / "base")
     ad, _ = peft_adapter(tm.tiny_gpt2(), CASES["gpt2-conv1d"][1], tmp_path / "ad")
-    r = merge_adapter(load_adapter_dir(ad, test_plugins()), base, str(tmp_path / "m"))
+    r = merge_adapter(load_adapter_dir(ad, merge_plugins()), base, str(tmp_path / "m"))
     assert r["untied"] == [] and json.loads((tmp_path / "m" / "config.json").read_text())["tie_word_embeddings"]
 
 

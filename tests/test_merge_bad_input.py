@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tinymodels as tm  # noqa: E402
 from conftest import assert_clean_error  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from test_merge import _quiet, load_merged, peft_adapter, plugins_fixture, save_base, test_plugins  # noqa: E402,F401
+from test_merge import _quiet, load_merged, merge_plugins, peft_adapter, plugins_fixture, save_base  # noqa: E402,F401
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 #: the plugins these tests use ("merged" is registered directly, as in test_merge)
@@ -163,7 +163,7 @@ def test_base_without_usable_config_is_refused_and_nothing_cached(config, cli, h
 
 
 def test_merge_adapter_api_refuses_a_base_without_config(llama, tmp_path):
-    from test_merge import test_plugins
+    from test_merge import merge_plugins
 
     from adapterhub.errors import InvalidInput
     from adapterhub.files.checkpoint import load_adapter_dir
@@ -172,7 +172,7 @@ def test_merge_adapter_api_refuses_a_base_without_config(llama, tmp_path):
     base, ad = llama
     os.remove(os.path.join(base, "config.json"))
     with pytest.raises(InvalidInput, match="no config.json"):
-        merge_adapter(load_adapter_dir(ad, test_plugins()), base, str(tmp_path / "m"))
+        merge_adapter(load_adapter_dir(ad, merge_plugins()), base, str(tmp_path / "m"))
     assert not (tmp_path / "m").exists()
 
 
