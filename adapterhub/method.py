@@ -11,14 +11,15 @@ import dataclasses
 from typing import Any, ClassVar, Mapping
 
 from .errors import AdapterhubError, InvalidInput, PluginError
-from .files.safetensors_header import FLOAT_DTYPES
+from .files.safetensors_header import FLOAT_DTYPES, dtype_name
 
 
 def check_floating(tensors: Mapping[str, Any], keys: Any = None) -> None:
     """Refuse an adapter tensor (``keys`` of ``tensors``, default all) whose dtype is not floating point.
-    ``tensors`` maps names to objects with a safetensors ``dtype`` string (:class:`~adapterhub.files.safetensors_header.TensorInfo`)."""
+    ``tensors`` maps names to header entries (:class:`~adapterhub.files.safetensors_header.TensorInfo`: a
+    safetensors ``dtype`` string) or to torch tensors."""
     for key in sorted(tensors if keys is None else keys):
-        dtype = tensors[key].dtype
+        dtype = dtype_name(tensors[key].dtype)
         if dtype not in FLOAT_DTYPES:
             raise InvalidInput(
                 f"adapter tensor '{key}' has dtype {dtype}: adapter tensors must be floating point "
@@ -124,7 +125,7 @@ class Method:
         """Refuse tensors that cannot belong to an adapter of ``config``, before anything is stored or merged.
         Called when an adapter directory is read (``push``, merging or loading a directory) with each tensor's
         header entry (``tensors[key].dtype``: a safetensors dtype such as ``"F32"``, ``.shape``: a tuple), no
-        data read. With a base model (``push --base``), ``base`` maps the base's tensor names, in the adapter's
+        data read; a script may pass torch tensors instead (:func:`check_floating` takes both). With a base model (``push --base``), ``base`` maps the base's tensor names, in the adapter's
         model naming (PEFT keys minus ``base_model.model.``), to their header entries: check that each module
         the adapter targets exists there and fits. Raises :class:`InvalidInput` with one line naming the tensor
         and the expected and actual shape or dtype. The default refuses non-floating tensors; methods add

@@ -38,6 +38,17 @@ DTYPE_SIZES = {
 #: the merge), and what a merge may convert to another dtype
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+#: torch's names of the floating-point dtypes, by their safetensors names' order
+_TORCH_FLOATS = {"torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float32": "F32", "torch.float64": "F64"}
+
+
+def dtype_name(dtype: object) -> str:
+    """The safetensors name (``"F32"``) of a header entry's dtype (already one) or of a torch dtype
+    (``torch.float32``), so checks take header entries or tensors alike; other torch dtypes keep torch's name."""
+    if isinstance(dtype, str):
+        return dtype
+    text = str(dtype)
+    return _TORCH_FLOATS.get(text, text.removeprefix("torch."))
 
 
 @dataclass(frozen=True)

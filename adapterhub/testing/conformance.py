@@ -16,7 +16,7 @@ What it checks, on a tiny model of :mod:`adapterhub.testing.models` (``model``, 
 attaching keeps the outputs bit for bit (with default init) and makes only the adapter trainable; ``detach``
 restores the model exactly (modules, tensors, flags, hooks) and leaves it attachable again; the state dict
 round-trips exactly, also through an adapter directory on disk; tensor checks (given safetensors header entries
-or tensors) refuse a wrong shape and a non-floating dtype; and, with ``peft_config`` (:class:`PeftParity`),
+or torch tensors) refuse a wrong shape and a non-floating dtype; and, with ``peft_config`` (:class:`PeftParity`),
 peft's own adapter loads into ours with the same outputs (within ``tolerance``) and ``merge_tensor`` reproduces
 peft's ``merge_and_unload`` bit for bit in float32 and bfloat16 (:class:`PeftMergeParity`). ``build`` (the
 model) and ``output`` may be overridden, e.g. for a model the tiny set lacks.
@@ -179,6 +179,10 @@ class MethodConformance:
             self.method.check_tensors(header_entries(wrong_shape), config, base)
         with pytest.raises(InvalidInput):
             self.method.check_tensors(header_entries(dict(sd, **{key: sd[key].to(torch.int32)})), config, base)
+        # torch tensors are taken as well as header entries (what a script holds after training)
+        self.method.check_tensors(dict(sd), config)
+        with pytest.raises(InvalidInput, match="floating point"):
+            self.method.check_tensors(dict(sd, **{key: sd[key].to(torch.int32)}), config)
 
 
 class PeftParity(MethodConformance):
