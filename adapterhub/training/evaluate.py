@@ -58,19 +58,15 @@ def _bar(progress: ProgressFactory | None, total: int):
 
 
 def load_version(reg: Any, ref: str, plugins: Any) -> tuple[VersionInfo, Any]:
-    """``(show(ref), LoadedAdapter)``: the version's files are materialized (verified) to a temporary
-    directory and read back into memory."""
-    from .. import api
-    from ..files.checkpoint import load_adapter_dir
+    """``(show(ref), LoadedAdapter)`` as the registry operations load one (:func:`operations.stored.load_version`:
+    blobs verified, the registry's manifest), read into memory from a temporary directory removed after."""
+    from ..operations.stored import load_version as load_stored
 
-    info = reg.show(ref)
     tmp = tempfile.mkdtemp(prefix="adapterhub-eval-")
     try:
-        api.pull(reg, info.ref, os.path.join(tmp, "a"))
-        loaded = load_adapter_dir(os.path.join(tmp, "a"), plugins)
+        return load_stored(reg, ref, plugins, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return info, loaded
 
 
 def task_of(manifest: dict[str, Any], override: str | None = None) -> str:
