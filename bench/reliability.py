@@ -100,7 +100,7 @@ def load(s3: MotoS3Server, work: str, procs: int, pushes: int) -> None:
         errors = sum(p.wait() != 0 for p in ps)
         took = time.monotonic() - start
         reg = Registry(pg_url(db), S3Store.from_url(store))
-        numbers = [v["version"] for v in reg.list("acme/load")]
+        numbers = [v.version for v in reg.list("acme/load")]
         report = reg.verify()
         reg.close()
         want = list(range(1, procs * pushes + 1))

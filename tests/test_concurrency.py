@@ -56,5 +56,5 @@ def test_16_processes_x_5_pushes_to_one_name_sqlite(home, tmp_path):
     from adapterhub.api import open_registry
 
     rows = open_registry(str(home)).list("acme/bot")
-    assert [r["version"] for r in rows] == list(range(1, 81))
-    assert len({r["digest"] for r in rows}) == 80
+    assert [r.version for r in rows] == list(range(1, 81))
+    assert len({r.digest for r in rows}) == 80

@@ -92,3 +92,37 @@ def test_from_dict_refuses_what_is_not_a_version():
 
     with pytest.raises(KeyError):
         VersionInfo.from_dict({"name": "acme/x"})
+
+
+def test_list_rows_are_typed_and_print_as_before(cli, home, tmp_path):
+    """``Registry.list`` gives :class:`VersionSummary` rows: ``list --json`` is their ``to_dict()``, key for key
+    in the order it always had, and ``from_dict`` (the server client's reader) gives the same rows back."""
+    from adapterhub.api import local_registry
+    from adapterhub.registry.entities import VersionSummary
+
+    assert cli("push", make_lora_dir(tmp_path / "a", seed=0), "acme/a", "--alias", "staging").exit_code == 0
+    assert cli("push", make_lora_dir(tmp_path / "b", seed=1), "acme/a").exit_code == 0
+    reg = local_registry(str(home))
+    reg.add_evaluation("acme/a:2", "sha256:" + "ab" * 32, {"loss": 1.5}, {"rows": 3})
+    rows = reg.list("acme/a")
+    assert all(isinstance(r, VersionSummary) for r in rows)
+    assert [(r.ref, r.aliases, r.evaluation) for r in rows] == [
+        ("acme/a:1", ["staging"], None),
+        ("acme/a:2", [], {"loss": 1.5}),
+    ]
+    printed = cli("list", "acme/a", "--json").json()
+    assert printed == [r.to_dict() for r in rows]
+    assert list(printed[0]) == [
+        "name",
+        "version",
+        "ref",
+        "digest",
+        "kind",
+        "method",
+        "size",
+        "base_fingerprint",
+        "aliases",
+        "evaluation",
+        "created_at",
+    ]
+    assert [VersionSummary.from_dict(d) for d in printed] == rows

@@ -205,7 +205,7 @@ def test_a_connection_dropped_inside_the_commit_is_retried(pg_url, tmp_path):
         cuts = _cut_on(reg, proxy, "INSERT INTO VERSIONS", times=2)
         pub = reg.publish("acme/chat", {"method": "lora"}, [f])
         assert len(cuts) == 2 and pub.created and pub.version == 1
-        assert [v["ref"] for v in reg.list()] == ["acme/chat:1"] and reg.verify()["ok"]
+        assert [v.ref for v in reg.list()] == ["acme/chat:1"] and reg.verify()["ok"]
         # alias moves, tags and evaluations are retried the same way (and the history stays one chain)
         cuts = [
             _cut_on(reg, proxy, s, times=1)

@@ -90,7 +90,7 @@ def test_materialize_refuses_the_store_and_database(home, tmp_path):
     for out, what in ((tmp_path / "store", "is the blob store"), (tmp_path / "db", "contains the registry database")):
         with pytest.raises(AdapterhubError, match=what):
             api.pull(reg, ref, str(out), force=True)
-    assert os.path.isfile(tmp_path / "db" / "reg.db") and reg.list()[0]["ref"] == ref
+    assert os.path.isfile(tmp_path / "db" / "reg.db") and reg.list()[0].ref == ref
 
 
 # -- 2. NaN evaluations ----------------------------------------------------------------------------

@@ -306,19 +306,19 @@ def list_cmd(app: App, name, from_, as_json):
         head = ("REF", "METHOD", "DIGEST", "SIZE", "ALIASES", "EVAL", "CREATED")
         body = [
             (
-                r["ref"],
-                r["method"] or "-",
-                r["digest"][7:19],
-                human_size(r["size"]),
-                ",".join(r["aliases"]) or "-",
-                _eval_cell(r["evaluation"]),
-                (r["created_at"] or "")[:19],
+                r.ref,
+                r.method or "-",
+                r.digest[7:19],
+                human_size(r.size),
+                ",".join(r.aliases) or "-",
+                _eval_cell(r.evaluation),
+                (r.created_at or "")[:19],
             )
             for r in rows
         ]
         return format_table(head, body)
 
-    emit(as_json, rows, table)
+    emit(as_json, [r.to_dict() for r in rows], lambda _: table(rows))
 
 
 def _eval_cell(metrics) -> str:

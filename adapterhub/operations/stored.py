@@ -45,9 +45,9 @@ def check_name_kind(reg: Any, name: str, kind: str) -> None:
         versions = reg.list(name)
     except NotFound:
         return  # a new name
-    other = sorted({v["kind"] for v in versions} - {kind})
+    other = sorted({v.kind for v in versions} - {kind})
     if other:
         from ..registry.registry import kind_conflict
 
-        held = next(v["ref"] for v in reversed(versions) if v["kind"] == other[0])
+        held = next(v.ref for v in reversed(versions) if v.kind == other[0])
         raise kind_conflict(name, kind, other[0], held)

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlencode, urlparse
 from ..errors import AdapterhubError, IntegrityError, InvalidInput, NotFound
 from .blobs import CHUNK, Progress, copy_stream_verified
 from .bundle import VersionBundle
-from .entities import VersionInfo
+from .entities import VersionInfo, VersionSummary
 from .ranges import RangeReader
 from .records import BLOBS_GONE, NEVER_UPLOADED, LocalFile, ParentSpec, Published
 from .refs import RemoteNames, check_registry_of, parse_ref
@@ -168,8 +168,11 @@ class HttpRegistry:
     def whoami(self) -> dict[str, Any]:
         return self._json("GET", f"{API}/whoami")
 
-    def list(self, name: str | None = None) -> list[dict[str, Any]]:
-        return self._json("GET", f"{API}/versions", query={"name": name})
+    def list(self, name: str | None = None) -> list[VersionSummary]:
+        try:
+            return [VersionSummary.from_dict(row) for row in self._json("GET", f"{API}/versions", query={"name": name})]
+        except (KeyError, TypeError, AttributeError):
+            raise ServerError(f"the registry server {self.label} sent a malformed version list") from None
 
     def resolve(self, ref: Any) -> dict[str, Any]:
         r = self._json("GET", f"{API}/resolve", query={"ref": self._bare(ref)})

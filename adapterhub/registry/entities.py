@@ -1,4 +1,5 @@
-"""Typed results: what the registry says about a version (``Registry.show``, and the server client's).
+"""Typed results: what the registry says about a version (``Registry.show``: :class:`VersionInfo`;
+``Registry.list``: :class:`VersionSummary` rows; the server client's alike).
 
 Callers read attributes (``info.ref``, ``info.files[0].digest``, ``info.parents[0].relation``) rather than
 string keys. ``to_dict()`` is the JSON the CLI prints (``show --json``) and the server sends
@@ -70,6 +71,24 @@ class BaseModel(_Record):
     tensors: int | None
     bytes: int | None
     properties: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class VersionSummary(_Record):
+    """A row of ``Registry.list``: what ``adapterhub list`` shows of a version. ``evaluation`` is the metrics of
+    its newest evaluation (finite values only), or None; ``created_at`` an ISO timestamp."""
+
+    name: str
+    version: int
+    ref: str
+    digest: str
+    kind: str
+    method: str | None
+    size: int
+    base_fingerprint: str | None
+    aliases: list[str]
+    evaluation: dict[str, Any] | None
+    created_at: str
 
 
 @dataclass(frozen=True)

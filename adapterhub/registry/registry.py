@@ -34,7 +34,7 @@ from .db import (
     transient,
     write_tx,
 )
-from .entities import BaseModel, Edge, Evaluation, FileInfo, VersionInfo
+from .entities import BaseModel, Edge, Evaluation, FileInfo, VersionInfo, VersionSummary
 from .maintenance import MaintenanceOps
 from .records import (  # noqa: F401
     BLOBS_GONE,
@@ -664,7 +664,7 @@ class Registry(AliasOps, MaintenanceOps):
             )
         return tuple(out)
 
-    def list(self, name: str | None = None) -> list[dict[str, Any]]:
+    def list(self, name: str | None = None) -> list[VersionSummary]:
         """Every version (of ``name``, if given), newest number last within each name."""
         v, a = t.versions, t.adapters
         with self.read() as conn:
@@ -700,18 +700,18 @@ class Registry(AliasOps, MaintenanceOps):
             ):
                 latest_eval[vid] = finite(metrics)
         return [
-            {
-                "name": r.name,
-                "version": r.number,
-                "ref": f"{r.name}:{r.number}",
-                "digest": "sha256:" + r.digest,
-                "kind": r.kind,
-                "method": r.method,
-                "size": r.size,
-                "base_fingerprint": r.base_fingerprint,
-                "aliases": alias_map.get(r.id, []),
-                "evaluation": latest_eval.get(r.id),
-                "created_at": iso(r.created_at),
-            }
+            VersionSummary(
+                name=r.name,
+                version=r.number,
+                ref=f"{r.name}:{r.number}",
+                digest="sha256:" + r.digest,
+                kind=r.kind,
+                method=r.method,
+                size=r.size,
+                base_fingerprint=r.base_fingerprint,
+                aliases=alias_map.get(r.id, []),
+                evaluation=latest_eval.get(r.id),
+                created_at=iso(r.created_at),
+            )
             for r in rows
         ]

@@ -258,7 +258,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
         """Every version (of ``name``) the token may see."""
         if name:
             who.require_name(name, "name")
-        return [r for r in registry.list(name) if who.sees(r["name"])]
+        return [r.to_dict() for r in registry.list(name) if who.sees(r.name)]
 
     @app.get("/api/v1/resolve", tags=["read"])
     def resolve(ref: str = Query(..., max_length=300), who: Principal = Depends(principal)) -> dict[str, Any]:

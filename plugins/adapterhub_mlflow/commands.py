@@ -157,9 +157,9 @@ def _check_alias_clash(registry: Any, info: VersionInfo) -> None:
         return
     by_mlflow = {mlflow_alias(a): a for a in mine}
     for row in registry.list(info.name):
-        if row["version"] == info.version:
+        if row.version == info.version:
             continue
-        for other in row.get("aliases") or []:
+        for other in row.aliases:
             ours = by_mlflow.get(mlflow_alias(other))
             if ours is not None and other not in mine:
                 raise click.ClickException(
