@@ -163,7 +163,7 @@ def _check_alias_clash(registry: Any, info: VersionInfo) -> None:
             ours = by_mlflow.get(mlflow_alias(other))
             if ours is not None and other not in mine:
                 raise click.ClickException(
-                    f"aliases '{ours}' ({info.ref}) and '{other}' ({row['ref']}) would both be MLflow alias "
+                    f"aliases '{ours}' ({info.ref}) and '{other}' ({row.ref}) would both be MLflow alias "
                     f"'{mlflow_alias(other)}'; rename one of them (adapterhub alias set/rm) and register again"
                 )
 
